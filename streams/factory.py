@@ -1,0 +1,78 @@
+"""Opening the event store from settings: the composition root of ``streams/``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
+
+from streams.codec import EventMapper
+from streams.jetstream import JetStreamLog, connect, ensure_kv
+from streams.keys import LocalKeyStore
+from streams.store import EventStore
+from streams.subjects import EVENTS_PREFIX
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent / ".data"
+
+
+class StoreSettings(msgspec.Struct, frozen=True, kw_only=True):
+    nats_url: str = "nats://127.0.0.1:4222"
+    data_dir: Path = DEFAULT_DATA
+    stream: str = "PARLEY_EVENTS"
+    replicas: int = 1
+    duplicate_window: float = 120.0
+    # How long a command id's outcome is remembered (beyond the server's duplicate window).
+    command_retention: float = 30 * 24 * 3600.0
+    snapshot_every: int = 200
+    connect_retry_for: float | None = None
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> StoreSettings:
+        env = os.environ
+        values: dict[str, object] = {
+            "nats_url": env.get("NATS_URL", cls.nats_url),
+            "data_dir": Path(env.get("PARLEY_DATA", str(DEFAULT_DATA))),
+            "stream": env.get("PARLEY_STREAM", cls.stream),
+            "replicas": int(env.get("PARLEY_STREAM_REPLICAS", cls.replicas)),
+            "snapshot_every": int(env.get("PARLEY_SNAPSHOT_EVERY", cls.snapshot_every)),
+        }
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+class OpenStore:
+    """Everything a process needs to read and write events; close it when done."""
+
+    def __init__(self, nc: NATS, log: JetStreamLog, store: EventStore, snapshots: KeyValue, keys: LocalKeyStore, settings: StoreSettings) -> None:
+        self.nc = nc
+        self.log = log
+        self.store = store
+        self.snapshots = snapshots
+        self.keys = keys
+        self.settings = settings
+
+    async def close(self) -> None:
+        await self.log.close()
+        await self.nc.drain()
+        self.keys.close()
+
+
+async def open_store(settings: StoreSettings, *, name: str = "parley") -> OpenStore:
+    nc = await connect(settings.nats_url, name=name, retry_for=settings.connect_retry_for)
+    log = JetStreamLog(
+        nc,
+        stream=settings.stream,
+        subjects=[f"{EVENTS_PREFIX}.>"],
+        replicas=settings.replicas,
+        duplicate_window=settings.duplicate_window,
+    )
+    await log.ensure()
+    prefix = settings.stream.lower()
+    outcomes = await ensure_kv(log.js, bucket=f"{prefix}_commands", replicas=settings.replicas, ttl=settings.command_retention)
+    snapshots = await ensure_kv(log.js, bucket=f"{prefix}_snapshots", replicas=settings.replicas)
+    keys = LocalKeyStore(settings.data_dir / "keys")
+    store = EventStore(log, EventMapper(keys=keys), outcomes=outcomes)
+    return OpenStore(nc, log, store, snapshots, keys, settings)

@@ -1,0 +1,109 @@
+"""Following the whole stream in order: durable JetStream consumers for projectors.
+
+A ``Feed`` is a durable pull consumer over a subject filter. It yields batches of raw messages
+in stream order; the reader acknowledges a batch once what it did with it is committed
+(``AckPolicy.ALL``: acknowledging the last message acknowledges the batch). Unacknowledged
+messages are delivered again, so readers must treat a redelivered sequence as a no-op; the
+projectors do that by keeping their own checkpoint beside their rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from streams.errors import UnavailableError
+from streams.jetstream import JetStreamLog, RawMessage
+
+
+class Batch:
+    def __init__(self, messages: list[RawMessage], last: object = None) -> None:
+        self.messages = messages
+        self._last = last
+
+    async def ack(self) -> None:
+        if self._last is not None:
+            await self._last.ack_sync()  # type: ignore[attr-defined]
+
+
+class Feed:
+    def __init__(
+        self,
+        log: JetStreamLog,
+        durable: str,
+        *,
+        subject: str | None = None,
+        start_seq: int = 1,
+        batch: int = 500,
+        ack_wait: float = 30.0,
+        idle_wait: float = 0.5,
+    ) -> None:
+        self.log = log
+        self.durable = durable
+        self.subject = subject
+        self.start_seq = max(start_seq, 1)
+        self.batch = batch
+        self.ack_wait = ack_wait
+        self.idle_wait = idle_wait
+        self._sub: object | None = None
+
+    async def _subscribe(self) -> object:
+        config = ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.ALL,
+            ack_wait=self.ack_wait,
+            max_ack_pending=-1,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.start_seq,
+            filter_subject=self.subject,
+        )
+        try:
+            return await self.log.js.pull_subscribe(
+                self.subject or "", durable=self.durable, stream=self.log.stream, config=config
+            )
+        except nats.errors.Error as e:
+            raise UnavailableError(f"cannot open consumer {self.durable} on {self.log.stream}: {e}") from None
+
+    async def delete(self) -> None:
+        try:
+            await self.log.js.delete_consumer(self.log.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            pass
+
+    async def fetch(self) -> Batch:
+        """The next batch; empty when nothing arrived within ``idle_wait``."""
+        if self._sub is None:
+            self._sub = await self._subscribe()
+        try:
+            msgs = await self._sub.fetch(self.batch, timeout=self.idle_wait)  # type: ignore[attr-defined]
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            return Batch([])
+        out = []
+        for m in msgs:
+            md = m.metadata
+            headers = m.headers or {}
+            out.append(
+                RawMessage(
+                    seq=md.sequence.stream,
+                    subject=m.subject,
+                    headers=headers,
+                    data=m.data,
+                    time=md.timestamp.isoformat() if md.timestamp else "",
+                )
+            )
+        return Batch(out, msgs[-1] if msgs else None)
+
+    async def __aiter__(self) -> AsyncIterator[Batch]:
+        while True:
+            batch = await self.fetch()
+            if batch.messages:
+                yield batch
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()  # type: ignore[attr-defined]
+            self._sub = None

@@ -1,0 +1,378 @@
+"""The JetStream adapter: the one async core behind every event store in Parley.
+
+It speaks raw messages (subject, headers, bytes) and translates everything JetStream says:
+an expected version becomes ``Nats-Expected-Last-Subject-Sequence``, a command id becomes
+``Nats-Msg-Id``, a batch of events becomes one atomic batch publish (ADR-50, all or nothing),
+and JetStream's error codes become Parley errors. No ``nats`` exception leaves this module.
+
+Reads use batched direct gets (``$JS.API.DIRECT.GET``): loading one aggregate asks the server
+for the messages of its own subject only, through the stream's subject index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from streams.errors import ConcurrencyError, StoreError, UnavailableError
+
+log = structlog.get_logger(__name__)
+
+# JetStream API error codes we translate.
+WRONG_LAST_SEQUENCE = 10071
+WRONG_LAST_SEQUENCE_IN_BATCH = 10164
+DUPLICATE_MSG_ID_IN_BATCH = 10201
+STREAM_NAME_IN_USE = 10058
+
+MSG_ID = "Nats-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+BATCH_ID = "Nats-Batch-Id"
+BATCH_SEQ = "Nats-Batch-Sequence"
+BATCH_COMMIT = "Nats-Batch-Commit"
+
+# The server's limit on messages in one atomic batch.
+MAX_BATCH = 1000
+
+
+class RawMessage(msgspec.Struct, frozen=True):
+    seq: int
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+    time: str
+
+
+class OutMessage(msgspec.Struct, frozen=True):
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+
+
+class Published(msgspec.Struct, frozen=True):
+    first_seq: int
+    last_seq: int
+
+
+class WrongLastSequence(ConcurrencyError):
+    """The subject moved on since the caller read it."""
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(subject, expected=-1)
+        self.message = f"subject {subject!r} has moved on: wrong last sequence"
+        self.args = (self.message,)
+
+
+class DuplicateMessage(StoreError):
+    """The message id was already published within the duplicate window."""
+
+    code = "duplicate_message"
+
+    def __init__(self, msg_id: str, seq: int | None) -> None:
+        super().__init__(f"message id {msg_id!r} was already published", msg_id=msg_id, seq=seq)
+        self.msg_id = msg_id
+        self.seq = seq
+
+
+async def connect(url: str, *, name: str, retry_for: float | None = None, variable: str = "NATS_URL") -> NATS:
+    """Connect to NATS, retrying with exponential backoff while the server is unreachable.
+
+    ``retry_for`` bounds the wait in seconds (None waits forever). One clear line is logged per
+    failed attempt, naming the variable that holds the URL.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = None if retry_for is None else loop.time() + retry_for
+    delay = 0.1
+    connected = False
+
+    async def on_error(e: Exception) -> None:
+        if connected:  # failures of the first connect are reported once per attempt below
+            log.warning("nats connection error", url=url, error=str(e) or type(e).__name__)
+
+    for attempt in itertools.count(1):
+        try:
+            nc = await nats.connect(
+                servers=url.split(","),
+                name=name,
+                connect_timeout=2,
+                allow_reconnect=False,  # our loop retries the first connect, with backoff
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,
+                pending_size=64 * 1024 * 1024,
+                error_cb=on_error,
+            )
+        except (OSError, nats.errors.Error, asyncio.TimeoutError) as e:
+            if deadline is not None and loop.time() + delay > deadline:
+                raise UnavailableError(
+                    f"NATS is unreachable at {url} (set by {variable}); gave up after {attempt} attempts: {e}",
+                    variable=variable,
+                    url=url,
+                ) from None
+            log.warning("nats unreachable, retrying", url=url, variable=variable, attempt=attempt, retry_in=delay, error=str(e))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        # Once connected, ride out server restarts and failovers forever.
+        nc.options["allow_reconnect"] = True
+        nc.options["max_reconnect_attempts"] = -1
+        nc.options["reconnect_time_wait"] = 1
+        connected = True
+        return nc
+    raise AssertionError("unreachable")
+
+
+class JetStreamLog:
+    """One JetStream stream used as an append-only log with per-subject concurrency control."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        stream: str,
+        subjects: Sequence[str],
+        replicas: int = 1,
+        duplicate_window: float = 120.0,
+        request_timeout: float = 10.0,
+    ) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=request_timeout)
+        self.stream = stream
+        self.subjects = list(subjects)
+        self.replicas = replicas
+        self.duplicate_window = duplicate_window
+        self.request_timeout = request_timeout
+        self._direct_subject = f"$JS.API.DIRECT.GET.{stream}"
+        self._inbox: str | None = None
+        self._waiting: dict[str, asyncio.Queue[Msg]] = {}
+        self._tokens = itertools.count()
+
+    # Set-up -------------------------------------------------------------------------------
+
+    def stream_config(self) -> StreamConfig:
+        return StreamConfig(
+            name=self.stream,
+            subjects=self.subjects,
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            num_replicas=self.replicas,
+            duplicate_window=self.duplicate_window,
+            allow_direct=True,
+            allow_atomic=True,
+            max_msgs=-1,
+            max_bytes=-1,
+            max_age=0,
+        )
+
+    async def ensure(self) -> None:
+        """Create the stream, or bring its settings up to date. Safe to call at every start."""
+        await ensure_stream(self.js, self.stream_config())
+
+    async def delete(self) -> None:
+        try:
+            await self.js.delete_stream(self.stream)
+        except nats.js.errors.NotFoundError:
+            pass
+
+    async def close(self) -> None:
+        for queue in self._waiting.values():
+            queue.put_nowait(None)  # type: ignore[arg-type]
+
+    # Writes -------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        messages: Sequence[OutMessage],
+        *,
+        expect: Mapping[str, int] | None = None,
+        msg_id: str | None = None,
+    ) -> Published:
+        """Append messages atomically.
+
+        ``expect`` maps a subject to the stream sequence of its last message (0: no message yet);
+        if any subject has moved on, nothing is written and ``WrongLastSequence`` is raised.
+        ``msg_id`` is the dedupe key: a repeat within the duplicate window raises
+        ``DuplicateMessage`` and writes nothing.
+        """
+        if not messages:
+            raise ValueError("nothing to publish")
+        if len(messages) > MAX_BATCH:
+            raise StoreError(f"a batch holds at most {MAX_BATCH} events, got {len(messages)}")
+        expect = dict(expect or {})
+        outgoing: list[tuple[str, dict[str, str], bytes]] = []
+        for m in messages:
+            headers = dict(m.headers)
+            if m.subject in expect:
+                headers[EXPECTED_LAST_SUBJECT_SEQ] = str(expect.pop(m.subject))
+            outgoing.append((m.subject, headers, m.data))
+        if msg_id is not None:
+            outgoing[0][1][MSG_ID] = msg_id
+
+        if len(outgoing) == 1:
+            subject, headers, data = outgoing[0]
+            reply = await self._request(subject, data, headers)
+            seq = self._check_ack(reply, msg_id, subject)
+            return Published(seq, seq)
+
+        batch_id = uuid.uuid4().hex
+        last = len(outgoing)
+        for i, (subject, headers, data) in enumerate(outgoing, 1):
+            headers[BATCH_ID] = batch_id
+            headers[BATCH_SEQ] = str(i)
+            if i < last:
+                await self.nc.publish(subject, data, headers=headers)
+            else:
+                headers[BATCH_COMMIT] = "1"
+                reply = await self._request(subject, data, headers)
+        seq = self._check_ack(reply, msg_id, outgoing[0][0])
+        return Published(seq - last + 1, seq)
+
+    async def _request(self, subject: str, data: bytes, headers: dict[str, str]) -> dict[str, Any]:
+        try:
+            msg = await self.nc.request(subject, data, headers=headers, timeout=self.request_timeout)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError) as e:
+            raise UnavailableError(
+                f"JetStream did not acknowledge the write to {subject} (stream {self.stream}): {type(e).__name__}",
+                stream=self.stream,
+            ) from None
+        except nats.errors.Error as e:
+            raise UnavailableError(f"NATS error writing to {subject}: {e}", stream=self.stream) from None
+        return json.loads(msg.data)
+
+    def _check_ack(self, reply: dict[str, Any], msg_id: str | None, subject: str) -> int:
+        error = reply.get("error")
+        if error:
+            code = error.get("err_code")
+            if code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_BATCH):
+                raise WrongLastSequence(subject)
+            if code == DUPLICATE_MSG_ID_IN_BATCH:
+                raise DuplicateMessage(msg_id or "", None)
+            raise StoreError(
+                f"JetStream refused the write to {subject}: {error.get('description')} (code {code})",
+                err_code=code,
+            )
+        if reply.get("duplicate"):
+            raise DuplicateMessage(msg_id or "", int(reply["seq"]))
+        return int(reply["seq"])
+
+    # Reads --------------------------------------------------------------------------------
+
+    async def last_on_subject(self, subject: str) -> RawMessage | None:
+        msgs = await self._direct({"last_by_subj": subject}, single=True)
+        return msgs[0] if msgs else None
+
+    async def read_subject(self, subject: str, *, after_seq: int = 0, page: int = 1000) -> list[RawMessage]:
+        """Every message of one subject after a stream sequence, oldest first."""
+        out: list[RawMessage] = []
+        start = after_seq + 1
+        while True:
+            msgs = await self._direct({"seq": start, "next_by_subj": subject, "batch": page})
+            out.extend(msgs)
+            if len(msgs) < page:
+                return out
+            start = msgs[-1].seq + 1
+
+    async def read(self, *, after_seq: int = 0, limit: int = 1000, subject: str | None = None) -> list[RawMessage]:
+        """Up to ``limit`` messages after a stream sequence, in stream order."""
+        request: dict[str, Any] = {"seq": after_seq + 1, "batch": limit}
+        if subject is not None:
+            request["next_by_subj"] = subject
+        return await self._direct(request)
+
+    async def last_seq(self) -> int:
+        info = await self._info()
+        return int(info.state.last_seq)
+
+    async def _info(self) -> Any:
+        try:
+            return await self.js.stream_info(self.stream)
+        except nats.errors.Error as e:
+            raise UnavailableError(f"cannot read stream {self.stream}: {e}") from None
+
+    async def _direct(self, request: dict[str, Any], *, single: bool = False) -> list[RawMessage]:
+        if self._inbox is None:
+            self._inbox = self.nc.new_inbox()
+            await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_direct_reply)
+        token = str(next(self._tokens))
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._waiting[token] = queue
+        out: list[RawMessage] = []
+        try:
+            await self.nc.publish(self._direct_subject, json.dumps(request).encode(), reply=f"{self._inbox}.{token}")
+            while True:
+                msg = await asyncio.wait_for(queue.get(), self.request_timeout)
+                if msg is None:
+                    raise UnavailableError("the event store is closing")
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status is not None:
+                    if status in ("204", "404"):  # end of batch / nothing found
+                        return out
+                    raise StoreError(f"direct get on {self.stream} failed: {status} {headers.get('Description', '')}")
+                out.append(
+                    RawMessage(
+                        seq=int(headers["Nats-Sequence"]),
+                        subject=headers["Nats-Subject"],
+                        headers=headers,
+                        data=msg.data,
+                        time=headers.get("Nats-Time-Stamp", ""),
+                    )
+                )
+                if single:
+                    return out
+        except asyncio.TimeoutError:
+            raise UnavailableError(f"direct get on stream {self.stream} timed out") from None
+        finally:
+            del self._waiting[token]
+
+    async def _on_direct_reply(self, msg: Msg) -> None:
+        queue = self._waiting.get(msg.subject.rsplit(".", 1)[1])
+        if queue is not None:
+            queue.put_nowait(msg)
+
+
+async def ensure_stream(js: Any, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError as e:
+        if e.err_code != STREAM_NAME_IN_USE:
+            raise StoreError(f"cannot create stream {config.name}: {e.description}") from None
+        await js.update_stream(config)
+    log.debug("stream ready", stream=config.name)
+
+
+async def ensure_kv(js: Any, *, bucket: str, replicas: int = 1, ttl: float | None = None, history: int = 1) -> KeyValue:
+    """Create a key-value bucket if it does not exist; return it."""
+    config = KeyValueConfig(
+        bucket=bucket,
+        history=history,
+        ttl=ttl,
+        storage=StorageType.FILE,
+        replicas=replicas,
+        direct=True,
+    )
+    try:
+        return await js.create_key_value(config)
+    except nats.js.errors.BadRequestError as e:
+        if e.err_code != STREAM_NAME_IN_USE:
+            raise StoreError(f"cannot create bucket {bucket}: {e.description}") from None
+        return await js.key_value(bucket)

@@ -1,0 +1,48 @@
+"""Real services for the suite: each is started once per session on a free port, in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from streams.factory import OpenStore, StoreSettings, open_store
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("PARLEY_TEST_NATS_URL"):  # run against a server you started yourself
+        yield url
+        return
+    
+    server = NatsServer(tmp_path_factory.mktemp("nats"), port=0, sync_always=True)
+    url = server.start()
+    yield url
+    server.stop()
+
+
+def unique_stream() -> str:
+    return "T_" + uuid.uuid4().hex[:12].upper()
+
+
+@pytest_asyncio.fixture
+async def open_test_store(nats_url: str, tmp_path: Path) -> AsyncIterator[OpenStore]:
+    opened = await open_store(StoreSettings(nats_url=nats_url, data_dir=tmp_path, stream=unique_stream()))
+    yield opened
+    await drop(opened)
+
+
+async def drop(opened: OpenStore) -> None:
+    """Delete a test store's stream and buckets, then close it."""
+    prefix = opened.settings.stream.lower()
+    await opened.log.delete()
+    for bucket in (f"{prefix}_commands", f"{prefix}_snapshots"):
+        try:
+            await opened.log.js.delete_key_value(bucket)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+    await opened.close()

@@ -1,0 +1,252 @@
+"""The event store against a real nats-server: concurrency, atomicity, idempotency, reads."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+
+from domain.errors import ConcurrencyError, UnavailableError
+from streams.errors import EventDecodeError
+from streams.factory import OpenStore, StoreSettings, open_store
+from streams.feed import Feed
+from streams.jetstream import OutMessage, connect
+from streams.repository import Repository
+from streams.store import H_TOPIC, H_VERSION, EventMeta
+from streams.subjects import StreamId
+from tests.conftest import drop, unique_stream
+from tests.support import COUNTER, EmailNoted, Incremented
+
+
+def new_stream(tenant: str = "acme") -> StreamId:
+    return StreamId(tenant, "counter", uuid.uuid4().hex)
+
+
+async def test_appended_events_read_back_in_order_with_their_metadata(open_test_store: OpenStore) -> None:
+    store, sid = open_test_store.store, new_stream()
+    meta = EventMeta(command_id="c1", command="Increment", actor="user:42", correlation_id="req-1")
+    result = await store.append(sid, [Incremented(amount=1), Incremented(amount=2)], expected_version=0, meta=meta)
+    assert (result.version, result.count, result.last_seq - result.first_seq) == (2, 2, 1)
+
+    events = await store.read(sid)
+    assert [e.event for e in events] == [Incremented(amount=1), Incremented(amount=2)]
+    assert [e.version for e in events] == [1, 2]
+    assert [e.seq for e in events] == [result.first_seq, result.last_seq]
+    assert all(e.meta == meta for e in events)
+    assert all(e.recorded_at.tzinfo is not None for e in events)
+
+
+async def test_append_with_stale_expected_version_raises_conflict_and_writes_nothing(open_test_store: OpenStore) -> None:
+    store, sid = open_test_store.store, new_stream()
+    await store.append(sid, [Incremented(amount=1)], expected_version=0)
+    with pytest.raises(ConcurrencyError) as caught:
+        await store.append(sid, [Incremented(amount=9), Incremented(amount=9)], expected_version=0)
+    assert caught.value.status == 409
+    with pytest.raises(ConcurrencyError):
+        await store.append(sid, [Incremented(amount=9)], expected_version=5)
+    assert [e.event for e in await store.read(sid)] == [Incremented(amount=1)]
+
+
+async def test_a_stale_writer_in_another_process_is_rejected_by_the_server(open_test_store: OpenStore, nats_url: str, tmp_path: Path) -> None:
+    # Two stores sharing one stream, as two processes would: the second one's cached position is stale.
+    other = await open_store(StoreSettings(nats_url=nats_url, data_dir=tmp_path, stream=open_test_store.settings.stream))
+    try:
+        sid = new_stream()
+        await open_test_store.store.append(sid, [Incremented(amount=1)], expected_version=0)
+        await other.store.read(sid)  # other now believes version 1 is at this sequence
+        await open_test_store.store.append(sid, [Incremented(amount=2)], expected_version=1)
+        with pytest.raises(ConcurrencyError):
+            await other.store.append(sid, [Incremented(amount=3)], expected_version=1)
+        assert [e.version for e in await other.store.read(sid)] == [1, 2]
+    finally:
+        await other.close()
+
+
+async def test_a_batch_is_all_or_nothing(open_test_store: OpenStore) -> None:
+    store, log = open_test_store.store, open_test_store.log
+    a, b = new_stream(), new_stream()
+    await store.append(b, [Incremented(amount=1)], expected_version=0)
+    before = await log.last_seq()
+    # One message per aggregate; b's expectation is wrong, so a's message must not land either.
+    messages = [
+        OutMessage(a.subject, {H_VERSION: "1", H_TOPIC: "x"}, b"{}"),
+        OutMessage(b.subject, {H_VERSION: "2", H_TOPIC: "x"}, b"{}"),
+    ]
+    with pytest.raises(ConcurrencyError):
+        await log.publish(messages, expect={a.subject: 0, b.subject: 999})
+    assert await log.last_seq() == before
+    assert await store.read(a) == []
+
+
+async def test_readers_never_see_part_of_a_batch(open_test_store: OpenStore) -> None:
+    store, log = open_test_store.store, open_test_store.log
+    sid = new_stream()
+    seen_sizes: set[int] = set()
+    stop = asyncio.Event()
+
+    async def reader() -> None:
+        while not stop.is_set():
+            seen_sizes.add(len(await log.read_subject(sid.subject)) % 50)
+
+    task = asyncio.create_task(reader())
+    version = 0
+    for _ in range(10):
+        await store.append(sid, [Incremented(amount=1)] * 50, expected_version=version)
+        version += 50
+        await asyncio.sleep(0)
+    stop.set()
+    await task
+    assert seen_sizes == {0}
+
+
+async def test_a_retried_command_returns_its_first_outcome_and_appends_nothing(open_test_store: OpenStore) -> None:
+    store, log, sid = open_test_store.store, open_test_store.log, new_stream()
+    meta = EventMeta(command_id="cmd-" + uuid.uuid4().hex)
+    first = await store.append(sid, [Incremented(amount=1)], expected_version=0, meta=meta)
+    last_seq = await log.last_seq()
+    # Same command id, even with a different (stale or fresh) expected version: the first outcome.
+    again = await store.append(sid, [Incremented(amount=1)], expected_version=1, meta=meta)
+    assert again.duplicate and (again.first_seq, again.version) == (first.first_seq, first.version)
+    assert await log.last_seq() == last_seq
+
+
+async def test_a_command_is_remembered_beyond_the_duplicate_window(nats_url: str, tmp_path: Path) -> None:
+    opened = await open_store(StoreSettings(nats_url=nats_url, data_dir=tmp_path, stream=unique_stream(), duplicate_window=0.5))
+    try:
+        sid, meta = new_stream(), EventMeta(command_id="late-retry")
+        first = await opened.store.append(sid, [Incremented(amount=1)], expected_version=0, meta=meta)
+        await asyncio.sleep(1.0)  # the server has forgotten the message id by now
+        again = await opened.store.append(sid, [Incremented(amount=1)], expected_version=1, meta=meta)
+        assert again.duplicate and again.last_seq == first.last_seq
+        assert len(await opened.store.read(sid)) == 1
+    finally:
+        await drop(opened)
+
+
+async def test_a_crash_between_append_and_remembering_is_recovered_from_the_stream(open_test_store: OpenStore) -> None:
+    store, sid = open_test_store.store, new_stream()
+    meta = EventMeta(command_id="crashy")
+    first = await store.append(sid, [Incremented(amount=1), Incremented(amount=2)], expected_version=0, meta=meta)
+    assert store.outcomes is not None
+    await store.outcomes.delete(f"acme.{meta.command_id}")  # as if the process died before remembering
+    again = await store.append(sid, [Incremented(amount=1), Incremented(amount=2)], expected_version=0, meta=meta)
+    assert again.duplicate and (again.first_seq, again.last_seq, again.version) == (first.first_seq, first.last_seq, 2)
+    assert len(await store.read(sid)) == 2
+
+
+async def test_command_ids_are_scoped_to_their_tenant(open_test_store: OpenStore) -> None:
+    store = open_test_store.store
+    meta = EventMeta(command_id="same-id")
+    a = await store.append(new_stream("tenant-a"), [Incremented(amount=1)], expected_version=0, meta=meta)
+    b = await store.append(new_stream("tenant-b"), [Incremented(amount=1)], expected_version=0, meta=meta)
+    assert not a.duplicate and not b.duplicate and a.first_seq != b.first_seq
+
+
+async def test_personal_data_is_encrypted_in_the_log_and_readable_with_the_key(open_test_store: OpenStore) -> None:
+    store, log, sid = open_test_store.store, open_test_store.log, new_stream()
+    event = EmailNoted(customer_id="cust-1", email="ann@example.com", phone="+15551234567", note="vip")
+    await store.append(sid, [event], expected_version=0)
+    raw = (await log.read_subject(sid.subject))[0]
+    assert b"ann@example.com" not in raw.data and b"5551234567" not in raw.data
+    assert b"vip" in raw.data  # only the personal fields are sealed
+    assert (await store.read(sid))[0].event == event
+
+
+async def test_destroying_a_customers_key_erases_them_without_rewriting_the_log(open_test_store: OpenStore) -> None:
+    store, log, keys = open_test_store.store, open_test_store.log, open_test_store.keys
+    sid = new_stream()
+    await store.append(
+        sid,
+        [EmailNoted(customer_id="gone", email="gone@example.com"), EmailNoted(customer_id="stays", email="stays@example.com")],
+        expected_version=0,
+    )
+    before = [r.data for r in await log.read_subject(sid.subject)]
+    keys.shred("acme", "gone")
+    events = [e.event for e in await store.read(sid)]
+    assert events == [EmailNoted(customer_id="gone", email=None), EmailNoted(customer_id="stays", email="stays@example.com")]
+    assert [r.data for r in await log.read_subject(sid.subject)] == before
+    # New data about the same person is sealed under a new key and stays readable.
+    await store.append(sid, [EmailNoted(customer_id="gone", email="new@example.com")], expected_version=2)
+    assert (await store.read(sid))[-1].event.email == "new@example.com"  # type: ignore[attr-defined]
+
+
+async def test_one_tenants_ciphertext_never_decrypts_under_anothers_key(open_test_store: OpenStore) -> None:
+    store, log = open_test_store.store, open_test_store.log
+    keys = open_test_store.keys
+    keys.current("tenant-b", "cust-1")  # tenant b has a key for a customer of the same id, same epoch
+    a = new_stream("tenant-a")
+    await store.append(a, [EmailNoted(customer_id="cust-1", email="secret@example.com")], expected_version=0)
+    raw = (await log.read_subject(a.subject))[0]
+    b = new_stream("tenant-b")
+    published = await log.publish([OutMessage(b.subject, dict(raw.headers), raw.data)], expect={})
+    with pytest.raises(EventDecodeError) as caught:
+        await store.read(b)
+    assert caught.value.seq == published.last_seq
+    assert str(published.last_seq) in str(caught.value)
+
+
+async def test_an_event_of_unknown_type_raises_an_error_naming_its_sequence(open_test_store: OpenStore) -> None:
+    store, log, sid = open_test_store.store, open_test_store.log, new_stream()
+    published = await log.publish([OutMessage(sid.subject, {H_VERSION: "1", H_TOPIC: "nowhere:Missing"}, b"{}")])
+    with pytest.raises(EventDecodeError) as caught:
+        await store.read(sid)
+    assert caught.value.seq == published.last_seq
+    assert f"sequence {published.last_seq}" in caught.value.message
+
+
+async def test_loading_from_a_snapshot_folds_only_the_events_after_it(open_test_store: OpenStore) -> None:
+    repo = Repository(open_test_store.store, COUNTER, snapshots=open_test_store.snapshots, keys=open_test_store.keys, snapshot_every=10)
+    store, sid = open_test_store.store, repo.stream("acme", uuid.uuid4().hex)
+    for version in range(25):
+        await store.append(sid, [Incremented(amount=1)], expected_version=version)
+    first = await repo.load("acme", sid.aggregate_id)
+    assert (first.state.total, first.version, first.events_folded, first.from_snapshot) == (25, 25, 25, False)
+    await store.append(sid, [Incremented(amount=2), EmailNoted(customer_id="c9", email="c9@example.com")], expected_version=25)
+    second = await repo.load("acme", sid.aggregate_id)
+    assert second.from_snapshot and second.events_folded == 2
+    assert second.state == (await repo.load("acme", sid.aggregate_id, use_snapshot=False)).state
+    assert second.state.total == 27 and second.state.email == "c9@example.com"
+    # The snapshot's position lets the next append go through without another read.
+    await store.append(sid, [Incremented(amount=1)], expected_version=second.version)
+
+
+async def test_destroyed_keys_void_snapshots_too(open_test_store: OpenStore) -> None:
+    repo = Repository(open_test_store.store, COUNTER, snapshots=open_test_store.snapshots, keys=open_test_store.keys, snapshot_every=1)
+    sid = repo.stream("acme", uuid.uuid4().hex)
+    await open_test_store.store.append(sid, [EmailNoted(customer_id="c7", email="c7@example.com")], expected_version=0)
+    await repo.load("acme", sid.aggregate_id)  # writes a snapshot holding the email
+    open_test_store.keys.shred("acme", "c7")
+    loaded = await repo.load("acme", sid.aggregate_id)
+    assert not loaded.from_snapshot and loaded.state.email is None
+
+
+async def test_a_durable_feed_follows_all_events_in_order_and_resumes_after_its_ack(open_test_store: OpenStore) -> None:
+    store, log = open_test_store.store, open_test_store.log
+    streams = [new_stream() for _ in range(3)]
+    for i in range(4):
+        for sid in streams:
+            await store.append(sid, [Incremented(amount=i)], expected_version=i)
+    feed = Feed(log, "proj-test", batch=5, idle_wait=0.2)
+    batch = await feed.fetch()
+    assert [m.seq for m in batch.messages] == [1, 2, 3, 4, 5]
+    await batch.ack()
+    await feed.close()
+
+    resumed = Feed(log, "proj-test", batch=100, idle_wait=0.2)
+    rest = await resumed.fetch()
+    assert [m.seq for m in rest.messages] == list(range(6, 13))
+    assert [store.decode(m).event for m in rest.messages][:1] == [Incremented(amount=1)]
+    await rest.ack()
+    await resumed.close()
+
+    from_position = Feed(log, "proj-from-10", start_seq=10, idle_wait=0.2)
+    assert [m.seq for m in (await from_position.fetch()).messages] == [10, 11, 12]
+    await from_position.delete()
+
+
+async def test_nats_unreachable_at_start_up_gives_one_clear_error_naming_the_variable() -> None:
+    with pytest.raises(UnavailableError) as caught:
+        await connect("nats://127.0.0.1:1", name="test", retry_for=0.5)
+    assert "NATS_URL" in caught.value.message and "nats://127.0.0.1:1" in caught.value.message
