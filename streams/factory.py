@@ -13,7 +13,7 @@ from streams.codec import EventMapper
 from streams.jetstream import JetStreamLog, connect, ensure_kv
 from streams.keys import LocalKeyStore
 from streams.store import EventStore
-from streams.subjects import EVENTS_PREFIX
+from streams.subjects import COMMANDS_PREFIX, EVENTS_PREFIX
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / ".data"
 
@@ -65,14 +65,13 @@ async def open_store(settings: StoreSettings, *, name: str = "parley") -> OpenSt
     log = JetStreamLog(
         nc,
         stream=settings.stream,
-        subjects=[f"{EVENTS_PREFIX}.>"],
+        subjects=[f"{EVENTS_PREFIX}.>", f"{COMMANDS_PREFIX}.>"],
         replicas=settings.replicas,
         duplicate_window=settings.duplicate_window,
     )
     await log.ensure()
     prefix = settings.stream.lower()
-    outcomes = await ensure_kv(log.js, bucket=f"{prefix}_commands", replicas=settings.replicas, ttl=settings.command_retention)
     snapshots = await ensure_kv(log.js, bucket=f"{prefix}_snapshots", replicas=settings.replicas)
     keys = LocalKeyStore(settings.data_dir / "keys")
-    store = EventStore(log, EventMapper(keys=keys), outcomes=outcomes)
+    store = EventStore(log, EventMapper(keys=keys), command_retention=settings.command_retention)
     return OpenStore(nc, log, store, snapshots, keys, settings)

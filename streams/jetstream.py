@@ -73,6 +73,12 @@ class Published(msgspec.Struct, frozen=True):
     last_seq: int
 
 
+class _Queued(msgspec.Struct):
+    messages: list[OutMessage]
+    expect: dict[str, int]
+    future: asyncio.Future[Published]
+
+
 class WrongLastSequence(ConcurrencyError):
     """The subject moved on since the caller read it."""
 
@@ -93,6 +99,24 @@ class DuplicateMessage(StoreError):
         self.seq = seq
 
 
+class _Client(NATS):
+    """nats-py's client with a leaner header parser.
+
+    Every event read carries a dozen headers; nats-py's parser checks each header name
+    character by character and dominated the cost of loading an aggregate. This one keeps its
+    behaviour for well-formed headers (the server writes them) and skips that scan.
+    """
+
+    @staticmethod
+    def _parse_header_lines(raw: bytes) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for line in raw.split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            if sep:
+                out[name.strip().decode("ascii", "replace")] = value.strip().decode("utf-8", "replace")
+        return out
+
+
 async def connect(url: str, *, name: str, retry_for: float | None = None, variable: str = "NATS_URL") -> NATS:
     """Connect to NATS, retrying with exponential backoff while the server is unreachable.
 
@@ -110,7 +134,8 @@ async def connect(url: str, *, name: str, retry_for: float | None = None, variab
 
     for attempt in itertools.count(1):
         try:
-            nc = await nats.connect(
+            nc = _Client()
+            await nc.connect(
                 servers=url.split(","),
                 name=name,
                 connect_timeout=2,
@@ -162,8 +187,10 @@ class JetStreamLog:
         self.request_timeout = request_timeout
         self._direct_subject = f"$JS.API.DIRECT.GET.{stream}"
         self._inbox: str | None = None
-        self._waiting: dict[str, asyncio.Queue[Msg]] = {}
+        self._waiting: dict[str, _DirectRequest] = {}
         self._tokens = itertools.count()
+        self._queue: list[_Queued] = []
+        self._committer: asyncio.Task[None] | None = None
 
     # Set-up -------------------------------------------------------------------------------
 
@@ -178,6 +205,7 @@ class JetStreamLog:
             duplicate_window=self.duplicate_window,
             allow_direct=True,
             allow_atomic=True,
+            allow_msg_ttl=True,
             max_msgs=-1,
             max_bytes=-1,
             max_age=0,
@@ -194,8 +222,75 @@ class JetStreamLog:
             pass
 
     async def close(self) -> None:
-        for queue in self._waiting.values():
-            queue.put_nowait(None)  # type: ignore[arg-type]
+        for pending in self._waiting.values():
+            if not pending.done.done():
+                pending.done.set_exception(UnavailableError("the event store is closing"))
+        if self._committer is not None:
+            self._committer.cancel()
+
+    # Group commit -------------------------------------------------------------------------
+
+    async def append(self, messages: Sequence[OutMessage], *, expect: Mapping[str, int]) -> Published:
+        """``publish``, with concurrent callers committed together.
+
+        Appends that arrive while a write is in flight are gathered into one atomic batch (one
+        round trip, one fsync) as long as they touch different subjects and fit the batch limit.
+        If the group is refused, because one member's expectation failed, each member is
+        retried on its own, so one conflict never fails another caller's append.
+        """
+        future: asyncio.Future[Published] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(list(messages), dict(expect), future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_loop())
+        return await future
+
+    async def _commit_loop(self) -> None:
+        while self._queue:
+            group: list[_Queued] = []
+            subjects: set[str] = set()
+            size = 0
+            rest: list[_Queued] = []
+            for item in self._queue:
+                touched = {m.subject for m in item.messages}
+                if group and (touched & subjects or size + len(item.messages) > MAX_BATCH):
+                    rest.append(item)
+                    continue
+                group.append(item)
+                subjects |= touched
+                size += len(item.messages)
+            self._queue = rest
+            await self._commit(group)
+
+    async def _commit(self, group: list[_Queued]) -> None:
+        if len(group) == 1:
+            item = group[0]
+            try:
+                item.future.set_result(await self.publish(item.messages, expect=item.expect))
+            except Exception as e:  # noqa: BLE001 - handed to the caller
+                item.future.set_exception(e)
+            return
+        messages = [m for item in group for m in item.messages]
+        expect = {k: v for item in group for k, v in item.expect.items()}
+        try:
+            published = await self.publish(messages, expect=expect)
+        except (WrongLastSequence, DuplicateMessage):
+            outcomes = await asyncio.gather(
+                *(self.publish(item.messages, expect=item.expect) for item in group), return_exceptions=True
+            )
+            for item, outcome in zip(group, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    item.future.set_exception(outcome)
+                else:
+                    item.future.set_result(outcome)
+            return
+        except Exception as e:  # noqa: BLE001 - handed to every caller
+            for item in group:
+                item.future.set_exception(e)
+            return
+        first = published.first_seq
+        for item in group:
+            item.future.set_result(Published(first, first + len(item.messages) - 1))
+            first += len(item.messages)
 
     # Writes -------------------------------------------------------------------------------
 
@@ -204,14 +299,13 @@ class JetStreamLog:
         messages: Sequence[OutMessage],
         *,
         expect: Mapping[str, int] | None = None,
-        msg_id: str | None = None,
     ) -> Published:
         """Append messages atomically.
 
         ``expect`` maps a subject to the stream sequence of its last message (0: no message yet);
         if any subject has moved on, nothing is written and ``WrongLastSequence`` is raised.
-        ``msg_id`` is the dedupe key: a repeat within the duplicate window raises
-        ``DuplicateMessage`` and writes nothing.
+        A message carrying a ``Nats-Msg-Id`` seen within the duplicate window makes the server
+        refuse the whole batch: ``DuplicateMessage``, nothing written.
         """
         if not messages:
             raise ValueError("nothing to publish")
@@ -224,8 +318,7 @@ class JetStreamLog:
             if m.subject in expect:
                 headers[EXPECTED_LAST_SUBJECT_SEQ] = str(expect.pop(m.subject))
             outgoing.append((m.subject, headers, m.data))
-        if msg_id is not None:
-            outgoing[0][1][MSG_ID] = msg_id
+        msg_id = next((h[MSG_ID] for _, h, _ in outgoing if MSG_ID in h), None)
 
         if len(outgoing) == 1:
             subject, headers, data = outgoing[0]
@@ -313,41 +406,48 @@ class JetStreamLog:
             self._inbox = self.nc.new_inbox()
             await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_direct_reply)
         token = str(next(self._tokens))
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self._waiting[token] = queue
-        out: list[RawMessage] = []
+        pending = _DirectRequest(single)
+        self._waiting[token] = pending
         try:
             await self.nc.publish(self._direct_subject, json.dumps(request).encode(), reply=f"{self._inbox}.{token}")
-            while True:
-                msg = await asyncio.wait_for(queue.get(), self.request_timeout)
-                if msg is None:
-                    raise UnavailableError("the event store is closing")
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status is not None:
-                    if status in ("204", "404"):  # end of batch / nothing found
-                        return out
-                    raise StoreError(f"direct get on {self.stream} failed: {status} {headers.get('Description', '')}")
-                out.append(
-                    RawMessage(
-                        seq=int(headers["Nats-Sequence"]),
-                        subject=headers["Nats-Subject"],
-                        headers=headers,
-                        data=msg.data,
-                        time=headers.get("Nats-Time-Stamp", ""),
-                    )
-                )
-                if single:
-                    return out
+            status, description = await asyncio.wait_for(pending.done, self.request_timeout)
         except asyncio.TimeoutError:
             raise UnavailableError(f"direct get on stream {self.stream} timed out") from None
         finally:
             del self._waiting[token]
+        if status not in (None, "204", "404"):  # 204: end of batch, 404: nothing there
+            raise StoreError(f"direct get on {self.stream} failed: {status} {description}")
+        return pending.messages
 
     async def _on_direct_reply(self, msg: Msg) -> None:
-        queue = self._waiting.get(msg.subject.rsplit(".", 1)[1])
-        if queue is not None:
-            queue.put_nowait(msg)
+        pending = self._waiting.get(msg.subject[msg.subject.rfind(".") + 1 :])
+        if pending is None or pending.done.done():
+            return
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status is not None:
+            pending.done.set_result((status, headers.get("Description", "")))
+            return
+        pending.messages.append(
+            RawMessage(
+                seq=int(headers["Nats-Sequence"]),
+                subject=headers["Nats-Subject"],
+                headers=headers,
+                data=msg.data,
+                time=headers.get("Nats-Time-Stamp", ""),
+            )
+        )
+        if pending.single:
+            pending.done.set_result((None, ""))
+
+
+class _DirectRequest:
+    __slots__ = ("done", "messages", "single")
+
+    def __init__(self, single: bool) -> None:
+        self.single = single
+        self.messages: list[RawMessage] = []
+        self.done: asyncio.Future[tuple[str | None, str]] = asyncio.get_running_loop().create_future()
 
 
 async def ensure_stream(js: Any, config: StreamConfig) -> None:

@@ -1,32 +1,32 @@
 """Parley's event store: typed events on JetStream.
 
 * ``append`` writes a command's events atomically, only if the aggregate is still at the
-  expected version (optimistic concurrency through the subject's last sequence).
-* Commands are idempotent: the command id rides as ``Nats-Msg-Id`` (the server's dedupe
-  window) and its outcome is kept in a key-value bucket beyond that window, so a retried
-  command returns its first outcome and appends nothing.
+  expected version (optimistic concurrency through the subject's last sequence). Concurrent
+  appends from one process are group-committed: one atomic batch, one fsync.
+* Commands are idempotent. A command's events are written together with an outcome record on
+  ``parley.cmd.<tenant>.<command id>`` that must not exist yet (expected last subject sequence
+  0), in the same atomic batch: the server itself guarantees a command id takes effect at most
+  once, with no window to fall through and no second write to lose. A retried command finds
+  the record and returns the first outcome. Records expire after ``command_retention``
+  (per-message TTL), after which the id could be used again.
 * ``read`` loads one aggregate from its own subject, optionally after a snapshot's position.
 """
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime
-from hashlib import sha256
 
 import msgspec
-import nats.js.errors
 import structlog
 from eventsourcing.persistence import StoredEvent
-from nats.js.kv import KeyValue
 
 from domain.messages import Event
 from streams.codec import EventMapper, Pending
 from streams.errors import ConcurrencyError, EventDecodeError
-from streams.jetstream import DuplicateMessage, JetStreamLog, OutMessage, RawMessage, WrongLastSequence
-from streams.subjects import StreamId
+from streams.jetstream import MSG_ID, DuplicateMessage, JetStreamLog, OutMessage, RawMessage, WrongLastSequence
+from streams.subjects import StreamId, command_subject
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +36,7 @@ H_COMMAND_ID = "Parley-Command-Id"
 H_COMMAND = "Parley-Command"
 H_ACTOR = "Parley-Actor"
 H_CORRELATION = "Parley-Correlation-Id"
+H_TTL = "Nats-TTL"
 
 
 class EventMeta(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -88,28 +89,18 @@ class AppendResult(msgspec.Struct, frozen=True):
     duplicate: bool = False
 
 
-_KEY_OK = re.compile(r"^[A-Za-z0-9_=-]{1,100}$")
-
-
-def outcome_key(tenant: str, command_id: str) -> str:
-    """A KV key for a command id (hashed when it has characters a key cannot hold)."""
-    if not _KEY_OK.match(command_id):
-        command_id = "h-" + sha256(command_id.encode()).hexdigest()
-    return f"{tenant}.{command_id}"
-
-
 class EventStore:
     def __init__(
         self,
         log: JetStreamLog,
         mapper: EventMapper,
         *,
-        outcomes: KeyValue | None = None,
+        command_retention: float = 30 * 24 * 3600.0,
         position_cache_size: int = 100_000,
     ) -> None:
         self.log = log
         self.mapper = mapper
-        self.outcomes = outcomes
+        self.command_retention = command_retention
         self._positions: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._position_cache_size = position_cache_size
 
@@ -124,11 +115,8 @@ class EventStore:
         meta: EventMeta | None = None,
     ) -> AppendResult:
         meta = meta or EventMeta()
-        if meta.command_id and (known := await self.outcome(stream.tenant, meta.command_id)) is not None:
-            return msgspec.structs.replace(known, duplicate=True)
         if not events:
             return AppendResult(stream.key, 0, 0, expected_version, 0)
-
         expected_seq = await self._expected_seq(stream, expected_version)
         base_headers = meta.headers()
         messages = []
@@ -136,27 +124,25 @@ class EventStore:
             stored = self.mapper.to_stored_event(Pending(stream.key, expected_version + i, event))
             headers = {H_VERSION: str(expected_version + i), H_TOPIC: stored.topic, **base_headers}
             messages.append(OutMessage(stream.subject, headers, stored.state))
-
-        msg_id = f"{stream.tenant}:{meta.command_id}" if meta.command_id else None
-        try:
-            published = await self.log.publish(messages, expect={stream.subject: expected_seq}, msg_id=msg_id)
-        except WrongLastSequence:
-            self._positions.pop(stream.subject, None)
-            raise ConcurrencyError(stream.key, expected_version) from None
-        except DuplicateMessage:
-            assert meta.command_id is not None
-            found = await self._find_outcome_in_stream(stream, meta.command_id)
-            if found is None:
-                raise
-            await self._remember(stream.tenant, meta.command_id, found)
-            return msgspec.structs.replace(found, duplicate=True)
-
         version = expected_version + len(events)
-        self._note_position(stream.subject, version, published.last_seq)
-        result = AppendResult(stream.key, published.first_seq, published.last_seq, version, len(events))
+        expect = {stream.subject: expected_seq}
         if meta.command_id:
-            await self._remember(stream.tenant, meta.command_id, result)
-        return result
+            record = _OutcomeRecord(stream.key, version, len(events))
+            subject = command_subject(stream.tenant, meta.command_id)
+            headers = {MSG_ID: f"{stream.tenant}:{meta.command_id}", H_TTL: f"{int(self.command_retention)}s"}
+            messages.append(OutMessage(subject, headers, msgspec.json.encode(record)))
+            expect[subject] = 0
+
+        try:
+            published = await self.log.append(messages, expect=expect)
+        except (WrongLastSequence, DuplicateMessage):
+            self._positions.pop(stream.subject, None)
+            if meta.command_id and (known := await self.outcome(stream.tenant, meta.command_id)) is not None:
+                return known
+            raise ConcurrencyError(stream.key, expected_version) from None
+
+        self._note_position(stream.subject, version, published.first_seq + len(events) - 1)
+        return AppendResult(stream.key, published.first_seq, published.first_seq + len(events) - 1, version, len(events))
 
     async def _expected_seq(self, stream: StreamId, expected_version: int) -> int:
         if expected_version == 0:
@@ -184,26 +170,13 @@ class EventStore:
     # Command outcomes ---------------------------------------------------------------------
 
     async def outcome(self, tenant: str, command_id: str) -> AppendResult | None:
-        if self.outcomes is None:
+        """What a command id did, if it took effect (within ``command_retention``)."""
+        raw = await self.log.last_on_subject(command_subject(tenant, command_id))
+        if raw is None:
             return None
-        try:
-            entry = await self.outcomes.get(outcome_key(tenant, command_id))
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        return msgspec.json.decode(entry.value, type=AppendResult) if entry.value else None
-
-    async def _remember(self, tenant: str, command_id: str, result: AppendResult) -> None:
-        if self.outcomes is not None:
-            await self.outcomes.put(outcome_key(tenant, command_id), msgspec.json.encode(result))
-
-    async def _find_outcome_in_stream(self, stream: StreamId, command_id: str) -> AppendResult | None:
-        """Rebuild a command's outcome from the events it appended (crash before it was remembered)."""
-        raws = [r for r in await self.log.read_subject(stream.subject) if r.headers.get(H_COMMAND_ID) == command_id]
-        if not raws:
-            return None
-        return AppendResult(
-            stream.key, raws[0].seq, raws[-1].seq, int(raws[-1].headers[H_VERSION]), len(raws)
-        )
+        record = msgspec.json.decode(raw.data, type=_OutcomeRecord)
+        # The record is written right after the command's events, in the same batch.
+        return AppendResult(record.stream, raw.seq - record.count, raw.seq - 1, record.version, record.count, duplicate=True)
 
     # Reads --------------------------------------------------------------------------------
 
@@ -236,3 +209,9 @@ class EventStore:
             recorded_at=recorded_at,
             meta=EventMeta.from_headers(raw.headers),
         )
+
+
+class _OutcomeRecord(msgspec.Struct, frozen=True):
+    stream: str
+    version: int
+    count: int

@@ -1,17 +1,21 @@
-"""Where an aggregate's events live: one subject per aggregate, carrying tenant and type.
+"""Where things live in the stream.
 
-``parley.ev.<tenant>.<aggregate_type>.<aggregate_id>``
+* an aggregate's events: ``parley.ev.<tenant>.<aggregate_type>.<aggregate_id>``, one subject each;
+* a command's outcome record: ``parley.cmd.<tenant>.<command_id>``, written in the same atomic
+  batch as the command's events, at most once (see ``streams.store``).
 """
 
 from __future__ import annotations
 
 import re
+from hashlib import sha256
 
 import msgspec
 
 from domain.errors import ValidationError
 
 EVENTS_PREFIX = "parley.ev"
+COMMANDS_PREFIX = "parley.cmd"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -65,3 +69,13 @@ def type_subjects(aggregate_type: str, tenant: str = "*") -> str:
 
 
 ALL_EVENTS = f"{EVENTS_PREFIX}.>"
+
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_=-]{1,100}$")
+
+
+def command_subject(tenant: str, command_id: str) -> str:
+    """The subject of a command's outcome record (ids a subject cannot hold are hashed)."""
+    if not _TOKEN.match(command_id):
+        command_id = "h-" + sha256(command_id.encode()).hexdigest()
+    return f"{COMMANDS_PREFIX}.{tenant}.{command_id}"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from infra.services import NatsServer
 from streams.factory import OpenStore, StoreSettings, open_store
 
 
@@ -40,9 +41,8 @@ async def drop(opened: OpenStore) -> None:
     """Delete a test store's stream and buckets, then close it."""
     prefix = opened.settings.stream.lower()
     await opened.log.delete()
-    for bucket in (f"{prefix}_commands", f"{prefix}_snapshots"):
-        try:
-            await opened.log.js.delete_key_value(bucket)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
+    try:
+        await opened.log.js.delete_key_value(f"{prefix}_snapshots")
+    except Exception:  # noqa: BLE001 - already gone
+        pass
     await opened.close()

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from domain.errors import ConcurrencyError, UnavailableError
@@ -15,7 +16,7 @@ from streams.feed import Feed
 from streams.jetstream import OutMessage, connect
 from streams.repository import Repository
 from streams.store import H_TOPIC, H_VERSION, EventMeta
-from streams.subjects import StreamId
+from streams.subjects import ALL_EVENTS, StreamId
 from tests.conftest import drop, unique_stream
 from tests.support import COUNTER, EmailNoted, Incremented
 
@@ -125,15 +126,39 @@ async def test_a_command_is_remembered_beyond_the_duplicate_window(nats_url: str
         await drop(opened)
 
 
-async def test_a_crash_between_append_and_remembering_is_recovered_from_the_stream(open_test_store: OpenStore) -> None:
+async def test_a_command_that_conflicted_leaves_no_record_so_its_retry_goes_through(open_test_store: OpenStore) -> None:
     store, sid = open_test_store.store, new_stream()
-    meta = EventMeta(command_id="crashy")
-    first = await store.append(sid, [Incremented(amount=1), Incremented(amount=2)], expected_version=0, meta=meta)
-    assert store.outcomes is not None
-    await store.outcomes.delete(f"acme.{meta.command_id}")  # as if the process died before remembering
-    again = await store.append(sid, [Incremented(amount=1), Incremented(amount=2)], expected_version=0, meta=meta)
-    assert again.duplicate and (again.first_seq, again.last_seq, again.version) == (first.first_seq, first.last_seq, 2)
-    assert len(await store.read(sid)) == 2
+    await store.append(sid, [Incremented(amount=1)], expected_version=0)
+    meta = EventMeta(command_id="retry-me")
+    with pytest.raises(ConcurrencyError):
+        await store.append(sid, [Incremented(amount=2)], expected_version=0, meta=meta)
+    assert await store.outcome("acme", "retry-me") is None
+    result = await store.append(sid, [Incremented(amount=2)], expected_version=1, meta=meta)
+    assert not result.duplicate and result.version == 2
+    assert await store.outcome("acme", "retry-me") == msgspec.structs.replace(result, duplicate=True)
+
+
+async def test_concurrent_appends_are_committed_together_and_one_conflict_fails_only_its_own(open_test_store: OpenStore) -> None:
+    store, log = open_test_store.store, open_test_store.log
+    streams = [new_stream() for _ in range(40)]
+    contested = streams[0]
+    await store.append(contested, [Incremented(amount=0)], expected_version=0)
+    before = await log.last_seq()
+
+    async def one(i: int, sid: StreamId) -> object:
+        try:  # version 0 is stale for the contested stream only
+            return await store.append(sid, [Incremented(amount=i)] * 2, expected_version=0, meta=EventMeta(command_id=f"g-{i}"))
+        except ConcurrencyError as e:
+            return e
+
+    outcomes = await asyncio.gather(*(one(i, sid) for i, sid in enumerate(streams)))
+    assert isinstance(outcomes[0], ConcurrencyError)
+    assert all(not isinstance(o, Exception) for o in outcomes[1:])
+    for i, sid in enumerate(streams[1:], 1):
+        assert [e.event for e in await store.read(sid)] == [Incremented(amount=i)] * 2
+    assert await log.last_seq() == before + 39 * 3  # two events and one command record each
+    seqs = sorted(s for o in outcomes[1:] for s in (o.first_seq, o.last_seq))  # type: ignore[union-attr]
+    assert len(set(seqs)) == len(seqs)
 
 
 async def test_command_ids_are_scoped_to_their_tenant(open_test_store: OpenStore) -> None:
@@ -227,22 +252,23 @@ async def test_a_durable_feed_follows_all_events_in_order_and_resumes_after_its_
     streams = [new_stream() for _ in range(3)]
     for i in range(4):
         for sid in streams:
-            await store.append(sid, [Incremented(amount=i)], expected_version=i)
-    feed = Feed(log, "proj-test", batch=5, idle_wait=0.2)
+            await store.append(sid, [Incremented(amount=i)], expected_version=i, meta=EventMeta(command_id=uuid.uuid4().hex))
+    # Each append wrote an event then its command record: events sit at odd sequences.
+    feed = Feed(log, "proj-test", subject=ALL_EVENTS, batch=5, idle_wait=0.2)
     batch = await feed.fetch()
-    assert [m.seq for m in batch.messages] == [1, 2, 3, 4, 5]
+    assert [m.seq for m in batch.messages] == [1, 3, 5, 7, 9]
     await batch.ack()
     await feed.close()
 
-    resumed = Feed(log, "proj-test", batch=100, idle_wait=0.2)
+    resumed = Feed(log, "proj-test", subject=ALL_EVENTS, batch=100, idle_wait=0.2)
     rest = await resumed.fetch()
-    assert [m.seq for m in rest.messages] == list(range(6, 13))
+    assert [m.seq for m in rest.messages] == list(range(11, 24, 2))
     assert [store.decode(m).event for m in rest.messages][:1] == [Incremented(amount=1)]
     await rest.ack()
     await resumed.close()
 
-    from_position = Feed(log, "proj-from-10", start_seq=10, idle_wait=0.2)
-    assert [m.seq for m in (await from_position.fetch()).messages] == [10, 11, 12]
+    from_position = Feed(log, "proj-from-19", subject=ALL_EVENTS, start_seq=19, idle_wait=0.2)
+    assert [m.seq for m in (await from_position.fetch()).messages] == [19, 21, 23]
     await from_position.delete()
 
 

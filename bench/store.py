@@ -1,0 +1,361 @@
+"""``just bench-store``: Parley's JetStream event store against eventsourcing's PostgreSQL module.
+
+Every side runs in this one process, on this machine, in the same run:
+
+* ``parley``: Parley's own store (typed msgspec events through the mapper, optimistic
+  concurrency, command ids remembered for idempotency) on a nats-server with
+  ``sync_interval: always`` (fsync before every acknowledgement) and one with the default
+  (fsync every two minutes);
+* ``es/jetstream``: eventsourcing's recorder interface on JetStream (this repo's
+  ``streams.es_jetstream``), both sync modes;
+* ``es/postgres``: eventsourcing's own PostgreSQL module, PostgreSQL's default durable settings
+  (``fsync=on``, ``synchronous_commit=on``).
+
+Workloads: appends/s with optimistic concurrency across 1,000 aggregates (one event per
+append); sequential single-aggregate append latency; the load time of a 10,000-event aggregate
+with and without a snapshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from eventsourcing.domain import DomainEvent
+from eventsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    DatetimeAsISO,
+    DecimalAsStr,
+    InfrastructureFactory,
+    JSONTranscoder,
+    Mapper,
+    UUIDAsHex,
+)
+
+from bench.common import percentile, table, write_results
+from domain.messages import Event
+from infra.services import NatsServer, Postgres, service_tmpdir
+from streams.factory import OpenStore, StoreSettings, open_store
+from streams.repository import AggregateSpec, Repository
+from streams.store import EventMeta
+from streams.subjects import StreamId
+
+
+# The workload's aggregate, on both sides -------------------------------------------------
+
+
+class Incremented(Event, frozen=True):
+    amount: int
+    note: str = ""
+
+
+class Counter(msgspec.Struct, frozen=True):
+    total: int = 0
+    count: int = 0
+
+
+def evolve(state: Counter, event: Event) -> Counter:
+    assert isinstance(event, Incremented)
+    return Counter(state.total + event.amount, state.count + 1)
+
+
+COUNTER = AggregateSpec("counter", Counter, Counter, evolve)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EsIncremented(DomainEvent):
+    amount: int
+    note: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EsSnapshot(DomainEvent):
+    total: int
+    count: int
+
+
+NOTE = "order ORD-78945 checked"
+
+
+@dataclass
+class Sizes:
+    aggregates: int = 1000
+    appends: int = 20_000
+    concurrency: int = 64
+    threads: int = 16
+    latency_appends: int = 2000
+    load_events: int = 10_000
+    load_repeats: int = 5
+
+
+# Parley's store --------------------------------------------------------------------------
+
+
+async def parley_appends(opened: OpenStore, s: Sizes) -> float:
+    store = opened.store
+    tenant = "bench"
+    ids = [uuid.uuid4().hex for _ in range(s.aggregates)]
+    versions = [0] * s.aggregates
+    per_task = s.appends // s.concurrency
+
+    async def worker(t: int) -> None:
+        mine = list(range(t, s.aggregates, s.concurrency))
+        for n in range(per_task):
+            a = mine[n % len(mine)]
+            sid = StreamId(tenant, "counter", ids[a])
+            await store.append(
+                sid,
+                [Incremented(amount=1, note=NOTE)],
+                expected_version=versions[a],
+                meta=EventMeta(command_id=uuid.uuid4().hex, actor="bench"),
+            )
+            versions[a] += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(t) for t in range(s.concurrency)))
+    return per_task * s.concurrency / (time.perf_counter() - started)
+
+
+async def parley_latency(opened: OpenStore, s: Sizes) -> list[float]:
+    sid = StreamId("bench", "counter", uuid.uuid4().hex)
+    latencies = []
+    for version in range(s.latency_appends):
+        started = time.perf_counter()
+        await opened.store.append(
+            sid, [Incremented(amount=1, note=NOTE)], expected_version=version, meta=EventMeta(command_id=uuid.uuid4().hex)
+        )
+        latencies.append((time.perf_counter() - started) * 1000)
+    return latencies
+
+
+async def parley_load(opened: OpenStore, s: Sizes) -> tuple[float, float]:
+    repo = Repository(opened.store, COUNTER, snapshots=opened.snapshots, keys=opened.keys, snapshot_every=10**9)
+    sid = repo.stream("bench", uuid.uuid4().hex)
+    for version in range(0, s.load_events, 100):
+        await opened.store.append(sid, [Incremented(amount=1, note=NOTE)] * 100, expected_version=version)
+    plain = []
+    for _ in range(s.load_repeats):
+        started = time.perf_counter()
+        loaded = await repo.load("bench", sid.aggregate_id, use_snapshot=False)
+        plain.append((time.perf_counter() - started) * 1000)
+        assert loaded.state.count == s.load_events
+    await repo.write_snapshot(loaded)
+    await opened.store.append(sid, [Incremented(amount=1, note=NOTE)] * 100, expected_version=s.load_events)
+    snap = []
+    for _ in range(s.load_repeats):
+        started = time.perf_counter()
+        loaded = await repo.load("bench", sid.aggregate_id)
+        snap.append((time.perf_counter() - started) * 1000)
+        assert loaded.from_snapshot and loaded.events_folded == 100 and loaded.state.count == s.load_events + 100
+    return percentile(plain, 50), percentile(snap, 50)
+
+
+async def run_parley(nats_url: str, data: Path, s: Sizes) -> dict[str, Any]:
+    opened = await open_store(StoreSettings(nats_url=nats_url, data_dir=data, stream="BENCH_" + uuid.uuid4().hex[:8].upper()))
+    try:
+        appends = await parley_appends(opened, s)
+        latencies = await parley_latency(opened, s)
+        load_plain, load_snap = await parley_load(opened, s)
+    finally:
+        await opened.log.delete()
+        await opened.close()
+    return {
+        "appends_per_s": appends,
+        "append_p50_ms": percentile(latencies, 50),
+        "append_p99_ms": percentile(latencies, 99),
+        "load_10k_ms": load_plain,
+        "load_10k_snapshot_ms": load_snap,
+    }
+
+
+# eventsourcing's recorders (PostgreSQL module, and ours on JetStream) --------------------
+
+
+def es_mapper() -> Mapper[Any]:
+    transcoder = JSONTranscoder()
+    for t in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO()):
+        transcoder.register(t)
+    return Mapper(transcoder=transcoder)
+
+
+def es_event(mapper: Mapper[Any], originator: uuid.UUID, version: int) -> Any:
+    e = EsIncremented(originator_id=originator, originator_version=version, timestamp=DomainEvent.create_timestamp(), amount=1, note=NOTE)
+    return mapper.to_stored_event(e)
+
+
+def run_es(factory: InfrastructureFactory[Any], s: Sizes) -> dict[str, Any]:
+    mapper = es_mapper()
+    recorder: ApplicationRecorder = factory.application_recorder()
+    snapshots: AggregateRecorder = factory.aggregate_recorder("snapshots")
+
+    # Appends across aggregates, each thread owning its own aggregates.
+    ids = [uuid.uuid4() for _ in range(s.aggregates)]
+    versions = [0] * s.aggregates
+    per_thread = s.appends // s.threads
+
+    def worker(t: int) -> None:
+        mine = list(range(t, s.aggregates, s.threads))
+        for n in range(per_thread):
+            a = mine[n % len(mine)]
+            versions[a] += 1
+            recorder.insert_events([es_event(mapper, ids[a], versions[a])])
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(s.threads) as pool:
+        list(pool.map(worker, range(s.threads)))
+    appends = per_thread * s.threads / (time.perf_counter() - started)
+
+    one = uuid.uuid4()
+    latencies = []
+    for version in range(1, s.latency_appends + 1):
+        started = time.perf_counter()
+        recorder.insert_events([es_event(mapper, one, version)])
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    big = uuid.uuid4()
+    for v in range(1, s.load_events + 1, 100):
+        recorder.insert_events([es_event(mapper, big, v + i) for i in range(100)])
+
+    def load(use_snapshot: bool) -> Counter:
+        state, after = Counter(), None
+        if use_snapshot:
+            found = snapshots.select_events(big, desc=True, limit=1)
+            if found:
+                snap = mapper.to_domain_event(found[0])
+                state, after = Counter(snap.total, snap.count), snap.originator_version
+        for stored in recorder.select_events(big, gt=after):
+            event = mapper.to_domain_event(stored)
+            state = Counter(state.total + event.amount, state.count + 1)
+        return state
+
+    plain = []
+    for _ in range(s.load_repeats):
+        started = time.perf_counter()
+        state = load(False)
+        plain.append((time.perf_counter() - started) * 1000)
+    assert state.count == s.load_events
+    snap_event = EsSnapshot(originator_id=big, originator_version=s.load_events, timestamp=DomainEvent.create_timestamp(), total=state.total, count=state.count)
+    snapshots.insert_events([mapper.to_stored_event(snap_event)])
+    recorder.insert_events([es_event(mapper, big, s.load_events + 1 + i) for i in range(100)])
+    snapped = []
+    for _ in range(s.load_repeats):
+        started = time.perf_counter()
+        state = load(True)
+        snapped.append((time.perf_counter() - started) * 1000)
+    assert state.count == s.load_events + 100
+    return {
+        "appends_per_s": appends,
+        "append_p50_ms": percentile(latencies, 50),
+        "append_p99_ms": percentile(latencies, 99),
+        "load_10k_ms": percentile(plain, 50),
+        "load_10k_snapshot_ms": percentile(snapped, 50),
+    }
+
+
+def postgres_factory(pg: Postgres, s: Sizes) -> InfrastructureFactory[Any]:
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": "parley",
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_PORT": str(pg.port),
+        "POSTGRES_USER": "parley",
+        "POSTGRES_PASSWORD": "unused-trust-auth",
+        "POSTGRES_POOL_SIZE": str(s.threads),
+        "POSTGRES_MAX_OVERFLOW": "0",
+    }
+    from eventsourcing.utils import Environment
+
+    return InfrastructureFactory.construct(Environment(name="bench_" + uuid.uuid4().hex[:8], env=env))
+
+
+def jetstream_factory(url: str) -> InfrastructureFactory[Any]:
+    env = {"PERSISTENCE_MODULE": "streams.es_jetstream", "NATS_URL": url, "JETSTREAM_STREAM": "ESBENCH_" + uuid.uuid4().hex[:8].upper()}
+    return InfrastructureFactory.construct(env)
+
+
+def with_factory(make: Callable[[], InfrastructureFactory[Any]], s: Sizes) -> dict[str, Any]:
+    factory = make()
+    try:
+        return run_es(factory, s)
+    finally:
+        if hasattr(factory, "delete_streams"):
+            factory.delete_streams()
+        factory.close()
+
+
+# The run ---------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a small run, to check the benchmark itself")
+    args = parser.parse_args()
+    s = Sizes()
+    if args.quick:
+        s = Sizes(aggregates=100, appends=1280, concurrency=64, threads=16, latency_appends=200, load_events=2000, load_repeats=2)
+
+    results: dict[str, dict[str, Any]] = {}
+    root = service_tmpdir("parley-bench-")  # reachable by the postgres OS user
+    try:
+        always = NatsServer(root / "nats-always", sync_always=True)
+        default = NatsServer(root / "nats-default", sync_always=False)
+        pg = Postgres(root / "postgres")
+        servers = [always, default, pg]
+        try:
+            threads = [threading.Thread(target=srv.start) for srv in servers]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            print(f"servers up: nats (sync always) {always.url}, nats (default sync) {default.url}, postgres {pg.url}", flush=True)
+            for label, server in (("always", always), ("default", default)):
+                print(f"parley store, sync {label} ...", flush=True)
+                results[f"parley (jetstream, sync {label})"] = asyncio.run(run_parley(server.url, root / f"data-{label}", s))
+                print(f"eventsourcing recorders on jetstream, sync {label} ...", flush=True)
+                results[f"es/jetstream (sync {label})"] = with_factory(lambda url=server.url: jetstream_factory(url), s)
+            print("eventsourcing postgres module ...", flush=True)
+            results["es/postgres (fsync, synchronous_commit=on)"] = with_factory(lambda: postgres_factory(pg, s), s)
+        finally:
+            for srv in servers:
+                srv.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    pg_row = results["es/postgres (fsync, synchronous_commit=on)"]
+    rows = []
+    for name, r in results.items():
+        r["appends_ratio_vs_postgres"] = r["appends_per_s"] / pg_row["appends_per_s"]
+        rows.append(
+            [name, r["appends_per_s"], r["appends_ratio_vs_postgres"], r["append_p50_ms"], r["append_p99_ms"], r["load_10k_ms"], r["load_10k_snapshot_ms"]]
+        )
+    print()
+    print(
+        table(
+            ["store", "appends/s", "x postgres", "append p50 ms", "append p99 ms", f"load {s.load_events} ms", "load w/ snapshot ms"],
+            rows,
+        )
+    )
+    durable = results["parley (jetstream, sync always)"]["appends_ratio_vs_postgres"]
+    fast = results["parley (jetstream, sync default)"]["appends_ratio_vs_postgres"]
+    print(f"\nratio, both durable (JetStream sync always vs PostgreSQL synchronous commit): {durable:.2f}x (target >= 5x)")
+    print(f"ratio, JetStream default sync vs PostgreSQL synchronous commit: {fast:.2f}x")
+    path = write_results(
+        "store" if not args.quick else "store-quick",
+        {"sizes": s.__dict__, "results": results, "ratio_durable": durable, "ratio_default_sync": fast},
+    )
+    print(f"results written to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+# Parley tasks. Use ./parley <recipe> on a fresh machine (it bootstraps .venv,
+# system packages and then runs just); `just <recipe>` works once bootstrapped.
+
+set dotenv-load := false
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export PARLEY_DATA := env("PARLEY_DATA", justfile_directory() / ".data")
+python := justfile_directory() / ".venv/bin/python"
+
+# List the recipes
+[private]
+default:
+    @{{ just_executable() }} --justfile {{ justfile() }} --list --unsorted
+
+# Start NATS JetStream, PostgreSQL, Redis and the chDB store (idempotent); writes .data/run/env
+up:
+    @{{ python }} -m infra.services up
+
+# Stop the services started by `up`
+down:
+    @{{ python }} -m infra.services down
+
+# Show each service, its URL and whether it is running
+status:
+    @{{ python }} -m infra.services status
+
+# Stop the services and delete the data dir ($PARLEY_DATA)
+wipe:
+    @{{ python }} -m infra.services wipe
+
+# Run the test suite; extra args go to pytest (e.g. ./parley test -k nats -x)
+[positional-arguments]
+test *ARGS:
+    @{{ python }} -m pytest "$@"
+
+# Lint with ruff
+lint:
+    @{{ justfile_directory() }}/.venv/bin/ruff check .
+
+# Run the event-store benchmark (bench/store.py)
+bench-store:
+    @{{ python }} -m bench.store
