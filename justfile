@@ -15,6 +15,7 @@ default:
 # Start NATS JetStream, PostgreSQL, Redis and the chDB store (idempotent); writes .data/run/env
 up:
     @{{ python }} -m infra.services up
+    @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m streams ensure
 
 # Stop the services started by `up`
 down:
@@ -37,6 +38,11 @@ test *ARGS:
 lint:
     @{{ justfile_directory() }}/.venv/bin/ruff check .
 
-# Run the event-store benchmark (bench/store.py)
-bench-store:
-    @{{ python }} -m bench.store
+# Show the event stream's state (messages, last sequence, replicas)
+stream-info:
+    @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m streams info
+
+# Benchmark the event store against eventsourcing's PostgreSQL module (--quick for a small run)
+[positional-arguments]
+bench-store *ARGS:
+    @{{ python }} -m bench.store "$@"

@@ -45,12 +45,12 @@ from eventsourcing.persistence import (
 
 from bench.common import percentile, table, write_results
 from domain.messages import Event
+from infra.logs import configure_logging
 from infra.services import NatsServer, Postgres, service_tmpdir
 from streams.factory import OpenStore, StoreSettings, open_store
 from streams.repository import AggregateSpec, Repository
 from streams.store import EventMeta
 from streams.subjects import StreamId
-
 
 # The workload's aggregate, on both sides -------------------------------------------------
 
@@ -93,7 +93,7 @@ class Sizes:
     aggregates: int = 1000
     appends: int = 20_000
     concurrency: int = 64
-    threads: int = 16
+    threads: int = 64  # the eventsourcing sides' writer threads: the same concurrency as ours
     latency_appends: int = 2000
     load_events: int = 10_000
     load_repeats: int = 5
@@ -133,7 +133,10 @@ async def parley_latency(opened: OpenStore, s: Sizes) -> list[float]:
     for version in range(s.latency_appends):
         started = time.perf_counter()
         await opened.store.append(
-            sid, [Incremented(amount=1, note=NOTE)], expected_version=version, meta=EventMeta(command_id=uuid.uuid4().hex)
+            sid,
+            [Incremented(amount=1, note=NOTE)],
+            expected_version=version,
+            meta=EventMeta(command_id=uuid.uuid4().hex),
         )
         latencies.append((time.perf_counter() - started) * 1000)
     return latencies
@@ -162,7 +165,9 @@ async def parley_load(opened: OpenStore, s: Sizes) -> tuple[float, float]:
 
 
 async def run_parley(nats_url: str, data: Path, s: Sizes) -> dict[str, Any]:
-    opened = await open_store(StoreSettings(nats_url=nats_url, data_dir=data, stream="BENCH_" + uuid.uuid4().hex[:8].upper()))
+    opened = await open_store(
+        StoreSettings(nats_url=nats_url, data_dir=data, stream="BENCH_" + uuid.uuid4().hex[:8].upper())
+    )
     try:
         appends = await parley_appends(opened, s)
         latencies = await parley_latency(opened, s)
@@ -190,7 +195,13 @@ def es_mapper() -> Mapper[Any]:
 
 
 def es_event(mapper: Mapper[Any], originator: uuid.UUID, version: int) -> Any:
-    e = EsIncremented(originator_id=originator, originator_version=version, timestamp=DomainEvent.create_timestamp(), amount=1, note=NOTE)
+    e = EsIncremented(
+        originator_id=originator,
+        originator_version=version,
+        timestamp=DomainEvent.create_timestamp(),
+        amount=1,
+        note=NOTE,
+    )
     return mapper.to_stored_event(e)
 
 
@@ -245,7 +256,13 @@ def run_es(factory: InfrastructureFactory[Any], s: Sizes) -> dict[str, Any]:
         state = load(False)
         plain.append((time.perf_counter() - started) * 1000)
     assert state.count == s.load_events
-    snap_event = EsSnapshot(originator_id=big, originator_version=s.load_events, timestamp=DomainEvent.create_timestamp(), total=state.total, count=state.count)
+    snap_event = EsSnapshot(
+        originator_id=big,
+        originator_version=s.load_events,
+        timestamp=DomainEvent.create_timestamp(),
+        total=state.total,
+        count=state.count,
+    )
     snapshots.insert_events([mapper.to_stored_event(snap_event)])
     recorder.insert_events([es_event(mapper, big, s.load_events + 1 + i) for i in range(100)])
     snapped = []
@@ -280,7 +297,11 @@ def postgres_factory(pg: Postgres, s: Sizes) -> InfrastructureFactory[Any]:
 
 
 def jetstream_factory(url: str) -> InfrastructureFactory[Any]:
-    env = {"PERSISTENCE_MODULE": "streams.es_jetstream", "NATS_URL": url, "JETSTREAM_STREAM": "ESBENCH_" + uuid.uuid4().hex[:8].upper()}
+    env = {
+        "PERSISTENCE_MODULE": "streams.es_jetstream",
+        "NATS_URL": url,
+        "JETSTREAM_STREAM": "ESBENCH_" + uuid.uuid4().hex[:8].upper(),
+    }
     return InfrastructureFactory.construct(env)
 
 
@@ -301,9 +322,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a small run, to check the benchmark itself")
     args = parser.parse_args()
+    configure_logging(level="WARNING", json=False)
     s = Sizes()
     if args.quick:
-        s = Sizes(aggregates=100, appends=1280, concurrency=64, threads=16, latency_appends=200, load_events=2000, load_repeats=2)
+        s = Sizes(
+            aggregates=100,
+            appends=1280,
+            concurrency=64,
+            threads=16,
+            latency_appends=200,
+            load_events=2000,
+            load_repeats=2,
+        )
 
     results: dict[str, dict[str, Any]] = {}
     root = service_tmpdir("parley-bench-")  # reachable by the postgres OS user
@@ -318,10 +348,15 @@ def main() -> None:
                 t.start()
             for t in threads:
                 t.join()
-            print(f"servers up: nats (sync always) {always.url}, nats (default sync) {default.url}, postgres {pg.url}", flush=True)
+            print(
+                f"servers up: nats (sync always) {always.url}, nats (default sync) {default.url}, postgres {pg.url}",
+                flush=True,
+            )
             for label, server in (("always", always), ("default", default)):
                 print(f"parley store, sync {label} ...", flush=True)
-                results[f"parley (jetstream, sync {label})"] = asyncio.run(run_parley(server.url, root / f"data-{label}", s))
+                results[f"parley (jetstream, sync {label})"] = asyncio.run(
+                    run_parley(server.url, root / f"data-{label}", s)
+                )
                 print(f"eventsourcing recorders on jetstream, sync {label} ...", flush=True)
                 results[f"es/jetstream (sync {label})"] = with_factory(lambda url=server.url: jetstream_factory(url), s)
             print("eventsourcing postgres module ...", flush=True)
@@ -337,18 +372,36 @@ def main() -> None:
     for name, r in results.items():
         r["appends_ratio_vs_postgres"] = r["appends_per_s"] / pg_row["appends_per_s"]
         rows.append(
-            [name, r["appends_per_s"], r["appends_ratio_vs_postgres"], r["append_p50_ms"], r["append_p99_ms"], r["load_10k_ms"], r["load_10k_snapshot_ms"]]
+            [
+                name,
+                r["appends_per_s"],
+                r["appends_ratio_vs_postgres"],
+                r["append_p50_ms"],
+                r["append_p99_ms"],
+                r["load_10k_ms"],
+                r["load_10k_snapshot_ms"],
+            ]
         )
     print()
     print(
         table(
-            ["store", "appends/s", "x postgres", "append p50 ms", "append p99 ms", f"load {s.load_events} ms", "load w/ snapshot ms"],
+            [
+                "store",
+                "appends/s",
+                "x postgres",
+                "append p50 ms",
+                "append p99 ms",
+                f"load {s.load_events} ms",
+                "load w/ snapshot ms",
+            ],
             rows,
         )
     )
     durable = results["parley (jetstream, sync always)"]["appends_ratio_vs_postgres"]
     fast = results["parley (jetstream, sync default)"]["appends_ratio_vs_postgres"]
-    print(f"\nratio, both durable (JetStream sync always vs PostgreSQL synchronous commit): {durable:.2f}x (target >= 5x)")
+    print(
+        f"\nratio, both durable (JetStream sync always vs PostgreSQL synchronous commit): {durable:.2f}x (target >= 5x)"
+    )
     print(f"ratio, JetStream default sync vs PostgreSQL synchronous commit: {fast:.2f}x")
     path = write_results(
         "store" if not args.quick else "store-quick",

@@ -17,7 +17,7 @@ from base64 import b64decode, b64encode
 from typing import Any
 
 import msgspec
-from eventsourcing.persistence import Compressor, Cipher, Mapper, StoredEvent, Transcoder
+from eventsourcing.persistence import Cipher, Compressor, Mapper, StoredEvent, Transcoder
 from eventsourcing.utils import get_topic, resolve_topic
 
 from domain.messages import Event
@@ -40,7 +40,7 @@ class MsgspecTranscoder(Transcoder):
         return self._decoder.decode(data)
 
     def decode_as(self, data: bytes, type_: type[Any]) -> Any:
-        return _typed_decoder(type_).decode(data)
+        return _typed_decoder(type_).decode(data)  # type: ignore[arg-type]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -92,7 +92,7 @@ class EventMapper(Mapper[Any]):
             state=state,
         )
 
-    def to_domain_event(self, stored_event: StoredEvent) -> Pending:  # type: ignore[override]
+    def to_domain_event(self, stored_event: StoredEvent) -> Pending:
         cls: type[Event] = resolve_topic(stored_event.topic)
         state = stored_event.state
         if self.cipher:

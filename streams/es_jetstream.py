@@ -275,7 +275,9 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
 
 
 class JetStreamSubscription(ListenNotifySubscription[JetStreamApplicationRecorder]):
-    def __init__(self, recorder: JetStreamApplicationRecorder, gt: int | None = None, topics: Sequence[str] = ()) -> None:
+    def __init__(
+        self, recorder: JetStreamApplicationRecorder, gt: int | None = None, topics: Sequence[str] = ()
+    ) -> None:
         super().__init__(recorder=recorder, gt=gt, topics=topics)
         recorder.listen(self._has_been_notified)
 
@@ -300,7 +302,8 @@ class JetStreamFactory(InfrastructureFactory[TrackingRecorder]):
         try:
             retry_for = float(self.env.get(self.NATS_CONNECT_TIMEOUT, "30"))
             self._nc = self._runner.run(
-                connect(self._url, name=self._stream, retry_for=retry_for, variable=self.NATS_URL), timeout=retry_for + 10
+                connect(self._url, name=self._stream, retry_for=retry_for, variable=self.NATS_URL),
+                timeout=retry_for + 10,
             )
         except ParleyError as e:
             self._runner.stop()
@@ -339,7 +342,7 @@ class JetStreamFactory(InfrastructureFactory[TrackingRecorder]):
             return
         try:
             self._runner.run(self._nc.drain(), timeout=10)
-        except Exception:  # noqa: BLE001 - closing anyway
+        except Exception:
             pass
         self._runner.stop()
 

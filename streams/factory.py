@@ -46,7 +46,15 @@ class StoreSettings(msgspec.Struct, frozen=True, kw_only=True):
 class OpenStore:
     """Everything a process needs to read and write events; close it when done."""
 
-    def __init__(self, nc: NATS, log: JetStreamLog, store: EventStore, snapshots: KeyValue, keys: LocalKeyStore, settings: StoreSettings) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        log: JetStreamLog,
+        store: EventStore,
+        snapshots: KeyValue,
+        keys: LocalKeyStore,
+        settings: StoreSettings,
+    ) -> None:
         self.nc = nc
         self.log = log
         self.store = store

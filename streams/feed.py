@@ -9,7 +9,6 @@ projectors do that by keeping their own checkpoint beside their rows.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import nats.errors
@@ -80,7 +79,7 @@ class Feed:
             self._sub = await self._subscribe()
         try:
             msgs = await self._sub.fetch(self.batch, timeout=self.idle_wait)  # type: ignore[attr-defined]
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             return Batch([])
         out = []
         for m in msgs:

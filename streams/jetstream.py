@@ -32,6 +32,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
+from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from streams.errors import ConcurrencyError, StoreError, UnavailableError
@@ -141,18 +142,20 @@ async def connect(url: str, *, name: str, retry_for: float | None = None, variab
                 connect_timeout=2,
                 allow_reconnect=False,  # our loop retries the first connect, with backoff
                 max_reconnect_attempts=1,
-                reconnect_time_wait=0.1,
+                reconnect_time_wait=0.1,  # type: ignore[arg-type]  # seconds; floats work
                 pending_size=64 * 1024 * 1024,
                 error_cb=on_error,
             )
-        except (OSError, nats.errors.Error, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError, nats.errors.Error) as e:
             if deadline is not None and loop.time() + delay > deadline:
                 raise UnavailableError(
                     f"NATS is unreachable at {url} (set by {variable}); gave up after {attempt} attempts: {e}",
                     variable=variable,
                     url=url,
                 ) from None
-            log.warning("nats unreachable, retrying", url=url, variable=variable, attempt=attempt, retry_in=delay, error=str(e))
+            log.warning(
+                "nats unreachable, retrying", url=url, variable=variable, attempt=attempt, retry_in=delay, error=str(e)
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
             continue
@@ -177,6 +180,7 @@ class JetStreamLog:
         replicas: int = 1,
         duplicate_window: float = 120.0,
         request_timeout: float = 10.0,
+        max_in_flight: int = 4,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream(timeout=request_timeout)
@@ -189,8 +193,9 @@ class JetStreamLog:
         self._inbox: str | None = None
         self._waiting: dict[str, _DirectRequest] = {}
         self._tokens = itertools.count()
+        self.max_in_flight = max_in_flight
         self._queue: list[_Queued] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     # Set-up -------------------------------------------------------------------------------
 
@@ -225,48 +230,57 @@ class JetStreamLog:
         for pending in self._waiting.values():
             if not pending.done.done():
                 pending.done.set_exception(UnavailableError("the event store is closing"))
-        if self._committer is not None:
-            self._committer.cancel()
+        for task in list(self._in_flight):
+            task.cancel()
 
     # Group commit -------------------------------------------------------------------------
 
     async def append(self, messages: Sequence[OutMessage], *, expect: Mapping[str, int]) -> Published:
         """``publish``, with concurrent callers committed together.
 
-        Appends that arrive while a write is in flight are gathered into one atomic batch (one
-        round trip, one fsync) as long as they touch different subjects and fit the batch limit.
-        If the group is refused, because one member's expectation failed, each member is
-        retried on its own, so one conflict never fails another caller's append.
+        Up to ``max_in_flight`` writes go out at once; appends that arrive while they are in
+        flight are gathered into one atomic batch (one round trip, one fsync) as long as they
+        touch different subjects and fit the batch limit. If a group is refused because one
+        member's expectation failed, each member is retried on its own, so one conflict never
+        fails another caller's append.
         """
         future: asyncio.Future[Published] = asyncio.get_running_loop().create_future()
         self._queue.append(_Queued(list(messages), dict(expect), future))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_loop())
+        self._start_commits()
         return await future
 
-    async def _commit_loop(self) -> None:
-        while self._queue:
-            group: list[_Queued] = []
-            subjects: set[str] = set()
-            size = 0
-            rest: list[_Queued] = []
-            for item in self._queue:
-                touched = {m.subject for m in item.messages}
-                if group and (touched & subjects or size + len(item.messages) > MAX_BATCH):
-                    rest.append(item)
-                    continue
-                group.append(item)
-                subjects |= touched
-                size += len(item.messages)
-            self._queue = rest
-            await self._commit(group)
+    def _start_commits(self) -> None:
+        while self._queue and len(self._in_flight) < self.max_in_flight:
+            task = asyncio.create_task(self._commit(self._take_group()))
+            self._in_flight.add(task)
+            task.add_done_callback(self._commit_done)
+
+    def _commit_done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._start_commits()
+
+    def _take_group(self) -> list[_Queued]:
+        group: list[_Queued] = []
+        subjects: set[str] = set()
+        size = 0
+        rest: list[_Queued] = []
+        for item in self._queue:
+            touched = {m.subject for m in item.messages}
+            if group and (touched & subjects or size + len(item.messages) > MAX_BATCH):
+                rest.append(item)
+                continue
+            group.append(item)
+            subjects |= touched
+            size += len(item.messages)
+        self._queue = rest
+        return group
 
     async def _commit(self, group: list[_Queued]) -> None:
         if len(group) == 1:
             item = group[0]
             try:
                 item.future.set_result(await self.publish(item.messages, expect=item.expect))
-            except Exception as e:  # noqa: BLE001 - handed to the caller
+            except Exception as e:
                 item.future.set_exception(e)
             return
         messages = [m for item in group for m in item.messages]
@@ -283,7 +297,7 @@ class JetStreamLog:
                 else:
                     item.future.set_result(outcome)
             return
-        except Exception as e:  # noqa: BLE001 - handed to every caller
+        except Exception as e:
             for item in group:
                 item.future.set_exception(e)
             return
@@ -342,14 +356,15 @@ class JetStreamLog:
     async def _request(self, subject: str, data: bytes, headers: dict[str, str]) -> dict[str, Any]:
         try:
             msg = await self.nc.request(subject, data, headers=headers, timeout=self.request_timeout)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError) as e:
+        except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
             raise UnavailableError(
                 f"JetStream did not acknowledge the write to {subject} (stream {self.stream}): {type(e).__name__}",
                 stream=self.stream,
             ) from None
         except nats.errors.Error as e:
             raise UnavailableError(f"NATS error writing to {subject}: {e}", stream=self.stream) from None
-        return json.loads(msg.data)
+        reply: dict[str, Any] = json.loads(msg.data)
+        return reply
 
     def _check_ack(self, reply: dict[str, Any], msg_id: str | None, subject: str) -> int:
         error = reply.get("error")
@@ -411,7 +426,7 @@ class JetStreamLog:
         try:
             await self.nc.publish(self._direct_subject, json.dumps(request).encode(), reply=f"{self._inbox}.{token}")
             status, description = await asyncio.wait_for(pending.done, self.request_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UnavailableError(f"direct get on stream {self.stream} timed out") from None
         finally:
             del self._waiting[token]
@@ -450,7 +465,7 @@ class _DirectRequest:
         self.done: asyncio.Future[tuple[str | None, str]] = asyncio.get_running_loop().create_future()
 
 
-async def ensure_stream(js: Any, config: StreamConfig) -> None:
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError as e:
@@ -460,7 +475,9 @@ async def ensure_stream(js: Any, config: StreamConfig) -> None:
     log.debug("stream ready", stream=config.name)
 
 
-async def ensure_kv(js: Any, *, bucket: str, replicas: int = 1, ttl: float | None = None, history: int = 1) -> KeyValue:
+async def ensure_kv(
+    js: JetStreamContext, *, bucket: str, replicas: int = 1, ttl: float | None = None, history: int = 1
+) -> KeyValue:
     """Create a key-value bucket if it does not exist; return it."""
     config = KeyValueConfig(
         bucket=bucket,

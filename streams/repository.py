@@ -126,7 +126,7 @@ class Repository(Generic[S]):
             if cipher is None:
                 return None
             state: Any = self._state_decoder.decode(cipher.decrypt(snap.sealed))
-        except Exception as e:  # noqa: BLE001 - a snapshot is a cache; fall back to the events
+        except Exception as e:
             log.warning("snapshot ignored", stream=stream.key, error=str(e))
             return None
         return state, snap.version, snap.seq

@@ -30,12 +30,6 @@ from streams.subjects import StreamId, command_subject
 
 log = structlog.get_logger(__name__)
 
-H_VERSION = "Parley-Version"
-H_TOPIC = "Parley-Topic"
-H_COMMAND_ID = "Parley-Command-Id"
-H_COMMAND = "Parley-Command"
-H_ACTOR = "Parley-Actor"
-H_CORRELATION = "Parley-Correlation-Id"
 H_TTL = "Nats-TTL"
 
 
@@ -47,26 +41,29 @@ class EventMeta(msgspec.Struct, frozen=True, omit_defaults=True):
     actor: str | None = None
     correlation_id: str | None = None
 
-    def headers(self) -> dict[str, str]:
-        h = {}
-        if self.command_id:
-            h[H_COMMAND_ID] = self.command_id
-        if self.command:
-            h[H_COMMAND] = self.command
-        if self.actor:
-            h[H_ACTOR] = self.actor
-        if self.correlation_id:
-            h[H_CORRELATION] = self.correlation_id
-        return h
 
-    @classmethod
-    def from_headers(cls, h: dict[str, str]) -> EventMeta:
-        return cls(
-            command_id=h.get(H_COMMAND_ID),
-            command=h.get(H_COMMAND),
-            actor=h.get(H_ACTOR),
-            correlation_id=h.get(H_CORRELATION),
-        )
+class Envelope(msgspec.Struct, frozen=True, array_like=True):
+    """The body of an event message: its version, type, cause, and the mapper's bytes.
+
+    Kept in the body (MessagePack) rather than in headers: headers are parsed per message by
+    the client and cost more than the event itself on every load.
+    """
+
+    version: int
+    topic: str
+    meta: EventMeta
+    state: bytes
+
+
+_ENVELOPE = msgspec.msgpack.Encoder()
+_UNENVELOPE = msgspec.msgpack.Decoder(Envelope)
+
+
+def envelope(version: int, topic: str, state: bytes, meta: EventMeta | None = None) -> bytes:
+    return _ENVELOPE.encode(Envelope(version, topic, meta or _NO_META, state))
+
+
+_NO_META = EventMeta()
 
 
 class RecordedEvent(msgspec.Struct, frozen=True):
@@ -118,12 +115,11 @@ class EventStore:
         if not events:
             return AppendResult(stream.key, 0, 0, expected_version, 0)
         expected_seq = await self._expected_seq(stream, expected_version)
-        base_headers = meta.headers()
         messages = []
         for i, event in enumerate(events, 1):
             stored = self.mapper.to_stored_event(Pending(stream.key, expected_version + i, event))
-            headers = {H_VERSION: str(expected_version + i), H_TOPIC: stored.topic, **base_headers}
-            messages.append(OutMessage(stream.subject, headers, stored.state))
+            body = _ENVELOPE.encode(Envelope(expected_version + i, stored.topic, meta, stored.state))
+            messages.append(OutMessage(stream.subject, {}, body))
         version = expected_version + len(events)
         expect = {stream.subject: expected_seq}
         if meta.command_id:
@@ -142,7 +138,9 @@ class EventStore:
             raise ConcurrencyError(stream.key, expected_version) from None
 
         self._note_position(stream.subject, version, published.first_seq + len(events) - 1)
-        return AppendResult(stream.key, published.first_seq, published.first_seq + len(events) - 1, version, len(events))
+        return AppendResult(
+            stream.key, published.first_seq, published.first_seq + len(events) - 1, version, len(events)
+        )
 
     async def _expected_seq(self, stream: StreamId, expected_version: int) -> int:
         if expected_version == 0:
@@ -151,7 +149,7 @@ class EventStore:
         if cached is not None and cached[0] == expected_version:
             return cached[1]
         last = await self.log.last_on_subject(stream.subject)
-        actual = int(last.headers[H_VERSION]) if last is not None else 0
+        actual = _UNENVELOPE.decode(last.data).version if last is not None else 0
         if last is None or actual != expected_version:
             raise ConcurrencyError(stream.key, expected_version, actual)
         self._note_position(stream.subject, actual, last.seq)
@@ -176,13 +174,15 @@ class EventStore:
             return None
         record = msgspec.json.decode(raw.data, type=_OutcomeRecord)
         # The record is written right after the command's events, in the same batch.
-        return AppendResult(record.stream, raw.seq - record.count, raw.seq - 1, record.version, record.count, duplicate=True)
+        return AppendResult(
+            record.stream, raw.seq - record.count, raw.seq - 1, record.version, record.count, duplicate=True
+        )
 
     # Reads --------------------------------------------------------------------------------
 
     async def read(self, stream: StreamId, *, after_seq: int = 0) -> list[RecordedEvent]:
         raws = await self.log.read_subject(stream.subject, after_seq=after_seq)
-        events = [self.decode(raw) for raw in raws]
+        events = [self.decode(raw, stream) for raw in raws]
         if events:
             self._note_position(stream.subject, events[-1].version, events[-1].seq)
         return events
@@ -190,24 +190,24 @@ class EventStore:
     async def read_all(self, *, after_seq: int = 0, limit: int = 1000, subject: str | None = None) -> list[RawMessage]:
         return await self.log.read(after_seq=after_seq, limit=limit, subject=subject)
 
-    def decode(self, raw: RawMessage) -> RecordedEvent:
+    def decode(self, raw: RawMessage, stream: StreamId | None = None) -> RecordedEvent:
         """A raw stream message as a recorded event; ``EventDecodeError`` names its sequence."""
         try:
-            stream = StreamId.from_subject(raw.subject)
-            version = int(raw.headers[H_VERSION])
+            stream = stream or StreamId.from_subject(raw.subject)
+            env = _UNENVELOPE.decode(raw.data)
             pending = self.mapper.to_domain_event(
-                StoredEvent(originator_id=stream.key, originator_version=version, topic=raw.headers[H_TOPIC], state=raw.data)
+                StoredEvent(originator_id=stream.key, originator_version=env.version, topic=env.topic, state=env.state)
             )
             recorded_at = datetime.fromisoformat(raw.time) if raw.time else datetime.min
-        except Exception as e:  # noqa: BLE001 - every failure is reported with its sequence
+        except Exception as e:
             raise EventDecodeError(raw.seq, raw.subject, f"{type(e).__name__}: {e}") from e
         return RecordedEvent(
             stream=stream,
-            version=version,
+            version=env.version,
             seq=raw.seq,
             event=pending.event,
             recorded_at=recorded_at,
-            meta=EventMeta.from_headers(raw.headers),
+            meta=env.meta,
         )
 
 

@@ -19,7 +19,7 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url := os.environ.get("PARLEY_TEST_NATS_URL"):  # run against a server you started yourself
         yield url
         return
-    
+
     server = NatsServer(tmp_path_factory.mktemp("nats"), port=0, sync_always=True)
     url = server.start()
     yield url
@@ -43,6 +43,6 @@ async def drop(opened: OpenStore) -> None:
     await opened.log.delete()
     try:
         await opened.log.js.delete_key_value(f"{prefix}_snapshots")
-    except Exception:  # noqa: BLE001 - already gone
+    except Exception:
         pass
     await opened.close()

@@ -15,7 +15,7 @@ from streams.factory import OpenStore, StoreSettings, open_store
 from streams.feed import Feed
 from streams.jetstream import OutMessage, connect
 from streams.repository import Repository
-from streams.store import H_TOPIC, H_VERSION, EventMeta
+from streams.store import EventMeta, envelope
 from streams.subjects import ALL_EVENTS, StreamId
 from tests.conftest import drop, unique_stream
 from tests.support import COUNTER, EmailNoted, Incremented
@@ -39,7 +39,9 @@ async def test_appended_events_read_back_in_order_with_their_metadata(open_test_
     assert all(e.recorded_at.tzinfo is not None for e in events)
 
 
-async def test_append_with_stale_expected_version_raises_conflict_and_writes_nothing(open_test_store: OpenStore) -> None:
+async def test_append_with_stale_expected_version_raises_conflict_and_writes_nothing(
+    open_test_store: OpenStore,
+) -> None:
     store, sid = open_test_store.store, new_stream()
     await store.append(sid, [Incremented(amount=1)], expected_version=0)
     with pytest.raises(ConcurrencyError) as caught:
@@ -50,9 +52,13 @@ async def test_append_with_stale_expected_version_raises_conflict_and_writes_not
     assert [e.event for e in await store.read(sid)] == [Incremented(amount=1)]
 
 
-async def test_a_stale_writer_in_another_process_is_rejected_by_the_server(open_test_store: OpenStore, nats_url: str, tmp_path: Path) -> None:
+async def test_a_stale_writer_in_another_process_is_rejected_by_the_server(
+    open_test_store: OpenStore, nats_url: str, tmp_path: Path
+) -> None:
     # Two stores sharing one stream, as two processes would: the second one's cached position is stale.
-    other = await open_store(StoreSettings(nats_url=nats_url, data_dir=tmp_path, stream=open_test_store.settings.stream))
+    other = await open_store(
+        StoreSettings(nats_url=nats_url, data_dir=tmp_path, stream=open_test_store.settings.stream)
+    )
     try:
         sid = new_stream()
         await open_test_store.store.append(sid, [Incremented(amount=1)], expected_version=0)
@@ -72,8 +78,8 @@ async def test_a_batch_is_all_or_nothing(open_test_store: OpenStore) -> None:
     before = await log.last_seq()
     # One message per aggregate; b's expectation is wrong, so a's message must not land either.
     messages = [
-        OutMessage(a.subject, {H_VERSION: "1", H_TOPIC: "x"}, b"{}"),
-        OutMessage(b.subject, {H_VERSION: "2", H_TOPIC: "x"}, b"{}"),
+        OutMessage(a.subject, {}, envelope(1, "x", b"{}")),
+        OutMessage(b.subject, {}, envelope(2, "x", b"{}")),
     ]
     with pytest.raises(ConcurrencyError):
         await log.publish(messages, expect={a.subject: 0, b.subject: 999})
@@ -114,7 +120,9 @@ async def test_a_retried_command_returns_its_first_outcome_and_appends_nothing(o
 
 
 async def test_a_command_is_remembered_beyond_the_duplicate_window(nats_url: str, tmp_path: Path) -> None:
-    opened = await open_store(StoreSettings(nats_url=nats_url, data_dir=tmp_path, stream=unique_stream(), duplicate_window=0.5))
+    opened = await open_store(
+        StoreSettings(nats_url=nats_url, data_dir=tmp_path, stream=unique_stream(), duplicate_window=0.5)
+    )
     try:
         sid, meta = new_stream(), EventMeta(command_id="late-retry")
         first = await opened.store.append(sid, [Incremented(amount=1)], expected_version=0, meta=meta)
@@ -138,7 +146,9 @@ async def test_a_command_that_conflicted_leaves_no_record_so_its_retry_goes_thro
     assert await store.outcome("acme", "retry-me") == msgspec.structs.replace(result, duplicate=True)
 
 
-async def test_concurrent_appends_are_committed_together_and_one_conflict_fails_only_its_own(open_test_store: OpenStore) -> None:
+async def test_concurrent_appends_are_committed_together_and_one_conflict_fails_only_its_own(
+    open_test_store: OpenStore,
+) -> None:
     store, log = open_test_store.store, open_test_store.log
     streams = [new_stream() for _ in range(40)]
     contested = streams[0]
@@ -147,7 +157,9 @@ async def test_concurrent_appends_are_committed_together_and_one_conflict_fails_
 
     async def one(i: int, sid: StreamId) -> object:
         try:  # version 0 is stale for the contested stream only
-            return await store.append(sid, [Incremented(amount=i)] * 2, expected_version=0, meta=EventMeta(command_id=f"g-{i}"))
+            return await store.append(
+                sid, [Incremented(amount=i)] * 2, expected_version=0, meta=EventMeta(command_id=f"g-{i}")
+            )
         except ConcurrencyError as e:
             return e
 
@@ -184,13 +196,19 @@ async def test_destroying_a_customers_key_erases_them_without_rewriting_the_log(
     sid = new_stream()
     await store.append(
         sid,
-        [EmailNoted(customer_id="gone", email="gone@example.com"), EmailNoted(customer_id="stays", email="stays@example.com")],
+        [
+            EmailNoted(customer_id="gone", email="gone@example.com"),
+            EmailNoted(customer_id="stays", email="stays@example.com"),
+        ],
         expected_version=0,
     )
     before = [r.data for r in await log.read_subject(sid.subject)]
     keys.shred("acme", "gone")
     events = [e.event for e in await store.read(sid)]
-    assert events == [EmailNoted(customer_id="gone", email=None), EmailNoted(customer_id="stays", email="stays@example.com")]
+    assert events == [
+        EmailNoted(customer_id="gone", email=None),
+        EmailNoted(customer_id="stays", email="stays@example.com"),
+    ]
     assert [r.data for r in await log.read_subject(sid.subject)] == before
     # New data about the same person is sealed under a new key and stays readable.
     await store.append(sid, [EmailNoted(customer_id="gone", email="new@example.com")], expected_version=2)
@@ -214,7 +232,7 @@ async def test_one_tenants_ciphertext_never_decrypts_under_anothers_key(open_tes
 
 async def test_an_event_of_unknown_type_raises_an_error_naming_its_sequence(open_test_store: OpenStore) -> None:
     store, log, sid = open_test_store.store, open_test_store.log, new_stream()
-    published = await log.publish([OutMessage(sid.subject, {H_VERSION: "1", H_TOPIC: "nowhere:Missing"}, b"{}")])
+    published = await log.publish([OutMessage(sid.subject, {}, envelope(1, "nowhere:Missing", b"{}"))])
     with pytest.raises(EventDecodeError) as caught:
         await store.read(sid)
     assert caught.value.seq == published.last_seq
@@ -222,13 +240,21 @@ async def test_an_event_of_unknown_type_raises_an_error_naming_its_sequence(open
 
 
 async def test_loading_from_a_snapshot_folds_only_the_events_after_it(open_test_store: OpenStore) -> None:
-    repo = Repository(open_test_store.store, COUNTER, snapshots=open_test_store.snapshots, keys=open_test_store.keys, snapshot_every=10)
+    repo = Repository(
+        open_test_store.store,
+        COUNTER,
+        snapshots=open_test_store.snapshots,
+        keys=open_test_store.keys,
+        snapshot_every=10,
+    )
     store, sid = open_test_store.store, repo.stream("acme", uuid.uuid4().hex)
     for version in range(25):
         await store.append(sid, [Incremented(amount=1)], expected_version=version)
     first = await repo.load("acme", sid.aggregate_id)
     assert (first.state.total, first.version, first.events_folded, first.from_snapshot) == (25, 25, 25, False)
-    await store.append(sid, [Incremented(amount=2), EmailNoted(customer_id="c9", email="c9@example.com")], expected_version=25)
+    await store.append(
+        sid, [Incremented(amount=2), EmailNoted(customer_id="c9", email="c9@example.com")], expected_version=25
+    )
     second = await repo.load("acme", sid.aggregate_id)
     assert second.from_snapshot and second.events_folded == 2
     assert second.state == (await repo.load("acme", sid.aggregate_id, use_snapshot=False)).state
@@ -238,7 +264,9 @@ async def test_loading_from_a_snapshot_folds_only_the_events_after_it(open_test_
 
 
 async def test_destroyed_keys_void_snapshots_too(open_test_store: OpenStore) -> None:
-    repo = Repository(open_test_store.store, COUNTER, snapshots=open_test_store.snapshots, keys=open_test_store.keys, snapshot_every=1)
+    repo = Repository(
+        open_test_store.store, COUNTER, snapshots=open_test_store.snapshots, keys=open_test_store.keys, snapshot_every=1
+    )
     sid = repo.stream("acme", uuid.uuid4().hex)
     await open_test_store.store.append(sid, [EmailNoted(customer_id="c7", email="c7@example.com")], expected_version=0)
     await repo.load("acme", sid.aggregate_id)  # writes a snapshot holding the email
@@ -252,7 +280,9 @@ async def test_a_durable_feed_follows_all_events_in_order_and_resumes_after_its_
     streams = [new_stream() for _ in range(3)]
     for i in range(4):
         for sid in streams:
-            await store.append(sid, [Incremented(amount=i)], expected_version=i, meta=EventMeta(command_id=uuid.uuid4().hex))
+            await store.append(
+                sid, [Incremented(amount=i)], expected_version=i, meta=EventMeta(command_id=uuid.uuid4().hex)
+            )
     # Each append wrote an event then its command record: events sit at odd sequences.
     feed = Feed(log, "proj-test", subject=ALL_EVENTS, batch=5, idle_wait=0.2)
     batch = await feed.fetch()
@@ -276,3 +306,30 @@ async def test_nats_unreachable_at_start_up_gives_one_clear_error_naming_the_var
     with pytest.raises(UnavailableError) as caught:
         await connect("nats://127.0.0.1:1", name="test", retry_for=0.5)
     assert "NATS_URL" in caught.value.message and "nats://127.0.0.1:1" in caught.value.message
+
+
+async def test_the_store_runs_on_a_three_node_cluster_with_replicated_streams(tmp_path: Path) -> None:
+    from infra.services import NatsCluster, service_tmpdir
+
+    root = service_tmpdir("parley-cluster-")
+    cluster = NatsCluster(root, size=3)
+    urls = cluster.start()
+    try:
+        opened = await open_store(
+            StoreSettings(nats_url=",".join(urls), data_dir=tmp_path, stream="CLUSTERED", replicas=3)
+        )
+        try:
+            info = await opened.log.js.stream_info("CLUSTERED")
+            assert info.config.num_replicas == 3 and info.cluster is not None and len(info.cluster.replicas or []) == 2
+            sid = new_stream()
+            await opened.store.append(sid, [Incremented(amount=1), Incremented(amount=2)], expected_version=0)
+            with pytest.raises(ConcurrencyError):
+                await opened.store.append(sid, [Incremented(amount=3)], expected_version=0)
+            assert [e.version for e in await opened.store.read(sid)] == [1, 2]
+        finally:
+            await opened.close()
+    finally:
+        cluster.stop()
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)

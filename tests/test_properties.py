@@ -50,7 +50,9 @@ mappers = st.sampled_from(
 
 @given(mapper=mappers, tenant=ids, version=st.integers(1, 10**9), event=events)
 @settings(max_examples=300)
-def test_any_event_survives_the_mapper_round_trip(mapper: EventMapper, tenant: str, version: int, event: object) -> None:
+def test_any_event_survives_the_mapper_round_trip(
+    mapper: EventMapper, tenant: str, version: int, event: object
+) -> None:
     stream = StreamId(tenant, "counter", uuid.uuid4().hex)
     stored = mapper.to_stored_event(Pending(stream.key, version, event))  # type: ignore[arg-type]
     assert isinstance(stored.state, bytes)
@@ -77,7 +79,9 @@ async def _race(nats_url: str, writers: int, attempts: int, batch: int) -> None:
     stream_name = unique_stream()
     with tempfile.TemporaryDirectory() as tmp:
         # Two connections, as two processes: writers alternate between them.
-        stores = [await open_store(StoreSettings(nats_url=nats_url, data_dir=Path(tmp), stream=stream_name)) for _ in range(2)]
+        stores = [
+            await open_store(StoreSettings(nats_url=nats_url, data_dir=Path(tmp), stream=stream_name)) for _ in range(2)
+        ]
         try:
             sid = StreamId("acme", "counter", uuid.uuid4().hex)
             wins: list[tuple[int, int]] = []  # (writer, first version written)
