@@ -145,8 +145,8 @@ async def parley_latency(opened: OpenStore, s: Sizes) -> list[float]:
 async def parley_load(opened: OpenStore, s: Sizes) -> tuple[float, float]:
     repo = Repository(opened.store, COUNTER, snapshots=opened.snapshots, keys=opened.keys, snapshot_every=10**9)
     sid = repo.stream("bench", uuid.uuid4().hex)
-    for version in range(0, s.load_events, 100):
-        await opened.store.append(sid, [Incremented(amount=1, note=NOTE)] * 100, expected_version=version)
+    for version in range(s.load_events):  # one command, one event: the aggregate's commits
+        await opened.store.append(sid, [Incremented(amount=1, note=NOTE)], expected_version=version)
     plain = []
     for _ in range(s.load_repeats):
         started = time.perf_counter()
@@ -154,7 +154,8 @@ async def parley_load(opened: OpenStore, s: Sizes) -> tuple[float, float]:
         plain.append((time.perf_counter() - started) * 1000)
         assert loaded.state.count == s.load_events
     await repo.write_snapshot(loaded)
-    await opened.store.append(sid, [Incremented(amount=1, note=NOTE)] * 100, expected_version=s.load_events)
+    for version in range(s.load_events, s.load_events + 100):
+        await opened.store.append(sid, [Incremented(amount=1, note=NOTE)], expected_version=version)
     snap = []
     for _ in range(s.load_repeats):
         started = time.perf_counter()
@@ -235,8 +236,8 @@ def run_es(factory: InfrastructureFactory[Any], s: Sizes) -> dict[str, Any]:
         latencies.append((time.perf_counter() - started) * 1000)
 
     big = uuid.uuid4()
-    for v in range(1, s.load_events + 1, 100):
-        recorder.insert_events([es_event(mapper, big, v + i) for i in range(100)])
+    for v in range(1, s.load_events + 1):
+        recorder.insert_events([es_event(mapper, big, v)])
 
     def load(use_snapshot: bool) -> Counter:
         state, after = Counter(), None
@@ -264,7 +265,8 @@ def run_es(factory: InfrastructureFactory[Any], s: Sizes) -> dict[str, Any]:
         count=state.count,
     )
     snapshots.insert_events([mapper.to_stored_event(snap_event)])
-    recorder.insert_events([es_event(mapper, big, s.load_events + 1 + i) for i in range(100)])
+    for i in range(100):
+        recorder.insert_events([es_event(mapper, big, s.load_events + 1 + i)])
     snapped = []
     for _ in range(s.load_repeats):
         started = time.perf_counter()

@@ -13,7 +13,7 @@ from streams.codec import EventMapper
 from streams.jetstream import JetStreamLog, connect, ensure_kv
 from streams.keys import LocalKeyStore
 from streams.store import EventStore
-from streams.subjects import COMMANDS_PREFIX, EVENTS_PREFIX
+from streams.subjects import EVENTS_PREFIX
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / ".data"
 
@@ -24,8 +24,6 @@ class StoreSettings(msgspec.Struct, frozen=True, kw_only=True):
     stream: str = "PARLEY_EVENTS"
     replicas: int = 1
     duplicate_window: float = 120.0
-    # How long a command id's outcome is remembered (beyond the server's duplicate window).
-    command_retention: float = 30 * 24 * 3600.0
     snapshot_every: int = 200
     connect_retry_for: float | None = None
 
@@ -73,7 +71,8 @@ async def open_store(settings: StoreSettings, *, name: str = "parley") -> OpenSt
     log = JetStreamLog(
         nc,
         stream=settings.stream,
-        subjects=[f"{EVENTS_PREFIX}.>", f"{COMMANDS_PREFIX}.>"],
+        subjects=[f"{EVENTS_PREFIX}.>"],
+        one_message_per_subject=True,
         replicas=settings.replicas,
         duplicate_window=settings.duplicate_window,
     )
@@ -81,5 +80,5 @@ async def open_store(settings: StoreSettings, *, name: str = "parley") -> OpenSt
     prefix = settings.stream.lower()
     snapshots = await ensure_kv(log.js, bucket=f"{prefix}_snapshots", replicas=settings.replicas)
     keys = LocalKeyStore(settings.data_dir / "keys")
-    store = EventStore(log, EventMapper(keys=keys), command_retention=settings.command_retention)
+    store = EventStore(log, EventMapper(keys=keys))
     return OpenStore(nc, log, store, snapshots, keys, settings)

@@ -43,10 +43,12 @@ log = structlog.get_logger(__name__)
 WRONG_LAST_SEQUENCE = 10071
 WRONG_LAST_SEQUENCE_IN_BATCH = 10164
 DUPLICATE_MSG_ID_IN_BATCH = 10201
+MAX_MESSAGES_PER_SUBJECT = 10077
 STREAM_NAME_IN_USE = 10058
 
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 BATCH_ID = "Nats-Batch-Id"
 BATCH_SEQ = "Nats-Batch-Sequence"
 BATCH_COMMIT = "Nats-Batch-Commit"
@@ -76,7 +78,7 @@ class Published(msgspec.Struct, frozen=True):
 
 class _Queued(msgspec.Struct):
     messages: list[OutMessage]
-    expect: dict[str, int]
+    key: str
     future: asyncio.Future[Published]
 
 
@@ -87,6 +89,16 @@ class WrongLastSequence(ConcurrencyError):
         super().__init__(subject, expected=-1)
         self.message = f"subject {subject!r} has moved on: wrong last sequence"
         self.args = (self.message,)
+
+
+class SubjectTaken(StoreError):
+    """The subject already holds its one message (a stream that keeps one per subject)."""
+
+    code = "subject_taken"
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(f"subject {subject!r} already holds a message", subject=subject)
+        self.subject = subject
 
 
 class DuplicateMessage(StoreError):
@@ -108,6 +120,12 @@ class _Client(NATS):
     behaviour for well-formed headers (the server writes them) and skips that scan.
     """
 
+    async def publish_frames(self, frames: list[bytes]) -> None:
+        """Queue pre-encoded HPUB frames in one write (see ``hpub_frame``)."""
+        await self._send_command(b"".join(frames))
+        if self._flush_queue is not None and self._flush_queue.empty():
+            await self._flush_pending()
+
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -116,6 +134,19 @@ class _Client(NATS):
             if sep:
                 out[name.strip().decode("ascii", "replace")] = value.strip().decode("utf-8", "replace")
         return out
+
+
+def hpub_frame(subject: str, headers: Mapping[str, str], payload: bytes) -> bytes:
+    """One NATS ``HPUB`` protocol frame (no reply subject).
+
+    Header names are our constants and values our own numbers and tokens; a value with a line
+    break would corrupt the frame, so it is refused.
+    """
+    hdr = "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    if hdr.count("\n") != len(headers) + 2:
+        raise StoreError("a header value contains a line break")
+    head = hdr.encode()
+    return b"HPUB %s %d %d\r\n%s%s\r\n" % (subject.encode(), len(head), len(head) + len(payload), head, payload)
 
 
 async def connect(url: str, *, name: str, retry_for: float | None = None, variable: str = "NATS_URL") -> NATS:
@@ -180,7 +211,8 @@ class JetStreamLog:
         replicas: int = 1,
         duplicate_window: float = 120.0,
         request_timeout: float = 10.0,
-        max_in_flight: int = 4,
+        max_in_flight: int = 1,
+        one_message_per_subject: bool = False,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream(timeout=request_timeout)
@@ -194,23 +226,27 @@ class JetStreamLog:
         self._waiting: dict[str, _DirectRequest] = {}
         self._tokens = itertools.count()
         self.max_in_flight = max_in_flight
+        self.one_message_per_subject = one_message_per_subject
         self._queue: list[_Queued] = []
         self._in_flight: set[asyncio.Task[None]] = set()
 
     # Set-up -------------------------------------------------------------------------------
 
     def stream_config(self) -> StreamConfig:
+        # An event log never drops old messages to make room: when a limit is reached, new
+        # writes are refused. With ``one_message_per_subject`` a subject can be written once.
         return StreamConfig(
             name=self.stream,
             subjects=self.subjects,
             storage=StorageType.FILE,
             retention=RetentionPolicy.LIMITS,
-            discard=DiscardPolicy.OLD,
+            discard=DiscardPolicy.NEW,
+            discard_new_per_subject=self.one_message_per_subject,
+            max_msgs_per_subject=1 if self.one_message_per_subject else -1,
             num_replicas=self.replicas,
             duplicate_window=self.duplicate_window,
             allow_direct=True,
             allow_atomic=True,
-            allow_msg_ttl=True,
             max_msgs=-1,
             max_bytes=-1,
             max_age=0,
@@ -235,17 +271,18 @@ class JetStreamLog:
 
     # Group commit -------------------------------------------------------------------------
 
-    async def append(self, messages: Sequence[OutMessage], *, expect: Mapping[str, int]) -> Published:
+    async def append(self, messages: Sequence[OutMessage], *, key: str) -> Published:
         """``publish``, with concurrent callers committed together.
 
         Up to ``max_in_flight`` writes go out at once; appends that arrive while they are in
         flight are gathered into one atomic batch (one round trip, one fsync) as long as they
-        touch different subjects and fit the batch limit. If a group is refused because one
+        have different ``key``s (what they guard, an aggregate) and fit the batch limit. The
+        messages carry their own expectation headers. If a group is refused because one
         member's expectation failed, each member is retried on its own, so one conflict never
         fails another caller's append.
         """
         future: asyncio.Future[Published] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(list(messages), dict(expect), future))
+        self._queue.append(_Queued(list(messages), key, future))
         self._start_commits()
         return await future
 
@@ -261,16 +298,15 @@ class JetStreamLog:
 
     def _take_group(self) -> list[_Queued]:
         group: list[_Queued] = []
-        subjects: set[str] = set()
+        keys: set[str] = set()
         size = 0
         rest: list[_Queued] = []
         for item in self._queue:
-            touched = {m.subject for m in item.messages}
-            if group and (touched & subjects or size + len(item.messages) > MAX_BATCH):
+            if group and (item.key in keys or size + len(item.messages) > MAX_BATCH):
                 rest.append(item)
                 continue
             group.append(item)
-            subjects |= touched
+            keys.add(item.key)
             size += len(item.messages)
         self._queue = rest
         return group
@@ -279,18 +315,15 @@ class JetStreamLog:
         if len(group) == 1:
             item = group[0]
             try:
-                item.future.set_result(await self.publish(item.messages, expect=item.expect))
+                item.future.set_result(await self.publish(item.messages))
             except Exception as e:
                 item.future.set_exception(e)
             return
         messages = [m for item in group for m in item.messages]
-        expect = {k: v for item in group for k, v in item.expect.items()}
         try:
-            published = await self.publish(messages, expect=expect)
-        except (WrongLastSequence, DuplicateMessage):
-            outcomes = await asyncio.gather(
-                *(self.publish(item.messages, expect=item.expect) for item in group), return_exceptions=True
-            )
+            published = await self.publish(messages)
+        except (WrongLastSequence, DuplicateMessage, SubjectTaken):
+            outcomes = await asyncio.gather(*(self.publish(item.messages) for item in group), return_exceptions=True)
             for item, outcome in zip(group, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
                     item.future.set_exception(outcome)
@@ -342,14 +375,18 @@ class JetStreamLog:
 
         batch_id = uuid.uuid4().hex
         last = len(outgoing)
-        for i, (subject, headers, data) in enumerate(outgoing, 1):
+        for i, (_, headers, _) in enumerate(outgoing, 1):
             headers[BATCH_ID] = batch_id
             headers[BATCH_SEQ] = str(i)
-            if i < last:
+        # All but the commit go out in one write, without replies; the commit asks for the ack.
+        if isinstance(self.nc, _Client):
+            await self.nc.publish_frames([hpub_frame(*m) for m in outgoing[:-1]])
+        else:
+            for subject, headers, data in outgoing[:-1]:
                 await self.nc.publish(subject, data, headers=headers)
-            else:
-                headers[BATCH_COMMIT] = "1"
-                reply = await self._request(subject, data, headers)
+        subject, headers, data = outgoing[-1]
+        headers[BATCH_COMMIT] = "1"
+        reply = await self._request(subject, data, headers)
         seq = self._check_ack(reply, msg_id, outgoing[0][0])
         return Published(seq - last + 1, seq)
 
@@ -374,6 +411,8 @@ class JetStreamLog:
                 raise WrongLastSequence(subject)
             if code == DUPLICATE_MSG_ID_IN_BATCH:
                 raise DuplicateMessage(msg_id or "", None)
+            if code == MAX_MESSAGES_PER_SUBJECT:
+                raise SubjectTaken(subject)
             raise StoreError(
                 f"JetStream refused the write to {subject}: {error.get('description')} (code {code})",
                 err_code=code,

@@ -1,8 +1,7 @@
 """Where things live in the stream.
 
-* an aggregate's events: ``parley.ev.<tenant>.<aggregate_type>.<aggregate_id>``, one subject each;
-* a command's outcome record: ``parley.cmd.<tenant>.<command_id>``, written in the same atomic
-  batch as the command's events, at most once (see ``streams.store``).
+A command's events are one message on ``parley.ev.<tenant>.<type>.<aggregate id>.<command id>``;
+an aggregate's history is every message on ``parley.ev.<tenant>.<type>.<aggregate id>.*``.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import msgspec
 from domain.errors import ValidationError
 
 EVENTS_PREFIX = "parley.ev"
-COMMANDS_PREFIX = "parley.cmd"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -40,7 +38,13 @@ class StreamId(msgspec.Struct, frozen=True):
 
     @property
     def subject(self) -> str:
+        """The prefix of this aggregate's subjects (one per command)."""
         return f"{EVENTS_PREFIX}.{self.tenant}.{self.aggregate_type}.{self.aggregate_id}"
+
+    @property
+    def subjects(self) -> str:
+        """The filter that matches every commit of this aggregate."""
+        return f"{self.subject}.*"
 
     @property
     def key(self) -> str:
@@ -54,9 +58,9 @@ class StreamId(msgspec.Struct, frozen=True):
     def from_subject(cls, subject: str) -> StreamId:
         prefix_len = EVENTS_PREFIX.count(".") + 1
         parts = subject.split(".")
-        if len(parts) != prefix_len + 3 or ".".join(parts[:prefix_len]) != EVENTS_PREFIX:
+        if len(parts) not in (prefix_len + 3, prefix_len + 4) or ".".join(parts[:prefix_len]) != EVENTS_PREFIX:
             raise ValidationError(f"not an event subject: {subject!r}")
-        return cls(*parts[prefix_len:])
+        return cls(*parts[prefix_len : prefix_len + 3])
 
 
 def tenant_subjects(tenant: str) -> str:
@@ -65,7 +69,7 @@ def tenant_subjects(tenant: str) -> str:
 
 
 def type_subjects(aggregate_type: str, tenant: str = "*") -> str:
-    return f"{EVENTS_PREFIX}.{tenant}.{aggregate_type}.*"
+    return f"{EVENTS_PREFIX}.{tenant}.{aggregate_type}.*.*"
 
 
 ALL_EVENTS = f"{EVENTS_PREFIX}.>"
@@ -74,8 +78,8 @@ ALL_EVENTS = f"{EVENTS_PREFIX}.>"
 _TOKEN = re.compile(r"^[A-Za-z0-9_=-]{1,100}$")
 
 
-def command_subject(tenant: str, command_id: str) -> str:
-    """The subject of a command's outcome record (ids a subject cannot hold are hashed)."""
-    if not _TOKEN.match(command_id):
-        command_id = "h-" + sha256(command_id.encode()).hexdigest()
-    return f"{COMMANDS_PREFIX}.{tenant}.{command_id}"
+def command_token(command_id: str) -> str:
+    """A command id as a subject token (ids a token cannot hold are hashed)."""
+    if _TOKEN.match(command_id):
+        return "c-" + command_id
+    return "h-" + sha256(command_id.encode()).hexdigest()

@@ -15,7 +15,7 @@ from streams.factory import OpenStore, StoreSettings, open_store
 from streams.feed import Feed
 from streams.jetstream import OutMessage, connect
 from streams.repository import Repository
-from streams.store import EventMeta, envelope
+from streams.store import EventMeta, StoredItem, encode_commit
 from streams.subjects import ALL_EVENTS, StreamId
 from tests.conftest import drop, unique_stream
 from tests.support import COUNTER, EmailNoted, Incremented
@@ -29,12 +29,12 @@ async def test_appended_events_read_back_in_order_with_their_metadata(open_test_
     store, sid = open_test_store.store, new_stream()
     meta = EventMeta(command_id="c1", command="Increment", actor="user:42", correlation_id="req-1")
     result = await store.append(sid, [Incremented(amount=1), Incremented(amount=2)], expected_version=0, meta=meta)
-    assert (result.version, result.count, result.last_seq - result.first_seq) == (2, 2, 1)
+    assert (result.version, result.count, result.duplicate) == (2, 2, False)
 
     events = await store.read(sid)
     assert [e.event for e in events] == [Incremented(amount=1), Incremented(amount=2)]
     assert [e.version for e in events] == [1, 2]
-    assert [e.seq for e in events] == [result.first_seq, result.last_seq]
+    assert [e.seq for e in events] == [result.seq, result.seq]  # one commit holds both
     assert all(e.meta == meta for e in events)
     assert all(e.recorded_at.tzinfo is not None for e in events)
 
@@ -71,31 +71,31 @@ async def test_a_stale_writer_in_another_process_is_rejected_by_the_server(
         await other.close()
 
 
-async def test_a_batch_is_all_or_nothing(open_test_store: OpenStore) -> None:
+async def test_a_group_of_commits_is_all_or_nothing(open_test_store: OpenStore) -> None:
     store, log = open_test_store.store, open_test_store.log
     a, b = new_stream(), new_stream()
     await store.append(b, [Incremented(amount=1)], expected_version=0)
     before = await log.last_seq()
-    # One message per aggregate; b's expectation is wrong, so a's message must not land either.
+    # One commit per aggregate in one atomic batch; b's expectation is wrong, so a's must not land either.
     messages = [
-        OutMessage(a.subject, {}, envelope(1, "x", b"{}")),
-        OutMessage(b.subject, {}, envelope(2, "x", b"{}")),
+        OutMessage(f"{a.subject}.c-1", {}, encode_commit(1, [StoredItem("x", b"{}")])),
+        OutMessage(f"{b.subject}.c-2", {}, encode_commit(2, [StoredItem("x", b"{}")])),
     ]
     with pytest.raises(ConcurrencyError):
-        await log.publish(messages, expect={a.subject: 0, b.subject: 999})
+        await log.publish(messages, expect={f"{a.subject}.c-1": 0, f"{b.subject}.c-2": 999})
     assert await log.last_seq() == before
     assert await store.read(a) == []
 
 
-async def test_readers_never_see_part_of_a_batch(open_test_store: OpenStore) -> None:
-    store, log = open_test_store.store, open_test_store.log
+async def test_readers_never_see_part_of_a_commands_events(open_test_store: OpenStore) -> None:
+    store = open_test_store.store
     sid = new_stream()
     seen_sizes: set[int] = set()
     stop = asyncio.Event()
 
     async def reader() -> None:
         while not stop.is_set():
-            seen_sizes.add(len(await log.read_subject(sid.subject)) % 50)
+            seen_sizes.add(len(await store.read(sid)) % 50)
 
     task = asyncio.create_task(reader())
     version = 0
@@ -115,7 +115,7 @@ async def test_a_retried_command_returns_its_first_outcome_and_appends_nothing(o
     last_seq = await log.last_seq()
     # Same command id, even with a different (stale or fresh) expected version: the first outcome.
     again = await store.append(sid, [Incremented(amount=1)], expected_version=1, meta=meta)
-    assert again.duplicate and (again.first_seq, again.version) == (first.first_seq, first.version)
+    assert again.duplicate and (again.seq, again.version) == (first.seq, first.version)
     assert await log.last_seq() == last_seq
 
 
@@ -128,7 +128,7 @@ async def test_a_command_is_remembered_beyond_the_duplicate_window(nats_url: str
         first = await opened.store.append(sid, [Incremented(amount=1)], expected_version=0, meta=meta)
         await asyncio.sleep(1.0)  # the server has forgotten the message id by now
         again = await opened.store.append(sid, [Incremented(amount=1)], expected_version=1, meta=meta)
-        assert again.duplicate and again.last_seq == first.last_seq
+        assert again.duplicate and again.seq == first.seq
         assert len(await opened.store.read(sid)) == 1
     finally:
         await drop(opened)
@@ -140,10 +140,10 @@ async def test_a_command_that_conflicted_leaves_no_record_so_its_retry_goes_thro
     meta = EventMeta(command_id="retry-me")
     with pytest.raises(ConcurrencyError):
         await store.append(sid, [Incremented(amount=2)], expected_version=0, meta=meta)
-    assert await store.outcome("acme", "retry-me") is None
+    assert await store.outcome(sid, "retry-me") is None
     result = await store.append(sid, [Incremented(amount=2)], expected_version=1, meta=meta)
     assert not result.duplicate and result.version == 2
-    assert await store.outcome("acme", "retry-me") == msgspec.structs.replace(result, duplicate=True)
+    assert await store.outcome(sid, "retry-me") == msgspec.structs.replace(result, duplicate=True)
 
 
 async def test_concurrent_appends_are_committed_together_and_one_conflict_fails_only_its_own(
@@ -168,9 +168,8 @@ async def test_concurrent_appends_are_committed_together_and_one_conflict_fails_
     assert all(not isinstance(o, Exception) for o in outcomes[1:])
     for i, sid in enumerate(streams[1:], 1):
         assert [e.event for e in await store.read(sid)] == [Incremented(amount=i)] * 2
-    assert await log.last_seq() == before + 39 * 3  # two events and one command record each
-    seqs = sorted(s for o in outcomes[1:] for s in (o.first_seq, o.last_seq))  # type: ignore[union-attr]
-    assert len(set(seqs)) == len(seqs)
+    assert await log.last_seq() == before + 39  # one commit each
+    assert len({o.seq for o in outcomes[1:]}) == 39  # type: ignore[union-attr]
 
 
 async def test_command_ids_are_scoped_to_their_tenant(open_test_store: OpenStore) -> None:
@@ -178,14 +177,14 @@ async def test_command_ids_are_scoped_to_their_tenant(open_test_store: OpenStore
     meta = EventMeta(command_id="same-id")
     a = await store.append(new_stream("tenant-a"), [Incremented(amount=1)], expected_version=0, meta=meta)
     b = await store.append(new_stream("tenant-b"), [Incremented(amount=1)], expected_version=0, meta=meta)
-    assert not a.duplicate and not b.duplicate and a.first_seq != b.first_seq
+    assert not a.duplicate and not b.duplicate and a.seq != b.seq
 
 
 async def test_personal_data_is_encrypted_in_the_log_and_readable_with_the_key(open_test_store: OpenStore) -> None:
     store, log, sid = open_test_store.store, open_test_store.log, new_stream()
     event = EmailNoted(customer_id="cust-1", email="ann@example.com", phone="+15551234567", note="vip")
     await store.append(sid, [event], expected_version=0)
-    raw = (await log.read_subject(sid.subject))[0]
+    raw = (await log.read_subject(sid.subjects))[0]
     assert b"ann@example.com" not in raw.data and b"5551234567" not in raw.data
     assert b"vip" in raw.data  # only the personal fields are sealed
     assert (await store.read(sid))[0].event == event
@@ -202,14 +201,14 @@ async def test_destroying_a_customers_key_erases_them_without_rewriting_the_log(
         ],
         expected_version=0,
     )
-    before = [r.data for r in await log.read_subject(sid.subject)]
+    before = [r.data for r in await log.read_subject(sid.subjects)]
     keys.shred("acme", "gone")
     events = [e.event for e in await store.read(sid)]
     assert events == [
         EmailNoted(customer_id="gone", email=None),
         EmailNoted(customer_id="stays", email="stays@example.com"),
     ]
-    assert [r.data for r in await log.read_subject(sid.subject)] == before
+    assert [r.data for r in await log.read_subject(sid.subjects)] == before
     # New data about the same person is sealed under a new key and stays readable.
     await store.append(sid, [EmailNoted(customer_id="gone", email="new@example.com")], expected_version=2)
     assert (await store.read(sid))[-1].event.email == "new@example.com"  # type: ignore[attr-defined]
@@ -221,9 +220,9 @@ async def test_one_tenants_ciphertext_never_decrypts_under_anothers_key(open_tes
     keys.current("tenant-b", "cust-1")  # tenant b has a key for a customer of the same id, same epoch
     a = new_stream("tenant-a")
     await store.append(a, [EmailNoted(customer_id="cust-1", email="secret@example.com")], expected_version=0)
-    raw = (await log.read_subject(a.subject))[0]
+    raw = (await log.read_subject(a.subjects))[0]
     b = new_stream("tenant-b")
-    published = await log.publish([OutMessage(b.subject, dict(raw.headers), raw.data)], expect={})
+    published = await log.publish([OutMessage(f"{b.subject}.c-copied", {}, raw.data)])
     with pytest.raises(EventDecodeError) as caught:
         await store.read(b)
     assert caught.value.seq == published.last_seq
@@ -232,7 +231,8 @@ async def test_one_tenants_ciphertext_never_decrypts_under_anothers_key(open_tes
 
 async def test_an_event_of_unknown_type_raises_an_error_naming_its_sequence(open_test_store: OpenStore) -> None:
     store, log, sid = open_test_store.store, open_test_store.log, new_stream()
-    published = await log.publish([OutMessage(sid.subject, {}, envelope(1, "nowhere:Missing", b"{}"))])
+    commit = encode_commit(1, [StoredItem("nowhere:Missing", b"{}")])
+    published = await log.publish([OutMessage(f"{sid.subject}.c-odd", {}, commit)])
     with pytest.raises(EventDecodeError) as caught:
         await store.read(sid)
     assert caught.value.seq == published.last_seq
@@ -283,22 +283,21 @@ async def test_a_durable_feed_follows_all_events_in_order_and_resumes_after_its_
             await store.append(
                 sid, [Incremented(amount=i)], expected_version=i, meta=EventMeta(command_id=uuid.uuid4().hex)
             )
-    # Each append wrote an event then its command record: events sit at odd sequences.
     feed = Feed(log, "proj-test", subject=ALL_EVENTS, batch=5, idle_wait=0.2)
     batch = await feed.fetch()
-    assert [m.seq for m in batch.messages] == [1, 3, 5, 7, 9]
+    assert [m.seq for m in batch.messages] == [1, 2, 3, 4, 5]
     await batch.ack()
     await feed.close()
 
     resumed = Feed(log, "proj-test", subject=ALL_EVENTS, batch=100, idle_wait=0.2)
     rest = await resumed.fetch()
-    assert [m.seq for m in rest.messages] == list(range(11, 24, 2))
-    assert [store.decode(m).event for m in rest.messages][:1] == [Incremented(amount=1)]
+    assert [m.seq for m in rest.messages] == list(range(6, 13))
+    assert [e.event for e in store.decode(rest.messages[0])] == [Incremented(amount=1)]
     await rest.ack()
     await resumed.close()
 
-    from_position = Feed(log, "proj-from-19", subject=ALL_EVENTS, start_seq=19, idle_wait=0.2)
-    assert [m.seq for m in (await from_position.fetch()).messages] == [19, 21, 23]
+    from_position = Feed(log, "proj-from-10", subject=ALL_EVENTS, start_seq=10, idle_wait=0.2)
+    assert [m.seq for m in (await from_position.fetch()).messages] == [10, 11, 12]
     await from_position.delete()
 
 
