@@ -29,14 +29,19 @@ class StoreSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_env(cls, **overrides: object) -> StoreSettings:
+        """Settings from ``NATS_URL``, ``PARLEY_DATA``, ``PARLEY_STREAM``, ``PARLEY_STREAM_REPLICAS``,
+        ``PARLEY_SNAPSHOT_EVERY``; anything unset keeps its default."""
         env = os.environ
-        values: dict[str, object] = {
-            "nats_url": env.get("NATS_URL", cls.nats_url),
-            "data_dir": Path(env.get("PARLEY_DATA", str(DEFAULT_DATA))),
-            "stream": env.get("PARLEY_STREAM", cls.stream),
-            "replicas": int(env.get("PARLEY_STREAM_REPLICAS", cls.replicas)),
-            "snapshot_every": int(env.get("PARLEY_SNAPSHOT_EVERY", cls.snapshot_every)),
-        }
+        values: dict[str, object] = {}
+        for field, variable, convert in (
+            ("nats_url", "NATS_URL", str),
+            ("data_dir", "PARLEY_DATA", Path),
+            ("stream", "PARLEY_STREAM", str),
+            ("replicas", "PARLEY_STREAM_REPLICAS", int),
+            ("snapshot_every", "PARLEY_SNAPSHOT_EVERY", int),
+        ):
+            if variable in env:
+                values[field] = convert(env[variable])
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 

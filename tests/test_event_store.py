@@ -332,3 +332,14 @@ async def test_the_store_runs_on_a_three_node_cluster_with_replicated_streams(tm
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_settings_come_from_the_environment_with_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for variable in ("NATS_URL", "PARLEY_STREAM", "PARLEY_STREAM_REPLICAS", "PARLEY_SNAPSHOT_EVERY"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("PARLEY_DATA", str(tmp_path))
+    assert StoreSettings.from_env() == StoreSettings(data_dir=tmp_path)
+    monkeypatch.setenv("NATS_URL", "nats://elsewhere:4222")
+    monkeypatch.setenv("PARLEY_STREAM_REPLICAS", "3")
+    settings = StoreSettings.from_env(snapshot_every=7)
+    assert (settings.nats_url, settings.replicas, settings.snapshot_every) == ("nats://elsewhere:4222", 3, 7)
