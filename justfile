@@ -12,21 +12,29 @@ python := justfile_directory() / ".venv/bin/python"
 default:
     @{{ just_executable() }} --justfile {{ justfile() }} --list --unsorted
 
-# Start NATS JetStream, PostgreSQL, Redis and the chDB store (idempotent); writes .data/run/env
+# Start the platform: NATS JetStream, PostgreSQL, Redis, chDB, the event stream, and the API with its projectors (idempotent)
 up:
     @{{ python }} -m infra.services up
     @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m streams ensure
+    @{{ python }} -m infra.platform start
 
 # Stop the services started by `up`
 down:
+    @{{ python }} -m infra.platform stop
     @{{ python }} -m infra.services down
 
 # Show each service, its URL and whether it is running
 status:
     @{{ python }} -m infra.services status
+    @{{ python }} -m infra.platform status
+
+# Print a development JWT (tenant "demo", all roles) for the running platform
+token:
+    @{{ python }} -m infra.platform token
 
 # Stop the services and delete the data dir ($PARLEY_DATA)
 wipe:
+    @{{ python }} -m infra.platform stop
     @{{ python }} -m infra.services wipe
 
 # Run the test suite; extra args go to pytest (e.g. ./parley test -k nats -x)

@@ -46,3 +46,44 @@ async def drop(opened: OpenStore) -> None:
     except Exception:
         pass
     await opened.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL server for the session (``DATABASE_URL`` style), in a dir the postgres user can reach."""
+    if url := os.environ.get("PARLEY_TEST_DATABASE_URL"):
+        yield url
+        return
+    import shutil
+
+    from infra.services import Postgres, service_tmpdir
+
+    root = service_tmpdir("parley-test-pg-")
+    server = Postgres(root)
+    url = server.start()
+    yield url
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("PARLEY_TEST_REDIS_URL"):
+        yield url
+        return
+    from infra.services import Redis
+
+    server = Redis(tmp_path_factory.mktemp("redis"))
+    url = server.start()
+    yield url
+    server.stop()
+
+
+def fresh_database(pg_url: str) -> str:
+    """A new empty database on the session's server; returns its URL."""
+    import psycopg
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return pg_url.rsplit("/", 1)[0] + "/" + name

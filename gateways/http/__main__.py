@@ -1,0 +1,23 @@
+"""``python -m gateways.http``: serve the API with uvicorn (``PARLEY_API_HOST``, ``PARLEY_API_PORT``)."""
+
+from __future__ import annotations
+
+import os
+
+import uvicorn
+
+
+def main() -> None:
+    uvicorn.run(
+        "gateways.http.app:app_from_env",
+        factory=True,
+        host=os.environ.get("PARLEY_API_HOST", "127.0.0.1"),
+        port=int(os.environ.get("PARLEY_API_PORT", "8000")),
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
+
+
+if __name__ == "__main__":
+    main()

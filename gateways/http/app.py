@@ -1,0 +1,60 @@
+"""The Litestar application: ``create_app()`` for uvicorn, ``python -m gateways.http`` to serve."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from gateways.http.auth import jwt_auth
+from gateways.http.conversations import ConversationController
+from gateways.http.errors import EXCEPTION_HANDLERS
+from gateways.http.observability import health, metrics, request_context
+from gateways.http.platform import Platform
+from gateways.http.settings import ApiSettings
+from infra.logs import configure_logging
+
+
+def create_app(settings: ApiSettings | None = None) -> Litestar:
+    holder: dict[str, Platform] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        platform = await Platform.open(settings or ApiSettings.from_env())
+        holder["platform"] = platform
+        try:
+            yield
+        finally:
+            await platform.close()
+
+    def provide_platform() -> Platform:
+        return holder["platform"]
+
+    auth_secret = (settings or _settings_for_schema()).jwt_secret
+    return Litestar(
+        route_handlers=[ConversationController, health, metrics],
+        dependencies={"platform": Provide(provide_platform, sync_to_thread=False)},
+        lifespan=[lifespan],
+        on_app_init=[jwt_auth(auth_secret).on_app_init],
+        middleware=[request_context],
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(
+            title="Parley",
+            version="0.1.0",
+            description="Event-sourced conversations: commands append events, queries read projections.",
+            path="/schema",
+        ),
+    )
+
+
+def _settings_for_schema() -> ApiSettings:
+    return ApiSettings.from_env()
+
+
+def app_from_env() -> Any:
+    configure_logging()
+    return create_app()

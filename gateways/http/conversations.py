@@ -1,0 +1,299 @@
+"""The conversation endpoints of the seed's Agent Orchestration Service.
+
+Each command endpoint: request struct -> command -> runner -> response carrying the
+conversation's state and the stream position of its events. Queries read the PostgreSQL read
+model, and wait (bounded) for a position given as ``min_position`` or ``X-Parley-Position``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+import structlog
+from litestar import Controller, Request, Response, get, post
+from litestar.params import Parameter
+
+from commands.conversation import CONVERSATION
+from commands.runner import CommandContext, Outcome
+from domain import conversation as c
+from domain.errors import NotFoundError
+from domain.messages import Command
+from gateways.http.auth import Identity, requires
+from gateways.http.platform import Platform
+
+log = structlog.get_logger(__name__)
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
+ANYONE = requires("customer", "support_agent", "org_admin", "service")
+STAFF = requires("support_agent", "org_admin", "service")
+READERS = requires("customer", "support_agent", "org_admin", "service", "analyst")
+
+
+class StartConversationRequest(msgspec.Struct, forbid_unknown_fields=True):
+    config_id: NonEmpty
+    channel: NonEmpty
+    user_id: NonEmpty
+    initial_message: Text | None = None
+    context: dict[str, str] | None = None
+
+
+class ContinueConversationRequest(msgspec.Struct, forbid_unknown_fields=True):
+    message: Text
+    attachments: list[str] = []
+
+
+class EscalateRequest(msgspec.Struct, forbid_unknown_fields=True):
+    trigger: NonEmpty
+    reason: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    urgency: Literal["low", "medium", "high", "urgent"] = "medium"
+
+
+class SurveyRequest(msgspec.Struct, forbid_unknown_fields=True):
+    questions: Annotated[list[c.SurveyQuestion], msgspec.Meta(min_length=1, max_length=20)]
+
+
+class SurveyResponsesRequest(msgspec.Struct, forbid_unknown_fields=True):
+    responses: Annotated[list[c.SurveyAnswer], msgspec.Meta(min_length=1, max_length=20)]
+
+
+class CloseRequest(msgspec.Struct, forbid_unknown_fields=True):
+    reason: NonEmpty = "completed"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def conversation_state(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
+    return {"turn_count": outcome.state.turn_count, "pii_collected": {}, "checkpoint_id": None}
+
+
+class ConversationController(Controller):
+    path = "/api/v1/orchestration"
+    tags = ["conversations"]
+
+    async def _run(
+        self,
+        platform: Platform,
+        request: Request[Identity, Any, Any],
+        conversation_id: str,
+        command: Command,
+        respond: Any,
+        *,
+        status: int = 200,
+        message_limit: bool = False,
+    ) -> Response[dict[str, Any]]:
+        identity = request.user
+        await platform.limits.tenant(identity.tenant)
+        if message_limit:
+            await platform.limits.conversation_message(identity.tenant, conversation_id)
+        key = request.headers.get("Idempotency-Key")
+        structlog.contextvars.bind_contextvars(tenant=identity.tenant, conversation_id=conversation_id)
+
+        async def run() -> tuple[int, dict[str, Any]]:
+            ctx = CommandContext(
+                tenant=identity.tenant,
+                actor=f"{'+'.join(sorted(identity.roles))}:{identity.subject}",
+                command_id=f"idem-{key}" if key else uuid.uuid4().hex,
+                correlation_id=request.state.get("request_id"),
+            )
+            outcome = await platform.runner.handle(CONVERSATION, conversation_id, command, ctx)
+            log.info("command handled", command=type(command).__name__, command_id=ctx.command_id, seq=outcome.position)
+            body = respond(outcome)
+            body["position"] = outcome.position
+            return status, body
+
+        fingerprint = f"{request.method} {request.url.path}".encode() + await request.body()
+        code, body = await platform.limits.idempotent(identity.tenant, key, fingerprint, run)
+        return Response(body, status_code=code, headers={"X-Parley-Position": str(body.get("position", 0))})
+
+    @post("/conversations", guards=[ANYONE], status_code=201, summary="Start a conversation")
+    async def start(
+        self, request: Request[Identity, Any, Any], data: StartConversationRequest, platform: Platform
+    ) -> Response[dict[str, Any]]:
+        key = request.headers.get("Idempotency-Key")
+        # A retried start must land on the same conversation: derive its id from the key.
+        conversation_id = (
+            str(uuid.uuid5(uuid.NAMESPACE_URL, f"parley:{request.user.tenant}:{key}")) if key else str(uuid.uuid4())
+        )
+        at = now()
+        version = await platform.configs.latest_version(request.user.tenant, data.config_id)
+        command = c.StartConversation(
+            conversation_id=conversation_id,
+            config_id=data.config_id,
+            config_version=version,
+            channel=data.channel,
+            user_id=data.user_id,
+            context=data.context,
+            initial_message=data.initial_message,
+            message_id=f"{conversation_id}-m0" if data.initial_message else None,
+            at=at,
+        )
+
+        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
+            return {
+                "conversation_id": conversation_id,
+                "product_type": outcome.state.product_type,
+                "thread_id": conversation_id,
+                "status": outcome.state.status,
+                "config_id": data.config_id,
+                "config_version": outcome.state.config_version,
+                "agent_response": None,
+                "conversation_state": conversation_state(outcome),
+                "created_at": iso(at),
+            }
+
+        return await self._run(platform, request, conversation_id, command, respond, status=201)
+
+    @post("/conversations/{conversation_id:str}/messages", guards=[ANYONE], summary="Continue a conversation")
+    async def continue_conversation(
+        self,
+        request: Request[Identity, Any, Any],
+        conversation_id: str,
+        data: ContinueConversationRequest,
+        platform: Platform,
+    ) -> Response[dict[str, Any]]:
+        message_id = str(uuid.uuid4())
+        at = now()
+        command = c.ReceiveUserMessage(message_id=message_id, content=data.message, attachments=data.attachments, at=at)
+
+        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
+            return {
+                "conversation_id": conversation_id,
+                "product_type": outcome.state.product_type,
+                "message_id": message_id,
+                "agent_response": None,
+                "conversation_state": conversation_state(outcome),
+                "updated_at": iso(at),
+            }
+
+        return await self._run(platform, request, conversation_id, command, respond, message_limit=True)
+
+    @post("/conversations/{conversation_id:str}/escalate", guards=[ANYONE], status_code=200, summary="Escalate")
+    async def escalate(
+        self, request: Request[Identity, Any, Any], conversation_id: str, data: EscalateRequest, platform: Platform
+    ) -> Response[dict[str, Any]]:
+        escalation_id = str(uuid.uuid4())
+        at = now()
+        command = c.RequestEscalation(
+            escalation_id=escalation_id,
+            trigger=data.trigger,
+            reason=data.reason,
+            urgency=data.urgency,
+            requested_by=request.user.subject,
+            at=at,
+        )
+
+        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
+            return {
+                "conversation_id": conversation_id,
+                "product_type": outcome.state.product_type,
+                "escalation_id": outcome.state.open_escalation or escalation_id,
+                "status": "escalated",
+                "assigned_agent": None,
+                "escalated_at": iso(at),
+            }
+
+        return await self._run(platform, request, conversation_id, command, respond)
+
+    @post("/conversations/{conversation_id:str}/survey", guards=[ANYONE], status_code=200, summary="Send a survey")
+    async def survey(
+        self, request: Request[Identity, Any, Any], conversation_id: str, data: SurveyRequest, platform: Platform
+    ) -> Response[dict[str, Any]]:
+        survey_id = str(uuid.uuid4())
+        command = c.SendSurvey(survey_id=survey_id, questions=data.questions, at=now())
+
+        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
+            return {
+                "conversation_id": conversation_id,
+                "product_type": outcome.state.product_type,
+                "survey_id": survey_id,
+                "status": "sent",
+                "agent_message": f"Before we finish, I'd love to get your quick feedback! {data.questions[0].question}",
+                "survey_context": {"embedded_in_chat": True, "skippable": True},
+            }
+
+        return await self._run(platform, request, conversation_id, command, respond)
+
+    @post(
+        "/conversations/{conversation_id:str}/survey/{survey_id:str}/responses",
+        guards=[ANYONE],
+        status_code=200,
+        summary="Answer a survey",
+    )
+    async def answer_survey(
+        self,
+        request: Request[Identity, Any, Any],
+        conversation_id: str,
+        survey_id: str,
+        data: SurveyResponsesRequest,
+        platform: Platform,
+    ) -> Response[dict[str, Any]]:
+        at = now()
+        command = c.AnswerSurvey(survey_id=survey_id, responses=data.responses, at=at)
+
+        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
+            answered = next((e for e in outcome.events if isinstance(e, c.SurveyAnswered)), None)
+            return {
+                "survey_id": survey_id,
+                "responses": msgspec.to_builtins(data.responses),
+                "nps_score": answered.nps_score if answered else None,
+                "nps_category": answered.nps_category if answered else None,
+                "stored_at": iso(at),
+            }
+
+        return await self._run(platform, request, conversation_id, command, respond)
+
+    @post("/conversations/{conversation_id:str}/close", guards=[ANYONE], status_code=200, summary="Close")
+    async def close(
+        self, request: Request[Identity, Any, Any], conversation_id: str, data: CloseRequest, platform: Platform
+    ) -> Response[dict[str, Any]]:
+        command = c.CloseConversation(reason=data.reason, at=now())
+
+        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
+            return {"conversation_id": conversation_id, "status": outcome.state.status}
+
+        return await self._run(platform, request, conversation_id, command, respond)
+
+    @get("/conversations/{conversation_id:str}", guards=[READERS], summary="Get conversation state")
+    async def get_conversation(
+        self,
+        request: Request[Identity, Any, Any],
+        conversation_id: str,
+        platform: Platform,
+        min_position: Annotated[int | None, Parameter(query="min_position", ge=0)] = None,
+    ) -> Response[dict[str, Any]]:
+        reached = await platform.wait_for(min_position or _position_header(request))
+        async with platform.pool.connection() as conn:
+            found = await platform.queries.get_conversation(conn, request.user.tenant, conversation_id)
+        if found is None:
+            raise NotFoundError(f"conversation {conversation_id} not found")
+        return Response(found, headers={"X-Parley-Position-Reached": "true" if reached else "false"})
+
+    @get("/escalations/{escalation_id:str}/status", guards=[READERS], summary="Escalation status")
+    async def escalation_status(
+        self,
+        request: Request[Identity, Any, Any],
+        escalation_id: str,
+        platform: Platform,
+        min_position: Annotated[int | None, Parameter(query="min_position", ge=0)] = None,
+    ) -> Response[dict[str, Any]]:
+        reached = await platform.wait_for(min_position or _position_header(request))
+        async with platform.pool.connection() as conn:
+            found = await platform.queries.get_escalation_status(conn, request.user.tenant, escalation_id)
+        if found is None:
+            raise NotFoundError(f"escalation {escalation_id} not found")
+        return Response(found, headers={"X-Parley-Position-Reached": "true" if reached else "false"})
+
+
+def _position_header(request: Request[Any, Any, Any]) -> int | None:
+    value = request.headers.get("X-Parley-Position")
+    return int(value) if value and value.isdigit() else None

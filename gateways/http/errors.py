@@ -1,0 +1,63 @@
+"""Errors to HTTP, in one place: every ``ParleyError`` and every validation failure."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from domain.errors import ParleyError
+
+log = structlog.get_logger(__name__)
+_AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+
+
+def parley_error(_request: Request[Any, Any, Any], exc: ParleyError) -> Response[dict[str, Any]]:
+    headers = {}
+    if retry_after := exc.details.get("retry_after"):
+        headers["Retry-After"] = str(retry_after)
+    if exc.status >= 500:
+        log.error("request failed", code=exc.code, error=exc.message)
+    return Response(exc.to_dict(), status_code=exc.status, headers=headers)
+
+
+def validation_error(_request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    fields: dict[str, str] = {}
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if not isinstance(item, dict):
+            continue
+        message = str(item.get("message", "invalid"))
+        key = item.get("key")
+        if match := _AT.search(message):
+            key = match.group("path") or key
+            message = message[: match.start()]
+        fields[str(key or item.get("source") or "body")] = message
+    message = "the request is not valid" if fields else (exc.detail or "the request is not valid")
+    return Response({"code": "validation_error", "message": message, "fields": fields}, status_code=400)
+
+
+def http_error(_request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(
+        exc.status_code, "http_error"
+    )
+    return Response({"code": code, "message": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def unexpected_error(_request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.exception("unexpected error", error=str(exc))
+    return Response(
+        {"code": "internal_error", "message": "something went wrong; it was logged"},
+        status_code=HTTP_500_INTERNAL_SERVER_ERROR,
+    )
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    ParleyError: parley_error,
+    ValidationException: validation_error,
+    HTTPException: http_error,
+    Exception: unexpected_error,
+}

@@ -1,0 +1,96 @@
+"""Request ids, access logs, health and metrics."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import structlog
+from litestar import Response, get
+from litestar.datastructures import MutableScopeHeaders
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateways.http.platform import Platform
+
+log = structlog.get_logger("parley.http")
+
+
+def request_context(app: ASGIApp) -> ASGIApp:
+    """Give every request an id (``X-Request-ID`` or a new one) bound to every log line it causes."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if 0 < len(incoming) <= 100 else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableScopeHeaders.from_message(message)["X-Request-ID"] = request_id
+            await send(message)
+
+        try:
+            await app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            structlog.contextvars.clear_contextvars()
+
+    return middleware
+
+
+async def _check(name: str, probe: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        await probe()
+    except Exception as e:  # a health check reports, it does not raise
+        return {"name": name, "ok": False, "error": f"{type(e).__name__}: {e}"}
+    return {"name": name, "ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+async def health_report(platform: Platform) -> dict[str, Any]:
+    async def postgres() -> None:
+        async with platform.pool.connection() as conn:
+            await conn.execute("SELECT 1")
+
+    dependencies = [
+        await _check("nats", platform.opened.nc.flush),
+        await _check("postgres", postgres),
+        await _check("redis", platform.redis.ping),
+    ]
+    projectors = [await runner.status() for runner in platform.projectors]
+    ok = all(d["ok"] for d in dependencies)
+    return {"status": "ok" if ok else "degraded", "dependencies": dependencies, "projectors": projectors}
+
+
+@get("/health", tags=["operations"], summary="Dependencies and projector lag", exclude_from_auth=True)
+async def health(platform: Platform) -> Response[dict[str, Any]]:
+    report = await health_report(platform)
+    return Response(report, status_code=200 if report["status"] == "ok" else 503)
+
+
+@get("/metrics", tags=["operations"], summary="Prometheus metrics", media_type="text/plain", exclude_from_auth=True)
+async def metrics(platform: Platform) -> str:
+    lines = [
+        "# HELP parley_projector_lag Events in the stream the projector has not applied yet.",
+        "# TYPE parley_projector_lag gauge",
+    ]
+    for runner in platform.projectors:
+        status = await runner.status()
+        lines.append(f'parley_projector_lag{{projector="{status["name"]}"}} {status["lag"]}')
+        lines.append(f'parley_projector_checkpoint{{projector="{status["name"]}"}} {status["checkpoint"]}')
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,89 @@
+"""The API process's composition root: every client it needs, opened once in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+from types import ModuleType
+from typing import Any
+
+import structlog
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+
+from commands.configs import ConfigCatalog, FirstVersionCatalog
+from commands.conversation import CONVERSATION
+from commands.runner import CommandRunner
+from gateways.http.limits import Limits
+from gateways.http.settings import ApiSettings
+from streams.factory import OpenStore, open_store
+
+log = structlog.get_logger(__name__)
+
+
+class Platform:
+    def __init__(
+        self,
+        settings: ApiSettings,
+        opened: OpenStore,
+        pool: AsyncConnectionPool[Any],
+        redis: Redis,
+        configs: ConfigCatalog,
+    ) -> None:
+        from projections import registry
+        from read_models import conversations as queries
+
+        self.settings = settings
+        self.opened = opened
+        self.pool = pool
+        self.redis = redis
+        self.configs = configs
+        self.queries: ModuleType = queries
+        self.runner = CommandRunner.for_aggregates(
+            opened.store,
+            [CONVERSATION],
+            snapshots=opened.snapshots,
+            keys=opened.keys,
+            snapshot_every=opened.settings.snapshot_every,
+        )
+        self.limits = Limits(
+            redis,
+            tenant_rate=settings.tenant_rate,
+            tenant_burst=settings.tenant_burst,
+            messages_per_minute=settings.conversation_messages_per_minute,
+            ttl=settings.idempotency_ttl_seconds,
+        )
+        self.projectors = registry.runners(opened.store, pool) if settings.run_projectors else []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    async def open(cls, settings: ApiSettings) -> Platform:
+        from projections import registry
+
+        opened = await open_store(settings.store, name="parley-api")
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(settings.database_url, min_size=2, max_size=20, open=False)
+        await pool.open(wait=True, timeout=30)
+        await registry.migrate(pool)
+        redis = Redis.from_url(settings.redis_url)
+        await redis.ping()
+        platform = cls(settings, opened, pool, redis, FirstVersionCatalog())
+        for runner in platform.projectors:
+            platform._tasks.append(asyncio.create_task(runner.run(), name=f"projector-{runner.projector.name}"))
+        return platform
+
+    async def close(self) -> None:
+        for runner in self.projectors:
+            await runner.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.redis.aclose()
+        await self.pool.close()
+        await self.opened.close()
+
+    async def wait_for(self, position: int | None) -> bool:
+        """Wait, bounded, until the conversation read model has passed ``position``."""
+        if not position:
+            return True
+        from projections.runtime import wait_for_position
+
+        return await wait_for_position(self.pool, "conversations", position, self.settings.read_wait_seconds)

@@ -1,0 +1,57 @@
+"""The API process's settings, read once at the composition root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+from domain.errors import ValidationError
+from streams.factory import DEFAULT_DATA, StoreSettings
+
+
+class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
+    jwt_secret: str
+    database_url: str
+    redis_url: str
+    store: StoreSettings
+    # Rate limits: a token bucket per tenant, and the seed's 100 messages a minute per conversation.
+    tenant_rate: float = 500.0  # requests per second
+    tenant_burst: int = 1000
+    conversation_messages_per_minute: int = 100
+    # Read-your-writes: how long a query waits for the projection to pass a position.
+    read_wait_seconds: float = 5.0
+    idempotency_ttl_seconds: int = 24 * 3600
+    run_projectors: bool = True
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> ApiSettings:
+        env = os.environ
+        missing = [name for name in ("PARLEY_JWT_SECRET", "DATABASE_URL", "REDIS_URL") if not env.get(name)]
+        if missing and not overrides:
+            raise ValidationError(
+                f"missing settings: {', '.join(missing)} (./parley up writes them to .data/run/env)",
+                fields={name: "required" for name in missing},
+            )
+        values: dict[str, object] = {
+            "jwt_secret": env.get("PARLEY_JWT_SECRET", ""),
+            "database_url": env.get("DATABASE_URL", ""),
+            "redis_url": env.get("REDIS_URL", ""),
+            "store": StoreSettings.from_env(connect_retry_for=None),
+            "run_projectors": env.get("PARLEY_INLINE_PROJECTORS", "1") not in ("0", "false", ""),
+        }
+        for field, variable, convert in (
+            ("tenant_rate", "PARLEY_TENANT_RATE", float),
+            ("tenant_burst", "PARLEY_TENANT_BURST", int),
+            ("conversation_messages_per_minute", "PARLEY_CONVERSATION_MESSAGES_PER_MINUTE", int),
+            ("read_wait_seconds", "PARLEY_READ_WAIT_SECONDS", float),
+        ):
+            if variable in env:
+                values[field] = convert(env[variable])
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("PARLEY_DATA", str(DEFAULT_DATA)))

@@ -1,0 +1,170 @@
+"""The conversation decider, given / when / then."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from domain import conversation as c
+from domain.errors import IllegalStateError, NotFoundError, ValidationError
+from tests.decider import DeciderSpec
+
+T0 = datetime(2025, 10, 11, 10, 0, tzinfo=UTC)
+spec = DeciderSpec(c.decide, c.evolve, c.initial())
+
+STARTED = c.ConversationStarted(
+    conversation_id="conv-1",
+    config_id="cfg-1",
+    config_version=3,
+    channel="webchat",
+    user_id="user-1",
+    context={"customer_id": "C12345"},
+    started_at=T0,
+)
+HELLO = c.UserMessageReceived(message_id="m-0", user_id="user-1", content="I want to check my order", received_at=T0)
+ESCALATED = c.EscalationRequested(
+    escalation_id="esc-1", trigger="user_requested", reason="wants a manager", urgency="high", requested_at=T0
+)
+CLOSED = c.ConversationClosed(reason="completed", closed_at=T0)
+QUESTIONS = [
+    c.SurveyQuestion(
+        question_id="q1", question="How did you hear about us?", type="single_choice", options=["Google", "Friend"]
+    ),
+    c.SurveyQuestion(question_id="q2", question="How likely are you to recommend us?", type="nps_scale"),
+]
+SURVEYED = c.SurveySent(survey_id="s-1", questions=QUESTIONS, sent_at=T0)
+
+
+def test_starting_a_conversation_pins_its_config_version_and_records_the_first_message() -> None:
+    state = (
+        spec.given()
+        .when(
+            c.StartConversation(
+                conversation_id="conv-1",
+                config_id="cfg-1",
+                config_version=3,
+                channel="webchat",
+                user_id="user-1",
+                context={"customer_id": "C12345"},
+                initial_message="I want to check my order",
+                message_id="m-0",
+                at=T0,
+            )
+        )
+        .then(STARTED, HELLO)
+    )
+    assert (state.config_version, state.turn_count, state.status) == (3, 1, "active")
+
+
+def test_a_conversation_cannot_start_twice() -> None:
+    spec.given(STARTED).when(
+        c.StartConversation(
+            conversation_id="conv-1", config_id="x", config_version=1, channel="web", user_id="u", at=T0
+        )
+    ).then_raises(IllegalStateError, match="already exists")
+
+
+def test_a_message_to_a_conversation_that_never_started_is_not_found() -> None:
+    spec.given().when(c.ReceiveUserMessage(message_id="m-1", content="hi", at=T0)).then_raises(NotFoundError)
+
+
+def test_a_user_message_counts_a_turn_and_the_same_message_twice_counts_once() -> None:
+    message = c.ReceiveUserMessage(message_id="m-1", content="My order is ORD-1", at=T0)
+    received = c.UserMessageReceived(message_id="m-1", user_id="user-1", content="My order is ORD-1", received_at=T0)
+    state = spec.given(STARTED, HELLO).when(message).then(received)
+    assert state.turn_count == 2
+    spec.given(STARTED, HELLO, received).when(message).then()
+
+
+def test_no_messages_after_close() -> None:
+    spec.given(STARTED, CLOSED).when(c.ReceiveUserMessage(message_id="m-9", content="hello?", at=T0)).then_raises(
+        IllegalStateError, match="closed"
+    )
+    spec.given(STARTED, CLOSED).when(c.RecordAgentReply(message_id="a-9", content="hi", at=T0)).then_raises(
+        IllegalStateError
+    )
+
+
+def test_one_open_escalation_at_a_time() -> None:
+    request = c.RequestEscalation(escalation_id="esc-2", trigger="urgent", reason="again", at=T0)
+    spec.given(STARTED, ESCALATED).when(request).then_raises(IllegalStateError, match="esc-1")
+    resolved = c.EscalationResolved(escalation_id="esc-1", resolution="returned_to_ai", resolved_at=T0)
+    state = (
+        spec.given(STARTED, ESCALATED, resolved)
+        .when(request)
+        .then(c.EscalationRequested(escalation_id="esc-2", trigger="urgent", reason="again", requested_at=T0))
+    )
+    assert state.status == "escalated" and state.open_escalation == "esc-2"
+
+
+def test_assigning_names_the_open_escalation() -> None:
+    spec.given(STARTED, ESCALATED).when(
+        c.AssignEscalation(escalation_id="esc-1", agent_id="agent-7", agent_name="Sarah Johnson", at=T0)
+    ).then(c.EscalationAssigned(escalation_id="esc-1", agent_id="agent-7", agent_name="Sarah Johnson", assigned_at=T0))
+    spec.given(STARTED, ESCALATED).when(
+        c.AssignEscalation(escalation_id="esc-404", agent_id="agent-7", at=T0)
+    ).then_raises(NotFoundError)
+
+
+def test_resolving_by_closing_closes_the_conversation() -> None:
+    state = (
+        spec.given(STARTED, ESCALATED)
+        .when(c.ResolveEscalation(escalation_id="esc-1", resolution="closed", resolved_by="agent-7", at=T0))
+        .then(
+            c.EscalationResolved(escalation_id="esc-1", resolution="closed", resolved_by="agent-7", resolved_at=T0),
+            c.ConversationClosed(reason="resolved_by_agent", closed_at=T0),
+        )
+    )
+    assert state.status == "closed" and state.open_escalation is None
+
+
+def test_survey_answers_must_match_its_questions() -> None:
+    given = spec.given(STARTED, SURVEYED)
+    given.when(
+        c.AnswerSurvey(
+            survey_id="s-1",
+            responses=[c.SurveyAnswer(question_id="q1", answer="Radio"), c.SurveyAnswer(question_id="q2", answer=11)],
+            at=T0,
+        )
+    ).then_raises(
+        ValidationError,
+        fields={
+            "responses[0].answer": "must be one of ['Google', 'Friend']",
+            "responses[1].answer": "must be a whole number from 0 to 10",
+        },
+    )
+    given.when(
+        c.AnswerSurvey(survey_id="s-1", responses=[c.SurveyAnswer(question_id="q9", answer="x")], at=T0)
+    ).then_raises(ValidationError, fields={"responses[0].question_id": "not a question of this survey"})
+    spec.given(STARTED).when(
+        c.AnswerSurvey(survey_id="s-1", responses=[c.SurveyAnswer(question_id="q1", answer="Google")], at=T0)
+    ).then_raises(NotFoundError)
+
+
+@pytest.mark.parametrize(
+    ("score", "category"),
+    [(10, "promoter"), (9, "promoter"), (8, "passive"), (7, "passive"), (6, "detractor"), (0, "detractor")],
+)
+def test_an_nps_answer_is_scored_and_categorised(score: int, category: str) -> None:
+    responses = [c.SurveyAnswer(question_id="q1", answer="Google"), c.SurveyAnswer(question_id="q2", answer=score)]
+    spec.given(STARTED, SURVEYED).when(c.AnswerSurvey(survey_id="s-1", responses=responses, at=T0)).then(
+        c.SurveyAnswered(survey_id="s-1", responses=responses, nps_score=score, nps_category=category, answered_at=T0)
+    )
+
+
+def test_a_survey_is_answered_once() -> None:
+    answered = c.SurveyAnswered(
+        survey_id="s-1", responses=[c.SurveyAnswer(question_id="q1", answer="Google")], answered_at=T0
+    )
+    spec.given(STARTED, SURVEYED, answered).when(
+        c.AnswerSurvey(survey_id="s-1", responses=[c.SurveyAnswer(question_id="q1", answer="Friend")], at=T0)
+    ).then_raises(IllegalStateError)
+
+
+def test_a_single_choice_question_needs_options() -> None:
+    spec.given(STARTED).when(
+        c.SendSurvey(
+            survey_id="s-2", questions=[c.SurveyQuestion(question_id="q", question="?", type="single_choice")], at=T0
+        )
+    ).then_raises(ValidationError, fields={"questions[0].options": "a single_choice question needs options"})
