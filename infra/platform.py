@@ -54,7 +54,9 @@ class ApiServer(_Service):
     process_name = "gateways.http"
 
     def __init__(self, root: Path, port: int = API_PORT) -> None:
-        super().__init__(root / "run", detached=True, log_file=root / "logs" / "api.log", pid_file=root / "run" / "api.pid")
+        super().__init__(
+            root / "run", detached=True, log_file=root / "logs" / "api.log", pid_file=root / "run" / "api.pid"
+        )
         self.root = root
         self.port = port
 

@@ -26,7 +26,10 @@ class Batch:
 
     async def ack(self) -> None:
         if self._last is not None:
-            await self._last.ack_sync()  # type: ignore[attr-defined]
+            try:
+                await self._last.ack_sync()  # type: ignore[attr-defined]
+            except (TimeoutError, nats.errors.Error) as e:
+                raise UnavailableError(f"could not acknowledge a batch: {e}") from None
 
 
 class Feed:
@@ -72,6 +75,8 @@ class Feed:
             await self.log.js.delete_consumer(self.log.stream, self.durable)
         except nats.js.errors.NotFoundError:
             pass
+        except nats.errors.Error as e:
+            raise UnavailableError(f"cannot delete consumer {self.durable}: {e}") from None
 
     async def fetch(self) -> Batch:
         """The next batch; empty when nothing arrived within ``idle_wait``."""
@@ -104,5 +109,8 @@ class Feed:
 
     async def close(self) -> None:
         if self._sub is not None:
-            await self._sub.unsubscribe()  # type: ignore[attr-defined]
-            self._sub = None
+            sub, self._sub = self._sub, None
+            try:
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+            except nats.errors.Error as e:
+                raise UnavailableError(f"could not close consumer {self.durable}: {e}") from None

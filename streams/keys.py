@@ -20,14 +20,17 @@ from base64 import b64decode, b64encode
 from pathlib import Path
 from typing import Protocol
 
-from eventsourcing.cipher import AESCipher
+from eventsourcing.cryptography import AESCipher
 from eventsourcing.utils import Environment
 
 MASTER_KEY_ENV = "PARLEY_MASTER_KEY"
 
 
 def make_cipher(key: bytes) -> AESCipher:
-    """eventsourcing's AES-GCM cipher for a raw key."""
+    """eventsourcing's AES-GCM cipher (on the ``cryptography`` package) for a raw key.
+
+    Same format as the pycryptodome one (nonce, tag, ciphertext), several times faster.
+    """
     return AESCipher(Environment(env={AESCipher.CIPHER_KEY: b64encode(key).decode()}))
 
 

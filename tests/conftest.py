@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import hypothesis  # noqa: F401  (imported early: its plugin imports it late, deep in the stack, which trips a CPython 3.11 parser bug)
 import pytest
 import pytest_asyncio
 
@@ -87,3 +88,19 @@ def fresh_database(pg_url: str) -> str:
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return pg_url.rsplit("/", 1)[0] + "/" + name
+
+
+async def delete_stream(nats_url: str, name: str) -> None:
+    """Remove a test stream and its snapshot bucket (streams of one server may not share subjects)."""
+    from streams.jetstream import connect
+
+    nc = await connect(nats_url, name="test-cleanup", retry_for=5)
+    try:
+        js = nc.jetstream()
+        for stream in (name, f"KV_{name.lower()}_snapshots"):
+            try:
+                await js.delete_stream(stream)
+            except Exception:
+                pass
+    finally:
+        await nc.close()

@@ -45,7 +45,9 @@ def jwt_auth(secret: str) -> JWTAuth[Identity, Token]:
 
 def make_token(secret: str, *, subject: str, tenant: str, roles: list[str], hours: float = 24 * 30) -> str:
     auth = jwt_auth(secret)
-    return auth.create_token(identifier=subject, token_expiration=timedelta(hours=hours), tenant=tenant, roles=roles)
+    return auth.create_token(
+        identifier=subject, token_expiration=timedelta(hours=hours), token_extras={"tenant": tenant, "roles": roles}
+    )
 
 
 def requires(*roles: str) -> Any:

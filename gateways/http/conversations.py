@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 import structlog
 from litestar import Controller, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from commands.conversation import CONVERSATION
 from commands.runner import CommandContext, Outcome
@@ -82,9 +83,9 @@ class ConversationController(Controller):
 
     async def _run(
         self,
-        platform: Platform,
+        platform: NamedDependency[Platform],
         request: Request[Identity, Any, Any],
-        conversation_id: str,
+        conversation_id: FromPath[str],
         command: Command,
         respond: Any,
         *,
@@ -117,7 +118,10 @@ class ConversationController(Controller):
 
     @post("/conversations", guards=[ANYONE], status_code=201, summary="Start a conversation")
     async def start(
-        self, request: Request[Identity, Any, Any], data: StartConversationRequest, platform: Platform
+        self,
+        request: Request[Identity, Any, Any],
+        data: JSONBody[StartConversationRequest],
+        platform: NamedDependency[Platform],
     ) -> Response[dict[str, Any]]:
         key = request.headers.get("Idempotency-Key")
         # A retried start must land on the same conversation: derive its id from the key.
@@ -157,9 +161,9 @@ class ConversationController(Controller):
     async def continue_conversation(
         self,
         request: Request[Identity, Any, Any],
-        conversation_id: str,
-        data: ContinueConversationRequest,
-        platform: Platform,
+        conversation_id: FromPath[str],
+        data: JSONBody[ContinueConversationRequest],
+        platform: NamedDependency[Platform],
     ) -> Response[dict[str, Any]]:
         message_id = str(uuid.uuid4())
         at = now()
@@ -179,7 +183,11 @@ class ConversationController(Controller):
 
     @post("/conversations/{conversation_id:str}/escalate", guards=[ANYONE], status_code=200, summary="Escalate")
     async def escalate(
-        self, request: Request[Identity, Any, Any], conversation_id: str, data: EscalateRequest, platform: Platform
+        self,
+        request: Request[Identity, Any, Any],
+        conversation_id: FromPath[str],
+        data: JSONBody[EscalateRequest],
+        platform: NamedDependency[Platform],
     ) -> Response[dict[str, Any]]:
         escalation_id = str(uuid.uuid4())
         at = now()
@@ -206,7 +214,11 @@ class ConversationController(Controller):
 
     @post("/conversations/{conversation_id:str}/survey", guards=[ANYONE], status_code=200, summary="Send a survey")
     async def survey(
-        self, request: Request[Identity, Any, Any], conversation_id: str, data: SurveyRequest, platform: Platform
+        self,
+        request: Request[Identity, Any, Any],
+        conversation_id: FromPath[str],
+        data: JSONBody[SurveyRequest],
+        platform: NamedDependency[Platform],
     ) -> Response[dict[str, Any]]:
         survey_id = str(uuid.uuid4())
         command = c.SendSurvey(survey_id=survey_id, questions=data.questions, at=now())
@@ -232,10 +244,10 @@ class ConversationController(Controller):
     async def answer_survey(
         self,
         request: Request[Identity, Any, Any],
-        conversation_id: str,
-        survey_id: str,
-        data: SurveyResponsesRequest,
-        platform: Platform,
+        conversation_id: FromPath[str],
+        survey_id: FromPath[str],
+        data: JSONBody[SurveyResponsesRequest],
+        platform: NamedDependency[Platform],
     ) -> Response[dict[str, Any]]:
         at = now()
         command = c.AnswerSurvey(survey_id=survey_id, responses=data.responses, at=at)
@@ -254,7 +266,11 @@ class ConversationController(Controller):
 
     @post("/conversations/{conversation_id:str}/close", guards=[ANYONE], status_code=200, summary="Close")
     async def close(
-        self, request: Request[Identity, Any, Any], conversation_id: str, data: CloseRequest, platform: Platform
+        self,
+        request: Request[Identity, Any, Any],
+        conversation_id: FromPath[str],
+        data: JSONBody[CloseRequest],
+        platform: NamedDependency[Platform],
     ) -> Response[dict[str, Any]]:
         command = c.CloseConversation(reason=data.reason, at=now())
 
@@ -267,9 +283,9 @@ class ConversationController(Controller):
     async def get_conversation(
         self,
         request: Request[Identity, Any, Any],
-        conversation_id: str,
-        platform: Platform,
-        min_position: Annotated[int | None, Parameter(query="min_position", ge=0)] = None,
+        conversation_id: FromPath[str],
+        platform: NamedDependency[Platform],
+        min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
     ) -> Response[dict[str, Any]]:
         reached = await platform.wait_for(min_position or _position_header(request))
         async with platform.pool.connection() as conn:
@@ -282,9 +298,9 @@ class ConversationController(Controller):
     async def escalation_status(
         self,
         request: Request[Identity, Any, Any],
-        escalation_id: str,
-        platform: Platform,
-        min_position: Annotated[int | None, Parameter(query="min_position", ge=0)] = None,
+        escalation_id: FromPath[str],
+        platform: NamedDependency[Platform],
+        min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
     ) -> Response[dict[str, Any]]:
         reached = await platform.wait_for(min_position or _position_header(request))
         async with platform.pool.connection() as conn:

@@ -14,6 +14,7 @@ from domain.errors import ParleyError
 
 log = structlog.get_logger(__name__)
 _AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_FIELD = re.compile(r"(?:missing required|unknown) field `(?P<field>[^`]+)`")
 
 
 def parley_error(_request: Request[Any, Any, Any], exc: ParleyError) -> Response[dict[str, Any]]:
@@ -32,10 +33,15 @@ def validation_error(_request: Request[Any, Any, Any], exc: ValidationException)
             continue
         message = str(item.get("message", "invalid"))
         key = item.get("key")
+        path = ""
         if match := _AT.search(message):
-            key = match.group("path") or key
+            path = match.group("path")
             message = message[: match.start()]
-        fields[str(key or item.get("source") or "body")] = message
+        if named := _FIELD.search(message):  # the message names the field: point at it
+            path = f"{path}.{named.group('field')}" if path else named.group("field")
+        elif not path and key not in (None, "data"):
+            path = str(key)
+        fields[path or "body"] = message
     message = "the request is not valid" if fields else (exc.detail or "the request is not valid")
     return Response({"code": "validation_error", "message": message, "fields": fields}, status_code=400)
 

@@ -9,9 +9,11 @@ from typing import Any
 import structlog
 from litestar import Response, get
 from litestar.datastructures import MutableScopeHeaders
+from litestar.di import NamedDependency
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateways.http.platform import Platform
+from projections.status import metrics_text
 
 log = structlog.get_logger("parley.http")
 
@@ -62,7 +64,7 @@ async def _check(name: str, probe: Any) -> dict[str, Any]:
     return {"name": name, "ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
-async def health_report(platform: Platform) -> dict[str, Any]:
+async def health_report(platform: NamedDependency[Platform]) -> dict[str, Any]:
     async def postgres() -> None:
         async with platform.pool.connection() as conn:
             await conn.execute("SELECT 1")
@@ -78,19 +80,11 @@ async def health_report(platform: Platform) -> dict[str, Any]:
 
 
 @get("/health", tags=["operations"], summary="Dependencies and projector lag", exclude_from_auth=True)
-async def health(platform: Platform) -> Response[dict[str, Any]]:
+async def health(platform: NamedDependency[Platform]) -> Response[dict[str, Any]]:
     report = await health_report(platform)
     return Response(report, status_code=200 if report["status"] == "ok" else 503)
 
 
 @get("/metrics", tags=["operations"], summary="Prometheus metrics", media_type="text/plain", exclude_from_auth=True)
-async def metrics(platform: Platform) -> str:
-    lines = [
-        "# HELP parley_projector_lag Events in the stream the projector has not applied yet.",
-        "# TYPE parley_projector_lag gauge",
-    ]
-    for runner in platform.projectors:
-        status = await runner.status()
-        lines.append(f'parley_projector_lag{{projector="{status["name"]}"}} {status["lag"]}')
-        lines.append(f'parley_projector_checkpoint{{projector="{status["name"]}"}} {status["checkpoint"]}')
-    return "\n".join(lines) + "\n"
+async def metrics(platform: NamedDependency[Platform]) -> str:
+    return metrics_text([await runner.status() for runner in platform.projectors])

@@ -14,6 +14,7 @@ from commands.configs import ConfigCatalog, FirstVersionCatalog
 from commands.conversation import CONVERSATION
 from commands.runner import CommandRunner
 from gateways.http.limits import Limits
+from gateways.http.positions import PositionWatcher
 from gateways.http.settings import ApiSettings
 from streams.factory import OpenStore, open_store
 
@@ -53,6 +54,8 @@ class Platform:
             ttl=settings.idempotency_ttl_seconds,
         )
         self.projectors = registry.runners(opened.store, pool) if settings.run_projectors else []
+        self.positions = PositionWatcher(settings.database_url, queries.CONVERSATIONS)
+        self.positions.database_url_pool = pool
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -66,6 +69,7 @@ class Platform:
         redis = Redis.from_url(settings.redis_url)
         await redis.ping()
         platform = cls(settings, opened, pool, redis, FirstVersionCatalog())
+        await platform.positions.start()
         for runner in platform.projectors:
             platform._tasks.append(asyncio.create_task(runner.run(), name=f"projector-{runner.projector.name}"))
         return platform
@@ -76,6 +80,7 @@ class Platform:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.positions.close()
         await self.redis.aclose()
         await self.pool.close()
         await self.opened.close()
@@ -84,6 +89,4 @@ class Platform:
         """Wait, bounded, until the conversation read model has passed ``position``."""
         if not position:
             return True
-        from projections.runtime import wait_for_position
-
-        return await wait_for_position(self.pool, "conversations", position, self.settings.read_wait_seconds)
+        return await self.positions.wait(position, self.settings.read_wait_seconds)

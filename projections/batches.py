@@ -1,0 +1,146 @@
+"""Applying a batch of commits to a projector's schema, inside the caller's transaction.
+
+Commits at or below the checkpoint are skipped (a redelivery is a no-op). The rest are decoded
+and applied in one savepoint, sent as a single pipeline. If one of them is poison (it cannot be
+decoded, or its rows are refused), the savepoint is rolled back and the batch is applied again
+one commit per savepoint: each poison commit is rolled back alone and recorded in the schema's
+``dead_letters`` with its sequence, subject and error, and the projector goes on.
+
+Errors of the database itself (connection lost, timeouts, deadlocks, a missing table) are not
+poison: they abort the batch and the caller retries it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import psycopg
+import structlog
+from psycopg import AsyncConnection, sql
+
+from projections.projector import Projector
+from streams.errors import EventDecodeError
+from streams.jetstream import RawMessage
+from streams.store import EventStore, RecordedEvent
+
+log = structlog.get_logger(__name__)
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    seq: int
+    subject: str
+    error: str
+
+
+class BatchResult(msgspec.Struct, frozen=True):
+    checkpoint: int  # the position the schema accounts for after the batch
+    commits: int  # commits applied
+    events: int  # events applied
+    skipped: int  # commits at or below the checkpoint
+    dead_letters: list[DeadLetter]
+
+
+def is_poison(error: Exception) -> bool:
+    """An error that belongs to the event, not to the database: retrying would fail the same way."""
+    return not isinstance(error, psycopg.Error) or isinstance(error, psycopg.DataError | psycopg.IntegrityError)
+
+
+async def apply_batch(
+    conn: AsyncConnection[Any],
+    projector: Projector,
+    store: EventStore,
+    schema: str,
+    messages: Sequence[RawMessage],
+    *,
+    after: int,
+) -> BatchResult:
+    fresh = [m for m in messages if m.seq > after]
+    decoded: list[tuple[RawMessage, list[RecordedEvent]]] = []
+    dead: list[DeadLetter] = []
+    for raw in fresh:
+        try:
+            decoded.append((raw, store.decode(raw)))
+        except EventDecodeError as e:
+            dead.append(_dead(projector, raw, e))
+    try:
+        async with conn.transaction(), conn.pipeline(), conn.cursor() as cur:
+            for _, events in decoded:
+                for event in events:
+                    await _apply(projector, cur, event, schema)
+    except Exception as e:
+        if not is_poison(e):
+            raise
+        log.warning("poison in batch, applying its commits one by one", projector=projector.name, error=str(e))
+        decoded = await _apply_one_by_one(conn, projector, schema, decoded, dead)
+    if dead:
+        await _record(conn, schema, dead)
+    return BatchResult(
+        checkpoint=max([after, *(m.seq for m in fresh)]),
+        commits=len(decoded),
+        events=sum(len(events) for _, events in decoded),
+        skipped=len(messages) - len(fresh),
+        dead_letters=dead,
+    )
+
+
+async def _apply_one_by_one(
+    conn: AsyncConnection[Any],
+    projector: Projector,
+    schema: str,
+    decoded: list[tuple[RawMessage, list[RecordedEvent]]],
+    dead: list[DeadLetter],
+) -> list[tuple[RawMessage, list[RecordedEvent]]]:
+    applied = []
+    for raw, events in decoded:
+        try:
+            async with conn.transaction(), conn.cursor() as cur:
+                for event in events:
+                    await _apply(projector, cur, event, schema)
+        except Exception as e:
+            if not is_poison(e):
+                raise
+            dead.append(_dead(projector, raw, e, events[0] if events else None))
+        else:
+            applied.append((raw, events))
+    return applied
+
+
+async def _apply(projector: Projector, cur: psycopg.AsyncCursor[Any], event: RecordedEvent, schema: str) -> None:
+    log.debug(
+        "apply",
+        projector=projector.name,
+        seq=event.seq,
+        version=event.version,
+        event_type=type(event.event).__name__,
+        tenant=event.stream.tenant,
+        **{f"{event.stream.aggregate_type}_id": event.stream.aggregate_id},
+        correlation_id=event.meta.correlation_id,
+    )
+    await projector.apply(cur, event, schema)
+
+
+def _dead(projector: Projector, raw: RawMessage, error: Exception, event: RecordedEvent | None = None) -> DeadLetter:
+    reason = f"{type(error).__name__}: {error}"
+    context: dict[str, Any] = {}
+    if event is not None:
+        context = {
+            "tenant": event.stream.tenant,
+            f"{event.stream.aggregate_type}_id": event.stream.aggregate_id,
+            "correlation_id": event.meta.correlation_id,
+        }
+    log.error("dead letter", projector=projector.name, seq=raw.seq, subject=raw.subject, error=reason, **context)
+    return DeadLetter(raw.seq, raw.subject, reason)
+
+
+async def _record(conn: AsyncConnection[Any], schema: str, dead: list[DeadLetter]) -> None:
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            sql.SQL(
+                "INSERT INTO {}.dead_letters (seq, subject, error) VALUES (%s, %s, %s)"
+                " ON CONFLICT (seq) DO UPDATE SET subject = excluded.subject, error = excluded.error,"
+                " recorded_at = now()"
+            ).format(sql.Identifier(schema)),
+            [(d.seq, d.subject, d.error) for d in dead],
+        )

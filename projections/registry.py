@@ -1,0 +1,38 @@
+"""The projectors Parley runs, their runners, and bringing their schemas up to date at start-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from projections.conversations import ConversationsProjector
+from projections.projector import Projector
+from projections.runner import ProjectorRunner
+from read_models import migrations
+from streams.store import EventStore
+
+
+def projectors() -> list[Projector]:
+    return [ConversationsProjector()]
+
+
+def projector(name: str) -> Projector:
+    found = {p.name: p for p in projectors()}
+    if name not in found:
+        raise KeyError(f"no projector named {name!r}; known: {', '.join(sorted(found))}")
+    return found[name]
+
+
+def runners(store: EventStore, pool: AsyncConnectionPool[Any], **options: Any) -> list[ProjectorRunner]:
+    """One runner per projector (``options`` go to each ``ProjectorRunner``)."""
+    return [ProjectorRunner(p, store, pool, **options) for p in projectors()]
+
+
+async def migrate(pool: AsyncConnectionPool[Any], chosen: list[Projector] | None = None) -> dict[str, list[int]]:
+    """Create or update every projector's schema; returns the migration versions applied to each."""
+    applied = {}
+    async with pool.connection() as conn:
+        for p in chosen or projectors():
+            applied[p.name] = await migrations.migrate(conn, p.read_model)
+    return applied

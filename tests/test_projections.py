@@ -1,0 +1,1065 @@
+"""Projections against a real nats-server and PostgreSQL.
+
+Given conversation events appended to the store, when the projector runs, then the read model
+answers the API's queries in the seed's shapes; redeliveries, poison, crashes, dropped tables and
+rebuilds leave exactly the rows a clean, full projection gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import pytest_asyncio
+from psycopg import errors, sql
+from psycopg_pool import AsyncConnectionPool
+
+from domain.conversation import (
+    AgentReplied,
+    ConversationClosed,
+    ConversationStarted,
+    EscalationAgentUnavailable,
+    EscalationAssigned,
+    EscalationRequested,
+    EscalationResolved,
+    SurveyAnswer,
+    SurveyAnswered,
+    SurveyQuestion,
+    SurveySent,
+    ToolCall,
+    UserMessageReceived,
+)
+from domain.messages import Event
+from projections import registry
+from projections.checkpoints import wait_for_position
+from projections.conversations import ConversationsProjector
+from projections.rebuild import rebuild
+from projections.runner import ProjectorRunner
+from projections.status import metrics_text
+from read_models.conversations import CONVERSATIONS, get_conversation, get_escalation_status
+from read_models.migrations import applied_versions, migrate
+from streams.factory import OpenStore
+from streams.jetstream import OutMessage
+from streams.store import AppendResult, EventMeta, StoredItem, encode_commit
+from streams.subjects import StreamId
+from tests.conftest import fresh_database
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = datetime(2025, 10, 11, 10, 0, tzinfo=UTC)
+SCHEMA = CONVERSATIONS.schema
+TABLES = {
+    "conversations": "tenant, conversation_id",
+    "messages": "tenant, conversation_id, message_id",
+    "escalations": "tenant, escalation_id",
+    "surveys": "tenant, conversation_id, survey_id",
+}
+
+
+def at(minutes: float, seconds: float = 0) -> datetime:
+    return T0 + timedelta(minutes=minutes, seconds=seconds)
+
+
+# Fixtures and helpers -------------------------------------------------------------------------
+
+
+async def open_pool(url: str) -> AsyncConnectionPool[Any]:
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(url, min_size=1, max_size=8, open=False)
+    await pool.open(wait=True, timeout=30)
+    return pool
+
+
+@pytest_asyncio.fixture
+async def pool(pg_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    opened = await open_pool(fresh_database(pg_url))
+    yield opened
+    await opened.close()
+
+
+class History:
+    """Appends conversation events as commands would, one commit per call."""
+
+    def __init__(self, opened: OpenStore) -> None:
+        self.opened = opened
+        self.versions: dict[StreamId, int] = {}
+        self.last_seq = 0
+        self.events = 0  # events appended (poison excluded)
+        self.messages = 0  # user messages and agent replies among them
+
+    async def add(self, tenant: str, conversation_id: str, *events: Event, correlation_id: str = "") -> AppendResult:
+        sid = StreamId(tenant, "conversation", conversation_id)
+        meta = EventMeta(command_id=uuid.uuid4().hex, actor="test", correlation_id=correlation_id or None)
+        result = await self.opened.store.append(
+            sid, list(events), expected_version=self.versions.get(sid, 0), meta=meta
+        )
+        self.versions[sid] = result.version
+        self.last_seq = max(self.last_seq, result.seq)
+        self.events += len(events)
+        self.messages += sum(isinstance(e, UserMessageReceived | AgentReplied) for e in events)
+        return result
+
+    async def add_poison(self, tenant: str, conversation_id: str) -> int:
+        """A commit of an event type nobody knows, on the conversation's subjects."""
+        sid = StreamId(tenant, "conversation", conversation_id)
+        version = self.versions.get(sid, 0) + 1
+        commit = encode_commit(version, [StoredItem("nowhere:Missing", b"{}")])
+        published = await self.opened.log.publish([OutMessage(f"{sid.subject}.c-poison-{version}", {}, commit)])
+        self.versions[sid] = version
+        self.last_seq = published.last_seq
+        return published.last_seq
+
+
+def runner_for(
+    opened: OpenStore, pool: AsyncConnectionPool[Any], projector: ConversationsProjector | None = None, **options: Any
+) -> ProjectorRunner:
+    options.setdefault("idle_wait", 0.2)
+    return ProjectorRunner(projector or ConversationsProjector(), opened.store, pool, **options)
+
+
+RunnerFactory = Callable[..., ProjectorRunner]
+
+
+@pytest_asyncio.fixture
+async def new_runner(open_test_store: OpenStore, pool: AsyncConnectionPool[Any]) -> AsyncIterator[RunnerFactory]:
+    """Runners on the test's store and database, closed (consumers and leader locks let go) at the end."""
+    made: list[ProjectorRunner] = []
+
+    def make(projector: ConversationsProjector | None = None, **options: Any) -> ProjectorRunner:
+        made.append(runner_for(open_test_store, pool, projector, **options))
+        return made[-1]
+
+    yield make
+    for runner in made:
+        await runner.close()
+
+
+async def project(opened: OpenStore, pool: AsyncConnectionPool[Any], **options: Any) -> int:
+    runner = runner_for(opened, pool, **options)
+    try:
+        return await runner.catch_up()
+    finally:
+        await runner.close()
+
+
+async def rows(pool: AsyncConnectionPool[Any], schema: str = SCHEMA) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the read model, in key order: what two projections must agree on."""
+    out = {}
+    async with pool.connection() as conn:
+        for table, key in TABLES.items():
+            query = sql.SQL("SELECT * FROM {}.{} ORDER BY " + key).format(sql.Identifier(schema), sql.Identifier(table))
+            out[table] = await (await conn.execute(query)).fetchall()
+    return out
+
+
+async def reference_rows(opened: OpenStore, pg_url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """A clean, full projection of the same stream into a new database."""
+    pool = await open_pool(fresh_database(pg_url))
+    try:
+        await project(opened, pool, batch=1000)
+        return await rows(pool)
+    finally:
+        await pool.close()
+
+
+async def scalar(pool: AsyncConnectionPool[Any], query: str) -> Any:
+    async with pool.connection() as conn:
+        row = await (await conn.execute(query.encode())).fetchone()
+        return row[0] if row else None
+
+
+# The seed's stories ---------------------------------------------------------------------------
+
+QUESTIONS = [
+    SurveyQuestion(
+        question_id="q1",
+        question="How did you hear about us?",
+        type="single_choice",
+        options=["Google Search", "Social Media", "Friend Referral", "Advertisement"],
+    ),
+    SurveyQuestion(question_id="q2", question="How likely are you to recommend us?", type="nps_scale"),
+]
+
+
+async def order_status_story(history: History, tenant: str = "acme", cid: str = "conv-1") -> None:
+    """Order status with tools, an escalation to Sarah and back to the AI, then a survey."""
+    user = "user-1"
+    await history.add(
+        tenant,
+        cid,
+        ConversationStarted(
+            conversation_id=cid,
+            config_id="cfg-1",
+            config_version=3,
+            channel="webchat",
+            user_id=user,
+            context={"customer_id": "C12345", "session_id": "s-1", "ip_address": "192.168.1.1"},
+            started_at=at(0),
+        ),
+        UserMessageReceived(
+            message_id="m1", user_id=user, content="I want to check my order status", received_at=at(0)
+        ),
+        correlation_id="req-1",
+    )
+    await history.add(
+        tenant,
+        cid,
+        AgentReplied(
+            message_id="m2",
+            user_id=user,
+            content="I'd be happy to help...",
+            intent="order_inquiry",
+            confidence=0.92,
+            sentiment=0.8,
+            replied_at=at(0, 15),
+        ),
+    )
+    await history.add(
+        tenant, cid, UserMessageReceived(message_id="m3", user_id=user, content="ORD-78945", received_at=at(2))
+    )
+    lookup = ToolCall(
+        tool="fetch_order_status",
+        input={"order_id": "ORD-78945"},
+        output={"status": "in_transit"},
+        execution_time_ms=345,
+    )
+    await history.add(
+        tenant,
+        cid,
+        AgentReplied(
+            message_id="m4",
+            user_id=user,
+            content="It's in transit.",
+            tool_calls=[lookup],
+            sentiment=0.7,
+            replied_at=at(2, 10),
+        ),
+    )
+    await history.add(
+        tenant, cid, UserMessageReceived(message_id="m5", user_id=user, content="Email me", received_at=at(3))
+    )
+    email = ToolCall(tool="send_tracking_email", input={"order_id": "ORD-78945"})
+    await history.add(
+        tenant,
+        cid,
+        AgentReplied(
+            message_id="m6",
+            user_id=user,
+            content="Sent.",
+            tool_calls=[email, lookup],
+            sentiment=0.65,
+            replied_at=at(3, 5),
+        ),
+    )
+    await history.add(
+        tenant, cid, UserMessageReceived(message_id="m7", user_id=user, content="A manager!", received_at=at(5))
+    )
+    await history.add(
+        tenant,
+        cid,
+        EscalationRequested(
+            escalation_id="esc-1",
+            trigger="user_requested",
+            reason="Customer wants a manager about a late delivery",
+            urgency="high",
+            requested_at=at(5),
+        ),
+    )
+    await history.add(
+        tenant,
+        cid,
+        EscalationAssigned(
+            escalation_id="esc-1", agent_id="agent-7", agent_name="Sarah Johnson", assigned_at=at(5, 30)
+        ),
+    )
+    await history.add(
+        tenant,
+        cid,
+        AgentReplied(message_id="m8", user_id=user, content="Sarah here.", author="agent-7", replied_at=at(6)),
+    )
+    await history.add(
+        tenant,
+        cid,
+        EscalationResolved(
+            escalation_id="esc-1", resolution="returned_to_ai", resolved_by="agent-7", resolved_at=at(8)
+        ),
+    )
+    await history.add(tenant, cid, SurveySent(survey_id="sv-1", questions=QUESTIONS, sent_at=at(9)))
+    await history.add(
+        tenant,
+        cid,
+        SurveyAnswered(
+            survey_id="sv-1",
+            responses=[
+                SurveyAnswer(question_id="q1", answer="Google Search"),
+                SurveyAnswer(question_id="q2", answer=9),
+            ],
+            nps_score=9,
+            nps_category="promoter",
+            answered_at=at(10),
+        ),
+    )
+
+
+async def unavailable_agent_story(history: History, tenant: str = "acme", cid: str = "conv-2") -> None:
+    await history.add(
+        tenant,
+        cid,
+        ConversationStarted(
+            conversation_id=cid,
+            config_id="cfg-1",
+            config_version=3,
+            channel="voice",
+            user_id="user-2",
+            product_type="voice_agent",
+            started_at=at(0),
+        ),
+        UserMessageReceived(message_id="u1", user_id="user-2", content="Agent please", received_at=at(0)),
+    )
+    await history.add(
+        tenant,
+        cid,
+        EscalationRequested(
+            escalation_id="esc-2", trigger="user_requested", reason="wants a human", requested_at=at(1)
+        ),
+    )
+    await history.add(
+        tenant,
+        cid,
+        EscalationAgentUnavailable(escalation_id="esc-2", fallback_action="queue_callback", queue_position=3, at=at(5)),
+    )
+
+
+async def closed_by_agent_story(history: History, tenant: str = "acme", cid: str = "conv-3") -> None:
+    await history.add(
+        tenant,
+        cid,
+        ConversationStarted(
+            conversation_id=cid, config_id="cfg-2", config_version=1, channel="webchat", user_id="u3", started_at=at(0)
+        ),
+    )
+    await history.add(
+        tenant,
+        cid,
+        EscalationRequested(escalation_id="esc-3", trigger="sentiment", reason="angry", requested_at=at(1)),
+    )
+    await history.add(
+        tenant,
+        cid,
+        EscalationResolved(escalation_id="esc-3", resolution="closed", resolved_by="agent-1", resolved_at=at(2)),
+        ConversationClosed(reason="resolved_by_agent", closed_at=at(2)),
+    )
+
+
+async def random_story(history: History, tenant: str, cid: str, turns: int, seed: int) -> None:
+    """A conversation of ``turns`` exchanges with an escalation now and then, for volume."""
+    rng = random.Random(seed)
+    user = f"user-{seed % 7}"
+    await history.add(
+        tenant,
+        cid,
+        ConversationStarted(
+            conversation_id=cid,
+            config_id="cfg-1",
+            config_version=1,
+            channel="webchat",
+            user_id=user,
+            context={"customer_id": f"C{seed}"},
+            started_at=at(0),
+        ),
+    )
+    open_escalation: str | None = None
+    for turn in range(turns):
+        when = at(turn)
+        await history.add(
+            tenant,
+            cid,
+            UserMessageReceived(message_id=f"{cid}-u{turn}", user_id=user, content=f"q{turn}", received_at=when),
+        )
+        tools = [ToolCall(tool=rng.choice(["lookup", "refund", "track"])) for _ in range(rng.randint(0, 2))]
+        await history.add(
+            tenant,
+            cid,
+            AgentReplied(
+                message_id=f"{cid}-a{turn}",
+                user_id=user,
+                content=f"a{turn}",
+                tool_calls=tools,
+                sentiment=round(rng.random(), 2) if rng.random() < 0.7 else None,
+                replied_at=when + timedelta(seconds=5),
+            ),
+        )
+        if open_escalation is None and rng.random() < 0.15:
+            open_escalation = f"{cid}-e{turn}"
+            await history.add(
+                tenant,
+                cid,
+                EscalationRequested(escalation_id=open_escalation, trigger="t", reason="r", requested_at=when),
+            )
+        elif open_escalation is not None and rng.random() < 0.5:
+            await history.add(
+                tenant,
+                cid,
+                EscalationAssigned(escalation_id=open_escalation, agent_id="ag", agent_name="Ann", assigned_at=when),
+                EscalationResolved(escalation_id=open_escalation, resolution="returned_to_ai", resolved_at=when),
+            )
+            open_escalation = None
+
+
+async def volume(history: History, conversations: int, turns: int, tenant: str = "acme") -> None:
+    await asyncio.gather(*(random_story(history, tenant, f"bulk-{i}", turns, seed=i) for i in range(conversations)))
+
+
+async def all_stories(history: History) -> None:
+    await order_status_story(history)
+    await unavailable_agent_story(history)
+    await closed_by_agent_story(history)
+
+
+# Spec: the seed's shapes ----------------------------------------------------------------------
+
+
+async def test_a_conversation_reads_back_in_the_seed_shape(
+    open_test_store: OpenStore, pool: AsyncConnectionPool[Any]
+) -> None:
+    history = History(open_test_store)
+    await order_status_story(history)
+    await project(open_test_store, pool)
+
+    async with pool.connection() as conn:
+        view = await get_conversation(conn, "acme", "conv-1")
+    assert view == {
+        "conversation_id": "conv-1",
+        "product_type": "chatbot",
+        "thread_id": "conv-1",
+        "config_id": "cfg-1",
+        "config_version": 3,
+        "status": "active",
+        "channel": "webchat",
+        "user_id": "user-1",
+        "turn_count": 4,
+        "messages": [
+            {
+                "message_id": "m1",
+                "role": "user",
+                "content": "I want to check my order status",
+                "timestamp": "2025-10-11T10:00:00Z",
+            },
+            {
+                "message_id": "m2",
+                "role": "assistant",
+                "content": "I'd be happy to help...",
+                "tool_calls": [],
+                "timestamp": "2025-10-11T10:00:15Z",
+            },
+            {"message_id": "m3", "role": "user", "content": "ORD-78945", "timestamp": "2025-10-11T10:02:00Z"},
+            {
+                "message_id": "m4",
+                "role": "assistant",
+                "content": "It's in transit.",
+                "tool_calls": [
+                    {
+                        "tool": "fetch_order_status",
+                        "input": {"order_id": "ORD-78945"},
+                        "output": {"status": "in_transit"},
+                        "execution_time_ms": 345,
+                    }
+                ],
+                "timestamp": "2025-10-11T10:02:10Z",
+            },
+            {"message_id": "m5", "role": "user", "content": "Email me", "timestamp": "2025-10-11T10:03:00Z"},
+            {
+                "message_id": "m6",
+                "role": "assistant",
+                "content": "Sent.",
+                "tool_calls": [
+                    {"tool": "send_tracking_email", "input": {"order_id": "ORD-78945"}},
+                    {
+                        "tool": "fetch_order_status",
+                        "input": {"order_id": "ORD-78945"},
+                        "output": {"status": "in_transit"},
+                        "execution_time_ms": 345,
+                    },
+                ],
+                "timestamp": "2025-10-11T10:03:05Z",
+            },
+            {"message_id": "m7", "role": "user", "content": "A manager!", "timestamp": "2025-10-11T10:05:00Z"},
+            {
+                "message_id": "m8",
+                "role": "assistant",
+                "content": "Sarah here.",
+                "tool_calls": [],
+                "timestamp": "2025-10-11T10:06:00Z",
+            },
+        ],
+        "pii_collected": {"customer_id": "C12345"},
+        "tools_executed": [{"tool": "fetch_order_status", "count": 2}, {"tool": "send_tracking_email", "count": 1}],
+        "cross_sell_attempted": False,
+        "cross_sell_accepted": False,
+        "sentiment_trajectory": [0.8, 0.7, 0.65],
+        "checkpoint_ids": [],
+        "created_at": "2025-10-11T10:00:00Z",
+        "updated_at": "2025-10-11T10:10:00Z",
+        "position": history.last_seq,
+    }
+
+
+async def test_an_assigned_then_resolved_escalation_and_the_survey_are_recorded(
+    open_test_store: OpenStore, pool: AsyncConnectionPool[Any]
+) -> None:
+    history = History(open_test_store)
+    await order_status_story(history)
+    await project(open_test_store, pool)
+
+    async with pool.connection() as conn:
+        status = await get_escalation_status(conn, "acme", "esc-1")
+        survey = await (
+            await conn.execute(
+                f"SELECT questions, responses, nps_score, nps_category, sent_at, answered_at FROM {SCHEMA}.surveys"
+            )
+        ).fetchall()
+        escalation = await (
+            await conn.execute(f"SELECT trigger, urgency, resolution, resolved_by FROM {SCHEMA}.escalations")
+        ).fetchall()
+    assert status == {
+        "escalation_id": "esc-1",
+        "conversation_id": "conv-1",
+        "product_type": "chatbot",
+        "status": "resolved",
+        "fallback_action": None,
+        "queue_position": None,
+        "estimated_wait_time": None,
+        "callback_options": [],
+        "agent_message": "Your request to speak with an agent has been resolved.",
+        "assigned_agent": {"agent_id": "agent-7", "name": "Sarah Johnson"},
+    }
+    assert escalation == [("user_requested", "high", "returned_to_ai", "agent-7")]
+    questions, responses, nps_score, nps_category, sent_at, answered_at = survey[0]
+    assert [q["question_id"] for q in questions] == ["q1", "q2"]
+    assert questions[0]["options"][0] == "Google Search"
+    assert responses == [{"question_id": "q1", "answer": "Google Search"}, {"question_id": "q2", "answer": 9}]
+    assert (nps_score, nps_category, sent_at, answered_at) == (9, "promoter", at(9), at(10))
+
+
+async def test_an_unavailable_agent_reads_back_with_the_queue_and_callback_options(
+    open_test_store: OpenStore, pool: AsyncConnectionPool[Any]
+) -> None:
+    history = History(open_test_store)
+    await unavailable_agent_story(history)
+    await project(open_test_store, pool)
+
+    async with pool.connection() as conn:
+        status = await get_escalation_status(conn, "acme", "esc-2")
+        conversation = await get_conversation(conn, "acme", "conv-2")
+    assert status == {
+        "escalation_id": "esc-2",
+        "conversation_id": "conv-2",
+        "product_type": "voice_agent",
+        "status": "agent_unavailable",
+        "fallback_action": "queue_callback",
+        "queue_position": 3,
+        "estimated_wait_time": "15 minutes",
+        "callback_options": [
+            {
+                "option": "schedule_callback",
+                "description": "We can call you back when an agent is available",
+                "estimated_callback_time": "2025-10-11T10:20:00Z",
+            },
+            {
+                "option": "email_support",
+                "description": "Send your issue via email and we'll respond within 2 hours",
+            },
+            {"option": "continue_with_ai", "description": "Continue working with our AI assistant"},
+        ],
+        "agent_message": "I'm sorry, all our agents are currently assisting other customers. You're #3 in queue "
+        "with an estimated wait time of 15 minutes. Would you like to schedule a callback, email us, or continue "
+        "working with me?",
+    }
+    assert conversation is not None and conversation["status"] == "escalated"
+    assert conversation["pii_collected"] == {}
+
+
+async def test_an_escalation_resolved_by_closing_leaves_the_conversation_closed(
+    open_test_store: OpenStore, pool: AsyncConnectionPool[Any]
+) -> None:
+    history = History(open_test_store)
+    await closed_by_agent_story(history)
+    await project(open_test_store, pool)
+    async with pool.connection() as conn:
+        conversation = await get_conversation(conn, "acme", "conv-3")
+        status = await get_escalation_status(conn, "acme", "esc-3")
+    assert conversation is not None and (conversation["status"], conversation["turn_count"]) == ("closed", 0)
+    assert conversation["messages"] == [] and conversation["updated_at"] == "2025-10-11T10:02:00Z"
+    assert status is not None and status["status"] == "resolved" and "assigned_agent" not in status
+
+
+async def test_another_tenants_ids_read_as_not_found(
+    open_test_store: OpenStore, pool: AsyncConnectionPool[Any]
+) -> None:
+    history = History(open_test_store)
+    await all_stories(history)
+    await history.add(
+        "globex",
+        "conv-1",
+        ConversationStarted(
+            conversation_id="conv-1", config_id="g", config_version=1, channel="sms", user_id="g-1", started_at=at(0)
+        ),
+    )
+    await project(open_test_store, pool)
+    async with pool.connection() as conn:
+        theirs = await get_conversation(conn, "globex", "conv-1")
+        assert theirs is not None and (theirs["channel"], theirs["messages"]) == ("sms", [])
+        assert await get_conversation(conn, "globex", "conv-2") is None
+        assert await get_escalation_status(conn, "globex", "esc-1") is None
+        assert await get_escalation_status(conn, "globex", "esc-2") is None
+        assert await get_conversation(conn, "acme", "nope") is None
+
+
+async def test_erased_personal_data_projects_as_null(
+    open_test_store: OpenStore, pool: AsyncConnectionPool[Any]
+) -> None:
+    history = History(open_test_store)
+    await order_status_story(history)
+    open_test_store.keys.shred("acme", "user-1")
+    await project(open_test_store, pool)
+    async with pool.connection() as conn:
+        view = await get_conversation(conn, "acme", "conv-1")
+    assert view is not None and view["pii_collected"] == {}
+    assert [m["content"] for m in view["messages"]] == [None] * 8
+    assert view["turn_count"] == 4 and view["tools_executed"][0] == {"tool": "fetch_order_status", "count": 2}
+
+
+# Delivery: redelivery, poison, crashes --------------------------------------------------------
+
+
+async def test_a_redelivered_batch_is_a_no_op(
+    open_test_store: OpenStore, pool: AsyncConnectionPool[Any], new_runner: RunnerFactory
+) -> None:
+    history = History(open_test_store)
+    await all_stories(history)
+    runner = new_runner(ack_wait=1.0)
+    await runner.start()
+    assert runner.feed is not None
+    batch = await runner.feed.fetch()
+    first = await runner.project(batch.messages)  # committed, never acknowledged
+    before = await rows(pool)
+    await asyncio.sleep(1.3)
+
+    again = await runner.feed.fetch()  # JetStream delivers the batch again
+    assert [m.seq for m in again.messages] == [m.seq for m in batch.messages]
+    replay = await runner.project(again.messages)
+    assert (replay.commits, replay.events, replay.skipped) == (0, 0, len(batch.messages))
+    assert replay.checkpoint == first.checkpoint == history.last_seq
+    assert await rows(pool) == before
+    await runner.close()
+
+    assert await project(open_test_store, pool) == 0  # a new runner: nothing left to do
+    assert await rows(pool) == before
+
+
+async def test_a_poison_commit_is_dead_lettered_and_later_events_still_project(
+    open_test_store: OpenStore, pool: AsyncConnectionPool[Any], new_runner: RunnerFactory
+) -> None:
+    history = History(open_test_store)
+    await unavailable_agent_story(history)
+    poison = await history.add_poison("acme", "conv-2")
+    await history.add(
+        "acme",
+        "conv-2",
+        EscalationAssigned(escalation_id="esc-2", agent_id="agent-9", agent_name="Lee", assigned_at=at(9)),
+    )
+    runner = new_runner()
+    await runner.catch_up()
+
+    async with pool.connection() as conn:
+        dead = await (await conn.execute(f"SELECT seq, subject, error FROM {SCHEMA}.dead_letters")).fetchall()
+        status = await get_escalation_status(conn, "acme", "esc-2")
+    assert len(dead) == 1
+    seq, subject, error = dead[0]
+    assert (seq, subject) == (poison, "parley.ev.acme.conversation.conv-2.c-poison-5")
+    assert "EventDecodeError" in error and "nowhere:Missing" in error
+    assert status is not None and status["status"] == "assigned"
+    assert status["assigned_agent"] == {"agent_id": "agent-9", "name": "Lee"}
+    projector_status = await runner.status()
+    assert (projector_status["checkpoint"], projector_status["lag"], projector_status["dead_letters"]) == (
+        history.last_seq,
+        0,
+        1,
+    )
+    await runner.close()
+
+
+async def test_an_event_the_database_refuses_is_dead_lettered_alone(
+    open_test_store: OpenStore, pool: AsyncConnectionPool[Any]
+) -> None:
+    history = History(open_test_store)
+    await unavailable_agent_story(history)
+    refused = await history.add(
+        "acme", "conv-2", AgentReplied(message_id="bad", user_id="user-2", content="nul\x00byte", replied_at=at(6))
+    )
+    await history.add(
+        "acme", "conv-2", UserMessageReceived(message_id="u2", user_id="user-2", content="hello?", received_at=at(7))
+    )
+    await project(open_test_store, pool)  # all of it in one batch
+    async with pool.connection() as conn:
+        view = await get_conversation(conn, "acme", "conv-2")
+        dead = await (await conn.execute(f"SELECT seq, error FROM {SCHEMA}.dead_letters")).fetchall()
+    assert [(seq, "NUL" in error) for seq, error in dead] == [(refused.seq, True)]
+    assert view is not None and [m["message_id"] for m in view["messages"]] == ["u1", "u2"]
+    assert view["turn_count"] == 2 and view["position"] == history.last_seq
+
+
+class Crash(BaseException):
+    """The process dies: nothing after this point runs, not even an ``except Exception``."""
+
+
+class CrashingProjector(ConversationsProjector):
+    def __init__(self, applies_before_crash: int) -> None:
+        self.left = applies_before_crash
+
+    async def apply(self, cur: Any, event: Any, schema: str) -> None:
+        if self.left == 0:
+            raise Crash
+        self.left -= 1
+        await super().apply(cur, event, schema)
+
+
+@pytest.mark.parametrize("applies_before_crash", [0, 1, 37, 120])
+async def test_a_crash_mid_batch_neither_loses_nor_doubles_a_row(
+    open_test_store: OpenStore,
+    pool: AsyncConnectionPool[Any],
+    pg_url: str,
+    applies_before_crash: int,
+    new_runner: RunnerFactory,
+) -> None:
+    history = History(open_test_store)
+    await all_stories(history)
+    await volume(history, conversations=8, turns=8)
+    crashing = new_runner(CrashingProjector(applies_before_crash), batch=50)
+    with pytest.raises(Crash):
+        await crashing.catch_up()
+    checkpoint_at_crash = await scalar(pool, f"SELECT last_seq FROM {SCHEMA}.checkpoint")
+    assert checkpoint_at_crash < history.last_seq and checkpoint_at_crash % 50 == 0  # only whole batches
+    await crashing.close()
+
+    await project(open_test_store, pool, batch=50)
+    assert await rows(pool) == await reference_rows(open_test_store, pg_url)
+    messages = await scalar(pool, f"SELECT count(*) FROM {SCHEMA}.messages")
+    assert messages == 8 + 1 + 8 * 8 * 2
+
+
+async def test_a_dropped_schema_is_rebuilt_from_the_first_event_by_the_running_projector(
+    open_test_store: OpenStore, pool: AsyncConnectionPool[Any], pg_url: str, new_runner: RunnerFactory
+) -> None:
+    history = History(open_test_store)
+    await all_stories(history)
+    stop = asyncio.Event()
+    runner = new_runner()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        assert await wait_for_position(pool, CONVERSATIONS, history.last_seq, timeout=10)
+        async with pool.connection() as conn:
+            await conn.execute(f"DROP SCHEMA {SCHEMA} CASCADE")
+        await closed_by_agent_story(history, cid="conv-4")
+        assert await wait_for_position(pool, CONVERSATIONS, history.last_seq, timeout=15)
+    finally:
+        stop.set()
+        await task
+    assert await rows(pool) == await reference_rows(open_test_store, pg_url)
+
+
+async def test_a_lost_checkpoint_replays_everything_without_doubling(
+    open_test_store: OpenStore, pool: AsyncConnectionPool[Any], pg_url: str
+) -> None:
+    history = History(open_test_store)
+    await all_stories(history)
+    await volume(history, conversations=3, turns=5)
+    await project(open_test_store, pool)
+    async with pool.connection() as conn:
+        await conn.execute(f"DELETE FROM {SCHEMA}.checkpoint")
+    await project(open_test_store, pool)  # from the first event again, over the existing rows
+    assert await scalar(pool, f"SELECT last_seq FROM {SCHEMA}.checkpoint") == history.last_seq
+    assert await rows(pool) == await reference_rows(open_test_store, pg_url)
+
+
+async def test_only_one_runner_projects_at_a_time(
+    open_test_store: OpenStore, pool: AsyncConnectionPool[Any], new_runner: RunnerFactory
+) -> None:
+    history = History(open_test_store)
+    await all_stories(history)
+    first = new_runner()
+    await first.start()
+    second = new_runner(standby_poll=0.05)
+    waiting = asyncio.create_task(second.start())
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # standing by
+    await first.close()
+    await asyncio.wait_for(waiting, 5)
+    assert await second.catch_up() > 0
+
+    stop = asyncio.Event()
+    third = asyncio.create_task(new_runner(standby_poll=0.05).run(stop))
+    await asyncio.sleep(0.2)
+    stop.set()  # a runner standing by stops when asked
+    await asyncio.wait_for(third, 2)
+
+
+# Rebuild --------------------------------------------------------------------------------------
+
+
+async def schemas(pool: AsyncConnectionPool[Any]) -> list[str]:
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'rm\\_%' ORDER BY 1")
+        return [name for (name,) in await cur.fetchall()]
+
+
+async def test_a_rebuild_gives_the_same_read_model(open_test_store: OpenStore, pool: AsyncConnectionPool[Any]) -> None:
+    history = History(open_test_store)
+    await all_stories(history)
+    await history.add_poison("acme", "conv-1")
+    await volume(history, conversations=4, turns=6)
+    await project(open_test_store, pool)
+    before = await rows(pool)
+    async with pool.connection() as conn:
+        views = [await get_conversation(conn, "acme", c) for c in ("conv-1", "conv-2", "conv-3")]
+
+    report = await rebuild(ConversationsProjector(), open_test_store.store, pool, page=100)
+
+    assert report.checkpoint == history.last_seq and report.dead_letters == 1
+    assert report.events == history.events
+    assert report.events_per_second > 0
+    assert await rows(pool) == before
+    async with pool.connection() as conn:
+        assert [await get_conversation(conn, "acme", c) for c in ("conv-1", "conv-2", "conv-3")] == views
+        assert await applied_versions(conn, SCHEMA) == [1, 2]
+    assert await scalar(pool, f"SELECT count(*) FROM {SCHEMA}.dead_letters") == 1
+    assert await schemas(pool) == [SCHEMA]  # no shadow, no old schema left behind
+    assert await project(open_test_store, pool) == 0  # the live projector has nothing to redo
+
+
+async def test_a_rebuild_while_events_keep_arriving_hands_over_to_the_live_projector(
+    open_test_store: OpenStore, pool: AsyncConnectionPool[Any], pg_url: str, new_runner: RunnerFactory
+) -> None:
+    history = History(open_test_store)
+    await all_stories(history)
+    await volume(history, conversations=10, turns=10)
+    writing = asyncio.Event()
+    writing.set()
+
+    async def keep_writing() -> int:
+        n = 0
+        while writing.is_set():
+            await random_story(history, "acme", f"late-{n}", turns=3, seed=1000 + n)
+            n += 1
+        return n
+
+    stop = asyncio.Event()
+    live = new_runner(batch=100)
+    live_task = asyncio.create_task(live.run(stop))
+    writer = asyncio.create_task(keep_writing())
+    try:
+        await asyncio.sleep(0.3)
+        report = await rebuild(ConversationsProjector(), open_test_store.store, pool, page=200)
+        await asyncio.sleep(0.5)  # the live projector goes on in the new schema
+        writing.clear()
+        late_conversations = await writer
+        assert await wait_for_position(pool, CONVERSATIONS, history.last_seq, timeout=15)
+    finally:
+        writing.clear()
+        stop.set()
+        await live_task
+    assert late_conversations > 0 and report.checkpoint < history.last_seq
+    assert await rows(pool) == await reference_rows(open_test_store, pg_url)
+    assert await schemas(pool) == [SCHEMA]
+
+
+# Read-your-writes, status, migrations ---------------------------------------------------------
+
+
+async def test_wait_for_position_returns_once_the_projector_passes_it_and_false_on_timeout(
+    open_test_store: OpenStore, pool: AsyncConnectionPool[Any], new_runner: RunnerFactory
+) -> None:
+    history = History(open_test_store)
+    await all_stories(history)
+    position = history.last_seq
+    stop = asyncio.Event()
+    runner = new_runner()
+
+    waiter = asyncio.create_task(wait_for_position(pool, CONVERSATIONS, position, timeout=10))
+    await asyncio.sleep(0.2)
+    assert not waiter.done()  # nothing projects yet (and the schema does not even exist)
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        assert await waiter
+        async with pool.connection() as conn:
+            started = time.perf_counter()
+            assert not await wait_for_position(conn, CONVERSATIONS, position + 1000, timeout=0.3)
+            assert 0.3 <= time.perf_counter() - started < 2.0
+            assert await wait_for_position(conn, "conversations", position, timeout=0.1)  # by projector name
+            view = await get_conversation(conn, "acme", "conv-3")
+            assert view is not None and view["position"] == position  # read your write
+            assert not conn.autocommit  # the connection is left as it was found
+    finally:
+        stop.set()
+        await task
+
+
+async def test_status_reports_lag_and_dead_letters_and_metrics(
+    open_test_store: OpenStore, pool: AsyncConnectionPool[Any], new_runner: RunnerFactory
+) -> None:
+    history = History(open_test_store)
+    await all_stories(history)
+    await history.add_poison("acme", "conv-3")
+    runner = new_runner()
+    before = await runner.status()
+    assert (before["checkpoint"], before["lag"], before["stream_last_seq"]) == (0, history.last_seq, history.last_seq)
+    await runner.catch_up()
+    after = await runner.status()
+    assert (after["checkpoint"], after["lag"], after["dead_letters"]) == (history.last_seq, 0, 1)
+    text = metrics_text([after])
+    assert 'parley_projector_lag{projector="conversations"} 0\n' in text
+    assert 'parley_projector_dead_letters{projector="conversations"} 1\n' in text
+    assert "# TYPE parley_projector_lag gauge" in text
+    await runner.close()
+
+
+async def test_the_registry_migrates_and_runs_every_projector_until_stopped(
+    open_test_store: OpenStore, pool: AsyncConnectionPool[Any]
+) -> None:
+    history = History(open_test_store)
+    await all_stories(history)
+    assert await registry.migrate(pool) == {"conversations": [1, 2]}
+    runners = registry.runners(open_test_store.store, pool, idle_wait=0.2)
+    tasks = [asyncio.create_task(runner.run()) for runner in runners]
+    try:
+        assert await wait_for_position(pool, "conversations", history.last_seq, timeout=10)
+    finally:
+        for runner in runners:
+            await runner.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert [(s["name"], s["lag"]) for s in [await r.status() for r in runners]] == [("conversations", 0)]
+
+
+async def test_migrations_are_recorded_once_and_build_any_schema(pool: AsyncConnectionPool[Any]) -> None:
+    async with pool.connection() as conn:
+        assert await migrate(conn, CONVERSATIONS) == [1, 2]
+        assert await migrate(conn, CONVERSATIONS) == []
+        assert await migrate(conn, CONVERSATIONS, schema="rm_elsewhere") == [1, 2]
+        assert await applied_versions(conn, SCHEMA) == [1, 2]
+        cur = await conn.execute(
+            "SELECT table_schema, count(*) FROM information_schema.tables"
+            " WHERE table_schema LIKE 'rm\\_%' GROUP BY 1 ORDER BY 1"
+        )
+        assert await cur.fetchall() == [("rm_conversations", 7), ("rm_elsewhere", 7)]
+
+
+async def test_concurrent_start_ups_migrate_once(pool: AsyncConnectionPool[Any]) -> None:
+    async def one() -> list[int]:
+        async with pool.connection() as conn:
+            return await migrate(conn, CONVERSATIONS)
+
+    outcomes = await asyncio.gather(*(one() for _ in range(4)))
+    assert sorted(outcomes) == [[], [], [], [1, 2]]
+
+
+# The process: killed mid-batch, restarted; the CLI ---------------------------------------------
+
+
+def cli(
+    opened: OpenStore, database_url: str, *args: str, log_to: Path, output: bool = False
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "NATS_URL": opened.settings.nats_url,
+        "PARLEY_STREAM": opened.settings.stream,
+        "PARLEY_DATA": str(opened.settings.data_dir),
+        "DATABASE_URL": database_url,
+        "PARLEY_PROJECTION_BATCH": "100",
+        "PARLEY_LOG_JSON": "1",
+    }
+    with open(log_to, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "projections", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE if output else subprocess.DEVNULL,
+            stderr=log,
+        )
+
+
+async def in_transaction(pool: AsyncConnectionPool[Any]) -> bool:
+    """Whether another session of this database is inside a transaction (a batch being applied)."""
+    return bool(
+        await scalar(
+            pool,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND xact_start IS NOT NULL",
+        )
+    )
+
+
+async def until_mid_batch(pool: AsyncConnectionPool[Any], past: int) -> None:
+    """Until the checkpoint is past a sequence and the projector is inside a batch's transaction."""
+    while True:
+        try:
+            checkpoint = await scalar(pool, f"SELECT last_seq FROM {SCHEMA}.checkpoint") or 0
+        except (errors.UndefinedTable, errors.InvalidSchemaName):
+            checkpoint = 0  # the process is still starting
+        if checkpoint >= past and await in_transaction(pool):
+            return
+        await asyncio.sleep(0.002)
+
+
+async def test_a_killed_projector_process_restarts_without_losing_or_doubling_a_row(
+    open_test_store: OpenStore, pg_url: str, tmp_path: Path
+) -> None:
+    history = History(open_test_store)
+    await all_stories(history)
+    await volume(history, conversations=50, turns=12)
+    database_url = fresh_database(pg_url)
+    pool = await open_pool(database_url)
+    log = tmp_path / "projections.log"
+    try:
+        kills = []
+        for threshold in (history.last_seq // 4, history.last_seq // 2):
+            process = cli(open_test_store, database_url, "run", log_to=log)
+            try:
+                await asyncio.wait_for(until_mid_batch(pool, past=threshold), 30)
+            finally:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+            kills.append(await scalar(pool, f"SELECT last_seq FROM {SCHEMA}.checkpoint"))
+        assert 0 < kills[0] <= kills[1] < history.last_seq, kills
+
+        process = cli(open_test_store, database_url, "run", log_to=log)
+        try:
+            assert await wait_for_position(pool, CONVERSATIONS, history.last_seq, timeout=60)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(process.wait, 30) == 0  # a clean stop
+
+        expected = await reference_rows(open_test_store, pg_url)
+        assert await rows(pool) == expected
+        assert len(expected["messages"]) == history.messages
+        assert len(expected["conversations"]) == 3 + 50
+
+        status = cli(open_test_store, database_url, "status", log_to=log, output=True)
+        out, _ = await asyncio.to_thread(status.communicate, timeout=60)
+        assert msgspec.json.decode(out.splitlines()[0])["lag"] == 0
+
+        rebuilt = cli(open_test_store, database_url, "rebuild", "conversations", log_to=log, output=True)
+        out, _ = await asyncio.to_thread(rebuilt.communicate, timeout=60)
+        assert rebuilt.returncode == 0 and out.startswith(b"rebuilt conversations: ")
+        assert await rows(pool) == expected
+    finally:
+        await pool.close()
