@@ -54,3 +54,8 @@ stream-info:
 [positional-arguments]
 bench-store *ARGS:
     @{{ python }} -m bench.store "$@"
+
+# Benchmark the HTTP API: command throughput, query latency, projection lag, rebuild speed (--quick)
+[positional-arguments]
+bench-api *ARGS:
+    @{{ python }} -m bench.api "$@"

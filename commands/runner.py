@@ -16,7 +16,7 @@ import structlog
 
 from domain.errors import ConcurrencyError
 from domain.messages import Command, Event
-from streams.repository import AggregateSpec, Repository
+from streams.repository import AggregateSpec, Loaded, Repository
 from streams.store import EventMeta, EventStore
 
 log = structlog.get_logger(__name__)
@@ -29,6 +29,9 @@ class CommandContext(msgspec.Struct, frozen=True, kw_only=True):
     actor: str
     command_id: str | None = None
     correlation_id: str | None = None
+    # The command id came from the caller (an Idempotency-Key): it may be a retry, so look for
+    # its first outcome before deciding. A fresh id made here cannot have been used before.
+    retry_possible: bool = False
 
 
 class Aggregate(msgspec.Struct, Generic[S], frozen=True):
@@ -53,15 +56,20 @@ class CommandRunner:
         self.max_attempts = max_attempts
 
     @classmethod
-    def for_aggregates(cls, store: EventStore, aggregates: list[Aggregate[Any]], **repo_options: Any) -> CommandRunner:
-        return cls(store, {a.spec.type_name: Repository(store, a.spec, **repo_options) for a in aggregates})
+    def for_aggregates(
+        cls, store: EventStore, aggregates: list[Aggregate[Any]], *, max_attempts: int = 4, **repo_options: Any
+    ) -> CommandRunner:
+        repositories = {a.spec.type_name: Repository(store, a.spec, **repo_options) for a in aggregates}
+        return cls(store, repositories, max_attempts=max_attempts)
 
     def repository(self, aggregate: Aggregate[S]) -> Repository[S]:
         return self.repositories[aggregate.spec.type_name]
 
     async def handle(
-        self, aggregate: Aggregate[S], aggregate_id: str, command: Command, ctx: CommandContext
+        self, aggregate: Aggregate[S], aggregate_id: str, command: Command, ctx: CommandContext, *, new: bool = False
     ) -> Outcome[S]:
+        """Run a command. ``new``: the id was just made, so the aggregate cannot exist yet; the first
+        attempt skips loading (an existing one would still be caught: its append conflicts)."""
         repo = self.repository(aggregate)
         stream = repo.stream(ctx.tenant, aggregate_id)
         meta = EventMeta(
@@ -71,7 +79,9 @@ class CommandRunner:
             correlation_id=ctx.correlation_id,
         )
         for attempt in range(1, self.max_attempts + 1):
-            if ctx.command_id:
+            if new and attempt == 1 and not ctx.retry_possible:
+                loaded = Loaded(stream, aggregate.spec.initial(), 0, 0, 0, from_snapshot=False)
+            elif ctx.command_id and ctx.retry_possible:
                 loaded, known = await asyncio.gather(
                     repo.load(ctx.tenant, aggregate_id), self.store.outcome(stream, ctx.command_id)
                 )
@@ -85,14 +95,14 @@ class CommandRunner:
             try:
                 result = await self.store.append(stream, events, expected_version=loaded.version, meta=meta)
             except ConcurrencyError:
+                repo.forget(stream)
                 if attempt == self.max_attempts:
                     raise
                 log.debug("concurrency conflict, retrying", stream=stream.key, attempt=attempt)
                 continue
             if result.duplicate:
                 return Outcome(loaded.state, result.version, result.seq, [], duplicate=True)
-            state = loaded.state
-            for event in events:
-                state = aggregate.spec.evolve(state, event)
+            state = repo.fold_events(loaded.state, events)
+            repo.remember(stream, state, result.version, result.seq)
             return Outcome(state, result.version, result.seq, events)
         raise AssertionError("unreachable")

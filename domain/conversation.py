@@ -275,7 +275,8 @@ class Conversation(msgspec.Struct, frozen=True):
     open_escalation: str | None = None
     escalations: tuple[str, ...] = ()
     surveys: dict[str, Survey] = {}
-    message_ids: frozenset[str] = frozenset()
+    # The latest message ids, to recognise a message delivered twice (bounded: state stays small).
+    recent_message_ids: tuple[str, ...] = ()
 
 
 INITIAL = Conversation()
@@ -322,7 +323,7 @@ def decide(command: Command, state: Conversation) -> list[Event]:
     _require_open(state)
     match command:
         case ReceiveUserMessage():
-            if command.message_id in state.message_ids:
+            if command.message_id in state.recent_message_ids:
                 return []  # the same message delivered twice
             return [
                 UserMessageReceived(
@@ -334,7 +335,7 @@ def decide(command: Command, state: Conversation) -> list[Event]:
                 )
             ]
         case RecordAgentReply():
-            if command.message_id in state.message_ids:
+            if command.message_id in state.recent_message_ids:
                 return []
             return [
                 AgentReplied(
@@ -508,9 +509,11 @@ def evolve(state: Conversation, event: Event) -> Conversation:
                 status="active",
             )
         case UserMessageReceived():
-            return replace(state, turn_count=state.turn_count + 1, message_ids=state.message_ids | {event.message_id})
+            return replace(
+                state, turn_count=state.turn_count + 1, recent_message_ids=_remember(state, event.message_id)
+            )
         case AgentReplied():
-            return replace(state, message_ids=state.message_ids | {event.message_id})
+            return replace(state, recent_message_ids=_remember(state, event.message_id))
         case EscalationRequested():
             return replace(
                 state,
@@ -528,3 +531,10 @@ def evolve(state: Conversation, event: Event) -> Conversation:
         case ConversationClosed():
             return replace(state, status="closed", open_escalation=None)
     return state
+
+
+RECENT_MESSAGES = 64
+
+
+def _remember(state: Conversation, message_id: str) -> tuple[str, ...]:
+    return (*state.recent_message_ids[-(RECENT_MESSAGES - 1) :], message_id)

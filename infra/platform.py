@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         api.stop()
         print("api       stopped")
     elif args.command == "status":
-        print(f"api       {api.url}   {'running (pid %s)' % api.pid if api.is_running() else 'stopped'}")
+        state = f"running (pid {api.pid})" if api.is_running() else "stopped"
+        print(f"api       {api.url}   {state}")
     else:
         print(dev_token(root))
     return 0

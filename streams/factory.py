@@ -26,6 +26,9 @@ class StoreSettings(msgspec.Struct, frozen=True, kw_only=True):
     duplicate_window: float = 120.0
     snapshot_every: int = 200
     connect_retry_for: float | None = None
+    # Group commit: writes outstanding at once, and the group size that goes as one atomic batch.
+    max_in_flight: int = 1
+    batch_from: int = 2
 
     @classmethod
     def from_env(cls, **overrides: object) -> StoreSettings:
@@ -39,6 +42,8 @@ class StoreSettings(msgspec.Struct, frozen=True, kw_only=True):
             ("stream", "PARLEY_STREAM", str),
             ("replicas", "PARLEY_STREAM_REPLICAS", int),
             ("snapshot_every", "PARLEY_SNAPSHOT_EVERY", int),
+            ("max_in_flight", "PARLEY_MAX_IN_FLIGHT", int),
+            ("batch_from", "PARLEY_BATCH_FROM", int),
         ):
             if variable in env:
                 values[field] = convert(env[variable])

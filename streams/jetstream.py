@@ -101,6 +101,10 @@ class SubjectTaken(StoreError):
         self.subject = subject
 
 
+class TooManyResults(StoreError):
+    """A direct get matched more messages than the server returns in one answer."""
+
+
 class DuplicateMessage(StoreError):
     """The message id was already published within the duplicate window."""
 
@@ -212,6 +216,7 @@ class JetStreamLog:
         duplicate_window: float = 120.0,
         request_timeout: float = 10.0,
         max_in_flight: int = 1,
+        batch_from: int = 2,
         one_message_per_subject: bool = False,
     ) -> None:
         self.nc = nc
@@ -226,6 +231,7 @@ class JetStreamLog:
         self._waiting: dict[str, _DirectRequest] = {}
         self._tokens = itertools.count()
         self.max_in_flight = max_in_flight
+        self.batch_from = batch_from
         self.one_message_per_subject = one_message_per_subject
         self._queue: list[_Queued] = []
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -272,14 +278,16 @@ class JetStreamLog:
     # Group commit -------------------------------------------------------------------------
 
     async def append(self, messages: Sequence[OutMessage], *, key: str) -> Published:
-        """``publish``, with concurrent callers committed together.
+        """``publish``, with concurrent callers committed together (group commit).
 
-        Up to ``max_in_flight`` writes go out at once; appends that arrive while they are in
-        flight are gathered into one atomic batch (one round trip, one fsync) as long as they
-        have different ``key``s (what they guard, an aggregate) and fit the batch limit. The
-        messages carry their own expectation headers. If a group is refused because one
-        member's expectation failed, each member is retried on its own, so one conflict never
-        fails another caller's append.
+        Up to ``max_in_flight`` writes are outstanding at once. Appends that arrive while those are
+        in flight wait in a queue; the next free slot takes every queued append that guards a
+        different ``key`` (an aggregate) and fits the batch limit. A group of ``batch_from`` or more
+        goes out as one atomic batch (one round trip, one fsync, but the server stages a batch,
+        which costs a couple of milliseconds); a smaller one goes out message by message. The
+        messages carry their own expectation headers. If a batch is refused because one member's
+        expectation failed, each member is retried on its own, so one conflict never fails
+        another caller's append.
         """
         future: asyncio.Future[Published] = asyncio.get_running_loop().create_future()
         self._queue.append(_Queued(list(messages), key, future))
@@ -288,9 +296,17 @@ class JetStreamLog:
 
     def _start_commits(self) -> None:
         while self._queue and len(self._in_flight) < self.max_in_flight:
-            task = asyncio.create_task(self._commit(self._take_group()))
-            self._in_flight.add(task)
-            task.add_done_callback(self._commit_done)
+            group = self._take_group()
+            if len(group) >= self.batch_from:
+                self._spawn(group)
+            else:  # a few commits: each on its own is quicker than staging an atomic batch
+                for item in group:
+                    self._spawn([item])
+
+    def _spawn(self, group: list[_Queued]) -> None:
+        task = asyncio.create_task(self._commit(group))
+        self._in_flight.add(task)
+        task.add_done_callback(self._commit_done)
 
     def _commit_done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -315,9 +331,9 @@ class JetStreamLog:
         if len(group) == 1:
             item = group[0]
             try:
-                item.future.set_result(await self.publish(item.messages))
+                _settle(item.future, await self.publish(item.messages))
             except Exception as e:
-                item.future.set_exception(e)
+                _settle(item.future, e)
             return
         messages = [m for item in group for m in item.messages]
         try:
@@ -325,18 +341,15 @@ class JetStreamLog:
         except (WrongLastSequence, DuplicateMessage, SubjectTaken):
             outcomes = await asyncio.gather(*(self.publish(item.messages) for item in group), return_exceptions=True)
             for item, outcome in zip(group, outcomes, strict=True):
-                if isinstance(outcome, BaseException):
-                    item.future.set_exception(outcome)
-                else:
-                    item.future.set_result(outcome)
+                _settle(item.future, outcome)
             return
         except Exception as e:
             for item in group:
-                item.future.set_exception(e)
+                _settle(item.future, e)
             return
         first = published.first_seq
         for item in group:
-            item.future.set_result(Published(first, first + len(item.messages) - 1))
+            _settle(item.future, Published(first, first + len(item.messages) - 1))
             first += len(item.messages)
 
     # Writes -------------------------------------------------------------------------------
@@ -428,7 +441,19 @@ class JetStreamLog:
         return msgs[0] if msgs else None
 
     async def read_subject(self, subject: str, *, after_seq: int = 0, page: int = 1000) -> list[RawMessage]:
-        """Every message of one subject after a stream sequence, oldest first."""
+        """Every message of one subject (or subject filter) after a stream sequence, oldest first.
+
+        From the start, a filter is answered with ``multi_last`` (the last message of every matching
+        subject, found through the server's subject index); from a later sequence, with
+        ``next_by_subj``, which the server answers by scanning forward from that sequence.
+        """
+        if after_seq == 0 and ("*" in subject or ">" in subject):
+            try:
+                found = await self._direct({"multi_last": [subject]})
+            except TooManyResults:  # more subjects match than the server answers at once: scan
+                pass
+            else:
+                return sorted(found, key=_by_seq)
         out: list[RawMessage] = []
         start = after_seq + 1
         while True:
@@ -469,6 +494,8 @@ class JetStreamLog:
             raise UnavailableError(f"direct get on stream {self.stream} timed out") from None
         finally:
             del self._waiting[token]
+        if status == "413":
+            raise TooManyResults(f"direct get on {self.stream}: {description}")
         if status not in (None, "204", "404"):  # 204: end of batch, 404: nothing there
             raise StoreError(f"direct get on {self.stream} failed: {status} {description}")
         return pending.messages
@@ -493,6 +520,20 @@ class JetStreamLog:
         )
         if pending.single:
             pending.done.set_result((None, ""))
+
+
+def _settle(future: asyncio.Future[Published], outcome: Published | BaseException) -> None:
+    """Hand a commit's outcome to its caller, unless the caller has gone (cancelled)."""
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _by_seq(message: RawMessage) -> int:
+    return message.seq
 
 
 class _DirectRequest:

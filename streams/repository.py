@@ -8,10 +8,16 @@ When a load had to fold ``snapshot_every`` events or more, it writes a fresh sna
 Snapshots are a cache: they live in a key-value bucket, sealed under the aggregate's
 data-subject key (so destroying that key also voids the snapshot), and a snapshot that cannot
 be read is ignored and rebuilt from the events.
+
+Hot aggregates are also kept in memory (a bounded LRU of state, version and sequence, written
+through by the command runner). A cached aggregate is still checked against the stream on every
+load: one request for the sequence of its last commit, and the commits after the cached one if
+another process wrote since.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -48,6 +54,7 @@ class Loaded(msgspec.Struct, Generic[S], frozen=True):
     seq: int
     events_folded: int
     from_snapshot: bool
+    from_cache: bool = False
 
 
 class Snapshot(msgspec.Struct, frozen=True):
@@ -68,8 +75,11 @@ class Repository(Generic[S]):
         snapshots: KeyValue | None = None,
         keys: KeyStore | None = None,
         snapshot_every: int = 200,
+        cache_size: int = 10_000,
     ) -> None:
         self.store = store
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[S, int, int]] = OrderedDict()
         self.spec = spec
         self.snapshots = snapshots if keys is not None else None
         self.keys = keys
@@ -81,6 +91,8 @@ class Repository(Generic[S]):
 
     async def load(self, tenant: str, aggregate_id: str, *, use_snapshot: bool = True) -> Loaded[S]:
         stream = self.stream(tenant, aggregate_id)
+        if use_snapshot and (hit := self._cache.get(stream.key)) is not None:
+            return await self._load_cached(stream, *hit)
         state, version, seq, from_snapshot = self.spec.initial(), 0, 0, False
         if use_snapshot and (snap := await self._read_snapshot(stream)) is not None:
             state, version, seq, from_snapshot = snap[0], snap[1], snap[2], True
@@ -93,7 +105,37 @@ class Repository(Generic[S]):
         loaded = Loaded(stream, state, version, seq, len(events), from_snapshot)
         if self.snapshots is not None and len(events) >= self.snapshot_every:
             await self.write_snapshot(loaded)
+        if version:
+            self.remember(stream, state, version, seq)
         return loaded
+
+    async def _load_cached(self, stream: StreamId, state: S, version: int, seq: int) -> Loaded[S]:
+        last = await self.store.log.last_on_subject(stream.subjects)
+        if last is None or last.seq == seq:
+            self.store.note_position(stream, version, seq)
+            return Loaded(stream, state, version, seq, 0, from_snapshot=False, from_cache=True)
+        events = await self.store.read(stream, after_seq=seq)
+        state = self.fold(state, events)
+        if events:
+            version, seq = events[-1].version, events[-1].seq
+        self.remember(stream, state, version, seq)
+        return Loaded(stream, state, version, seq, len(events), from_snapshot=False, from_cache=True)
+
+    def remember(self, stream: StreamId, state: S, version: int, seq: int) -> None:
+        """Keep an aggregate's state in memory (the runner calls this after each append)."""
+        self._cache[stream.key] = (state, version, seq)
+        self._cache.move_to_end(stream.key)
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def forget(self, stream: StreamId) -> None:
+        self._cache.pop(stream.key, None)
+
+    def fold_events(self, state: S, events: list[Event]) -> S:
+        evolve = self.spec.evolve
+        for event in events:
+            state = evolve(state, event)
+        return state
 
     def fold(self, state: S, events: list[RecordedEvent]) -> S:
         evolve = self.spec.evolve

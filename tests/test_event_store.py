@@ -15,7 +15,7 @@ from streams.factory import OpenStore, StoreSettings, open_store
 from streams.feed import Feed
 from streams.jetstream import OutMessage, connect
 from streams.repository import Repository
-from streams.store import EventMeta, StoredItem, encode_commit
+from streams.store import EventMeta, EventStore, StoredItem, encode_commit
 from streams.subjects import ALL_EVENTS, StreamId
 from tests.conftest import drop, unique_stream
 from tests.support import COUNTER, EmailNoted, Incremented
@@ -255,6 +255,7 @@ async def test_loading_from_a_snapshot_folds_only_the_events_after_it(open_test_
     await store.append(
         sid, [Incremented(amount=2), EmailNoted(customer_id="c9", email="c9@example.com")], expected_version=25
     )
+    repo.forget(sid)  # as another process would: nothing in memory, the snapshot in the bucket
     second = await repo.load("acme", sid.aggregate_id)
     assert second.from_snapshot and second.events_folded == 2
     assert second.state == (await repo.load("acme", sid.aggregate_id, use_snapshot=False)).state
@@ -271,6 +272,7 @@ async def test_destroyed_keys_void_snapshots_too(open_test_store: OpenStore) -> 
     await open_test_store.store.append(sid, [EmailNoted(customer_id="c7", email="c7@example.com")], expected_version=0)
     await repo.load("acme", sid.aggregate_id)  # writes a snapshot holding the email
     open_test_store.keys.shred("acme", "c7")
+    repo.forget(sid)
     loaded = await repo.load("acme", sid.aggregate_id)
     assert not loaded.from_snapshot and loaded.state.email is None
 
@@ -343,3 +345,16 @@ def test_settings_come_from_the_environment_with_defaults(monkeypatch: pytest.Mo
     monkeypatch.setenv("PARLEY_STREAM_REPLICAS", "3")
     settings = StoreSettings.from_env(snapshot_every=7)
     assert (settings.nats_url, settings.replicas, settings.snapshot_every) == ("nats://elsewhere:4222", 3, 7)
+
+
+async def test_a_cached_aggregate_still_sees_what_another_process_appended(open_test_store: OpenStore) -> None:
+    repo = Repository(open_test_store.store, COUNTER)
+    sid = repo.stream("acme", uuid.uuid4().hex)
+    await open_test_store.store.append(sid, [Incremented(amount=1)], expected_version=0)
+    first = await repo.load("acme", sid.aggregate_id)
+    again = await repo.load("acme", sid.aggregate_id)
+    assert again.from_cache and again.events_folded == 0 and again.state == first.state
+    other = EventStore(open_test_store.log, open_test_store.store.mapper)  # another writer
+    await other.append(sid, [Incremented(amount=5)], expected_version=1)
+    fresh = await repo.load("acme", sid.aggregate_id)
+    assert fresh.from_cache and fresh.events_folded == 1 and (fresh.state.total, fresh.version) == (6, 2)

@@ -1,4 +1,9 @@
-"""``python -m gateways.http``: serve the API with uvicorn (``PARLEY_API_HOST``, ``PARLEY_API_PORT``)."""
+"""``python -m gateways.http``: serve the API with uvicorn.
+
+``PARLEY_API_HOST``, ``PARLEY_API_PORT``, and ``PARLEY_API_WORKERS`` (processes; default 1). Every
+worker is a full API process: it shares nothing with the others but the services, which is all
+the store needs for correctness (optimistic concurrency, idempotent commands).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ def main() -> None:
         log_level="warning",
         access_log=False,
         lifespan="on",
+        workers=int(os.environ.get("PARLEY_API_WORKERS", "1")),
     )
 
 

@@ -91,11 +91,14 @@ class ConversationController(Controller):
         *,
         status: int = 200,
         message_limit: bool = False,
+        new: bool = False,
     ) -> Response[dict[str, Any]]:
         identity = request.user
-        await platform.limits.tenant(identity.tenant)
+        limits = platform.limits
+        buckets = [limits.tenant_bucket(identity.tenant)]
         if message_limit:
-            await platform.limits.conversation_message(identity.tenant, conversation_id)
+            buckets.append(limits.conversation_bucket(identity.tenant, conversation_id))
+        await limits.take(buckets)
         key = request.headers.get("Idempotency-Key")
         structlog.contextvars.bind_contextvars(tenant=identity.tenant, conversation_id=conversation_id)
 
@@ -104,10 +107,14 @@ class ConversationController(Controller):
                 tenant=identity.tenant,
                 actor=f"{'+'.join(sorted(identity.roles))}:{identity.subject}",
                 command_id=f"idem-{key}" if key else uuid.uuid4().hex,
+                retry_possible=key is not None,
                 correlation_id=request.state.get("request_id"),
             )
-            outcome = await platform.runner.handle(CONVERSATION, conversation_id, command, ctx)
-            log.info("command handled", command=type(command).__name__, command_id=ctx.command_id, seq=outcome.position)
+            outcome = await platform.runner.handle(CONVERSATION, conversation_id, command, ctx, new=new)
+            # Carried by the request's log line (and by the projector's, through the event metadata).
+            structlog.contextvars.bind_contextvars(
+                command=type(command).__name__, command_id=ctx.command_id, seq=outcome.position
+            )
             body = respond(outcome)
             body["position"] = outcome.position
             return status, body
@@ -155,7 +162,7 @@ class ConversationController(Controller):
                 "created_at": iso(at),
             }
 
-        return await self._run(platform, request, conversation_id, command, respond, status=201)
+        return await self._run(platform, request, conversation_id, command, respond, status=201, new=key is None)
 
     @post("/conversations/{conversation_id:str}/messages", guards=[ANYONE], summary="Continue a conversation")
     async def continue_conversation(

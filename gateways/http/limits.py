@@ -12,29 +12,32 @@ from redis.asyncio import Redis
 
 from domain.errors import ParleyError, ValidationError
 
-# KEYS[1]: bucket; ARGV: rate (tokens/s), burst, cost. Uses the server's clock, so every API
-# process shares one bucket. Returns {allowed, milliseconds until a token is back}.
-_TOKEN_BUCKET = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
+# Token buckets, all checked in one round trip and all-or-nothing: KEYS are the buckets, ARGV
+# holds (rate tokens/s, burst) per bucket. Uses the server's clock, so every API process shares
+# the buckets. Returns {index of the first empty bucket or 0, milliseconds until it has a token}.
+_TOKEN_BUCKETS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or burst
-local ts = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
-local allowed = 0
-local wait = 0
-if tokens >= cost then
-  tokens = tokens - cost
-  allowed = 1
-else
-  wait = math.ceil((cost - tokens) * 1000 / rate)
+local levels = {}
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local state = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(state[1]) or burst
+  local ts = tonumber(state[2]) or now
+  tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
+  if tokens < 1 then
+    return {i, math.ceil((1 - tokens) * 1000 / rate)}
+  end
+  levels[i] = tokens
 end
-redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-return {allowed, wait}
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  redis.call('HSET', key, 'tokens', levels[i] - 1, 'ts', now)
+  redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
+end
+return {0, 0}
 """
 
 
@@ -61,24 +64,24 @@ class Limits:
         self.tenant_burst = tenant_burst
         self.messages_per_minute = messages_per_minute
         self.ttl = ttl
-        self._bucket = redis.register_script(_TOKEN_BUCKET)
+        self._buckets = redis.register_script(_TOKEN_BUCKETS)
 
-    async def take(self, key: str, *, rate: float, burst: int, what: str) -> None:
-        allowed, wait = await self._bucket(keys=[key], args=[rate, burst, 1])
-        if not allowed:
-            raise RateLimited(what, int(wait))
+    async def take(self, buckets: list[tuple[str, float, int, str]]) -> None:
+        """Take a token from every bucket (key, rate, burst, what), or from none: 429 names the empty one."""
+        args: list[float] = []
+        for _, rate, burst, _ in buckets:
+            args += [rate, burst]
+        empty, wait = await self._buckets(keys=[b[0] for b in buckets], args=args)
+        if empty:
+            raise RateLimited(buckets[int(empty) - 1][3], int(wait))
 
-    async def tenant(self, tenant: str) -> None:
-        await self.take(f"rl:t:{tenant}", rate=self.tenant_rate, burst=self.tenant_burst, what=f"tenant {tenant}")
+    def tenant_bucket(self, tenant: str) -> tuple[str, float, int, str]:
+        return (f"rl:t:{tenant}", self.tenant_rate, self.tenant_burst, f"tenant {tenant}")
 
-    async def conversation_message(self, tenant: str, conversation_id: str) -> None:
+    def conversation_bucket(self, tenant: str, conversation_id: str) -> tuple[str, float, int, str]:
         per_minute = self.messages_per_minute
-        await self.take(
-            f"rl:c:{tenant}:{conversation_id}",
-            rate=per_minute / 60,
-            burst=per_minute,
-            what=f"conversation {conversation_id} ({per_minute} messages a minute)",
-        )
+        what = f"conversation {conversation_id} ({per_minute} messages a minute)"
+        return (f"rl:c:{tenant}:{conversation_id}", per_minute / 60, per_minute, what)
 
     async def idempotent(
         self,

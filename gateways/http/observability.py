@@ -74,7 +74,7 @@ async def health_report(platform: NamedDependency[Platform]) -> dict[str, Any]:
         await _check("postgres", postgres),
         await _check("redis", platform.redis.ping),
     ]
-    projectors = [await runner.status() for runner in platform.projectors]
+    projectors = await platform.projector_statuses()
     ok = all(d["ok"] for d in dependencies)
     return {"status": "ok" if ok else "degraded", "dependencies": dependencies, "projectors": projectors}
 
@@ -87,4 +87,4 @@ async def health(platform: NamedDependency[Platform]) -> Response[dict[str, Any]
 
 @get("/metrics", tags=["operations"], summary="Prometheus metrics", media_type="text/plain", exclude_from_auth=True)
 async def metrics(platform: NamedDependency[Platform]) -> str:
-    return metrics_text([await runner.status() for runner in platform.projectors])
+    return metrics_text(await platform.projector_statuses())

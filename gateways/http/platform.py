@@ -54,6 +54,7 @@ class Platform:
             ttl=settings.idempotency_ttl_seconds,
         )
         self.projectors = registry.runners(opened.store, pool) if settings.run_projectors else []
+        self.projector_defs = registry.projectors()
         self.positions = PositionWatcher(settings.database_url, queries.CONVERSATIONS)
         self.positions.database_url_pool = pool
         self._tasks: list[asyncio.Task[None]] = []
@@ -63,7 +64,10 @@ class Platform:
         from projections import registry
 
         opened = await open_store(settings.store, name="parley-api")
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(settings.database_url, min_size=2, max_size=20, open=False)
+        # Reads run in autocommit: no BEGIN/COMMIT round trips around a single SELECT.
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            settings.database_url, min_size=4, max_size=20, open=False, kwargs={"autocommit": True}
+        )
         await pool.open(wait=True, timeout=30)
         await registry.migrate(pool)
         redis = Redis.from_url(settings.redis_url)
@@ -84,6 +88,12 @@ class Platform:
         await self.redis.aclose()
         await self.pool.close()
         await self.opened.close()
+
+    async def projector_statuses(self) -> list[Any]:
+        """Every projector's progress, wherever it runs (in this process or its own)."""
+        from projections.status import projector_status
+
+        return [await projector_status(self.pool, self.opened.store, p) for p in self.projector_defs]
 
     async def wait_for(self, position: int | None) -> bool:
         """Wait, bounded, until the conversation read model has passed ``position``."""
