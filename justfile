@@ -46,6 +46,14 @@ test *ARGS:
 lint:
     @{{ justfile_directory() }}/.venv/bin/ruff check .
 
+# Rebuild a read model from the first event into a shadow schema, then swap it in (no downtime)
+projections-rebuild NAME:
+    @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m projections rebuild {{ NAME }}
+
+# Each projector's checkpoint, lag and dead letters
+projections-status:
+    @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m projections status
+
 # Show the event stream's state (messages, last sequence, replicas)
 stream-info:
     @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m streams info

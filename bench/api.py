@@ -67,7 +67,7 @@ def start_api(
         "PARLEY_TENANT_BURST": "1000000",
         "PARLEY_CONVERSATION_MESSAGES_PER_MINUTE": "1000000",
         "PARLEY_INLINE_PROJECTORS": "0",  # the projector runs as its own process, as `up` runs it
-        "PARLEY_API_WORKERS": os.environ.get("PARLEY_API_WORKERS", "2"),
+        "PARLEY_API_WORKERS": os.environ.get("PARLEY_API_WORKERS", "1"),
     }
     log = open(root / "api.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "gateways.http"], cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
@@ -104,6 +104,7 @@ def cpu_by_process() -> dict[str, float]:
                 name
                 for name, marker in (
                     ("api", "gateways.http"),
+                    ("api", "multiprocessing.spawn"),
                     ("projector", "projections run"),
                     ("nats", "nats-server"),
                     ("postgres", "postgres"),

@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 import structlog
 
-from domain.errors import ConcurrencyError
+from domain.errors import ConcurrencyError, ParleyError
 from domain.messages import Command, Event
 from streams.repository import AggregateSpec, Loaded, Repository
 from streams.store import EventMeta, EventStore
@@ -88,8 +88,17 @@ class CommandRunner:
                 if known is not None:
                     return Outcome(loaded.state, known.version, known.seq, [], duplicate=True)
             else:
+                # The first attempt may decide on the in-memory copy unchecked: the append carries
+                # its version, so the server refuses it if another process wrote since.
+                loaded = await repo.load(ctx.tenant, aggregate_id, trust_cache=attempt == 1)
+            try:
+                events = aggregate.decide(command, loaded.state)
+            except ParleyError:
+                if not loaded.from_cache:
+                    raise
+                # A refusal must rest on the stream's truth, not on a copy that may be stale.
                 loaded = await repo.load(ctx.tenant, aggregate_id)
-            events = aggregate.decide(command, loaded.state)
+                events = aggregate.decide(command, loaded.state)
             if not events:
                 return Outcome(loaded.state, loaded.version, loaded.seq, [])
             try:

@@ -89,9 +89,21 @@ class Repository(Generic[S]):
     def stream(self, tenant: str, aggregate_id: str) -> StreamId:
         return StreamId(tenant, self.spec.type_name, aggregate_id)
 
-    async def load(self, tenant: str, aggregate_id: str, *, use_snapshot: bool = True) -> Loaded[S]:
+    async def load(
+        self, tenant: str, aggregate_id: str, *, use_snapshot: bool = True, trust_cache: bool = False
+    ) -> Loaded[S]:
+        """The aggregate as of its last commit.
+
+        ``trust_cache``: return the in-memory copy without asking the stream whether another
+        process wrote since. Only for a caller that appends with the loaded version and so has
+        the server check it (the command runner), and that reloads before believing a refusal.
+        """
         stream = self.stream(tenant, aggregate_id)
         if use_snapshot and (hit := self._cache.get(stream.key)) is not None:
+            if trust_cache:
+                state, version, seq = hit
+                self.store.note_position(stream, version, seq)
+                return Loaded(stream, state, version, seq, 0, from_snapshot=False, from_cache=True)
             return await self._load_cached(stream, *hit)
         state, version, seq, from_snapshot = self.spec.initial(), 0, 0, False
         if use_snapshot and (snap := await self._read_snapshot(stream)) is not None:

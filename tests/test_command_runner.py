@@ -72,3 +72,18 @@ async def test_retries_are_bounded_and_the_loser_gets_the_conflict(open_test_sto
     lost = [o for o in outcomes if isinstance(o, ConcurrencyError)]
     assert len(won) >= 1 and len(won) + len(lost) == 8
     assert (await runner.repository(CONVERSATION).load("acme", cid)).state.turn_count == len(won)
+
+
+async def test_a_stale_cached_copy_never_causes_a_wrong_refusal(open_test_store: OpenStore) -> None:
+    here = CommandRunner.for_aggregates(open_test_store.store, [CONVERSATION])
+    there = CommandRunner.for_aggregates(open_test_store.store, [CONVERSATION])  # another process
+    cid = uuid.uuid4().hex
+    await here.handle(CONVERSATION, cid, start(cid), ctx(), new=True)
+    first = c.RequestEscalation(escalation_id="e1", trigger="user_requested", reason="r", at=T0)
+    await here.handle(CONVERSATION, cid, first, ctx())  # `here` caches: escalation e1 open
+    await there.handle(
+        CONVERSATION, cid, c.ResolveEscalation(escalation_id="e1", resolution="returned_to_ai", at=T0), ctx()
+    )
+    second = c.RequestEscalation(escalation_id="e2", trigger="urgent", reason="again", at=T0)
+    outcome = await here.handle(CONVERSATION, cid, second, ctx())  # stale copy says e1 is open
+    assert outcome.state.open_escalation == "e2" and outcome.version == 4

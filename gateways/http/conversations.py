@@ -294,12 +294,8 @@ class ConversationController(Controller):
         platform: NamedDependency[Platform],
         min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
     ) -> Response[dict[str, Any]]:
-        reached = await platform.wait_for(min_position or _position_header(request))
-        async with platform.pool.connection() as conn:
-            found = await platform.queries.get_conversation(conn, request.user.tenant, conversation_id)
-        if found is None:
-            raise NotFoundError(f"conversation {conversation_id} not found")
-        return Response(found, headers={"X-Parley-Position-Reached": "true" if reached else "false"})
+        query = platform.queries.get_conversation
+        return await _read(platform, request, min_position, query, conversation_id, "conversation")
 
     @get("/escalations/{escalation_id:str}/status", guards=[READERS], summary="Escalation status")
     async def escalation_status(
@@ -309,12 +305,25 @@ class ConversationController(Controller):
         platform: NamedDependency[Platform],
         min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
     ) -> Response[dict[str, Any]]:
-        reached = await platform.wait_for(min_position or _position_header(request))
-        async with platform.pool.connection() as conn:
-            found = await platform.queries.get_escalation_status(conn, request.user.tenant, escalation_id)
-        if found is None:
-            raise NotFoundError(f"escalation {escalation_id} not found")
-        return Response(found, headers={"X-Parley-Position-Reached": "true" if reached else "false"})
+        query = platform.queries.get_escalation_status
+        return await _read(platform, request, min_position, query, escalation_id, "escalation")
+
+
+async def _read(
+    platform: Platform,
+    request: Request[Identity, Any, Any],
+    min_position: int | None,
+    query: Any,
+    item_id: str,
+    what: str,
+) -> Response[dict[str, Any]]:
+    """A read-model query for the caller's tenant, after waiting (bounded) for a position."""
+    reached = await platform.wait_for(min_position or _position_header(request))
+    async with platform.pool.connection() as conn:
+        found = await query(conn, request.user.tenant, item_id)
+    if found is None:
+        raise NotFoundError(f"{what} {item_id} not found")
+    return Response(found, headers={"X-Parley-Position-Reached": "true" if reached else "false"})
 
 
 def _position_header(request: Request[Any, Any, Any]) -> int | None:
