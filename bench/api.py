@@ -274,7 +274,9 @@ async def seed_and_rebuild(nats_url: str, pg_url: str, data: Path, s: Sizes) -> 
     from psycopg_pool import AsyncConnectionPool
 
     from domain import conversation as c
-    from projections.rebuild import rebuild
+    from projections import rebuild as _rebuild_module
+
+    rebuild = _rebuild_module.rebuild
     from projections.registry import projector
     from streams.factory import StoreSettings, open_store
     from streams.subjects import StreamId
