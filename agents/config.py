@@ -339,7 +339,11 @@ def _check_escalation(rules: Any, error: Report) -> None:
                 error(f"{at}.threshold", "user_frustrated needs a sentiment threshold (from -1 to 1)")
             case "urgent_keywords":
                 keywords = rule.get("keywords")
-                if not isinstance(keywords, list) or not keywords or not all(isinstance(k, str) and k for k in keywords):
+                if (
+                    not isinstance(keywords, list)
+                    or not keywords
+                    or not all(isinstance(k, str) and k for k in keywords)
+                ):
                     error(f"{at}.keywords", "urgent_keywords needs a non-empty list of keywords")
             case "repeated_tool_failure":
                 count = rule.get("count")

@@ -73,7 +73,8 @@ NAMED: list[dict[str, Any]] = [
     {
         "order_id": "ORD-78945", "email": "john@example.com", "product": "Wireless Headphones",
         "total": Decimal("129.99"), "status": "in_transit", "carrier": "UPS",
-        "tracking_number": "1Z999AA10123456784", "expected_delivery": date(2025, 10, 15), "ordered_on": date(2025, 10, 9),
+        "tracking_number": "1Z999AA10123456784", "expected_delivery": date(2025, 10, 15),
+        "ordered_on": date(2025, 10, 9),
     },
     {
         "order_id": "ORD-12345", "email": "maria@example.com", "product": "Smart Watch",

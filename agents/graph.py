@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypedDict
+from typing import Any, TypedDict
 
 import msgspec
 import structlog
@@ -238,7 +238,9 @@ def build_graph(config: AgentConfig, *, chain: FallbackChain, tools: ToolRegistr
                     failed.append((definition, call))
             history.append(msgspec.to_builtins(call))
             content = {"error": call.error} if call.error is not None else call.output or {}
-            reply = ChatMessage("tool", msgspec.json.encode(content).decode(), tool_call_id=request.id, name=request.name)
+            reply = ChatMessage(
+                "tool", msgspec.json.encode(content).decode(), tool_call_id=request.id, name=request.name
+            )
             messages.append(msgspec.to_builtins(reply))
         update: dict[str, Any] = {"messages": messages, "tool_history": history, "pending": []}
         if state["escalation"] is None and failed:
@@ -248,7 +250,7 @@ def build_graph(config: AgentConfig, *, chain: FallbackChain, tools: ToolRegistr
                 update |= {"escalation": msgspec.to_builtins(escalation), "escalation_triggered": True}
         return update
 
-    def route(state: ChatbotState) -> Literal["tools", "__end__"]:
+    def route(state: ChatbotState) -> str:
         return "tools" if state["pending"] else END
 
     graph = StateGraph(ChatbotState)

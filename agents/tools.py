@@ -201,7 +201,9 @@ class DemoTools:
             "product": order["product"],
         }
 
-    async def initiate_refund(self, order_id: str, amount: float | None = None, reason: str | None = None) -> dict[str, Any]:
+    async def initiate_refund(
+        self, order_id: str, amount: float | None = None, reason: str | None = None
+    ) -> dict[str, Any]:
         async with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
             await cur.execute(
                 "SELECT total, status FROM demo.orders WHERE order_id = %s FOR UPDATE", (order_id.upper(),)
@@ -237,7 +239,12 @@ class DemoTools:
         order = await self._order(order_id)
         if not order["tracking_number"]:
             raise ToolFailed(f"order {order['order_id']} has not shipped yet, so there is no tracking number")
-        return {"order_id": order["order_id"], "email": email, "tracking_number": order["tracking_number"], "sent": True}
+        return {
+            "order_id": order["order_id"],
+            "email": email,
+            "tracking_number": order["tracking_number"],
+            "sent": True,
+        }
 
     async def create_support_ticket(self, subject: str, description: str, priority: str = "normal") -> dict[str, Any]:
         ticket = await self._one(
