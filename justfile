@@ -54,6 +54,10 @@ projections-rebuild NAME:
 projections-status:
     @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m projections status
 
+# Run the conversation scenarios (tests/scenarios, offline model) against the platform's PostgreSQL
+test-conversations *ARGS:
+    @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m agents.scenarios tests/scenarios {{ ARGS }}
+
 # Show the event stream's state (messages, last sequence, replicas)
 stream-info:
     @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m streams info

@@ -66,7 +66,8 @@ def start_api(
         "PARLEY_TENANT_RATE": "1000000",
         "PARLEY_TENANT_BURST": "1000000",
         "PARLEY_CONVERSATION_MESSAGES_PER_MINUTE": "1000000",
-        "PARLEY_INLINE_PROJECTORS": "0",  # the projector runs as its own process, as `up` runs it
+        "PARLEY_INLINE_PROJECTORS": "0",  # the projector runs as its own process
+        "PARLEY_INLINE_AGENTS": "0",  # the CQRS loop alone: the agent has its own benchmark
         "PARLEY_API_WORKERS": os.environ.get("PARLEY_API_WORKERS", "1"),
     }
     log = open(root / "api.log", "ab")

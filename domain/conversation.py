@@ -5,7 +5,8 @@ history. Ids and the clock arrive with the command, so both are deterministic. R
 
 * nothing happens to a conversation before it starts, and nothing is said after it closes;
 * one open escalation at a time; assignment and resolution name the open one;
-* survey answers must match the survey's questions (known ids, allowed options, NPS 0-10).
+* survey answers must match the survey's questions (known ids, allowed options, NPS 0-10);
+* card numbers in what a customer writes are masked before they become an event.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import msgspec
 
 from domain.errors import IllegalStateError, NotFoundError, ValidationError
 from domain.messages import Command, Event
+from domain.pii import mask_card_numbers
 
 AGGREGATE_TYPE = "conversation"
 
@@ -315,7 +317,7 @@ def decide(command: Command, state: Conversation) -> list[Event]:
                     UserMessageReceived(
                         message_id=command.message_id or f"{command.conversation_id}-0",
                         user_id=command.user_id,
-                        content=command.initial_message,
+                        content=mask_card_numbers(command.initial_message),
                         received_at=command.at,
                     )
                 )
@@ -329,7 +331,7 @@ def decide(command: Command, state: Conversation) -> list[Event]:
                 UserMessageReceived(
                     message_id=command.message_id,
                     user_id=state.user_id,
-                    content=command.content,
+                    content=mask_card_numbers(command.content),
                     attachments=command.attachments,
                     received_at=command.at,
                 )

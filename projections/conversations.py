@@ -30,6 +30,7 @@ from domain.conversation import (
     ToolCall,
     UserMessageReceived,
 )
+from domain.pii import extract_pii
 from projections.projector import Projector
 from read_models.conversations import CONVERSATIONS
 from streams.store import RecordedEvent
@@ -58,7 +59,7 @@ STARTED = """
 """
 
 USER_MESSAGE = (
-    _advance("turn_count = turn_count + 1,")
+    _advance("turn_count = turn_count + 1, pii_collected = pii_collected || %(pii)s::jsonb,")
     + """
     INSERT INTO {s}.messages (tenant, conversation_id, message_id, role, content, author, "timestamp", seq, version)
     SELECT tenant, conversation_id, %(message_id)s, 'user', %(content)s, %(author)s, %(at)s, %(seq)s, %(version)s
@@ -197,7 +198,13 @@ class ConversationsProjector(Projector):
                 }
             case UserMessageReceived() as e:
                 template = USER_MESSAGE
-                p |= {"message_id": e.message_id, "content": e.content, "author": e.user_id, "at": e.received_at}
+                p |= {
+                    "message_id": e.message_id,
+                    "content": e.content,
+                    "author": e.user_id,
+                    "at": e.received_at,
+                    "pii": _to_json(extract_pii(e.content or "")),
+                }
             case AgentReplied() as e:
                 template = AGENT_REPLY
                 tools = Counter(call.tool for call in e.tool_calls)

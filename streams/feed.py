@@ -10,6 +10,7 @@ projectors do that by keeping their own checkpoint beside their rows.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -69,6 +70,18 @@ class Feed:
             )
         except nats.errors.Error as e:
             raise UnavailableError(f"cannot open consumer {self.durable} on {self.log.stream}: {e}") from None
+
+    @classmethod
+    async def from_where_it_left(cls, log: JetStreamLog, durable: str, **options: Any) -> Feed:
+        """A feed that resumes its durable consumer, or, the first time, starts after the stream's end."""
+        try:
+            info = await log.js.consumer_info(log.stream, durable)
+            start_seq = info.config.opt_start_seq or 1
+        except nats.js.errors.NotFoundError:
+            start_seq = await log.last_seq() + 1
+        except nats.errors.Error as e:
+            raise UnavailableError(f"cannot read consumer {durable}: {e}") from None
+        return cls(log, durable, start_seq=start_seq, **options)
 
     async def delete(self) -> None:
         try:

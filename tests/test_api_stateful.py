@@ -68,8 +68,14 @@ def test_random_commands_through_http_keep_the_read_model_equal_to_the_events(ma
             super().__init__()
             self.data_dir = Path(tempfile.mkdtemp())
             self.stream = unique_stream()
+            # The machine checks the CQRS loop: only its own commands append (no agent replies).
             api = settings_for(
-                env["nats_url"], fresh_database(env["pg_url"]), env["redis_url"], self.data_dir, self.stream
+                env["nats_url"],
+                fresh_database(env["pg_url"]),
+                env["redis_url"],
+                self.data_dir,
+                self.stream,
+                run_agents=False,
             )
             self.client = TestClient(app=create_app(api), timeout=30)
             self.client.__enter__()

@@ -168,3 +168,17 @@ def test_a_single_choice_question_needs_options() -> None:
             survey_id="s-2", questions=[c.SurveyQuestion(question_id="q", question="?", type="single_choice")], at=T0
         )
     ).then_raises(ValidationError, fields={"questions[0].options": "a single_choice question needs options"})
+
+
+def test_a_card_number_a_customer_types_is_masked_before_it_becomes_an_event() -> None:
+    events = c.decide(
+        c.ReceiveUserMessage(message_id="m-5", content="my card is 4111 1111 1111 1111", at=T0),
+        spec.given(STARTED).state,
+    )
+    (received,) = events
+    assert isinstance(received, c.UserMessageReceived)
+    assert (
+        received.content is not None
+        and "4111 1111 1111 1111" not in received.content
+        and received.content.endswith("1111")
+    )

@@ -502,7 +502,7 @@ async def test_a_conversation_reads_back_in_the_seed_shape(
                 "timestamp": "2025-10-11T10:06:00Z",
             },
         ],
-        "pii_collected": {"customer_id": "C12345"},
+        "pii_collected": {"customer_id": "C12345", "order_id": "ORD-78945"},
         "tools_executed": [{"tool": "fetch_order_status", "count": 2}, {"tool": "send_tracking_email", "count": 1}],
         "cross_sell_attempted": False,
         "cross_sell_accepted": False,

@@ -24,6 +24,7 @@ from domain.errors import NotFoundError
 from domain.messages import Command
 from gateways.http.auth import Identity, requires
 from gateways.http.platform import Platform
+from streams.subjects import StreamId
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +74,19 @@ def iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def agent_response(reply: c.AgentReplied) -> dict[str, Any]:
+    return {
+        "message": reply.content,
+        "message_id": reply.message_id,
+        "metadata": {
+            "intent": reply.intent,
+            "confidence": reply.confidence,
+            "tool_calls": [msgspec.to_builtins(t) for t in reply.tool_calls],
+            "escalation_suggested": reply.escalation_suggested,
+        },
+    }
+
+
 def conversation_state(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
     return {"turn_count": outcome.state.turn_count, "pii_collected": {}, "checkpoint_id": None}
 
@@ -92,6 +106,7 @@ class ConversationController(Controller):
         status: int = 200,
         message_limit: bool = False,
         new: bool = False,
+        reply_to: str | None = None,
     ) -> Response[dict[str, Any]]:
         identity = request.user
         limits = platform.limits
@@ -110,6 +125,10 @@ class ConversationController(Controller):
                 retry_possible=key is not None,
                 correlation_id=request.state.get("request_id"),
             )
+            waiter = None
+            if reply_to is not None and platform.agents is not None:
+                stream = StreamId(identity.tenant, c.AGGREGATE_TYPE, conversation_id)
+                waiter = await platform.expect_reply(stream, reply_to)
             outcome = await platform.runner.handle(CONVERSATION, conversation_id, command, ctx, new=new)
             # Carried by the request's log line (and by the projector's, through the event metadata).
             structlog.contextvars.bind_contextvars(
@@ -117,7 +136,17 @@ class ConversationController(Controller):
             )
             body = respond(outcome)
             body["position"] = outcome.position
-            return status, body
+            code = status
+            if waiter is not None:
+                # The seed's synchronous API: the agent's answer inline, or 202 and a link to poll.
+                answering = outcome.state.status == "active"
+                reply = await waiter.reply(platform.settings.reply_wait_seconds if answering else 0)
+                if reply is not None:
+                    body["agent_response"] = agent_response(reply)
+                elif answering:
+                    code = 202
+                    body["links"] = {"conversation": f"{ConversationController.path}/conversations/{conversation_id}"}
+            return code, body
 
         fingerprint = f"{request.method} {request.url.path}".encode() + await request.body()
         code, body = await platform.limits.idempotent(identity.tenant, key, fingerprint, run)
@@ -162,7 +191,10 @@ class ConversationController(Controller):
                 "created_at": iso(at),
             }
 
-        return await self._run(platform, request, conversation_id, command, respond, status=201, new=key is None)
+        reply_to = command.message_id if data.initial_message else None
+        return await self._run(
+            platform, request, conversation_id, command, respond, status=201, new=key is None, reply_to=reply_to
+        )
 
     @post("/conversations/{conversation_id:str}/messages", guards=[ANYONE], summary="Continue a conversation")
     async def continue_conversation(
@@ -186,7 +218,9 @@ class ConversationController(Controller):
                 "updated_at": iso(at),
             }
 
-        return await self._run(platform, request, conversation_id, command, respond, message_limit=True)
+        return await self._run(
+            platform, request, conversation_id, command, respond, message_limit=True, reply_to=message_id
+        )
 
     @post("/conversations/{conversation_id:str}/escalate", guards=[ANYONE], status_code=200, summary="Escalate")
     async def escalate(

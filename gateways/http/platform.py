@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from types import ModuleType
 from typing import Any
 
@@ -10,13 +12,19 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
+from agents.demo_data import setup_demo_data
+from agents.runtime import AgentRuntime, ConfigSource
+from agents.tools import demo_registry
 from commands.configs import ConfigCatalog, FirstVersionCatalog
 from commands.conversation import CONVERSATION
 from commands.runner import CommandRunner
+from domain import conversation as c
 from gateways.http.limits import Limits
 from gateways.http.positions import PositionWatcher
 from gateways.http.settings import ApiSettings
 from streams.factory import OpenStore, open_store
+from streams.jetstream import RawMessage
+from streams.subjects import StreamId, command_token
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +62,10 @@ class Platform:
             ttl=settings.idempotency_ttl_seconds,
         )
         self.projectors = registry.runners(opened.store, pool) if settings.run_projectors else []
+        self.agents: AgentRuntime | None = None
+        if settings.run_agents:
+            tools = demo_registry(pool.connection)
+            self.agents = AgentRuntime(opened.store, self.runner, tools, ConfigSource(), dict(os.environ))
         self.projector_defs = registry.projectors()
         self.positions = PositionWatcher(settings.database_url, queries.CONVERSATIONS)
         self.positions.database_url_pool = pool
@@ -74,11 +86,17 @@ class Platform:
         await redis.ping()
         platform = cls(settings, opened, pool, redis, FirstVersionCatalog())
         await platform.positions.start()
+        if platform.agents is not None:
+            async with pool.connection() as conn:
+                await setup_demo_data(conn)
+            platform._tasks.append(asyncio.create_task(platform.agents.run(), name="agent-runtime"))
         for runner in platform.projectors:
             platform._tasks.append(asyncio.create_task(runner.run(), name=f"projector-{runner.projector.name}"))
         return platform
 
     async def close(self) -> None:
+        if self.agents is not None:
+            await self.agents.stop()
         for runner in self.projectors:
             await runner.stop()
         for task in self._tasks:
@@ -95,8 +113,44 @@ class Platform:
 
         return [await projector_status(self.pool, self.opened.store, p) for p in self.projector_defs]
 
+    async def expect_reply(self, stream: StreamId, message_id: str) -> ReplyWait:
+        """Start listening for the agent's reply to a message (before the message is appended)."""
+        subject = f"{stream.subject}.{command_token(f'reply-{message_id}')}"
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def arrived(msg: Any) -> None:
+            if not future.done():
+                future.set_result(msg)
+
+        subscription = await self.opened.nc.subscribe(subject, cb=arrived)
+        return ReplyWait(self, stream, subject, subscription, future)
+
     async def wait_for(self, position: int | None) -> bool:
         """Wait, bounded, until the conversation read model has passed ``position``."""
         if not position:
             return True
         return await self.positions.wait(position, self.settings.read_wait_seconds)
+
+
+class ReplyWait:
+    """The agent's reply to one message, as soon as its commit is published (core NATS sees it)."""
+
+    def __init__(self, platform: Platform, stream: StreamId, subject: str, subscription: Any, future: Any) -> None:
+        self.platform, self.stream, self.subject = platform, stream, subject
+        self.subscription, self.future = subscription, future
+
+    async def reply(self, timeout: float) -> c.AgentReplied | None:  # noqa: ASYNC109 - the bound is the answer
+        store = self.platform.opened.store
+        try:
+            try:
+                msg = await asyncio.wait_for(asyncio.shield(self.future), timeout)
+                raw = RawMessage(seq=0, subject=self.subject, headers=msg.headers or {}, data=msg.data, time="")
+            except TimeoutError:
+                found = await store.log.last_on_subject(self.subject)  # committed before we listened?
+                if found is None:
+                    return None
+                raw = found
+            return next((e.event for e in store.decode(raw, self.stream) if isinstance(e.event, c.AgentReplied)), None)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.subscription.unsubscribe()

@@ -24,6 +24,9 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     read_wait_seconds: float = 5.0
     idempotency_ttl_seconds: int = 24 * 3600
     run_projectors: bool = True
+    run_agents: bool = True
+    # How long start/continue wait for the agent's reply before answering 202.
+    reply_wait_seconds: float = 10.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> ApiSettings:
@@ -40,12 +43,14 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
             "redis_url": env.get("REDIS_URL", ""),
             "store": StoreSettings.from_env(connect_retry_for=None),
             "run_projectors": env.get("PARLEY_INLINE_PROJECTORS", "1") not in ("0", "false", ""),
+            "run_agents": env.get("PARLEY_INLINE_AGENTS", "1") not in ("0", "false", ""),
         }
         for field, variable, convert in (
             ("tenant_rate", "PARLEY_TENANT_RATE", float),
             ("tenant_burst", "PARLEY_TENANT_BURST", int),
             ("conversation_messages_per_minute", "PARLEY_CONVERSATION_MESSAGES_PER_MINUTE", int),
             ("read_wait_seconds", "PARLEY_READ_WAIT_SECONDS", float),
+            ("reply_wait_seconds", "PARLEY_REPLY_WAIT_SECONDS", float),
         ):
             if variable in env:
                 values[field] = convert(env[variable])

@@ -1,0 +1,228 @@
+"""The agent runtime: a durable JetStream consumer that answers customer messages.
+
+It follows every conversation commit in order. For each ``UserMessageReceived`` in a conversation
+that the AI still owns (active, not escalated or closed), it rebuilds the conversation from its
+events, runs the LangGraph agent with the config version the conversation is pinned to, and
+appends the reply, and an escalation when the rules call for one, through the command runner.
+
+Every effect is an idempotent command whose id derives from the customer's message
+(``reply-<message id>``, ``escalate-<message id>``), so a redelivered message, a restart, or two
+runtimes racing produce one reply. A conversation's messages are answered one at a time, in
+order; different conversations are answered concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import defaultdict
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from agents.config import AgentConfig, load_config
+from agents.graph import chain_for, run_turn
+from agents.tools import ToolRegistry
+from commands.conversation import CONVERSATION
+from commands.runner import CommandContext, CommandRunner
+from domain import conversation as c
+from domain.errors import IllegalStateError
+from gateways.llm.chain import FallbackChain
+from gateways.llm.port import ChatMessage
+from streams.errors import EventDecodeError
+from streams.feed import Feed
+from streams.jetstream import RawMessage
+from streams.store import EventStore, RecordedEvent
+from streams.subjects import StreamId, type_subjects
+
+log = structlog.get_logger(__name__)
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+ACTOR = "agent:ai"
+
+
+def reply_id(message_id: str) -> str:
+    return f"{message_id}-reply"
+
+
+class ConfigSource:
+    """Agent configs by id. Until configs are event-sourced: the demo YAML files, by file stem
+    (``support-bot`` is ``support_bot.yaml``); an unknown id gets the support bot."""
+
+    def __init__(self, directory: Path = CONFIGS, default: str = "support-bot") -> None:
+        self._configs = {p.stem.replace("_", "-"): load_config(p.read_text()) for p in sorted(directory.glob("*.yaml"))}
+        self._default = default
+
+    def get(self, config_id: str, version: int) -> AgentConfig:
+        return self._configs.get(config_id) or self._configs[self._default]
+
+
+class AgentRuntime:
+    def __init__(
+        self,
+        store: EventStore,
+        runner: CommandRunner,
+        tools: ToolRegistry,
+        configs: ConfigSource,
+        env: Mapping[str, str],
+        *,
+        durable: str = "agent_runtime",
+        batch: int = 200,
+        idle_wait: float = 0.2,
+        concurrency: int = 32,
+    ) -> None:
+        self.store = store
+        self.runner = runner
+        self.tools = tools
+        self.configs = configs
+        self.env = env
+        self.durable, self.batch, self.idle_wait = durable, batch, idle_wait
+        self.feed: Feed | None = None
+        self._limit = asyncio.Semaphore(concurrency)
+        self._chains: dict[int, FallbackChain] = {}
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        """Answer messages until ``stop()``; start again after a failure."""
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                await self.step()
+                delay = 0.5
+            except Exception:
+                log.exception("agent runtime failed; starting again", retry_in=delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(delay * 2, 10.0)
+        if self.feed is not None:
+            with contextlib.suppress(Exception):
+                await self.feed.close()
+
+    async def stop(self) -> None:
+        self._stop.set()
+
+    async def start(self) -> Feed:
+        """The runtime's durable consumer: where it left off, or, the first time, the end of the stream
+        (a new runtime answers new messages; it does not reply to history)."""
+        if self.feed is None:
+            self.feed = await Feed.from_where_it_left(
+                self.store.log,
+                self.durable,
+                subject=type_subjects(c.AGGREGATE_TYPE),
+                batch=self.batch,
+                idle_wait=self.idle_wait,
+            )
+        return self.feed
+
+    async def step(self) -> int:
+        """Answer one batch of commits; returns how many customer messages it answered."""
+        batch = await (await self.start()).fetch()
+        if not batch.messages:
+            return 0
+        by_conversation: dict[str, list[RecordedEvent]] = defaultdict(list)
+        for raw in batch.messages:
+            for recorded in self._decode(raw):
+                if isinstance(recorded.event, c.UserMessageReceived):
+                    by_conversation[recorded.stream.key].append(recorded)
+        answered = await asyncio.gather(*(self._answer_in_order(msgs) for msgs in by_conversation.values()))
+        await batch.ack()
+        return sum(answered)
+
+    def _decode(self, raw: RawMessage) -> list[RecordedEvent]:
+        try:
+            return self.store.decode(raw)
+        except EventDecodeError as e:  # the projectors dead-letter it; the agent has nothing to say
+            log.warning("undecodable commit skipped", seq=e.seq, subject=e.subject, error=e.reason)
+            return []
+
+    async def _answer_in_order(self, messages: list[RecordedEvent]) -> int:
+        async with self._limit:
+            count = 0
+            for recorded in messages:
+                count += await self.answer(recorded)
+            return count
+
+    async def answer(self, recorded: RecordedEvent) -> int:
+        message = recorded.event
+        assert isinstance(message, c.UserMessageReceived)
+        stream = recorded.stream
+        history_events = [e for e in await self.store.read(stream) if e.version <= recorded.version]
+        state = c.initial()
+        for e in history_events:
+            state = c.evolve(state, e.event)
+        if state.status != "active":
+            return 0  # a human has the conversation, or it is over
+        bound = log.bind(tenant=stream.tenant, conversation_id=stream.aggregate_id, seq=recorded.seq,
+                         correlation_id=recorded.meta.correlation_id)  # fmt: skip
+        config = self.configs.get(state.config_id, state.config_version)
+        history = _history(history_events[:-1] if history_events else [], upto=recorded.version)
+        result = await run_turn(
+            config,
+            history,
+            message.content or "",
+            chain=self._chain(config),
+            tools=self.tools,
+            conversation_id=stream.aggregate_id,
+            user_id=state.user_id,
+            config_id=state.config_id,
+            config_version=state.config_version,
+        )
+        now = datetime.now(UTC)
+        reply = c.RecordAgentReply(
+            message_id=reply_id(message.message_id),
+            content=result.reply,
+            intent=result.intent,
+            confidence=result.confidence,
+            tool_calls=result.tool_calls,
+            escalation_suggested=result.escalation is not None,
+            sentiment=result.sentiment,
+            at=now,
+        )
+        await self._command(stream, reply, f"reply-{message.message_id}", recorded)
+        if result.escalation is not None and result.escalation.action == "human_handoff":
+            escalate = c.RequestEscalation(
+                escalation_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"parley:{stream.key}:{message.message_id}")),
+                trigger=result.escalation.trigger,
+                reason=result.escalation.reason,
+                urgency=result.escalation.urgency,  # type: ignore[arg-type]
+                requested_by=ACTOR,
+                at=now,
+            )
+            with contextlib.suppress(IllegalStateError):  # one is already open: nothing to add
+                await self._command(stream, escalate, f"escalate-{message.message_id}", recorded)
+        bound.info("message answered", intent=result.intent, tools=[t.tool for t in result.tool_calls],
+                   escalation=result.escalation.trigger if result.escalation else None)  # fmt: skip
+        return 1
+
+    async def _command(self, stream: StreamId, command: c.Command, command_id: str, cause: RecordedEvent) -> None:
+        ctx = CommandContext(
+            tenant=stream.tenant,
+            actor=ACTOR,
+            command_id=command_id,
+            correlation_id=cause.meta.correlation_id,
+            retry_possible=True,
+        )
+        await self.runner.handle(CONVERSATION, stream.aggregate_id, command, ctx)
+
+    def _chain(self, config: AgentConfig) -> FallbackChain:
+        key = id(config)
+        if key not in self._chains:
+            self._chains[key] = chain_for(config, self.env)
+        return self._chains[key]
+
+
+def _history(events: list[RecordedEvent], *, upto: int) -> list[ChatMessage]:
+    """The conversation so far as chat turns (customer and assistant text; tools live in replies)."""
+    turns: list[ChatMessage] = []
+    for recorded in events:
+        if recorded.version >= upto:
+            break
+        match recorded.event:
+            case c.UserMessageReceived(content=content) if content:
+                turns.append(ChatMessage("user", content))
+            case c.AgentReplied(content=content) if content:
+                turns.append(ChatMessage("assistant", content))
+    return turns
