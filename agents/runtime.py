@@ -1,4 +1,4 @@
-"""The agent runtime: a durable JetStream consumer that answers customer messages.
+"""The agent runtime: a durable JetStream consumer that answers customer messages and routes escalations.
 
 It follows every conversation commit in order. For each ``UserMessageReceived`` in a conversation
 that the AI still owns (active, not escalated or closed), it rebuilds the conversation from its
@@ -9,6 +9,11 @@ Every effect is an idempotent command whose id derives from the customer's messa
 (``reply-<message id>``, ``escalate-<message id>``), so a redelivered message, a restart, or two
 runtimes racing produce one reply. A conversation's messages are answered one at a time, in
 order; different conversations are answered concurrently.
+
+It also routes escalations to the tenant's human agents: an ``EscalationRequested`` becomes a
+``RouteEscalation`` on the agent pool; the pool's ``EscalationRouted`` becomes the conversation's
+``AssignEscalation``, its ``EscalationQueued`` the conversation's ``MarkAgentUnavailable`` (the
+seed's fallback options); a resolved escalation frees its agent for the next one in the queue.
 """
 
 from __future__ import annotations
@@ -20,23 +25,26 @@ from collections import defaultdict
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from agents.config import AgentConfig, load_config
 from agents.graph import chain_for, run_turn
 from agents.tools import ToolRegistry
+from commands.agent_pool import AGENT_POOL
 from commands.conversation import CONVERSATION
 from commands.runner import CommandContext, CommandRunner
+from domain import agent_pool as p
 from domain import conversation as c
-from domain.errors import IllegalStateError
+from domain.errors import IllegalStateError, NotFoundError
 from gateways.llm.chain import FallbackChain
 from gateways.llm.port import ChatMessage
 from streams.errors import EventDecodeError
 from streams.feed import Feed
 from streams.jetstream import RawMessage
 from streams.store import EventStore, RecordedEvent
-from streams.subjects import StreamId, type_subjects
+from streams.subjects import ALL_EVENTS, StreamId
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +84,8 @@ class AgentRuntime:
     ) -> None:
         self.store = store
         self.runner = runner
+        # The pool is one aggregate per tenant that many escalations touch at once: retry longer.
+        self.pool_runner = CommandRunner.for_aggregates(store, [AGENT_POOL], max_attempts=20)
         self.tools = tools
         self.configs = configs
         self.env = env
@@ -111,7 +121,7 @@ class AgentRuntime:
             self.feed = await Feed.from_where_it_left(
                 self.store.log,
                 self.durable,
-                subject=type_subjects(c.AGGREGATE_TYPE),
+                subject=ALL_EVENTS,
                 batch=self.batch,
                 idle_wait=self.idle_wait,
             )
@@ -123,13 +133,64 @@ class AgentRuntime:
         if not batch.messages:
             return 0
         by_conversation: dict[str, list[RecordedEvent]] = defaultdict(list)
+        routing: list[RecordedEvent] = []
         for raw in batch.messages:
             for recorded in self._decode(raw):
-                if isinstance(recorded.event, c.UserMessageReceived):
-                    by_conversation[recorded.stream.key].append(recorded)
+                match recorded.event:
+                    case c.UserMessageReceived():
+                        by_conversation[recorded.stream.key].append(recorded)
+                    case c.EscalationRequested() | c.EscalationResolved() | p.EscalationRouted() | p.EscalationQueued():
+                        routing.append(recorded)
         answered = await asyncio.gather(*(self._answer_in_order(msgs) for msgs in by_conversation.values()))
+        for recorded in routing:  # in stream order: the pool is one aggregate per tenant
+            await self.route(recorded)
         await batch.ack()
         return sum(answered)
+
+    async def route(self, recorded: RecordedEvent) -> None:
+        """Escalations between conversations and the human agent pool."""
+        tenant, event, now = recorded.stream.tenant, recorded.event, datetime.now(UTC)
+        match event:
+            case c.EscalationRequested():
+                command: Any = p.RouteEscalation(
+                    escalation_id=event.escalation_id, conversation_id=recorded.stream.aggregate_id, at=now
+                )
+                await self._pool_command(tenant, command, f"route-{event.escalation_id}", recorded)
+            case c.EscalationResolved():
+                command = p.ReleaseEscalation(escalation_id=event.escalation_id, at=now)
+                await self._pool_command(tenant, command, f"release-{event.escalation_id}", recorded)
+            case p.EscalationRouted():
+                pool = (await self.pool_runner.repository(AGENT_POOL).load(tenant, p.POOL_ID)).state
+                agent = pool.agents.get(event.agent_id)
+                assign = c.AssignEscalation(
+                    escalation_id=event.escalation_id,
+                    agent_id=event.agent_id,
+                    agent_name=agent.name if agent else "",
+                    at=now,
+                )
+                stream = StreamId(tenant, c.AGGREGATE_TYPE, event.conversation_id)
+                with contextlib.suppress(IllegalStateError, NotFoundError):  # resolved or closed meanwhile
+                    await self._command(stream, assign, f"assign-{event.escalation_id}-{event.agent_id}", recorded)
+            case p.EscalationQueued():
+                unavailable = c.MarkAgentUnavailable(
+                    escalation_id=event.escalation_id,
+                    fallback_action="queue_callback",
+                    queue_position=event.position,
+                    at=now,
+                )
+                stream = StreamId(tenant, c.AGGREGATE_TYPE, event.conversation_id)
+                with contextlib.suppress(IllegalStateError, NotFoundError):
+                    await self._command(stream, unavailable, f"unavailable-{event.escalation_id}", recorded)
+
+    async def _pool_command(self, tenant: str, command: Any, command_id: str, cause: RecordedEvent) -> None:
+        ctx = CommandContext(
+            tenant=tenant,
+            actor=ACTOR,
+            command_id=command_id,
+            correlation_id=cause.meta.correlation_id,
+            retry_possible=True,
+        )
+        await self.pool_runner.handle(AGENT_POOL, p.POOL_ID, command, ctx)
 
     def _decode(self, raw: RawMessage) -> list[RecordedEvent]:
         try:

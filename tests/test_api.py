@@ -269,3 +269,59 @@ async def test_something_urgent_is_escalated_and_the_status_shows_it(client: Asy
         )
     ).json()
     assert view["status"] == "escalated"
+
+
+async def test_an_urgent_message_is_assigned_to_an_available_human_agent(client: AsyncTestClient[Any]) -> None:
+    admin = bearer(roles=("org_admin", "support_agent"), subject="admin")
+    registered = await client.post(
+        f"{BASE}/agents",
+        json={"agent_id": "sarah", "name": "Sarah Johnson", "role": "Senior Support Agent"},
+        headers=admin,
+    )
+    assert registered.status_code == 201, registered.text
+    online = await client.post(f"{BASE}/agents/sarah/availability", json={"available": True}, headers=admin)
+    assert online.status_code == 200 and online.json()["available"] is True
+    started = await start(
+        client, config_id="support-bot", initial_message="This is fraud! I want to speak to a manager"
+    )
+    status = await _escalation_status(client, started["conversation_id"], until="assigned")
+    assert status["assigned_agent"]["name"] == "Sarah Johnson"
+    # The agent answers and hands the conversation back to the AI.
+    cid = started["conversation_id"]
+    reply = await client.post(
+        f"{BASE}/conversations/{cid}/agent-replies", json={"message": "Hi, Sarah here."}, headers=admin
+    )
+    assert reply.status_code == 200, reply.text
+    back = await client.post(
+        f"{BASE}/conversations/{cid}/escalations/{status['escalation_id']}/resolve",
+        json={"resolution": "returned_to_ai"},
+        headers=admin,
+    )
+    assert back.status_code == 200 and back.json()["status"] == "active"
+
+
+async def test_with_no_human_agent_available_the_seeds_fallback_options_are_offered(
+    client: AsyncTestClient[Any],
+) -> None:
+    started = await start(client, config_id="support-bot", initial_message="I need to speak to a human right now")
+    status = await _escalation_status(client, started["conversation_id"], until="agent_unavailable")
+    assert status["fallback_action"] == "queue_callback" and status["queue_position"] == 1
+    assert [o["option"] for o in status["callback_options"]] == [
+        "schedule_callback",
+        "email_support",
+        "continue_with_ai",
+    ]
+
+
+async def _escalation_status(client: AsyncTestClient[Any], cid: str, *, until: str) -> dict[str, Any]:
+    """Poll the escalation the agent runtime opened for the first message until it reaches ``until``."""
+    import asyncio
+
+    # The runtime names an escalation after the message that caused it (an idempotent command id).
+    escalation = str(uuid.uuid5(uuid.NAMESPACE_URL, f"parley:acme.conversation.{cid}:{cid}-m0"))
+    for _ in range(100):
+        response = await client.get(f"{BASE}/escalations/{escalation}/status", headers=CUSTOMER)
+        if response.status_code == 200 and response.json()["status"] == until:
+            return response.json()
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"escalation of {cid} never reached {until}")

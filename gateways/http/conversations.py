@@ -17,8 +17,10 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
+from commands.agent_pool import AGENT_POOL
 from commands.conversation import CONVERSATION
-from commands.runner import CommandContext, Outcome
+from commands.runner import Aggregate, CommandContext, Outcome
+from domain import agent_pool as p
 from domain import conversation as c
 from domain.errors import NotFoundError
 from domain.messages import Command
@@ -60,6 +62,22 @@ class SurveyRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class SurveyResponsesRequest(msgspec.Struct, forbid_unknown_fields=True):
     responses: Annotated[list[c.SurveyAnswer], msgspec.Meta(min_length=1, max_length=20)]
+
+
+class ResolveRequest(msgspec.Struct, forbid_unknown_fields=True):
+    resolution: Literal["returned_to_ai", "closed"] = "returned_to_ai"
+
+
+class RegisterAgentRequest(msgspec.Struct, forbid_unknown_fields=True):
+    name: NonEmpty
+    agent_id: NonEmpty | None = None
+    role: NonEmpty = "Support Agent"
+    skills: list[str] = []
+    capacity: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+
+
+class AvailabilityRequest(msgspec.Struct, forbid_unknown_fields=True):
+    available: bool
 
 
 class CloseRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -107,6 +125,7 @@ class ConversationController(Controller):
         message_limit: bool = False,
         new: bool = False,
         reply_to: str | None = None,
+        aggregate: Aggregate[Any] = CONVERSATION,
     ) -> Response[dict[str, Any]]:
         identity = request.user
         limits = platform.limits
@@ -129,7 +148,7 @@ class ConversationController(Controller):
             if reply_to is not None and platform.agents is not None:
                 stream = StreamId(identity.tenant, c.AGGREGATE_TYPE, conversation_id)
                 waiter = await platform.expect_reply(stream, reply_to)
-            outcome = await platform.runner.handle(CONVERSATION, conversation_id, command, ctx, new=new)
+            outcome = await platform.runner.handle(aggregate, conversation_id, command, ctx, new=new)
             # Carried by the request's log line (and by the projector's, through the event metadata).
             structlog.contextvars.bind_contextvars(
                 command=type(command).__name__, command_id=ctx.command_id, seq=outcome.position
@@ -319,6 +338,80 @@ class ConversationController(Controller):
             return {"conversation_id": conversation_id, "status": outcome.state.status}
 
         return await self._run(platform, request, conversation_id, command, respond)
+
+    @post("/conversations/{conversation_id:str}/agent-replies", guards=[STAFF], summary="A human agent replies")
+    async def agent_reply(
+        self,
+        request: Request[Identity, Any, Any],
+        conversation_id: FromPath[str],
+        data: JSONBody[ContinueConversationRequest],
+        platform: NamedDependency[Platform],
+    ) -> Response[dict[str, Any]]:
+        message_id = str(uuid.uuid4())
+        command = c.RecordAgentReply(
+            message_id=message_id, content=data.message, author=f"human:{request.user.subject}", at=now()
+        )
+
+        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
+            return {"conversation_id": conversation_id, "message_id": message_id, "status": outcome.state.status}
+
+        return await self._run(platform, request, conversation_id, command, respond)
+
+    @post(
+        "/conversations/{conversation_id:str}/escalations/{escalation_id:str}/resolve",
+        guards=[STAFF],
+        status_code=200,
+        summary="Hand back to the AI or close",
+    )
+    async def resolve(
+        self,
+        request: Request[Identity, Any, Any],
+        conversation_id: FromPath[str],
+        escalation_id: FromPath[str],
+        data: JSONBody[ResolveRequest],
+        platform: NamedDependency[Platform],
+    ) -> Response[dict[str, Any]]:
+        command = c.ResolveEscalation(
+            escalation_id=escalation_id, resolution=data.resolution, resolved_by=request.user.subject, at=now()
+        )
+
+        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
+            return {"conversation_id": conversation_id, "escalation_id": escalation_id, "status": outcome.state.status}
+
+        return await self._run(platform, request, conversation_id, command, respond)
+
+    @post("/agents", guards=[requires("org_admin", "support_agent")], status_code=201, summary="Register a human agent")
+    async def register_agent(
+        self,
+        request: Request[Identity, Any, Any],
+        data: JSONBody[RegisterAgentRequest],
+        platform: NamedDependency[Platform],
+    ) -> Response[dict[str, Any]]:
+        agent_id = data.agent_id or str(uuid.uuid4())
+        command = p.RegisterHumanAgent(
+            agent_id=agent_id, name=data.name, role=data.role, skills=data.skills, capacity=data.capacity, at=now()
+        )
+
+        def respond(outcome: Outcome[p.Pool]) -> dict[str, Any]:
+            return {"agent_id": agent_id, "name": data.name, "skills": data.skills, "capacity": data.capacity}
+
+        return await self._run(platform, request, p.POOL_ID, command, respond, status=201, aggregate=AGENT_POOL)
+
+    @post("/agents/{agent_id:str}/availability", guards=[STAFF], status_code=200, summary="Set availability")
+    async def availability(
+        self,
+        request: Request[Identity, Any, Any],
+        agent_id: FromPath[str],
+        data: JSONBody[AvailabilityRequest],
+        platform: NamedDependency[Platform],
+    ) -> Response[dict[str, Any]]:
+        command = p.SetHumanAgentAvailability(agent_id=agent_id, available=data.available, at=now())
+
+        def respond(outcome: Outcome[p.Pool]) -> dict[str, Any]:
+            agent = outcome.state.agents[agent_id]
+            return {"agent_id": agent_id, "available": agent.available, "active_escalations": len(agent.active)}
+
+        return await self._run(platform, request, p.POOL_ID, command, respond, aggregate=AGENT_POOL)
 
     @get("/conversations/{conversation_id:str}", guards=[READERS], summary="Get conversation state")
     async def get_conversation(

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from agents.demo_data import setup_demo_data
 from agents.runtime import AgentRuntime, ConfigSource
 from agents.tools import demo_registry
+from commands.agent_pool import AGENT_POOL
 from commands.configs import ConfigCatalog, FirstVersionCatalog
 from commands.conversation import CONVERSATION
 from commands.runner import CommandRunner
@@ -49,7 +50,7 @@ class Platform:
         self.queries: ModuleType = queries
         self.runner = CommandRunner.for_aggregates(
             opened.store,
-            [CONVERSATION],
+            [CONVERSATION, AGENT_POOL],
             snapshots=opened.snapshots,
             keys=opened.keys,
             snapshot_every=opened.settings.snapshot_every,
