@@ -7,7 +7,9 @@ model, and wait (bounded) for a position given as ``min_position`` or ``X-Parley
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -16,6 +18,7 @@ import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from commands.agent_pool import AGENT_POOL
 from commands.conversation import CONVERSATION
@@ -26,6 +29,8 @@ from domain.errors import NotFoundError
 from domain.messages import Command
 from gateways.http.auth import Identity, requires
 from gateways.http.platform import Platform
+from streams.jetstream import RawMessage
+from streams.store import RecordedEvent
 from streams.subjects import StreamId
 
 log = structlog.get_logger(__name__)
@@ -413,6 +418,44 @@ class ConversationController(Controller):
 
         return await self._run(platform, request, p.POOL_ID, command, respond, aggregate=AGENT_POOL)
 
+    @get(
+        "/conversations/{conversation_id:str}/events",
+        guards=[READERS],
+        summary="The conversation's events, live (server-sent events)",
+    )
+    async def events(
+        self,
+        request: Request[Identity, Any, Any],
+        conversation_id: FromPath[str],
+        platform: NamedDependency[Platform],
+    ) -> ServerSentEvent:
+        """Every event so far, then each new one as it is committed: one SSE message per event,
+        ``event`` its type, ``id`` its stream sequence and version, ``data`` the event as JSON."""
+        stream = StreamId(request.user.tenant, c.AGGREGATE_TYPE, conversation_id)
+        live: asyncio.Queue[Any] = asyncio.Queue(maxsize=1000)
+        subscription = await platform.opened.nc.subscribe(stream.subjects, cb=live.put)
+        history = await platform.opened.store.read(stream)
+        if not history:
+            await subscription.unsubscribe()
+            raise NotFoundError(f"conversation {conversation_id} not found")
+
+        async def messages() -> AsyncIterator[ServerSentEventMessage]:
+            seen = history[-1].version
+            try:
+                for recorded in history:
+                    yield _sse(recorded)
+                while True:
+                    msg = await live.get()
+                    raw = RawMessage(seq=0, subject=msg.subject, headers=msg.headers or {}, data=msg.data, time="")
+                    for recorded in platform.opened.store.decode(raw, stream):
+                        if recorded.version > seen:
+                            seen = recorded.version
+                            yield _sse(recorded)
+            finally:
+                await subscription.unsubscribe()
+
+        return ServerSentEvent(messages())
+
     @get("/conversations/{conversation_id:str}", guards=[READERS], summary="Get conversation state")
     async def get_conversation(
         self,
@@ -434,6 +477,13 @@ class ConversationController(Controller):
     ) -> Response[dict[str, Any]]:
         query = platform.queries.get_escalation_status
         return await _read(platform, request, min_position, query, escalation_id, "escalation")
+
+
+def _sse(recorded: RecordedEvent) -> ServerSentEventMessage:
+    data = msgspec.json.encode({"version": recorded.version, **msgspec.to_builtins(recorded.event)}).decode()
+    return ServerSentEventMessage(
+        data=data, event=type(recorded.event).__name__, id=f"{recorded.seq}.{recorded.version}"
+    )
 
 
 async def _read(
