@@ -71,3 +71,8 @@ bench-store *ARGS:
 [positional-arguments]
 bench-api *ARGS:
     @{{ python }} -m bench.api "$@"
+
+# Benchmark chat turns with the offline model: turn latency and concurrent conversations (--quick)
+[positional-arguments]
+bench-chat *ARGS:
+    @{{ python }} -m bench.chat "$@"

@@ -98,18 +98,20 @@ class AgentRuntime:
     async def run(self) -> None:
         """Answer messages until ``stop()``; start again after a failure."""
         delay = 0.5
-        while not self._stop.is_set():
-            try:
-                await self.step()
-                delay = 0.5
-            except Exception:
-                log.exception("agent runtime failed; starting again", retry_in=delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                delay = min(delay * 2, 10.0)
-        if self.feed is not None:
-            with contextlib.suppress(Exception):
-                await self.feed.close()
+        try:
+            while not self._stop.is_set():
+                try:
+                    await self.step()
+                    delay = 0.5
+                except Exception:
+                    log.exception("agent runtime failed; starting again", retry_in=delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), delay)
+                    delay = min(delay * 2, 10.0)
+        finally:
+            if self.feed is not None:
+                with contextlib.suppress(Exception):
+                    await self.feed.close()
 
     async def stop(self) -> None:
         self._stop.set()

@@ -51,7 +51,7 @@ def ensure_wrk() -> str:
 
 
 def start_api(
-    root: Path, nats_url: str, pg_url: str, redis_url: str
+    root: Path, nats_url: str, pg_url: str, redis_url: str, *, agents: bool = False
 ) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], int]:
     port = free_port()
     env = {
@@ -67,7 +67,7 @@ def start_api(
         "PARLEY_TENANT_BURST": "1000000",
         "PARLEY_CONVERSATION_MESSAGES_PER_MINUTE": "1000000",
         "PARLEY_INLINE_PROJECTORS": "0",  # the projector runs as its own process
-        "PARLEY_INLINE_AGENTS": "0",  # the CQRS loop alone: the agent has its own benchmark
+        "PARLEY_INLINE_AGENTS": "1" if agents else "0",  # bench-api: the CQRS loop alone
         "PARLEY_API_WORKERS": os.environ.get("PARLEY_API_WORKERS", "1"),
     }
     log = open(root / "api.log", "ab")
