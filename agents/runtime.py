@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +50,7 @@ log = structlog.get_logger(__name__)
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 ACTOR = "agent:ai"
+MAX_HISTORY = 40  # chat turns given to the model; older ones stay in the events
 
 
 def reply_id(message_id: str) -> str:
@@ -93,6 +94,8 @@ class AgentRuntime:
         self.feed: Feed | None = None
         self._limit = asyncio.Semaphore(concurrency)
         self._chains: dict[int, FallbackChain] = {}
+        self._conversations: OrderedDict[str, _Known] = OrderedDict()
+        self.cache_size = 10_000
         self._stop = asyncio.Event()
 
     async def run(self) -> None:
@@ -212,16 +215,13 @@ class AgentRuntime:
         message = recorded.event
         assert isinstance(message, c.UserMessageReceived)
         stream = recorded.stream
-        history_events = [e for e in await self.store.read(stream) if e.version <= recorded.version]
-        state = c.initial()
-        for e in history_events:
-            state = c.evolve(state, e.event)
+        state, turns = await self._conversation(stream, upto=recorded.version)
         if state.status != "active":
             return 0  # a human has the conversation, or it is over
         bound = log.bind(tenant=stream.tenant, conversation_id=stream.aggregate_id, seq=recorded.seq,
                          correlation_id=recorded.meta.correlation_id)  # fmt: skip
         config = self.configs.get(state.config_id, state.config_version)
-        history = _history(history_events[:-1] if history_events else [], upto=recorded.version)
+        history = turns[-MAX_HISTORY:]
         result = await run_turn(
             config,
             history,
@@ -260,6 +260,27 @@ class AgentRuntime:
                    escalation=result.escalation.trigger if result.escalation else None)  # fmt: skip
         return 1
 
+    async def _conversation(self, stream: StreamId, *, upto: int) -> tuple[c.Conversation, list[ChatMessage]]:
+        """The conversation's state and chat turns before version ``upto``.
+
+        Kept in memory per conversation and extended with the commits after the last one seen, so a
+        long conversation costs one short read per turn, not a read of its whole history.
+        """
+        known = self._conversations.get(stream.key)
+        if known is None or known.version > upto:
+            known = _Known()
+        for recorded in await self.store.read(stream, after_seq=known.seq):
+            if recorded.version > upto:
+                break
+            known.state = c.evolve(known.state, recorded.event)
+            known.version, known.seq = recorded.version, recorded.seq
+            known.turns.extend((recorded.version, turn) for turn in _history([recorded], upto=upto + 1))
+        self._conversations[stream.key] = known
+        self._conversations.move_to_end(stream.key)
+        if len(self._conversations) > self.cache_size:
+            self._conversations.popitem(last=False)
+        return known.state, [turn for version, turn in known.turns if version < upto]
+
     async def _command(self, stream: StreamId, command: c.Command, command_id: str, cause: RecordedEvent) -> None:
         ctx = CommandContext(
             tenant=stream.tenant,
@@ -275,6 +296,16 @@ class AgentRuntime:
         if key not in self._chains:
             self._chains[key] = chain_for(config, self.env)
         return self._chains[key]
+
+
+class _Known:
+    """What the runtime remembers of a conversation: its state and turns up to a version."""
+
+    def __init__(self) -> None:
+        self.state = c.initial()
+        self.turns: list[tuple[int, ChatMessage]] = []  # (version, turn)
+        self.version = 0
+        self.seq = 0
 
 
 def _history(events: list[RecordedEvent], *, upto: int) -> list[ChatMessage]:

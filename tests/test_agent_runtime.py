@@ -104,3 +104,21 @@ async def test_a_redelivered_message_is_answered_once(
     await rt.answer(recorded)  # as if JetStream delivered it again
     await drain(rt)
     assert sum(isinstance(e, c.AgentReplied) for e in await events_of(open_test_store, cid)) == 1
+
+
+async def test_the_history_given_to_the_model_holds_every_earlier_turn_in_order(
+    runtime: tuple[AgentRuntime, CommandRunner], open_test_store: OpenStore
+) -> None:
+    rt, runner = runtime
+    cid = uuid.uuid4().hex
+    await say(runner, cid, "Hello", start=True)
+    await drain(rt)
+    await say(runner, cid, "Where is my order ORD-12345?")
+    await drain(rt)
+    await say(runner, cid, "Thanks")
+    from streams.subjects import StreamId
+
+    last = (await open_test_store.store.read(StreamId("acme", "conversation", cid)))[-1]
+    _, turns = await rt._conversation(last.stream, upto=last.version)
+    assert [(t.role, t.content) for t in turns][0::2] == [("user", "Hello"), ("user", "Where is my order ORD-12345?")]
+    assert [t.role for t in turns] == ["user", "assistant", "user", "assistant"]
