@@ -153,7 +153,7 @@ async def run_turn(
         "provider": "",
         "model": "",
     }
-    graph = build_graph(config, chain=chain, tools=tools, checkpointer=checkpointer)
+    graph = _compiled(config, chain, tools, checkpointer)
     run_config: dict[str, Any] = {"recursion_limit": 4 * config.max_tool_rounds + 8}
     if checkpointer is not None:
         run_config["configurable"] = {"thread_id": thread_id or conversation_id or str(uuid.uuid4())}
@@ -183,6 +183,24 @@ async def run_turn(
         fallbacks=len(result.fallbacks),
     )
     return result
+
+
+_GRAPHS: dict[tuple[int, int, int, int], tuple[Any, tuple[Any, ...]]] = {}
+
+
+def _compiled(config: AgentConfig, chain: FallbackChain, tools: ToolRegistry, checkpointer: Any) -> Any:
+    """The compiled graph for these collaborators, built once: compiling costs more than a turn."""
+    key = (id(config), id(chain), id(tools), id(checkpointer))
+    hit = _GRAPHS.get(key)
+    if hit is None or any(a is not b for a, b in zip(hit[1], (config, chain, tools, checkpointer), strict=True)):
+        if len(_GRAPHS) > 256:
+            _GRAPHS.clear()
+        hit = (
+            build_graph(config, chain=chain, tools=tools, checkpointer=checkpointer),
+            (config, chain, tools, checkpointer),
+        )
+        _GRAPHS[key] = hit
+    return hit[0]
 
 
 def build_graph(config: AgentConfig, *, chain: FallbackChain, tools: ToolRegistry, checkpointer: Any = None) -> Any:
