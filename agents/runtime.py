@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from psycopg_pool import AsyncConnectionPool
 
 from agents.config import AgentConfig, load_config
 from agents.graph import chain_for, run_turn
@@ -40,6 +41,7 @@ from domain import conversation as c
 from domain.errors import IllegalStateError, NotFoundError
 from gateways.llm.chain import FallbackChain
 from gateways.llm.port import ChatMessage
+from projections.checkpoints import try_lock, unlock
 from streams.errors import EventDecodeError
 from streams.feed import Feed
 from streams.jetstream import RawMessage
@@ -97,24 +99,48 @@ class AgentRuntime:
         self._conversations: OrderedDict[str, _Known] = OrderedDict()
         self.cache_size = 10_000
         self._stop = asyncio.Event()
+        self.leading = False
 
-    async def run(self) -> None:
-        """Answer messages until ``stop()``; start again after a failure."""
-        delay = 0.5
+    async def run(self, leader: AsyncConnectionPool[Any] | None = None) -> None:
+        """Answer messages until ``stop()``; start again after a failure.
+
+        With ``leader`` (a PostgreSQL pool), only one runtime among the processes sharing the
+        durable consumer works at a time: the others stand by on a session advisory lock and take
+        over when its holder's session ends. One conversation is then never answered twice at once.
+        """
+        conn = None
         try:
-            while not self._stop.is_set():
-                try:
-                    await self.step()
-                    delay = 0.5
-                except Exception:
-                    log.exception("agent runtime failed; starting again", retry_in=delay)
+            if leader is not None:
+                conn = await leader.getconn()
+                await conn.set_autocommit(True)
+                while not await try_lock(conn, "leader", self.durable):
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), delay)
-                    delay = min(delay * 2, 10.0)
+                        await asyncio.wait_for(self._stop.wait(), 1.0)
+                    if self._stop.is_set():
+                        return
+            self.leading = True
+            await self._work()
         finally:
+            self.leading = False
             if self.feed is not None:
                 with contextlib.suppress(Exception):
                     await self.feed.close()
+            if conn is not None and leader is not None:
+                with contextlib.suppress(Exception):
+                    await unlock(conn, "leader", self.durable)
+                await leader.putconn(conn)
+
+    async def _work(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                await self.step()
+                delay = 0.5
+            except Exception:
+                log.exception("agent runtime failed; starting again", retry_in=delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(delay * 2, 10.0)
 
     async def stop(self) -> None:
         self._stop.set()

@@ -122,3 +122,49 @@ async def test_the_history_given_to_the_model_holds_every_earlier_turn_in_order(
     _, turns = await rt._conversation(last.stream, upto=last.version)
     assert [(t.role, t.content) for t in turns][0::2] == [("user", "Hello"), ("user", "Where is my order ORD-12345?")]
     assert [t.role for t in turns] == ["user", "assistant", "user", "assistant"]
+
+
+async def test_of_two_runtimes_only_the_leader_answers_and_the_other_takes_over_when_it_stops(
+    open_test_store: OpenStore, pg_url: str
+) -> None:
+    import asyncio
+
+    from psycopg_pool import AsyncConnectionPool
+
+    url = fresh_database(pg_url)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await setup_demo_data(conn)
+    pool: AsyncConnectionPool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False)
+    await pool.open()
+    runner = CommandRunner.for_aggregates(open_test_store.store, [CONVERSATION])
+    tools = demo_registry(connect_url(url))
+    first, second = (
+        AgentRuntime(open_test_store.store, runner, tools, ConfigSource(), {}, durable="agents_pair") for _ in range(2)
+    )
+    await first.start()
+    one = asyncio.create_task(first.run(leader=pool))
+    await asyncio.sleep(0.3)
+    two = asyncio.create_task(second.run(leader=pool))
+    try:
+        cid = uuid.uuid4().hex
+        await say(runner, cid, "Where is my order ORD-78945?", start=True)
+        for _ in range(50):
+            if any(isinstance(e, c.AgentReplied) for e in await events_of(open_test_store, cid)):
+                break
+            await asyncio.sleep(0.1)
+        assert first.leading and not second.leading
+        await first.stop()
+        await one
+        await say(runner, cid, "And ORD-12345?")
+        for _ in range(80):
+            if sum(isinstance(e, c.AgentReplied) for e in await events_of(open_test_store, cid)) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert second.leading
+        assert sum(isinstance(e, c.AgentReplied) for e in await events_of(open_test_store, cid)) == 2
+    finally:
+        await second.stop()
+        await asyncio.gather(one, two, return_exceptions=True)
+        if second.feed is not None:
+            await second.feed.delete()
+        await pool.close()

@@ -90,7 +90,8 @@ class Platform:
         if platform.agents is not None:
             async with pool.connection() as conn:
                 await setup_demo_data(conn)
-            platform._tasks.append(asyncio.create_task(platform.agents.run(), name="agent-runtime"))
+            runtime = platform.agents.run(leader=pool)
+            platform._tasks.append(asyncio.create_task(runtime, name="agent-runtime"))
         for runner in platform.projectors:
             platform._tasks.append(asyncio.create_task(runner.run(), name=f"projector-{runner.projector.name}"))
         return platform
