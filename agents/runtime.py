@@ -170,7 +170,13 @@ class AgentRuntime:
                 match recorded.event:
                     case c.UserMessageReceived():
                         by_conversation[recorded.stream.key].append(recorded)
-                    case c.EscalationRequested() | c.EscalationResolved() | p.EscalationRouted() | p.EscalationQueued():
+                    case (
+                        c.EscalationRequested()
+                        | c.EscalationResolved()
+                        | c.ConversationClosed()
+                        | p.EscalationRouted()
+                        | p.EscalationQueued()
+                    ):
                         routing.append(recorded)
         answered = await asyncio.gather(*(self._answer_in_order(msgs) for msgs in by_conversation.values()))
         for recorded in routing:  # in stream order: the pool is one aggregate per tenant
@@ -190,6 +196,10 @@ class AgentRuntime:
             case c.EscalationResolved():
                 command = p.ReleaseEscalation(escalation_id=event.escalation_id, at=now)
                 await self._pool_command(tenant, command, f"release-{event.escalation_id}", recorded)
+            case c.ConversationClosed():
+                cid = recorded.stream.aggregate_id
+                command = p.ReleaseConversation(conversation_id=cid, at=now)
+                await self._pool_command(tenant, command, f"closed-{cid}", recorded)
             case p.EscalationRouted():
                 pool = (await self.pool_runner.repository(AGENT_POOL).load(tenant, p.POOL_ID)).state
                 agent = pool.agents.get(event.agent_id)
@@ -268,6 +278,20 @@ class AgentRuntime:
             tool_calls=result.tool_calls,
             escalation_suggested=result.escalation is not None,
             sentiment=result.sentiment,
+            provider=result.provider or None,
+            fallbacks=[
+                c.ProviderFallback(
+                    from_provider=f.from_provider, to_provider=f.to_provider, reason=f.reason, error=f.error
+                )
+                for f in result.fallbacks
+            ],
+            cross_sell=None
+            if result.cross_sell is None
+            else c.CrossSellOffer(
+                product=result.cross_sell.product,
+                suggestion=result.cross_sell.suggestion,
+                confidence=result.cross_sell.confidence,
+            ),
             at=now,
         )
         await self._command(stream, reply, f"reply-{message.message_id}", recorded)

@@ -90,6 +90,13 @@ class ReleaseEscalation(Command, frozen=True, kw_only=True):
     at: datetime
 
 
+class ReleaseConversation(Command, frozen=True, kw_only=True):
+    """The conversation ended: free whoever had, or was waiting for, its escalations."""
+
+    conversation_id: str
+    at: datetime
+
+
 # State ----------------------------------------------------------------------------------------
 
 
@@ -113,6 +120,7 @@ class Pool(msgspec.Struct, frozen=True):
     agents: dict[str, HumanAgent] = {}
     queue: tuple[Waiting, ...] = ()
     routed: dict[str, str] = {}  # escalation id -> agent id
+    conversations: dict[str, str] = {}  # escalation id -> conversation id, while routed or queued
 
 
 def initial() -> Pool:
@@ -179,6 +187,13 @@ def decide(command: Command, pool: Pool) -> list[Event]:
                 HumanAgentReleased(escalation_id=command.escalation_id, agent_id=agent_id, at=command.at)
             ]
             return released + _drain_queue(evolve_all(pool, released), command.at)
+        case ReleaseConversation():
+            events = []
+            for escalation_id, conversation_id in pool.conversations.items():
+                if conversation_id == command.conversation_id:
+                    agent_id = pool.routed.get(escalation_id)
+                    events.append(HumanAgentReleased(escalation_id=escalation_id, agent_id=agent_id, at=command.at))
+            return events + _drain_queue(evolve_all(pool, events), command.at) if events else []
     raise ValidationError(f"{type(command).__name__} is not an agent pool command")
 
 
@@ -220,16 +235,19 @@ def evolve(pool: Pool, event: Event) -> Pool:
                 agents={**pool.agents, agent.agent_id: agent},
                 queue=tuple(w for w in pool.queue if w.escalation_id != event.escalation_id),
                 routed={**pool.routed, event.escalation_id: agent.agent_id},
+                conversations={**pool.conversations, event.escalation_id: event.conversation_id},
             )
         case EscalationQueued():
             waiting = Waiting(event.escalation_id, event.conversation_id, event.skill)
-            return replace(pool, queue=(*pool.queue, waiting))
+            conversations = {**pool.conversations, event.escalation_id: event.conversation_id}
+            return replace(pool, queue=(*pool.queue, waiting), conversations=conversations)
         case HumanAgentReleased():
             agents = dict(pool.agents)
             if event.agent_id and event.agent_id in agents:
                 a = agents[event.agent_id]
                 agents[a.agent_id] = replace(a, active=tuple(e for e in a.active if e != event.escalation_id))
             routed = {k: v for k, v in pool.routed.items() if k != event.escalation_id}
+            conversations = {k: v for k, v in pool.conversations.items() if k != event.escalation_id}
             queue = tuple(w for w in pool.queue if w.escalation_id != event.escalation_id)
-            return replace(pool, agents=agents, routed=routed, queue=queue)
+            return replace(pool, agents=agents, routed=routed, queue=queue, conversations=conversations)
     return pool

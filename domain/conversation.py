@@ -38,6 +38,21 @@ class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
 
 
+class CrossSellOffer(msgspec.Struct, frozen=True, kw_only=True):
+    product: str
+    suggestion: str
+    confidence: float
+
+
+class ProviderFallback(msgspec.Struct, frozen=True, kw_only=True):
+    """An LLM provider failed during the turn and the next one answered."""
+
+    from_provider: str
+    to_provider: str
+    reason: str
+    error: str = ""
+
+
 class SurveyQuestion(msgspec.Struct, frozen=True, kw_only=True):
     question_id: str
     question: str
@@ -90,6 +105,9 @@ class AgentReplied(Event, frozen=True, kw_only=True):
     replied_at: datetime
     # Who answered: the AI, or a human agent's id during an escalation.
     author: str = "ai"
+    provider: str | None = None
+    fallbacks: list[ProviderFallback] = []
+    cross_sell: CrossSellOffer | None = None
 
     personal_fields = ("content",)
     data_subject = "user_id"
@@ -190,6 +208,9 @@ class RecordAgentReply(Command, frozen=True, kw_only=True):
     escalation_suggested: bool = False
     sentiment: float | None = None
     author: str = "ai"
+    provider: str | None = None
+    fallbacks: list[ProviderFallback] = []
+    cross_sell: CrossSellOffer | None = None
     at: datetime
 
 
@@ -350,6 +371,9 @@ def decide(command: Command, state: Conversation) -> list[Event]:
                     escalation_suggested=command.escalation_suggested,
                     sentiment=command.sentiment,
                     author=command.author,
+                    provider=command.provider,
+                    fallbacks=command.fallbacks,
+                    cross_sell=command.cross_sell,
                     replied_at=command.at,
                 )
             ]

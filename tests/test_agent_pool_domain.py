@@ -56,3 +56,11 @@ def test_routing_the_same_escalation_twice_does_nothing() -> None:
     spec.given(*agent("sarah", []), routed("e1", "sarah")).when(
         p.RouteEscalation(escalation_id="e1", conversation_id="c-e1", at=T0)
     ).then()
+
+
+def test_closing_a_conversation_frees_its_agent_for_the_next_in_the_queue() -> None:
+    queued = p.EscalationQueued(escalation_id="e2", conversation_id="c-e2", position=1, at=T0)
+    spec.given(*agent("sarah", [], capacity=1), routed("e1", "sarah"), queued).when(
+        p.ReleaseConversation(conversation_id="c-e1", at=T0)
+    ).then(p.HumanAgentReleased(escalation_id="e1", agent_id="sarah", at=T0), routed("e2", "sarah"))
+    spec.given(*agent("sarah", [])).when(p.ReleaseConversation(conversation_id="c-none", at=T0)).then()

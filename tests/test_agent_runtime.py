@@ -168,3 +168,34 @@ async def test_of_two_runtimes_only_the_leader_answers_and_the_other_takes_over_
         if second.feed is not None:
             await second.feed.delete()
         await pool.close()
+
+
+async def test_a_provider_that_fails_is_recorded_with_the_reply_and_the_next_one_answers(
+    open_test_store: OpenStore, pg_url: str
+) -> None:
+    from tests.llm_fakes import openai_api
+
+    api = openai_api.server()
+    base_url = await api.start()
+    for _ in range(4):
+        api.script(openai_api.PATH, openai_api.error(500, "the model is down"))
+    url = fresh_database(pg_url)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await setup_demo_data(conn)
+    runner = CommandRunner.for_aggregates(open_test_store.store, [CONVERSATION])
+    env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": f"{base_url}/v1"}
+    rt = AgentRuntime(open_test_store.store, runner, demo_registry(connect_url(url)), ConfigSource(), env, durable="fb")
+    feed = await rt.start()
+    try:
+        cid = uuid.uuid4().hex
+        await say(runner, cid, "Hello", start=True)
+        await drain(rt)
+        (reply,) = [e for e in await events_of(open_test_store, cid) if isinstance(e, c.AgentReplied)]
+        assert reply.provider == "offline" and reply.content
+        assert [(f.from_provider, f.to_provider, f.reason) for f in reply.fallbacks] == [
+            ("openai", "offline", "provider_unavailable")
+        ]
+    finally:
+        await feed.close()
+        await feed.delete()
+        await api.close()

@@ -325,3 +325,11 @@ async def _escalation_status(client: AsyncTestClient[Any], cid: str, *, until: s
             return response.json()
         await asyncio.sleep(0.1)
     raise AssertionError(f"escalation of {cid} never reached {until}")
+
+
+async def test_the_sales_bot_offers_a_cross_sell_inline(client: AsyncTestClient[Any]) -> None:
+    started = await start(client, config_id="sales-bot", initial_message="Where is my order ORD-78945?")
+    offer = started["cross_sell_opportunity"]
+    assert offer["detected"] is True and offer["product"] == "Premium Shipping Upgrade" and offer["confidence"] == 0.78
+    assert started["agent_response"]["metadata"]["provider"] == "offline"
+    assert started["agent_response"]["metadata"]["fallbacks"] == []

@@ -106,8 +106,17 @@ def agent_response(reply: c.AgentReplied) -> dict[str, Any]:
             "confidence": reply.confidence,
             "tool_calls": [msgspec.to_builtins(t) for t in reply.tool_calls],
             "escalation_suggested": reply.escalation_suggested,
+            "provider": reply.provider,
+            "fallbacks": [msgspec.to_builtins(f) for f in reply.fallbacks],
         },
     }
+
+
+def cross_sell_opportunity(reply: c.AgentReplied) -> dict[str, Any]:
+    offer = reply.cross_sell
+    if offer is None:
+        return {"detected": False}
+    return {"detected": True, "product": offer.product, "suggestion": offer.suggestion, "confidence": offer.confidence}
 
 
 def conversation_state(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
@@ -167,6 +176,7 @@ class ConversationController(Controller):
                 reply = await waiter.reply(platform.settings.reply_wait_seconds if answering else 0)
                 if reply is not None:
                     body["agent_response"] = agent_response(reply)
+                    body["cross_sell_opportunity"] = cross_sell_opportunity(reply)
                 elif answering:
                     code = 202
                     body["links"] = {"conversation": f"{ConversationController.path}/conversations/{conversation_id}"}
