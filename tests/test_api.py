@@ -333,3 +333,16 @@ async def test_the_sales_bot_offers_a_cross_sell_inline(client: AsyncTestClient[
     assert offer["detected"] is True and offer["product"] == "Premium Shipping Upgrade" and offer["confidence"] == 0.78
     assert started["agent_response"]["metadata"]["provider"] == "offline"
     assert started["agent_response"]["metadata"]["fallbacks"] == []
+
+
+async def test_an_escalation_carries_a_handoff_summary_for_the_human_agent(client: AsyncTestClient[Any]) -> None:
+    started = await start(client, config_id="support-bot", initial_message="Where is my order ORD-78945?")
+    cid = started["conversation_id"]
+    escalated = await client.post(
+        f"{BASE}/conversations/{cid}/escalate", json={"trigger": "user_requested", "reason": "late"}, headers=CUSTOMER
+    )
+    assert escalated.status_code == 200, escalated.text
+    summary = escalated.json()["handoff_summary"]
+    assert summary["tools_used"] == ["fetch_order_status"] and summary["issue_category"] == "order_inquiry"
+    assert summary["pii_collected"]["order_id"] == "ORD-78945"
+    assert "ORD-78945" in summary["conversation_history"]

@@ -8,6 +8,7 @@ model, and wait (bounded) for a position given as ``min_position`` or ``X-Parley
 from __future__ import annotations
 
 import asyncio
+import inspect
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -112,6 +113,36 @@ def agent_response(reply: c.AgentReplied) -> dict[str, Any]:
     }
 
 
+ISSUE_CATEGORIES = {
+    "fetch_order_status": "order_inquiry",
+    "send_tracking_email": "order_inquiry",
+    "initiate_refund": "refund",
+    "create_support_ticket": "support_ticket",
+    "schedule_callback": "callback",
+}
+
+
+async def handoff_summary(
+    platform: Platform, tenant: str, conversation_id: str, outcome: Outcome[c.Conversation]
+) -> dict[str, Any] | None:
+    """What a human agent needs on taking over, from the read model (waited for, briefly)."""
+    await platform.wait_for(outcome.position - 1 if outcome.position else None)
+    async with platform.pool.connection() as conn:
+        view = await platform.queries.get_conversation(conn, tenant, conversation_id)
+    if view is None:
+        return None
+    said = [f"{m['role']}: {m['content']}" for m in view["messages"] if m.get("content")]
+    tools = [t["tool"] for t in view["tools_executed"]]
+    trajectory = view["sentiment_trajectory"]
+    return {
+        "conversation_history": " | ".join(said[-6:]),
+        "pii_collected": view["pii_collected"],
+        "tools_used": tools,
+        "sentiment_score": trajectory[-1] if trajectory else None,
+        "issue_category": next((ISSUE_CATEGORIES[t] for t in reversed(tools) if t in ISSUE_CATEGORIES), "general"),
+    }
+
+
 def cross_sell_opportunity(reply: c.AgentReplied) -> dict[str, Any]:
     offer = reply.cross_sell
     if offer is None:
@@ -168,6 +199,8 @@ class ConversationController(Controller):
                 command=type(command).__name__, command_id=ctx.command_id, seq=outcome.position
             )
             body = respond(outcome)
+            if inspect.isawaitable(body):
+                body = await body
             body["position"] = outcome.position
             code = status
             if waiter is not None:
@@ -275,13 +308,14 @@ class ConversationController(Controller):
             at=at,
         )
 
-        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
+        async def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
             return {
                 "conversation_id": conversation_id,
                 "product_type": outcome.state.product_type,
                 "escalation_id": outcome.state.open_escalation or escalation_id,
                 "status": "escalated",
                 "assigned_agent": None,
+                "handoff_summary": await handoff_summary(platform, request.user.tenant, conversation_id, outcome),
                 "escalated_at": iso(at),
             }
 
