@@ -104,3 +104,11 @@ async def delete_stream(nats_url: str, name: str) -> None:
                 pass
     finally:
         await nc.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_logs() -> None:
+    """Warnings and errors only: test output stays readable (PARLEY_LOG_LEVEL=DEBUG to trace)."""
+    from infra.logs import configure_logging
+
+    configure_logging(level=os.environ.get("PARLEY_LOG_LEVEL", "WARNING"), json=False)

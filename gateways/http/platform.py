@@ -90,6 +90,9 @@ class Platform:
         if platform.agents is not None:
             async with pool.connection() as conn:
                 await setup_demo_data(conn)
+            # Fix where the runtime starts before the API takes a request: a new runtime answers
+            # every message from here on (a later start would skip the first ones).
+            await platform.agents.start()
             runtime = platform.agents.run(leader=pool)
             platform._tasks.append(asyncio.create_task(runtime, name="agent-runtime"))
         for runner in platform.projectors:
