@@ -324,7 +324,8 @@ class AgentRuntime:
                 break
             known.state = c.evolve(known.state, recorded.event)
             known.version, known.seq = recorded.version, recorded.seq
-            known.turns.extend((recorded.version, turn) for turn in _history([recorded], upto=upto + 1))
+            if (turn := _turn(recorded.event)) is not None:
+                known.turns.append((recorded.version, turn))
         self._conversations[stream.key] = known
         self._conversations.move_to_end(stream.key)
         if len(self._conversations) > self.cache_size:
@@ -358,15 +359,11 @@ class _Known:
         self.seq = 0
 
 
-def _history(events: list[RecordedEvent], *, upto: int) -> list[ChatMessage]:
-    """The conversation so far as chat turns (customer and assistant text; tools live in replies)."""
-    turns: list[ChatMessage] = []
-    for recorded in events:
-        if recorded.version >= upto:
-            break
-        match recorded.event:
-            case c.UserMessageReceived(content=content) if content:
-                turns.append(ChatMessage("user", content))
-            case c.AgentReplied(content=content) if content:
-                turns.append(ChatMessage("assistant", content))
-    return turns
+def _turn(event: c.Event) -> ChatMessage | None:
+    """An event as a chat turn: customer and assistant text (tool results live in the replies)."""
+    match event:
+        case c.UserMessageReceived(content=content) if content:
+            return ChatMessage("user", content)
+        case c.AgentReplied(content=content) if content:
+            return ChatMessage("assistant", content)
+    return None

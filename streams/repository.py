@@ -150,10 +150,7 @@ class Repository(Generic[S]):
         return state
 
     def fold(self, state: S, events: list[RecordedEvent]) -> S:
-        evolve = self.spec.evolve
-        for recorded in events:
-            state = evolve(state, recorded.event)
-        return state
+        return self.fold_events(state, [recorded.event for recorded in events])
 
     async def write_snapshot(self, loaded: Loaded[S]) -> None:
         assert self.snapshots is not None and self.keys is not None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -174,4 +173,13 @@ def test_random_commands_through_http_keep_the_read_model_equal_to_the_events(ma
 
 
 def fold_last_seq(nats_url: str, data_dir: Path, stream: str) -> int:
-    return fold(nats_url, data_dir, stream, uuid.uuid4().hex)[1]
+    """The stream's last sequence: an invalid command must not have moved it."""
+
+    async def go() -> int:
+        opened = await open_store(StoreSettings(nats_url=nats_url, data_dir=data_dir, stream=stream))
+        try:
+            return await opened.log.last_seq()
+        finally:
+            await opened.close()
+
+    return asyncio.run(go())

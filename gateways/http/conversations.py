@@ -160,9 +160,9 @@ class ConversationController(Controller):
 
     async def _run(
         self,
-        platform: NamedDependency[Platform],
+        platform: Platform,
         request: Request[Identity, Any, Any],
-        conversation_id: FromPath[str],
+        conversation_id: str,
         command: Command,
         respond: Any,
         *,

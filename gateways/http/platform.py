@@ -68,8 +68,7 @@ class Platform:
             tools = demo_registry(pool.connection)
             self.agents = AgentRuntime(opened.store, self.runner, tools, ConfigSource(), dict(os.environ))
         self.projector_defs = registry.projectors()
-        self.positions = PositionWatcher(settings.database_url, queries.CONVERSATIONS)
-        self.positions.database_url_pool = pool
+        self.positions = PositionWatcher(settings.database_url, queries.CONVERSATIONS, pool)
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import structlog
 from psycopg import AsyncConnection, sql
+from psycopg_pool import AsyncConnectionPool
 
 from projections.checkpoints import CHANNEL, read_checkpoint, wait_for_position
 from read_models.migrations import ReadModel
@@ -22,9 +23,10 @@ log = structlog.get_logger(__name__)
 
 
 class PositionWatcher:
-    def __init__(self, database_url: str, read_model: ReadModel) -> None:
+    def __init__(self, database_url: str, read_model: ReadModel, pool: AsyncConnectionPool[Any]) -> None:
         self.database_url = database_url
         self.read_model = read_model
+        self.pool = pool  # to ask the database directly if the listener is lost
         self.position = 0
         self._changed = asyncio.Event()
         self._conn: AsyncConnection[Any] | None = None
@@ -65,7 +67,7 @@ class PositionWatcher:
         if self.position >= position:
             return True
         if self._task is None or self._task.done():  # listener gone: ask the database directly
-            return await wait_for_position(self.database_url_pool, self.read_model, position, timeout)
+            return await wait_for_position(self.pool, self.read_model, position, timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.position < position:
@@ -75,8 +77,6 @@ class PositionWatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
         return True
-
-    database_url_pool: Any = None  # set by the platform: the pool to fall back on
 
     async def close(self) -> None:
         if self._task is not None:
