@@ -19,7 +19,10 @@ def main() -> None:
         host=os.environ.get("PARLEY_API_HOST", "127.0.0.1"),
         port=int(os.environ.get("PARLEY_API_PORT", "8000")),
         log_level="warning",
-        access_log=False,
+        access_log=False,  # the API logs every request itself, with its request id
+        # Client addresses are not used, so X-Forwarded-* need not be parsed; behind a proxy, set
+        # PARLEY_PROXY_HEADERS=1 for logs of uvicorn's own that name the client.
+        proxy_headers=os.environ.get("PARLEY_PROXY_HEADERS", "") not in ("", "0"),
         lifespan="on",
         workers=int(os.environ.get("PARLEY_API_WORKERS", "1")),
     )

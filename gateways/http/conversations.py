@@ -215,11 +215,11 @@ class ConversationController(Controller):
                     body["links"] = {"conversation": f"{ConversationController.path}/conversations/{conversation_id}"}
             return code, body
 
-        fingerprint = f"{request.method} {request.url.path}".encode() + await request.body()
+        fingerprint = f"{request.method} {request.url.path}".encode() + await request.body() if key else b""
         code, body = await platform.limits.idempotent(identity.tenant, key, fingerprint, run)
         return Response(body, status_code=code, headers={"X-Parley-Position": str(body.get("position", 0))})
 
-    @post("/conversations", guards=[ANYONE], status_code=201, summary="Start a conversation")
+    @post("/conversations", opt=ANYONE, status_code=201, summary="Start a conversation")
     async def start(
         self,
         request: Request[Identity, Any, Any],
@@ -263,7 +263,7 @@ class ConversationController(Controller):
             platform, request, conversation_id, command, respond, status=201, new=key is None, reply_to=reply_to
         )
 
-    @post("/conversations/{conversation_id:str}/messages", guards=[ANYONE], summary="Continue a conversation")
+    @post("/conversations/{conversation_id:str}/messages", opt=ANYONE, summary="Continue a conversation")
     async def continue_conversation(
         self,
         request: Request[Identity, Any, Any],
@@ -289,7 +289,7 @@ class ConversationController(Controller):
             platform, request, conversation_id, command, respond, message_limit=True, reply_to=message_id
         )
 
-    @post("/conversations/{conversation_id:str}/escalate", guards=[ANYONE], status_code=200, summary="Escalate")
+    @post("/conversations/{conversation_id:str}/escalate", opt=ANYONE, status_code=200, summary="Escalate")
     async def escalate(
         self,
         request: Request[Identity, Any, Any],
@@ -321,7 +321,7 @@ class ConversationController(Controller):
 
         return await self._run(platform, request, conversation_id, command, respond)
 
-    @post("/conversations/{conversation_id:str}/survey", guards=[ANYONE], status_code=200, summary="Send a survey")
+    @post("/conversations/{conversation_id:str}/survey", opt=ANYONE, status_code=200, summary="Send a survey")
     async def survey(
         self,
         request: Request[Identity, Any, Any],
@@ -346,7 +346,7 @@ class ConversationController(Controller):
 
     @post(
         "/conversations/{conversation_id:str}/survey/{survey_id:str}/responses",
-        guards=[ANYONE],
+        opt=ANYONE,
         status_code=200,
         summary="Answer a survey",
     )
@@ -373,7 +373,7 @@ class ConversationController(Controller):
 
         return await self._run(platform, request, conversation_id, command, respond)
 
-    @post("/conversations/{conversation_id:str}/close", guards=[ANYONE], status_code=200, summary="Close")
+    @post("/conversations/{conversation_id:str}/close", opt=ANYONE, status_code=200, summary="Close")
     async def close(
         self,
         request: Request[Identity, Any, Any],
@@ -388,7 +388,7 @@ class ConversationController(Controller):
 
         return await self._run(platform, request, conversation_id, command, respond)
 
-    @post("/conversations/{conversation_id:str}/agent-replies", guards=[STAFF], summary="A human agent replies")
+    @post("/conversations/{conversation_id:str}/agent-replies", opt=STAFF, summary="A human agent replies")
     async def agent_reply(
         self,
         request: Request[Identity, Any, Any],
@@ -408,7 +408,7 @@ class ConversationController(Controller):
 
     @post(
         "/conversations/{conversation_id:str}/escalations/{escalation_id:str}/resolve",
-        guards=[STAFF],
+        opt=STAFF,
         status_code=200,
         summary="Hand back to the AI or close",
     )
@@ -429,7 +429,7 @@ class ConversationController(Controller):
 
         return await self._run(platform, request, conversation_id, command, respond)
 
-    @post("/agents", guards=[requires("org_admin", "support_agent")], status_code=201, summary="Register a human agent")
+    @post("/agents", opt=requires("org_admin", "support_agent"), status_code=201, summary="Register a human agent")
     async def register_agent(
         self,
         request: Request[Identity, Any, Any],
@@ -446,7 +446,7 @@ class ConversationController(Controller):
 
         return await self._run(platform, request, p.POOL_ID, command, respond, status=201, aggregate=AGENT_POOL)
 
-    @post("/agents/{agent_id:str}/availability", guards=[STAFF], status_code=200, summary="Set availability")
+    @post("/agents/{agent_id:str}/availability", opt=STAFF, status_code=200, summary="Set availability")
     async def availability(
         self,
         request: Request[Identity, Any, Any],
@@ -464,7 +464,7 @@ class ConversationController(Controller):
 
     @get(
         "/conversations/{conversation_id:str}/events",
-        guards=[READERS],
+        opt=READERS,
         summary="The conversation's events, live (server-sent events)",
     )
     async def events(
@@ -500,7 +500,7 @@ class ConversationController(Controller):
 
         return ServerSentEvent(messages())
 
-    @get("/conversations/{conversation_id:str}", guards=[READERS], summary="Get conversation state")
+    @get("/conversations/{conversation_id:str}", opt=READERS, summary="Get conversation state")
     async def get_conversation(
         self,
         request: Request[Identity, Any, Any],
@@ -511,7 +511,7 @@ class ConversationController(Controller):
         query = platform.queries.get_conversation
         return await _read(platform, request, min_position, query, conversation_id, "conversation")
 
-    @get("/escalations/{escalation_id:str}/status", guards=[READERS], summary="Escalation status")
+    @get("/escalations/{escalation_id:str}/status", opt=READERS, summary="Escalation status")
     async def escalation_status(
         self,
         request: Request[Identity, Any, Any],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -12,32 +13,47 @@ from redis.asyncio import Redis
 
 from domain.errors import ParleyError, ValidationError
 
-# Token buckets, all checked in one round trip and all-or-nothing: KEYS are the buckets, ARGV
-# holds (rate tokens/s, burst) per bucket. Uses the server's clock, so every API process shares
-# the buckets. Returns {index of the first empty bucket or 0, milliseconds until it has a token}.
+# Token buckets. Each request takes one token from each of its buckets, all or nothing. Requests
+# that arrive while a call is in flight go together in the next call: ARGV is, per request, its
+# number of buckets and then (rate tokens/s, burst) per bucket; KEYS are all their buckets in the
+# same order. Requests are served in order, so two in one call see each other's tokens. Uses the
+# server's clock, so every API process shares the buckets. Returns, per request, 0 or the index of
+# its first empty bucket, then the milliseconds until that bucket has a token.
 _TOKEN_BUCKETS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local levels = {}
-for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
-  local state = redis.call('HMGET', key, 'tokens', 'ts')
-  local tokens = tonumber(state[1]) or burst
-  local ts = tonumber(state[2]) or now
-  tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
-  if tokens < 1 then
-    return {i, math.ceil((1 - tokens) * 1000 / rate)}
+local out = {}
+local a, k = 1, 0
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  local levels = {}
+  local empty, wait = 0, 0
+  for i = 1, n do
+    local rate = tonumber(ARGV[a + 2 * i - 1])
+    local burst = tonumber(ARGV[a + 2 * i])
+    local state = redis.call('HMGET', KEYS[k + i], 'tokens', 'ts')
+    local tokens = tonumber(state[1]) or burst
+    local ts = tonumber(state[2]) or now
+    tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
+    if tokens < 1 then
+      empty, wait = i, math.ceil((1 - tokens) * 1000 / rate)
+      break
+    end
+    levels[i] = tokens
   end
-  levels[i] = tokens
+  if empty == 0 then
+    for i = 1, n do
+      local rate = tonumber(ARGV[a + 2 * i - 1])
+      local burst = tonumber(ARGV[a + 2 * i])
+      redis.call('HSET', KEYS[k + i], 'tokens', levels[i] - 1, 'ts', now)
+      redis.call('PEXPIRE', KEYS[k + i], math.ceil(burst * 1000 / rate) + 1000)
+    end
+  end
+  out[#out + 1] = empty
+  out[#out + 1] = wait
+  a, k = a + 1 + 2 * n, k + n
 end
-for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
-  redis.call('HSET', key, 'tokens', levels[i] - 1, 'ts', now)
-  redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
-end
-return {0, 0}
+return out
 """
 
 
@@ -65,15 +81,48 @@ class Limits:
         self.messages_per_minute = messages_per_minute
         self.ttl = ttl
         self._buckets = redis.register_script(_TOKEN_BUCKETS)
+        self._waiting: list[tuple[list[tuple[str, float, int, str]], asyncio.Future[tuple[int, int]]]] = []
+        self._sending: asyncio.Task[None] | None = None
 
     async def take(self, buckets: list[tuple[str, float, int, str]]) -> None:
-        """Take a token from every bucket (key, rate, burst, what), or from none: 429 names the empty one."""
-        args: list[float] = []
-        for _, rate, burst, _ in buckets:
-            args += [rate, burst]
-        empty, wait = await self._buckets(keys=[b[0] for b in buckets], args=args)
+        """Take a token from every bucket (key, rate, burst, what), or from none: 429 names the empty one.
+
+        One script call at a time per process; the requests that arrive meanwhile share the next
+        one, so under load a round trip to Redis serves many requests.
+        """
+        done: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((buckets, done))
+        if self._sending is None:
+            self._sending = asyncio.create_task(self._send())
+        empty, wait = await done
         if empty:
-            raise RateLimited(buckets[int(empty) - 1][3], int(wait))
+            raise RateLimited(buckets[empty - 1][3], wait)
+
+    async def _send(self) -> None:
+        try:
+            while self._waiting:
+                calls, self._waiting = self._waiting, []
+                keys: list[str] = []
+                args: list[float] = []
+                for buckets, _ in calls:
+                    args.append(len(buckets))
+                    for key, rate, burst, _ in buckets:
+                        keys.append(key)
+                        args += [rate, burst]
+                try:
+                    out = await self._buckets(keys=keys, args=args)
+                except BaseException as e:  # every request in the call gets the error (Redis down: 503)
+                    for _, done in calls:
+                        if not done.done():
+                            done.set_exception(e if isinstance(e, Exception) else asyncio.CancelledError())
+                    if not isinstance(e, Exception):
+                        raise
+                    continue
+                for i, (_, done) in enumerate(calls):
+                    if not done.done():
+                        done.set_result((int(out[2 * i]), int(out[2 * i + 1])))
+        finally:
+            self._sending = None
 
     def tenant_bucket(self, tenant: str) -> tuple[str, float, int, str]:
         return (f"rl:t:{tenant}", self.tenant_rate, self.tenant_burst, f"tenant {tenant}")
