@@ -128,3 +128,15 @@ def collect_pii(texts: Iterable[str]) -> dict[str, str]:
     for text in texts:
         collected.update(extract_pii(text))
     return collected
+
+
+def mask_value(value: str) -> str:
+    """What a caller not allowed to see personal data is shown: its shape, not its content.
+
+    An email keeps its first letter and its domain (``j***@example.com``); anything else keeps its
+    last four characters (``***4567``), and a value of four characters or fewer is starred whole.
+    """
+    local, at, domain = value.partition("@")
+    if at and local:
+        return f"{local[0]}***@{domain}"
+    return "***" + value[-KEEP:] if len(value) > KEEP else MASK * len(value)

@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.pii import collect_pii, extract_pii, find_card_numbers, is_card_number, luhn_valid, mask_card_numbers
+from domain.pii import (
+    collect_pii,
+    extract_pii,
+    find_card_numbers,
+    is_card_number,
+    luhn_valid,
+    mask_card_numbers,
+    mask_value,
+)
 
 
 @pytest.mark.parametrize(
@@ -95,3 +103,10 @@ def test_a_card_number_alone_is_found_and_keeps_its_last_four(card: str) -> None
     assert is_card_number(card)
     masked = mask_card_numbers(f"pay with {card} now")
     assert masked.endswith(f"{card[-4:]} now") and "*" in masked
+
+
+def test_masked_values_keep_their_shape_and_never_their_content() -> None:
+    assert mask_value("john@example.com") == "j***@example.com"
+    assert mask_value("+1-555-123-4567") == "***4567"
+    assert mask_value("ORD-78945") == "***8945"
+    assert mask_value("C12") == "***"

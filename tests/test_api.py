@@ -346,3 +346,20 @@ async def test_an_escalation_carries_a_handoff_summary_for_the_human_agent(clien
     assert summary["tools_used"] == ["fetch_order_status"] and summary["issue_category"] == "order_inquiry"
     assert summary["pii_collected"]["order_id"] == "ORD-78945"
     assert "ORD-78945" in summary["conversation_history"]
+
+
+async def test_collected_personal_data_is_shown_in_clear_only_to_those_allowed(client: AsyncTestClient[Any]) -> None:
+    started = await start(client, initial_message="I am jane@example.com, order ORD-78945, call +1 555 123 4567")
+    cid, position = started["conversation_id"], started["position"]
+
+    async def pii(headers: dict[str, str]) -> dict[str, str]:
+        read = await client.get(f"{BASE}/conversations/{cid}", params={"min_position": position}, headers=headers)
+        assert read.status_code == 200, read.text
+        return read.json()["pii_collected"]
+
+    clear = {"customer_id": "C12345", "email": "jane@example.com", "order_id": "ORD-78945", "phone": "+1 555 123 4567"}
+    assert await pii(CUSTOMER) == clear  # the customer the conversation is about
+    assert await pii(bearer(roles=("support_agent",), subject="agent-7")) == clear
+    masked = {"customer_id": "***2345", "email": "j***@example.com", "order_id": "***8945", "phone": "***4567"}
+    assert await pii(bearer(roles=("analyst",), subject="analyst-1")) == masked
+    assert await pii(bearer(roles=("customer",), subject="someone-else")) == masked

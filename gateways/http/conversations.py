@@ -28,6 +28,7 @@ from domain import agent_pool as p
 from domain import conversation as c
 from domain.errors import NotFoundError
 from domain.messages import Command
+from domain.pii import mask_value
 from gateways.http.auth import Identity, requires
 from gateways.http.platform import Platform
 from streams.jetstream import RawMessage
@@ -41,6 +42,15 @@ Text = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
 ANYONE = requires("customer", "support_agent", "org_admin", "service")
 STAFF = requires("support_agent", "org_admin", "service")
 READERS = requires("customer", "support_agent", "org_admin", "service", "analyst")
+# Who sees collected personal data in clear; others see it masked (``domain.pii.mask_value``), except
+# a customer reading their own conversation (the token's subject is the conversation's user).
+PII_READERS = frozenset({"support_agent", "org_admin", "service"})
+
+
+def shown_pii(identity: Identity, pii: dict[str, str], owner: str | None) -> dict[str, str]:
+    if identity.roles & PII_READERS or (owner is not None and identity.subject == owner):
+        return pii
+    return {kind: mask_value(value) for kind, value in pii.items()}
 
 
 class StartConversationRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -123,12 +133,12 @@ ISSUE_CATEGORIES = {
 
 
 async def handoff_summary(
-    platform: Platform, tenant: str, conversation_id: str, outcome: Outcome[c.Conversation]
+    platform: Platform, identity: Identity, conversation_id: str, outcome: Outcome[c.Conversation]
 ) -> dict[str, Any] | None:
     """What a human agent needs on taking over, from the read model (waited for, briefly)."""
     await platform.wait_for(outcome.position - 1 if outcome.position else None)
     async with platform.pool.connection() as conn:
-        view = await platform.queries.get_conversation(conn, tenant, conversation_id)
+        view = await platform.queries.get_conversation(conn, identity.tenant, conversation_id)
     if view is None:
         return None
     said = [f"{m['role']}: {m['content']}" for m in view["messages"] if m.get("content")]
@@ -136,7 +146,7 @@ async def handoff_summary(
     trajectory = view["sentiment_trajectory"]
     return {
         "conversation_history": " | ".join(said[-6:]),
-        "pii_collected": view["pii_collected"],
+        "pii_collected": shown_pii(identity, view["pii_collected"], view["user_id"]),
         "tools_used": tools,
         "sentiment_score": trajectory[-1] if trajectory else None,
         "issue_category": next((ISSUE_CATEGORIES[t] for t in reversed(tools) if t in ISSUE_CATEGORIES), "general"),
@@ -315,7 +325,7 @@ class ConversationController(Controller):
                 "escalation_id": outcome.state.open_escalation or escalation_id,
                 "status": "escalated",
                 "assigned_agent": None,
-                "handoff_summary": await handoff_summary(platform, request.user.tenant, conversation_id, outcome),
+                "handoff_summary": await handoff_summary(platform, request.user, conversation_id, outcome),
                 "escalated_at": iso(at),
             }
 
@@ -508,8 +518,12 @@ class ConversationController(Controller):
         platform: NamedDependency[Platform],
         min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
     ) -> Response[dict[str, Any]]:
-        query = platform.queries.get_conversation
-        return await _read(platform, request, min_position, query, conversation_id, "conversation")
+        response = await _read(
+            platform, request, min_position, platform.queries.get_conversation, conversation_id, "conversation"
+        )
+        view = response.content
+        view["pii_collected"] = shown_pii(request.user, view["pii_collected"], view["user_id"])
+        return response
 
     @get("/escalations/{escalation_id:str}/status", opt=READERS, summary="Escalation status")
     async def escalation_status(
