@@ -40,6 +40,13 @@ class NotFoundError(ParleyError):
     status = 404
 
 
+class PermissionDeniedError(ParleyError):
+    """The caller is known but not allowed to do this. Nothing was written."""
+
+    code = "forbidden"
+    status = 403
+
+
 class IllegalStateError(ParleyError):
     """The command is well formed but the aggregate's state forbids it."""
 
