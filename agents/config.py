@@ -3,33 +3,46 @@
 ``load_config(text)`` returns an ``AgentConfig`` or raises ``ValidationError`` whose ``fields`` map
 each bad field path to its reason and whose ``issues`` list every finding as
 ``{field, message, severity}`` (warnings included). ``validate_config(raw)`` gives the findings
-without raising. ``config_digest`` names a config's content, for version pinning and caches.
+without raising; ``validation_report`` shapes them as the seed's validate endpoint does.
+``config_json_schema()`` is the same format as JSON Schema: the ranges and enums live on the
+struct fields (``msgspec.Meta``) and the validator reads them from there, so the two agree.
+``config_digest`` names a config's content, for version pinning and caches.
+
+The product rules (seed 004, the Schema Validator Agent): ``product_type`` is chatbot or voicebot;
+every config has ``system_prompt``, ``tools`` and ``escalation_rules``; a chatbot carries
+``external_integrations`` (a list, possibly empty) and no ``voice_config``; a voicebot carries no
+``external_integrations`` and may carry a ``voice_config``. A key set to null counts as absent.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Collection, Mapping
+from typing import Annotated, Any, Literal
 
 import msgspec
+import msgspec.inspect as mi
 import yaml
 
+from domain.config_rules import compare
 from domain.errors import ValidationError
 from gateways.llm.factory import KNOWN as KNOWN_PROVIDERS
 from gateways.llm.offline import PATTERNS_KEY, ToolPatterns
 from gateways.llm.port import ToolSpec
 
+SCHEMA_VERSION = "1.0"
 ProductType = Literal["chatbot", "voicebot"]
 OnFailure = Literal["fallback", "escalate"]
 Trigger = Literal["user_frustrated", "urgent_keywords", "explicit_request", "repeated_tool_failure", "negative_turns"]
 Action = Literal["human_handoff", "flag"]
 Urgency = Literal["low", "medium", "high", "urgent"]
 Severity = Literal["error", "warning"]
+BackgroundSoundType = Literal["office", "cafe", "silence", "custom"]
 
 TRIGGERS: tuple[str, ...] = Trigger.__args__  # type: ignore[attr-defined]
-SNAKE_CASE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+SNAKE_CASE = re.compile(r"^[a-z][a-z0-9_]*$")
+MAX_TOOL_NAME = 64
 SCHEMA_TYPES = {"object", "string", "integer", "number", "boolean", "array", "null"}
 DEFAULT_URGENCY: dict[str, Urgency] = {
     "user_frustrated": "medium",
@@ -40,13 +53,22 @@ DEFAULT_URGENCY: dict[str, Urgency] = {
     "tool_failure": "high",
 }
 
+# The constrained scalars: each is the JSON schema's bound and the validator's rule at once.
+ToolName = Annotated[str, msgspec.Meta(pattern=SNAKE_CASE.pattern, max_length=MAX_TOOL_NAME)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=300)]
+Sentiment = Annotated[float, msgspec.Meta(ge=-1, le=1)]
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+Unit = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Provider = Annotated[str, msgspec.Meta(extra_json_schema={"enum": list(KNOWN_PROVIDERS)})]
+HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://\S+$")]
+
 
 class ToolDefinition(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    name: str
+    name: ToolName
     description: str = ""
     parameters: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object", "properties": {}})
     patterns: ToolPatterns | None = msgspec.field(default=None, name=PATTERNS_KEY)
-    timeout_seconds: float = 30.0
+    timeout_seconds: Seconds = 30.0
     on_failure: OnFailure = "fallback"
 
     def spec(self) -> ToolSpec:
@@ -56,7 +78,7 @@ class ToolDefinition(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 
 class ExternalIntegration(msgspec.Struct, frozen=True, kw_only=True):
-    type: str
+    type: Annotated[str, msgspec.Meta(min_length=1)]
     credentials_ref: str = ""
     enabled: bool = True
 
@@ -66,10 +88,10 @@ class EscalationRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     trigger: Trigger
     action: Action = "human_handoff"
-    threshold: float | None = None
+    threshold: Sentiment | None = None
     keywords: list[str] = []
-    count: int | None = None
-    turns: int | None = None
+    count: AtLeastOne | None = None
+    turns: AtLeastOne | None = None
     urgency: Urgency | None = None
     message: str | None = None
 
@@ -90,26 +112,71 @@ class CrossSellRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     when: CrossSellWhen
     product: str
     suggestion: str
-    confidence: float = 0.5
+    confidence: Unit = 0.5
 
 
 class LLMSettings(msgspec.Struct, frozen=True, kw_only=True):
-    providers: list[str] = msgspec.field(default_factory=lambda: ["offline"])
+    providers: Annotated[list[Provider], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["offline"]
+    )
     timeout_seconds: float = 30.0
+
+
+# -- the voicebot's voice (seed 004: the voicebot YAML and the VoicebotConfigPanel's sliders) ----
+
+
+class BackgroundSound(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``custom_url`` is required when ``type`` is custom."""
+
+    type: BackgroundSoundType = "office"
+    custom_url: HttpUrl | None = None
+
+
+class ModelSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    model: str | None = None
+    clarity_similarity: Unit = 0.75
+    speed: Annotated[float, msgspec.Meta(ge=0, le=2)] = 1.0
+    style_exaggeration: Unit = 0.0
+    optimize_streaming_latency: Annotated[int, msgspec.Meta(ge=0, le=4)] = 4
+    use_speaker_boost: bool = True
+    auto_mode: bool = False
+
+
+class StopSpeakingPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """When the caller talks over the bot: after this many words or seconds of voice, it stops, and
+    waits ``back_off_seconds`` before speaking again."""
+
+    number_of_words: Annotated[int, msgspec.Meta(ge=0, le=10)] = 3
+    voice_seconds: Unit = 0.5
+    back_off_seconds: Annotated[float, msgspec.Meta(ge=0, le=10)] = 2.0
+
+
+class VoiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    stt_provider: str = "deepgram"
+    tts_provider: str = "elevenlabs"
+    voice_id: str = ""  # empty: the TTS provider's default voice
+    turn_detection_threshold_ms: Annotated[int, msgspec.Meta(gt=0)] = 300
+    background_sound: BackgroundSound = msgspec.field(default_factory=BackgroundSound)
+    input_min_characters: Annotated[int, msgspec.Meta(ge=10, le=100)] = 10
+    punctuation_boundaries: list[str] = msgspec.field(default_factory=lambda: [".", "!", "?", "..."])
+    model_settings: ModelSettings = msgspec.field(default_factory=ModelSettings)
+    max_tokens: Annotated[int, msgspec.Meta(gt=0)] = 150
+    stop_speaking_plan: StopSpeakingPlan = msgspec.field(default_factory=StopSpeakingPlan)
 
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     product_type: ProductType
-    system_prompt: str
+    system_prompt: Annotated[str, msgspec.Meta(min_length=1)]
+    tools: list[ToolDefinition]
+    escalation_rules: list[EscalationRule]
     name: str = ""
-    tools: list[ToolDefinition] = []
-    external_integrations: list[ExternalIntegration] = []
-    escalation_rules: list[EscalationRule] = []
+    external_integrations: list[ExternalIntegration] | None = None  # chatbot: required; voicebot: absent
+    voice_config: VoiceConfig | None = None  # voicebot only
     templates: dict[str, str] = {}
     intents: dict[str, list[str]] = {}
     cross_sell: list[CrossSellRule] = []
     llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
-    max_tool_rounds: int = 3
+    max_tool_rounds: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3
 
     def tool(self, name: str) -> ToolDefinition | None:
         return next((tool for tool in self.tools if tool.name == name), None)
@@ -122,6 +189,17 @@ class Issue(msgspec.Struct, frozen=True):
     field: str
     message: str
     severity: Severity = "error"
+
+
+class ValidationReport(msgspec.Struct, frozen=True, kw_only=True):
+    """The seed's ``POST /configs/validate`` answer."""
+
+    valid: bool
+    errors: list[Issue]
+    warnings: list[Issue]
+    schema_version: str = SCHEMA_VERSION
+    breaking_change_detected: bool = False
+    product_type: str | None = None
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -170,9 +248,88 @@ def config_from_mapping(raw: Mapping[str, Any]) -> AgentConfig:
         ) from exc
 
 
+def config_document(config: AgentConfig) -> dict[str, Any]:
+    """The config's canonical form: every default filled in, nulls for absent optional sections."""
+    document: dict[str, Any] = msgspec.to_builtins(config)
+    return document
+
+
 def config_digest(config: AgentConfig) -> str:
     """sha256 of the config's canonical JSON: equal configs, equal digests."""
-    return hashlib.sha256(msgspec.json.encode(msgspec.to_builtins(config), order="sorted")).hexdigest()
+    return hashlib.sha256(msgspec.json.encode(config_document(config), order="sorted")).hexdigest()
+
+
+def validation_report(
+    raw: Mapping[str, Any],
+    *,
+    implemented_tools: Collection[str] | None = None,
+    previous: AgentConfig | None = None,
+) -> ValidationReport:
+    """``validate_config`` as the seed's validate endpoint answers; with ``previous`` (the version
+    this one would replace) it also says whether the change is breaking."""
+    issues = validate_config(raw, implemented_tools=implemented_tools)
+    errors = [issue for issue in issues if issue.severity == "error"]
+    breaking = False
+    if not errors:
+        try:
+            config = msgspec.convert(dict(raw), AgentConfig)
+        except msgspec.ValidationError as exc:  # a shape the rules did not anticipate
+            errors.append(Issue(*_msgspec_issue(str(exc))))
+        else:
+            breaking = previous is not None and compare(config_document(previous), config_document(config)).breaking
+    product = raw.get("product_type")
+    return ValidationReport(
+        valid=not errors,
+        errors=errors,
+        warnings=[issue for issue in issues if issue.severity == "warning"],
+        breaking_change_detected=breaking,
+        product_type=product if product in ("chatbot", "voicebot") else None,
+    )
+
+
+def config_json_schema() -> dict[str, Any]:
+    """The config format as a JSON Schema (2020-12): shapes, required keys, ranges, enums and the
+    product rules. Cross-references (template placeholders, regexes, cross-sell tools, duplicate
+    tool names) are ``validate_config``'s alone."""
+    generated = msgspec.json.schema(AgentConfig)
+    defs: dict[str, Any] = generated["$defs"]
+    root = defs.pop("AgentConfig")
+    defs["BackgroundSound"]["allOf"] = [
+        {
+            "if": {"properties": {"type": {"const": "custom"}}, "required": ["type"]},
+            "then": {"required": ["custom_url"], "properties": {"custom_url": {"type": "string"}}},
+        }
+    ]
+    defs["EscalationRule"]["allOf"] = [
+        {"if": {"properties": {"trigger": {"const": trigger}}}, "then": then}
+        for trigger, then in (
+            ("user_frustrated", {"required": ["threshold"], "properties": {"threshold": {"type": "number"}}}),
+            ("urgent_keywords", {"required": ["keywords"], "properties": {"keywords": {"minItems": 1}}}),
+            ("repeated_tool_failure", {"required": ["count"], "properties": {"count": {"type": "integer"}}}),
+            ("negative_turns", {"required": ["turns"], "properties": {"turns": {"type": "integer"}}}),
+        )
+    ]
+    product_rules = [
+        {
+            "if": {"properties": {"product_type": {"const": "chatbot"}}, "required": ["product_type"]},
+            "then": {
+                "required": ["external_integrations"],
+                "properties": {"external_integrations": {"type": "array"}, "voice_config": {"type": "null"}},
+            },
+        },
+        {
+            "if": {"properties": {"product_type": {"const": "voicebot"}}, "required": ["product_type"]},
+            "then": {"properties": {"external_integrations": {"type": "null"}}},
+        },
+    ]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://parley.dev/schemas/agent-config/{SCHEMA_VERSION}",
+        **root,
+        "title": "Parley agent config",
+        "allOf": product_rules,
+        "$defs": defs,
+    }
 
 
 def _msgspec_issue(text: str) -> tuple[str, str]:
@@ -184,9 +341,16 @@ def _msgspec_issue(text: str) -> tuple[str, str]:
 
 # -- the rules ----------------------------------------------------------------------------------
 
+REQUIRED = "Required field missing"
+Report = Callable[[str, str], None]  # the ``error``/``warn`` callbacks: (field, message) -> None
 
-def validate_config(raw: Mapping[str, Any]) -> list[Issue]:
-    """Every finding, errors and warnings, in document order."""
+
+def validate_config(raw: Mapping[str, Any], *, implemented_tools: Collection[str] | None = None) -> list[Issue]:
+    """Every finding, errors and warnings, in document order.
+
+    ``implemented_tools``: the tool names the runtime can execute; a declared tool missing from it
+    is a warning (the config may be saved before its tool ships), not an error.
+    """
     issues: list[Issue] = []
 
     def error(field: str, message: str) -> None:
@@ -201,23 +365,40 @@ def validate_config(raw: Mapping[str, Any]) -> list[Issue]:
             error(str(key), f"unknown key; known keys: {', '.join(sorted(known))}")
 
     product = raw.get("product_type")
-    if product not in ("chatbot", "voicebot"):
-        error("product_type", "required: chatbot or voicebot")
+    if product is None:
+        error("product_type", f"{REQUIRED}. Must be 'chatbot' or 'voicebot'")
+    elif product not in ("chatbot", "voicebot"):
+        error("product_type", f"Must be 'chatbot' or 'voicebot', not {product!r}")
     prompt = raw.get("system_prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        error("system_prompt", "required: a non-empty string")
+    if prompt is None:
+        error("system_prompt", REQUIRED)
+    elif not isinstance(prompt, str) or not prompt.strip():
+        error("system_prompt", "Must be a non-empty string")
 
-    tool_names = _check_tools(raw.get("tools", []), error, warn)
+    for key in ("tools", "escalation_rules"):
+        if raw.get(key) is None:
+            error(key, REQUIRED)
+    tool_names = _check_tools(raw.get("tools", []), implemented_tools, error, warn)
 
-    integrations = raw.get("external_integrations", [])
-    if integrations and product == "voicebot":
-        error("external_integrations", "only chatbot configs may declare external integrations")
-    if not isinstance(integrations, list):
+    integrations = raw.get("external_integrations")
+    if integrations is None:
+        if product == "chatbot":
+            error("external_integrations", f"{REQUIRED}: product_type chatbot needs a list (it may be empty)")
+    elif product == "voicebot":
+        error("external_integrations", "Field not allowed for product_type: voicebot")
+    elif not isinstance(integrations, list):
         error("external_integrations", "must be a list")
     else:
         for index, item in enumerate(integrations):
-            if not isinstance(item, dict) or not isinstance(item.get("type"), str):
-                error(f"external_integrations[{index}].type", "required string")
+            if not isinstance(item, dict) or not isinstance(item.get("type"), str) or not item["type"]:
+                error(f"external_integrations[{index}].type", "required: a non-empty string")
+
+    voice = raw.get("voice_config")
+    if voice is not None:
+        if product == "chatbot":
+            error("voice_config", "Field not allowed for product_type: chatbot")
+        else:
+            _check_voice(voice, error)
 
     _check_escalation(raw.get("escalation_rules", []), error)
     _check_templates(raw.get("templates", {}), tool_names, error, warn)
@@ -230,11 +411,10 @@ def validate_config(raw: Mapping[str, Any]) -> list[Issue]:
     return issues
 
 
-Report = Any  # the ``error``/``warn`` callbacks: (field, message) -> None
-
-
-def _check_tools(tools: Any, error: Report, warn: Report) -> set[str]:
+def _check_tools(tools: Any, implemented: Collection[str] | None, error: Report, warn: Report) -> set[str]:
     names: set[str] = set()
+    if tools is None:
+        return names
     if not isinstance(tools, list):
         error("tools", "must be a list")
         return names
@@ -248,12 +428,18 @@ def _check_tools(tools: Any, error: Report, warn: Report) -> set[str]:
             if key not in allowed:
                 error(f"{at}.{key}", "unknown key")
         name = tool.get("name")
-        if not isinstance(name, str) or not SNAKE_CASE.fullmatch(name):
-            error(f"{at}.name", "required: snake_case, starting with a letter, at most 64 characters")
+        if name is None:
+            error(f"{at}.name", REQUIRED)
+        elif not isinstance(name, str) or not SNAKE_CASE.fullmatch(name):
+            error(f"{at}.name", "Tool name must be snake_case")
+        elif len(name) > MAX_TOOL_NAME:
+            error(f"{at}.name", f"Tool name must be at most {MAX_TOOL_NAME} characters")
         elif name in names:
             error(f"{at}.name", f"duplicate tool name {name!r}")
         else:
             names.add(name)
+            if implemented is not None and name not in implemented:
+                warn(f"{at}.name", f"Tool '{name}' not yet implemented")
         if not isinstance(tool.get("description", ""), str):
             error(f"{at}.description", "must be a string")
         _check_schema(tool.get("parameters", {"type": "object"}), f"{at}.parameters", error)
@@ -268,6 +454,92 @@ def _check_tools(tools: Any, error: Report, warn: Report) -> set[str]:
         else:
             _check_patterns(patterns, tool.get("parameters", {}), f"{at}.{PATTERNS_KEY}", error)
     return names
+
+
+def _check_voice(voice: Any, error: Report) -> None:
+    """The voice section, checked against ``VoiceConfig``'s own field types and ranges."""
+    _check_against(voice, mi.type_info(VoiceConfig), "voice_config", error)
+    sound = voice.get("background_sound") if isinstance(voice, dict) else None
+    if isinstance(sound, dict) and sound.get("type") == "custom" and sound.get("custom_url") is None:
+        error("voice_config.background_sound.custom_url", "Required when background_sound.type is custom")
+
+
+def _check_against(value: Any, kind: mi.Type, at: str, error: Report) -> None:
+    """One value against a msgspec type: the rule the JSON schema states, with a readable message."""
+    if isinstance(kind, mi.Metadata):
+        kind = kind.type
+    match kind:
+        case mi.UnionType(types=types) if any(isinstance(t, mi.NoneType) for t in types):
+            if value is not None:
+                [inner] = [t for t in types if not isinstance(t, mi.NoneType)]
+                _check_against(value, inner, at, error)
+        case mi.StructType(cls=cls, fields=fields):
+            if not isinstance(value, dict):
+                error(at, "must be a mapping")
+                return
+            by_name = {field.encode_name: field for field in fields}
+            for key in value:
+                if key not in by_name:
+                    error(f"{at}.{key}", f"unknown key; known keys: {', '.join(by_name)}")
+            for name, field in by_name.items():
+                if name in value:
+                    _check_against(value[name], field.type, f"{at}.{name}", error)
+                elif field.required:
+                    error(f"{at}.{name}", f"{REQUIRED} ({cls.__name__})")
+        case mi.BoolType():
+            if not isinstance(value, bool):
+                error(at, "must be true or false")
+        case mi.IntType(gt=gt, ge=ge, lt=lt, le=le):
+            if not isinstance(value, int) or isinstance(value, bool) or not _within(value, gt, ge, lt, le):
+                error(at, f"must be {_describe('an integer', gt, ge, lt, le)}")
+        case mi.FloatType(gt=gt, ge=ge, lt=lt, le=le):
+            if not isinstance(value, int | float) or isinstance(value, bool) or not _within(value, gt, ge, lt, le):
+                error(at, f"must be {_describe('a number', gt, ge, lt, le)}")
+        case mi.StrType(min_length=shortest, max_length=longest, pattern=pattern):
+            if not isinstance(value, str):
+                error(at, "must be a string")
+            elif pattern is not None and re.search(pattern, value) is None:
+                error(at, f"must match {pattern}")
+            elif (shortest is not None and len(value) < shortest) or (longest is not None and len(value) > longest):
+                error(at, f"must be from {shortest or 0} to {longest or 'any number of'} characters long")
+        case mi.LiteralType(values=values):
+            if value not in values:
+                error(at, f"must be one of {', '.join(map(str, values))}")
+        case mi.ListType(item_type=item):
+            if not isinstance(value, list):
+                error(at, "must be a list")
+                return
+            for index, element in enumerate(value):
+                _check_against(element, item, f"{at}[{index}]", error)
+        case _:  # a type this walker does not describe: msgspec.convert in config_from_mapping decides
+            pass
+
+
+def _within(value: float, gt: float | None, ge: float | None, lt: float | None, le: float | None) -> bool:
+    return (
+        (gt is None or value > gt)
+        and (ge is None or value >= ge)
+        and (lt is None or value < lt)
+        and (le is None or value <= le)
+    )
+
+
+def _describe(noun: str, gt: float | None, ge: float | None, lt: float | None, le: float | None) -> str:
+    if ge is not None and le is not None:
+        return f"{noun} from {ge} to {le}"
+    if gt == 0 and ge is None and lt is None and le is None:
+        return "a positive integer" if noun == "an integer" else "a positive number"
+    bounds = [
+        text
+        for text, bound in (
+            (f"above {gt}", gt),
+            (f"at least {ge}", ge),
+            (f"below {lt}", lt),
+            (f"at most {le}", le),
+        )
+        if bound is not None
+    ]
+    return f"{noun} {' and '.join(bounds)}" if bounds else noun
 
 
 def _check_schema(schema: Any, at: str, error: Report) -> None:

@@ -1,14 +1,27 @@
-"""Agent configs: the demo configs load, and every rule names the field it rejects."""
+"""Agent configs: the demo configs load, and every rule names the field it rejects (seed 004's
+Schema Validator Agent rules, the voicebot YAML and the voicebot panel's slider ranges)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from agents.config import config_digest, config_from_mapping, load_config, validate_config
+from agents.config import (
+    AgentConfig,
+    Issue,
+    VoiceConfig,
+    config_digest,
+    config_document,
+    config_from_mapping,
+    config_json_schema,
+    load_config,
+    validate_config,
+    validation_report,
+)
 from domain.errors import ValidationError
 
 CONFIGS = Path(__file__).parent.parent / "agents" / "configs"
@@ -24,6 +37,8 @@ MINIMAL: dict[str, Any] = {
         }
     ],
     "templates": {"fetch_order_status": "{{status}}"},
+    "external_integrations": [],
+    "escalation_rules": [],
 }
 
 
@@ -133,3 +148,310 @@ def test_yaml_that_is_not_a_mapping_is_rejected() -> None:
         load_config("- just\n- a list\n")
     with pytest.raises(ValidationError):
         load_config("product_type: [unclosed\n")
+
+
+# -- seed 004: the product rules ------------------------------------------------------------------
+
+VOICEBOT_YAML = """
+product_type: voicebot  # Required: differentiates from chatbot
+system_prompt: "You are a helpful voice assistant..."
+tools:
+  - name: fetch_account_info
+    description: "Retrieves account information"
+    parameters: {type: object, properties: {account_id: {type: string}}, required: [account_id]}
+  - name: schedule_appointment
+    description: "Schedules an appointment"
+    parameters: {type: object, properties: {time: {type: string}}, required: [time]}
+# NO external_integrations field (unlike chatbot)
+escalation_rules:
+  - trigger: "user_frustrated"
+    threshold: -0.6  # the seed leaves it out; our rule needs one
+    action: "human_handoff"  # the seed says human_transfer; ours is human_handoff
+voice_config:
+  stt_provider: deepgram
+  tts_provider: elevenlabs
+  voice_id: "sarah_professional"
+  turn_detection_threshold_ms: 300
+  background_sound:
+    type: "office"  # office | cafe | silence | custom
+    custom_url: null
+  input_min_characters: 10
+  punctuation_boundaries: [".", "!", "?", "..."]
+  model_settings:
+    model: "gpt-4"
+    clarity_similarity: 0.75
+    speed: 1.0
+    style_exaggeration: 0
+    optimize_streaming_latency: 4
+    use_speaker_boost: true
+    auto_mode: false
+  max_tokens: 150
+  stop_speaking_plan:
+    number_of_words: 3
+    voice_seconds: 0.5
+    back_off_seconds: 2
+"""
+VOICEBOT: dict[str, Any] = yaml.safe_load(VOICEBOT_YAML)
+
+
+NOT_ALLOWED = "Field not allowed for product_type: "
+NON_EMPTY = "required: a non-empty string"
+
+
+def without(key: str, base: dict[str, Any] = MINIMAL) -> dict[str, Any]:
+    return {k: v for k, v in base.items() if k != key}
+
+
+def error_issues(raw: dict[str, Any]) -> dict[str, str]:
+    return {i.field: i.message for i in validate_config(raw) if i.severity == "error"}
+
+
+V = "voice_config."
+
+
+def voice(*path: str, value: Any) -> dict[str, Any]:
+    """The seed's voicebot with one voice_config value replaced."""
+    raw = copy.deepcopy(VOICEBOT)
+    section = raw["voice_config"]
+    for key in path[:-1]:
+        section = section[key]
+    section[path[-1]] = value
+    return raw
+
+
+def test_the_seeds_voicebot_example_is_valid() -> None:
+    assert error_issues(VOICEBOT) == {}
+    config = load_config(VOICEBOT_YAML)
+
+    assert config.product_type == "voicebot" and config.external_integrations is None
+    assert config.voice_config is not None
+    assert config.voice_config.model_settings.optimize_streaming_latency == 4
+    assert config.voice_config.background_sound.type == "office"
+
+
+def test_a_voicebot_without_voice_config_gets_none_and_a_chatbot_its_integrations() -> None:
+    assert load_config(yaml.safe_dump(without("voice_config", VOICEBOT))).voice_config is None
+    assert config_from_mapping(MINIMAL).external_integrations == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "message"),
+    [
+        (without("product_type"), "product_type", "Required field missing. Must be 'chatbot' or 'voicebot'"),
+        ({**MINIMAL, "product_type": "fax"}, "product_type", "Must be 'chatbot' or 'voicebot', not 'fax'"),
+        (without("system_prompt"), "system_prompt", "Required field missing"),
+        ({**MINIMAL, "system_prompt": "  "}, "system_prompt", "Must be a non-empty string"),
+        (without("tools"), "tools", "Required field missing"),
+        (without("escalation_rules"), "escalation_rules", "Required field missing"),
+        ({**VOICEBOT, "tools": None}, "tools", "Required field missing"),
+        (without("escalation_rules", VOICEBOT), "escalation_rules", "Required field missing"),
+        (
+            without("external_integrations"),
+            "external_integrations",
+            "Required field missing: product_type chatbot needs a list (it may be empty)",
+        ),
+        ({**MINIMAL, "external_integrations": {"type": "stripe"}}, "external_integrations", "must be a list"),
+        ({**MINIMAL, "external_integrations": [{"type": ""}]}, "external_integrations[0].type", NON_EMPTY),
+        ({**VOICEBOT, "external_integrations": []}, "external_integrations", f"{NOT_ALLOWED}voicebot"),
+        ({**MINIMAL, "voice_config": VOICEBOT["voice_config"]}, "voice_config", f"{NOT_ALLOWED}chatbot"),
+        ({**MINIMAL, "tools": tool(name="FetchOrder")}, "tools[0].name", "Tool name must be snake_case"),
+        ({**MINIMAL, "tools": tool(name="fetch-order")}, "tools[0].name", "Tool name must be snake_case"),
+        ({**MINIMAL, "tools": tool(name="2fetch")}, "tools[0].name", "Tool name must be snake_case"),
+        ({**MINIMAL, "tools": tool(name="f" * 65)}, "tools[0].name", "Tool name must be at most 64 characters"),
+        ({**MINIMAL, "tools": [{"description": "nameless"}]}, "tools[0].name", "Required field missing"),
+    ],
+)  # fmt: skip
+def test_each_product_rule_names_its_field_with_the_seeds_message(
+    raw: dict[str, Any], field: str, message: str
+) -> None:
+    assert error_issues(raw)[field] == message
+    with pytest.raises(ValidationError) as raised:
+        config_from_mapping(raw)
+    assert raised.value.fields[field] == message
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("input_min_characters",), 9, V + "input_min_characters"),
+        (("input_min_characters",), 101, V + "input_min_characters"),
+        (("input_min_characters",), 12.5, V + "input_min_characters"),
+        (("model_settings", "clarity_similarity"), 1.01, V + "model_settings.clarity_similarity"),
+        (("model_settings", "clarity_similarity"), -0.1, V + "model_settings.clarity_similarity"),
+        (("model_settings", "speed"), 2.1, V + "model_settings.speed"),
+        (("model_settings", "speed"), -0.5, V + "model_settings.speed"),
+        (("model_settings", "speed"), "fast", V + "model_settings.speed"),
+        (("model_settings", "style_exaggeration"), 1.5, V + "model_settings.style_exaggeration"),
+        (("model_settings", "optimize_streaming_latency"), 5, V + "model_settings.optimize_streaming_latency"),
+        (("model_settings", "optimize_streaming_latency"), 2.5, V + "model_settings.optimize_streaming_latency"),
+        (("model_settings", "optimize_streaming_latency"), True, V + "model_settings.optimize_streaming_latency"),
+        (("model_settings", "use_speaker_boost"), "yes", V + "model_settings.use_speaker_boost"),
+        (("model_settings", "auto_mode"), 1, V + "model_settings.auto_mode"),
+        (("model_settings", "model"), 4, V + "model_settings.model"),
+        (("model_settings", "timbre"), 0.3, V + "model_settings.timbre"),
+        (("stop_speaking_plan", "number_of_words"), 11, V + "stop_speaking_plan.number_of_words"),
+        (("stop_speaking_plan", "number_of_words"), 2.5, V + "stop_speaking_plan.number_of_words"),
+        (("stop_speaking_plan", "voice_seconds"), 1.5, V + "stop_speaking_plan.voice_seconds"),
+        (("stop_speaking_plan", "back_off_seconds"), 10.5, V + "stop_speaking_plan.back_off_seconds"),
+        (("background_sound", "type"), "forest", V + "background_sound.type"),
+        (("background_sound",), {"type": "custom"}, V + "background_sound.custom_url"),
+        (("background_sound", "custom_url"), "ftp://sounds", V + "background_sound.custom_url"),
+        (("background_sound",), "office", "voice_config.background_sound"),
+        (("max_tokens",), 0, V + "max_tokens"),
+        (("max_tokens",), 1.5, V + "max_tokens"),
+        (("punctuation_boundaries",), [".", 3], V + "punctuation_boundaries[1]"),
+        (("punctuation_boundaries",), ".", V + "punctuation_boundaries"),
+        (("stt_provider",), 7, V + "stt_provider"),
+        (("tts_provider",), ["elevenlabs"], V + "tts_provider"),
+        (("voice_id",), 42, V + "voice_id"),
+        (("turn_detection_threshold_ms",), 0, V + "turn_detection_threshold_ms"),
+        (("turn_detection_threshold_ms",), -300, V + "turn_detection_threshold_ms"),
+        (("pitch",), 1, V + "pitch"),
+    ],
+)  # fmt: skip
+def test_each_voice_rule_names_its_field(path: tuple[str, ...], value: Any, field: str) -> None:
+    raw = voice(*path, value=value)
+
+    assert field in error_issues(raw)
+    with pytest.raises(ValidationError) as raised:
+        config_from_mapping(raw)
+    assert field in raw_fields(raised.value)
+
+
+def raw_fields(error: ValidationError) -> set[str]:
+    return {issue["field"] for issue in error.details["issues"]}
+
+
+def test_voice_config_must_be_a_mapping() -> None:
+    assert error_issues({**VOICEBOT, "voice_config": "loud"}) == {"voice_config": "must be a mapping"}
+
+
+def test_the_panels_slider_ends_are_valid() -> None:
+    ends = [
+        (("input_min_characters",), 100),
+        (("model_settings", "clarity_similarity"), 1),
+        (("model_settings", "speed"), 0),
+        (("model_settings", "speed"), 2),
+        (("model_settings", "optimize_streaming_latency"), 0),
+        (("stop_speaking_plan", "number_of_words"), 10),
+        (("stop_speaking_plan", "voice_seconds"), 1.0),
+        (("stop_speaking_plan", "back_off_seconds"), 0),
+        (("background_sound",), {"type": "custom", "custom_url": "https://www.soundjay.com/office.mp3"}),
+    ]
+    for path, value in ends:
+        assert error_issues(voice(*path, value=value)) == {}, path
+
+
+def test_a_tool_not_yet_implemented_is_a_warning_on_its_name() -> None:
+    issues = validate_config(MINIMAL, implemented_tools={"initiate_refund"})
+
+    assert issues == [Issue("tools[0].name", "Tool 'fetch_order_status' not yet implemented", "warning")]
+    assert validate_config(MINIMAL, implemented_tools={"fetch_order_status"}) == []
+    assert validate_config(MINIMAL) == []
+
+
+# -- canonical form, report, schema ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", [(CONFIGS / "support_bot.yaml").read_text(), VOICEBOT_YAML])
+def test_a_loaded_configs_canonical_form_validates_again(text: str) -> None:
+    config = load_config(text)
+    document = config_document(config)
+
+    assert error_issues(document) == {}
+    assert config_from_mapping(document) == config
+
+
+def test_the_validation_report_has_the_seeds_shape() -> None:
+    bad = validation_report({**MINIMAL, "product_type": "voicebot"})
+    good = validation_report(MINIMAL, implemented_tools=set())
+
+    assert (bad.valid, bad.product_type, [e.field for e in bad.errors]) == (
+        False,
+        "voicebot",
+        ["external_integrations"],
+    )
+    assert (good.valid, good.schema_version, good.breaking_change_detected) == (True, "1.0", False)
+    assert [w.message for w in good.warnings] == ["Tool 'fetch_order_status' not yet implemented"]
+
+
+def test_the_validation_report_flags_a_breaking_change_against_the_previous_version() -> None:
+    previous = config_from_mapping(MINIMAL)
+
+    assert validation_report({**MINIMAL, "tools": []}, previous=previous).breaking_change_detected
+    assert not validation_report(MINIMAL, previous=previous).breaking_change_detected
+
+
+def test_the_json_schema_states_the_required_keys_enums_and_product_rules() -> None:
+    schema = config_json_schema()
+    defs = schema["$defs"]
+
+    assert set(schema["required"]) == {"product_type", "system_prompt", "tools", "escalation_rules"}
+    assert schema["properties"]["product_type"]["enum"] == ["chatbot", "voicebot"]
+    assert schema["additionalProperties"] is False
+    chatbot, voicebot = schema["allOf"]
+    assert chatbot["then"]["required"] == ["external_integrations"]
+    assert voicebot["then"]["properties"]["external_integrations"] == {"type": "null"}
+    assert defs["ToolDefinition"]["properties"]["name"]["pattern"] == "^[a-z][a-z0-9_]*$"
+    assert set(defs["BackgroundSound"]["properties"]["type"]["enum"]) == {"office", "cafe", "silence", "custom"}
+    assert defs["BackgroundSound"]["allOf"][0]["then"]["required"] == ["custom_url"]
+    assert defs["ModelSettings"]["properties"]["speed"] | {"default": 1.0} == {
+        "type": "number",
+        "minimum": 0,
+        "maximum": 2,
+        "default": 1.0,
+    }
+    assert set(AgentConfig.__struct_fields__) == set(schema["properties"])
+    assert set(VoiceConfig.__struct_fields__) == set(defs["VoiceConfig"]["properties"])
+
+
+VOICE_DEFS = {
+    "VoiceConfig": (),
+    "ModelSettings": ("model_settings",),
+    "StopSpeakingPlan": ("stop_speaking_plan",),
+}
+
+
+def numeric_bounds() -> list[tuple[tuple[str, ...], str, float, float]]:
+    """(path, type, value at a bound, value past it) for every bounded voice number in the schema."""
+    cases = []
+    defs = config_json_schema()["$defs"]
+    for name, prefix in VOICE_DEFS.items():
+        for field, prop in defs[name]["properties"].items():
+            step = 1 if prop.get("type") == "integer" else 0.01
+            if "minimum" in prop:
+                cases.append(((*prefix, field), prop["type"], prop["minimum"], prop["minimum"] - step))
+            if "maximum" in prop:
+                cases.append(((*prefix, field), prop["type"], prop["maximum"], prop["maximum"] + step))
+            if "exclusiveMinimum" in prop:
+                cases.append(
+                    ((*prefix, field), prop["type"], prop["exclusiveMinimum"] + step, prop["exclusiveMinimum"])
+                )
+    return cases
+
+
+@pytest.mark.parametrize(("path", "kind", "inside", "outside"), numeric_bounds())
+def test_the_schema_and_the_validator_agree_on_every_voice_range(
+    path: tuple[str, ...], kind: str, inside: float, outside: float
+) -> None:
+    field = ".".join(("voice_config", *path))
+
+    assert error_issues(voice(*path, value=inside)) == {}
+    assert field in error_issues(voice(*path, value=outside))
+
+
+def test_every_bounded_slider_of_the_panel_is_in_the_schema() -> None:
+    bounded = {".".join(path) for path, *_ in numeric_bounds()}
+
+    assert bounded >= {
+        "input_min_characters",
+        "max_tokens",
+        "turn_detection_threshold_ms",
+        "model_settings.clarity_similarity",
+        "model_settings.speed",
+        "model_settings.style_exaggeration",
+        "model_settings.optimize_streaming_latency",
+        "stop_speaking_plan.number_of_words",
+        "stop_speaking_plan.voice_seconds",
+        "stop_speaking_plan.back_off_seconds",
+    }

@@ -49,6 +49,7 @@ def bot(*tools: dict[str, Any], rules: list[dict[str, Any]] | None = None) -> Ag
             "system_prompt": "You help with orders.",
             "tools": list(tools),
             "escalation_rules": rules or [],
+            "external_integrations": [],
             "templates": {
                 "fetch_order_status": "Order {{order_id}} is {{status}}.",
                 "fetch_order_status.error": "Oops: {{error}}.",
