@@ -1,0 +1,127 @@
+"""Audit history and time travel over HTTP: what happened to an aggregate, and what it was then.
+
+Answers come from the event stream itself (``streams.history``: the aggregate's commits replayed
+through its own ``evolve``), never from a read model. The tenant is the caller's; another tenant's
+aggregate reads as 404, like one that does not exist. Any aggregate type the command runner knows
+can be asked for (``conversation``, ``agent_pool``, ``agent_config``, ...).
+
+Personal fields (``Event.personal_fields``: what a customer wrote, a conversation's context) are
+shown to an organization admin; for other callers they read as null and the event lists them in
+``redacted``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath, QueryParameter
+
+from domain import conversation as c
+from domain.errors import NotFoundError
+from gateways.http.auth import Identity, requires
+from gateways.http.platform import Platform
+from streams.history import AuditEvent, conversation_turns, history, state_as_of
+from streams.repository import AggregateSpec
+from streams.subjects import StreamId
+
+AUDITORS = requires("org_admin", "platform_engineer", "analyst")
+# Who sees personal fields in clear in an audit trail.
+PERSONAL_READERS = frozenset({"org_admin"})
+
+
+class AuditController(Controller):
+    path = "/api/v1/audit"
+    tags = ["audit"]
+    opt = AUDITORS
+
+    @get("/{aggregate_type:str}/{aggregate_id:str}/events", summary="An aggregate's full history")
+    async def events(
+        self,
+        request: Request[Identity, Any, Any],
+        aggregate_type: FromPath[str],
+        aggregate_id: FromPath[str],
+        platform: NamedDependency[Platform],
+    ) -> dict[str, Any]:
+        """Every event, oldest first: stream sequence, version, type, when it was recorded and when it
+        says it happened, who caused it and which command (name, id, correlation id)."""
+        _spec(platform, aggregate_type)
+        stream = _stream(request, aggregate_type, aggregate_id)
+        found = await history(platform.opened.store, stream)
+        clear = bool(request.user.roles & PERSONAL_READERS)
+        return {
+            "tenant": stream.tenant,
+            "aggregate_type": aggregate_type,
+            "aggregate_id": aggregate_id,
+            "version": found[-1].version,
+            "events": [_event(e, clear) for e in found],
+        }
+
+    @get("/{aggregate_type:str}/{aggregate_id:str}/state", summary="An aggregate's state at a version or moment")
+    async def state(
+        self,
+        request: Request[Identity, Any, Any],
+        aggregate_type: FromPath[str],
+        aggregate_id: FromPath[str],
+        platform: NamedDependency[Platform],
+        at: Annotated[datetime | None, QueryParameter(description="RFC 3339; UTC when no zone is given")] = None,
+        version: Annotated[int | None, QueryParameter(ge=0)] = None,
+    ) -> dict[str, Any]:
+        """The state after the last event recorded at or before ``at``, or at ``version`` (the latest
+        with neither), reproduced by replaying the aggregate's events through its own ``evolve``."""
+        spec = _spec(platform, aggregate_type)
+        stream = _stream(request, aggregate_type, aggregate_id)
+        past = await state_as_of(platform.opened.store, spec, stream, version=version, at=at)
+        return {
+            "tenant": stream.tenant,
+            "aggregate_type": aggregate_type,
+            "aggregate_id": aggregate_id,
+            "as_of": {"at": at, "version": version},
+            "version": past.version,
+            "seq": past.seq,
+            "recorded_at": past.recorded_at,
+            "latest_version": past.latest_version,
+            "events_folded": past.events_folded,
+            "state": msgspec.to_builtins(past.state),
+        }
+
+    @get("/conversations/{conversation_id:str}/turns", summary="A conversation's turns and their config versions")
+    async def turns(
+        self,
+        request: Request[Identity, Any, Any],
+        conversation_id: FromPath[str],
+        platform: NamedDependency[Platform],
+    ) -> dict[str, Any]:
+        """Each customer message, the config version that governed its answer (pinned to the
+        conversation), the config's active version at that moment, and the replies."""
+        stream = _stream(request, c.AGGREGATE_TYPE, conversation_id)
+        found = await conversation_turns(platform.opened.store, stream)
+        body: dict[str, Any] = msgspec.to_builtins(found)
+        body.pop("stream")
+        return {"tenant": stream.tenant, "conversation_id": conversation_id, **body}
+
+
+def _spec(platform: Platform, aggregate_type: str) -> AggregateSpec[Any]:
+    repository = platform.runner.repositories.get(aggregate_type)
+    if repository is None:
+        raise NotFoundError(f"no aggregate type {aggregate_type!r}", aggregate_type=aggregate_type)
+    return repository.spec
+
+
+def _stream(request: Request[Identity, Any, Any], aggregate_type: str, aggregate_id: str) -> StreamId:
+    return StreamId(request.user.tenant, aggregate_type, aggregate_id)
+
+
+def _event(found: AuditEvent, clear: bool) -> dict[str, Any]:
+    event = found.event
+    personal = type(event).personal_fields
+    redacted = [] if clear else list(personal)
+    if redacted:
+        event = msgspec.structs.replace(event, **dict.fromkeys(redacted))
+    body: dict[str, Any] = msgspec.to_builtins(msgspec.structs.replace(found, event=event))
+    if redacted:
+        body["redacted"] = redacted
+    return body
