@@ -76,3 +76,19 @@ bench-api *ARGS:
 [positional-arguments]
 bench-chat *ARGS:
     @{{ python }} -m bench.chat "$@"
+
+# Benchmark configs: rollback to the first conversation on the restored version, config read latency (--quick)
+[positional-arguments]
+bench-configs *ARGS:
+    @{{ python }} -m bench.configs "$@"
+
+# Export a tenant's events for a period as hash-chained JSON Lines (FROM/TO: RFC 3339, or a span ago like 7d; OUTPUT: default $PARLEY_DATA/audit/TENANT-TIME.jsonl)
+[positional-arguments]
+audit-export TENANT="demo" FROM="" TO="" OUTPUT="" *ARGS:
+    @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m streams.audit export --tenant "$1" --from "$2" --to "$3" --output "$4" "${@:5}"
+
+# Verify an audit export's hash chain: exits 1 naming the first edited, dropped, inserted or reordered line (--expect-head HASH, --live)
+[positional-arguments]
+audit-verify FILE *ARGS:
+    @if [ -f "$PARLEY_DATA/run/env" ]; then set -a; . "$PARLEY_DATA/run/env"; set +a; fi; {{ python }} -m streams.audit verify "$@"
+

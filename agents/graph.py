@@ -10,8 +10,9 @@ through the ``ToolRegistry`` and comes back; a completion without ends the turn.
 that escalates lets the model explain the failure, then hands off.
 
 State is plain JSON-ready data (``ChatbotState``), so a LangGraph checkpointer such as
-``AsyncPostgresSaver`` can keep it; checkpoints are a cache, since the history passed in rebuilds
-any turn.
+``AsyncPostgresSaver`` can keep it (``agents.checkpoints``). Checkpoints are a cache, since the
+history passed in rebuilds any turn: with a checkpointer, ``run_turn`` resumes the thread's
+checkpoint only when it is tagged with the same ``turn``, and otherwise starts from the history.
 """
 
 from __future__ import annotations
@@ -121,12 +122,18 @@ async def run_turn(
     tools: ToolRegistry,
     checkpointer: Any = None,
     thread_id: str | None = None,
+    turn: str = "",
     conversation_id: str = "",
     user_id: str = "",
     config_id: str = "",
     config_version: int = 0,
 ) -> TurnResult:
-    """Answer ``user_message`` after ``history`` (earlier turns, oldest first)."""
+    """Answer ``user_message`` after ``history`` (earlier turns, oldest first).
+
+    With a ``checkpointer``, the graph checkpoints every step on ``thread_id``, tagged with
+    ``turn`` (what identifies this answer: the message's conversation version and id), and a turn
+    run again picks up from the thread's checkpoint of the same turn (see ``_resume_or_start``).
+    """
     masked = mask_card_numbers(user_message)
     past = [_masked(message) for message in history]
     messages = [*past, ChatMessage("user", masked)]
@@ -155,9 +162,13 @@ async def run_turn(
     }
     graph = _compiled(config, chain, tools, checkpointer)
     run_config: dict[str, Any] = {"recursion_limit": 4 * config.max_tool_rounds + 8}
-    if checkpointer is not None:
+    final: dict[str, Any]
+    if checkpointer is None:
+        final = await graph.ainvoke(state, config=run_config)
+    else:
         run_config["configurable"] = {"thread_id": thread_id or conversation_id or str(uuid.uuid4())}
-    final: dict[str, Any] = await graph.ainvoke(state, config=run_config)
+        run_config["metadata"] = {"turn": turn}
+        final = await _resume_or_start(graph, state, run_config, turn)
     result = TurnResult(
         reply=final["reply"],
         intent=final["intent"],
@@ -183,6 +194,26 @@ async def run_turn(
         fallbacks=len(result.fallbacks),
     )
     return result
+
+
+async def _resume_or_start(graph: Any, state: ChatbotState, run_config: dict[str, Any], turn: str) -> dict[str, Any]:
+    """The turn's final state: from the thread's checkpoint when it is this very turn, else from ``state``.
+
+    Each step's checkpoint is written before the next step starts (``durability="sync"``), so a
+    turn stopped in a step resumes at that step. A checkpoint of this turn with steps left resumes
+    there (``ainvoke(None)``), without running the finished steps again; a finished one is the
+    answer already (the caller had not recorded it). A checkpoint of any other turn is ignored:
+    given an input, LangGraph starts from the first step and drops whatever the thread had pending.
+    """
+    saved = await graph.aget_state(run_config)
+    if turn and saved.values and saved.metadata and saved.metadata.get("turn") == turn:
+        if not saved.next:
+            return dict(saved.values)
+        log.info("agent.turn_resumed", turn=turn, next=list(saved.next))
+        resumed: dict[str, Any] = await graph.ainvoke(None, config=run_config, durability="sync")
+        return resumed
+    final: dict[str, Any] = await graph.ainvoke(state, config=run_config, durability="sync")
+    return final
 
 
 _GRAPHS: dict[tuple[int, int, int, int], tuple[Any, tuple[Any, ...]]] = {}

@@ -1,19 +1,29 @@
-"""The agent runtime: a durable JetStream consumer that answers customer messages and routes escalations.
+"""The agent runtime: JetStream consumers that answer customer messages and route escalations.
 
-It follows every conversation commit in order. For each ``UserMessageReceived`` in a conversation
-that the AI still owns (active, not escalated or closed), it rebuilds the conversation from its
-events, runs the LangGraph agent with the config version the conversation is pinned to, and
-appends the reply, and an escalation when the rules call for one, through the command runner.
+It follows the agent work stream (``streams.work``): every conversation and agent-pool commit,
+in partitions by conversation. For each ``UserMessageReceived`` in a conversation that the AI
+still owns (active, not escalated or closed), it rebuilds the conversation from its events, runs
+the LangGraph agent with the config version the conversation is pinned to, and appends the reply,
+and an escalation when the rules call for one, through the command runner.
 
 Every effect is an idempotent command whose id derives from the customer's message
-(``reply-<message id>``, ``escalate-<message id>``), so a redelivered message, a restart, or two
-runtimes racing produce one reply. A conversation's messages are answered one at a time, in
-order; different conversations are answered concurrently.
+(``reply-<message id>``, ``escalate-<message id>``), so a redelivered message, a restart, or a
+partition changing hands produce one reply. A partition's batches are handled one after the
+other, a conversation's messages one at a time, in order; different conversations are answered
+concurrently. Several runtime processes share the partitions (``agents.partitions``): all of a
+conversation's commits are in one partition, so one process answers it at a time and its turns
+stay in order.
+
+With ``TurnCheckpoints``, LangGraph checkpoints every step of a turn in PostgreSQL, so a turn
+interrupted mid-graph resumes where it was when its message comes again; the checkpoint is used
+only for that same turn, and dropped once the reply is recorded (``agents.checkpoints``).
 
 It also routes escalations to the tenant's human agents: an ``EscalationRequested`` becomes a
 ``RouteEscalation`` on the agent pool; the pool's ``EscalationRouted`` becomes the conversation's
 ``AssignEscalation``, its ``EscalationQueued`` the conversation's ``MarkAgentUnavailable`` (the
 seed's fallback options); a resolved escalation frees its agent for the next one in the queue.
+The pool is one aggregate per tenant that commands from every partition touch: they go through
+it one at a time per process, and the runner retries a conflict with another process.
 """
 
 from __future__ import annotations
@@ -24,14 +34,15 @@ import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import structlog
-from psycopg_pool import AsyncConnectionPool
 
-from agents.config import AgentConfig, load_config
+from agents.checkpoints import TurnCheckpoints, thread_id
+from agents.config import AgentConfig
+from agents.config_source import ConfigProvider
 from agents.graph import chain_for, run_turn
+from agents.partitions import PartitionClaims
 from agents.tools import ToolRegistry
 from commands.agent_pool import AGENT_POOL
 from commands.conversation import CONVERSATION
@@ -41,16 +52,15 @@ from domain import conversation as c
 from domain.errors import IllegalStateError, NotFoundError
 from gateways.llm.chain import FallbackChain
 from gateways.llm.port import ChatMessage
-from projections.checkpoints import try_lock, unlock
 from streams.errors import EventDecodeError
 from streams.feed import Feed
 from streams.jetstream import RawMessage
 from streams.store import EventStore, RecordedEvent
-from streams.subjects import ALL_EVENTS, StreamId
+from streams.subjects import StreamId
+from streams.work import DEFAULT_PARTITIONS, WorkStream, ensure_work_stream
 
 log = structlog.get_logger(__name__)
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
 ACTOR = "agent:ai"
 MAX_HISTORY = 40  # chat turns given to the model; older ones stay in the events
 
@@ -59,31 +69,22 @@ def reply_id(message_id: str) -> str:
     return f"{message_id}-reply"
 
 
-class ConfigSource:
-    """Agent configs by id. Until configs are event-sourced: the demo YAML files, by file stem
-    (``support-bot`` is ``support_bot.yaml``); an unknown id gets the support bot."""
-
-    def __init__(self, directory: Path = CONFIGS, default: str = "support-bot") -> None:
-        self._configs = {p.stem.replace("_", "-"): load_config(p.read_text()) for p in sorted(directory.glob("*.yaml"))}
-        self._default = default
-
-    def get(self, config_id: str, version: int) -> AgentConfig:
-        return self._configs.get(config_id) or self._configs[self._default]
-
-
 class AgentRuntime:
     def __init__(
         self,
         store: EventStore,
         runner: CommandRunner,
         tools: ToolRegistry,
-        configs: ConfigSource,
+        configs: ConfigProvider,
         env: Mapping[str, str],
         *,
+        checkpoints: TurnCheckpoints | None = None,
         durable: str = "agent_runtime",
+        partitions: int = DEFAULT_PARTITIONS,
         batch: int = 200,
-        idle_wait: float = 0.2,
+        idle_wait: float = 1.0,
         concurrency: int = 32,
+        rebalance_every: float = 1.0,
     ) -> None:
         self.store = store
         self.runner = runner
@@ -92,75 +93,134 @@ class AgentRuntime:
         self.tools = tools
         self.configs = configs
         self.env = env
-        self.durable, self.batch, self.idle_wait = durable, batch, idle_wait
-        self.feed: Feed | None = None
+        self.checkpoints = checkpoints
+        self.durable, self.partitions, self.batch, self.idle_wait = durable, partitions, batch, idle_wait
+        self.rebalance_every = rebalance_every
+        self.work: WorkStream | None = None
+        self.answered = 0  # customer messages this runtime answered
+        self._feeds: dict[int, Feed] = {}
+        self._workers: dict[int, tuple[asyncio.Event, asyncio.Task[None]]] = {}
         self._limit = asyncio.Semaphore(concurrency)
+        self._pool_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._chains: dict[int, FallbackChain] = {}
         self._conversations: OrderedDict[str, _Known] = OrderedDict()
         self.cache_size = 10_000
         self._stop = asyncio.Event()
-        self.leading = False
 
-    async def run(self, leader: AsyncConnectionPool[Any] | None = None) -> None:
-        """Answer messages until ``stop()``; start again after a failure.
+    @property
+    def working_on(self) -> set[int]:
+        """The partitions this runtime is answering now."""
+        return set(self._workers)
 
-        With ``leader`` (a PostgreSQL pool), only one runtime among the processes sharing the
-        durable consumer works at a time: the others stand by on a session advisory lock and take
-        over when its holder's session ends. One conversation is then never answered twice at once.
+    async def start(self) -> WorkStream:
+        """Ensure the work stream, and open the checkpoint tables.
+
+        Call it before the API takes requests: from then on every commit waits in the work stream
+        until a runtime answers it (a later start would miss the first messages). The first time,
+        the work stream starts at the end of the event stream: a new runtime answers new messages;
+        it does not reply to history.
         """
-        conn = None
-        try:
-            if leader is not None:
-                conn = await leader.getconn()
-                await conn.set_autocommit(True)
-                while not await try_lock(conn, "leader", self.durable):
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), 1.0)
-                    if self._stop.is_set():
-                        return
-            self.leading = True
-            await self._work()
-        finally:
-            self.leading = False
-            if self.feed is not None:
-                with contextlib.suppress(Exception):
-                    await self.feed.close()
-            if conn is not None and leader is not None:
-                with contextlib.suppress(Exception):
-                    await unlock(conn, "leader", self.durable)
-                await leader.putconn(conn)
+        if self.work is None:
+            if self.checkpoints is not None:
+                await self.checkpoints.open()
+            self.work = await ensure_work_stream(self.store.log, partitions=self.partitions)
+        return self.work
 
-    async def _work(self) -> None:
-        delay = 0.5
-        while not self._stop.is_set():
-            try:
-                await self.step()
-                delay = 0.5
-            except Exception:
-                log.exception("agent runtime failed; starting again", retry_in=delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                delay = min(delay * 2, 10.0)
+    async def run(self, database_url: str | None = None) -> None:
+        """Answer messages until ``stop()``.
+
+        With a PostgreSQL ``database_url``, share the partitions with the other runtime processes on
+        the same work stream (``agents.partitions``); without, work on every partition.
+        """
+        work = await self.start()
+        try:
+            if database_url is None:
+                for partition in range(work.partitions):
+                    self._take(partition)
+                await self._stop.wait()
+            else:
+                claims = PartitionClaims(
+                    database_url,
+                    stream=work.name,
+                    partitions=work.partitions,
+                    take=self._take,
+                    release=self._release,
+                    every=self.rebalance_every,
+                )
+                await claims.run(self._stop)
+        finally:
+            await asyncio.gather(*(self._release(p) for p in list(self._workers)))
 
     async def stop(self) -> None:
         self._stop.set()
 
-    async def start(self) -> Feed:
-        """The runtime's durable consumer: where it left off, or, the first time, the end of the stream
-        (a new runtime answers new messages; it does not reply to history)."""
-        if self.feed is None:
-            self.feed = await Feed.from_where_it_left(
-                self.store.log,
-                self.durable,
-                subject=ALL_EVENTS,
-                batch=self.batch,
-                idle_wait=self.idle_wait,
+    async def close(self) -> None:
+        """Stop, and let go of the consumers and the checkpoint connections."""
+        await self.stop()
+        await asyncio.gather(*(self._release(p) for p in list(self._workers)))
+        for feed in self._feeds.values():
+            with contextlib.suppress(Exception):
+                await feed.close()
+        self._feeds.clear()
+        if self.checkpoints is not None:
+            await self.checkpoints.close()
+
+    def _take(self, partition: int) -> None:
+        """Start answering a partition, from its first message not acknowledged."""
+        leaving = asyncio.Event()
+        task = asyncio.create_task(self._work_on(partition, leaving), name=f"agent-partition-{partition}")
+        self._workers[partition] = (leaving, task)
+
+    async def _release(self, partition: int) -> None:
+        """Stop answering a partition: no new fetch; the batch in hand is answered and acknowledged."""
+        worker = self._workers.pop(partition, None)
+        if worker is not None:
+            leaving, task = worker
+            leaving.set()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _work_on(self, partition: int, leaving: asyncio.Event) -> None:
+        feed = self._feed(partition)
+        delay, restart = 0.5, True
+        try:
+            while not leaving.is_set():
+                try:
+                    if restart:
+                        # What was fetched but not acknowledged (by a holder that died mid-batch,
+                        # or by a batch of ours that failed) comes again first, in order; the
+                        # consumer would redeliver it only after the ack wait, behind later messages.
+                        await feed.restart()
+                        restart = False
+                    await self._step(feed)
+                    delay = 0.5
+                except Exception:
+                    log.exception("agent runtime failed; starting again", partition=partition, retry_in=delay)
+                    restart = True
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(leaving.wait(), delay)
+                    delay = min(delay * 2, 10.0)
+        finally:
+            self._feeds.pop(partition, None)
+            with contextlib.suppress(Exception):
+                await feed.close()
+
+    def _feed(self, partition: int) -> Feed:
+        assert self.work is not None
+        if partition not in self._feeds:
+            self._feeds[partition] = self.work.feed(
+                self.store.log, self.durable, partition, batch=self.batch, idle_wait=self.idle_wait
             )
-        return self.feed
+        return self._feeds[partition]
 
     async def step(self) -> int:
-        """Answer one batch of commits; returns how many customer messages it answered."""
-        batch = await (await self.start()).fetch()
+        """One batch from every partition; returns how many customer messages it answered (tests,
+        and a runtime driven by hand rather than by ``run``)."""
+        work = await self.start()
+        return sum(await asyncio.gather(*(self._step(self._feed(p)) for p in range(work.partitions))))
+
+    async def _step(self, feed: Feed) -> int:
+        """Answer one batch of a partition's commits, then acknowledge it."""
+        batch = await feed.fetch()
         if not batch.messages:
             return 0
         by_conversation: dict[str, list[RecordedEvent]] = defaultdict(list)
@@ -179,7 +239,7 @@ class AgentRuntime:
                     ):
                         routing.append(recorded)
         answered = await asyncio.gather(*(self._answer_in_order(msgs) for msgs in by_conversation.values()))
-        for recorded in routing:  # in stream order: the pool is one aggregate per tenant
+        for recorded in routing:  # in stream order
             await self.route(recorded)
         await batch.ack()
         return sum(answered)
@@ -231,11 +291,13 @@ class AgentRuntime:
             correlation_id=cause.meta.correlation_id,
             retry_possible=True,
         )
-        await self.pool_runner.handle(AGENT_POOL, p.POOL_ID, command, ctx)
+        async with self._pool_locks[tenant]:  # partitions of this process take turns on the pool
+            await self.pool_runner.handle(AGENT_POOL, p.POOL_ID, command, ctx)
 
     def _decode(self, raw: RawMessage) -> list[RecordedEvent]:
+        assert self.work is not None
         try:
-            return self.store.decode(raw)
+            return self.store.decode(self.work.to_commit(raw))
         except EventDecodeError as e:  # the projectors dead-letter it; the agent has nothing to say
             log.warning("undecodable commit skipped", seq=e.seq, subject=e.subject, error=e.reason)
             return []
@@ -256,14 +318,18 @@ class AgentRuntime:
             return 0  # a human has the conversation, or it is over
         bound = log.bind(tenant=stream.tenant, conversation_id=stream.aggregate_id, seq=recorded.seq,
                          correlation_id=recorded.meta.correlation_id)  # fmt: skip
-        config = self.configs.get(state.config_id, state.config_version)
+        config = await self.configs.get(stream.tenant, state.config_id, state.config_version)
         history = turns[-MAX_HISTORY:]
+        thread = thread_id(stream)
         result = await run_turn(
             config,
             history,
             message.content or "",
             chain=self._chain(config),
             tools=self.tools,
+            checkpointer=None if self.checkpoints is None else self.checkpoints.saver,
+            thread_id=thread,
+            turn=f"{recorded.version}:{message.message_id}",
             conversation_id=stream.aggregate_id,
             user_id=state.user_id,
             config_id=state.config_id,
@@ -306,6 +372,9 @@ class AgentRuntime:
             )
             with contextlib.suppress(IllegalStateError):  # one is already open: nothing to add
                 await self._command(stream, escalate, f"escalate-{message.message_id}", recorded)
+        if self.checkpoints is not None:
+            await self.checkpoints.forget(thread)  # the events hold the turn now
+        self.answered += 1
         bound.info("message answered", intent=result.intent, tools=[t.tool for t in result.tool_calls],
                    escalation=result.escalation.trigger if result.escalation else None)  # fmt: skip
         return 1

@@ -68,6 +68,7 @@ def start_api(
         "PARLEY_CONVERSATION_MESSAGES_PER_MINUTE": "1000000",
         "PARLEY_INLINE_PROJECTORS": "0",  # the projector runs as its own process
         "PARLEY_INLINE_AGENTS": "1" if agents else "0",  # bench-api: the CQRS loop alone
+        "PARLEY_DEMO_TENANTS": "bench",  # the demo configs (support-bot, sales-bot) for the bench tenant
         "PARLEY_API_WORKERS": os.environ.get("PARLEY_API_WORKERS", "1"),
     }
     log = open(root / "api.log", "ab")
@@ -144,7 +145,7 @@ async def create_conversations(port: int, n: int) -> list[str]:
     async def worker(conn: Connection, count: int) -> None:
         for _ in range(count):
             status, body = await conn.request(
-                "POST", f"{BASE}/conversations", {"config_id": "bench", "channel": "webchat", "user_id": "u-1"}
+                "POST", f"{BASE}/conversations", {"config_id": "support-bot", "channel": "webchat", "user_id": "u-1"}
             )
             assert status == 201, body
             ids.append(body["conversation_id"])

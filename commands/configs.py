@@ -1,17 +1,271 @@
-"""Which config version a new conversation is pinned to.
+"""Agent configs: the aggregate wired for the runner, and which version a new conversation gets.
 
-Agent configs become event-sourced aggregates later; until then every config has version 1.
+``ConfigCatalog.latest_version`` answers from the config's own events (the repository's copy,
+checked against the stream), not from a read model, so a conversation started right after an
+activation or a rollback is pinned to it with no projection lag in between.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from agents.config import (
+    AgentConfig,
+    Issue,
+    config_document,
+    config_from_mapping,
+    load_config,
+    parse_yaml,
+    validate_config,
+)
+from commands.runner import Aggregate, CommandContext, CommandRunner, Outcome
+from domain import agent_config as a
+from domain import config_members as m
+from domain import config_permissions as perms
+from domain import config_rules as rules
+from domain.errors import IllegalStateError, NotFoundError, ValidationError
+from streams.repository import AggregateSpec
+
+AGENT_CONFIG: Aggregate[a.AgentConfigState] = Aggregate(
+    AggregateSpec(type_name=a.AGGREGATE_TYPE, state_type=a.AgentConfigState, initial=a.initial, evolve=a.evolve),
+    decide=a.decide,
+)
+
+CONFIG_MEMBERS: Aggregate[m.Members] = Aggregate(
+    AggregateSpec(type_name=m.AGGREGATE_TYPE, state_type=m.Members, initial=m.initial, evolve=m.evolve),
+    decide=m.decide,
+)
+
+# (tenant, config id, candidate) -> a replay report of recorded conversations (``agents.preview``)
+Evidence = Callable[[str, str, AgentConfig], Awaitable[dict[str, Any]]]
 
 
-class ConfigCatalog(Protocol):
-    async def latest_version(self, tenant: str, config_id: str) -> int: ...
+class ConfigCatalog:
+    """Configs as their events say: the active version, and any version's YAML (versions never change)."""
 
+    def __init__(self, runner: CommandRunner) -> None:
+        self.repository = runner.repository(AGENT_CONFIG)
 
-class FirstVersionCatalog:
+    async def state(self, tenant: str, config_id: str) -> a.AgentConfigState:
+        loaded = await self.repository.load(tenant, config_id)
+        if not loaded.state.exists:
+            raise NotFoundError(f"config {config_id} not found", config_id=config_id)
+        return loaded.state
+
     async def latest_version(self, tenant: str, config_id: str) -> int:
-        return 1
+        state = await self.state(tenant, config_id)
+        if not state.active:
+            raise IllegalStateError(f"config {config_id} has no active version yet", config_id=config_id)
+        return state.active
+
+    async def yaml(self, tenant: str, config_id: str, version: int) -> str:
+        return (await self.state(tenant, config_id)).version(version).yaml_content
+
+
+def config_summary(state: a.AgentConfigState) -> dict[str, Any]:
+    return {"config_id": state.config_id, "product_type": state.product_type, "active_version": state.active}
+
+
+# The configuration service: what the API asks of configs ------------------------------------
+
+
+class ConfigService:
+    """Configs over commands: YAML is parsed, validated and compared here; the decider decides.
+
+    ``implemented_tools`` names the tools the registry can run (a tool without one is a warning).
+    """
+
+    def __init__(
+        self,
+        runner: CommandRunner,
+        *,
+        implemented_tools: frozenset[str] | None = None,
+        evidence: Evidence | None = None,
+    ) -> None:
+        self.runner = runner
+        self.catalog = ConfigCatalog(runner)
+        self.implemented_tools = implemented_tools
+        self.evidence = evidence
+        self.members = runner.repository(CONFIG_MEMBERS)
+
+    # Who may do what ---------------------------------------------------------------------------
+
+    async def caller(self, tenant: str, user_id: str, roles: frozenset[str]) -> a.Caller:
+        loaded = await self.members.load(tenant, m.MEMBERS_ID)
+        granted = perms.effective(roles, loaded.state.overrides.get(user_id))
+        return a.Caller(user_id=user_id, roles=roles, granted=frozenset(granted))
+
+    # Checking YAML --------------------------------------------------------------------------------
+
+    def check(self, yaml_content: str) -> tuple[dict[str, Any], list[Issue]]:
+        """The parsed config and every finding; ``ValidationError`` (400) lists them if one is an error."""
+        raw = parse_yaml(yaml_content)
+        issues = validate_config(raw, implemented_tools=self.implemented_tools)
+        errors = [i for i in issues if i.severity == "error"]
+        if errors:
+            raise ValidationError(
+                f"agent config has {len(errors)} error(s)",
+                fields={i.field: i.message for i in errors},
+                valid=False,
+                errors=[msgspec.to_builtins(i) for i in errors],
+                warnings=[msgspec.to_builtins(i) for i in issues if i.severity != "error"],
+            )
+        return raw, issues
+
+    def assess(self, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> a.Assessment:
+        """Compare canonical documents (defaults filled in): writing a default out is not a change."""
+        new_doc = config_document(config_from_mapping(new))
+        old_doc = config_document(config_from_mapping(old)) if old is not None else {}
+        comparison = rules.compare(old_doc, new_doc)
+        first = old is None
+        return a.Assessment(
+            product_type=str(new.get("product_type")),
+            digest=hashlib.sha256(msgspec.json.encode(new_doc, order="sorted")).hexdigest(),
+            change_type="initial_generation" if first else comparison.change_type,
+            changes=["initial_generation"] if first else list(comparison.changes),
+            risk_level="low" if first else comparison.risk_level,
+            risk_reasons=["a new config"] if first else list(comparison.risk_reasons),
+            breaking=False if first else comparison.breaking,
+            breaking_reasons=[] if first else list(comparison.breaking_reasons),
+            required=frozenset(perms.required_for(comparison)),
+        )
+
+    # Commands -------------------------------------------------------------------------------------
+
+    async def _handle(
+        self, tenant: str, config_id: str, command: Any, command_id: str | None, *, new: bool = False
+    ) -> Outcome[a.AgentConfigState]:
+        ctx = CommandContext(tenant=tenant, actor=command.caller.user_id, command_id=command_id)
+        return await self.runner.handle(AGENT_CONFIG, config_id, command, ctx, new=new)
+
+    async def create_version(
+        self,
+        tenant: str,
+        config_id: str,
+        yaml_content: str,
+        caller: a.Caller,
+        *,
+        commit_message: str,
+        author_type: str,
+        branch: str = a.MAIN,
+        based_on: int | None = None,
+        first: bool = False,
+        command_id: str | None = None,
+    ) -> tuple[Outcome[a.AgentConfigState], list[Issue]]:
+        """A config's first version (``first``: the config must not exist) or its next one."""
+        raw, issues = self.check(yaml_content)
+        loaded = await self.catalog.repository.load(tenant, config_id)
+        state = loaded.state
+        if first and state.exists:
+            raise IllegalStateError(f"config {config_id} already exists", config_id=config_id)
+        if not first and not state.exists:
+            raise NotFoundError(f"config {config_id} not found", config_id=config_id)
+        base = None
+        if state.exists:
+            head = state.branches[branch].head_version if branch in state.branches else state.active or state.latest
+            base = parse_yaml(state.version(head).yaml_content)
+        assessment = self.assess(base, raw)
+        if branch == a.MAIN and assessment.risk_level != "low" and self.evidence is not None:
+            # The approvers see how the candidate would have answered the tenant's recorded conversations.
+            report = await self.evidence(tenant, config_id, config_from_mapping(raw))
+            assessment = msgspec.structs.replace(assessment, evidence=report)
+        command = a.CreateConfigVersion(
+            config_id=config_id,
+            yaml_content=yaml_content,
+            assessment=assessment,
+            commit_message=commit_message,
+            author_type=author_type,
+            caller=caller,
+            branch=branch,
+            based_on=based_on,
+            at=_now(),
+        )
+        return await self._handle(tenant, config_id, command, command_id), issues
+
+    async def compare(self, tenant: str, config_id: str, version_a: int, version_b: int) -> dict[str, Any]:
+        state = await self.catalog.state(tenant, config_id)
+        old, new = (config_document(load_config(state.version(v).yaml_content)) for v in (version_a, version_b))
+        comparison = rules.compare(old, new)
+        return {
+            "config_id": config_id,
+            "product_type": state.product_type,
+            "version_a": version_a,
+            "version_b": version_b,
+            "diff": comparison.diff,
+            "changes": list(comparison.changes),
+            "change_type": comparison.change_type,
+            "breaking_changes": comparison.breaking,
+            "breaking_reasons": list(comparison.breaking_reasons),
+            "risk_assessment": {"risk_level": comparison.risk_level, "reasons": list(comparison.risk_reasons)},
+        }
+
+    async def merge(self, tenant: str, config_id: str, branch: str, caller: a.Caller) -> Outcome[a.AgentConfigState]:
+        state = await self.catalog.state(tenant, config_id)
+        found = state.branches.get(branch)
+        if found is None:
+            raise NotFoundError(f"branch {branch} not found")
+        head = parse_yaml(state.version(found.head_version).yaml_content)
+        active = parse_yaml(state.version(state.active).yaml_content) if state.active else None
+        command = a.MergeConfigBranch(branch=branch, assessment=self.assess(active, head), caller=caller, at=_now())
+        return await self._handle(tenant, config_id, command, None)
+
+    async def run(self, tenant: str, config_id: str, command: Any) -> Outcome[a.AgentConfigState]:
+        """Approve, reject, mark breaking, reload, roll back, branch: commands with nothing to parse."""
+        return await self._handle(tenant, config_id, command, None)
+
+    async def set_permissions(
+        self, tenant: str, user_id: str, permissions: dict[str, bool], caller: a.Caller
+    ) -> Outcome[m.Members]:
+        command = m.SetMemberPermissions(
+            user_id=user_id,
+            permissions=permissions,
+            known=frozenset(perms.PERMISSIONS),
+            set_by=caller.user_id,
+            set_by_permissions=caller.granted,
+            at=_now(),
+        )
+        ctx = CommandContext(tenant=tenant, actor=caller.user_id)
+        return await self.runner.handle(CONFIG_MEMBERS, m.MEMBERS_ID, command, ctx)
+
+    async def permissions_of(self, tenant: str) -> dict[str, dict[str, bool]]:
+        return dict((await self.members.load(tenant, m.MEMBERS_ID)).state.overrides)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+DEMO_CONFIGS = Path(__file__).resolve().parent.parent / "agents" / "configs"
+SYSTEM = a.Caller(user_id="system", roles=frozenset({"platform_engineer"}), granted=frozenset(perms.PERMISSIONS))
+
+
+async def ensure_demo_configs(service: ConfigService, tenant: str, directory: Path = DEMO_CONFIGS) -> list[str]:
+    """Give a tenant the demo configs (``support_bot.yaml`` becomes ``support-bot``) it does not have yet.
+
+    Idempotent, also across processes starting together: the command id names the demo config.
+    """
+    created = []
+    demos = {path.stem.replace("_", "-"): path.read_text() for path in sorted(directory.glob("*.yaml"))}  # noqa: ASYNC240
+    for config_id, text in demos.items():
+        try:
+            outcome, _ = await service.create_version(
+                tenant,
+                config_id,
+                text,
+                SYSTEM,
+                commit_message="demo config",
+                author_type="system",
+                first=True,
+                command_id=f"demo-{config_id}",
+            )
+        except IllegalStateError:
+            continue  # the tenant has it already
+        if outcome.events:
+            created.append(config_id)
+    return created

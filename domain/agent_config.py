@@ -71,6 +71,8 @@ class ConfigVersionCreated(Event, frozen=True, kw_only=True):
     breaking: bool = False
     breaking_reasons: list[str] = []
     approvals_needed: list[str] = []
+    # For a change that needs approval: how the candidate answers the tenant's recorded conversations.
+    evidence: dict[str, object] | None = None
     at: datetime
 
 
@@ -155,6 +157,7 @@ class Assessment(msgspec.Struct, frozen=True, kw_only=True):
     breaking: bool = False
     breaking_reasons: list[str] = []
     required: frozenset[str] = frozenset()  # the edit permissions the change needs
+    evidence: dict[str, object] | None = None  # a replay of recorded conversations (medium or high risk)
 
 
 class CreateConfigVersion(Command, frozen=True, kw_only=True):
@@ -416,6 +419,7 @@ def _create(command: CreateConfigVersion, state: AgentConfigState) -> list[Event
         breaking=a.breaking,
         breaking_reasons=list(a.breaking_reasons),
         approvals_needed=list(needed) if command.branch == MAIN else [],
+        evidence=a.evidence if needed else None,
         at=command.at,
     )
     if command.branch != MAIN or needed or a.breaking:
@@ -511,6 +515,7 @@ def _merge(command: MergeConfigBranch, state: AgentConfigState) -> list[Event]:
         breaking=a.breaking,
         breaking_reasons=list(a.breaking_reasons),
         approvals_needed=list(needed),
+        evidence=a.evidence if needed else None,
         at=command.at,
     )
     merged = ConfigBranchMerged(

@@ -6,6 +6,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from projections.configs import ConfigsProjector
 from projections.conversations import ConversationsProjector
 from projections.projector import Projector
 from projections.runner import ProjectorRunner
@@ -14,7 +15,7 @@ from streams.store import EventStore
 
 
 def projectors() -> list[Projector]:
-    return [ConversationsProjector()]
+    return [ConversationsProjector(), ConfigsProjector()]
 
 
 def projector(name: str) -> Projector:

@@ -1,10 +1,12 @@
-"""Following the whole stream in order: durable JetStream consumers for projectors.
+"""Following a stream in order: durable JetStream consumers for projectors and the agent runtime.
 
 A ``Feed`` is a durable pull consumer over a subject filter. It yields batches of raw messages
 in stream order; the reader acknowledges a batch once what it did with it is committed
 (``AckPolicy.ALL``: acknowledging the last message acknowledges the batch). Unacknowledged
 messages are delivered again, so readers must treat a redelivered sequence as a no-op; the
 projectors do that by keeping their own checkpoint beside their rows.
+
+A feed reads the event stream unless told another (the agent work stream, ``streams.work``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Feed:
         durable: str,
         *,
         subject: str | None = None,
+        stream: str | None = None,
         start_seq: int = 1,
         batch: int = 500,
         ack_wait: float = 30.0,
@@ -48,6 +51,7 @@ class Feed:
         self.log = log
         self.durable = durable
         self.subject = subject
+        self.stream = stream or log.stream
         self.start_seq = max(start_seq, 1)
         self.batch = batch
         self.ack_wait = ack_wait
@@ -66,10 +70,10 @@ class Feed:
         )
         try:
             return await self.log.js.pull_subscribe(
-                self.subject or "", durable=self.durable, stream=self.log.stream, config=config
+                self.subject or "", durable=self.durable, stream=self.stream, config=config
             )
         except nats.errors.Error as e:
-            raise UnavailableError(f"cannot open consumer {self.durable} on {self.log.stream}: {e}") from None
+            raise UnavailableError(f"cannot open consumer {self.durable} on {self.stream}: {e}") from None
 
     @classmethod
     async def from_where_it_left(cls, log: JetStreamLog, durable: str, **options: Any) -> Feed:
@@ -83,9 +87,26 @@ class Feed:
             raise UnavailableError(f"cannot read consumer {durable}: {e}") from None
         return cls(log, durable, start_seq=start_seq, **options)
 
+    async def restart(self) -> None:
+        """Start the durable consumer afresh from its acknowledged position.
+
+        A message delivered but never acknowledged (its reader died mid-batch) is delivered again
+        only after the ack wait, behind the messages that came after it; a new reader that must
+        keep the order starts here instead, and gets it first.
+        """
+        try:
+            info = await self.log.js.consumer_info(self.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            return  # it does not exist yet: the first fetch creates it at ``start_seq``
+        except nats.errors.Error as e:
+            raise UnavailableError(f"cannot read consumer {self.durable}: {e}") from None
+        await self.close()
+        await self.delete()
+        self.start_seq = (info.ack_floor.stream_seq if info.ack_floor else 0) + 1
+
     async def delete(self) -> None:
         try:
-            await self.log.js.delete_consumer(self.log.stream, self.durable)
+            await self.log.js.delete_consumer(self.stream, self.durable)
         except nats.js.errors.NotFoundError:
             pass
         except nats.errors.Error as e:

@@ -77,6 +77,12 @@ def encode_commit(first_version: int, items: list[StoredItem], meta: EventMeta |
     return _ENCODE.encode(Commit(first_version, meta or EventMeta(), items))
 
 
+def commit_version(data: bytes) -> int:
+    """The aggregate's version after a commit (the version of its last event), from the message body."""
+    commit = _DECODE.decode(data)
+    return commit.first_version + len(commit.events) - 1
+
+
 class RecordedEvent(msgspec.Struct, frozen=True):
     stream: StreamId
     version: int

@@ -21,6 +21,7 @@ def settings_for(
     nats_url: str, database_url: str, redis_url: str, data_dir: Path, stream: str, **overrides: Any
 ) -> ApiSettings:
     store = StoreSettings(nats_url=nats_url, data_dir=data_dir, stream=stream)
+    overrides.setdefault("demo_tenants", ("acme", "globex"))
     return ApiSettings(jwt_secret=SECRET, database_url=database_url, redis_url=redis_url, store=store, **overrides)
 
 

@@ -39,8 +39,14 @@ async def open_test_store(nats_url: str, tmp_path: Path) -> AsyncIterator[OpenSt
 
 
 async def drop(opened: OpenStore) -> None:
-    """Delete a test store's stream and buckets, then close it."""
+    """Delete a test store's streams (the agent work stream too, if a runtime made one) and buckets, then close it."""
+    from streams.work import work_stream_name
+
     prefix = opened.settings.stream.lower()
+    try:
+        await opened.log.js.delete_stream(work_stream_name(opened.settings.stream))
+    except Exception:
+        pass
     await opened.log.delete()
     try:
         await opened.log.js.delete_key_value(f"{prefix}_snapshots")
@@ -91,13 +97,15 @@ def fresh_database(pg_url: str) -> str:
 
 
 async def delete_stream(nats_url: str, name: str) -> None:
-    """Remove a test stream and its snapshot bucket (streams of one server may not share subjects)."""
+    """Remove a test stream, its agent work stream and its snapshot bucket (streams of one server may
+    not share subjects)."""
     from streams.jetstream import connect
+    from streams.work import work_stream_name
 
     nc = await connect(nats_url, name="test-cleanup", retry_for=5)
     try:
         js = nc.jetstream()
-        for stream in (name, f"KV_{name.lower()}_snapshots"):
+        for stream in (work_stream_name(name), name, f"KV_{name.lower()}_snapshots"):
             try:
                 await js.delete_stream(stream)
             except Exception:

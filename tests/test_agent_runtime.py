@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 import psycopg
 import pytest_asyncio
 
+from agents.config_source import DemoConfigs
 from agents.demo_data import setup_demo_data
-from agents.runtime import AgentRuntime, ConfigSource
+from agents.runtime import AgentRuntime
 from agents.tools import connect_url, demo_registry
 from commands.conversation import CONVERSATION
 from commands.runner import CommandContext, CommandRunner
@@ -28,12 +29,12 @@ async def runtime(open_test_store: OpenStore, pg_url: str) -> AsyncIterator[tupl
         await setup_demo_data(conn)
     runner = CommandRunner.for_aggregates(open_test_store.store, [CONVERSATION])
     rt = AgentRuntime(
-        open_test_store.store, runner, demo_registry(connect_url(url)), ConfigSource(), {}, durable="agents_test"
-    )
-    feed = await rt.start()  # before the conversations below: it answers what comes after it
+        open_test_store.store, runner, demo_registry(connect_url(url)), DemoConfigs(), {},
+        durable="agents_test", partitions=4, idle_wait=0.2,
+    )  # fmt: skip
+    await rt.start()  # before the conversations below: it answers what comes after it
     yield rt, runner
-    await feed.close()
-    await feed.delete()
+    await rt.close()
 
 
 async def say(runner: CommandRunner, cid: str, text: str, *, start: bool = False) -> None:
@@ -124,52 +125,6 @@ async def test_the_history_given_to_the_model_holds_every_earlier_turn_in_order(
     assert [t.role for t in turns] == ["user", "assistant", "user", "assistant"]
 
 
-async def test_of_two_runtimes_only_the_leader_answers_and_the_other_takes_over_when_it_stops(
-    open_test_store: OpenStore, pg_url: str
-) -> None:
-    import asyncio
-
-    from psycopg_pool import AsyncConnectionPool
-
-    url = fresh_database(pg_url)
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await setup_demo_data(conn)
-    pool: AsyncConnectionPool = AsyncConnectionPool(url, min_size=1, max_size=4, open=False)
-    await pool.open()
-    runner = CommandRunner.for_aggregates(open_test_store.store, [CONVERSATION])
-    tools = demo_registry(connect_url(url))
-    first, second = (
-        AgentRuntime(open_test_store.store, runner, tools, ConfigSource(), {}, durable="agents_pair") for _ in range(2)
-    )
-    await first.start()
-    one = asyncio.create_task(first.run(leader=pool))
-    await asyncio.sleep(0.3)
-    two = asyncio.create_task(second.run(leader=pool))
-    try:
-        cid = uuid.uuid4().hex
-        await say(runner, cid, "Where is my order ORD-78945?", start=True)
-        for _ in range(50):
-            if any(isinstance(e, c.AgentReplied) for e in await events_of(open_test_store, cid)):
-                break
-            await asyncio.sleep(0.1)
-        assert first.leading and not second.leading
-        await first.stop()
-        await one
-        await say(runner, cid, "And ORD-12345?")
-        for _ in range(80):
-            if sum(isinstance(e, c.AgentReplied) for e in await events_of(open_test_store, cid)) == 2:
-                break
-            await asyncio.sleep(0.1)
-        assert second.leading
-        assert sum(isinstance(e, c.AgentReplied) for e in await events_of(open_test_store, cid)) == 2
-    finally:
-        await second.stop()
-        await asyncio.gather(one, two, return_exceptions=True)
-        if second.feed is not None:
-            await second.feed.delete()
-        await pool.close()
-
-
 async def test_a_provider_that_fails_is_recorded_with_the_reply_and_the_next_one_answers(
     open_test_store: OpenStore, pg_url: str
 ) -> None:
@@ -184,8 +139,11 @@ async def test_a_provider_that_fails_is_recorded_with_the_reply_and_the_next_one
         await setup_demo_data(conn)
     runner = CommandRunner.for_aggregates(open_test_store.store, [CONVERSATION])
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": f"{base_url}/v1"}
-    rt = AgentRuntime(open_test_store.store, runner, demo_registry(connect_url(url)), ConfigSource(), env, durable="fb")
-    feed = await rt.start()
+    rt = AgentRuntime(
+        open_test_store.store, runner, demo_registry(connect_url(url)), DemoConfigs(), env,
+        durable="fb", partitions=4, idle_wait=0.2,
+    )  # fmt: skip
+    await rt.start()
     try:
         cid = uuid.uuid4().hex
         await say(runner, cid, "Hello", start=True)
@@ -196,6 +154,5 @@ async def test_a_provider_that_fails_is_recorded_with_the_reply_and_the_next_one
             ("openai", "offline", "provider_unavailable")
         ]
     finally:
-        await feed.close()
-        await feed.delete()
+        await rt.close()
         await api.close()

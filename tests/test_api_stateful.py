@@ -97,7 +97,7 @@ def test_random_commands_through_http_keep_the_read_model_equal_to_the_events(ma
 
         @rule(target=conversations, first=texts)
         def start(self, first: str) -> str:
-            body = {"config_id": "cfg", "channel": "webchat", "user_id": "u-1", "initial_message": first}
+            body = {"config_id": "support-bot", "channel": "webchat", "user_id": "u-1", "initial_message": first}
             cid = self._ok(self.client.post(f"{BASE}/conversations", json=body, headers=TENANT), 201)["conversation_id"]
             self.models[cid] = Model()
             self.models[cid].messages.append(first)

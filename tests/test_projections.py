@@ -938,7 +938,7 @@ async def test_the_registry_migrates_and_runs_every_projector_until_stopped(
 ) -> None:
     history = History(open_test_store)
     await all_stories(history)
-    assert await registry.migrate(pool) == {"conversations": [1, 2]}
+    assert await registry.migrate(pool) == {"conversations": [1, 2], "configs": [1, 2]}
     runners = registry.runners(open_test_store.store, pool, idle_wait=0.2)
     tasks = [asyncio.create_task(runner.run()) for runner in runners]
     try:
@@ -947,7 +947,8 @@ async def test_the_registry_migrates_and_runs_every_projector_until_stopped(
         for runner in runners:
             await runner.stop()
         await asyncio.wait_for(asyncio.gather(*tasks), 5)
-    assert [(s["name"], s["lag"]) for s in [await r.status() for r in runners]] == [("conversations", 0)]
+    statuses = [await r.status() for r in runners]
+    assert [(s["name"], s["lag"]) for s in statuses] == [("conversations", 0), ("configs", 0)]
 
 
 async def test_migrations_are_recorded_once_and_build_any_schema(pool: AsyncConnectionPool[Any]) -> None:

@@ -6,7 +6,7 @@ local token = os.getenv("PARLEY_TOKEN")
 local n = 0
 wrk.headers["Authorization"] = "Bearer " .. token
 wrk.headers["Content-Type"] = "application/json"
-local start_body = '{"config_id":"bench","channel":"webchat","user_id":"u-bench","initial_message":"I want to check my order status"}'
+local start_body = '{"config_id":"support-bot","channel":"webchat","user_id":"u-bench","initial_message":"I want to check my order status"}'
 
 request = function()
   n = n + 1

@@ -12,17 +12,25 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
+from agents.checkpoints import TurnCheckpoints
+from agents.config_source import VersionedConfigs
 from agents.demo_data import setup_demo_data
-from agents.runtime import AgentRuntime, ConfigSource
+from agents.preview import replay_history
+from agents.runtime import AgentRuntime
+from agents.settings import AgentSettings
 from agents.tools import demo_registry
 from commands.agent_pool import AGENT_POOL
-from commands.configs import ConfigCatalog, FirstVersionCatalog
+from commands.config_monitor import ConfigMonitor
+from commands.configs import AGENT_CONFIG, CONFIG_MEMBERS, ConfigCatalog, ConfigService, ensure_demo_configs
 from commands.conversation import CONVERSATION
 from commands.runner import CommandRunner
 from domain import conversation as c
+from gateways.http.config_reads import ConfigReads
 from gateways.http.limits import Limits
 from gateways.http.positions import PositionWatcher
 from gateways.http.settings import ApiSettings
+from read_models import configs as config_queries
+from read_models.configs import CONFIGS
 from streams.factory import OpenStore, open_store
 from streams.jetstream import RawMessage
 from streams.subjects import StreamId, command_token
@@ -37,7 +45,6 @@ class Platform:
         opened: OpenStore,
         pool: AsyncConnectionPool[Any],
         redis: Redis,
-        configs: ConfigCatalog,
     ) -> None:
         from projections import registry
         from read_models import conversations as queries
@@ -46,11 +53,10 @@ class Platform:
         self.opened = opened
         self.pool = pool
         self.redis = redis
-        self.configs = configs
         self.queries: ModuleType = queries
         self.runner = CommandRunner.for_aggregates(
             opened.store,
-            [CONVERSATION, AGENT_POOL],
+            [CONVERSATION, AGENT_POOL, AGENT_CONFIG, CONFIG_MEMBERS],
             snapshots=opened.snapshots,
             keys=opened.keys,
             snapshot_every=opened.settings.snapshot_every,
@@ -63,13 +69,33 @@ class Platform:
             ttl=settings.idempotency_ttl_seconds,
         )
         self.projectors = registry.runners(opened.store, pool) if settings.run_projectors else []
+        self.configs = ConfigCatalog(self.runner)
+        # The runtime answers each conversation with the config version it is pinned to.
+        self.agent_configs = VersionedConfigs(self.configs.state)
         self.agents: AgentRuntime | None = None
         if settings.run_agents:
-            tools = demo_registry(pool.connection)
-            self.agents = AgentRuntime(opened.store, self.runner, tools, ConfigSource(), dict(os.environ))
+            agent_settings = AgentSettings.from_env()
+            checkpoints = TurnCheckpoints(settings.database_url) if agent_settings.checkpoints == "postgres" else None
+            self.agents = AgentRuntime(
+                opened.store,
+                self.runner,
+                demo_registry(pool.connection),
+                self.agent_configs,
+                dict(os.environ),
+                checkpoints=checkpoints,
+                partitions=agent_settings.partitions,
+            )
+        self.tools = demo_registry(pool.connection)
+        self.config_service = ConfigService(
+            self.runner, implemented_tools=frozenset(self.tools.names), evidence=self.replay_recorded
+        )
+        self.config_reads = ConfigReads(redis, pool, opened.nc, namespace=opened.settings.stream)
         self.projector_defs = registry.projectors()
         self.positions = PositionWatcher(settings.database_url, queries.CONVERSATIONS, pool)
+        self.config_positions = PositionWatcher(settings.database_url, CONFIGS, pool)
+        self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._agent_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, settings: ApiSettings) -> Platform:
@@ -84,29 +110,46 @@ class Platform:
         await registry.migrate(pool)
         redis = Redis.from_url(settings.redis_url)
         await redis.ping()
-        platform = cls(settings, opened, pool, redis, FirstVersionCatalog())
+        platform = cls(settings, opened, pool, redis)
         await platform.positions.start()
+        await platform.config_positions.start()
+        await platform.config_reads.start()
+        for tenant in settings.demo_tenants:
+            await ensure_demo_configs(platform.config_service, tenant)
         if platform.agents is not None:
             async with pool.connection() as conn:
                 await setup_demo_data(conn)
-            # Fix where the runtime starts before the API takes a request: a new runtime answers
-            # every message from here on (a later start would skip the first ones).
+            # The work stream exists before the API takes a request: every message from here on
+            # waits there for an answer (a later start would skip the first ones).
+            await platform.agent_configs.follow(opened.nc)
+            platform._tasks.append(asyncio.create_task(platform._sweep_configs(), name="config-sweep"))
             await platform.agents.start()
-            runtime = platform.agents.run(leader=pool)
-            platform._tasks.append(asyncio.create_task(runtime, name="agent-runtime"))
+            # Its partitions are shared with the runtimes of the other API processes.
+            platform._agent_task = asyncio.create_task(platform.agents.run(settings.database_url), name="agent-runtime")
+            platform._tasks.append(platform._agent_task)
         for runner in platform.projectors:
             platform._tasks.append(asyncio.create_task(runner.run(), name=f"projector-{runner.projector.name}"))
+        if settings.auto_rollback is not None:
+            monitor = ConfigMonitor(platform.config_service, pool, settings.auto_rollback)
+            platform._tasks.append(asyncio.create_task(monitor.run(platform._stopping), name="config-monitor"))
         return platform
 
     async def close(self) -> None:
+        self._stopping.set()
         if self.agents is not None:
             await self.agents.stop()
+            if self._agent_task is not None:  # hand the partitions over: the batches in hand end first
+                await asyncio.wait([self._agent_task], timeout=self.settings.reply_wait_seconds)
+            await self.agents.close()
         for runner in self.projectors:
             await runner.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.positions.close()
+        await self.config_positions.close()
+        await self.config_reads.close()
+        await self.agent_configs.close()
         await self.redis.aclose()
         await self.pool.close()
         await self.opened.close()
@@ -128,6 +171,31 @@ class Platform:
 
         subscription = await self.opened.nc.subscribe(subject, cb=arrived)
         return ReplyWait(self, stream, subject, subscription, future)
+
+    async def _sweep_configs(self, every: float = 60.0) -> None:
+        """Release config versions no conversation has used for the grace period."""
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), every)
+            except TimeoutError:
+                self.agent_configs.sweep()
+
+    async def recordings(self, tenant: str, config_id: str, limit: int) -> dict[str, list[Any]]:
+        """The events of the config's most recent conversations, by conversation id."""
+        async with self.pool.connection() as conn:
+            ids = await config_queries.recent_conversations(conn, tenant, config_id, limit)
+        store = self.opened.store
+        return {cid: await store.read(StreamId(tenant, c.AGGREGATE_TYPE, cid)) for cid in ids}
+
+    async def replay_recorded(self, tenant: str, config_id: str, candidate: Any, limit: int = 20) -> dict[str, Any]:
+        """How ``candidate`` would have answered the config's recent recorded conversations."""
+        return await replay_history(candidate, await self.recordings(tenant, config_id, limit), dict(os.environ))
+
+    async def wait_for_configs(self, position: int | None) -> bool:
+        """Wait, bounded, until the configs read model has passed ``position``."""
+        if not position:
+            return True
+        return await self.config_positions.wait(position, self.settings.read_wait_seconds)
 
     async def wait_for(self, position: int | None) -> bool:
         """Wait, bounded, until the conversation read model has passed ``position``."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import msgspec
 
+from commands.config_monitor import MonitorSettings
 from domain.errors import ValidationError
 from streams.factory import DEFAULT_DATA, StoreSettings
 
@@ -27,6 +28,10 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     run_agents: bool = True
     # How long start/continue wait for the agent's reply before answering 202.
     reply_wait_seconds: float = 10.0
+    # Tenants that get the demo configs (support-bot, sales-bot) at start if they lack them.
+    demo_tenants: tuple[str, ...] = ()
+    # Automatic rollback of a newly activated config version that fails too often (None: off).
+    auto_rollback: MonitorSettings | None = MonitorSettings()
 
     @classmethod
     def from_env(cls, **overrides: object) -> ApiSettings:
@@ -44,6 +49,7 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
             "store": StoreSettings.from_env(connect_retry_for=None),
             "run_projectors": env.get("PARLEY_INLINE_PROJECTORS", "1") not in ("0", "false", ""),
             "run_agents": env.get("PARLEY_INLINE_AGENTS", "1") not in ("0", "false", ""),
+            "demo_tenants": tuple(t for t in env.get("PARLEY_DEMO_TENANTS", "demo").split(",") if t.strip()),
         }
         for field, variable, convert in (
             ("tenant_rate", "PARLEY_TENANT_RATE", float),
@@ -54,6 +60,17 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
         ):
             if variable in env:
                 values[field] = convert(env[variable])
+        monitor: dict[str, object] = {}
+        for field, variable, convert in (
+            ("threshold", "PARLEY_AUTO_ROLLBACK_THRESHOLD", float),
+            ("min_sample", "PARLEY_AUTO_ROLLBACK_MIN_SAMPLE", int),
+            ("window_seconds", "PARLEY_AUTO_ROLLBACK_WINDOW_SECONDS", float),
+            ("interval_seconds", "PARLEY_AUTO_ROLLBACK_INTERVAL_SECONDS", float),
+        ):
+            if variable in env:
+                monitor[field] = convert(env[variable])
+        off = env.get("PARLEY_AUTO_ROLLBACK", "1") in ("0", "false", "")
+        values["auto_rollback"] = None if off else MonitorSettings(**monitor)  # type: ignore[arg-type]
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 

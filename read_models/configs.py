@@ -1,0 +1,405 @@
+"""The agent configs read model: versions, activations, rollbacks and branches, and their queries.
+
+Filled by ``projections.configs.ConfigsProjector`` from the agent config events; read by the
+configuration API. Every query names the tenant: another tenant's config reads as not found.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+from psycopg.rows import dict_row
+
+from read_models.migrations import PROJECTOR_TABLES, Migration, ReadModel
+
+TABLES = (
+    """
+    CREATE TABLE configs (
+        tenant text NOT NULL,
+        config_id text NOT NULL,
+        product_type text NOT NULL,
+        active_version integer NOT NULL DEFAULT 0,
+        latest_version integer NOT NULL,
+        created_at timestamptz NOT NULL,
+        updated_at timestamptz NOT NULL,
+        activated_at timestamptz,
+        last_seq bigint NOT NULL,
+        version integer NOT NULL,
+        PRIMARY KEY (tenant, config_id)
+    )
+    """,
+    "CREATE INDEX configs_latest_activation ON configs (tenant, activated_at DESC NULLS LAST)",
+    """
+    CREATE TABLE config_versions (
+        tenant text NOT NULL,
+        config_id text NOT NULL,
+        version integer NOT NULL,
+        branch text NOT NULL,
+        based_on integer NOT NULL,
+        yaml_content text NOT NULL,
+        digest text NOT NULL,
+        product_type text NOT NULL,
+        status text NOT NULL
+            CHECK (status IN ('pending_approval', 'awaiting_reload', 'active', 'archived', 'rejected', 'draft')),
+        author text NOT NULL,
+        author_type text NOT NULL,
+        commit_message text NOT NULL,
+        change_type text NOT NULL,
+        changes jsonb NOT NULL,
+        risk_level text NOT NULL,
+        risk_reasons jsonb NOT NULL,
+        breaking boolean NOT NULL,
+        breaking_reasons jsonb NOT NULL,
+        approvals_needed jsonb NOT NULL,
+        approvals_missing jsonb NOT NULL,
+        approvals jsonb NOT NULL DEFAULT '[]',
+        evidence jsonb,
+        rejected_reason text,
+        rolled_back boolean NOT NULL DEFAULT false,
+        rollback_reason text,
+        restores_version integer,
+        created_at timestamptz NOT NULL,
+        activated_at timestamptz,
+        PRIMARY KEY (tenant, config_id, version)
+    )
+    """,
+    """
+    CREATE TABLE config_activations (
+        tenant text NOT NULL,
+        config_id text NOT NULL,
+        seq bigint NOT NULL,
+        version integer NOT NULL,
+        previous integer NOT NULL,
+        reason text NOT NULL,
+        at timestamptz NOT NULL,
+        PRIMARY KEY (tenant, config_id, seq, version)
+    )
+    """,
+    "CREATE INDEX config_activations_by_time ON config_activations (tenant, config_id, at)",
+    """
+    CREATE TABLE config_rollbacks (
+        tenant text NOT NULL,
+        config_id text NOT NULL,
+        new_version integer NOT NULL,
+        from_version integer NOT NULL,
+        to_version integer NOT NULL,
+        reason text NOT NULL,
+        initiated_by text NOT NULL,
+        user_id text,
+        pinned_conversations jsonb NOT NULL,
+        at timestamptz NOT NULL,
+        PRIMARY KEY (tenant, config_id, new_version)
+    )
+    """,
+    """
+    CREATE TABLE config_branches (
+        tenant text NOT NULL,
+        config_id text NOT NULL,
+        branch text NOT NULL,
+        base_version integer NOT NULL,
+        head_version integer NOT NULL,
+        description text NOT NULL,
+        status text NOT NULL CHECK (status IN ('active', 'merged')),
+        merged_into integer,
+        created_by text NOT NULL,
+        created_at timestamptz NOT NULL,
+        PRIMARY KEY (tenant, config_id, branch)
+    )
+    """,
+)
+
+CONFIGS = ReadModel(
+    name="configs",
+    schema="rm_configs",
+    migrations=(
+        Migration(1, "projector checkpoint and dead letters", PROJECTOR_TABLES),
+        Migration(2, "configs, versions, activations, rollbacks, branches", TABLES),
+    ),
+)
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _q(text: str, schema: str) -> sql.Composed:
+    return sql.SQL(text).format(s=sql.Identifier(schema))
+
+
+_VERSION_COLUMNS = """v.version, v.branch, v.based_on, v.yaml_content, v.digest, v.product_type, v.status, v.author,
+    v.author_type, v.commit_message, v.change_type, v.changes, v.risk_level, v.risk_reasons, v.breaking,
+    v.breaking_reasons, v.approvals_needed, v.approvals_missing, v.approvals, v.evidence, v.rejected_reason,
+    v.rolled_back, v.rollback_reason, v.restores_version, v.created_at, v.activated_at"""
+
+
+def _version_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "version": row["version"],
+        "branch": row["branch"],
+        "based_on": row["based_on"],
+        "status": row["status"],
+        "created_at": iso(row["created_at"]),
+        "activated_at": iso(row["activated_at"]),
+        "created_by": row["author"],
+        "author_type": row["author_type"],
+        "commit_message": row["commit_message"],
+        "change_type": row["change_type"],
+        "changes": row["changes"],
+        "risk_level": row["risk_level"],
+        "risk_reasons": row["risk_reasons"],
+        "breaking_change": row["breaking"],
+        "breaking_reasons": row["breaking_reasons"],
+        "approvals_needed": row["approvals_needed"],
+        "approvals_missing": row["approvals_missing"],
+        "approvals": row["approvals"],
+        "evidence": row["evidence"],
+        "rejected_reason": row["rejected_reason"],
+        "rolled_back": row["rolled_back"],
+        "restores_version": row["restores_version"],
+        "rollback_available": row["status"] in ("archived",) and row["branch"] == "main",
+    }
+
+
+async def get_config(
+    conn: AsyncConnection[Any],
+    tenant: str,
+    config_id: str,
+    *,
+    version: int | None = None,
+    at: datetime | None = None,
+    schema: str = CONFIGS.schema,
+) -> dict[str, Any] | None:
+    """A config as the seed's "Get Config by ID": its active version, or a given version, or the
+    version that was active at a moment (``at``)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            _q("SELECT * FROM {s}.configs WHERE tenant = %s AND config_id = %s", schema), [tenant, config_id]
+        )
+        config = await cur.fetchone()
+        if config is None:
+            return None
+        if at is not None:
+            await cur.execute(
+                _q(
+                    "SELECT version FROM {s}.config_activations WHERE tenant = %s AND config_id = %s AND at <= %s"
+                    " ORDER BY at DESC, seq DESC LIMIT 1",
+                    schema,
+                ),
+                [tenant, config_id, at],
+            )
+            found = await cur.fetchone()
+            if found is None:
+                return None
+            version = found["version"]
+        number = version if version is not None else config["active_version"] or config["latest_version"]
+        await cur.execute(
+            _q(
+                f"SELECT {_VERSION_COLUMNS} FROM {{s}}.config_versions v"
+                " WHERE v.tenant = %s AND v.config_id = %s AND v.version = %s",
+                schema,
+            ),
+            [tenant, config_id, number],
+        )
+        row = await cur.fetchone()
+    if row is None:
+        return None
+    return {
+        "config_id": config_id,
+        "organization_id": tenant,
+        "tenant_slug": tenant,
+        "product_type": config["product_type"],
+        "version": row["version"],
+        "active_version": config["active_version"],
+        "latest_version": config["latest_version"],
+        "yaml_content": row["yaml_content"],
+        "metadata": {
+            "created_at": iso(row["created_at"]),
+            "updated_at": iso(config["updated_at"]),
+            "status": row["status"],
+            "breaking_change": row["breaking"],
+            "digest": row["digest"],
+        },
+        "revision": config["version"],  # events in the config's history so far
+        "position": config["last_seq"],
+    }
+
+
+async def latest_config_id(conn: AsyncConnection[Any], tenant: str, *, schema: str = CONFIGS.schema) -> str | None:
+    """The tenant's most recently activated config (the seed's "latest for an organization")."""
+    cur = await conn.execute(
+        _q(
+            "SELECT config_id FROM {s}.configs WHERE tenant = %s AND active_version > 0"
+            " ORDER BY activated_at DESC NULLS LAST, config_id LIMIT 1",
+            schema,
+        ),
+        [tenant],
+    )
+    row = await cur.fetchone()
+    return None if row is None else str(row[0])
+
+
+async def list_versions(
+    conn: AsyncConnection[Any],
+    tenant: str,
+    config_id: str,
+    *,
+    limit: int = 50,
+    offset: int = 0,
+    author_type: str | None = None,
+    schema: str = CONFIGS.schema,
+) -> dict[str, Any] | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            _q("SELECT * FROM {s}.configs WHERE tenant = %s AND config_id = %s", schema), [tenant, config_id]
+        )
+        config = await cur.fetchone()
+        if config is None:
+            return None
+        where = "v.tenant = %s AND v.config_id = %s"
+        params: list[Any] = [tenant, config_id]
+        if author_type is not None:
+            where += " AND v.author_type = %s"
+            params.append(author_type)
+        await cur.execute(_q(f"SELECT count(*) AS n FROM {{s}}.config_versions v WHERE {where}", schema), params)
+        total = (await cur.fetchone() or {"n": 0})["n"]
+        await cur.execute(
+            _q(
+                f"SELECT {_VERSION_COLUMNS} FROM {{s}}.config_versions v WHERE {where}"
+                " ORDER BY v.version DESC LIMIT %s OFFSET %s",
+                schema,
+            ),
+            [*params, limit, offset],
+        )
+        rows = await cur.fetchall()
+    return {
+        "config_id": config_id,
+        "product_type": config["product_type"],
+        "current_version": config["active_version"],
+        "latest_version": config["latest_version"],
+        "versions": [_version_view(r) for r in rows],
+        "total_versions": total,
+        "pagination": {"has_more": offset + len(rows) < total, "next_offset": offset + len(rows)},
+        "position": config["last_seq"],
+    }
+
+
+async def get_version_yaml(
+    conn: AsyncConnection[Any], tenant: str, config_id: str, version: int, *, schema: str = CONFIGS.schema
+) -> str | None:
+    cur = await conn.execute(
+        _q(
+            "SELECT yaml_content FROM {s}.config_versions WHERE tenant = %s AND config_id = %s AND version = %s", schema
+        ),
+        [tenant, config_id, version],
+    )
+    row = await cur.fetchone()
+    return None if row is None else str(row[0])
+
+
+async def list_branches(
+    conn: AsyncConnection[Any], tenant: str, config_id: str, *, schema: str = CONFIGS.schema
+) -> list[dict[str, Any]]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            _q(
+                "SELECT * FROM {s}.config_branches WHERE tenant = %s AND config_id = %s ORDER BY created_at, branch",
+                schema,
+            ),
+            [tenant, config_id],
+        )
+        rows = await cur.fetchall()
+    return [
+        {
+            "branch_name": r["branch"],
+            "config_id": config_id,
+            "base_version": r["base_version"],
+            "current_version": r["head_version"],
+            "description": r["description"],
+            "status": r["status"],
+            "merged_into": r["merged_into"],
+            "created_by": r["created_by"],
+            "created_at": iso(r["created_at"]),
+        }
+        for r in rows
+    ]
+
+
+async def rollbacks(
+    conn: AsyncConnection[Any], tenant: str, config_id: str, *, schema: str = CONFIGS.schema
+) -> list[dict[str, Any]]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            _q("SELECT * FROM {s}.config_rollbacks WHERE tenant = %s AND config_id = %s ORDER BY new_version", schema),
+            [tenant, config_id],
+        )
+        rows = await cur.fetchall()
+    return [
+        {
+            "rolled_back_from": r["from_version"],
+            "rolled_back_to": r["to_version"],
+            "new_version": r["new_version"],
+            "reason": r["reason"],
+            "initiated_by": r["initiated_by"],
+            "user_id": r["user_id"],
+            "pinned_conversations": r["pinned_conversations"],
+            "at": iso(r["at"]),
+        }
+        for r in rows
+    ]
+
+
+async def pinned_conversations(
+    conn: AsyncConnection[Any], tenant: str, config_id: str, version: int, *, limit: int = 10_000
+) -> list[str]:
+    """The conversations still open on a config version: a rollback's blast radius.
+
+    Read from the conversations read model (the conversations this config's versions govern).
+    """
+    cur = await conn.execute(
+        "SELECT conversation_id FROM rm_conversations.conversations WHERE tenant = %s AND config_id = %s"
+        " AND config_version = %s AND status <> 'closed' ORDER BY created_at, conversation_id LIMIT %s",
+        [tenant, config_id, version, limit],
+    )
+    return [str(row[0]) for row in await cur.fetchall()]
+
+
+async def recent_conversations(conn: AsyncConnection[Any], tenant: str, config_id: str, limit: int) -> list[str]:
+    """The config's most recent conversations with at least one customer turn: a replay sample."""
+    cur = await conn.execute(
+        "SELECT conversation_id FROM rm_conversations.conversations WHERE tenant = %s AND config_id = %s"
+        " AND turn_count > 0 ORDER BY created_at DESC, conversation_id LIMIT %s",
+        [tenant, config_id, limit],
+    )
+    return [str(row[0]) for row in await cur.fetchall()]
+
+
+async def version_health(
+    conn: AsyncConnection[Any], since: datetime, *, schema: str = CONFIGS.schema
+) -> list[dict[str, Any]]:
+    """Per config activated since ``since`` (not by a rollback): its active version's conversations
+    started since the activation, and how many of them failed (a reply with a failed tool call)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            _q(
+                """
+                SELECT c.tenant, c.config_id, c.active_version AS version, c.activated_at,
+                    count(v.conversation_id) AS conversations,
+                    count(v.conversation_id) FILTER (WHERE EXISTS (
+                        SELECT 1 FROM rm_conversations.messages m, jsonb_array_elements(m.tool_calls) t
+                        WHERE m.tenant = v.tenant AND m.conversation_id = v.conversation_id
+                            AND m.tool_calls IS NOT NULL AND t ? 'error')) AS failed
+                FROM {s}.configs c
+                JOIN {s}.config_activations a ON a.tenant = c.tenant AND a.config_id = c.config_id
+                    AND a.version = c.active_version AND a.reason <> 'rollback'
+                LEFT JOIN rm_conversations.conversations v ON v.tenant = c.tenant AND v.config_id = c.config_id
+                    AND v.config_version = c.active_version AND v.created_at >= c.activated_at
+                WHERE c.activated_at >= %s
+                GROUP BY c.tenant, c.config_id, c.active_version, c.activated_at
+                """,
+                schema,
+            ),
+            [since],
+        )
+        return list(await cur.fetchall())

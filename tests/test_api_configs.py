@@ -1,0 +1,370 @@
+"""Agent configs over HTTP against the real stack: versions, compare, rollback, pinning, permissions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest_asyncio
+import yaml
+from litestar.testing import AsyncTestClient
+
+from commands.config_monitor import MonitorSettings
+from tests.api_support import api_client, bearer, settings_for
+from tests.conftest import delete_stream, fresh_database, unique_stream
+
+CONFIGS = "/api/v1/configs"
+CHAT = "/api/v1/orchestration"
+ADMIN = bearer(roles=("org_admin",), subject="jane")
+OTHER_ADMIN = bearer(roles=("org_admin",), subject="omar")
+MANAGER = bearer(roles=("config_manager",), subject="john")
+VIEWER = bearer(roles=("config_viewer",), subject="vic")
+CUSTOMER = bearer()
+BASE_YAML = (Path(__file__).resolve().parent.parent / "agents" / "configs" / "support_bot.yaml").read_text()
+
+
+def variant(**changes: Any) -> str:
+    raw = yaml.safe_load(BASE_YAML)
+    raw.update(changes)
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+@pytest_asyncio.fixture
+async def client(nats_url: str, pg_url: str, redis_url: str, tmp_path: Path) -> AsyncIterator[AsyncTestClient[Any]]:
+    stream = unique_stream()
+    settings = settings_for(nats_url, fresh_database(pg_url), redis_url, tmp_path, stream)
+    try:
+        async with api_client(settings) as c:
+            yield c
+    finally:
+        await delete_stream(nats_url, stream)
+
+
+async def create_config(client: AsyncTestClient[Any], config_id: str = "faq-bot") -> dict[str, Any]:
+    created = await client.post(
+        CONFIGS, json={"config_id": config_id, "yaml_content": BASE_YAML, "commit_message": "first"}, headers=ADMIN
+    )
+    assert created.status_code == 201, created.text
+    return created.json()
+
+
+async def new_version(client: AsyncTestClient[Any], text: str, headers: dict[str, str] = ADMIN, **more: Any) -> Any:
+    return await client.post(
+        f"{CONFIGS}/faq-bot/versions", json={"yaml_content": text, "commit_message": "change", **more}, headers=headers
+    )
+
+
+async def start(client: AsyncTestClient[Any], config_id: str = "faq-bot") -> dict[str, Any]:
+    body = {"config_id": config_id, "channel": "webchat", "user_id": "user-1"}
+    started = await client.post(f"{CHAT}/conversations", json=body, headers=CUSTOMER)
+    assert started.status_code == 201, started.text
+    return started.json()
+
+
+async def conversation(client: AsyncTestClient[Any], cid: str, position: int = 0) -> dict[str, Any]:
+    read = await client.get(f"{CHAT}/conversations/{cid}", params={"min_position": position}, headers=CUSTOMER)
+    assert read.status_code == 200, read.text
+    return read.json()
+
+
+async def test_rolled_back_content_reaches_new_conversations_while_older_ones_stay_pinned(
+    client: AsyncTestClient[Any],
+) -> None:
+    v1 = await create_config(client)
+    assert (v1["version"], v1["status"], v1["active_version"]) == (1, "active", 1)
+    a = await start(client)
+    assert a["config_version"] == 1
+
+    changed = await new_version(client, variant(system_prompt="You are a casual and friendly assistant."))
+    assert changed.status_code == 201, changed.text
+    v2 = changed.json()
+    assert (v2["version"], v2["status"], v2["risk_level"], v2["change_type"]) == (2, "active", "low", "system_prompt")
+    b = await start(client)
+    assert b["config_version"] == 2
+
+    compared = await client.post(
+        f"{CONFIGS}/faq-bot/versions/compare", json={"version_a": 1, "version_b": 2}, headers=VIEWER
+    )
+    assert compared.status_code == 200, compared.text
+    diff = compared.json()
+    assert diff["diff"]["modified"]["system_prompt"]["new"] == "You are a casual and friendly assistant."
+    assert diff["breaking_changes"] is False and diff["risk_assessment"]["risk_level"] == "low"
+
+    await conversation(client, b["conversation_id"], b["position"])  # B is in the read model: the blast radius sees it
+    rolled = await client.post(
+        f"{CONFIGS}/faq-bot/rollback", json={"target_version": 1, "reason": "v2 too casual"}, headers=MANAGER
+    )
+    assert rolled.status_code == 200, rolled.text
+    body = rolled.json()
+    assert (body["rolled_back_from"], body["rolled_back_to"], body["new_current_version"]) == (2, 1, 3)
+    assert body["pinned_conversations"] == [b["conversation_id"]]
+
+    c = await start(client)
+    assert c["config_version"] == 3
+    read = await client.get(
+        f"{CONFIGS}/faq-bot", params={"version": 3, "min_position": body["position"]}, headers=VIEWER
+    )
+    assert read.status_code == 200, read.text
+    assert read.json()["yaml_content"] == BASE_YAML  # the restored content is v1's
+
+    for cid, version in ((a["conversation_id"], 1), (b["conversation_id"], 2), (c["conversation_id"], 3)):
+        sent = await client.post(
+            f"{CHAT}/conversations/{cid}/messages", json={"message": "hello again"}, headers=CUSTOMER
+        )
+        assert sent.status_code in (200, 202), sent.text
+        assert (await conversation(client, cid, sent.json()["position"]))["config_version"] == version
+
+    versions = (await client.get(f"{CONFIGS}/faq-bot/versions", headers=VIEWER)).json()
+    assert [(v["version"], v["status"]) for v in versions["versions"]] == [
+        (3, "active"),
+        (2, "archived"),
+        (1, "archived"),
+    ]
+    assert versions["versions"][1]["rolled_back"] is True and versions["versions"][0]["restores_version"] == 1
+
+
+async def test_config_reads_come_from_the_cache_and_never_serve_an_older_version(client: AsyncTestClient[Any]) -> None:
+    position = (await create_config(client))["position"]
+    first = (await client.get(f"{CONFIGS}/faq-bot", params={"min_position": position}, headers=VIEWER)).json()
+    again = (await client.get(f"{CONFIGS}/faq-bot", headers=VIEWER)).json()
+    assert (first["version"], first["cached"], again["cached"]) == (1, False, True)
+    changed = await new_version(client, variant(system_prompt="Shorter answers."))
+    read = (
+        await client.get(f"{CONFIGS}/faq-bot", params={"min_position": changed.json()["position"]}, headers=VIEWER)
+    ).json()
+    assert read["version"] == 2 and read["cached"] is False
+
+
+async def test_a_medium_risk_change_waits_for_another_admin(client: AsyncTestClient[Any]) -> None:
+    await create_config(client)
+    raw = yaml.safe_load(BASE_YAML)
+    rules = raw["escalation_rules"]
+    rules[0]["keywords"] = [*rules[0]["keywords"], "attorney"]
+    pending = await new_version(client, variant(escalation_rules=rules))
+    assert pending.status_code == 201, pending.text
+    assert (pending.json()["status"], pending.json()["approvals_missing"]) == ("pending_approval", ["org_admin"])
+    assert (await start(client))["config_version"] == 1  # not live yet
+
+    own = await client.post(f"{CONFIGS}/faq-bot/versions/2/approve", headers=ADMIN)
+    assert own.status_code == 403 and "own" in own.json()["message"]
+    approved = await client.post(f"{CONFIGS}/faq-bot/versions/2/approve", headers=OTHER_ADMIN)
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["status"] == "active"
+    assert (await start(client))["config_version"] == 2
+
+
+async def test_what_a_caller_may_not_do_is_refused_with_403_and_appends_nothing(client: AsyncTestClient[Any]) -> None:
+    await create_config(client)
+    text = variant(system_prompt="Viewer was here.")
+    refused = await new_version(client, text, VIEWER)
+    assert refused.status_code == 403 and refused.json()["missing"] == ["edit_system_prompt"]
+    integrations = variant(external_integrations=[{"type": "zendesk", "credentials_ref": "zd"}])
+    assert (await new_version(client, integrations, MANAGER)).status_code == 403  # no modify_integrations
+    assert (await client.post(f"{CONFIGS}/faq-bot/rollback", json={"reason": "x"}, headers=VIEWER)).status_code == 403
+    versions = (await client.get(f"{CONFIGS}/faq-bot/versions", headers=VIEWER)).json()
+    assert versions["total_versions"] == 1
+
+    # Permission changes are events: the admin grants the viewer prompt editing.
+    granted = await client.put(
+        "/api/v1/client-config/permissions/vic",
+        json={"config_permissions": {"edit_system_prompt": True}},
+        headers=ADMIN,
+    )
+    assert granted.status_code == 200, granted.text
+    assert (await new_version(client, text, VIEWER)).status_code == 201
+    denied = await client.put(
+        "/api/v1/client-config/permissions/john", json={"config_permissions": {"view_config": False}}, headers=MANAGER
+    )
+    assert denied.status_code == 403
+
+
+async def test_invalid_configs_get_400_with_field_level_errors(client: AsyncTestClient[Any]) -> None:
+    bad = (
+        "product_type: voicebot\nsystem_prompt: ''\ntools:\n  - name: FetchOrder\nexternal_integrations: [{type: x}]\n"
+    )
+    refused = await client.post(CONFIGS, json={"config_id": "bad-bot", "yaml_content": bad}, headers=ADMIN)
+    assert refused.status_code == 400, refused.text
+    errors = {e["field"]: e for e in refused.json()["errors"]}
+    assert {"system_prompt", "tools[0].name", "external_integrations", "escalation_rules"} <= set(errors)
+    assert all(e["severity"] == "error" for e in errors.values())
+    checked = await client.post(f"{CONFIGS}/validate", json={"yaml_content": BASE_YAML}, headers=VIEWER)
+    assert checked.status_code == 200 and checked.json()["valid"] is True
+    schema = await client.get(f"{CONFIGS}/schema", headers=VIEWER)
+    assert schema.status_code == 200 and "product_type" in str(schema.json())
+
+
+async def test_a_config_as_of_a_moment_history_by_author_and_branches(client: AsyncTestClient[Any]) -> None:
+    await create_config(client)
+    between = datetime.now(UTC)
+    second = await new_version(client, variant(system_prompt="Be brief."), author_type="ai_agent")
+    position = second.json()["position"]
+    old = await client.get(
+        f"{CONFIGS}/faq-bot", params={"at": between.isoformat(), "min_position": position}, headers=VIEWER
+    )
+    assert old.status_code == 200 and old.json()["version"] == 1
+    history = (
+        await client.get(f"{CONFIGS}/faq-bot/history", params={"author_type": "ai_agent"}, headers=VIEWER)
+    ).json()
+    assert [c["version"] for c in history["changes"]] == ["v2"]
+
+    branch = await client.post(
+        f"{CONFIGS}/faq-bot/branches", json={"branch_name": "staging", "base_version": 2}, headers=ADMIN
+    )
+    assert branch.status_code == 201, branch.text
+    draft = await new_version(client, variant(system_prompt="Empathy first."), branch="staging")
+    assert draft.status_code == 201 and draft.json()["status"] == "draft"
+    assert (await start(client))["config_version"] == 2
+    merged = await client.post(f"{CONFIGS}/faq-bot/branches/staging/merge", headers=ADMIN)
+    assert merged.status_code == 200, merged.text
+    assert merged.json()["new_version"] == 4 and merged.json()["status"] == "active"
+    assert (await start(client))["config_version"] == 4
+
+
+async def test_a_tenant_never_sees_another_tenants_configs(client: AsyncTestClient[Any]) -> None:
+    position = (await create_config(client))["position"]
+    assert (await client.get(f"{CONFIGS}/faq-bot", params={"min_position": position}, headers=ADMIN)).status_code == 200
+    other = bearer(tenant="globex", roles=("org_admin",), subject="x")
+    assert (await client.get(f"{CONFIGS}/faq-bot", headers=other)).status_code == 404
+    assert (await client.get("/api/v1/tenants/acme/config", headers=other)).status_code == 404
+    mine = await client.get("/api/v1/tenants/acme/config", headers=ADMIN)
+    assert mine.status_code == 200 and mine.json()["tenant_slug"] == "acme"
+
+
+async def test_preview_runs_scenarios_in_a_sandbox_and_appends_nothing(client: AsyncTestClient[Any]) -> None:
+    created = await create_config(client)
+    body = {
+        "changes": {"system_prompt": "Friendlier."},
+        "test_scenarios": [
+            {"user_message": "Where is my order ORD-78945?", "expect_tool": "fetch_order_status"},
+            {"user_message": "I want a refund for ORD-78945", "expected_behavior": "Should trigger refund tool"},
+        ],
+    }
+    previewed = await client.post(f"{CONFIGS}/faq-bot/preview", json=body, headers=VIEWER)
+    assert previewed.status_code == 200, previewed.text
+    status, refund = previewed.json()["test_results"]
+    assert status["success"] and "ORD-78945" in status["agent_response"]
+    assert refund["tool_called"] == "initiate_refund" and refund["tool_errors"] == []
+    assert previewed.json()["risk_assessment"]["risk_level"] == "low"
+    versions = await client.get(
+        f"{CONFIGS}/faq-bot/versions", params={"min_position": created["position"]}, headers=VIEWER
+    )
+    assert versions.json()["total_versions"] == 1
+
+
+async def test_replaying_history_shows_exactly_the_conversations_whose_tool_calls_would_no_longer_happen(
+    client: AsyncTestClient[Any],
+) -> None:
+    await create_config(client)
+    said = {
+        "order": "Where is my order ORD-78945?",
+        "refund": "I want a refund for ORD-78945",
+        "hello": "Hello there, what are your opening hours?",
+    }
+    ids: dict[str, str] = {}
+    last = 0
+    for name, text in said.items():
+        body = {"config_id": "faq-bot", "channel": "webchat", "user_id": "user-1", "initial_message": text}
+        started = await client.post(f"{CHAT}/conversations", json=body, headers=CUSTOMER)
+        assert started.status_code == 201 and started.json()["agent_response"] is not None, started.text
+        ids[name] = started.json()["conversation_id"]
+        last = max(last, started.json()["position"])
+    await conversation(client, ids["hello"], last + 1)  # the replies are in the read model
+
+    raw = yaml.safe_load(BASE_YAML)
+    raw["tools"] = [t for t in raw["tools"] if t["name"] != "fetch_order_status"]
+    raw["templates"] = {k: v for k, v in raw.get("templates", {}).items() if not k.startswith("fetch_order_status")}
+    candidate = yaml.safe_dump(raw, sort_keys=False)
+    previewed = await client.post(
+        f"{CONFIGS}/faq-bot/preview", json={"yaml_content": candidate, "replay_recorded": 10}, headers=VIEWER
+    )
+    assert previewed.status_code == 200, previewed.text
+    replay = previewed.json()["replay"]
+    assert replay["conversations_replayed"] == 3
+    assert replay["conversations_losing_tool_calls"] == [ids["order"]]
+    lost = {r["conversation_id"]: r["tool_calls_lost"] for r in replay["conversations"]}
+    assert lost == {ids["order"]: ["fetch_order_status"], ids["refund"]: [], ids["hello"]: []}
+
+    # A change that needs approval carries the same evidence for its approvers.
+    pending = await new_version(client, candidate)
+    assert pending.status_code == 201 and pending.json()["status"] == "pending_approval", pending.text
+    versions = await client.get(
+        f"{CONFIGS}/faq-bot/versions", params={"min_position": pending.json()["position"]}, headers=VIEWER
+    )
+    evidence = versions.json()["versions"][0]["evidence"]
+    assert evidence["conversations_losing_tool_calls"] == [ids["order"]]
+
+
+@pytest_asyncio.fixture
+async def monitored(nats_url: str, pg_url: str, redis_url: str, tmp_path: Path) -> AsyncIterator[AsyncTestClient[Any]]:
+    stream = unique_stream()
+    watch = MonitorSettings(threshold=0.10, min_sample=3, window_seconds=600, interval_seconds=0.2)
+    settings = settings_for(nats_url, fresh_database(pg_url), redis_url, tmp_path, stream, auto_rollback=watch)
+    try:
+        async with api_client(settings) as c:
+            yield c
+    finally:
+        await delete_stream(nats_url, stream)
+
+
+async def test_a_new_version_whose_conversations_fail_is_rolled_back_by_the_monitor(
+    monitored: AsyncTestClient[Any],
+) -> None:
+    client = monitored
+    await create_config(client)
+    raw = yaml.safe_load(BASE_YAML)
+    broken = {
+        "name": "check_warranty",  # declared, but the registry has no implementation: every call fails
+        "description": "Checks a product's warranty.",
+        "parameters": {"type": "object", "properties": {}},
+        "x-parley-patterns": {"triggers": ["warranty"]},
+    }
+    raw["tools"] = [*raw["tools"], broken]
+    added = await new_version(client, yaml.safe_dump(raw, sort_keys=False))
+    assert added.status_code == 201 and added.json()["status"] == "pending_approval", added.text
+    assert any("check_warranty" in w["message"] for w in added.json()["warnings"])
+    approved = await client.post(f"{CONFIGS}/faq-bot/versions/2/approve", headers=OTHER_ADMIN)
+    assert approved.json()["status"] == "active", approved.text
+
+    for _ in range(3):
+        body = {
+            "config_id": "faq-bot",
+            "channel": "webchat",
+            "user_id": "user-1",
+            "initial_message": "Is my warranty ok?",
+        }
+        started = await client.post(f"{CHAT}/conversations", json=body, headers=CUSTOMER)
+        assert started.status_code == 201 and started.json()["config_version"] == 2, started.text
+
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        history = (await client.get(f"{CONFIGS}/faq-bot/history", headers=VIEWER)).json()
+        if history["rollbacks"] or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    (rollback,) = history["rollbacks"]
+    assert (rollback["rolled_back_from"], rollback["rolled_back_to"], rollback["initiated_by"]) == (2, 1, "monitor")
+    assert "3 of 3 conversations on v2 failed" in rollback["reason"]
+    assert (await start(client))["config_version"] == 3
+
+
+async def test_each_conversation_is_answered_by_the_config_version_it_started_on(client: AsyncTestClient[Any]) -> None:
+    await create_config(client)
+    a = await start(client)
+    raw = yaml.safe_load(BASE_YAML)
+    raw["templates"]["fetch_order_status"] = "Version two here: order {{order_id}} is {{status_text}}."
+    changed = await new_version(client, yaml.safe_dump(raw, sort_keys=False))
+    assert changed.json()["status"] == "active", changed.text
+    b = await start(client)
+
+    async def ask(cid: str) -> str:
+        sent = await client.post(
+            f"{CHAT}/conversations/{cid}/messages", json={"message": "Where is my order ORD-78945?"}, headers=CUSTOMER
+        )
+        assert sent.status_code == 200, sent.text
+        return str(sent.json()["agent_response"]["message"])
+
+    assert (await ask(a["conversation_id"])).startswith("Your order ORD-78945")  # still v1
+    assert (await ask(b["conversation_id"])).startswith("Version two here: order ORD-78945")
