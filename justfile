@@ -92,3 +92,11 @@ audit-export TENANT="demo" FROM="" TO="" OUTPUT="" *ARGS:
 audit-verify FILE *ARGS:
     @if [ -f "$PARLEY_DATA/run/env" ]; then set -a; . "$PARLEY_DATA/run/env"; set +a; fi; {{ python }} -m streams.audit verify "$@"
 
+# Benchmark analytics: ClickHouse projection of 1,000,000 events, KPI latency over 10,000,000, audit export/verify (--quick)
+[positional-arguments]
+bench-analytics *ARGS:
+    @{{ python }} -m bench.analytics "$@"
+
+# Write a synthetic history of about N conversation events to the platform's stream (--tenant, --days)
+seed-history N *ARGS:
+    @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m bench.analytics seed {{ N }} {{ ARGS }}

@@ -10,6 +10,7 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
+from gateways.http.analytics import AnalyticsController
 from gateways.http.audit import AuditController
 from gateways.http.auth import jwt_auth
 from gateways.http.configs import ConfigController
@@ -38,7 +39,14 @@ def create_app(settings: ApiSettings | None = None) -> Litestar:
 
     auth_secret = (settings or _settings_for_schema()).jwt_secret
     return Litestar(
-        route_handlers=[ConversationController, ConfigController, AuditController, health, metrics],
+        route_handlers=[
+            ConversationController,
+            ConfigController,
+            AuditController,
+            AnalyticsController,
+            health,
+            metrics,
+        ],
         dependencies={"platform": Provide(provide_platform, sync_to_thread=False)},
         lifespan=[lifespan],
         on_app_init=[jwt_auth(auth_secret).on_app_init],

@@ -29,7 +29,9 @@ from gateways.http.config_reads import ConfigReads
 from gateways.http.limits import Limits
 from gateways.http.positions import PositionWatcher
 from gateways.http.settings import ApiSettings
+from projections.analytics.service import AnalyticsService
 from read_models import configs as config_queries
+from read_models.analytics import AnalyticsQueries
 from read_models.configs import CONFIGS
 from streams.factory import OpenStore, open_store
 from streams.jetstream import RawMessage
@@ -94,6 +96,9 @@ class Platform:
         self.positions = PositionWatcher(settings.database_url, queries.CONVERSATIONS, pool)
         self.config_positions = PositionWatcher(settings.database_url, CONFIGS, pool)
         self._stopping = asyncio.Event()
+        # ClickHouse analytics: its queries (``analytics``) and the projector feeding them.
+        self.analytics_service: AnalyticsService | None = None
+        self.analytics: AnalyticsQueries | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._agent_task: asyncio.Task[None] | None = None
 
@@ -129,6 +134,15 @@ class Platform:
             platform._tasks.append(platform._agent_task)
         for runner in platform.projectors:
             platform._tasks.append(asyncio.create_task(runner.run(), name=f"projector-{runner.projector.name}"))
+        if settings.analytics is not None:
+            # Embedded chDB opens in one process only: the projector runs where the queries are.
+            embedded = settings.analytics.clickhouse_url is None
+            service = await AnalyticsService.open(
+                opened.store, settings.analytics, run_projector=settings.run_projectors or embedded
+            )
+            if service is not None:  # None: another process has the embedded store
+                platform.analytics_service, platform.analytics = service, service.queries
+                platform._tasks.append(asyncio.create_task(service.run(platform._stopping), name="projector-analytics"))
         if settings.auto_rollback is not None:
             monitor = ConfigMonitor(platform.config_service, pool, settings.auto_rollback)
             platform._tasks.append(asyncio.create_task(monitor.run(platform._stopping), name="config-monitor"))
@@ -146,6 +160,8 @@ class Platform:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.analytics_service is not None:
+            await self.analytics_service.close()
         await self.positions.close()
         await self.config_positions.close()
         await self.config_reads.close()

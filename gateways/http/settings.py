@@ -9,6 +9,7 @@ import msgspec
 
 from commands.config_monitor import MonitorSettings
 from domain.errors import ValidationError
+from projections.analytics.sink import AnalyticsSettings
 from streams.factory import DEFAULT_DATA, StoreSettings
 
 
@@ -32,6 +33,8 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     demo_tenants: tuple[str, ...] = ()
     # Automatic rollback of a newly activated config version that fails too often (None: off).
     auto_rollback: MonitorSettings | None = MonitorSettings()
+    # ClickHouse analytics in this process (None: off). With chDB only one process can have it.
+    analytics: AnalyticsSettings | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> ApiSettings:
@@ -71,6 +74,8 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
                 monitor[field] = convert(env[variable])
         off = env.get("PARLEY_AUTO_ROLLBACK", "1") in ("0", "false", "")
         values["auto_rollback"] = None if off else MonitorSettings(**monitor)  # type: ignore[arg-type]
+        if env.get("PARLEY_ANALYTICS", "1") not in ("0", "false", ""):
+            values["analytics"] = AnalyticsSettings.from_env()
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 

@@ -1,0 +1,178 @@
+-- Parley's analytics tables on a ClickHouse cluster: replicated local tables behind Distributed ones.
+--
+-- For when one machine is no longer enough (chDB, or a single server through CLICKHOUSE_URL,
+-- runs projections/analytics/schema.py as it is). Columns, partitions, sort keys and engines are
+-- those of schema.py; each table becomes
+--
+--   parley.<table>_local   Replicated*MergeTree on every node (one copy per replica of its shard)
+--   parley.<table>         Distributed over <table>_local: what the projector writes and the
+--                          queries (read_models/analytics.py) read, under the names they use today
+--
+-- Assumed: a cluster named `parley` in remote_servers (e.g. 3 shards x 2 replicas), ClickHouse
+-- Keeper, and the macros {shard} and {replica} on each node. Apply with
+-- `clickhouse-client --multiquery < infra/clickhouse/cluster.sql`.
+--
+-- Sharding keeps what must meet on one shard together:
+--   * conversation_facts by (tenant, conversation_id): every version of a conversation's row lands
+--     on the same shard, so ReplacingMergeTree and FINAL (applied shard by shard) still keep one;
+--   * escalations by the same key, events by (tenant, aggregate_id): an aggregate's history
+--     stays on one shard (an audit of one aggregate reads one shard);
+--   * checkpoint and dead_letters are small: one replication group spanning every node (the
+--     same Keeper path everywhere), read and written as ordinary tables.
+-- A tenant big enough to need its own machines gets a cluster of its own (another
+-- CLICKHOUSE_URL and database); the sharding above spreads one tenant's conversations.
+--
+-- What the projector must do differently on a cluster (projections/analytics/sink.py):
+--   * insert synchronously through the Distributed tables, so that a batch's rows are on their
+--     shards before its checkpoint is written: SETTINGS distributed_foreground_insert = 1,
+--     insert_quorum = 'auto' (a majority of each shard's replicas), insert_quorum_parallel = 1;
+--   * at start, delete the rows above the checkpoint from the local tables on every node:
+--     DELETE FROM parley.events_local ON CLUSTER parley WHERE seq > {checkpoint}
+--     DELETE FROM parley.escalations_local ON CLUSTER parley WHERE seq > {checkpoint}
+--     (a Distributed table takes no DELETE);
+--   * keep insert_deduplication_token per batch and table: replicated tables deduplicate
+--     retried inserts by it (replicated_deduplication_window), so an HTTP retry is dropped.
+-- Queries are unchanged (FINAL on a Distributed table is done on each shard, which is right with
+-- this sharding; add SETTINGS distributed_group_by_no_merge = 0, the default).
+
+CREATE DATABASE IF NOT EXISTS parley ON CLUSTER parley;
+
+-- events ---------------------------------------------------------------------------------------
+
+CREATE TABLE IF NOT EXISTS parley.events_local ON CLUSTER parley (
+    tenant LowCardinality(String),
+    aggregate_type LowCardinality(String),
+    aggregate_id String,
+    version UInt32,
+    seq UInt64,
+    event_type LowCardinality(String),
+    time DateTime64(3, 'UTC'),
+    recorded_at DateTime64(3, 'UTC'),
+    command LowCardinality(String),
+    command_id String,
+    actor String,
+    correlation_id String,
+    payload String CODEC(ZSTD(1)),
+    INDEX seq_range seq TYPE minmax GRANULARITY 1,
+    INDEX aggregate aggregate_id TYPE bloom_filter(0.01) GRANULARITY 4
+) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/parley/events', '{replica}')
+PARTITION BY toYYYYMM(time)
+ORDER BY (tenant, time, aggregate_type, aggregate_id, version);
+
+CREATE TABLE IF NOT EXISTS parley.events ON CLUSTER parley AS parley.events_local
+ENGINE = Distributed(parley, parley, events_local, cityHash64(tenant, aggregate_id));
+
+-- conversation_facts ---------------------------------------------------------------------------
+
+CREATE TABLE IF NOT EXISTS parley.conversation_facts_local ON CLUSTER parley (
+    tenant LowCardinality(String),
+    conversation_id String,
+    version UInt32,
+    seq UInt64,
+    started_at DateTime64(3, 'UTC'),
+    last_event_at DateTime64(3, 'UTC'),
+    closed_at Nullable(DateTime64(3, 'UTC')),
+    config_id LowCardinality(String),
+    config_version UInt32,
+    channel LowCardinality(String),
+    product_type LowCardinality(String),
+    status LowCardinality(String),
+    close_reason LowCardinality(String),
+    resolution LowCardinality(String),
+    resolved_by LowCardinality(String),
+    turns UInt32,
+    agent_replies UInt32,
+    human_replies UInt32,
+    escalated Bool,
+    escalations UInt16,
+    escalation_trigger LowCardinality(String),
+    escalation_reason String,
+    agent_assigned Bool,
+    agent_unavailable Bool,
+    sentiment_sum Float64,
+    sentiment_count UInt32,
+    sentiment_min Nullable(Float32),
+    sentiment_last Nullable(Float32),
+    tools Array(LowCardinality(String)),
+    tool_calls UInt32,
+    tool_errors UInt32,
+    llm_fallbacks UInt32,
+    cross_sell_offers UInt32,
+    surveys_sent UInt16,
+    surveys_answered UInt16,
+    nps_score Nullable(UInt8),
+    csat_score Nullable(UInt8),
+    csat_questions Array(String),
+    duration_seconds Float64 ALIAS dateDiff('millisecond', started_at, ifNull(closed_at, last_event_at)) / 1000,
+    nps_category LowCardinality(String) ALIAS multiIf(
+        nps_score IS NULL, '', nps_score >= 9, 'promoter', nps_score >= 7, 'passive', 'detractor'),
+    INDEX conversation conversation_id TYPE bloom_filter(0.01) GRANULARITY 4
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/parley/conversation_facts', '{replica}', version)
+PARTITION BY toYYYYMM(started_at)
+ORDER BY (tenant, started_at, conversation_id);
+
+CREATE TABLE IF NOT EXISTS parley.conversation_facts ON CLUSTER parley AS parley.conversation_facts_local
+ENGINE = Distributed(parley, parley, conversation_facts_local, cityHash64(tenant, conversation_id));
+
+-- escalations ----------------------------------------------------------------------------------
+
+CREATE TABLE IF NOT EXISTS parley.escalations_local ON CLUSTER parley (
+    tenant LowCardinality(String),
+    conversation_id String,
+    escalation_id String,
+    seq UInt64,
+    version UInt32,
+    time DateTime64(3, 'UTC'),
+    trigger LowCardinality(String),
+    reason String,
+    urgency LowCardinality(String),
+    config_id LowCardinality(String),
+    config_version UInt32,
+    channel LowCardinality(String),
+    product_type LowCardinality(String),
+    INDEX seq_range seq TYPE minmax GRANULARITY 1
+) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/parley/escalations', '{replica}')
+PARTITION BY toYYYYMM(time)
+ORDER BY (tenant, time, conversation_id, escalation_id);
+
+CREATE TABLE IF NOT EXISTS parley.escalations ON CLUSTER parley AS parley.escalations_local
+ENGINE = Distributed(parley, parley, escalations_local, cityHash64(tenant, conversation_id));
+
+-- checkpoint and dead letters: one replication group over every node ------------------------------
+
+CREATE TABLE IF NOT EXISTS parley.checkpoint ON CLUSTER parley (
+    projector LowCardinality(String),
+    last_seq UInt64,
+    updated_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/parley/checkpoint', '{shard}-{replica}', last_seq)
+ORDER BY projector;
+
+CREATE TABLE IF NOT EXISTS parley.dead_letters ON CLUSTER parley (
+    seq UInt64,
+    subject String,
+    error String,
+    at DateTime64(3, 'UTC')
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/parley/dead_letters', '{shard}-{replica}')
+ORDER BY seq;
+
+-- per-config-version outcomes ------------------------------------------------------------------
+
+CREATE VIEW IF NOT EXISTS parley.config_version_outcomes ON CLUSTER parley AS
+SELECT
+    tenant,
+    config_id,
+    config_version,
+    count() AS conversations,
+    countIf(resolution = 'resolved') AS resolved,
+    countIf(escalated) AS escalated,
+    countIf(status = 'closed') AS closed,
+    avg(turns) AS avg_turns,
+    avg(duration_seconds) AS avg_duration_seconds,
+    sum(sentiment_sum) / nullIf(sum(sentiment_count), 0) AS avg_sentiment,
+    avgIf(csat_score, csat_score IS NOT NULL) AS csat,
+    countIf(nps_score IS NOT NULL) AS nps_responses,
+    (countIf(nps_score >= 9) - countIf(nps_score <= 6)) * 100 / nullIf(countIf(nps_score IS NOT NULL), 0) AS nps,
+    min(started_at) AS first_conversation_at,
+    max(started_at) AS last_conversation_at
+FROM parley.conversation_facts FINAL
+GROUP BY tenant, config_id, config_version;

@@ -1,0 +1,189 @@
+"""Folding a conversation's events into its facts row (``conversation_facts``).
+
+A row is a pure function of the conversation's events up to its ``version``, and ``apply`` folds an
+event only when its version is above the row's: replaying an event the row already accounts for
+changes nothing, so a batch projected twice writes the same rows twice (``ReplacingMergeTree``
+keeps one). Escalation rows are per event, not per fold: ``apply`` makes one for every
+``EscalationRequested`` it is given, and the runner gives it each event once.
+
+What the KPIs read from a row:
+
+* **resolution**: ``open`` until the conversation closes; then ``unresolved`` when the close
+  reason says the customer's issue was not settled (``UNRESOLVED_REASONS``), else ``resolved``,
+  by a human when an agent closed it or it closed while escalated, else by the AI;
+* **escalated**: any escalation was requested; the first one's trigger and reason are kept;
+* **turns**: customer messages; **sentiment**: the AI's reading of each turn (sum and count, so
+  averages over many conversations stay exact);
+* **NPS**: the score of the last answered survey's ``nps_scale`` question; **CSAT**: the answer,
+  1 to 5, to a question whose id says ``csat`` or whose options are exactly 1 to 5.
+
+Closed conversations leave the in-memory cache once written (nothing may follow a close); the
+others stay, bounded by an LRU. A conversation missing from the cache is read back from
+ClickHouse by the runner before its events are folded.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from domain import conversation as c
+from domain.messages import Event
+from projections.analytics.schema import ConversationFacts, EscalationRow
+
+UNRESOLVED_REASONS = frozenset({"abandoned", "timeout", "expired", "unresolved", "customer_left", "no_response"})
+CSAT_OPTIONS = ["1", "2", "3", "4", "5"]
+
+Key = tuple[str, str]  # (tenant, conversation id)
+
+
+class FactsFold:
+    def __init__(self, cache_size: int = 100_000) -> None:
+        self.cache_size = cache_size
+        self._facts: OrderedDict[Key, ConversationFacts] = OrderedDict()
+        self._touched: dict[Key, ConversationFacts] = {}
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._facts
+
+    def __len__(self) -> int:
+        return len(self._facts)
+
+    def load(self, rows: Iterable[ConversationFacts]) -> None:
+        """Facts read back from ClickHouse, for conversations the cache had lost."""
+        for row in rows:
+            self._facts[(row.tenant, row.conversation_id)] = row
+
+    def apply(
+        self, tenant: str, conversation_id: str, version: int, seq: int, at: float, event: Event
+    ) -> EscalationRow | None:
+        """Fold one event; returns the escalation row it makes, if any.
+
+        The escalation row comes whether or not the facts already account for the event: it is a
+        row of its own, written once per event by the runner (the facts row may be ahead of it,
+        written by a batch whose escalation rows were deleted as uncheckpointed).
+        """
+        key = (tenant, conversation_id)
+        facts = self._facts.get(key)
+        if facts is None:
+            # Not started (its start was a dead letter) or never seen: a row from this event on.
+            facts = self._facts[key] = ConversationFacts(tenant, conversation_id, started_at=at, last_event_at=at)
+        else:
+            self._facts.move_to_end(key)
+        if version > facts.version:
+            facts.version = version
+            facts.seq = seq
+            if at > facts.last_event_at:
+                facts.last_event_at = at
+            self._touched[key] = facts
+            _evolve(facts, event, at)
+        if isinstance(event, c.EscalationRequested):
+            return EscalationRow(
+                tenant,
+                conversation_id,
+                event.escalation_id,
+                seq,
+                version,
+                at,
+                event.trigger,
+                event.reason,
+                event.urgency,
+                facts.config_id,
+                facts.config_version,
+                facts.channel,
+                facts.product_type,
+            )
+        return None
+
+    def take_touched(self) -> list[ConversationFacts]:
+        """The rows changed since the last call; closed conversations leave the cache."""
+        touched = list(self._touched.values())
+        self._touched.clear()
+        for facts in touched:
+            if facts.status == "closed":
+                self._facts.pop((facts.tenant, facts.conversation_id), None)
+        while len(self._facts) > self.cache_size:
+            self._facts.popitem(last=False)
+        return touched
+
+
+def _evolve(f: ConversationFacts, event: Event, at: float) -> None:
+    match event:
+        case c.ConversationStarted():
+            f.started_at = at
+            f.config_id = event.config_id
+            f.config_version = event.config_version
+            f.channel = event.channel
+            f.product_type = event.product_type
+            f.status = "active"
+        case c.UserMessageReceived():
+            f.turns += 1
+        case c.AgentReplied():
+            if event.author == "ai":
+                f.agent_replies += 1
+            else:
+                f.human_replies += 1
+            if event.sentiment is not None:
+                f.sentiment_sum += event.sentiment
+                f.sentiment_count += 1
+                f.sentiment_last = event.sentiment
+                if f.sentiment_min is None or event.sentiment < f.sentiment_min:
+                    f.sentiment_min = event.sentiment
+            for call in event.tool_calls:
+                f.tool_calls += 1
+                if call.error is not None:
+                    f.tool_errors += 1
+                if call.tool not in f.tools:
+                    f.tools = sorted([*f.tools, call.tool])
+            f.llm_fallbacks += len(event.fallbacks)
+            if event.cross_sell is not None:
+                f.cross_sell_offers += 1
+        case c.EscalationRequested():
+            if not f.escalated:
+                f.escalation_trigger = event.trigger
+                f.escalation_reason = event.reason
+            f.escalated = True
+            f.escalations += 1
+            f.status = "escalated"
+        case c.EscalationAssigned():
+            f.agent_assigned = True
+        case c.EscalationAgentUnavailable():
+            f.agent_unavailable = True
+        case c.EscalationResolved():
+            if event.resolution == "returned_to_ai" and f.status == "escalated":
+                f.status = "active"
+        case c.SurveySent():
+            f.surveys_sent += 1
+            csat = [q.question_id for q in event.questions if is_csat_question(q)]
+            if csat:
+                f.csat_questions = [*f.csat_questions, *csat]
+        case c.SurveyAnswered():
+            f.surveys_answered += 1
+            if event.nps_score is not None:
+                f.nps_score = event.nps_score
+            for answer in event.responses:
+                if answer.question_id in f.csat_questions and (score := csat_score(answer.answer)) is not None:
+                    f.csat_score = score
+        case c.ConversationClosed():
+            by_human = event.reason == "resolved_by_agent" or f.status == "escalated"
+            f.status = "closed"
+            f.closed_at = at
+            f.close_reason = event.reason
+            if event.reason in UNRESOLVED_REASONS:
+                f.resolution, f.resolved_by = "unresolved", ""
+            else:
+                f.resolution, f.resolved_by = "resolved", "human" if by_human else "ai"
+
+
+def is_csat_question(question: c.SurveyQuestion) -> bool:
+    return "csat" in question.question_id.lower() or (
+        question.type == "single_choice" and question.options == CSAT_OPTIONS
+    )
+
+
+def csat_score(answer: str | int) -> int | None:
+    try:
+        score = int(answer)
+    except ValueError:
+        return None
+    return score if 1 <= score <= 5 else None

@@ -1,0 +1,665 @@
+"""The analytics projection into ClickHouse (chDB in tmp_path) from a real nats-server, and its queries.
+
+Exactly-once is checked three ways: a batch projected twice, a batch whose rows landed without
+its checkpoint (the runner's sink fails between the two), and a projector process killed with
+SIGKILL in the middle of batches and started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import msgspec
+import pytest
+import pytest_asyncio
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.testing import AsyncTestClient
+
+from domain import conversation as c
+from domain.messages import Event
+from gateways.http.analytics import AnalyticsController
+from gateways.http.auth import jwt_auth, make_token
+from gateways.http.errors import EXCEPTION_HANDLERS
+from infra.services import REPO_ROOT
+from projections.analytics.decode import CommitDecoder
+from projections.analytics.runner import AnalyticsRunner, rebuild
+from projections.analytics.sink import AnalyticsSettings, AnalyticsSink
+from read_models.analytics import AnalyticsQueries
+from streams.factory import OpenStore
+from streams.jetstream import OutMessage
+from streams.store import EventMeta
+from streams.subjects import StreamId
+
+T0 = datetime(2025, 10, 1, 10, 0, tzinfo=UTC)
+OCTOBER = (datetime(2025, 10, 1, tzinfo=UTC), datetime(2025, 11, 1, tzinfo=UTC))
+SURVEY = [
+    c.SurveyQuestion(question_id="nps", question="Recommend us?", type="nps_scale"),
+    c.SurveyQuestion(question_id="q2", question="Satisfied?", type="single_choice", options=["1", "2", "3", "4", "5"]),
+]
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[AnalyticsSink]:
+    opened = AnalyticsSink.open(AnalyticsSettings(data_dir=tmp_path / "analytics"))
+    yield opened
+    opened.close()
+
+
+@pytest_asyncio.fixture
+async def store(open_test_store: OpenStore) -> AsyncIterator[OpenStore]:
+    yield open_test_store
+
+
+def at(seconds: float, base: datetime = T0) -> datetime:
+    return base + timedelta(seconds=seconds)
+
+
+class History:
+    """Conversations written commit by commit, as the API writes them."""
+
+    def __init__(self, store: OpenStore, tenant: str = "acme") -> None:
+        self.store, self.tenant = store, tenant
+        self.versions: dict[str, int] = {}
+        self.events = 0
+        self.commits = 0
+
+    async def commit(self, cid: str, *events: Event, command: str = "Command", actor: str = "u-1") -> None:
+        version = self.versions.get(cid, 0)
+        meta = EventMeta(command_id=f"{cid}-{version}", command=command, actor=actor, correlation_id=f"req-{cid}")
+        await self.store.store.append(
+            StreamId(self.tenant, c.AGGREGATE_TYPE, cid), list(events), expected_version=version, meta=meta
+        )
+        self.versions[cid] = version + len(events)
+        self.events += len(events)
+        self.commits += 1
+
+    async def start(
+        self, cid: str, t: datetime, *, channel: str, config: tuple[str, int], product: str = "chatbot"
+    ) -> None:
+        started = c.ConversationStarted(
+            conversation_id=cid,
+            config_id=config[0],
+            config_version=config[1],
+            channel=channel,
+            user_id=f"user-{cid}",
+            product_type=product,
+            context={"email": f"{cid}@example.com"},
+            started_at=t,
+        )
+        first = c.UserMessageReceived(message_id=f"{cid}-m0", user_id=f"user-{cid}", content="my card", received_at=t)
+        await self.commit(cid, started, first, command="StartConversation")
+
+    async def message(self, cid: str, t: datetime) -> None:
+        n = self.versions[cid]
+        msg = c.UserMessageReceived(message_id=f"{cid}-m{n}", user_id=f"user-{cid}", content="hello", received_at=t)
+        await self.commit(cid, msg, command="ReceiveUserMessage")
+
+    async def reply(
+        self, cid: str, t: datetime, sentiment: float, *, tool: str | None = None, author: str = "ai"
+    ) -> None:
+        calls = [c.ToolCall(tool=tool, output={"ok": True})] if tool else []
+        reply = c.AgentReplied(
+            message_id=f"{cid}-r{self.versions[cid]}",
+            user_id=f"user-{cid}",
+            content="sure",
+            sentiment=sentiment if author == "ai" else None,
+            tool_calls=calls,
+            author=author,
+            replied_at=t,
+        )
+        await self.commit(cid, reply, command="RecordAgentReply", actor="agent-runtime")
+
+    async def escalate(self, cid: str, t: datetime, trigger: str) -> None:
+        event = c.EscalationRequested(
+            escalation_id=f"{cid}-e", trigger=trigger, reason=f"because {trigger}", requested_at=t
+        )
+        await self.commit(cid, event, command="RequestEscalation")
+
+    async def survey(self, cid: str, t: datetime, nps: int, csat: str) -> None:
+        await self.commit(cid, c.SurveySent(survey_id=f"{cid}-s", questions=SURVEY, sent_at=t))
+        answers = [c.SurveyAnswer(question_id="nps", answer=nps), c.SurveyAnswer(question_id="q2", answer=csat)]
+        answered = c.SurveyAnswered(
+            survey_id=f"{cid}-s",
+            responses=answers,
+            nps_score=nps,
+            nps_category=c.nps_category(nps),
+            answered_at=at(10, t),
+        )
+        await self.commit(cid, answered)
+
+    async def close(self, cid: str, t: datetime, reason: str = "completed") -> None:
+        await self.commit(cid, c.ConversationClosed(reason=reason, closed_at=t), command="CloseConversation")
+
+
+async def known_history(store: OpenStore) -> History:
+    """Five conversations in October 2025 and one in September, with outcomes worked out by hand."""
+    h = History(store)
+    # A: webchat, support-bot v1, two turns, a tool, survey (NPS 10, CSAT 5), closed after 100 s.
+    await h.start("a", at(0), channel="webchat", config=("support-bot", 1))
+    await h.reply("a", at(10), 0.5, tool="fetch_order_status")
+    await h.message("a", at(60))
+    await h.reply("a", at(70), 0.7)
+    await h.survey("a", at(80), 10, "5")
+    await h.close("a", at(100))
+    # B: webchat, support-bot v2, escalated (user_frustrated), assigned, closed by the agent after 200 s.
+    b = at(3600)
+    await h.start("b", b, channel="webchat", config=("support-bot", 2))
+    await h.reply("b", at(5, b), -0.6)
+    await h.escalate("b", at(6, b), "user_frustrated")
+    await h.commit("b", c.EscalationAssigned(escalation_id="b-e", agent_id="agent-1", assigned_at=at(30, b)))
+    await h.reply("b", at(60, b), 0.0, author="agent-1")
+    resolved = c.EscalationResolved(escalation_id="b-e", resolution="closed", resolved_at=at(200, b))
+    await h.commit("b", resolved, c.ConversationClosed(reason="resolved_by_agent", closed_at=at(200, b)))
+    # C: whatsapp, support-bot v1, two turns, escalated (explicit_request), nobody free, abandoned after 300 s.
+    cc = at(7200)
+    await h.start("c", cc, channel="whatsapp", config=("support-bot", 1))
+    await h.reply("c", at(5, cc), 0.1)
+    await h.message("c", at(20, cc))
+    await h.escalate("c", at(25, cc), "explicit_request")
+    await h.commit("c", c.EscalationAgentUnavailable(escalation_id="c-e", at=at(26, cc)))
+    await h.close("c", at(300, cc), "abandoned")
+    # D: whatsapp, support-bot v2, a turn, survey (NPS 6, CSAT 2), still open.
+    d = at(10800)
+    await h.start("d", d, channel="whatsapp", config=("support-bot", 2))
+    await h.reply("d", at(20, d), 0.3)
+    await h.survey("d", at(30, d), 6, "2")
+    # E: a voicebot call, escalated (explicit_request), handed back to the AI, closed after 120 s.
+    e = at(14400)
+    await h.start("e", e, channel="phone", config=("voice-bot", 1), product="voicebot")
+    await h.reply("e", at(5, e), 0.2)
+    await h.escalate("e", at(10, e), "explicit_request")
+    await h.commit("e", c.EscalationResolved(escalation_id="e-e", resolution="returned_to_ai", resolved_at=at(60, e)))
+    await h.close("e", at(120, e))
+    # F: September: outside the period.
+    f = datetime(2025, 9, 15, 12, 0, tzinfo=UTC)
+    await h.start("f", f, channel="webchat", config=("support-bot", 1))
+    await h.escalate("f", at(5, f), "urgent_keywords")
+    await h.close("f", at(50, f))
+    return h
+
+
+async def project_all(store: OpenStore, sink: AnalyticsSink, **options: Any) -> AnalyticsRunner:
+    runner = AnalyticsRunner(store.store, sink, idle_wait=0.2, **options)
+    await runner.catch_up()
+    return runner
+
+
+def rows(sink: AnalyticsSink, table: str, order: str, final: bool = False) -> list[tuple[Any, ...]]:
+    return sink.client.query(f"SELECT * FROM {sink.db}.{table} {'FINAL' if final else ''} ORDER BY {order}").result_rows
+
+
+def snapshot(sink: AnalyticsSink) -> dict[str, list[tuple[Any, ...]]]:
+    return {
+        "events": rows(sink, "events", "aggregate_id, version"),
+        "facts": rows(sink, "conversation_facts", "conversation_id", final=True),
+        "escalations": rows(sink, "escalations", "escalation_id"),
+    }
+
+
+# Landing ---------------------------------------------------------------------------------------
+
+
+async def test_every_event_lands_once_without_personal_data(store: OpenStore, sink: AnalyticsSink) -> None:
+    h = await known_history(store)
+    runner = await project_all(store, sink)
+    await runner.shutdown()
+
+    counts = sink.counts()
+    assert counts == {"events": h.events, "escalations": 4, "dead_letters": 0, "conversation_facts": 6}
+    assert sink.checkpoint("analytics") == await store.log.last_seq()
+    distinct = sink.client.command("SELECT uniqExact(aggregate_id, version) FROM parley.events")
+    assert distinct == h.events
+    started = sink.client.query(
+        "SELECT payload, command, actor, correlation_id, toString(time) FROM parley.events"
+        " WHERE aggregate_id = 'a' AND version = 1"
+    ).result_rows[0]
+    payload = msgspec.json.decode(started[0])
+    assert payload["context"] is None and payload["channel"] == "webchat" and "__pii__" not in payload
+    assert started[1:] == ("StartConversation", "u-1", "req-a", "2025-10-01 10:00:00.000")
+    contents = sink.client.query(
+        "SELECT DISTINCT JSONExtractRaw(payload, 'content') FROM parley.events"
+        " WHERE event_type IN ('UserMessageReceived', 'AgentReplied')"
+    ).result_rows
+    assert contents == [("null",)]
+
+
+async def test_personal_data_stored_in_clear_is_blanked_too(store: OpenStore, sink: AnalyticsSink) -> None:
+    """An event written before its fields were declared personal holds them in clear in the stream."""
+    from eventsourcing.utils import get_topic
+
+    from streams.store import StoredItem, encode_commit
+
+    event = c.UserMessageReceived(message_id="m", user_id="u", content="my secret", received_at=at(0))
+    item = StoredItem(get_topic(c.UserMessageReceived), msgspec.json.encode(event))
+    await store.log.publish([OutMessage("parley.ev.acme.conversation.old.c-1", {}, encode_commit(1, [item]))])
+    runner = await project_all(store, sink)
+    await runner.shutdown()
+    payload = sink.client.command("SELECT payload FROM parley.events")
+    assert msgspec.json.decode(payload)["content"] is None and "secret" not in payload
+
+
+async def test_the_fast_decoder_gives_the_rows_of_the_event_store(store: OpenStore) -> None:
+    await known_history(store)
+    decoder = CommitDecoder(store.store)
+    assert decoder.fast
+    raws = await store.store.read_all(limit=1000)
+    for raw in raws:
+        recorded = datetime.fromisoformat(raw.time).timestamp()
+        fast = decoder.decode_fast(raw.seq, raw.subject, raw.data, recorded)
+        slow = decoder.decode_with_store(raw.seq, raw.subject, raw.data, recorded)
+        assert [(d.row, d.event) for d in fast] == [(d.row, d.event) for d in slow]
+
+
+async def test_a_commit_that_cannot_be_decoded_becomes_a_dead_letter(store: OpenStore, sink: AnalyticsSink) -> None:
+    h = History(store)
+    await h.start("a", at(0), channel="webchat", config=("support-bot", 1))
+    bad = await store.log.publish([OutMessage("parley.ev.acme.conversation.z.c-bad", {}, b"not a commit")])
+    await h.close("a", at(5))
+    runner = await project_all(store, sink)
+    await runner.shutdown()
+    assert sink.counts()["events"] == 3
+    letters = rows(sink, "dead_letters", "seq")
+    assert [(r[0], r[1]) for r in letters] == [(bad.last_seq, "parley.ev.acme.conversation.z.c-bad")]
+    assert sink.checkpoint("analytics") == await store.log.last_seq()
+
+
+# Exactly once ----------------------------------------------------------------------------------
+
+
+async def test_a_redelivered_batch_does_not_double_rows(store: OpenStore, sink: AnalyticsSink) -> None:
+    await known_history(store)
+    runner = AnalyticsRunner(store.store, sink, idle_wait=0.2)
+    await runner.start()
+    assert runner.feed is not None
+    batch = await runner.feed.fetch()
+    await runner.project(batch.messages)
+    before = snapshot(sink)
+
+    again = await runner.project(batch.messages)  # delivered again before its acknowledgement
+    assert again.skipped == len(batch.messages) and again.events == 0
+    await runner.shutdown()
+    # A new runner (a restart): the consumer starts after the checkpoint, nothing is written twice.
+    restarted = await project_all(store, sink)
+    await restarted.shutdown()
+    assert snapshot(sink) == before
+
+
+class _CrashBeforeCheckpoint(AnalyticsSink):
+    """A sink whose process dies once between a batch's rows and its checkpoint."""
+
+    crashed = False
+
+    def set_checkpoint(self, projector: str, seq: int) -> None:
+        if not self.crashed and seq > 20:
+            self.crashed = True
+            raise ConnectionError("killed before the checkpoint")
+        super().set_checkpoint(projector, seq)
+
+
+async def test_rows_written_without_their_checkpoint_are_written_again_once(
+    store: OpenStore, sink: AnalyticsSink
+) -> None:
+    h = await known_history(store)
+    crashing = _CrashBeforeCheckpoint(sink.client)
+    runner = AnalyticsRunner(store.store, crashing, batch=8, idle_wait=0.2)
+    with pytest.raises(ConnectionError):
+        await runner.catch_up()
+    await runner.close()
+    checkpoint = sink.checkpoint("analytics")
+    above = sink.client.command(f"SELECT count() FROM parley.events WHERE seq > {checkpoint}")
+    assert above > 0  # the batch's rows landed, its checkpoint did not
+
+    await runner.catch_up()  # starts again: deletes what the checkpoint does not cover, replays it
+    await runner.shutdown()
+    assert sink.counts()["events"] == h.events
+    assert sink.client.command("SELECT uniqExact(aggregate_id, version) FROM parley.events") == h.events
+    assert snapshot(sink) == await reference(store, sink)
+
+
+async def reference(store: OpenStore, sink: AnalyticsSink) -> dict[str, list[tuple[Any, ...]]]:
+    """The rows of a clean projection of the whole stream, in a database of their own."""
+    clean = AnalyticsSink(sink.client, "reference")
+    runner = await project_all(store, clean, name="reference")
+    await runner.shutdown()
+    return snapshot(clean)
+
+
+async def test_sigkill_in_the_middle_of_batches_then_restart_gives_exact_counts(
+    store: OpenStore, tmp_path: Path
+) -> None:
+    from bench.analytics import write_history
+
+    written = await write_history(store.store, 6000, tenant="acme", days=30, concurrency=64)
+    last = await store.log.last_seq()
+    env = {
+        **os.environ,
+        "NATS_URL": store.settings.nats_url,
+        "PARLEY_STREAM": store.settings.stream,
+        "PARLEY_DATA": str(tmp_path),
+        "PARLEY_ANALYTICS_BATCH": "300",
+        "PARLEY_LOG_LEVEL": "INFO",
+    }
+    js = store.log.js
+    deleted = []
+    for kill, delay in enumerate((0.03, 0.06, None)):  # two kills at different depths into a batch, then to the end
+        log = tmp_path / f"projector-{kill}.log"
+        proc = _projector_process(env, log)
+        try:
+            floor = await _ack_floor(js, store.settings.stream)
+            while True:  # until a batch is out, past where the last process stopped, and not acknowledged
+                await asyncio.sleep(0.005)
+                assert proc.poll() is None, log.read_text()
+                info = await _consumer(js, store.settings.stream)
+                if info and info.delivered.stream_seq > info.ack_floor.stream_seq > floor:
+                    break
+                if info and info.ack_floor.stream_seq >= last:
+                    break
+            if delay is not None:
+                await asyncio.sleep(delay)
+                proc.send_signal(signal.SIGKILL)
+            else:  # the last one finishes the stream, then stops cleanly
+                while (await _ack_floor(js, store.settings.stream)) < last:  # noqa: ASYNC110 (polls the server)
+                    await asyncio.sleep(0.05)
+                proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        deleted += [line for line in log.read_text().splitlines() if "rows_deleted" in line]
+
+    sink = AnalyticsSink.open(AnalyticsSettings(data_dir=tmp_path))
+    try:
+        assert sink.checkpoint("analytics") == last
+        counts = sink.counts()
+        assert counts["events"] == written["events"]
+        assert sink.client.command("SELECT uniqExact(aggregate_id, version) FROM parley.events") == written["events"]
+        assert counts["conversation_facts"] == written["conversations"]
+        assert snapshot(sink) == await reference(store, sink)
+        print("restarts:", *deleted, sep="\n  ")
+    finally:
+        sink.close()
+
+
+def _projector_process(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "projections.analytics", "run"], cwd=REPO_ROOT, env=env, stdout=out, stderr=out
+        )
+
+
+async def _consumer(js: Any, stream: str) -> Any:
+    try:
+        return await js.consumer_info(stream, "proj_analytics")
+    except Exception:
+        return None
+
+
+async def _ack_floor(js: Any, stream: str) -> int:
+    info = await _consumer(js, stream)
+    return int(info.ack_floor.stream_seq) if info else 0
+
+
+# Rebuild ---------------------------------------------------------------------------------------
+
+
+async def test_a_rebuild_gives_the_same_rows(store: OpenStore, sink: AnalyticsSink) -> None:
+    await known_history(store)
+    runner = await project_all(store, sink, batch=7)
+    await runner.shutdown()
+    before = snapshot(sink)
+
+    report = await rebuild(store.store, sink, batch=1000, idle_wait=0.2)
+    assert report.checkpoint == await store.log.last_seq()
+    assert snapshot(sink) == before
+
+
+# Queries ---------------------------------------------------------------------------------------
+
+
+async def test_kpis_of_a_known_history_are_exact(store: OpenStore, sink: AnalyticsSink) -> None:
+    await known_history(store)
+    runner = await project_all(store, sink, batch=5)  # many batches: facts rewritten as they change
+    await runner.shutdown()
+    kpis = AnalyticsQueries(sink.client).kpis("acme", *OCTOBER)
+
+    t = kpis.totals
+    assert (t.conversations, t.closed, t.resolved, t.escalated) == (5, 4, 3, 3)
+    assert t.resolution_rate == 0.75 and t.escalation_rate == 0.6
+    assert t.avg_turns == pytest.approx(7 / 5)
+    assert t.avg_duration_seconds == pytest.approx((100 + 200 + 300 + 120) / 4)
+    assert t.avg_sentiment == pytest.approx((0.5 + 0.7 - 0.6 + 0.1 + 0.3 + 0.2) / 6)
+    assert (t.csat.responses, t.csat.average) == (2, 3.5)
+    assert (t.nps.responses, t.nps.score, t.nps.promoters, t.nps.passives, t.nps.detractors) == (2, 0.0, 1, 0, 1)
+
+    channels = {o.channel: o for o in kpis.by_channel}
+    assert {k: (o.conversations, o.closed, o.resolved, o.escalated) for k, o in channels.items()} == {
+        "webchat": (2, 2, 2, 1),
+        "whatsapp": (2, 1, 0, 1),
+        "phone": (1, 1, 1, 1),
+    }
+    assert channels["webchat"].nps.score == 100.0 and channels["whatsapp"].csat.average == 2.0
+    configs = {(o.config_id, o.config_version): o for o in kpis.by_config_version}
+    assert {k: (o.conversations, o.resolved, o.escalated) for k, o in configs.items()} == {
+        ("support-bot", 1): (2, 1, 1),
+        ("support-bot", 2): (2, 1, 1),
+        ("voice-bot", 1): (1, 1, 1),
+    }
+    assert configs[("support-bot", 1)].resolution_rate == 0.5
+    assert [(r.reason, r.count) for r in kpis.top_escalation_reasons] == [
+        ("explicit_request", 2),
+        ("user_frustrated", 1),
+    ]
+    assert kpis.top_escalation_reasons[0].share == pytest.approx(2 / 3)
+
+    facts = {
+        r[0]: r[1:]
+        for r in sink.client.query(
+            "SELECT conversation_id, resolution, resolved_by, turns, tools, status FROM parley.conversation_facts FINAL"
+        ).result_rows
+    }
+    assert facts["a"] == ("resolved", "ai", 2, ["fetch_order_status"], "closed")
+    assert facts["b"] == ("resolved", "human", 1, [], "closed")
+    assert facts["c"] == ("unresolved", "", 2, [], "closed")
+    assert facts["d"] == ("open", "", 1, [], "active")
+    assert facts["e"] == ("resolved", "ai", 1, [], "closed")
+
+    voice = AnalyticsQueries(sink.client).voice("acme", *OCTOBER)
+    assert (voice.total_calls, voice.completion_rate, voice.transfer_rate, voice.resolution_rate) == (1, 1.0, 1.0, 1.0)
+    assert voice.avg_call_duration_seconds == 120.0
+    assert [(r.reason, r.count) for r in voice.top_escalation_reasons] == [("explicit_request", 1)]
+    empty = AnalyticsQueries(sink.client).kpis("nobody", *OCTOBER)
+    assert empty.totals.conversations == 0 and empty.totals.avg_turns is None and empty.by_channel == []
+
+
+async def test_the_kpi_endpoints_answer_for_the_callers_tenant(store: OpenStore, sink: AnalyticsSink) -> None:
+    await known_history(store)
+    runner = await project_all(store, sink)
+    await runner.shutdown()
+    secret = "analytics-test-secret-of-at-least-32-bytes"
+    platform = SimpleNamespace(analytics=AnalyticsQueries(sink.client))
+    app = Litestar(
+        route_handlers=[AnalyticsController],
+        dependencies={"platform": Provide(lambda: platform, sync_to_thread=False)},
+        on_app_init=[jwt_auth(secret).on_app_init],
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
+
+    def auth(roles: list[str], tenant: str = "acme") -> dict[str, str]:
+        return {"Authorization": f"Bearer {make_token(secret, subject='x', tenant=tenant, roles=roles)}"}
+
+    october = {"start": date(2025, 10, 1).isoformat(), "end": date(2025, 10, 31).isoformat()}
+    async with AsyncTestClient(app=app) as client:
+        r = await client.get("/api/v1/analytics/kpis", params=october, headers=auth(["analyst"]))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["totals"]["conversations"] == 5 and body["period"]["end"].startswith("2025-11-01")
+        assert body["top_escalation_reasons"][0] == {"reason": "explicit_request", "count": 2, "share": 2 / 3}
+        r = await client.get("/api/v1/analytics/kpis", params=october, headers=auth(["analyst"], tenant="other"))
+        assert r.json()["totals"]["conversations"] == 0
+        r = await client.get("/api/v1/analytics/kpis", params=october, headers=auth(["customer"]))
+        assert r.status_code == 403
+        r = await client.get(
+            "/api/v1/analytics/kpis", params={"start": "2025-10-05", "end": "2025-10-01"}, headers=auth(["analyst"])
+        )
+        assert r.status_code == 400 and r.json()["code"] == "validation_error"
+        r = await client.get("/api/v1/analytics/escalation-reasons", params=october, headers=auth(["org_admin"]))
+        assert [x["reason"] for x in r.json()["reasons"]] == ["explicit_request", "user_frustrated"]
+        r = await client.get(
+            "/api/v1/voice/analytics",
+            params={"start_date": "2025-10-01", "end_date": "2025-10-11"},
+            headers=auth(["analyst"]),
+        )
+        voice = r.json()
+        assert voice["total_calls"] == 1 and voice["call_breakdown"] == {"inbound": 0, "outbound": 0}
+        assert set(voice) >= {"performance_metrics", "cost_analysis", "completion_rate", "transfer_rate"}
+        platform.analytics = None
+        r = await client.get("/api/v1/analytics/kpis", headers=auth(["analyst"]))
+        assert r.status_code == 503
+
+
+def test_encoded_batches_are_json_compact_rows() -> None:
+    """A guard on the wire format the sink relies on (one array per row, comma-separated)."""
+    from projections.analytics.schema import DeadLetterRow
+    from projections.analytics.sink import encode_rows
+
+    assert encode_rows([DeadLetterRow(1, "s", "e", 2.5), DeadLetterRow(2, "t", "f", 3.0)]) == (
+        b'[1,"s","e",2.5],[2,"t","f",3.0]'
+    )
+    assert encode_rows([]) == b""
+
+
+async def test_the_bulk_feed_parser_reads_frames_split_anywhere() -> None:
+    from streams.bulk import _LeanClient
+
+    def hmsg(reply: bytes, headers: bytes, payload: bytes) -> bytes:
+        args = b" ".join(
+            [b"HMSG inbox 7", *([reply] if reply else []), b"%d %d" % (len(headers), len(headers) + len(payload))]
+        )
+        return args + b"\r\n" + headers + payload + b"\r\n"
+
+    ack = b"$JS.ACK.S.C.1.10.1.1700000000000000000.5"
+    stored = b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: 3\r\n\r\n"
+    status = b"NATS/1.0 404 No Messages\r\n\r\n"
+    stream = b"".join(
+        [
+            hmsg(ack, stored, b"hello"),
+            b"MSG inbox 7 r2 3\r\nabc\r\n",
+            b"+OK\r\n",
+            hmsg(b"", status, b""),
+            b"MSG inbox 7 r3 0\r\n\r\n",
+        ]
+    )
+    expected = [(b"inbox", ack, None, b"hello"), (b"inbox", b"r2", None, b"abc"), (b"inbox", b"", status, b"")]
+    expected.append((b"inbox", b"r3", None, b""))
+    for cut in range(1, len(stream)):
+        got: list[tuple[bytes, bytes, bytes | None, bytes]] = []
+        nc = _LeanClient()
+        nc.routes[7] = lambda *frame: got.append(frame)  # noqa: B023
+        await nc._ps.parse(stream[:cut])
+        await nc._ps.parse(stream[cut:])
+        assert got == expected, cut
+
+
+def test_the_cluster_ddl_has_the_tables_of_the_schema(sink: AnalyticsSink) -> None:
+    """infra/clickhouse/cluster.sql, made single-node, gives the columns and keys schema.py gives."""
+    import re
+
+    sink.ensure_schema()
+    sql = (REPO_ROOT / "infra" / "clickhouse" / "cluster.sql").read_text()
+    sql = re.sub(r"--[^\n]*", "", sql).replace(" ON CLUSTER parley", "").replace("parley.", "cluster.")
+    sql = re.sub(r"Replicated(\w*MergeTree)\('[^']*', '[^']*'(?:, )?", r"\1(", sql)
+    statements = [s.strip() for s in sql.split(";") if s.strip() and "Distributed" not in s]
+    sink.client.command("CREATE DATABASE IF NOT EXISTS cluster")
+    for statement in statements[1:]:
+        sink.client.command(
+            statement.replace("cluster.conversation_facts FINAL", "cluster.conversation_facts_local FINAL")
+        )
+
+    def shape(db: str, table: str) -> list[tuple[Any, ...]]:
+        return sink.client.query(
+            "SELECT name, type, default_kind, default_expression, is_in_partition_key, is_in_sorting_key"
+            " FROM system.columns WHERE database = {db:String} AND table = {t:String} ORDER BY position",
+            parameters={"db": db, "t": table},
+        ).result_rows
+
+    def engine(db: str, table: str) -> list[tuple[Any, ...]]:
+        where = "database = {db:String} AND %s = {t:String}"
+        tables = sink.client.query(
+            "SELECT engine, partition_key, sorting_key FROM system.tables WHERE " + where % "name",
+            parameters={"db": db, "t": table},
+        ).result_rows
+        indexes = sink.client.query(
+            "SELECT name, type_full, expr, granularity FROM system.data_skipping_indices WHERE "
+            + where % "table"
+            + " ORDER BY name",
+            parameters={"db": db, "t": table},
+        ).result_rows
+        return tables + indexes
+
+    for table in ("events", "conversation_facts", "escalations"):
+        assert shape("cluster", f"{table}_local") == shape("parley", table), table
+        assert engine("cluster", f"{table}_local") == engine("parley", table), table
+    for table in ("checkpoint", "dead_letters"):
+        assert shape("cluster", table) == shape("parley", table), table
+        assert engine("cluster", table) == engine("parley", table), table
+
+
+async def test_the_service_projects_live_events_and_answers_queries(store: OpenStore, tmp_path: Path) -> None:
+    from projections.analytics.service import AnalyticsService
+
+    settings = AnalyticsSettings(data_dir=tmp_path / "live", batch=100)
+    service = await AnalyticsService.open(store.store, settings)
+    assert service is not None and service.runner is not None
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        await known_history(store)  # written while the projector follows the stream
+        for _ in range(100):
+            kpis = await service.queries.akpis("acme", *OCTOBER)
+            if kpis.totals.conversations == 5 and kpis.totals.closed == 4:
+                break
+            await asyncio.sleep(0.1)
+        assert (kpis.totals.conversations, kpis.totals.closed, kpis.totals.escalated) == (5, 4, 3)
+        status = await service.status()
+        assert status is not None and status["lag"] == 0
+    finally:
+        stop.set()
+        await task
+        await service.close()
+
+
+async def test_a_second_process_gets_no_analytics_while_another_holds_chdb(store: OpenStore, tmp_path: Path) -> None:
+    from projections.analytics.service import AnalyticsService
+
+    path = tmp_path / "held" / "chdb"
+    path.mkdir(parents=True)
+    holder = _hold_chdb(path)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"open\n"
+        assert await AnalyticsService.open(store.store, AnalyticsSettings(data_dir=tmp_path / "held")) is None
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+
+
+def _hold_chdb(path: Path) -> subprocess.Popen[bytes]:
+    code = (
+        "import clickhouse_connect, time\n"
+        f"client = clickhouse_connect.get_client(dsn='chdb://{path}')\n"
+        "print('open', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
