@@ -50,7 +50,10 @@ async def _run(settings: ProjectionSettings, names: list[str]) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with _opened(settings) as (store, pool):
         await registry.migrate(pool, chosen)
-        runners = [ProjectorRunner(p, store.store, pool, batch=settings.batch) for p in chosen]
+        runners = [
+            ProjectorRunner(p, store.store, pool, batch=settings.batch, linger=settings.linger_ms / 1000)
+            for p in chosen
+        ]
         log.info("projectors running", projectors=[p.name for p in chosen])
         await asyncio.gather(*(runner.run(stop) for runner in runners))
     log.info("projectors stopped")

@@ -66,6 +66,7 @@ class ProjectorRunner:
         idle_wait: float = 0.5,
         ack_wait: float = 30.0,
         standby_poll: float = 1.0,
+        linger: float = 0.0,
     ) -> None:
         self.projector = projector
         self.store = store
@@ -75,6 +76,9 @@ class ProjectorRunner:
         self.idle_wait = idle_wait
         self.ack_wait = ack_wait
         self.standby_poll = standby_poll
+        # After a short batch, wait this long before the next fetch so that it brings more: under
+        # load the cost of a transaction is shared by more commits, for at most this much more lag.
+        self.linger = linger
         self.feed: Feed | None = None
         self._conn: AsyncConnection[Any] | None = None
         self._stop = asyncio.Event()
@@ -152,6 +156,8 @@ class ProjectorRunner:
             return None
         result = await self.project(batch.messages)
         await batch.ack()
+        if self.linger and len(batch.messages) < self.batch:
+            await asyncio.sleep(self.linger)
         return result
 
     async def project(self, messages: list[RawMessage]) -> BatchResult:
