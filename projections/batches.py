@@ -60,10 +60,11 @@ async def apply_batch(
     decoded: list[tuple[RawMessage, list[RecordedEvent]]] = []
     dead: list[DeadLetter] = []
     for raw in fresh:
-        try:
-            decoded.append((raw, store.decode(raw)))
-        except EventDecodeError as e:
-            dead.append(_dead(projector, raw, e))
+        match decode(projector, store, raw):
+            case DeadLetter() as letter:
+                dead.append(letter)
+            case events:
+                decoded.append((raw, events))
     try:
         async with conn.transaction(), conn.pipeline(), conn.cursor() as cur:
             for _, events in decoded:
@@ -74,8 +75,7 @@ async def apply_batch(
             raise
         log.warning("poison in batch, applying its commits one by one", projector=projector.name, error=str(e))
         decoded = await _apply_one_by_one(conn, projector, schema, decoded, dead)
-    if dead:
-        await _record(conn, schema, dead)
+    await record_dead_letters(conn, schema, dead)
     return BatchResult(
         checkpoint=max([after, *(m.seq for m in fresh)]),
         commits=len(decoded),
@@ -83,6 +83,14 @@ async def apply_batch(
         skipped=len(messages) - len(fresh),
         dead_letters=dead,
     )
+
+
+def decode(projector: Projector, store: EventStore, raw: RawMessage) -> list[RecordedEvent] | DeadLetter:
+    """A commit's events, or the dead letter of a commit that cannot be decoded."""
+    try:
+        return store.decode(raw)
+    except EventDecodeError as e:
+        return _dead(projector, raw, e)
 
 
 async def _apply_one_by_one(
@@ -134,7 +142,9 @@ def _dead(projector: Projector, raw: RawMessage, error: Exception, event: Record
     return DeadLetter(raw.seq, raw.subject, reason)
 
 
-async def _record(conn: AsyncConnection[Any], schema: str, dead: list[DeadLetter]) -> None:
+async def record_dead_letters(conn: AsyncConnection[Any], schema: str, dead: list[DeadLetter]) -> None:
+    if not dead:
+        return
     async with conn.cursor() as cur:
         await cur.executemany(
             sql.SQL(

@@ -5,17 +5,44 @@ schema named by the caller, so the same code fills the live schema and a rebuild
 ``apply`` runs inside the runner's transaction. It should only write (no commit; a read whose result
 decides what to write costs a round trip, as a batch is sent as one pipeline), and it must be
 safe to apply an event twice, even though the checkpoint already keeps replays away.
+
+A projector may also offer a bulk path for replaying a whole history into an empty schema
+(``replay``): a rebuild uses it before its swap, and falls back to ``apply`` without it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
-from psycopg import AsyncCursor
+from psycopg import AsyncConnection, AsyncCursor
 
 from read_models.migrations import Migration, ReadModel
 from streams.store import RecordedEvent
+
+
+class NotReplayable(Exception):
+    """The history holds something a bulk replay cannot reproduce row for row; replay it event by event."""
+
+
+class Replay(Protocol):
+    """Folds a history in memory, oldest event first, and writes the rows it settled in bulk.
+
+    The rows must be exactly those ``Projector.apply`` gives for the same events. Where that cannot
+    be guaranteed, ``apply`` (or the write ``flush`` returns) raises ``NotReplayable``, or the write
+    fails with a data or integrity error of the database (a key taken twice, a value refused).
+    Either way the caller starts over with ``Projector.apply``.
+    """
+
+    def apply(self, event: RecordedEvent) -> None: ...
+
+    def flush(self, conn: AsyncConnection[Any], schema: str, *, final: bool = False) -> Awaitable[None]:
+        """Write the rows no later event can change (``final``: every row), inside the caller's transaction.
+
+        The rows are taken out when ``flush`` is called, not when its result is awaited: the caller
+        may go on applying events while they are written.
+        """
 
 
 class Projector(ABC):
@@ -37,3 +64,7 @@ class Projector(ABC):
 
     @abstractmethod
     async def apply(self, cur: AsyncCursor[Any], event: RecordedEvent, schema: str) -> None: ...
+
+    def replay(self) -> Replay | None:
+        """A new bulk replay for an empty schema, or None to replay with ``apply``."""
+        return None

@@ -1,8 +1,11 @@
 """Rebuilding a read model from the first event, without downtime.
 
 1. Build ``<schema>_shadow`` with the projector's migrations and replay the whole history into it
-   with direct reads of the stream (pages of ``page`` commits, one transaction each), while the
-   live schema keeps serving and its runner keeps projecting.
+   with direct reads of the stream (pages of ``page`` commits), while the live schema keeps serving
+   and its runner keeps projecting. A projector with a bulk path (``Projector.replay``) folds the
+   events in memory and writes its rows with COPY; should that path meet a history it cannot
+   reproduce row for row, the shadow is made again and the history replayed with ``apply``, a page
+   per transaction (``apply_batch``), as for a projector without one.
 2. Once a page comes back short (the shadow reached the end of the stream), take the projector's
    batch lock, the one the live runner takes for every batch, so the live checkpoint stands still.
    Apply whatever the shadow still lacks up to that checkpoint, then in the same transaction
@@ -11,6 +14,9 @@
 
 The shadow may end up ahead of the live checkpoint; the live runner then skips what the new
 schema already accounts for. Poison commits are dead-lettered again in the new schema.
+
+The stream is read without a server-side filter (``filter_locally``): a filtered batch costs the
+server time in proportion to the subjects in the stream, and a rebuild reads most of them anyway.
 """
 
 from __future__ import annotations
@@ -18,16 +24,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import psycopg
 import structlog
 from psycopg import AsyncConnection, errors, sql
 from psycopg_pool import AsyncConnectionPool
 
-from projections.batches import apply_batch
+from projections.batches import BatchResult, DeadLetter, apply_batch, decode, record_dead_letters
 from projections.checkpoints import (
     ensure_checkpoint,
     lock_batch,
@@ -36,12 +43,19 @@ from projections.checkpoints import (
     try_lock,
     unlock,
 )
-from projections.projector import Projector
+from projections.projector import NotReplayable, Projector, Replay
 from read_models.migrations import migrate
 from streams.jetstream import RawMessage
 from streams.store import EventStore
 
 log = structlog.get_logger(__name__)
+
+# Commits per read. Large pages keep the per-request costs of NATS and PostgreSQL small; two pages
+# are in memory at most (one being applied, the next one being read).
+PAGE = 10_000
+# Commits the bulk replay folds between two turns of the event loop, in which the read of the next
+# page and the write of the last one go on.
+YIELD_EVERY = 200
 
 
 class RebuildInProgress(Exception):
@@ -61,7 +75,7 @@ class RebuildReport(msgspec.Struct, frozen=True):
 
 
 async def rebuild(
-    projector: Projector, store: EventStore, pool: AsyncConnectionPool[Any], *, page: int = 1000
+    projector: Projector, store: EventStore, pool: AsyncConnectionPool[Any], *, page: int = PAGE
 ) -> RebuildReport:
     name, live = projector.name, projector.schema
     shadow = f"{live}_shadow"
@@ -73,19 +87,8 @@ async def rebuild(
         try:
             started = time.perf_counter()
             await _drop_leftovers(conn, live)
-            await migrate(conn, projector.read_model, schema=shadow)
-            await ensure_checkpoint(conn, shadow, name)
             bound.info("rebuild started", shadow=shadow)
-
-            position, commits, events, dead = 0, 0, 0, 0
-            async with contextlib.aclosing(_pages(store, projector.subject, page)) as pages:
-                async for messages in pages:
-                    async with conn.transaction():
-                        result = await apply_batch(conn, projector, store, shadow, messages, after=position)
-                        await set_checkpoint(conn, shadow, name, result.checkpoint, announce=False)
-                    position = result.checkpoint
-                    commits, events = commits + result.commits, events + result.events
-                    dead += len(result.dead_letters)
+            progress = await _replay(conn, projector, store, shadow, page)
             await _analyze(conn, shadow)  # statistics for the readers of the new schema from its first query
 
             # The swap. The live runner waits on the batch lock meanwhile.
@@ -93,15 +96,16 @@ async def rebuild(
             async with conn.transaction():
                 await lock_batch(conn, name)
                 target = await _live_checkpoint(conn, live, name)
-                while position < target:
-                    messages = await store.read_all(after_seq=position, limit=page, subject=projector.subject)
+                while progress.position < target:
+                    messages = await store.read_all(
+                        after_seq=progress.position, limit=page, subject=projector.subject, filter_locally=True
+                    )
                     if not messages:
-                        raise RuntimeError(f"the stream ends at {position}, before the live checkpoint {target}")
-                    result = await apply_batch(conn, projector, store, shadow, messages, after=position)
-                    position = result.checkpoint
-                    commits, events = commits + result.commits, events + result.events
-                    dead += len(result.dead_letters)
-                await set_checkpoint(conn, shadow, name, position)
+                        raise RuntimeError(
+                            f"the stream ends at {progress.position}, before the live checkpoint {target}"
+                        )
+                    progress.add(await apply_batch(conn, projector, store, shadow, messages, after=progress.position))
+                await set_checkpoint(conn, shadow, name, progress.position)
                 old = f"{live}_old_{datetime.now(UTC):%Y%m%d%H%M%S%f}"
                 if await _exists(conn, live):
                     await conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(_id(live), _id(old)))
@@ -117,25 +121,128 @@ async def rebuild(
     report = RebuildReport(
         name=name,
         schema=live,
-        commits=commits,
-        events=events,
-        dead_letters=dead,
-        checkpoint=position,
+        commits=progress.commits,
+        events=progress.events,
+        dead_letters=progress.dead_letters,
+        checkpoint=progress.position,
         seconds=round(seconds, 3),
-        events_per_second=round(events / seconds, 1) if seconds > 0 else 0.0,
+        events_per_second=round(progress.events / seconds, 1) if seconds > 0 else 0.0,
         locked_ms=round(locked_ms, 1),
     )
     bound.info("rebuild swapped in", **msgspec.structs.asdict(report))
     return report
 
 
+class _Progress(msgspec.Struct):
+    """How far a replay has come, and what it applied."""
+
+    position: int = 0
+    commits: int = 0
+    events: int = 0
+    dead_letters: int = 0
+
+    def add(self, result: BatchResult) -> None:
+        self.position = result.checkpoint
+        self.commits += result.commits
+        self.events += result.events
+        self.dead_letters += len(result.dead_letters)
+
+
+async def _replay(
+    conn: AsyncConnection[Any], projector: Projector, store: EventStore, shadow: str, page: int
+) -> _Progress:
+    """The whole history into a new shadow schema: in bulk if the projector can, else event by event."""
+    await _new_schema(conn, projector, shadow)
+    if (replay := projector.replay()) is not None:
+        try:
+            return await _replay_in_bulk(conn, projector, replay, store, shadow, page)
+        except (NotReplayable, psycopg.DataError, psycopg.IntegrityError) as e:
+            log.warning(
+                "the bulk replay cannot reproduce this history row for row; replaying it event by event",
+                projector=projector.name,
+                error=f"{type(e).__name__}: {e}",
+            )
+            await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(_id(shadow)))
+            await _new_schema(conn, projector, shadow)
+    return await _replay_events(conn, projector, store, shadow, page)
+
+
+async def _replay_in_bulk(
+    conn: AsyncConnection[Any], projector: Projector, replay: Replay, store: EventStore, shadow: str, page: int
+) -> _Progress:
+    """Fold each page and write the rows it settled while folding the next; the rows still open and
+    the checkpoint go last, together. A commit is folded as soon as it is decoded, so the objects
+    decoding makes die young, before the cycle collector walks them."""
+    progress = _Progress()
+    writing: asyncio.Future[None] | None = None
+    try:
+        async with contextlib.aclosing(_pages(store, projector.subject, page)) as pages:
+            async for messages in pages:
+                commits, events, dead = 0, 0, []
+                for i, raw in enumerate(messages, 1):
+                    match decode(projector, store, raw):
+                        case DeadLetter() as letter:
+                            dead.append(letter)
+                        case decoded:
+                            for event in decoded:
+                                replay.apply(event)
+                            commits, events = commits + 1, events + len(decoded)
+                    if i % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(_write(conn, shadow, replay.flush(conn, shadow), dead))
+                progress.add(BatchResult(messages[-1].seq, commits, events, skipped=0, dead_letters=dead))
+        if writing is not None:
+            await writing
+    except BaseException:  # the connection is free again once the write in flight is over
+        if writing is not None:
+            await asyncio.wait([writing])
+            if not writing.cancelled():
+                writing.exception()  # seen; the error being raised tells what went wrong
+        raise
+    async with conn.transaction():
+        await replay.flush(conn, shadow, final=True)
+        await set_checkpoint(conn, shadow, projector.name, progress.position, announce=False)
+    return progress
+
+
+async def _write(conn: AsyncConnection[Any], shadow: str, rows: Awaitable[None], dead: list[DeadLetter]) -> None:
+    async with conn.transaction():
+        await rows
+        await record_dead_letters(conn, shadow, dead)
+
+
+async def _replay_events(
+    conn: AsyncConnection[Any], projector: Projector, store: EventStore, shadow: str, page: int
+) -> _Progress:
+    """Each page with the projector's ``apply``, in one transaction with the checkpoint."""
+    progress = _Progress()
+    async with contextlib.aclosing(_pages(store, projector.subject, page)) as pages:
+        async for messages in pages:
+            async with conn.transaction():
+                result = await apply_batch(conn, projector, store, shadow, messages, after=progress.position)
+                await set_checkpoint(conn, shadow, projector.name, result.checkpoint, announce=False)
+            progress.add(result)
+    return progress
+
+
+async def _new_schema(conn: AsyncConnection[Any], projector: Projector, schema: str) -> None:
+    await migrate(conn, projector.read_model, schema=schema)
+    await ensure_checkpoint(conn, schema, projector.name)
+
+
 async def _pages(store: EventStore, subject: str, page: int) -> AsyncGenerator[list[RawMessage], None]:
     """Every commit on the subject, a page at a time, reading the next page while the caller applies one."""
-    pending = asyncio.ensure_future(store.read_all(after_seq=0, limit=page, subject=subject))
+
+    def read(after: int) -> asyncio.Future[list[RawMessage]]:
+        return asyncio.ensure_future(store.read_all(after_seq=after, limit=page, subject=subject, filter_locally=True))
+
+    pending = read(0)
     try:
         while messages := await pending:
             if len(messages) == page:
-                pending = asyncio.ensure_future(store.read_all(after_seq=messages[-1].seq, limit=page, subject=subject))
+                pending = read(messages[-1].seq)
             yield messages
             if len(messages) < page:
                 return

@@ -12,10 +12,12 @@ for the messages of its own subject only, through the stream's subject index.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
+import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -116,13 +118,42 @@ class DuplicateMessage(StoreError):
         self.seq = seq
 
 
+_InlineHandler = Callable[[str, dict[str, str], bytes], None]
+
+
 class _Client(NATS):
-    """nats-py's client with a leaner header parser.
+    """nats-py's client with a leaner header parser, and replies handed over as they are read.
 
     Every event read carries a dozen headers; nats-py's parser checks each header name
     character by character and dominated the cost of loading an aggregate. This one keeps its
     behaviour for well-formed headers (the server writes them) and skips that scan.
+
+    A batched direct get answers with thousands of messages. nats-py would wrap each in a ``Msg``,
+    queue it, and switch to the subscription's task to hand it over; a subscription made with
+    ``subscribe_inline`` gets each one as soon as it is parsed instead (a sixth of the client's
+    cost of reading the stream).
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._inline: dict[int, _InlineHandler] = {}
+
+    async def subscribe_inline(self, subject: str, handler: _InlineHandler) -> None:
+        """``handler(subject, headers, data)`` for each message on ``subject``, called by the reader itself."""
+        sub = await self.subscribe(subject)
+        self._inline[sub._id] = handler
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        handler = self._inline.get(sid)
+        if handler is None:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        try:
+            handler(subject.decode(), await self._process_headers(headers) or {}, data)
+        except Exception as e:  # as from a callback: reported, and the reading goes on
+            await self._error_cb(e)
 
     async def publish_frames(self, frames: list[bytes]) -> None:
         """Queue pre-encoded HPUB frames in one write (see ``hpub_frame``)."""
@@ -133,10 +164,10 @@ class _Client(NATS):
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:
         out: dict[str, str] = {}
-        for line in raw.split(b"\r\n"):
-            name, sep, value = line.partition(b":")
+        for line in raw.decode("utf-8", "replace").split("\r\n"):
+            name, sep, value = line.partition(":")
             if sep:
-                out[name.strip().decode("ascii", "replace")] = value.strip().decode("utf-8", "replace")
+                out[name.strip()] = value.strip()
         return out
 
 
@@ -463,12 +494,32 @@ class JetStreamLog:
                 return out
             start = msgs[-1].seq + 1
 
-    async def read(self, *, after_seq: int = 0, limit: int = 1000, subject: str | None = None) -> list[RawMessage]:
-        """Up to ``limit`` messages after a stream sequence, in stream order."""
-        request: dict[str, Any] = {"seq": after_seq + 1, "batch": limit}
-        if subject is not None:
-            request["next_by_subj"] = subject
-        return await self._direct(request)
+    async def read(
+        self, *, after_seq: int = 0, limit: int = 1000, subject: str | None = None, filter_locally: bool = False
+    ) -> list[RawMessage]:
+        """Up to ``limit`` messages after a stream sequence, in stream order; fewer only at the end of the stream.
+
+        The server answers a batch asked with a subject filter by first counting every message the
+        filter matches (the ``Nats-Num-Pending`` header), in time that grows with the number of
+        subjects in the stream: about 40 ms a request at 100,000 subjects, whatever the batch size.
+        A reader whose filter matches most of the stream (a rebuild) does better to ask for every
+        message and keep the matching ones here (``filter_locally``); one that wants a small part of
+        the stream had better let the server filter.
+        """
+        if subject is None or not filter_locally:
+            request: dict[str, Any] = {"seq": after_seq + 1, "batch": limit}
+            if subject is not None:
+                request["next_by_subj"] = subject
+            return await self._direct(request)
+        matches = _subject_pattern(subject).fullmatch
+        out: list[RawMessage] = []
+        start = after_seq + 1
+        while True:
+            msgs = await self._direct({"seq": start, "batch": limit})
+            out += [m for m in msgs if matches(m.subject)]
+            if len(out) >= limit or len(msgs) < limit:
+                return out[:limit]
+            start = msgs[-1].seq + 1
 
     async def last_seq(self) -> int:
         info = await self._info()
@@ -483,7 +534,10 @@ class JetStreamLog:
     async def _direct(self, request: dict[str, Any], *, single: bool = False) -> list[RawMessage]:
         if self._inbox is None:
             self._inbox = self.nc.new_inbox()
-            await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_direct_reply)
+            if isinstance(self.nc, _Client):
+                await self.nc.subscribe_inline(f"{self._inbox}.*", self._on_direct_reply)
+            else:
+                await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_direct_msg)
         token = str(next(self._tokens))
         pending = _DirectRequest(single)
         self._waiting[token] = pending
@@ -500,11 +554,13 @@ class JetStreamLog:
             raise StoreError(f"direct get on {self.stream} failed: {status} {description}")
         return pending.messages
 
-    async def _on_direct_reply(self, msg: Msg) -> None:
-        pending = self._waiting.get(msg.subject[msg.subject.rfind(".") + 1 :])
+    async def _on_direct_msg(self, msg: Msg) -> None:
+        self._on_direct_reply(msg.subject, msg.headers or {}, msg.data)
+
+    def _on_direct_reply(self, subject: str, headers: dict[str, str], data: bytes) -> None:
+        pending = self._waiting.get(subject[subject.rfind(".") + 1 :])
         if pending is None or pending.done.done():
             return
-        headers = msg.headers or {}
         status = headers.get("Status")
         if status is not None:
             pending.done.set_result((status, headers.get("Description", "")))
@@ -514,7 +570,7 @@ class JetStreamLog:
                 seq=int(headers["Nats-Sequence"]),
                 subject=headers["Nats-Subject"],
                 headers=headers,
-                data=msg.data,
+                data=data,
                 time=headers.get("Nats-Time-Stamp", ""),
             )
         )
@@ -534,6 +590,13 @@ def _settle(future: asyncio.Future[Published], outcome: Published | BaseExceptio
 
 def _by_seq(message: RawMessage) -> int:
     return message.seq
+
+
+@functools.lru_cache(maxsize=64)
+def _subject_pattern(subject_filter: str) -> re.Pattern[str]:
+    """A NATS subject filter as a pattern: ``*`` is one token, ``>`` the tokens that remain."""
+    tokens = ("[^.]+" if t == "*" else ".+" if t == ">" else re.escape(t) for t in subject_filter.split("."))
+    return re.compile(r"\.".join(tokens))
 
 
 class _DirectRequest:

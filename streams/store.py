@@ -21,6 +21,7 @@ commits, one atomic batch, one fsync.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ from streams.jetstream import (
     SubjectTaken,
     WrongLastSequence,
 )
-from streams.subjects import StreamId, command_token
+from streams.subjects import EVENTS_PREFIX, StreamId, command_token
 
 log = structlog.get_logger(__name__)
 
@@ -186,13 +187,16 @@ class EventStore:
             self._note_position(stream.subjects, events[-1].version, events[-1].seq)
         return events
 
-    async def read_all(self, *, after_seq: int = 0, limit: int = 1000, subject: str | None = None) -> list[RawMessage]:
-        return await self.log.read(after_seq=after_seq, limit=limit, subject=subject)
+    async def read_all(
+        self, *, after_seq: int = 0, limit: int = 1000, subject: str | None = None, filter_locally: bool = False
+    ) -> list[RawMessage]:
+        """Commits after a stream sequence, in stream order (``JetStreamLog.read``)."""
+        return await self.log.read(after_seq=after_seq, limit=limit, subject=subject, filter_locally=filter_locally)
 
     def decode(self, raw: RawMessage, stream: StreamId | None = None) -> list[RecordedEvent]:
         """A commit's events; ``EventDecodeError`` names the stream sequence of a bad one."""
         try:
-            stream = stream or StreamId.from_subject(raw.subject)
+            stream = stream or _stream_of(raw.subject)
             commit = _DECODE.decode(raw.data)
             recorded_at = datetime.fromisoformat(raw.time) if raw.time else datetime.min
             out = []
@@ -206,3 +210,19 @@ class EventStore:
         except Exception as e:
             raise EventDecodeError(raw.seq, raw.subject, f"{type(e).__name__}: {e}") from e
         return out
+
+
+def _stream_of(subject: str) -> StreamId:
+    """The aggregate a commit's subject names. An aggregate's commits tend to come close together in a
+    read of the stream, so the last aggregates are remembered rather than parsed and checked again."""
+    if subject.count(".") == _COMMIT_DOTS:
+        return _aggregate(subject.rpartition(".")[0])
+    return StreamId.from_subject(subject)
+
+
+_COMMIT_DOTS = EVENTS_PREFIX.count(".") + 4  # <prefix>.<tenant>.<type>.<id>.<command>
+
+
+@functools.lru_cache(maxsize=4096)
+def _aggregate(subject: str) -> StreamId:
+    return StreamId.from_subject(subject)
