@@ -37,7 +37,7 @@ FIRST_VERSION = """
         RETURNING tenant, config_id)
 """
 
-VERSION_ROW = """
+_INSERT_VERSION = """
     INSERT INTO {s}.config_versions (tenant, config_id, version, branch, based_on, yaml_content, digest, product_type,
         status, author, author_type, commit_message, change_type, changes, risk_level, risk_reasons, breaking,
         breaking_reasons, approvals_needed, approvals_missing, evidence, created_at)
@@ -46,25 +46,17 @@ VERSION_ROW = """
         %(risk_reasons)s::jsonb, %(breaking)s, %(breaking_reasons)s::jsonb, %(needed)s::jsonb, %(needed)s::jsonb,
         %(evidence)s::jsonb, %(at)s
     FROM c
-    ON CONFLICT (tenant, config_id, version) DO NOTHING
-"""
+    ON CONFLICT (tenant, config_id, version) DO NOTHING"""
 
-CREATED_FIRST = FIRST_VERSION + VERSION_ROW
-CREATED = _advance("latest_version = greatest(latest_version, %(version)s),") + VERSION_ROW
-# A version on a branch moves the branch's head as well: two statements, the second guarded by
-# the row version the first one set (so it runs once too).
+CREATED_FIRST = FIRST_VERSION + _INSERT_VERSION
+CREATED = _advance("latest_version = greatest(latest_version, %(version)s),") + _INSERT_VERSION
+# A version on a branch moves the branch's head as well, in the same statement and under the same
+# guard (so it happens once too).
 CREATED_ON_BRANCH = (
     _advance("latest_version = greatest(latest_version, %(version)s),")
-    + """, v AS (
-    INSERT INTO {s}.config_versions (tenant, config_id, version, branch, based_on, yaml_content, digest, product_type,
-        status, author, author_type, commit_message, change_type, changes, risk_level, risk_reasons, breaking,
-        breaking_reasons, approvals_needed, approvals_missing, evidence, created_at)
-    SELECT tenant, config_id, %(version)s, %(branch)s, %(based_on)s, %(yaml)s, %(digest)s, %(product_type)s,
-        %(status)s, %(author)s, %(author_type)s, %(message)s, %(change_type)s, %(changes)s::jsonb, %(risk)s,
-        %(risk_reasons)s::jsonb, %(breaking)s, %(breaking_reasons)s::jsonb, %(needed)s::jsonb, %(needed)s::jsonb,
-        %(evidence)s::jsonb, %(at)s
-    FROM c
-    ON CONFLICT (tenant, config_id, version) DO NOTHING)
+    + ", v AS ("
+    + _INSERT_VERSION
+    + """)
     UPDATE {s}.config_branches AS b SET head_version = %(version)s
     FROM c WHERE b.tenant = c.tenant AND b.config_id = c.config_id AND b.branch = %(branch)s
 """

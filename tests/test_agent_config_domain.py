@@ -9,23 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domain import agent_config as a
+from domain import config_permissions as perms
 from domain.errors import IllegalStateError, NotFoundError, PermissionDeniedError, ValidationError
 from tests.decider import DeciderSpec
 
 T0 = datetime(2025, 10, 20, 10, 0, tzinfo=UTC)
 spec = DeciderSpec(a.decide, a.evolve, a.initial())
-ALL = frozenset(
-    {
-        "view_config",
-        "edit_system_prompt",
-        "add_remove_tools",
-        "modify_integrations",
-        "change_voice_params",
-        "deploy_to_production",
-        "rollback_versions",
-        "manage_permissions",
-    }
-)
+ALL = frozenset(perms.PERMISSIONS)
 ADMIN = a.Caller(user_id="jane", roles=frozenset({"org_admin"}), granted=ALL)
 OTHER_ADMIN = a.Caller(user_id="omar", roles=frozenset({"org_admin"}), granted=ALL)
 ENGINEER = a.Caller(user_id="pat", roles=frozenset({"platform_engineer"}), granted=ALL)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -26,6 +26,9 @@ from domain import agent_config as a
 from domain import config_permissions as perms
 from domain.errors import NotFoundError, PermissionDeniedError, ValidationError
 from gateways.http.auth import Identity, requires
+from gateways.http.conversations import iso as _iso
+from gateways.http.conversations import now as _now
+from gateways.http.conversations import position_header
 from gateways.http.platform import Platform
 from read_models import configs as q
 
@@ -134,7 +137,7 @@ class ConfigController(Controller):
         caller = await self._caller(platform, request)
         if "view_config" not in caller.granted:
             raise perms_denied("view_config")
-        await platform.wait_for_configs(min_position or _position_header(request))
+        await platform.wait_for_configs(min_position or position_header(request))
 
     # Writes -------------------------------------------------------------------------------------
 
@@ -561,16 +564,3 @@ class ConfigController(Controller):
 
 def perms_denied(permission: str) -> Exception:
     return PermissionDeniedError(f"needs the permission: {permission}", missing=[permission])
-
-
-def _position_header(request: Request[Any, Any, Any]) -> int | None:
-    value = request.headers.get("X-Parley-Position")
-    return int(value) if value and value.isdigit() else None
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -553,7 +553,7 @@ async def _read(
     what: str,
 ) -> Response[dict[str, Any]]:
     """A read-model query for the caller's tenant, after waiting (bounded) for a position."""
-    reached = await platform.wait_for(min_position or _position_header(request))
+    reached = await platform.wait_for(min_position or position_header(request))
     async with platform.pool.connection() as conn:
         found = await query(conn, request.user.tenant, item_id)
     if found is None:
@@ -561,6 +561,7 @@ async def _read(
     return Response(found, headers={"X-Parley-Position-Reached": "true" if reached else "false"})
 
 
-def _position_header(request: Request[Any, Any, Any]) -> int | None:
+def position_header(request: Request[Any, Any, Any]) -> int | None:
+    """The position a query must wait for, from the ``X-Parley-Position`` header."""
     value = request.headers.get("X-Parley-Position")
     return int(value) if value and value.isdigit() else None
