@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -346,7 +347,8 @@ async def test_a_new_version_whose_conversations_fail_is_rolled_back_by_the_moni
         await asyncio.sleep(0.2)
     (rollback,) = history["rollbacks"]
     assert (rollback["rolled_back_from"], rollback["rolled_back_to"], rollback["initiated_by"]) == (2, 1, "monitor")
-    assert "3 of 3 conversations on v2 failed" in rollback["reason"]
+    # The monitor may act before every reply is in: as soon as more than 10 % of the 3 have failed.
+    assert re.match(r"[1-3] of 3 conversations on v2 failed", rollback["reason"]), rollback["reason"]
     assert (await start(client))["config_version"] == 3
 
 
