@@ -74,6 +74,8 @@ class Platform:
         self.configs = ConfigCatalog(self.runner)
         # The runtime answers each conversation with the config version it is pinned to.
         self.agent_configs = VersionedConfigs(self.configs.state)
+        # One tool registry for the runtime, config validation (which tools exist) and previews.
+        self.tools = demo_registry(pool.connection)
         self.agents: AgentRuntime | None = None
         if settings.run_agents:
             agent_settings = AgentSettings.from_env()
@@ -81,13 +83,12 @@ class Platform:
             self.agents = AgentRuntime(
                 opened.store,
                 self.runner,
-                demo_registry(pool.connection),
+                self.tools,
                 self.agent_configs,
                 dict(os.environ),
                 checkpoints=checkpoints,
                 partitions=agent_settings.partitions,
             )
-        self.tools = demo_registry(pool.connection)
         self.config_service = ConfigService(
             self.runner, implemented_tools=frozenset(self.tools.names), evidence=self.replay_recorded
         )
