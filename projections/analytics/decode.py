@@ -8,7 +8,10 @@ Two paths give the same rows (the suite checks it):
 * **the fast one**, for the default mapper (msgspec JSON, no cipher, no compressor): the commit is
   decoded with msgspec and each event straight into its class. A sealed event's stored JSON holds
   its personal fields as ``null`` beside the sealed envelope, which the typed decoder ignores, so
-  nothing is decrypted, and the fields are blanked all the same. About four times quicker.
+  nothing is decrypted, and the fields are blanked all the same. The payload is the stored JSON
+  itself, cut before the envelope (always the last key), rather than the event encoded again;
+  only an event whose personal fields were stored in clear is encoded again, blanked. About
+  five times quicker.
 
 Either way a commit that cannot be decoded raises ``EventDecodeError`` naming its sequence; the
 runner records it as a dead letter.
@@ -27,7 +30,7 @@ from eventsourcing.utils import resolve_topic
 
 from domain.messages import Event
 from projections.analytics.schema import EventRow
-from streams.codec import MsgspecTranscoder
+from streams.codec import PII_KEY, MsgspecTranscoder
 from streams.errors import EventDecodeError
 from streams.jetstream import RawMessage
 from streams.store import Commit, EventStore
@@ -36,6 +39,7 @@ from streams.subjects import EVENTS_PREFIX
 _COMMIT = msgspec.msgpack.Decoder(Commit)
 _ENCODE = msgspec.json.Encoder()
 _ID_TOKEN = EVENTS_PREFIX.count(".") + 1  # parley.ev.<tenant>.<type>.<id>.<command>
+_ENVELOPE = f',"{PII_KEY}":'.encode()  # where a sealed event's stored JSON has its envelope
 
 
 class Decoded(msgspec.Struct, gc=False):
@@ -74,7 +78,7 @@ def event_class(topic_or_class: str | type[Event]) -> _EventClass:
 
 def epoch(value: datetime) -> float:
     """Epoch seconds to the millisecond, what a ``DateTime64(3)`` column keeps."""
-    return round((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp(), 3)
+    return round((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp() * 1000) / 1000
 
 
 class CommitDecoder:
@@ -125,9 +129,17 @@ class CommitDecoder:
             version = commit.first_version
             for item in commit.events:
                 info = event_class(item.topic)
-                event = info.decoder.decode(item.state)
-                if info.personal is not None and info.personal(event) != info.none:  # stored in clear (older)
+                state = item.state
+                event = info.decoder.decode(state)
+                if info.personal is None:
+                    payload = state
+                elif info.personal(event) == info.none:  # sealed (or empty): the stored JSON, cut
+                    cut = state.rfind(_ENVELOPE)
+                    payload = state[:cut] + b"}" if cut > 0 else state
+                else:  # stored in clear (older): blanked and encoded again
                     event = msgspec.structs.replace(event, **info.blank)
+                    payload = _ENCODE.encode(event)
+                tf = info.time_field
                 row = EventRow(
                     tenant,
                     aggregate_type,
@@ -135,13 +147,13 @@ class CommitDecoder:
                     version,
                     seq,
                     info.name,
-                    info.time(event, recorded_at),
+                    recorded_at if tf is None else epoch(getattr(event, tf)),
                     recorded_at,
                     command,
                     command_id,
                     actor,
                     correlation_id,
-                    msgspec.Raw(_ENCODE.encode(event)),
+                    msgspec.Raw(payload),
                 )
                 out.append(Decoded(row, event))
                 version += 1
