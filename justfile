@@ -46,7 +46,7 @@ test *ARGS:
 lint:
     @{{ justfile_directory() }}/.venv/bin/ruff check .
 
-# Rebuild a read model from the first event into a shadow schema, then swap it in (no downtime)
+# Rebuild a read model from the first event into shadow tables, then swap them in (no downtime); NAME: conversations, configs, or analytics (through the running API)
 projections-rebuild NAME:
     @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m projections rebuild {{ NAME }}
 

@@ -2,6 +2,12 @@
 
 Settings come from the environment: ``NATS_URL``, ``PARLEY_STREAM``, ``PARLEY_DATA`` (the event
 store, ``streams.factory.StoreSettings``) and ``DATABASE_URL`` (``projections.settings``).
+
+``rebuild analytics`` asks the running API to rebuild its analytics tables
+(``POST /api/v1/admin/projections/analytics/rebuild`` at ``PARLEY_API_URL``, default
+``http://127.0.0.1:$PARLEY_API_PORT``, with ``PARLEY_TOKEN`` or a platform engineer's token signed
+with the data directory's secret): with chDB the API process has the store, and its projector is
+the one to pause. When no API answers, the rebuild runs here (``projections.analytics.rebuild``).
 """
 
 from __future__ import annotations
@@ -10,11 +16,16 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
@@ -86,13 +97,54 @@ async def _migrate(settings: ProjectionSettings) -> None:
             print(f"{name}: applied {versions or 'nothing (up to date)'}")
 
 
+def rebuild_analytics() -> None:
+    """Through the running API if one answers, else here (see the module's docstring)."""
+    from gateways.http.auth import make_token
+    from infra.platform import API_PORT, data_root, jwt_secret
+    from projections.analytics.__main__ import describe, rebuild_here
+    from projections.analytics.rebuild import RebuildReport
+    from projections.analytics.sink import AnalyticsSettings
+
+    base = os.environ.get("PARLEY_API_URL") or f"http://127.0.0.1:{API_PORT}"
+    token = os.environ.get("PARLEY_TOKEN") or make_token(
+        jwt_secret(data_root()), subject="projections-cli", tenant="platform", roles=["platform_engineer"], hours=1
+    )
+    url = f"{base.rstrip('/')}/api/v1/admin/projections/analytics/rebuild"
+    try:
+        body = request_rebuild(url, token)
+    except urllib.error.URLError as e:  # an error answer is a SystemExit: this is no answer at all
+        if not isinstance(e.reason, ConnectionRefusedError):
+            raise
+        print(f"no API at {base}: rebuilding here", file=sys.stderr)
+        asyncio.run(rebuild_here(AnalyticsSettings.from_env()))
+        return
+    print(describe(msgspec.convert(body, RebuildReport)) + f" (through {base})")
+
+
+def request_rebuild(url: str, token: str, *, attempts: int = 20) -> dict[str, Any]:
+    """POST the rebuild command; the report. Retries a 503 (with several API workers, the one that
+    has analytics may not be the one that answered); raises ``SystemExit`` on an error answer."""
+    request = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {token}"})
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            with urllib.request.urlopen(request, timeout=24 * 3600) as response:  # answers once swapped in
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as e:
+            if e.code != 503 or attempt >= attempts:
+                detail = e.read().decode(errors="replace")
+                raise SystemExit(f"the API refused the rebuild: {e.code} {detail}") from None
+        time.sleep(0.2)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m projections", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run projectors until interrupted")
     run.add_argument("names", nargs="*", help="projectors to run (default: all)")
     again = commands.add_parser("rebuild", help="rebuild a read model from the first event, without downtime")
-    again.add_argument("name")
+    again.add_argument("name", help="a projector (conversations, configs) or analytics")
     status = commands.add_parser("status", help="checkpoint, lag and dead letters of each projector")
     status.add_argument("--metrics", action="store_true", help="Prometheus text format")
     commands.add_parser("migrate", help="create or update the read models' schemas")
@@ -103,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     match args.command:
         case "run":
             asyncio.run(_run(settings, args.names))
+        case "rebuild" if args.name == "analytics":
+            rebuild_analytics()
         case "rebuild":
             asyncio.run(_rebuild(settings, args.name))
         case "status":

@@ -8,6 +8,8 @@ SIGKILL in the middle of batches and started again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -32,7 +34,8 @@ from gateways.http.auth import jwt_auth, make_token
 from gateways.http.errors import EXCEPTION_HANDLERS
 from infra.services import REPO_ROOT
 from projections.analytics.decode import CommitDecoder
-from projections.analytics.runner import AnalyticsRunner, rebuild
+from projections.analytics.rebuild import rebuild, shadow_database
+from projections.analytics.runner import AnalyticsRunner
 from projections.analytics.sink import AnalyticsSettings, AnalyticsSink
 from read_models.analytics import AnalyticsQueries
 from streams.factory import OpenStore
@@ -49,8 +52,13 @@ SURVEY = [
 
 
 @pytest.fixture
-def sink(tmp_path: Path) -> Iterator[AnalyticsSink]:
-    opened = AnalyticsSink.open(AnalyticsSettings(data_dir=tmp_path / "analytics"))
+def settings(tmp_path: Path) -> AnalyticsSettings:
+    return AnalyticsSettings(data_dir=tmp_path / "analytics")
+
+
+@pytest.fixture
+def sink(settings: AnalyticsSettings) -> Iterator[AnalyticsSink]:
+    opened = AnalyticsSink.open(settings)
     yield opened
     opened.close()
 
@@ -347,29 +355,23 @@ async def test_sigkill_in_the_middle_of_batches_then_restart_gives_exact_counts(
         "PARLEY_STREAM": store.settings.stream,
         "PARLEY_DATA": str(tmp_path),
         "PARLEY_ANALYTICS_BATCH": "300",
-        "PARLEY_LOG_LEVEL": "INFO",
+        "PARLEY_LOG_LEVEL": "DEBUG",  # a line per batch projected
     }
-    js = store.log.js
     deleted = []
     for kill, delay in enumerate((0.03, 0.06, None)):  # two kills at different depths into a batch, then to the end
         log = tmp_path / f"projector-{kill}.log"
         proc = _projector_process(env, log)
         try:
-            floor = await _ack_floor(js, store.settings.stream)
-            while True:  # until a batch is out, past where the last process stopped, and not acknowledged
+            while not _projected(log):  # until a batch is written, and the next one in hand
                 await asyncio.sleep(0.005)
                 assert proc.poll() is None, log.read_text()
-                info = await _consumer(js, store.settings.stream)
-                if info and info.delivered.stream_seq > info.ack_floor.stream_seq > floor:
-                    break
-                if info and info.ack_floor.stream_seq >= last:
-                    break
             if delay is not None:
                 await asyncio.sleep(delay)
                 proc.send_signal(signal.SIGKILL)
             else:  # the last one finishes the stream, then stops cleanly
-                while (await _ack_floor(js, store.settings.stream)) < last:  # noqa: ASYNC110 (polls the server)
+                while max(_projected(log)) < last:
                     await asyncio.sleep(0.05)
+                    assert proc.poll() is None, log.read_text()
                 proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
         finally:
@@ -398,30 +400,212 @@ def _projector_process(env: dict[str, str], log: Path) -> subprocess.Popen[bytes
         )
 
 
-async def _consumer(js: Any, stream: str) -> Any:
-    try:
-        return await js.consumer_info(stream, "proj_analytics")
-    except Exception:
-        return None
-
-
-async def _ack_floor(js: Any, stream: str) -> int:
-    info = await _consumer(js, stream)
-    return int(info.ack_floor.stream_seq) if info else 0
+def _projected(log: Path) -> list[int]:
+    """The last sequences of the batches a projector process has written, from its log."""
+    out = []
+    for line in log.read_text().splitlines():
+        if '"batch projected"' in line:
+            with contextlib.suppress(ValueError):
+                out.append(int(json.loads(line)["last_seq"]))
+    return out
 
 
 # Rebuild ---------------------------------------------------------------------------------------
 
 
-async def test_a_rebuild_gives_the_same_rows(store: OpenStore, sink: AnalyticsSink) -> None:
-    await known_history(store)
+async def test_a_rebuild_gives_the_same_rows(
+    store: OpenStore, sink: AnalyticsSink, settings: AnalyticsSettings
+) -> None:
+    h = await known_history(store)
     runner = await project_all(store, sink, batch=7)
     await runner.shutdown()
     before = snapshot(sink)
 
-    report = await rebuild(store.store, sink, batch=1000, idle_wait=0.2)
-    assert report.checkpoint == await store.log.last_seq()
+    report = await rebuild(store.store, settings, batch=1000)
+    assert report.checkpoint == sink.checkpoint("analytics") == await store.log.last_seq()
+    assert (report.events, report.commits, report.dead_letters) == (h.events, h.commits, 0)
     assert snapshot(sink) == before
+    assert _databases(sink) == {"parley"}  # the shadow, holding the old tables after the swap, is gone
+    checkpoints = sink.client.query("SELECT projector FROM parley.checkpoint FINAL").result_rows
+    assert checkpoints == [("analytics",)]
+    consumers = [c.name for c in await store.log.js.consumers_info(store.settings.stream)]
+    assert "proj_analytics_rebuild" not in consumers
+
+
+async def test_a_rebuild_of_a_new_store_swaps_in_tables_a_runner_goes_on_from(
+    store: OpenStore, sink: AnalyticsSink, settings: AnalyticsSettings
+) -> None:
+    report = await rebuild(store.store, settings)  # no tables yet, no events
+    assert (report.events, report.checkpoint) == (0, 0)
+    h = await known_history(store)
+    runner = await project_all(store, sink)
+    await runner.shutdown()
+    assert sink.counts()["events"] == h.events
+
+
+async def test_with_no_api_running_the_projections_cli_rebuilds_in_its_own_process(
+    store: OpenStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``just projections-rebuild analytics`` with the platform down: nothing holds the store."""
+    import socket
+
+    from projections.__main__ import rebuild_analytics
+
+    h = await known_history(store)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    for variable, value in {
+        "NATS_URL": store.settings.nats_url,
+        "PARLEY_STREAM": store.settings.stream,
+        "PARLEY_DATA": str(tmp_path),
+        "PARLEY_API_URL": f"http://127.0.0.1:{closed}",
+        "PARLEY_JWT_SECRET": "cli-test-secret-" + "x" * 32,
+    }.items():
+        monkeypatch.setenv(variable, value)
+    for variable in ("CLICKHOUSE_URL", "PARLEY_ANALYTICS_DB", "PARLEY_ANALYTICS_BATCH"):
+        monkeypatch.delenv(variable, raising=False)
+    await asyncio.to_thread(rebuild_analytics)
+    out = capsys.readouterr()
+    assert out.err.startswith(f"no API at http://127.0.0.1:{closed}: rebuilding here")
+    assert out.out.startswith(f"rebuilt analytics (parley): {h.events} events in {h.commits} commits")
+    assert f"live at sequence {await store.log.last_seq()}" in out.out and f"events {h.events}" in out.out
+
+
+def _databases(sink: AnalyticsSink) -> set[str]:
+    rows = sink.client.query("SELECT name FROM system.databases WHERE name LIKE 'parley%'").result_rows
+    return {r[0] for r in rows}
+
+
+async def test_a_rebuild_while_the_live_runner_projects_swaps_in_the_same_rows_and_queries_never_see_it_half_done(
+    store: OpenStore, tmp_path: Path
+) -> None:
+    """The platform's case: the service's runner follows the stream, another tenant keeps writing,
+    the KPI queries keep running; the rebuild replays into the shadow, pauses the runner, swaps."""
+    from bench.analytics import write_history
+    from projections.analytics.service import AnalyticsService
+
+    written = await write_history(store.store, 3000, tenant="acme", days=20, concurrency=32)
+    settings = AnalyticsSettings(data_dir=tmp_path / "live", batch=100)
+    service = await AnalyticsService.open(store.store, settings)
+    assert service is not None
+    stop = asyncio.Event()
+    live = asyncio.create_task(service.run(stop))
+    period = (datetime.now(UTC) - timedelta(days=30), datetime.now(UTC) + timedelta(days=1))
+    others = History(store, tenant="globex")
+    try:
+        await _caught_up(service)
+        before = await service.queries.akpis("acme", *period)
+        assert before.totals.conversations == written["conversations"]
+        shadow = shadow_database(settings.database)
+        samples: list[tuple[Any, int | None]] = []  # (the KPIs, rows in the shadow's events then)
+        rebuilt = asyncio.Event()
+
+        async def query() -> None:
+            while not rebuilt.is_set():
+                kpis = await service.queries.akpis("acme", *period)
+                try:
+                    filling = await asyncio.to_thread(
+                        service.queries.client.command, f"SELECT count() FROM {shadow}.events"
+                    )
+                except Exception:  # no shadow (yet, or any more)
+                    filling = None
+                samples.append((kpis, filling))
+                await asyncio.sleep(0.005)
+
+        async def write() -> None:  # another tenant's conversations, while the rebuild runs
+            for k in range(40):
+                await others.start(f"g{k}", at(k), channel="webchat", config=("support-bot", 1))
+                if k % 3 == 0:
+                    await others.escalate(f"g{k}", at(k + 1), "explicit_request")
+                await asyncio.sleep(0.01)
+
+        readers = [asyncio.create_task(query()), asyncio.create_task(write())]
+        try:
+            report = await service.rebuild()
+        finally:
+            rebuilt.set()
+            await asyncio.gather(*readers)
+        assert report.checkpoint >= written["commits"] and report.paused_ms < 5000
+
+        assert all(kpis == before for kpis, _ in samples), "a query saw something other than the live tables"
+        filling = [n for _, n in samples if n is not None]
+        assert any(0 < n < written["events"] for n in filling), f"no query ran while the shadow filled: {filling}"
+
+        # After the swap the live runner goes on from the new checkpoint: nothing lost, nothing twice.
+        for k in range(40, 60):
+            await others.start(f"g{k}", at(k), channel="whatsapp", config=("support-bot", 2))
+            await others.close(f"g{k}", at(k + 5))
+        await _caught_up(service)
+        assert service.sink.checkpoint("analytics") == await store.log.last_seq()
+        events = written["events"] + others.events
+        assert service.sink.counts()["events"] == events
+        assert (
+            service.sink.client.command("SELECT uniqExact(tenant, aggregate_id, version) FROM parley.events") == events
+        )
+        assert snapshot(service.sink) == await reference(store, service.sink)
+        assert await service.queries.akpis("acme", *period) == before
+        assert _databases(service.sink) == {"parley"}
+    finally:
+        stop.set()
+        await live
+        await service.close()
+
+
+async def _caught_up(service: Any, seconds: float = 30.0) -> None:
+    """Until the service's projector has the stream's last event."""
+    for _ in range(int(seconds / 0.05)):
+        status = await service.status()
+        if status is not None and status["lag"] == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the analytics projector did not catch up: {status}")
+
+
+async def test_rebuilds_one_at_a_time_ahead_of_a_paused_runner_and_a_failed_one_changes_nothing(
+    store: OpenStore, tmp_path: Path
+) -> None:
+    from domain.errors import IllegalStateError, UnavailableError
+    from projections.analytics.service import AnalyticsService
+
+    h = await known_history(store)
+    settings = AnalyticsSettings(data_dir=tmp_path / "live", batch=5)
+    service = await AnalyticsService.open(store.store, settings)
+    assert service is not None
+    stop = asyncio.Event()
+    live = asyncio.create_task(service.run(stop))
+    try:
+        await _caught_up(service)
+        before = snapshot(service.sink)
+        first = asyncio.create_task(service.rebuild())
+        await asyncio.sleep(0)
+        with pytest.raises(IllegalStateError):
+            await service.rebuild()
+        await first
+
+        # The shadow ahead of the live tables: events arrive while the live runner stands still.
+        async with service.live.paused():
+            more = History(store, tenant="globex")
+            await more.start("g", at(0), channel="webchat", config=("support-bot", 1))
+            await more.escalate("g", at(1), "explicit_request")
+            behind = service.sink.checkpoint("analytics")
+            report = await rebuild(store.store, settings)
+            assert report.checkpoint == await store.log.last_seq() > behind
+        await _caught_up(service)  # from the swapped-in checkpoint: the new events once
+        assert service.sink.counts()["events"] == h.events + more.events
+        assert snapshot(service.sink) == await reference(store, service.sink)
+        before = snapshot(service.sink)
+
+        # A rebuild that cannot finish (the stream gone from under it) leaves the live tables as they were.
+        await store.log.js.delete_stream(store.settings.stream)
+        with pytest.raises(UnavailableError):
+            await service.rebuild()
+        assert snapshot(service.sink) == before and service.sink.counts()["events"] == h.events + more.events
+        assert _databases(service.sink) == {"parley"}
+    finally:
+        stop.set()
+        await live
+        await service.close()
 
 
 # Queries ---------------------------------------------------------------------------------------
@@ -549,6 +733,7 @@ async def test_the_bulk_feed_parser_reads_frames_split_anywhere() -> None:
         return args + b"\r\n" + headers + payload + b"\r\n"
 
     ack = b"$JS.ACK.S.C.1.10.1.1700000000000000000.5"
+    ack2 = b"$JS.ACK.hub.ACCHASH.S.C.2.11.2.1700000000001000000.4.r4nd0m"  # with domain, account and token
     stored = b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: 3\r\n\r\n"
     status = b"NATS/1.0 404 No Messages\r\n\r\n"
     stream = b"".join(
@@ -556,19 +741,35 @@ async def test_the_bulk_feed_parser_reads_frames_split_anywhere() -> None:
             hmsg(ack, stored, b"hello"),
             b"MSG inbox 7 r2 3\r\nabc\r\n",
             b"+OK\r\n",
+            b"MSG inbox 7 " + ack2 + b" 2\r\nhi\r\n",
             hmsg(b"", status, b""),
             b"MSG inbox 7 r3 0\r\n\r\n",
         ]
     )
-    expected = [(b"inbox", ack, None, b"hello"), (b"inbox", b"r2", None, b"abc"), (b"inbox", b"", status, b"")]
-    expected.append((b"inbox", b"r3", None, b""))
+    expected = [
+        ("delivery", b"inbox", ack, 10, 1, 1700000000000000000, b"hello"),
+        ("frame", b"inbox", b"r2", None, b"abc"),
+        ("delivery", b"inbox", ack2, 11, 2, 1700000000001000000, b"hi"),
+        ("frame", b"inbox", b"", status, b""),
+        ("frame", b"inbox", b"r3", None, b""),
+    ]
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.got: list[tuple[Any, ...]] = []
+
+        def on_delivery(self, *delivery: Any) -> None:
+            self.got.append(("delivery", *delivery))
+
+        def on_frame(self, *frame: Any) -> None:
+            self.got.append(("frame", *frame))
+
     for cut in range(1, len(stream)):
-        got: list[tuple[bytes, bytes, bytes | None, bytes]] = []
         nc = _LeanClient()
-        nc.routes[7] = lambda *frame: got.append(frame)  # noqa: B023
+        nc.routes[7] = recorder = Recorder()
         await nc._ps.parse(stream[:cut])
         await nc._ps.parse(stream[cut:])
-        assert got == expected, cut
+        assert recorder.got == expected, cut
 
 
 def test_the_cluster_ddl_has_the_tables_of_the_schema(sink: AnalyticsSink) -> None:

@@ -1,12 +1,17 @@
-"""The seed's Analytics Service (KPIs) and voice analytics, over HTTP, from ClickHouse.
+"""The seed's Analytics Service (KPIs) and voice analytics, over HTTP, from ClickHouse; its rebuild.
 
-Reads only: the analytics projector fills the tables from the event stream (a second or so
-behind it), ``read_models.analytics`` queries them. The tenant is always the caller's. Periods are
+Reads: the analytics projector fills the tables from the event stream (a second or so behind
+it), ``read_models.analytics`` queries them. The tenant is always the caller's. Periods are
 dates, both ends included (the seed's ``start_date=2025-10-01&end_date=2025-10-11``); without them,
 the last 30 days up to today.
 
-The platform provides ``analytics`` (a ``read_models.analytics.AnalyticsQueries``), or None when
-this process has no ClickHouse (then 503).
+One admin command, for platform engineers: ``POST /api/v1/admin/projections/analytics/rebuild``
+rebuilds the tables from the first event while the live ones keep answering
+(``projections.analytics.rebuild``), in the process that runs the projector (with chDB, the one
+that has the store).
+
+The platform provides ``analytics`` (a ``read_models.analytics.AnalyticsQueries``) and
+``analytics_service``, or None when this process has no ClickHouse (then 503).
 """
 
 from __future__ import annotations
@@ -15,15 +20,18 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, get
+from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import Parameter
 
 from domain.errors import UnavailableError, ValidationError
 from gateways.http.auth import Identity, requires
+from projections.analytics.rebuild import RebuildReport
 from read_models.analytics import AnalyticsQueries, Kpis, Period, ReasonCount, VoiceAnalytics
 
 ANALYSTS = requires("analyst", "org_admin", "platform_engineer", "service")
+# A rebuild spans every tenant's analytics and pauses the projector: not a tenant's admin's call.
+PLATFORM_ADMINS = requires("platform_engineer")
 DEFAULT_DAYS = 30
 
 
@@ -94,3 +102,19 @@ class AnalyticsController(Controller):
         """The seed's voice analytics: voicebot conversations as calls; speech and cost figures stay
         zero until voice calls record them."""
         return await _queries(platform).avoice(request.user.tenant, *period(start_date, end_date))
+
+
+class AnalyticsAdminController(Controller):
+    path = "/api/v1/admin/projections/analytics"
+    tags = ["operations"]
+
+    @post("/rebuild", opt=PLATFORM_ADMINS, status_code=200, summary="Rebuild the analytics tables without downtime")
+    async def rebuild(self, platform: NamedDependency[Any]) -> RebuildReport:
+        """Replay the whole stream into shadow tables while the live ones keep answering, pause the
+        projector, let the shadow catch up, swap the tables, and go on from the new checkpoint.
+        Answers when the new tables are live (409 while another rebuild runs)."""
+        service = getattr(platform, "analytics_service", None)
+        if service is None:
+            raise UnavailableError("analytics are not available in this process (no ClickHouse)")
+        report: RebuildReport = await service.rebuild()
+        return report

@@ -10,7 +10,7 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
-from gateways.http.analytics import AnalyticsController
+from gateways.http.analytics import AnalyticsAdminController, AnalyticsController
 from gateways.http.audit import AuditController
 from gateways.http.auth import jwt_auth
 from gateways.http.configs import ConfigController
@@ -44,6 +44,7 @@ def create_app(settings: ApiSettings | None = None) -> Litestar:
             ConfigController,
             AuditController,
             AnalyticsController,
+            AnalyticsAdminController,
             health,
             metrics,
         ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -74,6 +75,12 @@ async def health_report(platform: NamedDependency[Platform]) -> dict[str, Any]:
         await _check("postgres", postgres),
         await _check("redis", platform.redis.ping),
     ]
+    if (analytics := platform.analytics) is not None:  # ClickHouse, when this process has it
+
+        async def clickhouse() -> None:
+            await asyncio.to_thread(analytics.client.command, "SELECT 1")
+
+        dependencies.append(await _check("clickhouse", clickhouse))
     projectors = await platform.projector_statuses()
     ok = all(d["ok"] for d in dependencies)
     return {"status": "ok" if ok else "degraded", "dependencies": dependencies, "projectors": projectors}

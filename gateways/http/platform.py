@@ -172,10 +172,20 @@ class Platform:
         await self.opened.close()
 
     async def projector_statuses(self) -> list[Any]:
-        """Every projector's progress, wherever it runs (in this process or its own)."""
+        """Every projector's progress, wherever it runs (in this process or its own); the analytics
+        projector's when this process has ClickHouse (with chDB, the process that has the store)."""
         from projections.status import projector_status
 
-        return [await projector_status(self.pool, self.opened.store, p) for p in self.projector_defs]
+        statuses = [await projector_status(self.pool, self.opened.store, p) for p in self.projector_defs]
+        if self.analytics_service is not None:
+            try:
+                analytics = await self.analytics_service.status()
+            except Exception as e:  # a status reports, it does not raise (health checks ClickHouse itself)
+                log.warning("analytics projector status unavailable", error=f"{type(e).__name__}: {e}")
+            else:
+                if analytics is not None:
+                    statuses.append(analytics)
+        return statuses
 
     async def expect_reply(self, stream: StreamId, message_id: str) -> ReplyWait:
         """Start listening for the agent's reply to a message (before the message is appended)."""

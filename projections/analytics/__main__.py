@@ -2,8 +2,11 @@
 
 Settings come from the environment: ``NATS_URL``, ``PARLEY_STREAM``, ``PARLEY_DATA`` (the event
 store) and ``CLICKHOUSE_URL`` (unset: chDB under ``$PARLEY_DATA/chdb``), ``PARLEY_ANALYTICS_DB``,
-``PARLEY_ANALYTICS_BATCH`` (``projections.analytics.sink.AnalyticsSettings``). With chDB only one
-process may open the store: stop the platform (or its analytics runner) before a rebuild.
+``PARLEY_ANALYTICS_BATCH`` (``projections.analytics.sink.AnalyticsSettings``).
+
+``rebuild`` runs here, with nothing to pause (``projections.analytics.rebuild``): with chDB, when
+no other process has the store open. The running platform's analytics are rebuilt inside it:
+``just projections-rebuild analytics`` (``POST /api/v1/admin/projections/analytics/rebuild``).
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from collections.abc import AsyncIterator
 import structlog
 
 from infra.logs import configure_logging
-from projections.analytics.runner import AnalyticsRunner, rebuild
+from projections.analytics.rebuild import RebuildReport, rebuild
+from projections.analytics.runner import AnalyticsRunner
 from projections.analytics.sink import AnalyticsSettings, AnalyticsSink
+from streams.errors import UnavailableError
 from streams.factory import OpenStore, StoreSettings, open_store
 
 log = structlog.get_logger("projections.analytics")
@@ -53,14 +58,31 @@ async def _run(settings: AnalyticsSettings) -> None:
     log.info("analytics projector stopped")
 
 
-async def _rebuild(settings: AnalyticsSettings) -> None:
-    async with _opened(settings) as (store, sink):
-        report = await rebuild(store.store, sink, batch=settings.batch)
+async def rebuild_here(settings: AnalyticsSettings) -> None:
+    """Rebuild in this process (no runner to pause) and print the report."""
+    try:
+        sink = AnalyticsSink.open(settings)  # fails when another process has the chDB store
+    except UnavailableError as e:
+        raise SystemExit(
+            f"{e}; to rebuild the running platform's analytics: just projections-rebuild analytics"
+        ) from None
+    try:
+        store = await open_store(StoreSettings.from_env(), name="parley-analytics")
+        try:
+            report = await rebuild(store.store, settings)
+        finally:
+            await store.close()
         counts = sink.counts()
-    print(
-        f"rebuilt analytics: {report.events:,} events in {report.commits:,} commits, {report.seconds:.2f} s "
-        f"({report.events_per_second:,.0f} events/s); live at sequence {report.checkpoint}; "
-        + ", ".join(f"{table} {n:,}" for table, n in counts.items())
+    finally:
+        sink.close()
+    print(describe(report) + "; " + ", ".join(f"{table} {n:,}" for table, n in counts.items()))
+
+
+def describe(report: RebuildReport) -> str:
+    return (
+        f"rebuilt analytics ({report.database}): {report.events:,} events in {report.commits:,} commits, "
+        f"{report.seconds:.2f} s ({report.events_per_second:,.0f} events/s); {report.dead_letters} dead letters; "
+        f"live at sequence {report.checkpoint}; projector held {report.paused_ms:.1f} ms for the swap"
     )
 
 
@@ -79,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m projections.analytics", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="project the stream into ClickHouse until interrupted")
-    commands.add_parser("rebuild", help="drop the analytics tables and replay the stream into them")
+    commands.add_parser("rebuild", help="replay the stream into shadow tables, then swap them in (store not in use)")
     commands.add_parser("status", help="checkpoint, lag and row counts")
     args = parser.parse_args(argv)
 
@@ -89,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         case "run":
             asyncio.run(_run(settings))
         case "rebuild":
-            asyncio.run(_rebuild(settings))
+            asyncio.run(rebuild_here(settings))
         case "status":
             asyncio.run(_status(settings))
 

@@ -1,21 +1,26 @@
-"""Analytics inside a long-running process (the API): the projector's runner and the queries.
+"""Analytics inside a long-running process (the API): the projector's runner, the queries, rebuilds.
 
 With chDB only one process may open the store, so the runner and the queries live together, in
 the first process that opens it; ``open`` returns None in the others (their analytics endpoints
 answer 503), and a process that should not run the projector passes ``run_projector=False``. With
 ``CLICKHOUSE_URL`` every process can query, and one of them (or ``python -m projections.analytics
 run``) projects.
+
+``rebuild`` rebuilds the tables without downtime (``projections.analytics.rebuild``), pausing the
+runner of this process for the swap; only the process that runs the projector can do it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import structlog
 
+from domain.errors import IllegalStateError
+from projections.analytics.rebuild import LiveRun, RebuildReport, rebuild
 from projections.analytics.runner import AnalyticsRunner
 from projections.analytics.sink import AnalyticsSettings, AnalyticsSink, connect
+from projections.status import ProjectorStatus
 from read_models.analytics import AnalyticsQueries
 from streams.errors import UnavailableError
 from streams.store import EventStore
@@ -24,10 +29,22 @@ log = structlog.get_logger(__name__)
 
 
 class AnalyticsService:
-    def __init__(self, sink: AnalyticsSink, queries: AnalyticsQueries, runner: AnalyticsRunner | None) -> None:
+    def __init__(
+        self,
+        sink: AnalyticsSink,
+        queries: AnalyticsQueries,
+        runner: AnalyticsRunner | None,
+        *,
+        store: EventStore | None = None,
+        settings: AnalyticsSettings | None = None,
+    ) -> None:
         self.sink = sink
         self.queries = queries
         self.runner = runner
+        self.store = store
+        self.settings = settings
+        self.live = LiveRun(runner) if runner is not None else None
+        self._rebuilding: asyncio.Task[RebuildReport] | None = None
 
     @classmethod
     async def open(
@@ -46,18 +63,58 @@ class AnalyticsService:
             sink.close()
             raise
         runner = AnalyticsRunner(store, sink, batch=settings.batch) if run_projector else None
-        return cls(sink, queries, runner)
+        return cls(sink, queries, runner, store=store, settings=settings)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Project until ``stop`` is set (returns at once without a runner)."""
-        if self.runner is not None:
-            await self.runner.run(stop)
+        """Project until ``stop`` is set (returns at once without a runner); a rebuild pauses it."""
+        if self.live is not None:
+            await self.live.run(stop)
 
-    async def status(self) -> dict[str, Any] | None:
-        """The projector's checkpoint and lag, when it runs here."""
-        return None if self.runner is None else await self.runner.status()
+    async def status(self) -> ProjectorStatus | None:
+        """The projector's checkpoint, lag and dead letters, as the other projectors report them.
+
+        Read from ClickHouse, so it is known wherever the projector runs (None without a store:
+        this process has no ClickHouse). Read through the queries' client, not behind an insert.
+        """
+        if self.store is None:
+            return None
+        name = self.runner.name if self.runner is not None else "analytics"
+        tables = AnalyticsSink(self.queries.client, self.queries.db)
+        checkpoint = await asyncio.to_thread(tables.checkpoint, name)
+        dead_letters = await asyncio.to_thread(tables.dead_letters)
+        last = await self.store.log.last_seq()
+        return {
+            "name": name,
+            "schema": self.queries.db,
+            "checkpoint": checkpoint,
+            "stream_last_seq": last,
+            "last_event_seq": last,  # it follows every event
+            "lag": max(last - checkpoint, 0),
+            "dead_letters": dead_letters,
+        }
+
+    async def rebuild(self) -> RebuildReport:
+        """Rebuild the tables from the first event into shadow tables and swap them in.
+
+        The rebuild runs as a task of the service: a caller that goes away does not stop it, a
+        second caller meanwhile gets ``IllegalStateError``.
+        """
+        if self.live is None or self.store is None or self.settings is None:
+            raise IllegalStateError(
+                "the analytics projector does not run in this process: rebuild where it runs, or stop it"
+                " and run python -m projections.analytics rebuild"
+            )
+        if self._rebuilding is not None and not self._rebuilding.done():
+            raise IllegalStateError("the analytics tables are already being rebuilt")
+        self._rebuilding = asyncio.create_task(
+            rebuild(self.store, self.settings, live=self.live, name=self.live.runner.name), name="analytics-rebuild"
+        )
+        return await asyncio.shield(self._rebuilding)
 
     async def close(self) -> None:
+        if self._rebuilding is not None and not self._rebuilding.done():
+            self._rebuilding.cancel()
+            await asyncio.gather(self._rebuilding, return_exceptions=True)
         if self.runner is not None:
             await self.runner.stop()
             await self.runner.shutdown()

@@ -7,7 +7,9 @@ that has it); clients of one process share the engine.
 
 The calls are blocking: the runner makes them from a worker thread (the engine releases the GIL
 while it works). A batch is written table by table, the checkpoint last (``write``); at start,
-``recover`` deletes the rows of a batch that was written but never checkpointed.
+``recover`` deletes the rows of a batch that was written but never checkpointed. A sink writes
+the database it is given: a rebuild fills ``<database>_shadow`` and ``exchange`` swaps its tables
+with the live ones (``projections.analytics.rebuild``).
 """
 
 from __future__ import annotations
@@ -101,6 +103,9 @@ class Encoded(msgspec.Struct, frozen=True):
     dead_letters: bytes
 
 
+# The order of ``exchange``: every table, the checkpoint last (the position is the last thing to move).
+_SWAP_ORDER = (*(t for t in schema.TABLES if t != schema.CHECKPOINT), schema.CHECKPOINT)
+
 _ENCODE = msgspec.json.Encoder()
 _TIMES = ("started_at", "last_event_at", "closed_at")
 
@@ -132,6 +137,29 @@ class AnalyticsSink:
         for statement in schema.drop_statements(self.db):
             self.client.command(statement)
 
+    def drop_database(self) -> None:
+        """Drop the whole database (a rebuild's shadow). Queries still reading its tables finish first."""
+        self.client.command(f"DROP DATABASE IF EXISTS {self.db}")
+
+    def exchange(self, other: str) -> None:
+        """Swap each table with its namesake in database ``other``, the checkpoint last.
+
+        ``EXCHANGE TABLES`` swaps two names atomically (Atomic databases, chDB's and a server's
+        default): a reader sees one table or the other, never none. The tables go one at a time, the
+        checkpoint last, so a crash in between leaves the checkpoint of the tables not swapped, and
+        the runner's ``recover`` and replay make the rest right. Should one exchange fail, those
+        already done are swapped back.
+        """
+        done: list[str] = []
+        try:
+            for table in _SWAP_ORDER:
+                self.client.command(f"EXCHANGE TABLES {self.db}.{table} AND {other}.{table}")
+                done.append(table)
+        except BaseException:
+            for table in reversed(done):
+                self.client.command(f"EXCHANGE TABLES {self.db}.{table} AND {other}.{table}")
+            raise
+
     # Position ------------------------------------------------------------------------------
 
     def checkpoint(self, projector: str) -> int:
@@ -140,6 +168,14 @@ class AnalyticsSink:
             parameters={"p": projector},
         ).result_rows
         return int(rows[0][0] or 0) if rows else 0
+
+    def forget(self, projector: str) -> None:
+        """Delete a projector's checkpoint row (a rebuild's own, before its tables go live)."""
+        self.client.command(
+            f"DELETE FROM {self.db}.{schema.CHECKPOINT} WHERE projector = {{p:String}}",
+            parameters={"p": projector},
+            settings={"lightweight_deletes_sync": 2},
+        )
 
     def recover(self, projector: str) -> tuple[int, int]:
         """The checkpoint, after deleting the rows above it (a batch written, never checkpointed).
@@ -216,6 +252,9 @@ class AnalyticsSink:
         return out
 
     # Status --------------------------------------------------------------------------------
+
+    def dead_letters(self) -> int:
+        return int(self.client.command(f"SELECT count() FROM {self.db}.{schema.DEAD_LETTERS} FINAL"))
 
     def counts(self) -> dict[str, int]:
         """Rows per table (facts: conversations, after replacement)."""

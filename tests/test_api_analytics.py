@@ -1,0 +1,156 @@
+"""The API process with analytics on (chDB in tmp_path): the rebuild command, /health and /metrics.
+
+The app is served by a real uvicorn server on a free port, so that ``python -m projections rebuild
+analytics`` (``projections.__main__``) can be run against it as an operator runs it against the
+platform. chDB allows one store path per process at a time: the app's is closed with the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+
+from gateways.http.app import create_app
+from projections.analytics.sink import AnalyticsSettings
+from tests.api_support import SECRET, bearer, settings_for
+from tests.conftest import delete_stream, fresh_database, unique_stream
+
+CUSTOMER = bearer("acme")
+ANALYST = bearer("acme", ("analyst",))
+ADMIN = bearer("acme", ("org_admin",))
+ENGINEER = bearer("acme", ("platform_engineer",), subject="pat")
+REBUILD = "/api/v1/admin/projections/analytics/rebuild"
+
+
+@pytest_asyncio.fixture
+async def api(nats_url: str, pg_url: str, redis_url: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    stream = unique_stream()
+    settings = settings_for(
+        nats_url,
+        fresh_database(pg_url),
+        redis_url,
+        tmp_path,
+        stream,
+        run_agents=False,
+        auto_rollback=None,
+        analytics=AnalyticsSettings(data_dir=tmp_path / "analytics", batch=50),
+    )
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), port=0, log_level="warning", lifespan="on"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not serving.done(), "the API did not start"
+            await asyncio.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        await serving
+        await delete_stream(nats_url, stream)
+
+
+async def conversations(api: httpx.AsyncClient, n: int) -> None:
+    for k in range(n):
+        body = {"config_id": "support-bot", "channel": "webchat", "user_id": f"u-{k}", "initial_message": "hello"}
+        started = await api.post("/api/v1/orchestration/conversations", json=body, headers=CUSTOMER)
+        assert started.status_code == 201, started.text
+        if k % 2:
+            cid = started.json()["conversation_id"]
+            escalated = await api.post(
+                f"/api/v1/orchestration/conversations/{cid}/escalate",
+                json={"trigger": "user_requested", "reason": "a manager", "urgency": "high"},
+                headers=CUSTOMER,
+            )
+            assert escalated.status_code == 200, escalated.text
+
+
+async def analytics_status(api: httpx.AsyncClient, lag: int = 0) -> dict[str, Any]:
+    """The analytics projector's entry in /health, once its lag is down to ``lag``."""
+    for _ in range(200):
+        health = (await api.get("/health")).json()
+        found = [p for p in health["projectors"] if p["name"] == "analytics"]
+        if found and found[0]["lag"] <= lag:
+            return dict(found[0])
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the analytics projector did not catch up: {health}")
+
+
+def last_month() -> dict[str, str]:
+    today = datetime.now(UTC).date()
+    return {"start": (today - timedelta(days=30)).isoformat(), "end": (today + timedelta(days=1)).isoformat()}
+
+
+async def test_health_and_metrics_report_the_analytics_projector_and_clickhouse(api: httpx.AsyncClient) -> None:
+    await conversations(api, 3)
+    status = await analytics_status(api)
+    assert status["checkpoint"] == status["stream_last_seq"] > 0
+    assert status["schema"] == "parley" and status["dead_letters"] == 0
+
+    health = (await api.get("/health")).json()
+    assert health["status"] == "ok"
+    assert {d["name"]: d["ok"] for d in health["dependencies"]} == {
+        "nats": True,
+        "postgres": True,
+        "redis": True,
+        "clickhouse": True,
+    }
+    assert [p["name"] for p in health["projectors"]] == ["conversations", "configs", "analytics"]
+    metrics = (await api.get("/metrics")).text
+    assert 'parley_projector_lag{projector="analytics"} 0' in metrics
+    assert f'parley_projector_checkpoint{{projector="analytics"}} {status["checkpoint"]}' in metrics
+
+
+async def test_only_a_platform_engineer_rebuilds_the_analytics_and_the_kpis_stay_the_same(
+    api: httpx.AsyncClient,
+) -> None:
+    await conversations(api, 6)
+    await analytics_status(api)
+    kpis = await api.get("/api/v1/analytics/kpis", params=last_month(), headers=ANALYST)
+    assert kpis.status_code == 200, kpis.text
+    before = kpis.json()
+    assert before["totals"]["conversations"] == 6 and before["totals"]["escalated"] == 3
+
+    for refused in (CUSTOMER, ANALYST, ADMIN):
+        response = await api.post(REBUILD, headers=refused)
+        assert response.status_code == 403, response.text
+        assert response.json()["code"] == "forbidden"
+    assert (await api.post(REBUILD)).status_code == 401
+
+    response = await api.post(REBUILD, headers=ENGINEER)
+    assert response.status_code == 200, response.text
+    report = response.json()
+    status = await analytics_status(api)
+    assert report["database"] == "parley" and report["dead_letters"] == 0
+    assert report["events"] > 0 and report["seconds"] > 0 and report["checkpoint"] == status["checkpoint"]
+    assert (await api.get("/api/v1/analytics/kpis", params=last_month(), headers=ANALYST)).json() == before
+
+    await conversations(api, 2)  # the live projector goes on after the swap
+    await analytics_status(api)
+    after = (await api.get("/api/v1/analytics/kpis", params=last_month(), headers=ANALYST)).json()
+    assert after["totals"]["conversations"] == 8 and after["totals"]["escalated"] == 4
+
+
+async def test_the_projections_cli_rebuilds_the_analytics_through_the_running_api(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``just projections-rebuild analytics``: the CLI signs a platform engineer's token with the
+    data directory's secret and posts the command to the API, which holds the chDB store."""
+    from projections.__main__ import rebuild_analytics
+
+    await conversations(api, 2)
+    status = await analytics_status(api)
+    monkeypatch.setenv("PARLEY_API_URL", str(api.base_url))
+    monkeypatch.setenv("PARLEY_JWT_SECRET", SECRET)
+    await asyncio.to_thread(rebuild_analytics)
+    out = capsys.readouterr().out
+    assert out.startswith("rebuilt analytics (parley): ") and f"live at sequence {status['checkpoint']}" in out
+    assert f"(through {api.base_url})" in out
