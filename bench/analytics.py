@@ -87,7 +87,7 @@ SURVEY = [
 
 Commit = tuple[list[Event], EventMeta]
 EVENTS_PER_CONVERSATION = 10.4  # what ``conversation_history`` averages
-BATCH = 20_000  # commits per batch: the runner's default
+BATCH = 50_000  # commits per batch: the runner's default
 FACT_BATCHES = 100  # inserts the generated facts rows arrive in
 
 

@@ -45,6 +45,11 @@ from streams.jetstream import JetStreamLog
 # A delivery's control line: subject, sid, reply (an ack subject), header size (HMSG), total size.
 # Simple on purpose: alternatives and optional groups here cost the regex engine several times more.
 _DELIVERY = re.compile(rb"H?MSG ([^ \r\n]+) (\d+) (\$JS\.ACK\.[^ \r\n]+) (?:(\d+) )?(\d+)\r\n")
+# The usual one, a stored message (headers) with the short ack subject, its metadata read with it:
+# subject, sid, reply, stream sequence, consumer sequence, ns, header size, total size.
+_STORED = re.compile(
+    rb"HMSG ([^ \r\n]+) (\d+) (\$JS\.ACK\.[^ .\r\n]+\.[^ .\r\n]+\.\d+\.(\d+)\.(\d+)\.(\d+)\.\d+) (\d+) (\d+)\r\n"
+)
 
 
 class Route(Protocol):
@@ -73,7 +78,7 @@ class _FrameParser(Parser):
         buf += data
         pos, size = 0, len(buf)
         routes = self.nc.routes
-        delivery = _DELIVERY.match
+        stored, delivery = _STORED.match, _DELIVERY.match
         try:
             while pos < size:
                 if self.state == AWAITING_MSG_PAYLOAD:
@@ -86,9 +91,17 @@ class _FrameParser(Parser):
                     pos += self.needed + 2
                     self.state = AWAITING_CONTROL_LINE
                     continue
+                if (m := stored(buf, pos)) is not None and (route := routes.get(int(m[2]))) is not None:
+                    total, at = int(m[8]), m.end()
+                    if size - at < total + 2:  # the payload has not all arrived
+                        break
+                    at_data = at + int(m[7])
+                    route.on_delivery(m[1], m[3], int(m[4]), int(m[5]), int(m[6]), bytes(buf[at_data : at + total]))
+                    pos = at + total + 2
+                    continue
                 if (m := delivery(buf, pos)) is not None and (route := routes.get(int(m[2]))) is not None:
                     total, at = int(m[5]), m.end()
-                    if size - at < total + 2:  # the payload has not all arrived
+                    if size - at < total + 2:
                         break
                     reply = m[3]
                     if (meta := _ack_metadata(reply)) is not None:

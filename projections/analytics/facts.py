@@ -25,7 +25,7 @@ ClickHouse by the runner before its events are folded.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from domain import conversation as c
 from domain.messages import Event
@@ -45,6 +45,11 @@ class FactsFold:
 
     def __contains__(self, key: Key) -> bool:
         return key in self._facts
+
+    @property
+    def cached(self) -> Mapping[Key, ConversationFacts]:
+        """The facts in memory, by conversation (read only)."""
+        return self._facts
 
     def __len__(self) -> int:
         return len(self._facts)

@@ -87,7 +87,7 @@ class AnalyticsRunner:
         sink: AnalyticsSink,
         *,
         name: str = "analytics",
-        batch: int = 20_000,
+        batch: int = 50_000,
         idle_wait: float = 0.5,
         cache_size: int = 100_000,
         fast_decode: bool = True,
@@ -285,18 +285,26 @@ class AnalyticsRunner:
             gc.enable()
 
     async def _prepare_batch(self, messages: list[Delivered]) -> tuple[Encoded | None, BatchReport]:
-        """The work is synchronous, in chunks: the rest of the process runs between them."""
+        """Chunk by chunk: decode, fold, encode, let the rest of the process run.
+
+        A chunk's objects are gone before the next is decoded, so the memory they took is reused
+        while still in the CPU's caches (a whole batch's objects at once cost a fifth more).
+        """
         after = self._prepared
         fresh = [m for m in messages if m.seq > after]
         report = BatchReport(messages[0].seq, messages[-1].seq, len(fresh), 0, len(messages) - len(fresh), 0)
         if not fresh:
             return None, report
-        t0 = time.perf_counter()
-        rows: list[EventRow] = []
-        conversations: list[Decoded] = []
+        timings = self.timings
+        encoded_events: list[bytes] = []
+        escalations: list[EscalationRow] = []
         dead: list[DeadLetterRow] = []
+        events = 0
         decode = self.decoder.decode
         for start in range(0, len(fresh), _CHUNK):
+            t0 = time.perf_counter()
+            rows: list[EventRow] = []
+            conversations: list[Decoded] = []
             for m in fresh[start : start + _CHUNK]:
                 try:
                     decoded = decode(m.seq, m.subject, m.data, m.time)
@@ -308,45 +316,51 @@ class AnalyticsRunner:
                     rows.append(d.row)
                     if d.row.aggregate_type == CONVERSATION:
                         conversations.append(d)
+            t1 = time.perf_counter()
+            if missing := self._missing(conversations):  # read back what earlier batches wrote
+                await self._finish()  # every earlier insert must have landed
+                self._fold.load(await self._call(self.sink.load_facts, missing))
+                t1 = time.perf_counter()
+            escalations += self._fold_all(conversations)
+            t2 = time.perf_counter()
+            if rows:
+                encoded_events.append(encode_rows(rows))
+                events += len(rows)
+            t3 = time.perf_counter()
+            timings.decode += t1 - t0
+            timings.fold += t2 - t1
+            timings.encode += t3 - t2
             await asyncio.sleep(0)  # let the rest of the process breathe during a replay
-        t1 = time.perf_counter()
-        if missing := self._missing(conversations):  # read back what earlier batches wrote
-            await self._finish()  # every earlier insert must have landed
-            self._fold.load(await self._call(self.sink.load_facts, missing))
-        escalations = self._fold_all(conversations)
-        facts = self._fold.take_touched()
         t2 = time.perf_counter()
+        facts = self._fold.take_touched()
         encoded = Encoded(
             fresh[0].seq,
             fresh[-1].seq,
-            encode_rows(rows),
+            b",".join(encoded_events),
             encode_rows(facts),
             encode_rows(escalations),
             encode_rows(dead),
         )
-        t3 = time.perf_counter()
+        timings.encode += time.perf_counter() - t2
         self._prepared = fresh[-1].seq
-        timings = self.timings
-        timings.decode += t1 - t0
-        timings.fold += t2 - t1
-        timings.encode += t3 - t2
         timings.commits += len(fresh)
-        timings.events += len(rows)
+        timings.events += events
         timings.batches += 1
-        report = msgspec.structs.replace(report, events=len(rows), dead_letters=len(dead))
+        report = msgspec.structs.replace(report, events=events, dead_letters=len(dead))
         return encoded, report
 
     def _missing(self, decoded: list[Decoded]) -> list[tuple[str, str]]:
         """Conversations with events here whose facts are neither in memory nor started here."""
-        fold = self._fold
+        cached = self._fold.cached
         missing: list[tuple[str, str]] = []
         seen: set[tuple[str, str]] = set()
         for d in decoded:
-            key = (d.row.tenant, d.row.aggregate_id)
-            if key in seen:
+            row = d.row
+            key = (row.tenant, row.aggregate_id)
+            if key in cached or key in seen:
                 continue
             seen.add(key)
-            if key not in fold and not isinstance(d.event, ConversationStarted):
+            if not isinstance(d.event, ConversationStarted):
                 missing.append(key)
         return missing
 
