@@ -3,11 +3,18 @@
 ``ConfigCatalog.latest_version`` answers from the config's own events (the repository's copy,
 checked against the stream), not from a read model, so a conversation started right after an
 activation or a rollback is pinned to it with no projection lag in between.
+
+Checking the copy costs a round trip to the stream on every conversation start. A catalog that
+follows config commits (``ConfigCatalog.follow``: every config commit is announced on its subject,
+whichever process made it) skips it: a copy checked since the last commit announced for its config
+is current. A commit announced while a check is in flight leaves the copy unchecked, and a copy is
+checked again at least every ``trust_for`` seconds, in case an announcement was lost (a reconnect).
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +38,7 @@ from domain import config_permissions as perms
 from domain import config_rules as rules
 from domain.errors import IllegalStateError, NotFoundError, ValidationError
 from streams.repository import AggregateSpec
+from streams.subjects import StreamId, type_subjects
 
 AGENT_CONFIG: Aggregate[a.AgentConfigState] = Aggregate(
     AggregateSpec(type_name=a.AGGREGATE_TYPE, state_type=a.AgentConfigState, initial=a.initial, evolve=a.evolve),
@@ -49,11 +57,42 @@ Evidence = Callable[[str, str, AgentConfig], Awaitable[dict[str, Any]]]
 class ConfigCatalog:
     """Configs as their events say: the active version, and any version's YAML (versions never change)."""
 
-    def __init__(self, runner: CommandRunner) -> None:
+    def __init__(self, runner: CommandRunner, *, trust_for: float = 2.0) -> None:
         self.repository = runner.repository(AGENT_CONFIG)
+        self.trust_for = trust_for
+        self._subscription: Any = None
+        self._checked: dict[str, tuple[float, int]] = {}  # stream key -> (when checked, generation then)
+        self._generation: dict[str, int] = {}  # stream key -> commits announced
+
+    async def follow(self, nc: Any) -> None:
+        """Trust a checked copy until a commit of its config is announced (see the module)."""
+
+        async def announced(msg: Any) -> None:
+            key = StreamId.from_subject(msg.subject).key
+            self._generation[key] = self._generation.get(key, 0) + 1
+            self._checked.pop(key, None)
+
+        self._subscription = await nc.subscribe(type_subjects(a.AGGREGATE_TYPE), cb=announced)
+
+    async def close(self) -> None:
+        if self._subscription is not None:
+            subscription, self._subscription = self._subscription, None
+            await subscription.unsubscribe()
 
     async def state(self, tenant: str, config_id: str) -> a.AgentConfigState:
-        loaded = await self.repository.load(tenant, config_id)
+        key = self.repository.stream(tenant, config_id).key
+        now = time.monotonic()
+        checked = self._checked.get(key)
+        generation = self._generation.get(key, 0)
+        trusted = (
+            self._subscription is not None
+            and checked is not None
+            and checked[1] == generation
+            and now - checked[0] < self.trust_for
+        )
+        loaded = await self.repository.load(tenant, config_id, trust_cache=trusted)
+        if not trusted and self._subscription is not None and self._generation.get(key, 0) == generation:
+            self._checked[key] = (now, generation)  # no commit announced while checking
         if not loaded.state.exists:
             raise NotFoundError(f"config {config_id} not found", config_id=config_id)
         return loaded.state

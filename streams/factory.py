@@ -85,6 +85,8 @@ async def open_store(settings: StoreSettings, *, name: str = "parley") -> OpenSt
         one_message_per_subject=True,
         replicas=settings.replicas,
         duplicate_window=settings.duplicate_window,
+        max_in_flight=settings.max_in_flight,
+        batch_from=settings.batch_from,
     )
     await log.ensure()
     prefix = settings.stream.lower()

@@ -119,6 +119,7 @@ class Platform:
         platform = cls(settings, opened, pool, redis)
         await platform.positions.start()
         await platform.config_positions.start()
+        await platform.configs.follow(opened.nc)  # conversation starts read the active version from memory
         await platform.config_reads.start()
         for tenant in settings.demo_tenants:
             await ensure_demo_configs(platform.config_service, tenant)
@@ -166,6 +167,7 @@ class Platform:
         await self.positions.close()
         await self.config_positions.close()
         await self.config_reads.close()
+        await self.configs.close()
         await self.agent_configs.close()
         await self.redis.aclose()
         await self.pool.close()
