@@ -22,6 +22,8 @@ PHONE = re.compile(r"(?<![\w*])(?:\+|\()?\d[\d\s().-]{7,22}\d(?![\w*])")
 PHONE_DIGITS = (10, 15)
 # Digits joined by at most one space or dash between them: where a card number may hide.
 _DIGIT_RUN = re.compile(r"\d(?:[ -]?\d)*")
+# A run long enough to hold a card number (the others cannot; most messages have only those).
+_LONG_DIGIT_RUN = re.compile(r"\d(?:[ -]?\d){%d,}" % (CARD_MIN - 1))
 
 
 def luhn_valid(digits: str) -> bool:
@@ -77,7 +79,7 @@ def _mask_once(text: str) -> str:
                 chars[positions[digit]] = MASK
         return "".join(chars)
 
-    return _DIGIT_RUN.sub(mask_run, text)
+    return _LONG_DIGIT_RUN.sub(mask_run, text)
 
 
 def mask_card_numbers(text: str) -> str:
