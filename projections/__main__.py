@@ -29,6 +29,7 @@ import msgspec
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
+from infra import heap
 from infra.logs import configure_logging
 from projections import registry
 from projections.rebuild import rebuild
@@ -65,6 +66,7 @@ async def _run(settings: ProjectionSettings, names: list[str]) -> None:
             ProjectorRunner(p, store.store, pool, batch=settings.batch, linger=settings.linger_ms / 1000)
             for p in chosen
         ]
+        heap.settle()
         log.info("projectors running", projectors=[p.name for p in chosen])
         await asyncio.gather(*(runner.run(stop) for runner in runners))
     log.info("projectors stopped")

@@ -218,3 +218,23 @@ async def _publish_more(servers: list[str], stream: str) -> int:
         raise AssertionError("unreachable")
     finally:
         await nc.close()
+
+
+def test_a_settled_heap_is_frozen_and_collects_its_young_less_often() -> None:
+    import gc
+
+    from infra import heap
+
+    before = gc.get_threshold()
+    try:
+        kept = [[] for _ in range(10)]  # lists: objects the collector tracks
+        heap.settle()
+        scanned = {id(o) for o in gc.get_objects()}  # every generation the collector scans
+        assert not any(id(k) in scanned for k in kept)  # what was alive is out of its reach
+        fresh: list[int] = []
+        assert any(o is fresh for o in gc.get_objects())  # what comes later is collected as usual
+        assert gc.get_threshold()[0] == heap.YOUNG
+        assert gc.get_threshold()[1:] == before[1:]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -19,16 +19,20 @@ from gateways.http.errors import EXCEPTION_HANDLERS
 from gateways.http.observability import health, metrics, request_context
 from gateways.http.platform import Platform
 from gateways.http.settings import ApiSettings
+from infra import heap
 from infra.logs import configure_logging
 
 
-def create_app(settings: ApiSettings | None = None) -> Litestar:
+def create_app(settings: ApiSettings | None = None, *, settle_heap: bool = False) -> Litestar:
+    """The API. ``settle_heap``: the app is its process's (``infra.heap.settle`` once it is open)."""
     holder: dict[str, Platform] = {}
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
         platform = await Platform.open(settings or ApiSettings.from_env())
         holder["platform"] = platform
+        if settle_heap:
+            heap.settle()
         try:
             yield
         finally:
@@ -67,5 +71,6 @@ def _settings_for_schema() -> ApiSettings:
 
 
 def app_from_env() -> Any:
+    """The app that ``python -m gateways.http`` serves: a process of its own, its heap settled."""
     configure_logging()
-    return create_app()
+    return create_app(settle_heap=True)

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 
 import structlog
 
+from infra import heap
 from infra.logs import configure_logging
 from projections.analytics.rebuild import RebuildReport, rebuild
 from projections.analytics.runner import AnalyticsRunner
@@ -50,6 +51,7 @@ async def _run(settings: AnalyticsSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with _opened(settings) as (store, sink):
         runner = AnalyticsRunner(store.store, sink, batch=settings.batch)
+        heap.settle()
         log.info("analytics projector running", database=settings.database, batch=settings.batch)
         try:
             await runner.run(stop)
