@@ -43,6 +43,7 @@ from typing import Any
 from bench.common import percentile, table, write_results
 from domain import conversation as c
 from domain.messages import Event
+from infra import heap
 from infra.logs import configure_logging
 from infra.services import NatsServer, service_tmpdir
 from streams.store import EventMeta, EventStore
@@ -326,6 +327,7 @@ async def projection(nats: NatsServer, root: Path, events: int) -> tuple[dict[st
 
         sink = AnalyticsSink.open(AnalyticsSettings(data_dir=root))
         runner = AnalyticsRunner(opened.store, sink, batch=BATCH, idle_wait=0.1)
+        heap.settle()  # as the projector process does once it is built (python -m projections.analytics run)
         nats_pid = int((nats.data_dir / "nats.pid").read_text()) if (nats.data_dir / "nats.pid").exists() else None
         cpu0, nats0 = time.process_time(), _cpu_seconds(nats_pid) if nats_pid else 0.0
         main0 = time.thread_time()
