@@ -50,7 +50,7 @@ lint:
 projections-rebuild NAME:
     @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m projections rebuild {{ NAME }}
 
-# Each projector's checkpoint, lag and dead letters
+# Each projector's checkpoint, lag and dead letters (analytics: from the running API's /health)
 projections-status:
     @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m projections status
 

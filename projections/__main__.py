@@ -86,6 +86,7 @@ async def _rebuild(settings: ProjectionSettings, name: str) -> None:
 async def _status(settings: ProjectionSettings, metrics: bool) -> None:
     async with _opened(settings) as (store, pool):
         statuses = [await projector_status(pool, store.store, p) for p in registry.projectors()]
+    statuses += await asyncio.to_thread(analytics_statuses)
     if metrics:
         sys.stdout.write(metrics_text(statuses))
     else:
@@ -97,6 +98,23 @@ async def _migrate(settings: ProjectionSettings) -> None:
     async with _opened(settings) as (_, pool):
         for name, versions in (await registry.migrate(pool)).items():
             print(f"{name}: applied {versions or 'nothing (up to date)'}")
+
+
+def analytics_statuses() -> list[dict[str, Any]]:
+    """The analytics projector's status, from the running API's ``/health`` (with chDB, only the
+    API can open the store); nothing when no API answers."""
+    from infra.platform import API_PORT
+
+    base = os.environ.get("PARLEY_API_URL") or f"http://127.0.0.1:{API_PORT}"
+    try:
+        with urllib.request.urlopen(f"{base.rstrip('/')}/health", timeout=5) as response:
+            health = json.loads(response.read())
+    except urllib.error.HTTPError as e:  # 503: degraded, the report is in the body
+        health = json.loads(e.read() or b"{}")
+    except (urllib.error.URLError, OSError, ValueError):
+        print(f"no API at {base}: the analytics projector's status is not shown", file=sys.stderr)
+        return []
+    return [p for p in health.get("projectors", []) if p.get("name") == "analytics"]
 
 
 def rebuild_analytics() -> None:

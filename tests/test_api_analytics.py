@@ -154,3 +154,19 @@ async def test_the_projections_cli_rebuilds_the_analytics_through_the_running_ap
     out = capsys.readouterr().out
     assert out.startswith("rebuilt analytics (parley): ") and f"live at sequence {status['checkpoint']}" in out
     assert f"(through {api.base_url})" in out
+
+
+async def test_the_projections_status_cli_shows_the_analytics_projector_of_the_running_api(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``just projections-status``: the analytics projector's line comes from the API's /health."""
+    from projections.__main__ import analytics_statuses
+
+    await conversations(api, 1)
+    status = await analytics_status(api)
+    monkeypatch.setenv("PARLEY_API_URL", str(api.base_url))
+    shown = await asyncio.to_thread(analytics_statuses)
+    assert [s["name"] for s in shown] == ["analytics"]
+    assert shown[0]["checkpoint"] >= status["checkpoint"]
+    monkeypatch.setenv("PARLEY_API_URL", "http://127.0.0.1:9")  # nothing listens: no line, no failure
+    assert await asyncio.to_thread(analytics_statuses) == []
