@@ -23,7 +23,7 @@ PHONE_DIGITS = (10, 15)
 # Digits joined by at most one space or dash between them: where a card number may hide.
 _DIGIT_RUN = re.compile(r"\d(?:[ -]?\d)*")
 # A run long enough to hold a card number (the others cannot; most messages have only those).
-_LONG_DIGIT_RUN = re.compile(r"\d(?:[ -]?\d){%d,}" % (CARD_MIN - 1))
+_LONG_DIGIT_RUN = re.compile(rf"\d(?:[ -]?\d){{{CARD_MIN - 1},}}")
 
 
 def luhn_valid(digits: str) -> bool:
