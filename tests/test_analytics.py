@@ -432,6 +432,28 @@ async def test_a_rebuild_gives_the_same_rows(
     assert "proj_analytics_rebuild" not in consumers
 
 
+async def test_the_status_command_reports_checkpoint_lag_and_rows(
+    store: OpenStore,
+    sink: AnalyticsSink,
+    settings: AnalyticsSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``python -m projections.analytics status``: the same status as /health gives, and row counts."""
+    from projections.analytics.__main__ import _status
+
+    h = await known_history(store)
+    runner = await project_all(store, sink)
+    await runner.shutdown()
+    monkeypatch.setenv("NATS_URL", store.settings.nats_url)
+    monkeypatch.setenv("PARLEY_STREAM", store.settings.stream)
+    await _status(settings)
+    status = json.loads(capsys.readouterr().out)
+    last = await store.log.last_seq()
+    assert (status["name"], status["checkpoint"], status["lag"], status["dead_letters"]) == ("analytics", last, 0, 0)
+    assert status["rows"]["events"] == h.events
+
+
 async def test_a_rebuild_of_a_new_store_swaps_in_tables_a_runner_goes_on_from(
     store: OpenStore, sink: AnalyticsSink, settings: AnalyticsSettings
 ) -> None:

@@ -17,6 +17,7 @@ import contextlib
 import json
 import signal
 from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 
@@ -24,6 +25,7 @@ from infra import heap
 from infra.logs import configure_logging
 from projections.analytics.rebuild import RebuildReport, rebuild
 from projections.analytics.runner import AnalyticsRunner
+from projections.analytics.service import projector_status
 from projections.analytics.sink import AnalyticsSettings, AnalyticsSink
 from streams.errors import UnavailableError
 from streams.factory import OpenStore, StoreSettings, open_store
@@ -90,12 +92,8 @@ def describe(report: RebuildReport) -> str:
 
 async def _status(settings: AnalyticsSettings) -> None:
     async with _opened(settings) as (store, sink):
-        runner = AnalyticsRunner(store.store, sink)
-        try:
-            status = await runner.status()
-            status["rows"] = sink.counts() if status["checkpoint"] else {}
-        finally:
-            await runner.shutdown()
+        status: dict[str, Any] = dict(await projector_status(store.store, sink))
+        status["rows"] = sink.counts() if status["checkpoint"] else {}
     print(json.dumps(status))
 
 

@@ -373,18 +373,6 @@ class AnalyticsRunner:
                 escalations.append(made)
         return escalations
 
-    # Status -------------------------------------------------------------------------------
-
-    async def status(self) -> dict[str, Any]:
-        last = await self.store.log.last_seq()
-        checkpoint = await self._call(self.sink.checkpoint, self.name)
-        return {
-            "projector": self.name,
-            "checkpoint": checkpoint,
-            "stream_last_seq": last,
-            "lag": max(last - checkpoint, 0),
-        }
-
 
 def _expected(error: Exception) -> bool:
     """Failures of a service (NATS, ClickHouse), not bugs: logged without a traceback."""

@@ -28,6 +28,22 @@ from streams.store import EventStore
 log = structlog.get_logger(__name__)
 
 
+async def projector_status(store: EventStore, tables: AnalyticsSink, name: str = "analytics") -> ProjectorStatus:
+    """A projector's checkpoint, lag and dead letters in ClickHouse, as the other projectors report them."""
+    checkpoint = await asyncio.to_thread(tables.checkpoint, name)
+    dead_letters = await asyncio.to_thread(tables.dead_letters)
+    last = await store.log.last_seq()
+    return {
+        "name": name,
+        "schema": tables.db,
+        "checkpoint": checkpoint,
+        "stream_last_seq": last,
+        "last_event_seq": last,  # it follows every event
+        "lag": max(last - checkpoint, 0),
+        "dead_letters": dead_letters,
+    }
+
+
 class AnalyticsService:
     def __init__(
         self,
@@ -79,19 +95,7 @@ class AnalyticsService:
         if self.store is None:
             return None
         name = self.runner.name if self.runner is not None else "analytics"
-        tables = AnalyticsSink(self.queries.client, self.queries.db)
-        checkpoint = await asyncio.to_thread(tables.checkpoint, name)
-        dead_letters = await asyncio.to_thread(tables.dead_letters)
-        last = await self.store.log.last_seq()
-        return {
-            "name": name,
-            "schema": self.queries.db,
-            "checkpoint": checkpoint,
-            "stream_last_seq": last,
-            "last_event_seq": last,  # it follows every event
-            "lag": max(last - checkpoint, 0),
-            "dead_letters": dead_letters,
-        }
+        return await projector_status(self.store, AnalyticsSink(self.queries.client, self.queries.db), name)
 
     async def rebuild(self) -> RebuildReport:
         """Rebuild the tables from the first event into shadow tables and swap them in.
