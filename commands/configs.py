@@ -70,7 +70,6 @@ class ConfigCatalog:
         async def announced(msg: Any) -> None:
             key = StreamId.from_subject(msg.subject).key
             self._generation[key] = self._generation.get(key, 0) + 1
-            self._checked.pop(key, None)
 
         self._subscription = await nc.subscribe(type_subjects(a.AGGREGATE_TYPE), cb=announced)
 

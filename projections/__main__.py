@@ -100,12 +100,17 @@ async def _migrate(settings: ProjectionSettings) -> None:
             print(f"{name}: applied {versions or 'nothing (up to date)'}")
 
 
+def _api_base() -> str:
+    """The running API's address: ``PARLEY_API_URL``, else the local one ``up`` starts."""
+    from infra.platform import API_PORT
+
+    return os.environ.get("PARLEY_API_URL") or f"http://127.0.0.1:{API_PORT}"
+
+
 def analytics_statuses() -> list[dict[str, Any]]:
     """The analytics projector's status, from the running API's ``/health`` (with chDB, only the
     API can open the store); nothing when no API answers."""
-    from infra.platform import API_PORT
-
-    base = os.environ.get("PARLEY_API_URL") or f"http://127.0.0.1:{API_PORT}"
+    base = _api_base()
     try:
         with urllib.request.urlopen(f"{base.rstrip('/')}/health", timeout=5) as response:
             health = json.loads(response.read())
@@ -120,12 +125,12 @@ def analytics_statuses() -> list[dict[str, Any]]:
 def rebuild_analytics() -> None:
     """Through the running API if one answers, else here (see the module's docstring)."""
     from gateways.http.auth import make_token
-    from infra.platform import API_PORT, data_root, jwt_secret
+    from infra.platform import data_root, jwt_secret
     from projections.analytics.__main__ import describe, rebuild_here
     from projections.analytics.rebuild import RebuildReport
     from projections.analytics.sink import AnalyticsSettings
 
-    base = os.environ.get("PARLEY_API_URL") or f"http://127.0.0.1:{API_PORT}"
+    base = _api_base()
     token = os.environ.get("PARLEY_TOKEN") or make_token(
         jwt_secret(data_root()), subject="projections-cli", tenant="platform", roles=["platform_engineer"], hours=1
     )

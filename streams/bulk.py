@@ -42,11 +42,10 @@ from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, MA
 from streams.errors import UnavailableError
 from streams.jetstream import JetStreamLog
 
-# A delivery's control line: subject, sid, reply (an ack subject), header size (HMSG), total size.
-# Simple on purpose: alternatives and optional groups here cost the regex engine several times more.
-_DELIVERY = re.compile(rb"H?MSG ([^ \r\n]+) (\d+) (\$JS\.ACK\.[^ \r\n]+) (?:(\d+) )?(\d+)\r\n")
-# The usual one, a stored message (headers) with the short ack subject, its metadata read with it:
-# subject, sid, reply, stream sequence, consumer sequence, ns, header size, total size.
+# A delivery's control line in its usual form, a stored message (headers) with the short ack
+# subject, its metadata read with it: subject, sid, reply, stream sequence, consumer sequence, ns,
+# header size, total size. Simple on purpose: alternatives and optional groups cost the regex engine
+# several times more. Other forms take the general path (``_frame``).
 _STORED = re.compile(
     rb"HMSG ([^ \r\n]+) (\d+) (\$JS\.ACK\.[^ .\r\n]+\.[^ .\r\n]+\.\d+\.(\d+)\.(\d+)\.(\d+)\.\d+) (\d+) (\d+)\r\n"
 )
@@ -78,7 +77,7 @@ class _FrameParser(Parser):
         buf += data
         pos, size = 0, len(buf)
         routes = self.nc.routes
-        stored, delivery = _STORED.match, _DELIVERY.match
+        stored = _STORED.match
         try:
             while pos < size:
                 if self.state == AWAITING_MSG_PAYLOAD:
@@ -99,16 +98,6 @@ class _FrameParser(Parser):
                     route.on_delivery(m[1], m[3], int(m[4]), int(m[5]), int(m[6]), bytes(buf[at_data : at + total]))
                     pos = at + total + 2
                     continue
-                if (m := delivery(buf, pos)) is not None and (route := routes.get(int(m[2]))) is not None:
-                    total, at = int(m[5]), m.end()
-                    if size - at < total + 2:
-                        break
-                    reply = m[3]
-                    if (meta := _ack_metadata(reply)) is not None:
-                        hsize = int(m[4]) if m[4] is not None else 0
-                        route.on_delivery(m[1], reply, *meta, bytes(buf[at + hsize : at + total]))
-                        pos = at + total + 2
-                        continue
                 eol = buf.find(b"\r\n", pos)
                 if eol < 0:
                     if size - pos > MAX_CONTROL_LINE_SIZE:

@@ -43,9 +43,6 @@ class FactsFold:
         self._facts: OrderedDict[Key, ConversationFacts] = OrderedDict()
         self._touched: dict[Key, ConversationFacts] = {}
 
-    def __contains__(self, key: Key) -> bool:
-        return key in self._facts
-
     @property
     def cached(self) -> Mapping[Key, ConversationFacts]:
         """The facts in memory, by conversation (read only)."""
