@@ -213,6 +213,7 @@ class BulkFeed:
         idle_wait: float = 0.5,
         request_timeout: float = 10.0,
         acks: bool = True,
+        max_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.log = log
         self.durable = durable
@@ -223,6 +224,7 @@ class BulkFeed:
         self.idle_wait = idle_wait
         self.request_timeout = request_timeout
         self.acks = acks
+        self.max_bytes = max_bytes
         self.nc: _LeanClient | None = None
         self._inbox = ""
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{log.stream}.{durable}"
@@ -232,6 +234,7 @@ class BulkFeed:
         self._done: asyncio.Future[None] | None = None
         self._cseq = 0  # the consumer sequence of the last delivery
         self._prefetching = False  # the next batch is asked for already
+        self._full = False  # the last pull ended at its count or its bytes, not at the stream's end
         self._broken: str | None = None
 
     async def _open(self) -> _LeanClient:
@@ -277,17 +280,26 @@ class BulkFeed:
             self._prefetching = False
             got = await self._collect(self.request_timeout)
         else:
-            got = await self._pull(nc, {"batch": self.batch, "no_wait": True}, self.request_timeout)
+            got = await self._pull(nc, self._ask(self.batch, no_wait=True), self.request_timeout)
         if not got:  # wait for one, then take what else is there
             expires = int(self.idle_wait * 1e9)
-            got = await self._pull(nc, {"batch": 1, "expires": expires}, self.idle_wait + self.request_timeout)
+            got = await self._pull(nc, self._ask(1, expires=expires), self.idle_wait + self.request_timeout)
             if got and self.batch > 1:
-                got += await self._pull(nc, {"batch": self.batch - 1, "no_wait": True}, self.request_timeout)
-        elif len(got) == self.batch:
-            await self._request(nc, {"batch": self.batch, "no_wait": True})
+                got += await self._pull(nc, self._ask(self.batch - 1, no_wait=True), self.request_timeout)
+        elif self._full:
+            await self._request(nc, self._ask(self.batch, no_wait=True))
             self._prefetching = True
         last_reply, self._last_reply = self._last_reply, None
         return BulkBatch(got, last_reply.decode() if got and last_reply and self.acks else None, self)
+
+    def _ask(self, batch: int, **options: Any) -> dict[str, Any]:
+        """A pull request: at most ``batch`` messages and ``max_bytes`` bytes.
+
+        The byte bound keeps a batch, with the next one sent while the caller works on it, under
+        what the server lets pile up for a client (``max_pending``, 64 MiB by default); past it the
+        server cuts the connection as a slow consumer.
+        """
+        return {"batch": batch, "max_bytes": self.max_bytes, **options}
 
     async def _pull(self, nc: NATS, request: dict[str, Any], timeout: float) -> list[Delivered]:  # noqa: ASYNC109
         await self._request(nc, request)
@@ -297,7 +309,7 @@ class BulkFeed:
         """Ask for a batch; its deliveries gather in ``_got`` until ``_collect``."""
         if self._broken:
             raise UnavailableError(self._broken)
-        self._got, self._want = [], request["batch"]
+        self._got, self._want, self._full = [], request["batch"], False
         self._done = asyncio.get_running_loop().create_future()
         try:
             await nc.publish(self._next, json.dumps(request).encode(), reply=self._inbox)
@@ -333,15 +345,18 @@ class BulkFeed:
         got = self._got
         got.append(Delivered(seq, subject.decode(), data, ns // 1_000_000 / 1000))
         if len(got) >= self._want:
+            self._full = True
             done.set_result(None)
 
     def on_frame(self, subject: bytes, reply: bytes, headers: bytes | None, data: bytes) -> None:
-        """A status: 404 no messages, 408 expired, 409 consumer trouble, 100 heartbeat."""
+        """A status: 404 no messages, 408 expired, 409 the bytes asked for or consumer trouble, 100 heartbeat."""
         done = self._done
         status = (headers or b"")[9:12]
         if status == b"100":
             return
-        if status not in (b"404", b"408") and self._broken is None:
+        if status == b"409" and b"Exceeds MaxBytes" in (headers or b"") and self._got:
+            self._full = True  # the batch reached max_bytes: more is waiting
+        elif status not in (b"404", b"408") and self._broken is None:
             line = (headers or b"").split(b"\r\n", 1)[0].decode(errors="replace")
             self._broken = f"consumer {self.durable}: {line or 'a frame that is neither a delivery nor a status'}"
         if done is not None and not done.done():

@@ -794,6 +794,28 @@ async def test_the_bulk_feed_parser_reads_frames_split_anywhere() -> None:
         assert recorder.got == expected, cut
 
 
+async def test_the_bulk_feed_keeps_each_batch_under_its_byte_bound(store: OpenStore) -> None:
+    """Pulls end at ``max_bytes`` (the server's 409 status): the batches stay small, none is lost."""
+    from streams.bulk import BulkFeed
+
+    body = b"x" * 1000
+    published = await store.log.publish(
+        [OutMessage(f"parley.ev.acme.conversation.b{i}.c-{i}", {}, body) for i in range(60)]
+    )
+    feed = BulkFeed(store.log, "bytes_bound", batch=1000, idle_wait=0.2, acks=False, max_bytes=10_000)
+    await feed.delete()
+    sizes, seqs = [], []
+    try:
+        while batch := (await feed.fetch()).messages:
+            sizes.append(len(batch))
+            seqs += [m.seq for m in batch]
+    finally:
+        await feed.close()
+        await feed.delete()
+    assert seqs == list(range(published.first_seq, published.last_seq + 1))
+    assert len(sizes) >= 6 and max(sizes) <= 10, sizes  # about 1 kB a message, 10 kB a batch
+
+
 def test_the_cluster_ddl_has_the_tables_of_the_schema(sink: AnalyticsSink) -> None:
     """infra/clickhouse/cluster.sql, made single-node, gives the columns and keys schema.py gives."""
     import re
