@@ -16,6 +16,11 @@ the frames of the feed's inbox to the feed as bytes, without building a message 
 its headers (every commit carries its expectation headers) or queueing it for a callback task.
 Every other frame (acknowledgement replies, PING, INFO) takes nats-py's usual path.
 
+A pull asks for at most ``batch`` messages and ``max_bytes`` bytes and ends with the server's
+status: 409 Batch Completed or Message Size Exceeds MaxBytes when more is waiting (the next batch
+is asked for at once), 404 or 408 when the stream has no more. The byte bound keeps a batch, and
+the one sent behind it, under what the server lets pile up for a client.
+
 A delivery may not go missing between the server and the reader, or acknowledging a later one
 would acknowledge it too. The consumer sequence of each delivery is checked to follow the one
 before; a gap, a delivery outside a pull, a pull that does not end in time or a consumer-level
@@ -345,19 +350,24 @@ class BulkFeed:
         got = self._got
         got.append(Delivered(seq, subject.decode(), data, ns // 1_000_000 / 1000))
         if len(got) >= self._want:
-            self._full = True
-            done.set_result(None)
+            self._full = True  # the pull ends with the status that follows (409 Batch Completed)
 
     def on_frame(self, subject: bytes, reply: bytes, headers: bytes | None, data: bytes) -> None:
-        """A status: 404 no messages, 408 expired, 409 the bytes asked for or consumer trouble, 100 heartbeat."""
+        """A status, the end of a pull but for 100 (heartbeat).
+
+        404 nothing (more) to deliver, 408 expired, 409 Batch Completed (the count was delivered) or
+        Message Size Exceeds MaxBytes (the bytes were; ``_got`` empty: one message is larger than
+        the bound), any other 409 consumer trouble.
+        """
         done = self._done
-        status = (headers or b"")[9:12]
+        headers = headers or b""
+        status = headers[9:12]
         if status == b"100":
             return
-        if status == b"409" and b"Exceeds MaxBytes" in (headers or b"") and self._got:
-            self._full = True  # the batch reached max_bytes: more is waiting
+        if status == b"409" and (b"Batch Completed" in headers or (b"Exceeds MaxBytes" in headers and self._got)):
+            self._full = True
         elif status not in (b"404", b"408") and self._broken is None:
-            line = (headers or b"").split(b"\r\n", 1)[0].decode(errors="replace")
+            line = headers.split(b"\r\n", 1)[0].decode(errors="replace")
             self._broken = f"consumer {self.durable}: {line or 'a frame that is neither a delivery nor a status'}"
         if done is not None and not done.done():
             done.set_result(None)

@@ -26,10 +26,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from domain import conversation as c
 from domain.messages import Event
 from projections.analytics.schema import ConversationFacts, EscalationRow
+
+if TYPE_CHECKING:
+    from projections.analytics.decode import Decoded
 
 UNRESOLVED_REASONS = frozenset({"abandoned", "timeout", "expired", "unresolved", "customer_left", "no_response"})
 CSAT_OPTIONS = ["1", "2", "3", "4", "5"]
@@ -56,46 +60,58 @@ class FactsFold:
         for row in rows:
             self._facts[(row.tenant, row.conversation_id)] = row
 
-    def apply(
-        self, tenant: str, conversation_id: str, version: int, seq: int, at: float, event: Event
-    ) -> EscalationRow | None:
-        """Fold one event; returns the escalation row it makes, if any.
+    def apply(self, decoded: Iterable[Decoded]) -> list[EscalationRow]:
+        """Fold a conversation's events, in stream order; returns the escalation rows they make.
 
-        The escalation row comes whether or not the facts already account for the event: it is a
+        An escalation row comes whether or not the facts already account for its event: it is a
         row of its own, written once per event by the runner (the facts row may be ahead of it,
         written by a batch whose escalation rows were deleted as uncheckpointed).
+
+        The hot loop of a replay: written for speed (names bound once, the commonest event
+        folded inline), with the same meaning as ``_evolve`` for every event.
         """
-        key = (tenant, conversation_id)
-        facts = self._facts.get(key)
-        if facts is None:
-            # Not started (its start was a dead letter) or never seen: a row from this event on.
-            facts = self._facts[key] = ConversationFacts(tenant, conversation_id, started_at=at, last_event_at=at)
-        else:
-            self._facts.move_to_end(key)
-        if version > facts.version:
-            facts.version = version
-            facts.seq = seq
-            if at > facts.last_event_at:
-                facts.last_event_at = at
-            self._touched[key] = facts
-            _evolve(facts, event, at)
-        if isinstance(event, c.EscalationRequested):
-            return EscalationRow(
-                tenant,
-                conversation_id,
-                event.escalation_id,
-                seq,
-                version,
-                at,
-                event.trigger,
-                event.reason,
-                event.urgency,
-                facts.config_id,
-                facts.config_version,
-                facts.channel,
-                facts.product_type,
-            )
-        return None
+        cache, touched = self._facts, self._touched
+        get, to_end = cache.get, cache.move_to_end
+        escalations: list[EscalationRow] = []
+        for d in decoded:
+            row, event = d.row, d.event
+            key = (row.tenant, row.aggregate_id)
+            at = row.time
+            facts = get(key)
+            if facts is None:
+                # Not started (its start was a dead letter) or never seen: a row from this event on.
+                facts = cache[key] = ConversationFacts(row.tenant, row.aggregate_id, started_at=at, last_event_at=at)
+            else:
+                to_end(key)
+            if row.version > facts.version:
+                facts.version = row.version
+                facts.seq = row.seq
+                if at > facts.last_event_at:
+                    facts.last_event_at = at
+                touched[key] = facts
+                if type(event) is c.UserMessageReceived:
+                    facts.turns += 1
+                else:
+                    _evolve(facts, event, at)
+            if type(event) is c.EscalationRequested:
+                escalations.append(
+                    EscalationRow(
+                        row.tenant,
+                        row.aggregate_id,
+                        event.escalation_id,
+                        row.seq,
+                        row.version,
+                        at,
+                        event.trigger,
+                        event.reason,
+                        event.urgency,
+                        facts.config_id,
+                        facts.config_version,
+                        facts.channel,
+                        facts.product_type,
+                    )
+                )
+        return escalations
 
     def take_touched(self) -> list[ConversationFacts]:
         """The rows changed since the last call; closed conversations leave the cache."""
@@ -110,14 +126,7 @@ class FactsFold:
 
 
 def _evolve(f: ConversationFacts, event: Event, at: float) -> None:
-    match event:
-        case c.ConversationStarted():
-            f.started_at = at
-            f.config_id = event.config_id
-            f.config_version = event.config_version
-            f.channel = event.channel
-            f.product_type = event.product_type
-            f.status = "active"
+    match event:  # the commonest first
         case c.UserMessageReceived():
             f.turns += 1
         case c.AgentReplied():
@@ -140,6 +149,13 @@ def _evolve(f: ConversationFacts, event: Event, at: float) -> None:
             f.llm_fallbacks += len(event.fallbacks)
             if event.cross_sell is not None:
                 f.cross_sell_offers += 1
+        case c.ConversationStarted():
+            f.started_at = at
+            f.config_id = event.config_id
+            f.config_version = event.config_version
+            f.channel = event.channel
+            f.product_type = event.product_type
+            f.status = "active"
         case c.EscalationRequested():
             if not f.escalated:
                 f.escalation_trigger = event.trigger

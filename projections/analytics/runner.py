@@ -321,7 +321,7 @@ class AnalyticsRunner:
                 await self._finish()  # every earlier insert must have landed
                 self._fold.load(await self._call(self.sink.load_facts, missing))
                 t1 = time.perf_counter()
-            escalations += self._fold_all(conversations)
+            escalations += self._fold.apply(conversations)
             t2 = time.perf_counter()
             if rows:
                 encoded_events.append(encode_rows(rows))
@@ -363,15 +363,6 @@ class AnalyticsRunner:
             if not isinstance(d.event, ConversationStarted):
                 missing.append(key)
         return missing
-
-    def _fold_all(self, decoded: list[Decoded]) -> list[EscalationRow]:
-        apply = self._fold.apply
-        escalations = []
-        for d in decoded:
-            row = d.row
-            if (made := apply(row.tenant, row.aggregate_id, row.version, row.seq, row.time, d.event)) is not None:
-                escalations.append(made)
-        return escalations
 
 
 def _expected(error: Exception) -> bool:
