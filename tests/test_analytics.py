@@ -413,6 +413,36 @@ def _projected(log: Path) -> list[int]:
 # Rebuild ---------------------------------------------------------------------------------------
 
 
+async def test_facts_the_cache_lost_are_read_back_and_folded_on(store: OpenStore, sink: AnalyticsSink) -> None:
+    """Interleaved conversations through a one-conversation cache, one commit a batch: every
+    event but a start finds its conversation read back from ClickHouse, and the rows are those of
+    one fold in memory."""
+    h = History(store)
+    await h.start("x", at(0), channel="webchat", config=("support-bot", 1))
+    await h.start("y", at(1), channel="whatsapp", config=("sales-bot", 3))
+    await h.reply("x", at(2), 0.4, tool="lookup")
+    await h.escalate("y", at(3), "user_frustrated")
+    await h.message("x", at(4))
+    await h.reply("y", at(5), 0.0, author="human")
+    await h.survey("x", at(6), 9, "4")
+    await h.close("y", at(20), reason="resolved_by_agent")
+    await h.close("x", at(30))
+
+    read_back: list[list[tuple[str, str]]] = []
+    load_facts = sink.load_facts
+    sink.load_facts = lambda keys: read_back.append(keys) or load_facts(keys)  # type: ignore[method-assign]
+    runner = await project_all(store, sink, batch=1, cache_size=1)
+    await runner.shutdown()
+    assert len(read_back) >= 5 and all(len(keys) == 1 for keys in read_back), read_back
+    one_fold = AnalyticsSink(sink.client, "one_fold")
+    runner = await project_all(store, one_fold, name="one_fold")
+    await runner.shutdown()
+    assert snapshot(sink) == snapshot(one_fold)
+    facts = {r[1]: r for r in rows(sink, "conversation_facts", "conversation_id", final=True)}
+    assert set(facts) == {"x", "y"}
+    assert snapshot(sink)["escalations"][0][-4:] == ("sales-bot", 3, "whatsapp", "chatbot")
+
+
 async def test_a_rebuild_gives_the_same_rows(
     store: OpenStore, sink: AnalyticsSink, settings: AnalyticsSettings
 ) -> None:

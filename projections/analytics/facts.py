@@ -60,8 +60,17 @@ class FactsFold:
         for row in rows:
             self._facts[(row.tenant, row.conversation_id)] = row
 
-    def apply(self, decoded: Iterable[Decoded]) -> list[EscalationRow]:
-        """Fold a conversation's events, in stream order; returns the escalation rows they make.
+    def apply(
+        self, decoded: Iterable[Decoded], *, defer_unknown: bool = True
+    ) -> tuple[list[EscalationRow], list[Decoded]]:
+        """Fold conversation events, in stream order; returns the escalation rows they make, and
+        the events deferred.
+
+        An event of a conversation the cache does not hold, other than its start, is deferred
+        with every later event of that conversation here (``defer_unknown``): its facts may be in
+        ClickHouse, for the caller to ``load`` before applying the deferred events with
+        ``defer_unknown=False``, which starts a row from the event when there was none (its start
+        was a dead letter, or the history begins later).
 
         An escalation row comes whether or not the facts already account for its event: it is a
         row of its own, written once per event by the runner (the facts row may be ahead of it,
@@ -73,13 +82,18 @@ class FactsFold:
         cache, touched = self._facts, self._touched
         get, to_end = cache.get, cache.move_to_end
         escalations: list[EscalationRow] = []
+        deferred: list[Decoded] = []
+        unknown: set[Key] = set()
         for d in decoded:
             row, event = d.row, d.event
             key = (row.tenant, row.aggregate_id)
             at = row.time
             facts = get(key)
             if facts is None:
-                # Not started (its start was a dead letter) or never seen: a row from this event on.
+                if defer_unknown and (type(event) is not c.ConversationStarted or key in unknown):
+                    unknown.add(key)
+                    deferred.append(d)
+                    continue
                 facts = cache[key] = ConversationFacts(row.tenant, row.aggregate_id, started_at=at, last_event_at=at)
             else:
                 to_end(key)
@@ -111,7 +125,11 @@ class FactsFold:
                         facts.product_type,
                     )
                 )
-        return escalations
+        return escalations, deferred
+
+    def unknown(self, deferred: Iterable[Decoded]) -> list[Key]:
+        """The conversations of deferred events, to read back."""
+        return list(dict.fromkeys((d.row.tenant, d.row.aggregate_id) for d in deferred))
 
     def take_touched(self) -> list[ConversationFacts]:
         """The rows changed since the last call; closed conversations leave the cache."""

@@ -36,7 +36,6 @@ import msgspec
 import structlog
 
 from domain.conversation import AGGREGATE_TYPE as CONVERSATION
-from domain.conversation import ConversationStarted
 from projections.analytics.decode import CommitDecoder, Decoded
 from projections.analytics.facts import FactsFold
 from projections.analytics.schema import DeadLetterRow, EscalationRow, EventRow
@@ -317,11 +316,14 @@ class AnalyticsRunner:
                     if d.row.aggregate_type == CONVERSATION:
                         conversations.append(d)
             t1 = time.perf_counter()
-            if missing := self._missing(conversations):  # read back what earlier batches wrote
+            made, deferred = self._fold.apply(conversations)
+            escalations += made
+            if deferred:  # conversations the cache lost: read back what earlier batches wrote
+                started = time.perf_counter()
                 await self._finish()  # every earlier insert must have landed
-                self._fold.load(await self._call(self.sink.load_facts, missing))
-                t1 = time.perf_counter()
-            escalations += self._fold.apply(conversations)
+                self._fold.load(await self._call(self.sink.load_facts, self._fold.unknown(deferred)))
+                t1 += time.perf_counter() - started
+                escalations += self._fold.apply(deferred, defer_unknown=False)[0]
             t2 = time.perf_counter()
             if rows:
                 encoded_events.append(encode_rows(rows))
@@ -348,21 +350,6 @@ class AnalyticsRunner:
         timings.batches += 1
         report = msgspec.structs.replace(report, events=events, dead_letters=len(dead))
         return encoded, report
-
-    def _missing(self, decoded: list[Decoded]) -> list[tuple[str, str]]:
-        """Conversations with events here whose facts are neither in memory nor started here."""
-        cached = self._fold.cached
-        missing: list[tuple[str, str]] = []
-        seen: set[tuple[str, str]] = set()
-        for d in decoded:
-            row = d.row
-            key = (row.tenant, row.aggregate_id)
-            if key in cached or key in seen:
-                continue
-            seen.add(key)
-            if not isinstance(d.event, ConversationStarted):
-                missing.append(key)
-        return missing
 
 
 def _expected(error: Exception) -> bool:
