@@ -218,7 +218,7 @@ class BulkFeed:
         idle_wait: float = 0.5,
         request_timeout: float = 10.0,
         acks: bool = True,
-        max_bytes: int = 32 * 1024 * 1024,
+        max_bytes: int = 48 * 1024 * 1024,  # under the server's max_pending, 64 MiB by default
     ) -> None:
         self.log = log
         self.durable = durable
