@@ -235,7 +235,6 @@ class BulkFeed:
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{log.stream}.{durable}"
         self._got: list[Delivered] = []
         self._last_reply: bytes | None = None  # the last delivery's, to acknowledge the batch
-        self._want = 0
         self._done: asyncio.Future[None] | None = None
         self._cseq = 0  # the consumer sequence of the last delivery
         self._prefetching = False  # the next batch is asked for already
@@ -314,7 +313,7 @@ class BulkFeed:
         """Ask for a batch; its deliveries gather in ``_got`` until ``_collect``."""
         if self._broken:
             raise UnavailableError(self._broken)
-        self._got, self._want, self._full = [], request["batch"], False
+        self._got, self._full = [], False
         self._done = asyncio.get_running_loop().create_future()
         try:
             await nc.publish(self._next, json.dumps(request).encode(), reply=self._inbox)
@@ -347,10 +346,8 @@ class BulkFeed:
             return
         self._cseq = cseq
         self._last_reply = reply
-        got = self._got
-        got.append(Delivered(seq, subject.decode(), data, ns // 1_000_000 / 1000))
-        if len(got) >= self._want:
-            self._full = True  # the pull ends with the status that follows (409 Batch Completed)
+        # The pull ends with the status that follows its last delivery (``on_frame``).
+        self._got.append(Delivered(seq, subject.decode(), data, ns // 1_000_000 / 1000))
 
     def on_frame(self, subject: bytes, reply: bytes, headers: bytes | None, data: bytes) -> None:
         """A status, the end of a pull but for 100 (heartbeat).
