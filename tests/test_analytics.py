@@ -262,7 +262,7 @@ async def test_the_fast_decoder_gives_the_rows_of_the_event_store(store: OpenSto
     assert decoder.fast
     raws = await store.store.read_all(limit=1000)
     for raw in raws:
-        recorded = datetime.fromisoformat(raw.time).timestamp()
+        recorded = round(datetime.fromisoformat(raw.time).timestamp() * 1000)
         fast = decoder.decode_fast(raw.seq, raw.subject, raw.data, recorded)
         slow = decoder.decode_with_store(raw.seq, raw.subject, raw.data, recorded)
         assert [(d.row, d.event) for d in fast] == [(d.row, d.event) for d in slow]
@@ -764,14 +764,15 @@ async def test_the_kpi_endpoints_answer_for_the_callers_tenant(store: OpenStore,
         assert r.status_code == 503
 
 
-def test_encoded_batches_are_json_compact_rows() -> None:
-    """A guard on the wire format the sink relies on (one array per row, comma-separated)."""
+def test_encoded_rows_are_messagepack_arrays_one_after_another() -> None:
+    """A guard on the wire format the sink relies on: an array per row, nothing around them,
+    whatever the size of the list header cut off (1, 3 or 5 bytes)."""
     from projections.analytics.schema import DeadLetterRow
     from projections.analytics.sink import encode_rows
 
-    assert encode_rows([DeadLetterRow(1, "s", "e", 2.5), DeadLetterRow(2, "t", "f", 3.0)]) == (
-        b'[1,"s","e",2.5],[2,"t","f",3.0]'
-    )
+    for n in (1, 15, 16, 65_535, 65_536):
+        rows = [DeadLetterRow(i, "s", "e", 2_500) for i in range(n)]
+        assert encode_rows(rows) == b"".join(msgspec.msgpack.encode(row) for row in rows), n
     assert encode_rows([]) == b""
 
 
@@ -818,7 +819,7 @@ async def test_the_bulk_feed_parser_reads_frames_split_anywhere() -> None:
 
     for cut in range(1, len(stream)):
         nc = _LeanClient()
-        nc.routes[7] = recorder = Recorder()
+        nc.routes[b"7"] = recorder = Recorder()
         await nc._ps.parse(stream[:cut])
         await nc._ps.parse(stream[cut:])
         assert recorder.got == expected, cut
@@ -857,9 +858,10 @@ def test_the_cluster_ddl_has_the_tables_of_the_schema(sink: AnalyticsSink) -> No
     statements = [s.strip() for s in sql.split(";") if s.strip() and "Distributed" not in s]
     sink.client.command("CREATE DATABASE IF NOT EXISTS cluster")
     for statement in statements[1:]:
-        sink.client.command(
-            statement.replace("cluster.conversation_facts FINAL", "cluster.conversation_facts_local FINAL")
-        )
+        statement = statement.replace("cluster.conversation_facts FINAL", "cluster.conversation_facts_local FINAL")
+        for table in ("events", "conversation_facts", "escalations"):  # the views write the shards' tables
+            statement = statement.replace(f" TO cluster.{table} AS", f" TO cluster.{table}_local AS")
+        sink.client.command(statement)
 
     def shape(db: str, table: str) -> list[tuple[Any, ...]]:
         return sink.client.query(
@@ -888,6 +890,18 @@ def test_the_cluster_ddl_has_the_tables_of_the_schema(sink: AnalyticsSink) -> No
     for table in ("checkpoint", "dead_letters"):
         assert shape("cluster", table) == shape("parley", table), table
         assert engine("cluster", table) == engine("parley", table), table
+
+    def view(db: str, table: str) -> str:
+        rows = sink.client.query(
+            "SELECT as_select FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+            parameters={"db": db, "t": table},
+        ).result_rows
+        assert rows, (db, table)
+        return str(rows[0][0]).replace(f"{db}.", "")
+
+    for table in ("events", "conversation_facts", "escalations", "dead_letters"):
+        assert shape("cluster", f"{table}_input") == shape("parley", f"{table}_input"), table
+        assert view("cluster", f"{table}_rows") == view("parley", f"{table}_rows"), table
 
 
 async def test_the_service_projects_live_events_and_answers_queries(store: OpenStore, tmp_path: Path) -> None:

@@ -176,3 +176,173 @@ SELECT
     max(started_at) AS last_conversation_at
 FROM parley.conversation_facts FINAL
 GROUP BY tenant, config_id, config_version;
+
+-- inputs: what the projector inserts into ----------------------------------------------------------
+-- A batch is MessagePack, a row one Tuple value (projections/analytics/schema.py); each node's
+-- view spreads it over the columns of the Distributed table, which sends the rows to their shards.
+-- The projector's insert settings add deduplicate_blocks_in_dependent_materialized_views = 1, so
+-- the batch's insert_deduplication_token reaches the replicated tables.
+
+CREATE TABLE IF NOT EXISTS parley.events_input ON CLUSTER parley (row Tuple(
+    tenant LowCardinality(String),
+    aggregate_type LowCardinality(String),
+    aggregate_id String,
+    version UInt32,
+    seq UInt64,
+    event_type LowCardinality(String),
+    time DateTime64(3, 'UTC'),
+    recorded_at DateTime64(3, 'UTC'),
+    command LowCardinality(String),
+    command_id String,
+    actor String,
+    correlation_id String,
+    payload String
+)) ENGINE = Null;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS parley.events_rows ON CLUSTER parley TO parley.events AS
+SELECT
+    tupleElement(row, 'tenant') AS `tenant`,
+    tupleElement(row, 'aggregate_type') AS `aggregate_type`,
+    tupleElement(row, 'aggregate_id') AS `aggregate_id`,
+    tupleElement(row, 'version') AS `version`,
+    tupleElement(row, 'seq') AS `seq`,
+    tupleElement(row, 'event_type') AS `event_type`,
+    tupleElement(row, 'time') AS `time`,
+    tupleElement(row, 'recorded_at') AS `recorded_at`,
+    tupleElement(row, 'command') AS `command`,
+    tupleElement(row, 'command_id') AS `command_id`,
+    tupleElement(row, 'actor') AS `actor`,
+    tupleElement(row, 'correlation_id') AS `correlation_id`,
+    tupleElement(row, 'payload') AS `payload`
+FROM parley.events_input;
+
+CREATE TABLE IF NOT EXISTS parley.conversation_facts_input ON CLUSTER parley (row Tuple(
+    tenant LowCardinality(String),
+    conversation_id String,
+    version UInt32,
+    seq UInt64,
+    started_at DateTime64(3, 'UTC'),
+    last_event_at DateTime64(3, 'UTC'),
+    closed_at Nullable(DateTime64(3, 'UTC')),
+    config_id LowCardinality(String),
+    config_version UInt32,
+    channel LowCardinality(String),
+    product_type LowCardinality(String),
+    status LowCardinality(String),
+    close_reason LowCardinality(String),
+    resolution LowCardinality(String),
+    resolved_by LowCardinality(String),
+    turns UInt32,
+    agent_replies UInt32,
+    human_replies UInt32,
+    escalated Bool,
+    escalations UInt16,
+    escalation_trigger LowCardinality(String),
+    escalation_reason String,
+    agent_assigned Bool,
+    agent_unavailable Bool,
+    sentiment_sum Float64,
+    sentiment_count UInt32,
+    sentiment_min Nullable(Float64),
+    sentiment_last Nullable(Float64),
+    tools Array(LowCardinality(String)),
+    tool_calls UInt32,
+    tool_errors UInt32,
+    llm_fallbacks UInt32,
+    cross_sell_offers UInt32,
+    surveys_sent UInt16,
+    surveys_answered UInt16,
+    nps_score Nullable(UInt8),
+    csat_score Nullable(UInt8),
+    csat_questions Array(String)
+)) ENGINE = Null;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS parley.conversation_facts_rows ON CLUSTER parley TO parley.conversation_facts AS
+SELECT
+    tupleElement(row, 'tenant') AS `tenant`,
+    tupleElement(row, 'conversation_id') AS `conversation_id`,
+    tupleElement(row, 'version') AS `version`,
+    tupleElement(row, 'seq') AS `seq`,
+    tupleElement(row, 'started_at') AS `started_at`,
+    tupleElement(row, 'last_event_at') AS `last_event_at`,
+    tupleElement(row, 'closed_at') AS `closed_at`,
+    tupleElement(row, 'config_id') AS `config_id`,
+    tupleElement(row, 'config_version') AS `config_version`,
+    tupleElement(row, 'channel') AS `channel`,
+    tupleElement(row, 'product_type') AS `product_type`,
+    tupleElement(row, 'status') AS `status`,
+    tupleElement(row, 'close_reason') AS `close_reason`,
+    tupleElement(row, 'resolution') AS `resolution`,
+    tupleElement(row, 'resolved_by') AS `resolved_by`,
+    tupleElement(row, 'turns') AS `turns`,
+    tupleElement(row, 'agent_replies') AS `agent_replies`,
+    tupleElement(row, 'human_replies') AS `human_replies`,
+    tupleElement(row, 'escalated') AS `escalated`,
+    tupleElement(row, 'escalations') AS `escalations`,
+    tupleElement(row, 'escalation_trigger') AS `escalation_trigger`,
+    tupleElement(row, 'escalation_reason') AS `escalation_reason`,
+    tupleElement(row, 'agent_assigned') AS `agent_assigned`,
+    tupleElement(row, 'agent_unavailable') AS `agent_unavailable`,
+    tupleElement(row, 'sentiment_sum') AS `sentiment_sum`,
+    tupleElement(row, 'sentiment_count') AS `sentiment_count`,
+    tupleElement(row, 'sentiment_min') AS `sentiment_min`,
+    tupleElement(row, 'sentiment_last') AS `sentiment_last`,
+    tupleElement(row, 'tools') AS `tools`,
+    tupleElement(row, 'tool_calls') AS `tool_calls`,
+    tupleElement(row, 'tool_errors') AS `tool_errors`,
+    tupleElement(row, 'llm_fallbacks') AS `llm_fallbacks`,
+    tupleElement(row, 'cross_sell_offers') AS `cross_sell_offers`,
+    tupleElement(row, 'surveys_sent') AS `surveys_sent`,
+    tupleElement(row, 'surveys_answered') AS `surveys_answered`,
+    tupleElement(row, 'nps_score') AS `nps_score`,
+    tupleElement(row, 'csat_score') AS `csat_score`,
+    tupleElement(row, 'csat_questions') AS `csat_questions`
+FROM parley.conversation_facts_input;
+
+CREATE TABLE IF NOT EXISTS parley.escalations_input ON CLUSTER parley (row Tuple(
+    tenant LowCardinality(String),
+    conversation_id String,
+    escalation_id String,
+    seq UInt64,
+    version UInt32,
+    time DateTime64(3, 'UTC'),
+    trigger LowCardinality(String),
+    reason String,
+    urgency LowCardinality(String),
+    config_id LowCardinality(String),
+    config_version UInt32,
+    channel LowCardinality(String),
+    product_type LowCardinality(String)
+)) ENGINE = Null;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS parley.escalations_rows ON CLUSTER parley TO parley.escalations AS
+SELECT
+    tupleElement(row, 'tenant') AS `tenant`,
+    tupleElement(row, 'conversation_id') AS `conversation_id`,
+    tupleElement(row, 'escalation_id') AS `escalation_id`,
+    tupleElement(row, 'seq') AS `seq`,
+    tupleElement(row, 'version') AS `version`,
+    tupleElement(row, 'time') AS `time`,
+    tupleElement(row, 'trigger') AS `trigger`,
+    tupleElement(row, 'reason') AS `reason`,
+    tupleElement(row, 'urgency') AS `urgency`,
+    tupleElement(row, 'config_id') AS `config_id`,
+    tupleElement(row, 'config_version') AS `config_version`,
+    tupleElement(row, 'channel') AS `channel`,
+    tupleElement(row, 'product_type') AS `product_type`
+FROM parley.escalations_input;
+
+CREATE TABLE IF NOT EXISTS parley.dead_letters_input ON CLUSTER parley (row Tuple(
+    seq UInt64,
+    subject String,
+    error String,
+    at DateTime64(3, 'UTC')
+)) ENGINE = Null;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS parley.dead_letters_rows ON CLUSTER parley TO parley.dead_letters AS
+SELECT
+    tupleElement(row, 'seq') AS `seq`,
+    tupleElement(row, 'subject') AS `subject`,
+    tupleElement(row, 'error') AS `error`,
+    tupleElement(row, 'at') AS `at`
+FROM parley.dead_letters_input;

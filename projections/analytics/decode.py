@@ -40,6 +40,7 @@ _COMMIT = msgspec.msgpack.Decoder(Commit)
 _ENCODE = msgspec.json.Encoder()
 _ID_TOKEN = EVENTS_PREFIX.count(".") + 1  # parley.ev.<tenant>.<type>.<id>.<command>
 _ENVELOPE = f',"{PII_KEY}":'.encode()  # where a sealed event's stored JSON has its envelope
+_STREAMS = 100_000  # aggregates whose subject tokens are kept
 
 
 class Decoded(msgspec.Struct, gc=False):
@@ -61,7 +62,7 @@ class _EventClass:
         fields = msgspec.structs.fields(cls)
         self.time_field = next((f.name for f in fields if f.type is datetime), None)
 
-    def time(self, event: Event, fallback: float) -> float:
+    def time(self, event: Event, fallback: int) -> int:
         if self.time_field is None:
             return fallback
         return epoch(getattr(event, self.time_field))
@@ -76,9 +77,9 @@ def event_class(topic_or_class: str | type[Event]) -> _EventClass:
     return _EventClass(cls)
 
 
-def epoch(value: datetime) -> float:
-    """Epoch seconds to the millisecond, what a ``DateTime64(3)`` column keeps."""
-    return round((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp() * 1000) / 1000
+def epoch(value: datetime) -> int:
+    """Epoch milliseconds, what a ``DateTime64(3)`` column keeps (a naive time is UTC)."""
+    return round((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
 class CommitDecoder:
@@ -88,12 +89,16 @@ class CommitDecoder:
         self.fast = (
             mapper.cipher is None and mapper.compressor is None and isinstance(mapper.transcoder, MsgspecTranscoder)
         )
-        self.decode: Callable[[int, str, bytes, float], list[Decoded]] = (
+        self.decode: Callable[[int, str, bytes, int], list[Decoded]] = (
             self.decode_fast if self.fast else self.decode_with_store
         )
+        # (tenant, aggregate type, aggregate id) by subject less its command token: an aggregate's
+        # commits share it, and a lookup costs half a split. Cleared when full.
+        self._streams: dict[str, tuple[str, ...]] = {}
 
-    def decode_with_store(self, seq: int, subject: str, data: bytes, recorded_at: float) -> list[Decoded]:
-        iso = datetime.fromtimestamp(recorded_at, UTC).isoformat()
+    def decode_with_store(self, seq: int, subject: str, data: bytes, recorded_at: int) -> list[Decoded]:
+        """``recorded_at``: when the stream stored the commit, epoch milliseconds."""
+        iso = datetime.fromtimestamp(recorded_at / 1000, UTC).isoformat()
         out = []
         for recorded in self.store.decode(RawMessage(seq, subject, {}, data, iso)):  # EventDecodeError
             info = event_class(type(recorded.event))
@@ -112,15 +117,20 @@ class CommitDecoder:
                 meta.command_id or "",
                 meta.actor or "",
                 meta.correlation_id or "",
-                msgspec.Raw(_ENCODE.encode(event)),
+                _ENCODE.encode(event),
             )
             out.append(Decoded(row, event))
         return out
 
-    def decode_fast(self, seq: int, subject: str, data: bytes, recorded_at: float) -> list[Decoded]:
+    def decode_fast(self, seq: int, subject: str, data: bytes, recorded_at: int) -> list[Decoded]:
         try:
-            parts = subject.split(".")
-            tenant, aggregate_type, aggregate_id = parts[_ID_TOKEN : _ID_TOKEN + 3]
+            streams = self._streams
+            stream = streams.get(prefix := subject[: subject.rfind(".")])
+            if stream is None:
+                if len(streams) >= _STREAMS:
+                    streams.clear()
+                stream = streams[prefix] = tuple(prefix.split(".")[_ID_TOKEN:])
+            tenant, aggregate_type, aggregate_id = stream
             commit = _COMMIT.decode(data)
             meta = commit.meta
             command, command_id = meta.command or "", meta.command_id or ""
@@ -139,7 +149,11 @@ class CommitDecoder:
                 else:  # stored in clear (older): blanked and encoded again
                     event = msgspec.structs.replace(event, **info.blank)
                     payload = _ENCODE.encode(event)
-                tf = info.time_field
+                if (tf := info.time_field) is None:
+                    at = recorded_at
+                else:  # epoch(), inline
+                    when = getattr(event, tf)
+                    at = round((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
                 row = EventRow(
                     tenant,
                     aggregate_type,
@@ -147,13 +161,13 @@ class CommitDecoder:
                     version,
                     seq,
                     info.name,
-                    recorded_at if tf is None else epoch(getattr(event, tf)),
+                    at,
                     recorded_at,
                     command,
                     command_id,
                     actor,
                     correlation_id,
-                    msgspec.Raw(payload),
+                    payload,
                 )
                 out.append(Decoded(row, event))
                 version += 1

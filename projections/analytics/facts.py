@@ -143,7 +143,7 @@ class FactsFold:
         return touched
 
 
-def _evolve(f: ConversationFacts, event: Event, at: float) -> None:
+def _evolve(f: ConversationFacts, event: Event, at: int) -> None:
     match event:  # the commonest first
         case c.UserMessageReceived():
             f.turns += 1

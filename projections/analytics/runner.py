@@ -309,7 +309,7 @@ class AnalyticsRunner:
                     decoded = decode(m.seq, m.subject, m.data, m.time)
                 except EventDecodeError as e:
                     self._log.error("dead letter", seq=m.seq, subject=m.subject, error=e.reason)
-                    dead.append(DeadLetterRow(m.seq, m.subject, e.reason, time.time()))
+                    dead.append(DeadLetterRow(m.seq, m.subject, e.reason, round(time.time() * 1000)))
                     continue
                 for d in decoded:
                     rows.append(d.row)
@@ -338,7 +338,7 @@ class AnalyticsRunner:
         encoded = Encoded(
             fresh[0].seq,
             fresh[-1].seq,
-            b",".join(encoded_events),
+            b"".join(encoded_events),
             encode_rows(facts),
             encode_rows(escalations),
             encode_rows(dead),
