@@ -112,7 +112,7 @@ class _FrameParser(Parser):
                 if route is not None and len(ack := reply.split(b".")) == 9 and ack[1] == b"ACK":
                     route.on_delivery(args[1], reply, int(ack[5]), int(ack[6]), int(ack[7]), buf[eol + 2 + hsize : end])
                 else:
-                    await self._frame(args[1], args[2], reply, buf[eol + 2 : end], hsize)
+                    await self._frame(route, args[1], args[2], reply, buf[eol + 2 : end], hsize)
                 pos = end + 2
                 continue
             line = buf[pos:eol]
@@ -132,8 +132,9 @@ class _FrameParser(Parser):
         if pos < size:
             self._rest, self._have = [buf[pos:]], size - pos
 
-    async def _frame(self, subject: bytes, sid: bytes, reply: bytes, frame: bytes, hsize: int) -> None:
-        route = self.nc.routes.get(sid)
+    async def _frame(
+        self, route: Route | None, subject: bytes, sid: bytes, reply: bytes, frame: bytes, hsize: int
+    ) -> None:
         headers, data = (frame[:hsize] or None), frame[hsize:]
         if route is not None:
             if reply.startswith(b"$JS.ACK.") and (meta := _ack_metadata(reply)) is not None:

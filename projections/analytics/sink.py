@@ -109,6 +109,7 @@ _SWAP_ORDER = (*(t for t in schema.TABLES if t != schema.CHECKPOINT), schema.CHE
 
 _ENCODE = msgspec.json.Encoder()
 _PACK = msgspec.msgpack.Encoder()
+_LIST_HEADER = {0xDC: 3, 0xDD: 5}  # the size of a list's header by its first byte (else 1: fixarray)
 _TIMES = ("started_at", "last_event_at", "closed_at")
 
 
@@ -121,7 +122,7 @@ def encode_rows(rows: list[Any]) -> bytes:
     if not rows:
         return b""
     packed = _PACK.encode(rows)
-    return packed[{0xDC: 3, 0xDD: 5}.get(packed[0], 1) :]
+    return packed[_LIST_HEADER.get(packed[0], 1) :]
 
 
 class AnalyticsSink:
