@@ -12,6 +12,13 @@ The product rules (seed 004, the Schema Validator Agent): ``product_type`` is ch
 every config has ``system_prompt``, ``tools`` and ``escalation_rules``; a chatbot carries
 ``external_integrations`` (a list, possibly empty) and no ``voice_config``; a voicebot carries no
 ``external_integrations`` and may carry a ``voice_config``. A key set to null counts as absent.
+
+The seed's own spellings are read as their canonical form before any rule runs (``normalize``):
+an escalation action such as ``human_transfer`` (the seed's voicebot) is ``human_handoff``; a
+``user_frustrated`` rule without a threshold gets ``DEFAULT_FRUSTRATION_THRESHOLD``; a tool whose
+``parameters`` are elided (``{...}``, as the seed writes them) takes no declared parameters (a
+warning says so), and a parameters schema without a ``type`` is an object schema. The stored YAML
+keeps what its author wrote; the loaded config and its canonical document are the normal form.
 """
 
 from __future__ import annotations
@@ -36,6 +43,19 @@ ProductType = Literal["chatbot", "voicebot"]
 OnFailure = Literal["fallback", "escalate"]
 Trigger = Literal["user_frustrated", "urgent_keywords", "explicit_request", "repeated_tool_failure", "negative_turns"]
 Action = Literal["human_handoff", "flag"]
+# Other names the seed and common practice give the two actions (the seed's voicebot: human_transfer).
+ACTION_ALIASES: dict[str, Action] = {
+    "human_transfer": "human_handoff",
+    "transfer_to_human": "human_handoff",
+    "transfer": "human_handoff",
+    "handoff": "human_handoff",
+    "human_escalation": "human_handoff",
+    "escalate": "human_handoff",
+    "flag_for_review": "flag",
+}
+# The seed names no threshold for user_frustrated; sentiment (-1 to 1) below this is frustrated.
+DEFAULT_FRUSTRATION_THRESHOLD = -0.5
+ELIDED = "..."  # the seed's ``parameters: {...}``: YAML reads it as ``{"...": None}``
 Urgency = Literal["low", "medium", "high", "urgent"]
 Severity = Literal["error", "warning"]
 BackgroundSoundType = Literal["office", "cafe", "silence", "custom"]
@@ -238,7 +258,7 @@ def config_from_mapping(raw: Mapping[str, Any]) -> AgentConfig:
             issues=[msgspec.to_builtins(issue) for issue in issues],
         )
     try:
-        return msgspec.convert(dict(raw), AgentConfig)
+        return msgspec.convert(normalize(raw), AgentConfig)
     except msgspec.ValidationError as exc:  # a shape the rules below did not anticipate
         field, message = _msgspec_issue(str(exc))
         raise ValidationError(
@@ -268,11 +288,12 @@ def validation_report(
     """``validate_config`` as the seed's validate endpoint answers; with ``previous`` (the version
     this one would replace) it also says whether the change is breaking."""
     issues = validate_config(raw, implemented_tools=implemented_tools)
+    raw = normalize(raw)
     errors = [issue for issue in issues if issue.severity == "error"]
     breaking = False
     if not errors:
         try:
-            config = msgspec.convert(dict(raw), AgentConfig)
+            config = msgspec.convert(raw, AgentConfig)
         except msgspec.ValidationError as exc:  # a shape the rules did not anticipate
             errors.append(Issue(*_msgspec_issue(str(exc))))
         else:
@@ -300,10 +321,12 @@ def config_json_schema() -> dict[str, Any]:
             "then": {"required": ["custom_url"], "properties": {"custom_url": {"type": "string"}}},
         }
     ]
+    action = defs["EscalationRule"]["properties"]["action"]
+    action["enum"] = sorted({*action["enum"], *ACTION_ALIASES})
+    action["description"] = "; ".join(f"{alias}: {canonical}" for alias, canonical in ACTION_ALIASES.items())
     defs["EscalationRule"]["allOf"] = [
         {"if": {"properties": {"trigger": {"const": trigger}}}, "then": then}
         for trigger, then in (
-            ("user_frustrated", {"required": ["threshold"], "properties": {"threshold": {"type": "number"}}}),
             ("urgent_keywords", {"required": ["keywords"], "properties": {"keywords": {"minItems": 1}}}),
             ("repeated_tool_failure", {"required": ["count"], "properties": {"count": {"type": "integer"}}}),
             ("negative_turns", {"required": ["turns"], "properties": {"turns": {"type": "integer"}}}),
@@ -339,6 +362,45 @@ def _msgspec_issue(text: str) -> tuple[str, str]:
     return match.group(1), text[: match.start()]
 
 
+# -- the seed's spellings -------------------------------------------------------------------------
+
+
+def _elided(parameters: Any) -> bool:
+    return parameters == ELIDED or (isinstance(parameters, dict) and list(parameters) == [ELIDED])
+
+
+def normalize(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``raw`` with the seed's spellings in canonical form (see the module); anything this does not
+    recognise is left as it is, for the rules to judge. ``raw`` itself is not changed."""
+    document = dict(raw)
+    tools = document.get("tools")
+    if isinstance(tools, list):
+        document["tools"] = [_normal_tool(tool) if isinstance(tool, dict) else tool for tool in tools]
+    rules = document.get("escalation_rules")
+    if isinstance(rules, list):
+        document["escalation_rules"] = [_normal_rule(rule) if isinstance(rule, dict) else rule for rule in rules]
+    return document
+
+
+def _normal_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    parameters = tool.get("parameters")
+    if "parameters" in tool and (parameters is None or _elided(parameters)):
+        return {**tool, "parameters": {"type": "object", "properties": {}}}
+    if isinstance(parameters, dict) and "type" not in parameters:
+        return {**tool, "parameters": {"type": "object", **parameters}}
+    return tool
+
+
+def _normal_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    rule = dict(rule)
+    action = rule.get("action")
+    if isinstance(action, str) and action in ACTION_ALIASES:
+        rule["action"] = ACTION_ALIASES[action]
+    if rule.get("trigger") == "user_frustrated" and rule.get("threshold") is None:
+        rule["threshold"] = DEFAULT_FRUSTRATION_THRESHOLD
+    return rule
+
+
 # -- the rules ----------------------------------------------------------------------------------
 
 REQUIRED = "Required field missing"
@@ -358,6 +420,12 @@ def validate_config(raw: Mapping[str, Any], *, implemented_tools: Collection[str
 
     def warn(field: str, message: str) -> None:
         issues.append(Issue(field, message, "warning"))
+
+    tools = raw.get("tools")
+    for index, tool in enumerate(tools if isinstance(tools, list) else []):
+        if isinstance(tool, dict) and _elided(tool.get("parameters")):
+            warn(f"tools[{index}].parameters", "elided ({...}): the tool declares no parameters")
+    raw = normalize(raw)
 
     known = set(AgentConfig.__struct_fields__)
     for key in raw:
@@ -598,7 +666,8 @@ def _check_escalation(rules: Any, error: Report) -> None:
         if trigger not in TRIGGERS:
             error(f"{at}.trigger", f"must be one of {', '.join(TRIGGERS)}")
         if rule.get("action", "human_handoff") not in ("human_handoff", "flag"):
-            error(f"{at}.action", "must be human_handoff or flag")
+            aliases = ", ".join(ACTION_ALIASES)
+            error(f"{at}.action", f"must be human_handoff or flag (or one of their other names: {aliases})")
         if rule.get("urgency") not in (None, "low", "medium", "high", "urgent"):
             error(f"{at}.urgency", "must be low, medium, high or urgent")
         threshold = rule.get("threshold")
@@ -607,8 +676,6 @@ def _check_escalation(rules: Any, error: Report) -> None:
         ):
             error(f"{at}.threshold", "a sentiment threshold must be a number from -1 to 1")
         match trigger:
-            case "user_frustrated" if threshold is None:
-                error(f"{at}.threshold", "user_frustrated needs a sentiment threshold (from -1 to 1)")
             case "urgent_keywords":
                 keywords = rule.get("keywords")
                 if (

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from agents.config import (
+    DEFAULT_FRUSTRATION_THRESHOLD,
     AgentConfig,
     Issue,
     VoiceConfig,
@@ -22,9 +23,12 @@ from agents.config import (
     validate_config,
     validation_report,
 )
+from agents.tools import demo_registry
 from domain.errors import ValidationError
 
 CONFIGS = Path(__file__).parent.parent / "agents" / "configs"
+SEED_CONFIGS = Path(__file__).parent / "seed_configs"  # seed 004's two YAML examples, verbatim
+DEMO_TOOLS = frozenset(demo_registry(None).names)  # type: ignore[arg-type]  # nothing connects until a tool runs
 MINIMAL: dict[str, Any] = {
     "product_type": "chatbot",
     "system_prompt": "You help.",
@@ -58,15 +62,27 @@ def tool(**changes: Any) -> list[dict[str, Any]]:
     return [{**MINIMAL["tools"][0], **changes}]
 
 
-@pytest.mark.parametrize("name", ["support_bot", "sales_bot"])
-def test_the_demo_configs_load_without_findings(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "product_type"), [("support_bot", "chatbot"), ("sales_bot", "chatbot"), ("voice_bot", "voicebot")]
+)
+def test_the_demo_configs_load_without_findings(name: str, product_type: str) -> None:
     text = (CONFIGS / f"{name}.yaml").read_text()
 
     config = load_config(text)
 
-    assert validate_config(yaml.safe_load(text)) == []
-    assert config.product_type == "chatbot" and config.tools
+    assert validate_config(yaml.safe_load(text), implemented_tools=DEMO_TOOLS) == []
+    assert config.product_type == product_type and config.tools
     assert config_digest(config) == config_digest(load_config(text))
+
+
+def test_the_demo_voicebot_is_the_seeds_voicebot_with_the_demo_tools() -> None:
+    config = load_config((CONFIGS / "voice_bot.yaml").read_text())
+    seed = load_config((SEED_CONFIGS / "voicebot.yaml").read_text())
+
+    assert config.voice_config == seed.voice_config and config.external_integrations is None
+    names = {t.name for t in config.tools}
+    assert "fetch_order_status" in names and names <= DEMO_TOOLS
+    assert ("user_frustrated", "human_handoff") in {(r.trigger, r.action) for r in config.escalation_rules}
 
 
 def test_a_minimal_config_loads_with_defaults() -> None:
@@ -98,7 +114,6 @@ def test_digests_differ_when_configs_do() -> None:
         ({"tools": tool(**{PATTERNS: {"arguments": {"sku": "\\d+"}}})}, f"tools[0].{PATTERNS}.arguments.sku"),
         ({"product_type": "voicebot", "external_integrations": [{"type": "stripe"}]}, "external_integrations"),
         ({"escalation_rules": [{"trigger": "moon_phase"}]}, "escalation_rules[0].trigger"),
-        ({"escalation_rules": [{"trigger": "user_frustrated"}]}, "escalation_rules[0].threshold"),
         ({"escalation_rules": [{"trigger": "user_frustrated", "threshold": -3}]}, "escalation_rules[0].threshold"),
         ({"escalation_rules": [{"trigger": "urgent_keywords", "keywords": []}]}, "escalation_rules[0].keywords"),
         ({"escalation_rules": [{"trigger": "repeated_tool_failure", "count": 0}]}, "escalation_rules[0].count"),
@@ -227,6 +242,62 @@ def test_the_seeds_voicebot_example_is_valid() -> None:
     assert config.voice_config is not None
     assert config.voice_config.model_settings.optimize_streaming_latency == 4
     assert config.voice_config.background_sound.type == "office"
+
+
+@pytest.mark.parametrize("name", ["chatbot", "voicebot"])
+def test_the_seeds_own_example_configs_validate_as_written(name: str) -> None:
+    text = (SEED_CONFIGS / f"{name}.yaml").read_text()
+
+    issues = validate_config(yaml.safe_load(text))
+    config = load_config(text)
+
+    assert [i for i in issues if i.severity == "error"] == []
+    assert {i.field for i in issues if i.message.startswith("elided")} == {"tools[0].parameters", "tools[1].parameters"}
+    assert config.product_type == name
+    [rule] = config.escalation_rules
+    assert (rule.trigger, rule.action, rule.threshold) == (
+        "user_frustrated",
+        "human_handoff",  # the voicebot says human_transfer: the same action
+        DEFAULT_FRUSTRATION_THRESHOLD,
+    )
+    assert all(t.parameters == {"type": "object", "properties": {}} for t in config.tools)
+    assert validation_report(yaml.safe_load(text)).valid
+    assert config_from_mapping(config_document(config)) == config  # the normal form loads as itself
+
+
+def test_the_seeds_voicebot_keeps_every_voice_value_it_gives() -> None:
+    config = load_config((SEED_CONFIGS / "voicebot.yaml").read_text())
+
+    assert config.external_integrations is None and config.voice_config is not None
+    voice = config.voice_config
+    assert (voice.stt_provider, voice.tts_provider, voice.voice_id) == ("deepgram", "elevenlabs", "sarah_professional")
+    assert (voice.turn_detection_threshold_ms, voice.input_min_characters, voice.max_tokens) == (300, 10, 150)
+    assert (voice.background_sound.type, voice.background_sound.custom_url) == ("office", None)
+    assert voice.model_settings.model == "gpt-4" and voice.model_settings.optimize_streaming_latency == 4
+    assert (voice.stop_speaking_plan.number_of_words, voice.stop_speaking_plan.back_off_seconds) == (3, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("action", "canonical"),
+    [("human_transfer", "human_handoff"), ("transfer", "human_handoff"), ("handoff", "human_handoff"),
+     ("human_handoff", "human_handoff"), ("flag", "flag")],
+)  # fmt: skip
+def test_an_escalation_actions_other_names_mean_the_canonical_action(action: str, canonical: str) -> None:
+    rule = {"trigger": "explicit_request", "action": action}
+    config = config_from_mapping({**MINIMAL, "escalation_rules": [rule]})
+
+    assert config.escalation_rules[0].action == canonical
+    assert action in config_json_schema()["$defs"]["EscalationRule"]["properties"]["action"]["enum"]
+
+
+def test_a_frustration_rule_keeps_its_own_threshold_and_a_schema_without_type_is_an_object() -> None:
+    rule = {"trigger": "user_frustrated", "threshold": -0.8}
+    untyped = tool(parameters={"properties": {"order_id": {"type": "string"}}, "required": ["order_id"]})
+    config = config_from_mapping({**MINIMAL, "escalation_rules": [rule], "tools": untyped})
+
+    assert config.escalation_rules[0].threshold == -0.8
+    assert config.tools[0].parameters["type"] == "object"
+    assert "escalation_rules[0].threshold" in errors_for(escalation_rules=[{**rule, "threshold": 2}])
 
 
 def test_a_voicebot_without_voice_config_gets_none_and_a_chatbot_its_integrations() -> None:
