@@ -14,6 +14,7 @@ from gateways.http.analytics import AnalyticsAdminController, AnalyticsControlle
 from gateways.http.audit import AuditController
 from gateways.http.auth import jwt_auth
 from gateways.http.configs import ConfigController
+from gateways.http.console import console_router
 from gateways.http.conversations import ConversationController
 from gateways.http.errors import EXCEPTION_HANDLERS
 from gateways.http.observability import health, metrics, request_context
@@ -51,6 +52,7 @@ def create_app(settings: ApiSettings | None = None, *, settle_heap: bool = False
             AnalyticsAdminController,
             health,
             metrics,
+            console_router,
         ],
         dependencies={"platform": Provide(provide_platform, sync_to_thread=False)},
         lifespan=[lifespan],
