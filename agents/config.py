@@ -129,10 +129,15 @@ class CrossSellWhen(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 
 class CrossSellRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An offer: made in the reply when ``when`` holds, at most once a conversation. ``accept_tool``
+    names a declared tool run when the customer accepts (``product`` and what the conversation
+    knows fill its arguments)."""
+
     when: CrossSellWhen
     product: str
     suggestion: str
     confidence: Unit = 0.5
+    accept_tool: str | None = None
 
 
 class LLMSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -9,6 +9,19 @@ through the ``ToolRegistry`` and comes back; a completion without ends the turn.
 ``action: human_handoff`` answers with the handoff message instead of the model; a tool failure
 that escalates lets the model explain the failure, then hands off.
 
+``history`` is the conversation so far as ``TurnResult.messages`` lists it, tool exchanges included:
+tool failures count across turns for ``repeated_tool_failure``, and what earlier turns said (an
+order number, an email) is there for the model. Tools run with a ``ToolContext`` (the tenant, the
+conversation, the email addresses its customer gave), and the model is told of an internal tool
+failure only that the tool is unavailable, so no internal message reaches the customer.
+
+Cross-sell: an offer is made in the reply's text (and in ``TurnResult.cross_sell``), unless the
+customer is being handed off, a tool failed, or the product was offered before in the conversation.
+The customer's answer to ``pending_offer`` (the open offer; when not given, one the last reply
+carries) is ``TurnResult.cross_sell_response``: an acceptance is acknowledged (the
+``cross_sell.accepted`` template) and acted on (the rule's ``accept_tool``), a refusal acknowledged
+(``cross_sell.declined``); the model answers the rest of the message only when it asks for more.
+
 State is plain JSON-ready data (``ChatbotState``), so a LangGraph checkpointer such as
 ``AsyncPostgresSaver`` can keep it (``agents.checkpoints``). Checkpoints are a cache, since the
 history passed in rebuilds any turn: with a checkpointer, ``run_turn`` resumes the thread's
@@ -19,7 +32,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 import msgspec
 import structlog
@@ -30,16 +43,19 @@ from agents.rules import (
     CrossSell,
     Escalation,
     TurnSignals,
+    cross_sell_rule,
     evaluate_cross_sell,
     evaluate_message_rules,
     evaluate_tool_failure,
+    offer_response,
+    offers_made,
 )
-from agents.tools import ToolRegistry
+from agents.tools import DEFAULT_TENANT, ToolContext, ToolRegistry, ToolRun, customer_emails
 from domain.conversation import ToolCall
-from domain.pii import collect_pii, mask_card_numbers
+from domain.pii import EMAIL, collect_pii, mask_card_numbers
 from gateways.llm.chain import Fallback, FallbackChain
 from gateways.llm.factory import chain_from_config
-from gateways.llm.offline import OfflineModel, render_template
+from gateways.llm.offline import OfflineModel, render_first
 from gateways.llm.port import ChatMessage, ProviderError, ToolCallRequest
 
 log = structlog.get_logger(__name__)
@@ -47,6 +63,7 @@ log = structlog.get_logger(__name__)
 HANDOFF = "I'm connecting you with a member of our team who can help further."
 UNAVAILABLE = "Sorry, I'm having trouble answering right now. Please try again in a moment."
 _JSON = msgspec.json.Decoder()
+CrossSellResponse = Literal["accepted", "declined"]
 
 
 class ChatbotState(TypedDict):
@@ -57,6 +74,7 @@ class ChatbotState(TypedDict):
     user_id: str
     config_id: str
     config_version: int
+    tenant: str
     pii_collected: dict[str, str]
     tool_history: list[dict[str, Any]]  # this turn's domain ToolCalls
     escalation_triggered: bool
@@ -70,6 +88,10 @@ class ChatbotState(TypedDict):
     rounds: int
     reply: str
     cross_sell: dict[str, Any] | None
+    pending_offer: dict[str, Any] | None  # the open offer the customer may be answering
+    cross_sell_response: str | None
+    preface: str  # said before the model's reply (the answer to an offer)
+    start: int  # where this turn's messages begin
     fallbacks: list[dict[str, Any]]
     provider: str
     model: str
@@ -77,7 +99,9 @@ class ChatbotState(TypedDict):
 
 class TurnResult(msgspec.Struct, frozen=True, kw_only=True):
     """One turn's outcome. ``user_message`` is the customer's text as stored (cards masked);
-    ``messages`` are this turn's messages in order (that text, tool exchanges, the reply)."""
+    ``messages`` are this turn's messages in order (that text, tool exchanges, the reply): the next
+    turn's ``history`` is the earlier history plus these. ``cross_sell`` is the offer this reply
+    makes; ``cross_sell_response`` what the customer's message did with the open one."""
 
     reply: str
     intent: str
@@ -87,6 +111,7 @@ class TurnResult(msgspec.Struct, frozen=True, kw_only=True):
     escalation: Escalation | None = None
     pii_collected: dict[str, str] = {}
     cross_sell: CrossSell | None = None
+    cross_sell_response: CrossSellResponse | None = None  # what the customer's message did with ``pending_offer``
     fallbacks: list[Fallback] = []
     user_message: str = ""
     messages: list[ChatMessage] = []
@@ -127,8 +152,15 @@ async def run_turn(
     user_id: str = "",
     config_id: str = "",
     config_version: int = 0,
+    tenant: str = "",
+    pending_offer: CrossSell | None = None,
+    known_pii: Mapping[str, str] | None = None,
 ) -> TurnResult:
-    """Answer ``user_message`` after ``history`` (earlier turns, oldest first).
+    """Answer ``user_message`` after ``history`` (earlier turns, oldest first, tool exchanges included).
+
+    ``tenant`` scopes the tools (empty: the demo tenant). ``pending_offer`` is the offer an earlier
+    reply made that the customer has not answered yet. ``known_pii`` is what the conversation knew
+    of the customer before its messages (its start context: email, phone, order id).
 
     With a ``checkpointer``, the graph checkpoints every step on ``thread_id``, tagged with
     ``turn`` (what identifies this answer: the message's conversation version and id), and a turn
@@ -137,13 +169,17 @@ async def run_turn(
     masked = mask_card_numbers(user_message)
     past = [_masked(message) for message in history]
     messages = [*past, ChatMessage("user", masked)]
+    if pending_offer is None:  # the offer the last reply carries, if any
+        replies = [message.content for message in past if message.role == "assistant" and message.content]
+        pending_offer = next(iter(offers_made(config, replies[-1:])), None)
     state: ChatbotState = {
         "messages": [msgspec.to_builtins(message) for message in messages],
         "conversation_id": conversation_id,
         "user_id": user_id,
         "config_id": config_id,
         "config_version": config_version,
-        "pii_collected": {},
+        "tenant": tenant or DEFAULT_TENANT,
+        "pii_collected": dict(known_pii or {}),
         "tool_history": [],
         "escalation_triggered": False,
         "escalation": None,
@@ -156,6 +192,10 @@ async def run_turn(
         "rounds": 0,
         "reply": "",
         "cross_sell": None,
+        "pending_offer": None if pending_offer is None else msgspec.to_builtins(pending_offer),
+        "cross_sell_response": None,
+        "preface": "",
+        "start": len(past),
         "fallbacks": [],
         "provider": "",
         "model": "",
@@ -178,6 +218,7 @@ async def run_turn(
         escalation=None if final["escalation"] is None else msgspec.convert(final["escalation"], Escalation),
         pii_collected=final["pii_collected"],
         cross_sell=None if final["cross_sell"] is None else msgspec.convert(final["cross_sell"], CrossSell),
+        cross_sell_response=final.get("cross_sell_response"),  # type: ignore[arg-type]
         fallbacks=msgspec.convert(final["fallbacks"], list[Fallback]),
         user_message=masked,
         messages=msgspec.convert(final["messages"][len(past) :], list[ChatMessage]),
@@ -190,6 +231,8 @@ async def run_turn(
         intent=result.intent,
         tools=[call.tool for call in result.tool_calls],
         escalation=None if result.escalation is None else result.escalation.trigger,
+        cross_sell=None if result.cross_sell is None else result.cross_sell.product,
+        cross_sell_response=result.cross_sell_response,
         provider=result.provider,
         fallbacks=len(result.fallbacks),
     )
@@ -242,15 +285,22 @@ def build_graph(config: AgentConfig, *, chain: FallbackChain, tools: ToolRegistr
     async def agent(state: ChatbotState) -> dict[str, Any]:
         update: dict[str, Any] = {} if state["analyzed"] else analyze_turn(config, analyzer, state)
         current: dict[str, Any] = {**state, **update}
+        if not state["analyzed"] and current["cross_sell_response"] is not None:
+            answered = await answer_offer(config, analyzer, tools, current)
+            update |= answered
+            current |= answered
         messages = msgspec.convert(current["messages"], list[ChatMessage])
         escalation = current["escalation"]
         handoff = escalation is not None and escalation["action"] == "human_handoff"
         if handoff and current["rounds"] == 0:
             return {**update, **finish(config, current, handoff_text(config, escalation, current), messages)}
+        if not state["analyzed"] and current["cross_sell_response"] is not None:
+            if not asks_for_more(analyzer, specs, messages[: current["start"] + 1]):
+                return {**update, **finish(config, current, analyzer.templates["anything_else"], messages)}
         offer = specs if not handoff and current["rounds"] < config.max_tool_rounds else []
         fallbacks = list(current["fallbacks"])
         try:
-            answer = await chain.complete(messages, system=config.system_prompt, tools=offer)
+            answer = await chain.complete(_for_model(messages, current), system=config.system_prompt, tools=offer)
         except ProviderError as exc:
             log.error("agent.llm_failed", code=exc.code, provider=exc.provider)
             fallbacks += [msgspec.to_builtins(fallback) for fallback in exc.fallbacks]
@@ -277,18 +327,19 @@ def build_graph(config: AgentConfig, *, chain: FallbackChain, tools: ToolRegistr
         messages = list(state["messages"])
         history = list(state["tool_history"])
         failed = []
+        context = tool_context(state)
         for request in msgspec.convert(state["pending"], list[ToolCallRequest]):
             definition = config.tool(request.name)
             if definition is None:
-                call = ToolCall(tool=request.name, input=request.arguments, error=f"unknown tool {request.name!r}")
+                error = f"unknown tool {request.name!r}"
+                run = ToolRun(ToolCall(tool=request.name, input=request.arguments, error=error), "unavailable")
             else:
-                call = await tools.call(definition, request.arguments)
-                if call.error is not None:
-                    failed.append((definition, call))
-            history.append(msgspec.to_builtins(call))
-            content = {"error": call.error} if call.error is not None else call.output or {}
+                run = await tools.run(definition, request.arguments, context)
+                if run.failure is not None:
+                    failed.append((definition, run.call))
+            history.append(msgspec.to_builtins(run.call))
             reply = ChatMessage(
-                "tool", msgspec.json.encode(content).decode(), tool_call_id=request.id, name=request.name
+                "tool", msgspec.json.encode(run.content).decode(), tool_call_id=request.id, name=request.name
             )
             messages.append(msgspec.to_builtins(reply))
         update: dict[str, Any] = {"messages": messages, "tool_history": history, "pending": []}
@@ -312,7 +363,12 @@ def build_graph(config: AgentConfig, *, chain: FallbackChain, tools: ToolRegistr
 
 
 def analyze_turn(config: AgentConfig, analyzer: OfflineModel, state: Mapping[str, Any]) -> dict[str, Any]:
-    """Intent, sentiment, PII and the escalation rules over the latest customer turn."""
+    """Intent, sentiment, PII, the escalation rules and the answer to an open offer, over the latest
+    customer turn.
+
+    ``repeated_tool_failure`` is not a message rule: it fires when a tool fails (``run_tools``),
+    counting the failures of earlier turns too, so old failures alone never escalate a new message.
+    """
     messages = msgspec.convert(state["messages"], list[ChatMessage])
     said = [message.content for message in messages if message.role == "user"]
     text = said[-1] if said else ""
@@ -322,32 +378,120 @@ def analyze_turn(config: AgentConfig, analyzer: OfflineModel, state: Mapping[str
         sentiment=analysis.sentiment,
         wants_human=analysis.wants_human,
         sentiments=[analyzer.sentiment(turn) for turn in said],
-        tool_failures=consecutive_tool_failures(messages),
+        tool_failures=0,
     )
     escalation = evaluate_message_rules(config, signals)
+    offer = state.get("pending_offer")
+    response = None if offer is None else offer_response(text, msgspec.convert(offer, CrossSell))
     return {
         "analyzed": True,
         "intent": analysis.intent,
         "intents": analysis.intents,
         "confidence": analysis.confidence,
         "sentiment": analysis.sentiment,
-        "pii_collected": collect_pii(said),
+        "pii_collected": {**state.get("pii_collected", {}), **collect_pii(said)},
         "escalation": None if escalation is None else msgspec.to_builtins(escalation),
         "escalation_triggered": escalation is not None,
+        "cross_sell_response": response,
     }
 
 
+def tool_context(state: Mapping[str, Any]) -> ToolContext:
+    """Whom the turn's tools act for: the tenant, the conversation, and the customer's email addresses."""
+    messages = msgspec.convert(state["messages"], list[ChatMessage])
+    given = [
+        match.group(0) for message in messages if message.role == "user" for match in EMAIL.finditer(message.content)
+    ]
+    known = state.get("pii_collected", {}).get("email")
+    return ToolContext(
+        tenant=state.get("tenant") or DEFAULT_TENANT,
+        conversation_id=state.get("conversation_id", ""),
+        user_id=state.get("user_id", ""),
+        customer_emails=customer_emails(state.get("user_id", ""), [*([known] if known else []), *given]),
+    )
+
+
+async def answer_offer(
+    config: AgentConfig, analyzer: OfflineModel, tools: ToolRegistry, state: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The customer answered the open offer: acknowledge it, and on an acceptance run the rule's
+    ``accept_tool`` (its exchange joins this turn's messages, after the customer's)."""
+    offer = msgspec.convert(state["pending_offer"], CrossSell)
+    templates = analyzer.templates
+    variables: dict[str, Any] = {**state["pii_collected"], "product": offer.product}
+    if state["cross_sell_response"] == "declined":
+        return {"preface": render_first([templates.get("cross_sell.declined")], variables, default="")}
+    rule = cross_sell_rule(config, offer)
+    definition = None if rule is None or rule.accept_tool is None else config.tool(rule.accept_tool)
+    if rule is not None and rule.accept_tool is not None and definition is None:
+        log.warning("agent.accept_tool_undeclared", tool=rule.accept_tool, product=offer.product)
+        text = render_first([templates.get("cross_sell.accept_failed")], variables, default="")
+        return {"preface": text}
+    if definition is None:
+        return {"preface": render_first([templates.get("cross_sell.accepted")], variables, default="")}
+    properties = definition.parameters.get("properties", {})
+    arguments = {name: value for name, value in variables.items() if name in properties and name != "email"}
+    run = await tools.run(definition, arguments, tool_context(state))
+    request = ToolCallRequest(id=f"call_accept_{uuid.uuid5(uuid.NAMESPACE_URL, offer.product).hex[:16]}",
+                              name=definition.name, arguments=arguments)  # fmt: skip
+    exchange = [
+        ChatMessage("assistant", "", tool_calls=[request]),
+        ChatMessage("tool", msgspec.json.encode(run.content).decode(), tool_call_id=request.id, name=request.name),
+    ]
+    start = state["start"] + 1
+    messages = [*state["messages"][:start], *map(msgspec.to_builtins, exchange), *state["messages"][start:]]
+    key = "cross_sell.accepted" if run.failure is None else "cross_sell.accept_failed"
+    text = render_first([templates.get(key)], {**variables, **(run.call.output or {})}, default="")
+    return {
+        "preface": text,
+        "messages": messages,
+        "start": state["start"],
+        "tool_history": [*state["tool_history"], msgspec.to_builtins(run.call)],
+    }
+
+
+def asks_for_more(analyzer: OfflineModel, specs: Sequence[Any], messages: Sequence[ChatMessage]) -> bool:
+    """The customer's message, besides answering an offer, asks for something a tool does."""
+    calls, ask = analyzer.plan(list(messages), specs)
+    return bool(calls) or ask is not None
+
+
+def _for_model(messages: list[ChatMessage], state: Mapping[str, Any]) -> list[ChatMessage]:
+    """The messages the model sees: an accepted offer's tool exchange is the agent's own business."""
+    start = state["start"] + 1
+    return [message for index, message in enumerate(messages) if not (index >= start and _accept_call(message))]
+
+
+def _accept_call(message: ChatMessage) -> bool:
+    if any(call.id.startswith("call_accept_") for call in message.tool_calls):
+        return True
+    return message.role == "tool" and (message.tool_call_id or "").startswith("call_accept_")
+
+
 def finish(config: AgentConfig, state: Mapping[str, Any], reply: str, messages: list[ChatMessage]) -> dict[str, Any]:
-    """The turn's last update: the reply appended, and a cross-sell unless the customer is being handed off."""
+    """The turn's last update: the reply appended, and a cross-sell offer in it when one fits.
+
+    No offer while the customer is being handed off, on the turn they answer one, after a tool
+    failed, or of a product offered before in this conversation.
+    """
+    reply = " ".join(part for part in (state.get("preface", ""), reply) if part)
     cross_sell = None
-    if state["escalation"] is None:
+    tool_failed_now = any(call.get("error") is not None for call in state["tool_history"])
+    if state["escalation"] is None and state.get("cross_sell_response") is None and not tool_failed_now:
         said = [message.content for message in messages if message.role == "user"]
+        replies = [message.content for message in messages if message.role == "assistant"]
+        offered = {offer.product for offer in offers_made(config, replies)}
+        if state.get("pending_offer"):
+            offered.add(state["pending_offer"]["product"])
         succeeded = [call["tool"] for call in state["tool_history"] if call.get("error") is None]
         found = evaluate_cross_sell(
             config, text=said[-1] if said else "", intent=state["intent"], intents=state["intents"],
-            tools_succeeded=succeeded,
+            tools_succeeded=succeeded, exclude=offered,
         )  # fmt: skip
-        cross_sell = None if found is None else msgspec.to_builtins(found)
+        if found is not None:
+            cross_sell = msgspec.to_builtins(found)
+            if found.suggestion not in reply:
+                reply = f"{reply} {found.suggestion}".strip()
     final = ChatMessage("assistant", reply)
     return {
         "reply": reply,
@@ -358,17 +502,18 @@ def finish(config: AgentConfig, state: Mapping[str, Any], reply: str, messages: 
 
 
 def handoff_text(config: AgentConfig, escalation: Mapping[str, Any], state: Mapping[str, Any]) -> str:
-    template = (
-        escalation.get("message")
-        or config.templates.get(f"escalation.{escalation['trigger']}")
-        or config.templates.get("escalation")
-        or HANDOFF
-    )
-    return render_template(template, {**state["pii_collected"], **escalation})
+    """The handoff message: the rule's, else the trigger's or the config's template, else ours; the first
+    whose fields are all known."""
+    templates = [
+        escalation.get("message"),
+        config.templates.get(f"escalation.{escalation['trigger']}"),
+        config.templates.get("escalation"),
+    ]
+    return render_first(templates, {**state["pii_collected"], **escalation}, default=HANDOFF)
 
 
 def consecutive_tool_failures(messages: Sequence[ChatMessage]) -> int:
-    """Failed tool results since the last one that succeeded."""
+    """Failed tool results since the last one that succeeded, across turns (the history holds them)."""
     count = 0
     for message in reversed(messages):
         if message.role != "tool":

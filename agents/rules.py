@@ -3,16 +3,22 @@
 Escalation rules run in the order the config lists them; the first that fires decides
 (``Escalation``: trigger, reason, urgency, action). Seed 003's flow: urgent keywords, then
 sentiment; here the config chooses the order.
+
+Cross-sell: ``evaluate_cross_sell`` finds the offer a turn may make (never a product already
+offered in the conversation); ``offer_response`` reads what the customer's next message does with
+an open offer: ``accepted`` ("Yes, I would like the Premium Shipping upgrade"), ``declined`` ("no
+thanks"), or None (about something else: the offer stays open).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from typing import Literal
 
 import msgspec
 
-from agents.config import AgentConfig, EscalationRule, ToolDefinition
+from agents.config import AgentConfig, CrossSellRule, EscalationRule, ToolDefinition
 from domain.conversation import ToolCall
 
 NEGATIVE_DEFAULT = -0.05  # a turn is negative below this sentiment when a rule gives no threshold
@@ -105,10 +111,18 @@ def evaluate_tool_failure(
 
 
 def evaluate_cross_sell(
-    config: AgentConfig, *, text: str, intent: str, intents: Sequence[str], tools_succeeded: Sequence[str]
+    config: AgentConfig,
+    *,
+    text: str,
+    intent: str,
+    intents: Sequence[str],
+    tools_succeeded: Sequence[str],
+    exclude: Collection[str] = (),
 ) -> CrossSell | None:
-    """The first cross-sell rule whose every condition holds this turn."""
+    """The first cross-sell rule whose every condition holds this turn, of a product not in ``exclude``."""
     for rule in config.cross_sell:
+        if rule.product in exclude:
+            continue
         when = rule.when
         if when.intent is not None and when.intent != intent and when.intent not in intents:
             continue
@@ -118,3 +132,57 @@ def evaluate_cross_sell(
             continue
         return CrossSell(product=rule.product, suggestion=rule.suggestion, confidence=rule.confidence)
     return None
+
+
+def cross_sell_rule(config: AgentConfig, offer: CrossSell) -> CrossSellRule | None:
+    """The config's rule that made ``offer`` (by product)."""
+    return next((rule for rule in config.cross_sell if rule.product == offer.product), None)
+
+
+def offers_made(config: AgentConfig, replies: Sequence[str]) -> list[CrossSell]:
+    """The config's offers whose suggestion one of ``replies`` (the assistant's, oldest first) carries."""
+    return [
+        CrossSell(product=rule.product, suggestion=rule.suggestion, confidence=rule.confidence)
+        for rule in config.cross_sell
+        if any(rule.suggestion in reply for reply in replies)
+    ]
+
+
+OfferResponse = Literal["accepted", "declined"]
+_DECLINE = re.compile(
+    r"\b(no,? thanks?|no thank you|not interested|not for me|not (right )?now|maybe (later|another time|next time)"
+    r"|i'?ll pass|pass on (it|that|this)|no need|not today|i'?m (good|fine|ok|okay)( thanks?)?|nah|nope"
+    r"|(do ?n[o']t|do not|don'?t really) (want|need)( it| that| this| one)?|rather not|skip (it|that))\b",
+    re.IGNORECASE,
+)
+_NO = re.compile(r"^\W*(no|nope|nah|not really)\b(?!\s+(problem|worries))", re.IGNORECASE)
+_ACCEPT = re.compile(
+    r"^\W*(yes|yeah|yep|yup|yea|sure|absolutely|definitely|of course|certainly|ok(ay)?,? (sure|yes|please|let'?s)"
+    r"|please do|go (for it|ahead)|sounds (good|great)|why not|let'?s do (it|that)|i'?m in|deal)\b"
+    r"|\b(sign me up|sounds (good|great|perfect)|that would be (great|good|nice)"
+    r"|add (it|that|this)|i'?ll take (it|that|one)|count me in|i'?d love (it|that|to)"
+    r"|(i would|i'?d) like (it|that|this|one|to (add|get|have|take) (it|that|this|one))\b"
+    r"|yes,? please)\b",
+    re.IGNORECASE,
+)
+_WANT = re.compile(
+    r"\b(i would like|i'?d like|i want|i'?ll (take|have|get)|add|get me|sign me up for)\b", re.IGNORECASE
+)
+_STOPWORDS = frozenset({"the", "a", "an", "our", "your", "for", "of", "and", "with", "to", "in", "on"})
+
+
+def offer_response(text: str, offer: CrossSell) -> OfferResponse | None:
+    """What the customer's message does with an open offer: accepts it, declines it, or neither."""
+    if _DECLINE.search(text) or _NO.search(text):
+        return "declined"
+    if _ACCEPT.search(text):
+        return "accepted"
+    if _WANT.search(text) and _names(text, offer.product):
+        return "accepted"
+    return None
+
+
+def _names(text: str, product: str) -> bool:
+    """``text`` names the product: one of its significant words ("Premium", "Shipping", "warranty")."""
+    words = [word for word in re.findall(r"[A-Za-z0-9]+", product.lower()) if word not in _STOPWORDS]
+    return any(phrase_in(word, text) for word in words if len(word) > 2)

@@ -28,7 +28,15 @@ from hypothesis import strategies as st
 from gateways.llm.anthropic import AnthropicProvider
 from gateways.llm.chain import TRANSIENT, Fallback, FallbackChain
 from gateways.llm.factory import chain_from_config, names_from_setting, providers_from_config
-from gateways.llm.offline import DEFAULT_INTENTS, OfflineModel, display, render_template
+from gateways.llm.offline import (
+    DEFAULT_INTENTS,
+    LAST_RESORT,
+    OfflineModel,
+    display,
+    render,
+    render_first,
+    render_template,
+)
 from gateways.llm.openai import OpenAIProvider
 from gateways.llm.port import (
     ChatMessage,
@@ -590,7 +598,7 @@ def test_the_offline_model_notices_a_customer_asking_for_a_human(text: str) -> N
 async def test_asking_for_a_human_is_answered_without_a_tool_call() -> None:
     completion = await offline_model().complete([user("Let me talk to a human about ORD-1")], tools=TOOLS)
 
-    assert completion.tool_calls == [] and "member of our team" in completion.text
+    assert completion.tool_calls == [] and "speak with a person" in completion.text
 
 
 def test_configured_intents_join_the_defaults() -> None:
@@ -653,7 +661,7 @@ async def test_a_tool_result_closes_the_topic() -> None:
 
     completion = await model.complete(history, tools=TOOLS)
 
-    assert completion.tool_calls == [] and completion.text == model.templates["general"]
+    assert completion.tool_calls == [] and completion.text == model.templates["thanks"]
 
 
 async def test_tools_without_patterns_or_without_a_trigger_are_left_alone() -> None:
@@ -711,24 +719,61 @@ async def test_the_offline_model_is_deterministic() -> None:
 # -- templates -----------------------------------------------------------------------------------------
 
 
-def test_render_template_fills_variables_and_leaves_missing_ones_empty() -> None:
+def test_render_template_fills_variables_from_paths_lists_and_booleans() -> None:
     variables = {"order_id": "ORD-1", "order": {"items": ["mug", "tea"]}, "gift": True, "total": 12.5}
 
     rendered = render_template(
-        "{{order_id}}: {{ order.items }} ({{order.items.0}}), gift {{gift}}, {{total}} {{currency}}{{order.nope}}.",
-        variables,
+        "{{order_id}}: {{ order.items }} ({{order.items.0}}), gift {{gift}}, {{total}}.", variables
     )
 
-    assert rendered == "ORD-1: mug, tea (mug), gift yes, 12.5 ."
+    assert rendered == "ORD-1: mug, tea (mug), gift yes, 12.5."
+
+
+@pytest.mark.parametrize("value", [None, "", [], {}, "  "])
+def test_a_template_with_an_unknown_field_is_not_rendered_with_a_blank(value: Any) -> None:
+    template = "Your order {{order_id}} is expected on {{expected_delivery}}."
+
+    assert render(template, {"order_id": "ORD-1", "expected_delivery": value}) is None
+    assert render(template, {"order_id": "ORD-1"}) is None
+    assert render_template(template, {"order_id": "ORD-1"}, default="Your order is on its way.") == (
+        "Your order is on its way."
+    )
+
+
+def test_the_first_alternative_whose_fields_are_known_is_used() -> None:
+    template = "Expected on {{expected_delivery}}. || Delivered on {{delivered_on}}. || We have your order."
+
+    assert render(template, {"expected_delivery": "2025-10-15"}) == "Expected on 2025-10-15."
+    assert render(template, {"expected_delivery": None, "delivered_on": "2025-09-30"}) == "Delivered on 2025-09-30."
+    assert render(template, {}) == "We have your order."
+
+
+def test_an_optional_segment_is_left_out_when_a_field_in_it_is_unknown() -> None:
+    template = "Order {{order_id}}[[ ({{product}})]] is in transit.[[ Tracking number: {{tracking_number}}.]]"
+
+    assert render(template, {"order_id": "ORD-1", "product": "Mug", "tracking_number": "1Z"}) == (
+        "Order ORD-1 (Mug) is in transit. Tracking number: 1Z."
+    )
+    assert render(template, {"order_id": "ORD-1", "tracking_number": None}) == "Order ORD-1 is in transit."
+    assert render(template, {"product": "Mug"}) is None  # a field outside a segment is required
+
+
+def test_render_first_falls_back_through_templates_to_a_sentence_that_needs_nothing() -> None:
+    templates = [None, "Refund {{refund_id}}.", "Your refund has started."]
+
+    assert render_first(templates, {"refund_id": "RF-1"}) == "Refund RF-1."
+    assert render_first(templates, {}) == "Your refund has started."
+    assert render_first(["{{x}}"], {}) == LAST_RESORT
 
 
 def test_render_template_does_not_expand_what_a_value_contains() -> None:
     assert render_template("Hi {{name}}", {"name": "{{secret}}", "secret": "s3cr3t"}) == "Hi {{secret}}"
+    assert render_template("Hi[[ {{name}}]]", {"name": "[[{{secret}}]]", "secret": "s"}) == "Hi [[{{secret}}]]"
 
 
 NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
 VALUES = st.none() | st.booleans() | st.integers() | st.text(alphabet=st.characters(exclude_characters="{}"))
-PLAIN = st.text(alphabet=st.characters(exclude_characters="{}"), max_size=12)
+PLAIN = st.text(alphabet=st.characters(exclude_characters="{}[]|"), max_size=12)
 
 
 @given(st.text(), st.dictionaries(st.text(), VALUES | st.lists(VALUES) | st.dictionaries(st.text(), VALUES)))
@@ -737,13 +782,16 @@ def test_render_template_never_raises(template: str, variables: dict[str, Any]) 
 
 
 @given(st.lists(st.tuples(PLAIN, NAMES), max_size=6), PLAIN, st.dictionaries(NAMES, VALUES))
-def test_render_template_leaves_no_placeholder_behind(
+def test_a_template_renders_whole_or_not_at_all(
     parts: list[tuple[str, str]], tail: str, variables: dict[str, Any]
 ) -> None:
     template = "".join(f"{text}{{{{{name}}}}}" for text, name in parts) + tail
 
-    rendered = render_template(template, variables)
+    rendered = render(template, variables)
 
-    assert "{{" not in rendered
-    expected = "".join(text + (display(variables[name]) if name in variables else "") for text, name in parts)
-    assert rendered == expected + tail
+    known = all(name in variables and display(variables[name]).strip() for _, name in parts)
+    if not known:
+        assert rendered is None
+    else:
+        assert rendered is not None and "{{" not in rendered
+        assert rendered == ("".join(text + display(variables[name]) for text, name in parts) + tail).strip()
