@@ -406,6 +406,57 @@ def _normal_rule(rule: dict[str, Any]) -> dict[str, Any]:
     return rule
 
 
+# -- changes over a document (the seed's preview and visual update bodies) ---------------------------
+
+VOICE_SETTINGS = "voice_settings"  # the seed's API name for a voicebot's voice_config
+_VOICE_KEYS = frozenset(VoiceConfig.__struct_fields__)
+_MODEL_KEYS = frozenset(ModelSettings.__struct_fields__) - _VOICE_KEYS
+
+
+def apply_changes(document: Mapping[str, Any], changes: Mapping[str, Any]) -> tuple[dict[str, Any], list[Issue]]:
+    """``document`` (a config mapping) with ``changes`` applied, and warnings about what was not.
+
+    A top-level key replaces the document's, except the voice: ``voice_settings`` (the seed's
+    request bodies) and ``voice_config`` are merged into the voicebot's ``voice_config`` key by key,
+    a flat model setting (``speed``, ``clarity_similarity``, ...) into its ``model_settings``. A
+    chatbot has no voice: its ``voice_settings`` are ignored with a warning (``voice_config``
+    stays, for the rules to refuse).
+    """
+    merged = dict(document)
+    warnings: list[Issue] = []
+    for key, value in changes.items():
+        if key not in (VOICE_SETTINGS, "voice_config"):
+            merged[key] = value
+        elif merged.get("product_type") != "voicebot" and key == VOICE_SETTINGS:
+            warnings.append(Issue(f"changes.{key}", "a chatbot has no voice settings: ignored", "warning"))
+        elif isinstance(value, Mapping):
+            current = merged.get("voice_config")
+            merged["voice_config"] = _merge_voice(current if isinstance(current, Mapping) else {}, value)
+        else:
+            merged["voice_config"] = value  # not a mapping: the rules say so
+    return merged, warnings
+
+
+def _merge_voice(current: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key in _MODEL_KEYS:
+            nested.setdefault("model_settings", {})[key] = value
+        elif key == "model_settings" and isinstance(value, Mapping):
+            nested.setdefault("model_settings", {}).update(value)
+        else:
+            nested[key] = value
+    return _deep_merge(current, nested)
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        inner = merged.get(key)
+        merged[key] = _deep_merge(inner, value) if isinstance(inner, Mapping) and isinstance(value, Mapping) else value
+    return merged
+
+
 # -- the rules ----------------------------------------------------------------------------------
 
 REQUIRED = "Required field missing"

@@ -4,8 +4,9 @@ Every ``interval`` seconds the monitor looks at each config version activated wi
 (not by a rollback: a restored version is never rolled back automatically, so two versions cannot
 flap). Once at least ``min_sample`` conversations have started on it, if more than ``threshold`` of
 them failed (an AI reply with a failed tool call), it appends a rollback to the previously active
-version, initiated by ``monitor``, and logs an alert. The rollback is a plain command: the decider
-refuses a second one for the same version (it is no longer active), so two monitors cannot both act.
+version, initiated by ``monitor``, and logs an alert. It is the API's rollback
+(``ConfigService.rollback``), blast radius included, for that version only: the decider refuses a
+second one (the version is no longer active), so two monitors cannot both act.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from commands.configs import SYSTEM, ConfigService
-from domain import agent_config as a
 from domain.errors import ParleyError
 from read_models import configs as q
 
@@ -51,14 +51,17 @@ class ConfigMonitor:
                 continue
             limit = f"{self.settings.threshold:.0%}"
             reason = f"{failed} of {total} conversations on v{row['version']} failed (more than {limit})"
-            command = a.RollbackConfig(reason=reason, initiated_by="monitor", caller=SYSTEM, at=datetime.now(UTC))
             try:
-                outcome = await self.service.run(row["tenant"], row["config_id"], command)
+                _, done = await self.service.rollback(
+                    row["tenant"],
+                    row["config_id"],
+                    SYSTEM,
+                    reason=reason,
+                    initiated_by="monitor",
+                    from_version=row["version"],
+                )
             except ParleyError as e:  # already rolled back, or nothing earlier to restore
                 log.info("no automatic rollback", config_id=row["config_id"], version=row["version"], why=e.message)
-                continue
-            done = next((e for e in outcome.events if isinstance(e, a.ConfigRolledBack)), None)
-            if done is None:
                 continue
             log.error(
                 "ALERT: config version rolled back automatically",

@@ -52,6 +52,8 @@ CONFIG_MEMBERS: Aggregate[m.Members] = Aggregate(
 
 # (tenant, config id, candidate) -> a replay report of recorded conversations (``agents.preview``)
 Evidence = Callable[[str, str, AgentConfig], Awaitable[dict[str, Any]]]
+# (tenant, config id, version) -> the conversations still open on that version (a rollback's blast radius)
+BlastRadius = Callable[[str, str, int], Awaitable[list[str]]]
 
 
 class ConfigCatalog:
@@ -117,6 +119,8 @@ class ConfigService:
     """Configs over commands: YAML is parsed, validated and compared here; the decider decides.
 
     ``implemented_tools`` names the tools the registry can run (a tool without one is a warning).
+    ``evidence`` replays recorded conversations for a change that needs approval; ``blast_radius``
+    names the conversations pinned to a version a rollback replaces (without it: none named).
     """
 
     def __init__(
@@ -125,11 +129,13 @@ class ConfigService:
         *,
         implemented_tools: frozenset[str] | None = None,
         evidence: Evidence | None = None,
+        blast_radius: BlastRadius | None = None,
     ) -> None:
         self.runner = runner
         self.catalog = ConfigCatalog(runner)
         self.implemented_tools = implemented_tools
         self.evidence = evidence
+        self.blast_radius = blast_radius
         self.members = runner.repository(CONFIG_MEMBERS)
 
     # Who may do what ---------------------------------------------------------------------------
@@ -196,16 +202,14 @@ class ConfigService:
         first: bool = False,
         command_id: str | None = None,
     ) -> tuple[Outcome[a.AgentConfigState], list[Issue]]:
-        """A config's first version (``first``: the config must not exist) or its next one."""
+        """A config's first version (``first``: the config must not exist) or its next one; the
+        decider checks which on the stream's state (two creates of one id: one 409)."""
         raw, issues = self.check(yaml_content)
-        loaded = await self.catalog.repository.load(tenant, config_id)
-        state = loaded.state
-        if first and state.exists:
-            raise IllegalStateError(f"config {config_id} already exists", config_id=config_id)
-        if not first and not state.exists:
-            raise NotFoundError(f"config {config_id} not found", config_id=config_id)
         base = None
-        if state.exists:
+        if not first:
+            state = (await self.catalog.repository.load(tenant, config_id)).state
+            if not state.exists:
+                raise NotFoundError(f"config {config_id} not found", config_id=config_id)
             head = state.branches[branch].head_version if branch in state.branches else state.active or state.latest
             base = parse_yaml(state.version(head).yaml_content)
         assessment = self.assess(base, raw)
@@ -222,9 +226,10 @@ class ConfigService:
             caller=caller,
             branch=branch,
             based_on=based_on,
+            first=first,
             at=_now(),
         )
-        return await self._handle(tenant, config_id, command, command_id), issues
+        return await self._handle(tenant, config_id, command, command_id, new=first), issues
 
     async def compare(self, tenant: str, config_id: str, version_a: int, version_b: int) -> dict[str, Any]:
         state = await self.catalog.state(tenant, config_id)
@@ -252,6 +257,37 @@ class ConfigService:
         active = parse_yaml(state.version(state.active).yaml_content) if state.active else None
         command = a.MergeConfigBranch(branch=branch, assessment=self.assess(active, head), caller=caller, at=_now())
         return await self._handle(tenant, config_id, command, None)
+
+    async def rollback(
+        self,
+        tenant: str,
+        config_id: str,
+        caller: a.Caller,
+        *,
+        reason: str,
+        initiated_by: str,
+        target_version: int | None = None,
+        from_version: int | None = None,
+    ) -> tuple[Outcome[a.AgentConfigState], a.ConfigRolledBack]:
+        """Roll back to ``target_version`` (None: the version active before the current one), naming
+        the conversations still pinned to the version replaced. ``from_version``: roll back only
+        if that version is the active one (the monitor's check, so it never rolls back a newer one).
+        The one rollback the API and the monitor both use."""
+        state = await self.catalog.state(tenant, config_id)
+        replaced = state.active if from_version is None else from_version
+        pinned = await self.blast_radius(tenant, config_id, replaced) if self.blast_radius and replaced else []
+        command = a.RollbackConfig(
+            target_version=target_version,
+            reason=reason,
+            initiated_by=initiated_by,
+            caller=caller,
+            pinned_conversations=pinned,
+            from_version=replaced or None,
+            at=_now(),
+        )
+        outcome = await self._handle(tenant, config_id, command, None)
+        rolled = next(e for e in outcome.events if isinstance(e, a.ConfigRolledBack))
+        return outcome, rolled
 
     async def run(self, tenant: str, config_id: str, command: Any) -> Outcome[a.AgentConfigState]:
         """Approve, reject, mark breaking, reload, roll back, branch: commands with nothing to parse."""

@@ -6,10 +6,10 @@ Every change to a config is an event, so its whole history can be read, compared
   config, on ``main`` or on a branch; only a ``main`` version can become the active one.
 - The *active* version is the one new conversations are pinned to. It changes only through
   ``ConfigVersionActivated``, which is what runtimes follow to hot-reload.
-- Risk decides who must approve before a version goes live: low applies at once; medium needs an
-  organization admin; high needs an admin and a platform engineer. An author without the right
-  to deploy to production needs an admin's approval whatever the risk. Authors do not approve
-  their own versions.
+- Risk decides who must approve before a version goes live (the seed's approval workflow): low
+  (voice parameters, wording) is auto-approved and applies at once, whoever may make it (a config
+  manager's tone change too); medium needs an organization admin; high needs an admin and a
+  platform engineer. Authors do not approve their own versions.
 - A breaking version is not activated automatically, even once approved: it waits for a manual
   reload (``ReloadConfig``), as in the seed's hot-reload strategy.
 - A rollback creates a new version whose content is the target's (``ConfigRolledBack`` names both,
@@ -42,12 +42,10 @@ ADMIN, ENGINEER = "org_admin", "platform_engineer"
 DEPLOY, ROLLBACK = "deploy_to_production", "rollback_versions"
 
 
-def approvals_for(risk_level: str, *, author_can_deploy: bool) -> tuple[str, ...]:
-    """The roles that must approve a version before it goes live (one approval per role)."""
-    needed = {"low": (), "medium": (ADMIN,), "high": (ADMIN, ENGINEER)}[risk_level]
-    if not author_can_deploy and ADMIN not in needed:
-        needed = (ADMIN, *needed)
-    return needed
+def approvals_for(risk_level: str) -> tuple[str, ...]:
+    """The roles that must approve a version before it goes live (one approval per role); none
+    for a low-risk change, which the seed auto-approves."""
+    return {"low": (), "medium": (ADMIN,), "high": (ADMIN, ENGINEER)}[risk_level]
 
 
 # Events ---------------------------------------------------------------------------------------
@@ -161,6 +159,10 @@ class Assessment(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CreateConfigVersion(Command, frozen=True, kw_only=True):
+    """``first``: the config's version 1, so the config must not exist yet (409 if it does); else
+    its next version, so it must (404). Decided here, on the stream's state: of two creates racing
+    for one id, one is appended and the other refused."""
+
     config_id: str
     yaml_content: str
     assessment: Assessment
@@ -169,6 +171,7 @@ class CreateConfigVersion(Command, frozen=True, kw_only=True):
     caller: Caller
     branch: str = MAIN
     based_on: int | None = None  # optimistic check by the client: the version it edited
+    first: bool = False
     at: datetime
 
 
@@ -200,11 +203,16 @@ class ReloadConfig(Command, frozen=True, kw_only=True):
 
 
 class RollbackConfig(Command, frozen=True, kw_only=True):
+    """``pinned_conversations`` are those open on ``from_version`` (the version to roll back, when
+    the caller names it): if another version became active meanwhile, the rollback is refused
+    rather than recorded with the wrong blast radius."""
+
     target_version: int | None = None  # None: the version active before the current one
     reason: str
     initiated_by: str
     caller: Caller
     pinned_conversations: list[str] = []
+    from_version: int | None = None
     at: datetime
 
 
@@ -378,6 +386,10 @@ def decide(command: Command, state: AgentConfigState) -> list[Event]:
 def _create(command: CreateConfigVersion, state: AgentConfigState) -> list[Event]:
     a = command.assessment
     _require(command.caller, "view_config", *a.required)
+    if command.first and state.exists:
+        raise IllegalStateError(f"config {command.config_id} already exists", config_id=command.config_id)
+    if not command.first and not state.exists:
+        raise NotFoundError(f"config {command.config_id} not found", config_id=command.config_id)
     if state.exists and a.product_type != state.product_type:
         raise ValidationError(
             f"config {state.config_id} is a {state.product_type}; a version cannot make it a {a.product_type}",
@@ -390,8 +402,6 @@ def _create(command: CreateConfigVersion, state: AgentConfigState) -> list[Event
         head = branch.head_version
     else:
         head = state.active or state.latest
-        if not state.exists and command.based_on not in (None, 0):
-            raise NotFoundError("config not found")
     if command.based_on is not None and command.based_on != head:
         raise IllegalStateError(
             f"the change was written against version {command.based_on}, but {command.branch} is at {head}",
@@ -400,7 +410,7 @@ def _create(command: CreateConfigVersion, state: AgentConfigState) -> list[Event
         )
     if state.exists and state.versions[head].digest == a.digest:
         return []  # nothing changed
-    needed = approvals_for(a.risk_level, author_can_deploy=DEPLOY in command.caller.granted)
+    needed = approvals_for(a.risk_level)
     created = ConfigVersionCreated(
         config_id=command.config_id,
         version=state.latest + 1,
@@ -448,6 +458,12 @@ def _rollback(command: RollbackConfig, state: AgentConfigState) -> list[Event]:
     _require(command.caller, ROLLBACK)
     if not state.active:
         raise IllegalStateError(f"config {state.config_id or '?'} has no active version to roll back")
+    if command.from_version is not None and command.from_version != state.active:
+        raise IllegalStateError(
+            f"version {command.from_version} is no longer active (version {state.active} is)",
+            from_version=command.from_version,
+            active_version=state.active,
+        )
     target_number = command.target_version
     if target_number is None:
         earlier = [v for v, _ in state.activations if v != state.active]
@@ -497,7 +513,7 @@ def _merge(command: MergeConfigBranch, state: AgentConfigState) -> list[Event]:
     head = state.version(branch.head_version)
     a = command.assessment
     _require(command.caller, "view_config", *a.required)
-    needed = approvals_for(a.risk_level, author_can_deploy=DEPLOY in command.caller.granted)
+    needed = approvals_for(a.risk_level)
     created = ConfigVersionCreated(
         config_id=state.config_id,
         version=state.latest + 1,

@@ -6,11 +6,13 @@ configuration API. Every query names the tenant: another tenant's config reads a
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 
 from read_models.migrations import PROJECTOR_TABLES, Migration, ReadModel
 
@@ -363,6 +365,17 @@ async def pinned_conversations(
         [tenant, config_id, version, limit],
     )
     return [str(row[0]) for row in await cur.fetchall()]
+
+
+def blast_radius(pool: AsyncConnectionPool[Any]) -> Callable[[str, str, int], Awaitable[list[str]]]:
+    """``pinned_conversations`` over a pool: what ``commands.configs.ConfigService`` asks a rollback's
+    blast radius of."""
+
+    async def pinned(tenant: str, config_id: str, version: int) -> list[str]:
+        async with pool.connection() as conn:
+            return await pinned_conversations(conn, tenant, config_id, version)
+
+    return pinned
 
 
 async def recent_conversations(conn: AsyncConnection[Any], tenant: str, config_id: str, limit: int) -> list[str]:

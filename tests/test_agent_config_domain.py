@@ -82,10 +82,15 @@ V2 = (created(2, "two", based_on=1), activated(2, 1))
 
 
 def test_a_low_risk_version_applies_at_once() -> None:
-    state = spec.given().when(create("one")).then(*V1)
+    state = spec.given().when(create("one", first=True)).then(*V1)
     assert state.active == 1 and state.versions[1].status == "active"
     state = spec.given(*V1).when(create("two")).then(*V2)
     assert state.active == 2 and state.versions[1].status == "archived"
+
+
+def test_a_first_version_needs_a_config_that_does_not_exist_and_a_next_one_a_config_that_does() -> None:
+    spec.given(*V1).when(create("two", first=True)).then_raises(IllegalStateError, "already exists")
+    spec.given().when(create("one")).then_raises(NotFoundError, "not found")
 
 
 def test_an_unchanged_config_makes_no_version() -> None:
@@ -122,13 +127,20 @@ def test_a_high_risk_version_needs_an_admin_and_a_platform_engineer() -> None:
     )
 
 
-def test_an_author_who_may_not_deploy_needs_an_admin_even_for_a_low_risk_change() -> None:
+def test_a_config_managers_low_risk_change_is_auto_approved_and_applies_at_once() -> None:
+    """The seed's approval workflow: low-risk changes are auto-approved, whoever may make them."""
     state = (
         spec.given(*V1)
         .when(create("two", caller=MANAGER))
-        .then(created(2, "two", based_on=1, author="john", approvals_needed=["org_admin"]))
+        .then(created(2, "two", based_on=1, author="john"), activated(2, 1))
     )
-    assert state.versions[2].status == "pending_approval"
+    assert state.active == 2 and state.versions[2].status == "active"
+
+
+def test_a_config_managers_medium_risk_change_still_waits_for_an_admin() -> None:
+    pending = created(2, "two", based_on=1, risk="medium", author="john", approvals_needed=["org_admin"])
+    state = spec.given(*V1).when(create("two", "medium", caller=MANAGER)).then(pending)
+    assert state.active == 1 and state.versions[2].status == "pending_approval"
 
 
 def test_a_change_the_caller_may_not_make_is_refused_and_appends_nothing() -> None:
@@ -228,6 +240,12 @@ def test_rollbacks_need_the_permission_and_a_version_that_was_live() -> None:
     ).then_raises(IllegalStateError, "never active")
 
 
+def test_a_rollback_of_a_version_no_longer_active_is_refused() -> None:
+    """Its blast radius was read for the version it names: recorded against another, it would lie."""
+    command = a.RollbackConfig(reason="errors", initiated_by="monitor", caller=ADMIN, from_version=1, at=T0)
+    spec.given(*V1, *V2).when(command).then_raises(IllegalStateError, "no longer active")
+
+
 def test_a_branch_collects_drafts_and_a_merge_makes_them_a_main_version() -> None:
     branch = a.ConfigBranchCreated(branch="staging", base_version=1, description="empathy", created_by="jane", at=T0)
     spec.given(*V1).when(
@@ -287,10 +305,10 @@ Step = st.one_of(
 )
 
 
-def _command(step: tuple[object, ...]) -> a.Command:
+def _command(step: tuple[object, ...], state: a.AgentConfigState) -> a.Command:
     kind, x, y = step
     if kind == "create":
-        return create(str(y), str(x))
+        return create(str(y), str(x), first=not state.exists)
     if kind == "approve":
         return a.ApproveConfigVersion(version=int(y), caller=x, at=T0)  # type: ignore[arg-type,call-overload]
     if kind == "rollback":
@@ -308,7 +326,7 @@ def test_random_histories_keep_the_version_history_consistent(steps: list[tuple[
     state, history = a.initial(), []
     for step in steps:
         try:
-            events = a.decide(_command(step), state)
+            events = a.decide(_command(step, state), state)
         except (IllegalStateError, PermissionDeniedError, ValidationError, NotFoundError):
             continue
         for event in events:
@@ -330,14 +348,8 @@ def test_random_histories_keep_the_version_history_consistent(steps: list[tuple[
 
 
 @pytest.mark.parametrize(
-    ("risk", "deploy", "needed"),
-    [
-        ("low", True, ()),
-        ("medium", True, ("org_admin",)),
-        ("high", True, ("org_admin", "platform_engineer")),
-        ("low", False, ("org_admin",)),
-        ("high", False, ("org_admin", "platform_engineer")),
-    ],
+    ("risk", "needed"),
+    [("low", ()), ("medium", ("org_admin",)), ("high", ("org_admin", "platform_engineer"))],
 )
-def test_who_must_approve(risk: str, deploy: bool, needed: tuple[str, ...]) -> None:
-    assert a.approvals_for(risk, author_can_deploy=deploy) == needed
+def test_who_must_approve(risk: str, needed: tuple[str, ...]) -> None:
+    assert a.approvals_for(risk) == needed

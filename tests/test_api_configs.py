@@ -9,11 +9,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest_asyncio
+import uvicorn
 import yaml
 from litestar.testing import AsyncTestClient
 
 from commands.config_monitor import MonitorSettings
+from gateways.http.app import create_app
 from tests.api_support import api_client, bearer, settings_for
 from tests.conftest import delete_stream, fresh_database, unique_stream
 
@@ -101,6 +104,7 @@ async def test_rolled_back_content_reaches_new_conversations_while_older_ones_st
     assert rolled.status_code == 200, rolled.text
     body = rolled.json()
     assert (body["rolled_back_from"], body["rolled_back_to"], body["new_current_version"]) == (2, 1, 3)
+    assert body["active_version"] == 1  # the seed: the target is the active version (its content, as v3)
     assert body["pinned_conversations"] == [b["conversation_id"]]
 
     c = await start(client)
@@ -158,14 +162,16 @@ async def test_a_medium_risk_change_waits_for_another_admin(client: AsyncTestCli
 
 
 async def test_what_a_caller_may_not_do_is_refused_with_403_and_appends_nothing(client: AsyncTestClient[Any]) -> None:
-    await create_config(client)
+    position = (await create_config(client))["position"]
     text = variant(system_prompt="Viewer was here.")
     refused = await new_version(client, text, VIEWER)
     assert refused.status_code == 403 and refused.json()["missing"] == ["edit_system_prompt"]
     integrations = variant(external_integrations=[{"type": "zendesk", "credentials_ref": "zd"}])
     assert (await new_version(client, integrations, MANAGER)).status_code == 403  # no modify_integrations
     assert (await client.post(f"{CONFIGS}/faq-bot/rollback", json={"reason": "x"}, headers=VIEWER)).status_code == 403
-    versions = (await client.get(f"{CONFIGS}/faq-bot/versions", headers=VIEWER)).json()
+    versions = (
+        await client.get(f"{CONFIGS}/faq-bot/versions", params={"min_position": position}, headers=VIEWER)
+    ).json()
     assert versions["total_versions"] == 1
 
     # Permission changes are events: the admin grants the viewer prompt editing.
@@ -329,6 +335,7 @@ async def test_a_new_version_whose_conversations_fail_is_rolled_back_by_the_moni
     approved = await client.post(f"{CONFIGS}/faq-bot/versions/2/approve", headers=OTHER_ADMIN)
     assert approved.json()["status"] == "active", approved.text
 
+    on_v2 = []
     for _ in range(3):
         body = {
             "config_id": "faq-bot",
@@ -338,6 +345,7 @@ async def test_a_new_version_whose_conversations_fail_is_rolled_back_by_the_moni
         }
         started = await client.post(f"{CHAT}/conversations", json=body, headers=CUSTOMER)
         assert started.status_code == 201 and started.json()["config_version"] == 2, started.text
+        on_v2.append(started.json()["conversation_id"])
 
     deadline = asyncio.get_running_loop().time() + 20
     while True:
@@ -349,6 +357,8 @@ async def test_a_new_version_whose_conversations_fail_is_rolled_back_by_the_moni
     assert (rollback["rolled_back_from"], rollback["rolled_back_to"], rollback["initiated_by"]) == (2, 1, "monitor")
     # The monitor may act before every reply is in: as soon as more than 10 % of the 3 have failed.
     assert re.match(r"[1-3] of 3 conversations on v2 failed", rollback["reason"]), rollback["reason"]
+    # The monitor's rollback names its blast radius as the API's does: the conversations open on v2.
+    assert sorted(rollback["pinned_conversations"]) == sorted(on_v2)
     assert (await start(client))["config_version"] == 3
 
 
@@ -370,3 +380,170 @@ async def test_each_conversation_is_answered_by_the_config_version_it_started_on
 
     assert (await ask(a["conversation_id"])).startswith("Your order ORD-78945")  # still v1
     assert (await ask(b["conversation_id"])).startswith("Version two here: order ORD-78945")
+
+
+SEED_YAML = {  # seed 004's YAML examples, verbatim
+    name: (Path(__file__).resolve().parent / "seed_configs" / f"{name}.yaml").read_text()
+    for name in ("chatbot", "voicebot")
+}
+VOICE_BOT_YAML = (Path(__file__).resolve().parent.parent / "agents" / "configs" / "voice_bot.yaml").read_text()
+
+
+async def test_the_seeds_own_example_configs_are_accepted_as_written(client: AsyncTestClient[Any]) -> None:
+    for name, text in SEED_YAML.items():
+        checked = await client.post(f"{CONFIGS}/validate", json={"yaml_content": text}, headers=VIEWER)
+        assert checked.status_code == 200, checked.text
+        assert (checked.json()["valid"], checked.json()["product_type"]) == (True, name)
+        created = await client.post(CONFIGS, json={"config_id": f"seed-{name}", "yaml_content": text}, headers=ADMIN)
+        assert created.status_code == 201, created.text
+        assert (created.json()["product_type"], created.json()["status"]) == (name, "active")
+        assert "tools[0].parameters" in {w["field"] for w in created.json()["warnings"]}
+        read = await client.get(
+            f"{CONFIGS}/seed-{name}", params={"min_position": created.json()["position"]}, headers=VIEWER
+        )
+        assert read.status_code == 200 and read.json()["yaml_content"] == text  # stored as its author wrote it
+
+
+@pytest_asyncio.fixture
+async def served(nats_url: str, pg_url: str, redis_url: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The API served by uvicorn on a free port: requests really run at the same time (the test
+    client's transport runs one at a time)."""
+    stream = unique_stream()
+    settings = settings_for(nats_url, fresh_database(pg_url), redis_url, tmp_path, stream, run_agents=False)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), port=0, log_level="warning", lifespan="on"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not serving.done(), "the API did not start"
+            await asyncio.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        await serving
+        await delete_stream(nats_url, stream)
+
+
+async def test_creates_of_one_config_at_once_give_one_201_and_409s(served: httpx.AsyncClient) -> None:
+    client = served
+    for attempt in range(3):
+        body = {"config_id": f"race-bot-{attempt}", "yaml_content": BASE_YAML, "commit_message": "first"}
+        callers = (ADMIN, OTHER_ADMIN, ADMIN, OTHER_ADMIN)
+        answers = await asyncio.gather(*(client.post(CONFIGS, json=body, headers=h) for h in callers))
+        assert sorted(a.status_code for a in answers) == [201, 409, 409, 409], [a.text for a in answers]
+        assert all("already exists" in a.json()["message"] for a in answers if a.status_code == 409)
+        position = next(a for a in answers if a.status_code == 201).json()["position"]
+        versions = await client.get(
+            f"{CONFIGS}/race-bot-{attempt}/versions", params={"min_position": position}, headers=VIEWER
+        )
+        assert versions.json()["total_versions"] == 1
+    missing = await client.post(
+        f"{CONFIGS}/no-such-bot/versions", json={"yaml_content": BASE_YAML, "commit_message": "x"}, headers=ADMIN
+    )
+    assert missing.status_code == 404
+
+
+async def test_a_config_managers_low_risk_change_applies_at_once_and_a_medium_one_waits(
+    client: AsyncTestClient[Any],
+) -> None:
+    await create_config(client)
+    tone = await new_version(client, variant(system_prompt="You are a casual and friendly assistant."), MANAGER)
+    assert tone.status_code == 201, tone.text
+    body = tone.json()
+    assert (body["risk_level"], body["status"], body["active_version"]) == ("low", "active", 2)
+    assert (body["requires_approval"], body["auto_approved"], body["approvals_missing"]) == (False, True, [])
+    assert (await start(client))["config_version"] == 2
+
+    raw = yaml.safe_load(BASE_YAML)
+    raw["system_prompt"] = "You are a casual and friendly assistant."
+    raw["escalation_rules"][0]["keywords"] = [*raw["escalation_rules"][0]["keywords"], "attorney"]
+    rules = await new_version(client, yaml.safe_dump(raw, sort_keys=False), MANAGER)
+    assert rules.status_code == 201, rules.text
+    body = rules.json()
+    assert (body["risk_level"], body["status"], body["active_version"]) == ("medium", "pending_approval", 2)
+    assert (body["auto_approved"], body["approvals_missing"]) == (False, ["org_admin"])
+
+
+async def test_the_rollback_answer_names_the_target_as_the_active_version(client: AsyncTestClient[Any]) -> None:
+    """The seed: ``rolled_back_from: 4, rolled_back_to: 3, active_version: 3``; the rollback is
+    recorded as a new version (``new_current_version``, the client portal's shape)."""
+    await create_config(client)
+    await new_version(client, variant(system_prompt="Version two."))
+    rolled = await client.post(
+        f"{CONFIGS}/faq-bot/rollback",
+        json={"target_version": 1, "reason": "Version 2 causing high error rate", "initiated_by": "client_user"},
+        headers=ADMIN,
+    )
+    assert rolled.status_code == 200, rolled.text
+    body = rolled.json()
+    assert (body["rolled_back_from"], body["rolled_back_to"], body["active_version"]) == (2, 1, 1)
+    assert (body["new_current_version"], body["kafka_event_published"], body["initiated_by"]) == (
+        3,
+        True,
+        "client_user",
+    )
+    assert body["product_type"] == "chatbot" and body["commit_message"].startswith("Rollback to v1")
+
+
+async def test_preview_takes_the_seeds_body_and_judges_each_expected_behaviour(client: AsyncTestClient[Any]) -> None:
+    await create_config(client)
+    seed_body = {
+        "config_id": "faq-bot",
+        "changes": {"system_prompt": "You are a casual and friendly assistant...", "voice_settings": {"speed": 1.2}},
+        "test_scenarios": [{"user_message": "I need a refund", "expected_behavior": "Should trigger refund tool"}],
+    }
+    previewed = await client.post(f"{CONFIGS}/faq-bot/preview", json=seed_body, headers=VIEWER)
+    assert previewed.status_code == 200, previewed.text
+    body = previewed.json()
+    [refund] = body["test_results"]
+    assert refund["tool_called"] is None and refund["success"] is False  # no order number: no refund started
+    assert refund["checks"] == [{"check": "tool_called", "expected": "initiate_refund", "actual": [], "passed": False}]
+    assert {"field": "changes.voice_settings", "message": "a chatbot has no voice settings: ignored",
+            "severity": "warning"} in body["validation"]["warnings"]  # fmt: skip
+
+    said = {
+        "I want a refund for ORD-78945": ("Should trigger refund tool", True),
+        "Where is my order ORD-78945?": ("Should not trigger the refund tool, and not escalate", True),
+        "Refund ORD-78945 please": ("Should not call any tool", False),
+        "I want to speak to a manager now": ("Should escalate to a human", True),
+        "What's the status of ORD-78945?": ('Should mention "ORD-78945"', True),
+        "Hello there": ("Should sound friendly", None),  # nothing it says can be checked
+    }
+    scenarios = [{"user_message": m, "expected_behavior": e} for m, (e, _) in said.items()]
+    scenarios.append({"user_message": "Hi", "expected_behavior": "Should trigger refund tool", "expect_tool": "x"})
+    judged = await client.post(f"{CONFIGS}/faq-bot/preview", json={"test_scenarios": scenarios}, headers=VIEWER)
+    assert judged.status_code == 200, judged.text
+    results = judged.json()["test_results"]
+    assert {r["scenario"]: r["success"] for r in results[:-1]} == {m: ok for m, (_, ok) in said.items()}
+    assert "[refund_id]" in results[0]["agent_response"]  # the sandbox's placeholder, never a blank
+    assert results[-1]["success"] is False and results[-1]["checks"][0]["expected"] == "x"  # explicit wins
+
+    bad = await client.post(
+        f"{CONFIGS}/faq-bot/preview",
+        json={"test_scenarios": [{"user_message": "hi", "expected_behaviour": "typo"}]},
+        headers=VIEWER,
+    )
+    assert bad.status_code == 400, bad.text
+    other = await client.post(f"{CONFIGS}/faq-bot/preview", json={**seed_body, "config_id": "x"}, headers=VIEWER)
+    assert other.status_code == 400 and "config_id" in other.json()["fields"]
+
+
+async def test_preview_of_a_voicebot_merges_the_seeds_voice_settings_into_its_voice(
+    client: AsyncTestClient[Any],
+) -> None:
+    created = await client.post(CONFIGS, json={"config_id": "phone-bot", "yaml_content": VOICE_BOT_YAML}, headers=ADMIN)
+    assert created.status_code == 201, created.text
+    body = {"changes": {"voice_settings": {"speed": 1.2, "stop_speaking_plan": {"number_of_words": 5}}}}
+    previewed = await client.post(f"{CONFIGS}/phone-bot/preview", json=body, headers=VIEWER)
+    assert previewed.status_code == 200, previewed.text
+    preview = previewed.json()
+    assert preview["product_type"] == "voicebot" and preview["risk_assessment"]["risk_level"] == "low"
+    assert set(preview["changes"]) == {
+        "voice_param:model_settings.speed",
+        "voice_param:stop_speaking_plan.number_of_words",
+    }
+    too_fast = await client.post(
+        f"{CONFIGS}/phone-bot/preview", json={"changes": {"voice_settings": {"speed": 9}}}, headers=VIEWER
+    )
+    assert too_fast.status_code == 400 and "voice_config.model_settings.speed" in too_fast.json()["fields"]

@@ -19,7 +19,7 @@ from litestar import Controller, Request, Response, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from agents.config import config_from_mapping, config_json_schema, parse_yaml
+from agents.config import Issue, apply_changes, config_from_mapping, config_json_schema, parse_yaml
 from agents.preview import Scenario, run_scenarios
 from commands.runner import Outcome
 from domain import agent_config as a
@@ -84,7 +84,8 @@ class BranchRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class PreviewRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """A candidate (full YAML, or top-level ``changes`` over the active version) and what to try on it."""
+    """A candidate (full YAML, or ``changes`` over the active version: top-level keys, and the
+    seed's ``voice_settings`` merged into the voice) and what to try on it."""
 
     yaml_content: Yaml | None = None
     changes: dict[str, Any] | None = None
@@ -114,6 +115,7 @@ def _version_body(outcome: Outcome[a.AgentConfigState], number: int) -> dict[str
         "breaking_change": v.breaking,
         "breaking_reasons": list(v.breaking_reasons),
         "requires_approval": bool(v.approvals_missing),
+        "auto_approved": v.branch == a.MAIN and not v.approvals_needed,
         "approvals_missing": list(v.approvals_missing),
         "position": outcome.position,
     }
@@ -222,30 +224,27 @@ class ConfigController(Controller):
         data: JSONBody[RollbackRequest],
         platform: NamedDependency[Platform],
     ) -> dict[str, Any]:
+        """The seed's rollback answer: ``active_version`` is the version whose content is now live
+        (``rolled_back_to``); the rollback records it as a new version, ``new_current_version``."""
         caller = await self._caller(platform, request)
-        tenant = request.user.tenant
-        state = await platform.config_service.catalog.state(tenant, config_id)
-        async with platform.pool.connection() as conn:
-            pinned = await q.pinned_conversations(conn, tenant, config_id, state.active)
-        command = a.RollbackConfig(
-            target_version=data.target_version,
+        outcome, rolled = await platform.config_service.rollback(
+            request.user.tenant,
+            config_id,
+            caller,
             reason=data.reason,
             initiated_by=data.initiated_by,
-            caller=caller,
-            pinned_conversations=pinned,
-            at=_now(),
+            target_version=data.target_version,
         )
-        outcome = await platform.config_service.run(tenant, config_id, command)
-        rolled = next(e for e in outcome.events if isinstance(e, a.ConfigRolledBack))
         return {
             "config_id": config_id,
             "product_type": outcome.state.product_type,
             "rolled_back_from": rolled.from_version,
             "rolled_back_to": rolled.to_version,
+            "active_version": rolled.to_version,
             "new_current_version": rolled.new_version,
-            "active_version": outcome.state.active,
-            "commit_message": outcome.state.version(rolled.new_version).commit_message,
+            "kafka_event_published": True,  # the seed's name: the rollback's events are on the stream
             "initiated_by": rolled.initiated_by,
+            "commit_message": outcome.state.version(rolled.new_version).commit_message,
             "pinned_conversations": rolled.pinned_conversations,
             "applied_at": _iso(rolled.at),
             "position": outcome.position,
@@ -322,14 +321,22 @@ class ConfigController(Controller):
         data: JSONBody[PreviewRequest],
         platform: NamedDependency[Platform],
     ) -> dict[str, Any]:
+        """The seed's preview: each test scenario run on the candidate in a sandbox and judged against
+        its expected behaviour (``success`` null when nothing it says can be checked)."""
+        if data.config_id is not None and data.config_id != config_id:
+            raise ValidationError("the body names another config", fields={"config_id": f"must be {config_id}"})
+        if data.yaml_content is not None and data.changes is not None:
+            raise ValidationError("give yaml_content or changes, not both", fields={"changes": "not with yaml_content"})
         await self._read(platform, request, None)
         tenant, service = request.user.tenant, platform.config_service
         state = await service.catalog.state(tenant, config_id)
         active = parse_yaml(state.version(state.active or state.latest).yaml_content)
+        ignored: list[Issue] = []
         if data.yaml_content is not None:
             text = data.yaml_content
         else:
-            text = yaml.safe_dump({**active, **(data.changes or {})}, sort_keys=False)
+            changed, ignored = apply_changes(active, data.changes or {})
+            text = yaml.safe_dump(changed, sort_keys=False)
         raw, issues = service.check(text)
         candidate = config_from_mapping(raw)
         assessment = service.assess(active, raw)
@@ -340,6 +347,7 @@ class ConfigController(Controller):
         return {
             "preview_id": str(uuid.uuid4()),
             "config_id": config_id,
+            "product_type": candidate.product_type,
             "expires_at": _iso(_now() + timedelta(hours=1)),
             "test_results": results,
             "replay": replay,
@@ -349,7 +357,7 @@ class ConfigController(Controller):
             "validation": {
                 "valid": True,
                 "errors": [],
-                "warnings": [msgspec.to_builtins(i) for i in issues if i.severity != "error"],
+                "warnings": [msgspec.to_builtins(i) for i in [*ignored, *issues] if i.severity != "error"],
             },
         }
 

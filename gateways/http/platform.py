@@ -90,7 +90,10 @@ class Platform:
                 partitions=agent_settings.partitions,
             )
         self.config_service = ConfigService(
-            self.runner, implemented_tools=frozenset(self.tools.names), evidence=self.replay_recorded
+            self.runner,
+            implemented_tools=frozenset(self.tools.names),
+            evidence=self.replay_recorded,
+            blast_radius=config_queries.blast_radius(pool),
         )
         self.config_reads = ConfigReads(redis, pool, opened.nc, namespace=opened.settings.stream)
         self.projector_defs = registry.projectors()
