@@ -23,7 +23,7 @@ zero until voice calls record it.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -34,8 +34,15 @@ from projections.analytics.schema import ESCALATIONS, FACTS
 
 
 class Period(msgspec.Struct, frozen=True):
-    start: datetime
-    end: datetime
+    """The seed's ``period``: the first and the last day, both included."""
+
+    start: date
+    end: date
+
+    @classmethod
+    def of(cls, start: datetime, end: datetime) -> Period:
+        """The days of the half-open interval ``[start, end)``."""
+        return cls(start.date(), (end - timedelta(microseconds=1)).date())
 
 
 class Csat(msgspec.Struct, frozen=True):
@@ -214,7 +221,7 @@ class AnalyticsQueries:
                 totals = Outcomes(**_outcomes(row))
         return Kpis(
             tenant=tenant,
-            period=Period(start, end),
+            period=Period.of(start, end),
             totals=totals,
             by_channel=channels,
             by_config_version=configs,
@@ -255,7 +262,7 @@ class AnalyticsQueries:
         row = rows[0] if rows else {"calls": 0, "ended": 0, "transferred": 0, "resolved": 0, "duration": None}
         calls, ended = row["calls"], row["ended"]
         return VoiceAnalytics(
-            period=Period(start, end),
+            period=Period.of(start, end),
             total_calls=calls,
             call_breakdown=CallBreakdown(),
             avg_call_duration_seconds=_number(row["duration"]) or 0.0,

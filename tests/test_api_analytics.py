@@ -170,3 +170,36 @@ async def test_the_projections_status_cli_shows_the_analytics_projector_of_the_r
     assert shown[0]["checkpoint"] >= status["checkpoint"]
     monkeypatch.setenv("PARLEY_API_URL", "http://127.0.0.1:9")  # nothing listens: no line, no failure
     assert await asyncio.to_thread(analytics_statuses) == []
+
+
+async def test_the_kpi_endpoints_take_the_seeds_period_and_refuse_what_they_do_not_know(
+    api: httpx.AsyncClient,
+) -> None:
+    await conversations(api, 2)
+    await analytics_status(api)
+    today = datetime.now(UTC).date()
+    seed = {"start_date": (today - timedelta(days=10)).isoformat(), "end_date": today.isoformat()}
+    short = {"start": seed["start_date"], "end": seed["end_date"]}
+    later = {"start_date": (today + timedelta(days=1)).isoformat(), "end_date": (today + timedelta(days=2)).isoformat()}
+    for path in ("/api/v1/analytics/kpis", "/api/v1/analytics/escalation-reasons", "/api/v1/voice/analytics"):
+        by_seed = await api.get(path, params=seed, headers=ANALYST)
+        assert by_seed.status_code == 200, by_seed.text
+        assert by_seed.json()["period"] == {"start": seed["start_date"], "end": seed["end_date"]}  # days, included
+        assert (await api.get(path, params=short, headers=ANALYST)).json() == by_seed.json()
+
+        refused = {
+            "start_date": {**seed, "start_date": later["end_date"]},  # ends before it starts
+            "end_date": {**seed, "end_date": "2025-10-32"},
+            "start": {**seed, "start": later["start_date"]},  # an alias naming another day
+            "from": {**seed, "from": "2025-10-01"},
+            "startdate": {"startdate": "2025-10-01"},
+        }
+        for field, params in refused.items():
+            answer = await api.get(path, params=params, headers=ANALYST)
+            assert answer.status_code == 400, (path, field, answer.text)
+            assert answer.json()["code"] == "validation_error" and field in answer.json()["fields"], answer.text
+
+    kpis = (await api.get("/api/v1/analytics/kpis", params=seed, headers=ANALYST)).json()
+    assert kpis["totals"]["conversations"] == 2
+    none_yet = (await api.get("/api/v1/analytics/kpis", params=later, headers=ANALYST)).json()
+    assert none_yet["totals"]["conversations"] == 0 and none_yet["period"]["start"] == later["start_date"]

@@ -2,8 +2,10 @@
 
 Reads: the analytics projector fills the tables from the event stream (a second or so behind
 it), ``read_models.analytics`` queries them. The tenant is always the caller's. Periods are
-dates, both ends included (the seed's ``start_date=2025-10-01&end_date=2025-10-11``); without them,
-the last 30 days up to today.
+dates, both ends included (the seed's ``start_date=2025-10-01&end_date=2025-10-11``, or ``start``
+and ``end`` for short); without them, the last 30 days up to today. A date that is not one, a
+period that ends before it starts, the two names of one end given different days, or a query
+parameter an endpoint does not take is a 400 naming the parameter: never silently ignored.
 
 One admin command, for platform engineers: ``POST /api/v1/admin/projections/analytics/rebuild``
 rebuilds the tables from the first event while the live ones keep answering
@@ -40,13 +42,55 @@ class EscalationReasons(msgspec.Struct, frozen=True):
     reasons: list[ReasonCount]
 
 
-def period(start: date | None, end: date | None) -> tuple[datetime, datetime]:
-    """Dates, both included, as the half-open UTC interval the queries take."""
-    last = end or datetime.now(UTC).date()
-    first = start or last - timedelta(days=DEFAULT_DAYS - 1)
+def period(request: Request[Identity, Any, Any], *, also: tuple[str, ...] = ()) -> tuple[datetime, datetime]:
+    """The request's period (dates, both included) as the half-open UTC interval the queries take.
+
+    Every query parameter must be ``start_date``/``start``, ``end_date``/``end`` or one of ``also``
+    (the endpoint's others); anything else is refused, by name."""
+    query = request.query_params
+    known = (*PERIOD_NAMES, *also)
+    unknown = sorted(name for name in query if name not in known)
+    if unknown:
+        raise ValidationError(
+            f"unknown query parameter(s): {', '.join(unknown)}",
+            fields={name: f"not a parameter of this endpoint; it takes: {', '.join(known)}" for name in unknown},
+        )
+    first, first_name = _day(query, "start_date", "start")
+    last, last_name = _day(query, "end_date", "end")
+    last = last or datetime.now(UTC).date()
+    first = first or last - timedelta(days=DEFAULT_DAYS - 1)
     if first > last:
-        raise ValidationError("the period ends before it starts", fields={"start": "must not be after the end"})
+        raise ValidationError(
+            f"the period ends ({last}) before it starts ({first})",
+            fields={first_name or "start_date": f"must not be after {last_name or 'end_date'} ({last})"},
+        )
     return datetime.combine(first, time(), UTC), datetime.combine(last + timedelta(days=1), time(), UTC)
+
+
+PERIOD_NAMES = ("start_date", "end_date", "start", "end")
+
+
+def _day(query: Any, *names: str) -> tuple[date | None, str | None]:
+    """The day one end of the period names, and the parameter that named it (its names must agree)."""
+    found: dict[str, date] = {}
+    for name in names:
+        for text in query.getall(name, []):
+            try:
+                day = date.fromisoformat(text)
+            except ValueError:
+                raise ValidationError(
+                    f"{name} is not a date", fields={name: f"expected a date as YYYY-MM-DD, got {text!r}"}
+                ) from None
+            if found.get(name, day) != day:
+                raise ValidationError(f"{name} is given twice", fields={name: "give it once"})
+            found[name] = day
+    if len(set(found.values())) > 1:
+        raise ValidationError(
+            f"{' and '.join(found)} name different days",
+            fields={names[1]: f"an alias of {names[0]}: give one, or the same day"},
+        )
+    name = next(iter(found), None)
+    return (found[name], name) if name else (None, None)
 
 
 def _queries(platform: Any) -> AnalyticsQueries:
@@ -56,8 +100,11 @@ def _queries(platform: Any) -> AnalyticsQueries:
     return queries
 
 
-Start = Annotated[date | None, Parameter(description="first day (UTC), included; default: 30 days before the end")]
-End = Annotated[date | None, Parameter(description="last day (UTC), included; default: today")]
+# Declared on each endpoint for the schema and the type check; ``period`` reads them, aliases and all.
+StartDate = Annotated[date | None, Parameter(description="first day (UTC), included; default: 30 days before the end")]
+EndDate = Annotated[date | None, Parameter(description="last day (UTC), included; default: today")]
+Start = Annotated[date | None, Parameter(description="start_date's short name")]
+End = Annotated[date | None, Parameter(description="end_date's short name")]
 
 
 class AnalyticsController(Controller):
@@ -69,39 +116,45 @@ class AnalyticsController(Controller):
         self,
         request: Request[Identity, Any, Any],
         platform: NamedDependency[Any],
+        start_date: StartDate = None,
+        end_date: EndDate = None,
         start: Start = None,
         end: End = None,
         top: Annotated[int, Parameter(ge=1, le=100, description="escalation reasons to list")] = 10,
     ) -> Kpis:
         """Conversations started in the period: resolution and escalation rates, turns, duration,
         sentiment, CSAT and NPS, in total, by channel and by config version; the top escalation reasons."""
-        return await _queries(platform).akpis(request.user.tenant, *period(start, end), top=top)
+        return await _queries(platform).akpis(request.user.tenant, *period(request, also=("top",)), top=top)
 
     @get("/analytics/escalation-reasons", opt=ANALYSTS, summary="Top escalation reasons")
     async def escalation_reasons(
         self,
         request: Request[Identity, Any, Any],
         platform: NamedDependency[Any],
+        start_date: StartDate = None,
+        end_date: EndDate = None,
         start: Start = None,
         end: End = None,
         limit: Annotated[int, Parameter(ge=1, le=100)] = 10,
     ) -> EscalationReasons:
         """Escalations requested in the period, by trigger, most frequent first."""
-        first, last = period(start, end)
+        first, last = period(request, also=("limit",))
         reasons = await _queries(platform).aescalation_reasons(request.user.tenant, first, last, limit=limit)
-        return EscalationReasons(Period(first, last), reasons)
+        return EscalationReasons(Period.of(first, last), reasons)
 
     @get("/voice/analytics", opt=ANALYSTS, summary="Voice call analytics")
     async def voice(
         self,
         request: Request[Identity, Any, Any],
         platform: NamedDependency[Any],
-        start_date: Start = None,
-        end_date: End = None,
+        start_date: StartDate = None,
+        end_date: EndDate = None,
+        start: Start = None,
+        end: End = None,
     ) -> VoiceAnalytics:
         """The seed's voice analytics: voicebot conversations as calls; speech and cost figures stay
         zero until voice calls record them."""
-        return await _queries(platform).avoice(request.user.tenant, *period(start_date, end_date))
+        return await _queries(platform).avoice(request.user.tenant, *period(request))
 
 
 class AnalyticsAdminController(Controller):
