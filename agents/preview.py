@@ -67,10 +67,6 @@ class Expectation(msgspec.Struct, frozen=True, kw_only=True):
     escalation: bool | None = None
     reply_contains: tuple[str, ...] = ()
 
-    @property
-    def empty(self) -> bool:
-        return self == Expectation()
-
 
 _NEGATION = re.compile(r"\b(?:not|never|no|none|without|nor)\b|n't\b")
 _ESCALATION = re.compile(
@@ -154,12 +150,13 @@ def judge(expected: Expectation, turn: TurnResult) -> list[dict[str, Any]]:
         check("tool_called", tool, called, tool in succeeded)
     for tool in expected.not_tools:
         check("tool_not_called", tool, called, tool not in called)
-    if expected.no_tools is not None:
-        check("no_tool_calls" if expected.no_tools else "some_tool_call", [] if expected.no_tools else "any", called,
-              not called if expected.no_tools else bool(called))  # fmt: skip
+    if expected.no_tools is True:
+        check("no_tool_calls", [], called, not called)
+    elif expected.no_tools is False:
+        check("some_tool_call", "any", called, bool(called))
     if expected.escalation is not None:
-        check("escalation", expected.escalation, turn.escalation_suggested,
-              expected.escalation == turn.escalation_suggested)  # fmt: skip
+        escalated = turn.escalation_suggested
+        check("escalation", expected.escalation, escalated, expected.escalation == escalated)
     for text in expected.reply_contains:
         check("reply_contains", text, turn.reply, text.lower() in turn.reply.lower())
     return checks
@@ -248,7 +245,7 @@ class RecordedTurn(msgspec.Struct, frozen=True, kw_only=True):
     reply: str | None
     tools: list[str]
     escalated: bool  # the AI escalated (or flagged) on this turn
-    answered_by_ai: bool = True
+    answered_by_ai: bool = False
     human_reply: str | None = None
     escalated_by: str | None = None  # a person who escalated after this turn: not the AI's decision
 
@@ -260,28 +257,29 @@ def is_ai(author: str) -> bool:
 def recorded_turns(events: Sequence[RecordedEvent]) -> list[RecordedTurn]:
     """A conversation's customer turns with what followed each: the AI's reply, its tools, its
     escalation; or a person's reply, and an escalation someone asked for by hand."""
-    turns: list[dict[str, Any]] = []
+    turns: list[RecordedTurn] = []
+    replace = msgspec.structs.replace
     for recorded in events:
         match recorded.event:
             case c.UserMessageReceived(content=content):
-                turns.append(
-                    {"user_message": content or "", "reply": None, "tools": [], "escalated": False,
-                     "answered_by_ai": False, "human_reply": None, "escalated_by": None}
-                )  # fmt: skip
+                turns.append(RecordedTurn(user_message=content or "", reply=None, tools=[], escalated=False))
             case c.AgentReplied() as reply if turns:
                 turn = turns[-1]
                 if not is_ai(reply.author):
-                    turn["human_reply"] = reply.content if turn["human_reply"] is None else turn["human_reply"]
-                elif not turn["answered_by_ai"]:
-                    turn |= {"reply": reply.content, "tools": [call.tool for call in reply.tool_calls]}
-                    turn["answered_by_ai"] = True
-                    turn["escalated"] = turn["escalated"] or reply.escalation_suggested
+                    if turn.human_reply is None:
+                        turns[-1] = replace(turn, human_reply=reply.content)
+                elif not turn.answered_by_ai:
+                    turns[-1] = replace(
+                        turn,
+                        reply=reply.content,
+                        tools=[call.tool for call in reply.tool_calls],
+                        escalated=turn.escalated or reply.escalation_suggested,
+                        answered_by_ai=True,
+                    )
             case c.EscalationRequested(requested_by=by) if turns:
-                if by == AI_ACTOR:
-                    turns[-1]["escalated"] = True
-                else:
-                    turns[-1]["escalated_by"] = by
-    return [RecordedTurn(**turn) for turn in turns]
+                turn = turns[-1]
+                turns[-1] = replace(turn, escalated=True) if by == AI_ACTOR else replace(turn, escalated_by=by)
+    return turns
 
 
 class _Recording:
