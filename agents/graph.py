@@ -91,6 +91,7 @@ class ChatbotState(TypedDict):
     pending_offer: dict[str, Any] | None  # the open offer the customer may be answering
     cross_sell_response: str | None
     preface: str  # said before the model's reply (the answer to an offer)
+    language: str
     start: int  # where this turn's messages begin
     fallbacks: list[dict[str, Any]]
     provider: str
@@ -195,6 +196,7 @@ async def run_turn(
         "pending_offer": None if pending_offer is None else msgspec.to_builtins(pending_offer),
         "cross_sell_response": None,
         "preface": "",
+        "language": "en",
         "start": len(past),
         "fallbacks": [],
         "provider": "",
@@ -393,6 +395,7 @@ def analyze_turn(config: AgentConfig, analyzer: OfflineModel, state: Mapping[str
         "escalation": None if escalation is None else msgspec.to_builtins(escalation),
         "escalation_triggered": escalation is not None,
         "cross_sell_response": response,
+        "language": analysis.language,
     }
 
 
@@ -429,8 +432,8 @@ async def answer_offer(
         return {"preface": text}
     if definition is None:
         return {"preface": render_first([templates.get("cross_sell.accepted")], variables, default="")}
-    properties = definition.parameters.get("properties", {})
-    arguments = {name: value for name, value in variables.items() if name in properties and name != "email"}
+    required = set(definition.parameters.get("required", []))
+    arguments = {name: value for name, value in variables.items() if name in required}
     run = await tools.run(definition, arguments, tool_context(state))
     request = ToolCallRequest(id=f"call_accept_{uuid.uuid5(uuid.NAMESPACE_URL, offer.product).hex[:16]}",
                               name=definition.name, arguments=arguments)  # fmt: skip
@@ -471,18 +474,22 @@ def _accept_call(message: ChatMessage) -> bool:
 def finish(config: AgentConfig, state: Mapping[str, Any], reply: str, messages: list[ChatMessage]) -> dict[str, Any]:
     """The turn's last update: the reply appended, and a cross-sell offer in it when one fits.
 
-    No offer while the customer is being handed off, on the turn they answer one, after a tool
-    failed, or of a product offered before in this conversation.
+    One offer at a time, once a conversation: none while the customer is being handed off, while an
+    offer is open, on the turn they answer one, after a tool failed, to a customer writing in another
+    language (the offer is in English), or of a product offered before in this conversation.
     """
     reply = " ".join(part for part in (state.get("preface", ""), reply) if part)
     cross_sell = None
-    tool_failed_now = any(call.get("error") is not None for call in state["tool_history"])
-    if state["escalation"] is None and state.get("cross_sell_response") is None and not tool_failed_now:
+    quiet = (
+        state["escalation"] is not None
+        or state.get("pending_offer") is not None
+        or any(call.get("error") is not None for call in state["tool_history"])
+        or state.get("language", "en") != "en"
+    )
+    if not quiet:
         said = [message.content for message in messages if message.role == "user"]
         replies = [message.content for message in messages if message.role == "assistant"]
         offered = {offer.product for offer in offers_made(config, replies)}
-        if state.get("pending_offer"):
-            offered.add(state["pending_offer"]["product"])
         succeeded = [call["tool"] for call in state["tool_history"] if call.get("error") is None]
         found = evaluate_cross_sell(
             config, text=said[-1] if said else "", intent=state["intent"], intents=state["intents"],

@@ -1,24 +1,36 @@
 """Conversation scenarios, in the manner of Rasa's test stories: YAML turns and what each must produce.
 
-A scenario file names the agent config (relative to the file) and its stories::
+A scenario file names the agent config (relative to the file), the tenants whose demo data its
+stories expect, and its stories::
 
     config: ../../agents/configs/support_bot.yaml
+    tenants: [demo]                              # seeded with the demo orders (default: demo)
     stories:
       - name: order status through the tool
+        tenant: demo                             # the conversation's tenant (default: demo)
+        user_id: john@example.com                # its customer (default: scenario)
         steps:
           - user: "Where is my order ORD-78945?"
             expect:
               intent: support
               tool_call: fetch_order_status      # a name, a list of names, or false for none
+              tools_exactly: [fetch_order_status]  # these calls, in this order, and no other
+              tool_args: {fetch_order_status: {order_id: ORD-78945}}  # a call of the tool with these inputs
+              tool_error: false                  # whether a tool failed
               reply_contains: "in transit"       # a string or a list
               reply_not_contains: "4111"
+              reply_matches: "expected on \\d{4}-\\d{2}-\\d{2}"  # a regex (or a list of them)
               escalation: false                  # true, false, or {trigger: ..., urgency: ...}
               pii: {order_id: ORD-78945}         # these keys at least
               cross_sell: {product: ...}         # true, false, or fields to match
+              cross_sell_response: accepted      # accepted, declined, or false for neither
               user_message_not_contains: "4111"  # the stored (masked) customer text
 
-``run_scenarios(paths, tools=...)`` runs every story as its own conversation with the offline
-model (or the providers ``env`` enables) and returns a ``ScenarioReport``.
+A story is one conversation: each turn gets the history the earlier turns produced (tool exchanges
+included) and the offer still open, as the runtime gives them.
+
+``run_scenarios(paths, tools=...)`` runs every story with the offline model (or the providers
+``env`` enables) and returns a ``ScenarioReport``, whose last line is the pass rate.
 ``python -m agents.scenarios tests/scenarios`` does it against ``DATABASE_URL``'s demo schema,
 prints the report and exits 1 when a story fails.
 """
@@ -28,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -38,7 +51,8 @@ import yaml
 
 from agents.config import AgentConfig, load_config
 from agents.graph import TurnResult, chain_for, run_turn
-from agents.tools import ToolRegistry
+from agents.rules import CrossSell
+from agents.tools import DEFAULT_TENANT, ToolRegistry
 from gateways.llm.port import ChatMessage
 
 
@@ -50,11 +64,14 @@ class Step(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Story(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     steps: list[Step]
+    tenant: str = DEFAULT_TENANT
+    user_id: str = "scenario"
 
 
 class ScenarioFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     config: str
     stories: list[Story]
+    tenants: list[str] = msgspec.field(default_factory=lambda: [DEFAULT_TENANT])
 
 
 class StoryResult(msgspec.Struct, frozen=True):
@@ -83,8 +100,14 @@ class ScenarioReport(msgspec.Struct, frozen=True):
         for story in self.stories:
             lines.append(f"{'PASS' if story.passed else 'FAIL'}  {story.file} :: {story.name}")
             lines += [f"      {failure}" for failure in story.failures]
-        lines.append(f"{len(self.stories) - len(self.failed)}/{len(self.stories)} stories passed")
+        lines.append(self.summary)
         return "\n".join(lines)
+
+    @property
+    def summary(self) -> str:
+        """The pass rate: ``62/62 scenarios passed (100.0%)``."""
+        total, passed = len(self.stories), len(self.stories) - len(self.failed)
+        return f"{passed}/{total} scenarios passed ({100 * passed / total if total else 0:.1f}%)"
 
 
 def scenario_paths(paths: Iterable[str | Path]) -> list[Path]:
@@ -92,6 +115,12 @@ def scenario_paths(paths: Iterable[str | Path]) -> list[Path]:
     for path in map(Path, paths):
         found += sorted(path.glob("*.yaml")) if path.is_dir() else [path]
     return found
+
+
+def scenario_tenants(paths: Iterable[str | Path]) -> list[str]:
+    """The tenants whose demo data the scenario files expect."""
+    tenants = [tenant for path in scenario_paths(paths) for tenant in load_scenarios(path)[0].tenants]
+    return list(dict.fromkeys(tenants))
 
 
 def load_scenarios(path: Path) -> tuple[ScenarioFile, AgentConfig]:
@@ -120,12 +149,18 @@ async def run_story(
 ) -> StoryResult:
     history: list[ChatMessage] = []
     failures: list[str] = []
+    offer: CrossSell | None = None
     for number, step in enumerate(story.steps, 1):
         result = await run_turn(
-            config, history, step.user, chain=chain, tools=tools, conversation_id=conversation_id, user_id="scenario"
-        )
+            config, history, step.user, chain=chain, tools=tools, conversation_id=conversation_id,
+            user_id=story.user_id, tenant=story.tenant, pending_offer=offer,
+        )  # fmt: skip
         failures += [f"step {number} ({step.user!r}): {problem}" for problem in check(step.expect, result)]
         history += result.messages
+        if result.cross_sell_response is not None:
+            offer = None
+        if result.cross_sell is not None:
+            offer = result.cross_sell
     return StoryResult(file, story.name, failures)
 
 
@@ -143,6 +178,21 @@ def check(expect: Mapping[str, Any], result: TurnResult) -> list[str]:
                 names = [] if wanted in (False, None) else [wanted] if isinstance(wanted, str) else list(wanted)
                 if (names and not all(name in tools for name in names)) or (not names and tools):
                     problems.append(f"tool calls {tools}, expected {names or 'none'}")
+            case "tools_exactly":
+                if tools != list(wanted):
+                    problems.append(f"tool calls {tools}, expected exactly {list(wanted)}")
+            case "tool_args":
+                for tool, inputs in wanted.items():
+                    calls = [call.input for call in result.tool_calls if call.tool == tool]
+                    if not any(all(call.get(k) == v for k, v in inputs.items()) for call in calls):
+                        problems.append(f"no {tool} call with {inputs}; calls: {calls}")
+            case "reply_matches":
+                problems += [
+                    f"reply {reply!r} does not match {rx!r}" for rx in _texts(wanted) if not re.search(rx, reply)
+                ]
+            case "cross_sell_response":
+                if result.cross_sell_response != (wanted or None):
+                    problems.append(f"cross-sell response {result.cross_sell_response!r}, expected {wanted or None!r}")
             case "tool_error":
                 failed = [call.tool for call in result.tool_calls if call.error]
                 if bool(failed) != bool(wanted):
@@ -199,7 +249,7 @@ async def _main(paths: Sequence[str], database_url: str) -> int:
     from agents.tools import connect_url, demo_registry
 
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
-        await setup_demo_data(conn, reset=True)
+        await setup_demo_data(conn, tenants=scenario_tenants(paths), reset=True)
     report = await run_scenarios(paths, tools=demo_registry(connect_url(database_url)))
     print(report.render())
     return 0 if report.passed else 1
@@ -216,4 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from infra.logs import configure_logging
+
+    configure_logging(level=os.environ.get("PARLEY_LOG_LEVEL", "WARNING"), json=False)  # stdout is the report
     sys.exit(main())

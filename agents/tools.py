@@ -247,9 +247,8 @@ class DemoTools:
     Every query names the context's tenant; an order of another tenant is "not found".
     """
 
-    def __init__(self, connect: Connect, *, today: date | None = None) -> None:
+    def __init__(self, connect: Connect) -> None:
         self._connect = connect
-        self._today = today
 
     def registry(self) -> ToolRegistry:
         return ToolRegistry(
@@ -405,7 +404,7 @@ class DemoTools:
         self, phone: str, preferred_time: str | None = None, *, context: ToolContext | None = None
     ) -> dict[str, Any]:
         context = context or ToolContext()
-        when = preferred_time or (self._today or date.today()).isoformat() + " next business day"
+        when = preferred_time or "the next business day"
         callback = await self._one(
             "INSERT INTO demo.callbacks (tenant, conversation_id, user_id, phone, preferred_time)"
             " VALUES (%s, %s, %s, %s, %s) RETURNING callback_id, status",

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from agents.demo_data import setup_demo_data
-from agents.scenarios import load_scenarios, main, run_scenarios, scenario_paths
+from agents.scenarios import load_scenarios, main, run_scenarios, scenario_paths, scenario_tenants
 from agents.tools import connect_url, demo_registry
 from tests.conftest import fresh_database
 
@@ -19,21 +19,24 @@ SCENARIOS = Path(__file__).parent / "scenarios"
 async def demo_url(pg_url: str) -> str:
     url = fresh_database(pg_url)
     async with await psycopg.AsyncConnection.connect(url) as conn:
-        await setup_demo_data(conn, reset=True)
+        await setup_demo_data(conn, tenants=scenario_tenants([SCENARIOS]), reset=True)
     return url
 
 
 def test_there_are_scenarios_for_both_bots_and_every_file_loads() -> None:
     files = scenario_paths([SCENARIOS])
-    assert {path.stem for path in files} >= {"support_bot", "sales_bot"}
-    assert sum(len(load_scenarios(path)[0].stories) for path in files) >= 8
+    stories = {path.stem: len(load_scenarios(path)[0].stories) for path in files}
+
+    assert set(stories) >= {"support_bot", "sales_bot"}
+    assert stories["support_bot"] + stories["sales_bot"] >= 60 and stories["sales_bot"] >= 20
 
 
 async def test_every_scenario_passes(demo_url: str) -> None:
     report = await run_scenarios([SCENARIOS], tools=demo_registry(connect_url(demo_url)))
 
     assert report.passed, report.render()
-    assert len(report.stories) >= 8
+    assert len(report.stories) >= 60
+    assert report.render().splitlines()[-1] == f"{len(report.stories)}/{len(report.stories)} scenarios passed (100.0%)"
 
 
 async def test_a_failing_expectation_is_reported_with_its_step(demo_url: str, tmp_path: Path) -> None:
@@ -50,7 +53,7 @@ async def test_a_failing_expectation_is_reported_with_its_step(demo_url: str, tm
 
     report = await run_scenarios([story], tools=demo_registry(connect_url(demo_url)))
 
-    assert not report.passed
+    assert not report.passed and report.summary == "0/1 scenarios passed (0.0%)"
     [failed] = report.failed
     assert any("tool calls ['fetch_order_status'], expected ['initiate_refund']" in f for f in failed.failures)
     assert any("lacks 'nowhere'" in f for f in failed.failures)

@@ -67,7 +67,8 @@ PATTERNS_KEY = "x-parley-patterns"
 MAX_CALLS_PER_TOOL = 3  # "status of ORD-1, ORD-2 and ORD-3": one call each, no more
 
 # Regex rules per intent, searched case-insensitively; each rule that matches scores one point.
-# ``urgent`` wins whenever it matches; otherwise the highest score wins, ties going to the earlier intent.
+# ``urgent`` wins whenever it matches; otherwise the highest score wins, ties going to a configured
+# intent, then to the earlier one.
 DEFAULT_INTENTS: dict[str, list[str]] = {
     "urgent": [
         r"\burgent(ly)?\b",
@@ -218,7 +219,7 @@ VOCABULARY = frozenset(
     "someone representative price prices pricing upgrade subscription discount warranty headphones broken "
     "damaged arrived account password please thanks urgent money recommend interested purchase replacement "
     "exchange missing delayed received number support problem receipt invoice charged schedule tomorrow "
-    "morning afternoon evening premium shipping"
+    "morning afternoon evening premium shipping difference compare business basic"
     .split()
 )  # fmt: skip
 REAL_WORDS = frozenset(
@@ -504,7 +505,9 @@ class OfflineModel:
     def analyze(self, text: str) -> Analysis:
         read = correct_typos(text)
         scores = {intent: sum(1 for rule in rules if rule.search(read)) for intent, rules in self._intents.items()}
-        order = list(scores)
+        # Ties go to a configured intent before a default one (it is the more specific), then to the
+        # one listed first.
+        order = [*(i for i in scores if i not in DEFAULT_INTENTS), *(i for i in scores if i in DEFAULT_INTENTS)]
         matched = sorted((i for i, s in scores.items() if s), key=lambda i: (-scores[i], order.index(i)))
         urgent = scores.get("urgent", 0) > 0
         intent = "urgent" if urgent else matched[0] if matched else "general"
@@ -719,9 +722,15 @@ class OfflineModel:
                     return _Candidate(tool, patterns, position, 1, "follow_up", span=latest)
         analyses = [self.analyze(text) for text in window]
         intents = {intent for analysis in analyses for intent in analysis.intents}
-        foreign = analyses[-1].language != "en"  # no rule reads it, but an order number is an order number
+        # A bare value ("ORD-12345?", "can you check ORD-1 for me") or one in a language no rule reads
+        # is looked up too: an order number is an order number.
+        plain = set(analyses[-1].intents) <= {"general"} and not analyses[-1].urgent
+        foreign = analyses[-1].language != "en"
         for position, (tool, patterns) in enumerate(patterned):
-            if (foreign or set(patterns.default_for) & intents) and patterns.default_for and supplies(patterns, window):
+            if not patterns.default_for:
+                continue
+            wanted = foreign or bool(set(patterns.default_for) & intents)
+            if (wanted and supplies(patterns, window)) or (plain and supplies(patterns, [latest])):
                 return _Candidate(tool, patterns, position, 1, "default", span=latest)
         return None
 
