@@ -796,6 +796,8 @@ def _check_cross_sell(rules: Any, tool_names: set[str], error: Report) -> None:
         for key in ("product", "suggestion"):
             if not isinstance(rule.get(key), str) or not rule[key].strip():
                 error(f"{at}.{key}", "required: a non-empty string")
+        if (accept := rule.get("accept_tool")) is not None and accept not in tool_names:
+            error(f"{at}.accept_tool", f"{accept!r} is not a declared tool")
         confidence = rule.get("confidence", 0.5)
         if not isinstance(confidence, int | float) or isinstance(confidence, bool) or not 0 <= confidence <= 1:
             error(f"{at}.confidence", "must be a number from 0 to 1")

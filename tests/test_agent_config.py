@@ -123,6 +123,7 @@ def test_digests_differ_when_configs_do() -> None:
         ({"cross_sell": [{"when": {}, "product": "P", "suggestion": "S"}]}, "cross_sell[0].when"),
         ({"cross_sell": [{"when": {"tool": "nope"}, "product": "P", "suggestion": "S"}]}, "cross_sell[0].when.tool"),
         ({"cross_sell": [BAD_CROSS_SELL]}, "cross_sell[0].confidence"),
+        ({"cross_sell": [{**BAD_CROSS_SELL, "confidence": 1, "accept_tool": "nope"}]}, "cross_sell[0].accept_tool"),
         ({"llm": {"providers": ["anthropic", "skynet"]}}, "llm.providers[1]"),
         ({"intents": {"billing": ["(unclosed"]}}, "intents.billing[0]"),
         ({"colour": "blue"}, "colour"),
