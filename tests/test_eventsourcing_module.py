@@ -2,16 +2,44 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
 import pytest
-from eventsourcing.application import Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.dispatch import singledispatchmethod
 from eventsourcing.domain import Aggregate, event
-from eventsourcing.persistence import AggregateRecorder, ApplicationRecorder, InfrastructureFactory
-from eventsourcing.tests.persistence import AggregateRecorderTestCase, ApplicationRecorderTestCase
+from eventsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    InfrastructureFactory,
+    IntegrityError,
+    ProcessRecorder,
+    StoredEvent,
+    Tracking,
+    TrackingRecorder,
+)
+from eventsourcing.projection import EventSourcedProjection, EventSourcedProjectionRunner
+from eventsourcing.system import ProcessApplication, SingleThreadedRunner, System
+from eventsourcing.tests.persistence import (
+    AggregateRecorderTestCase,
+    ApplicationRecorderTestCase,
+    InfrastructureFactoryTestCase,
+    ProcessRecorderTestCase,
+    TrackingRecorderTestCase,
+)
+from eventsourcing.utils import Environment
 
-from streams.es_jetstream import JetStreamFactory, id_to_token, token_to_id
+from streams.es_jetstream import (
+    JetStreamAggregateRecorder,
+    JetStreamApplicationRecorder,
+    JetStreamFactory,
+    JetStreamProcessRecorder,
+    JetStreamTrackingRecorder,
+    id_to_token,
+    token_to_id,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -52,6 +80,55 @@ class TestJetStreamApplicationRecorder(JetStreamCase, ApplicationRecorderTestCas
 
     def test_insert_subscribe(self) -> None:
         self.optional_test_insert_subscribe()
+
+
+class TestJetStreamTrackingRecorder(JetStreamCase, TrackingRecorderTestCase):
+    def create_recorder(self) -> TrackingRecorder:
+        return self.factory().tracking_recorder()
+
+
+class TestJetStreamProcessRecorder(JetStreamCase, ProcessRecorderTestCase):
+    def create_recorder(self) -> ProcessRecorder:
+        return self.factory().process_recorder()
+
+
+class MyTrackingRecorder(JetStreamTrackingRecorder):
+    pass
+
+
+class TestJetStreamInfrastructureFactory(InfrastructureFactoryTestCase[JetStreamFactory]):
+    def setUp(self) -> None:
+        self.env = Environment(
+            "TestCase",
+            {
+                "PERSISTENCE_MODULE": "streams.es_jetstream",
+                "NATS_URL": JetStreamCase.nats_url,
+                "JETSTREAM_STREAM": "ES_" + uuid.uuid4().hex[:10].upper(),
+            },
+        )
+        super().setUp()
+
+    def tearDown(self) -> None:
+        self.factory.delete_streams()
+        super().tearDown()
+
+    def expected_factory_class(self) -> type[JetStreamFactory]:
+        return JetStreamFactory
+
+    def expected_aggregate_recorder_class(self) -> type[AggregateRecorder]:
+        return JetStreamAggregateRecorder
+
+    def expected_application_recorder_class(self) -> type[ApplicationRecorder]:
+        return JetStreamApplicationRecorder
+
+    def expected_tracking_recorder_class(self) -> type[TrackingRecorder]:
+        return JetStreamTrackingRecorder
+
+    def tracking_recorder_subclass(self) -> type[TrackingRecorder]:
+        return MyTrackingRecorder
+
+    def expected_process_recorder_class(self) -> type[ProcessRecorder]:
+        return JetStreamProcessRecorder
 
 
 @pytest.mark.parametrize("originator_id", [uuid.uuid4(), "order-42", "has spaces/and.dots*", "ünïcode"])
@@ -127,3 +204,199 @@ def test_an_unreachable_server_is_reported_with_the_variable_name() -> None:
     env = {"NATS_URL": "nats://127.0.0.1:1", "NATS_CONNECT_TIMEOUT": "0.5"}
     with pytest.raises(OperationalError, match="NATS_URL"):
         JetStreamFactory(env)
+
+
+# Event processing on JetStream: tracking records committed with the events they cause ------
+
+
+class TrickCounter(Aggregate):
+    @staticmethod
+    def create_id(trick: str) -> uuid.UUID:
+        return uuid.uuid5(uuid.NAMESPACE_URL, f"/tricks/{trick}")
+
+    @event("Created")
+    def __init__(self, trick: str) -> None:
+        self.trick = trick
+        self.count = 0
+
+    @event("Incremented")
+    def increment(self) -> None:
+        self.count += 1
+
+
+class TrickCounters(ProcessApplication[uuid.UUID]):
+    """Counts how often each trick is taught, from DogSchool's events."""
+
+    @singledispatchmethod
+    def policy(self, domain_event: Any, processing_event: ProcessingEvent[uuid.UUID]) -> None:
+        """Other events change nothing (their tracking record is still written)."""
+
+    @policy.register
+    def _(self, domain_event: Dog.TrickAdded, processing_event: ProcessingEvent[uuid.UUID]) -> None:  # type: ignore[name-defined]
+        try:
+            counter: TrickCounter = self.repository.get(TrickCounter.create_id(domain_event.trick))
+        except AggregateNotFoundError:
+            counter = TrickCounter(domain_event.trick)
+        counter.increment()
+        processing_event.collect_events(counter)
+
+    def count(self, trick: str) -> int:
+        counter: TrickCounter = self.repository.get(TrickCounter.create_id(trick))
+        return counter.count
+
+
+def _process_env(nats_url: str) -> dict[str, str]:
+    suffix = uuid.uuid4().hex[:8].upper()
+    return {
+        "PERSISTENCE_MODULE": "streams.es_jetstream",
+        "NATS_URL": nats_url,
+        "DOGSCHOOL_JETSTREAM_STREAM": f"ES_DOGS_{suffix}",
+        "TRICKCOUNTERS_JETSTREAM_STREAM": f"ES_TRICKS_{suffix}",
+    }
+
+
+def _delete(env: dict[str, str]) -> None:
+    """Delete the streams an environment names (after the applications that used them closed)."""
+    for variable, stream in env.items():
+        if variable.endswith("JETSTREAM_STREAM"):
+            factory = JetStreamFactory({"NATS_URL": env["NATS_URL"], "JETSTREAM_STREAM": stream})
+            try:
+                factory.aggregate_recorder()
+                factory.aggregate_recorder("snapshots")
+                factory.delete_streams()
+            finally:
+                factory.close()
+
+
+def test_a_process_application_runs_on_jetstream(nats_url: str) -> None:
+    env = _process_env(nats_url)
+    runner: SingleThreadedRunner[uuid.UUID] = SingleThreadedRunner(System([[DogSchool, TrickCounters]]), env=env)
+    runner.start()
+    school, counters = runner.get(DogSchool), runner.get(TrickCounters)
+    try:
+        fido = school.register("Fido")
+        rex = school.register("Rex")
+        school.add_trick(fido, "sit")
+        school.add_trick(rex, "sit")
+        school.add_trick(rex, "roll over")
+        assert counters.count("sit") == 2
+        assert counters.count("roll over") == 1
+        # Every upstream event was tracked, the registrations too (they caused no events).
+        last = school.recorder.max_notification_id()
+        assert last is not None and counters.recorder.max_tracking_id("DogSchool") == last
+        # The counters' own notifications skip the tracking records between them.
+        notifications = counters.recorder.select_notifications(start=None, limit=100)
+        assert [n.topic.split(":")[1] for n in notifications] == [
+            "TrickCounter.Created",
+            "TrickCounter.Incremented",
+            "TrickCounter.Incremented",
+            "TrickCounter.Created",
+            "TrickCounter.Incremented",
+        ]
+        assert counters.recorder.max_notification_id() == notifications[-1].id
+    finally:
+        runner.stop()
+        _delete(env)
+
+
+class TrickCountersProjection(EventSourcedProjection[uuid.UUID]):
+    name = "TrickCounters"
+    topics = ()
+
+    @singledispatchmethod
+    def policy(self, domain_event: Any, processing_event: ProcessingEvent[uuid.UUID]) -> None:
+        """Other events change nothing."""
+
+    @policy.register
+    def _(self, domain_event: Dog.TrickAdded, processing_event: ProcessingEvent[uuid.UUID]) -> None:  # type: ignore[name-defined]
+        try:
+            counter: TrickCounter = self.repository.get(TrickCounter.create_id(domain_event.trick))
+        except AggregateNotFoundError:
+            counter = TrickCounter(domain_event.trick)
+        counter.increment()
+        processing_event.collect_events(counter)
+
+
+def test_a_projection_runner_follows_an_application_and_resumes_where_it_stopped(nats_url: str) -> None:
+    env = _process_env(nats_url)
+    school = DogSchool(env=env)
+    try:
+        dog = school.register("Fido")
+        school.add_trick(dog, "sit")
+        with EventSourcedProjectionRunner(
+            application_class=DogSchool, projection_class=TrickCountersProjection, env=env
+        ) as runner:
+            runner.wait(school.recorder.max_notification_id(), timeout=10)
+            counter: TrickCounter = runner.projection.repository.get(TrickCounter.create_id("sit"))
+            assert counter.count == 1
+        school.add_trick(dog, "sit")
+        school.add_trick(dog, "beg")
+        with EventSourcedProjectionRunner(
+            application_class=DogSchool, projection_class=TrickCountersProjection, env=env
+        ) as runner:
+            runner.wait(school.recorder.max_notification_id(), timeout=10)
+            # Resumed after the last tracked event: the first "sit" is not counted again.
+            counter = runner.projection.repository.get(TrickCounter.create_id("sit"))
+            assert counter.count == 2
+            assert runner.projection.repository.get(TrickCounter.create_id("beg")).count == 1
+    finally:
+        school.close()
+        _delete(env)
+
+
+def test_racing_writers_of_one_tracking_position_record_it_once(nats_url: str) -> None:
+    # Two processes (two factories, nothing shared but the server) handle the same upstream
+    # event at once: one batch of events + tracking is recorded, the other is refused whole.
+    env = {"NATS_URL": nats_url, "JETSTREAM_STREAM": "ES_RACE_" + uuid.uuid4().hex[:8].upper()}
+    factories = [JetStreamFactory(env), JetStreamFactory(env)]
+    recorders = [f.process_recorder() for f in factories]
+    try:
+        for position in range(1, 21):
+            tracking = Tracking("upstream", position)
+            ids = [uuid.uuid4(), uuid.uuid4()]
+            outcomes: list[str] = []
+
+            def write(i: int, dog: uuid.UUID, tracking: Tracking, outcomes: list[str]) -> None:
+                event = StoredEvent(originator_id=dog, originator_version=1, topic="t", state=b"s")
+                try:
+                    recorders[i].insert_events([event], tracking=tracking)
+                    outcomes.append("recorded")
+                except IntegrityError:
+                    outcomes.append("refused")
+
+            threads = [threading.Thread(target=write, args=(i, ids[i], tracking, outcomes)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert sorted(outcomes) == ["recorded", "refused"]
+            # Exactly one of the two events exists: the refused one was not half-written.
+            assert sum(len(recorders[0].select_events(i)) for i in ids) == 1
+            assert recorders[1].max_tracking_id("upstream") == position
+        notifications = recorders[0].select_notifications(start=None, limit=100)
+        assert len(notifications) == 20
+    finally:
+        factories[0].delete_streams()
+        for f in factories:
+            f.close()
+
+
+def test_a_lower_or_equal_tracking_position_is_refused_with_its_events(nats_url: str) -> None:
+    factory = JetStreamFactory({"NATS_URL": nats_url, "JETSTREAM_STREAM": "ES_T_" + uuid.uuid4().hex[:8].upper()})
+    try:
+        recorder = factory.process_recorder()
+        recorder.insert_events([], tracking=Tracking("upstream", 5))
+        dog = uuid.uuid4()
+        for position in (5, 3):
+            with pytest.raises(IntegrityError):
+                recorder.insert_events(
+                    [StoredEvent(originator_id=dog, originator_version=1, topic="t", state=b"s")],
+                    tracking=Tracking("upstream", position),
+                )
+        assert recorder.select_events(dog) == []
+        assert recorder.max_notification_id() is None  # a tracking record is not a notification
+        assert recorder.max_tracking_id("upstream") == 5
+        assert recorder.max_tracking_id("other") is None
+    finally:
+        factory.delete_streams()
+        factory.close()
