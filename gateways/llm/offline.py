@@ -64,6 +64,7 @@ from gateways.llm.port import ChatMessage, Completion, ProviderRejected, ToolCal
 log = structlog.get_logger(__name__)
 
 PATTERNS_KEY = "x-parley-patterns"
+FILLERS = frozenset({"the", "a", "an", "my", "your", "our", "me", "this", "that", "its", "it", "us", "for"})
 MAX_CALLS_PER_TOOL = 3  # "status of ORD-1, ORD-2 and ORD-3": one call each, no more
 
 # Regex rules per intent, searched case-insensitively; each rule that matches scores one point.
@@ -140,9 +141,11 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "Could you tell me a bit more about what you need?",
     "general": "Hello! I can help with orders, refunds, deliveries, pricing and your account. What can I do for you?",
     "thanks": "You're welcome! Is there anything else I can help you with?",
+    "noted": "Thanks, I've noted that. What can I help you with?",
     "support": "I'm sorry for the trouble. Could you share your order number or a few details so I can look into it?",
     "sales": "Happy to help with products, plans and pricing. What are you looking for?",
-    "urgent": "I understand this is urgent. I'm flagging it for our team right away.",
+    "urgent": "I understand this is urgent. Tell me what happened and I'll help right away, "
+    "or ask me to connect you with a member of our team.",
     "human": "I've let our team know you'd like to speak with a person. Meanwhile, I'm happy to help: "
     "what do you need?",
     "missing_arguments": "I can look into that. Could you tell me your {{missing}}?",
@@ -589,6 +592,8 @@ class OfflineModel:
             )
         if THANKS.search(window[-1]) and set(analysis.intents) <= {"general"}:
             return self._reply(self._template("thanks", "general"))
+        if set(analysis.intents) <= {"general"} and _gives_values(window[-1], tools):
+            return self._reply(self._template("noted", "fallback"))  # "my email is jo@example.com"
         key = analysis.intent if analysis.intents or analysis.urgent else "fallback"
         return self._reply(
             render_first([self.templates.get(key), self.templates["fallback"]], {"intent": analysis.intent})
@@ -738,6 +743,16 @@ class OfflineModel:
         return sum(1 for trigger in patterns.triggers if phrase(trigger).search(text))
 
 
+def _gives_values(text: str, tools: Sequence[ToolSpec]) -> bool:
+    """``text`` gives a value one of the tools takes (an email, a phone number, an order number)."""
+    for tool in tools:
+        patterns = tool_patterns(tool)
+        regexes = [] if patterns is None else patterns.arguments.values()
+        if any(_values(regex, text) for regex in regexes if not _compiled(regex).search("just some words")):
+            return True  # (a regex that takes any text, like a ticket's description, gives nothing)
+    return False
+
+
 def _own_values(candidate: _Candidate) -> bool:
     """The candidate's own clauses name one of its arguments."""
     return any(_values(regex, candidate.span) for regex in candidate.patterns.arguments.values())
@@ -876,9 +891,15 @@ def tool_patterns(tool: ToolSpec) -> ToolPatterns | None:
 
 @functools.lru_cache(maxsize=512)
 def phrase(trigger: str) -> re.Pattern[str]:
-    """A trigger phrase matches at the start of a word, in any case ("order" finds "orders")."""
-    words = [re.escape(word) for word in trigger.split()]
-    return re.compile(r"(?<!\w)" + r"\s+".join(words), re.IGNORECASE)
+    """A trigger phrase matches at the start of a word, in any case ("order" finds "orders"). Between
+    its first and last word, small words may be left out or added ("send the tracking" finds "send me
+    tracking"); its first and last words are always there ("my order" needs the "my")."""
+    words = trigger.split()
+    if len(words) < 2:
+        return re.compile(r"(?<!\w)" + re.escape(trigger.strip()), re.IGNORECASE)
+    inner = [word for word in words[1:-1] if word.lower() not in FILLERS]
+    between = r"\s+(?:(?:" + "|".join(sorted(FILLERS)) + r")\s+)*"
+    return re.compile(r"(?<!\w)" + between.join(map(re.escape, [words[0], *inner, words[-1]])), re.IGNORECASE)
 
 
 def typed(raw: str | None, schema: Mapping[str, Any]) -> Any:
