@@ -42,11 +42,13 @@ export function parseToken(token: string): Session | string {
   }
   if (typeof claims !== "object" || claims === null) return "the token carries no claims";
   const c = claims as Record<string, unknown>;
-  if (typeof c.tenant !== "string") return "the token carries no tenant";
-  const roles = Array.isArray(c.roles) ? c.roles.filter((r): r is Role => typeof r === "string") : [];
+  // Litestar's tokens carry the tenant and roles under "extras"; other issuers at the top level.
+  const extras = c.extras && typeof c.extras === "object" ? (c.extras as Record<string, unknown>) : c;
+  if (typeof extras.tenant !== "string") return "the token carries no tenant";
+  const roles = Array.isArray(extras.roles) ? extras.roles.filter((r): r is Role => typeof r === "string") : [];
   const expires = typeof c.exp === "number" ? c.exp : null;
   if (expires !== null && expires * 1000 < Date.now()) return "the token has expired";
-  return { token: token.trim(), subject: typeof c.sub === "string" ? c.sub : "", tenant: c.tenant, roles, expires };
+  return { token: token.trim(), subject: typeof c.sub === "string" ? c.sub : "", tenant: extras.tenant, roles, expires };
 }
 
 function load(): Session | null {

@@ -1,28 +1,34 @@
 // Versions waiting for approval, each with what it changes, its risk and the what-if replay of
 // recorded conversations; approve or reject (approvers only, never the author).
-import { useMutation, useQueryClient } from "@tanstack/react-query";
+import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useState } from "react";
 import { api, call } from "../api/client";
 import { useSession } from "../api/session";
-import type { ConfigView, VersionOutcome, VersionView } from "../api/types";
-import { ErrorNotice, Field, fmtTime, Loading, RiskBadge } from "../ui/components";
+import type { ConfigView, ReplayEvidence, VersionOutcome, VersionView } from "../api/types";
+import { ErrorNotice, Field, fmtTime, Loading, Progress, RiskBadge } from "../ui/components";
 import { DiffView } from "./DiffView";
-import { keys, useCompare, useConfig, useVersions } from "./queries";
+import { keys, notePosition, useCompare, useConfig, useVersions } from "./queries";
 import { ReplaySummary } from "./Replay";
 
 export function Approvals({ config }: { config: ConfigView }) {
   const versions = useVersions(config.config_id);
+  const [decided, setDecided] = useState<string | null>(null);
   if (versions.isPending) return <Loading what="versions" />;
   if (versions.error) return <ErrorNotice error={versions.error} />;
   const pending = versions.data.versions.filter((v) => v.status === "pending_approval");
-  const decided = versions.data.versions.filter((v) => v.approvals.length > 0 || v.status === "rejected").slice(0, 10);
+  const history = versions.data.versions.filter((v) => v.approvals.length > 0 || v.status === "rejected").slice(0, 10);
   return (
     <div className="stack">
+      {decided && (
+        <div className="notice ok" role="status">
+          {decided}
+        </div>
+      )}
       {pending.length === 0 && <p>No version is waiting for approval.</p>}
       {pending.map((v) => (
-        <ApprovalRequest key={v.version} config={config} version={v} active={versions.data.current_version} />
+        <ApprovalRequest key={v.version} config={config} version={v} active={versions.data.current_version} onDecided={setDecided} />
       ))}
-      {decided.length > 0 && (
+      {history.length > 0 && (
         <section>
           <h2>Decided</h2>
           <table aria-label="Decided approval requests">
@@ -35,7 +41,7 @@ export function Approvals({ config }: { config: ConfigView }) {
               </tr>
             </thead>
             <tbody>
-              {decided.map((v) => (
+              {history.map((v) => (
                 <tr key={v.version}>
                   <td>v{v.version}</td>
                   <td>{v.status.replace(/_/g, " ")}</td>
@@ -51,13 +57,39 @@ export function Approvals({ config }: { config: ConfigView }) {
   );
 }
 
-function ApprovalRequest({ config, version, active }: { config: ConfigView; version: VersionView; active: number }) {
+function ApprovalRequest({
+  config,
+  version,
+  active,
+  onDecided,
+}: {
+  config: ConfigView;
+  version: VersionView;
+  active: number;
+  onDecided: (what: string) => void;
+}) {
   const session = useSession();
   const client = useQueryClient();
   const base = version.based_on || active;
   const comparison = useCompare(config.config_id, base, version.version);
   const before = useConfig(config.config_id, base);
   const after = useConfig(config.config_id, version.version);
+  // A low-risk version carries no replay (the API makes one for medium and high risk); the
+  // approver gets one all the same, run now in the sandbox against the version's content.
+  const replayNow = useQuery({
+    queryKey: ["/api/v1/configs/{config_id}/preview", config.config_id, "replay", version.version],
+    queryFn: async () =>
+      (
+        await call<{ replay: ReplayEvidence | null }>(
+          api.POST("/api/v1/configs/{config_id}/preview", {
+            params: { path: { config_id: config.config_id } },
+            body: { yaml_content: after.data!.yaml_content, replay_recorded: 20 },
+          }),
+        )
+      ).replay,
+    enabled: !version.evidence && !!after.data,
+    staleTime: Infinity,
+  });
   const [reason, setReason] = useState("");
   const mine = session?.subject === version.created_by;
   const canApprove = !mine && version.approvals_missing.some((role) => session?.roles.includes(role as never));
@@ -72,7 +104,13 @@ function ApprovalRequest({ config, version, active }: { config: ConfigView; vers
           params: { path: { config_id: config.config_id, version: version.version } },
         }),
       ),
-    onSuccess: refresh,
+    onSuccess: async (outcome) => {
+      notePosition(config.config_id, outcome);
+      onDecided(
+        `Approved: v${outcome.version} is ${outcome.status.replace(/_/g, " ")}${outcome.approvals_missing.length ? `, still waiting for ${outcome.approvals_missing.join(" and ")}` : ""}.`,
+      );
+      await refresh();
+    },
   });
   const reject = useMutation({
     mutationFn: () =>
@@ -82,7 +120,11 @@ function ApprovalRequest({ config, version, active }: { config: ConfigView; vers
           body: { reason },
         }),
       ),
-    onSuccess: refresh,
+    onSuccess: async (outcome) => {
+      notePosition(config.config_id, outcome);
+      onDecided(`Rejected: v${outcome.version} will not go live.`);
+      await refresh();
+    },
   });
   return (
     <section className="panel stack" aria-labelledby={`request-${version.version}`}>
@@ -95,7 +137,17 @@ function ApprovalRequest({ config, version, active }: { config: ConfigView; vers
         {version.approvals.length > 0 && <> Approved so far by {version.approvals.map((a) => `${a.approver} (${a.role})`).join(", ")}.</>}
       </p>
       <h3>Evidence: what-if replay</h3>
-      {version.evidence ? <ReplaySummary replay={version.evidence} /> : <p className="muted">This version carries no replay (its risk did not call for one).</p>}
+      {version.evidence && <ReplaySummary replay={version.evidence} />}
+      {!version.evidence && (
+        <>
+          <p className="muted small" style={{ margin: 0 }}>
+            Its risk did not call for a recorded replay; this one is run now in the sandbox.
+          </p>
+          {replayNow.isPending && <Progress label="Replaying recorded conversations" />}
+          <ErrorNotice error={replayNow.error} />
+          {replayNow.data && <ReplaySummary replay={replayNow.data} />}
+        </>
+      )}
       <h3>
         Changes from v{base}
       </h3>
@@ -120,11 +172,6 @@ function ApprovalRequest({ config, version, active }: { config: ConfigView; vers
       )}
       {!canApprove && !mine && <p className="muted">Your roles cannot give the approvals still missing.</p>}
       <ErrorNotice error={approve.error ?? reject.error} />
-      {approve.data && (
-        <div className="notice ok" role="status">
-          Approved: v{approve.data.version} is {approve.data.status.replace(/_/g, " ")}.
-        </div>
-      )}
     </section>
   );
 }

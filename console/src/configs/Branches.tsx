@@ -4,7 +4,7 @@ import { useState } from "react";
 import { api, call } from "../api/client";
 import type { ConfigView } from "../api/types";
 import { ErrorNotice, Field, fmtTime, Loading } from "../ui/components";
-import { keys, useBranches, useMyPermissions } from "./queries";
+import { keys, notePosition, useBranches, useMyPermissions } from "./queries";
 
 export function Branches({ config }: { config: ConfigView }) {
   const branches = useBranches(config.config_id);
@@ -27,7 +27,8 @@ export function Branches({ config }: { config: ConfigView }) {
           body: { branch_name: name, base_version: base, description },
         }),
       ),
-    onSuccess: async () => {
+    onSuccess: async (answer) => {
+      notePosition(config.config_id, answer);
       setName("");
       setDescription("");
       await refresh();
@@ -38,7 +39,10 @@ export function Branches({ config }: { config: ConfigView }) {
       call<{ new_version: number; status: string }>(
         api.POST("/api/v1/configs/{config_id}/branches/{branch}/merge", { params: { path: { config_id: config.config_id, branch } } }),
       ),
-    onSuccess: refresh,
+    onSuccess: async (answer) => {
+      notePosition(config.config_id, answer);
+      await refresh();
+    },
   });
   return (
     <div className="stack">

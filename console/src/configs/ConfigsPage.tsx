@@ -6,7 +6,7 @@ import { api, call } from "../api/client";
 import type { VersionOutcome } from "../api/types";
 import { ErrorNotice, Field, fmtTime, Loading } from "../ui/components";
 import { starterYaml } from "./model";
-import { rememberConfig, useConfigList, useMyPermissions } from "./queries";
+import { notePosition, rememberConfig, useConfigList, useMyPermissions } from "./queries";
 
 export function ConfigsPage() {
   const list = useConfigList();
@@ -80,7 +80,8 @@ function NewConfig() {
   const create = useMutation({
     mutationFn: () =>
       call<VersionOutcome>(api.POST("/api/v1/configs", { body: { config_id: id, yaml_content: starterYaml(id.replace(/-/g, "_"), product), commit_message: "initial_generation", author_type: "client_user" } })),
-    onSuccess: async () => {
+    onSuccess: async (answer) => {
+      notePosition(id, answer);
       rememberConfig(id);
       await client.invalidateQueries({ queryKey: ["/api/v1/configs"] });
       navigate(`/configs/${id}`);

@@ -4,6 +4,7 @@ import { diffLines } from "diff";
 import { Fragment, useState } from "react";
 import type { Comparison } from "../api/types";
 import { RiskBadge } from "../ui/components";
+import { normalizeYaml } from "./model";
 import { changesOf } from "./risk";
 
 export interface Row {
@@ -56,7 +57,7 @@ export function sideBySide(before: string, after: string): Row[] {
 const CONTEXT = 3;
 
 export function YamlSideBySide({ before, after, leftLabel, rightLabel }: { before: string; after: string; leftLabel: string; rightLabel: string }) {
-  const rows = sideBySide(before, after);
+  const rows = sideBySide(normalizeYaml(before), normalizeYaml(after));
   const [expanded, setExpanded] = useState<Set<number>>(new Set());
   const near = rows.map((_, i) => rows.slice(Math.max(0, i - CONTEXT), i + CONTEXT + 1).some((x) => x.kind !== "same"));
   const blocks: { start: number; end: number; hidden: boolean }[] = [];

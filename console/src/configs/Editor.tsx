@@ -9,7 +9,7 @@ import type { ConfigView, ReplayEvidence, RiskLevel, VersionOutcome } from "../a
 import { ErrorNotice, Field, Progress, RiskBadge } from "../ui/components";
 import { YamlSideBySide } from "./DiffView";
 import { Draft } from "./model";
-import { keys, useBranches, useMyPermissions } from "./queries";
+import { keys, notePosition, useBranches, useMyPermissions } from "./queries";
 import { ReplaySummary } from "./Replay";
 import {
   CrossSellSection,
@@ -142,7 +142,6 @@ export function ConfigEditor({ config }: { config: ConfigView }) {
 
 function SaveVersion({ config, draft, validation, changed, onSaved }: { config: ConfigView; draft: Draft; validation: Validation; changed: boolean; onSaved: (outcome: VersionOutcome) => void }) {
   const client = useQueryClient();
-  const { can } = useMyPermissions();
   const branches = useBranches(config.config_id);
   const [message, setMessage] = useState("");
   const [branch, setBranch] = useState("main");
@@ -169,6 +168,7 @@ function SaveVersion({ config, draft, validation, changed, onSaved }: { config: 
         }),
       ),
     onSuccess: async (outcome) => {
+      notePosition(config.config_id, outcome);
       setReviewing(false);
       setMessage("");
       onSaved(outcome);
@@ -178,7 +178,9 @@ function SaveVersion({ config, draft, validation, changed, onSaved }: { config: 
     },
   });
   const risk = preview.data?.risk_assessment.risk_level;
-  const needsApproval = branch === "main" && !!risk && (risk !== "low" || !can("deploy_to_production"));
+  // The API's rule (domain/agent_config.approvals_for): low risk applies at once, medium needs an
+  // organization admin, high an admin and a platform engineer. The saved version's status says so too.
+  const needsApproval = branch === "main" && !!risk && risk !== "low";
   const active = (branches.data ?? []).filter((b) => b.status === "active");
   const result = save.data;
 
@@ -241,8 +243,7 @@ function SaveVersion({ config, draft, validation, changed, onSaved }: { config: 
               </ul>
               {needsApproval && (
                 <div className="notice warn">
-                  This change needs approval before it goes live
-                  {risk === "low" ? " (you may not deploy to production yourself)" : ` (${risk} risk)`}.
+                  This change needs approval before it goes live ({risk} risk: {risk === "high" ? "an organization admin and a platform engineer" : "an organization admin"}).
                 </div>
               )}
               {preview.data.replay && <ReplaySummary replay={preview.data.replay} />}

@@ -8,7 +8,7 @@ import type { ConfigView, RollbackAnswer, VersionView } from "../api/types";
 import { isMissingEndpoint, useConversationList } from "../conversations/queries";
 import { ErrorNotice, Field, fmtTime, Loading, RiskBadge } from "../ui/components";
 import { DiffView } from "./DiffView";
-import { keys, useCompare, useConfig, useMyPermissions, useVersions } from "./queries";
+import { keys, notePosition, useCompare, useConfig, useMyPermissions, useVersions } from "./queries";
 
 export function statusLabel(v: VersionView): string {
   return v.status.replace(/_/g, " ");
@@ -17,7 +17,8 @@ export function statusLabel(v: VersionView): string {
 export function Versions({ config }: { config: ConfigView }) {
   const versions = useVersions(config.config_id);
   const { can } = useMyPermissions();
-  const [target, setTarget] = useState<number | null>(null);
+  // The rollback's versions, fixed when it is opened (the active version changes once it is done).
+  const [target, setTarget] = useState<{ from: number; to: number } | null>(null);
   if (versions.isPending) return <Loading what="versions" />;
   if (versions.error) return <ErrorNotice error={versions.error} />;
   const active = versions.data.current_version;
@@ -38,7 +39,7 @@ export function Versions({ config }: { config: ConfigView }) {
         </thead>
         <tbody>
           {versions.data.versions.map((v) => (
-            <tr key={v.version} className={target === v.version ? "selected" : undefined}>
+            <tr key={v.version} className={target?.to === v.version ? "selected" : undefined}>
               <td>
                 v{v.version}
                 {v.version === active && <span className="badge neutral">active</span>}
@@ -63,7 +64,7 @@ export function Versions({ config }: { config: ConfigView }) {
                   </Link>
                 )}
                 {v.rollback_available && v.version !== active && can("rollback_versions") && (
-                  <button type="button" className="secondary" onClick={() => setTarget(v.version)}>
+                  <button type="button" className="secondary" onClick={() => setTarget({ from: active, to: v.version })}>
                     Roll back to v{v.version}
                   </button>
                 )}
@@ -72,7 +73,7 @@ export function Versions({ config }: { config: ConfigView }) {
           ))}
         </tbody>
       </table>
-      {target !== null && <RollbackPanel config={config} from={active} to={target} onClose={() => setTarget(null)} />}
+      {target !== null && <RollbackPanel key={`${target.from}-${target.to}`} config={config} from={target.from} to={target.to} onClose={() => setTarget(null)} />}
     </div>
   );
 }
@@ -93,7 +94,8 @@ export function RollbackPanel({ config, from, to, onClose }: { config: ConfigVie
           body: { reason, target_version: to, initiated_by: "client_user", notify_team: false },
         }),
       ),
-    onSuccess: async () => {
+    onSuccess: async (answer) => {
+      notePosition(config.config_id, answer);
       await client.invalidateQueries({ queryKey: keys.versions(config.config_id) });
       await client.invalidateQueries({ queryKey: ["/api/v1/configs/{config_id}", config.config_id] });
       await client.invalidateQueries({ queryKey: ["/api/v1/configs/{config_id}/history", config.config_id] });

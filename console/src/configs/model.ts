@@ -4,6 +4,16 @@ import { isMap, isScalar, isSeq, parseDocument, type Document } from "yaml";
 
 export type Path = (string | number)[];
 
+// How a draft is written back: no re-folding of long lines, flow mappings as written ({a: b}).
+const WRITE = { lineWidth: 0, flowCollectionPadding: false } as const;
+
+/** The YAML as the editor writes it: comparing two texts in this form shows their changes, not
+ * differences of layout (folded lines, spacing) between a hand-written version and a saved one. */
+export function normalizeYaml(text: string): string {
+  const doc = parseDocument(text);
+  return doc.errors.length ? text : doc.toString(WRITE);
+}
+
 /** The API's field names: ``voice_config.model_settings.speed``, ``tools[0].name``. */
 export function pathKey(path: Path): string {
   return path.reduce<string>((key, part) => (typeof part === "number" ? `${key}[${part}]` : key ? `${key}.${part}` : part), "");
@@ -43,7 +53,7 @@ export class Draft {
     if (value === undefined) doc.deleteIn(path);
     else if (isScalar(node) && (value === null || typeof value !== "object")) node.value = value; // keeps its comment
     else doc.setIn(path, doc.createNode(value));
-    return new Draft(doc.toString({ lineWidth: 0 }));
+    return new Draft(doc.toString(WRITE));
   }
 
   /** A new draft with ``item`` appended to the list at ``path`` (made if absent). */
@@ -52,14 +62,14 @@ export class Draft {
     const node: unknown = doc.getIn(path, true);
     if (isSeq(node)) node.add(doc.createNode(item));
     else doc.setIn(path, doc.createNode([item]));
-    return new Draft(doc.toString({ lineWidth: 0 }));
+    return new Draft(doc.toString(WRITE));
   }
 
   /** A new draft without the list item at ``path`` + ``index``. */
   remove(path: Path, index: number): Draft {
     const doc = this.doc.clone();
     doc.deleteIn([...path, index]);
-    return new Draft(doc.toString({ lineWidth: 0 }));
+    return new Draft(doc.toString(WRITE));
   }
 }
 

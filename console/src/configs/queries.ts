@@ -13,13 +13,27 @@ export const keys = {
   permissions: ["/api/v1/client-config/permissions"] as const,
 };
 
-export function useConfig(id: string, version?: number, minPosition?: number) {
+// Read-your-writes: a command's answer carries the stream position of its events; the reads of
+// that config then ask the read model to have passed it (min_position) before answering.
+const positions = new Map<string, number>();
+
+/** Remember a config command's position; reads of the config wait for the read model to pass it. */
+export function notePosition(configId: string, answer: unknown): void {
+  const position = answer && typeof answer === "object" ? (answer as { position?: unknown }).position : undefined;
+  if (typeof position === "number" && position > (positions.get(configId) ?? 0)) positions.set(configId, position);
+}
+
+function minPosition(configId: string): number | null {
+  return positions.get(configId) ?? null;
+}
+
+export function useConfig(id: string, version?: number) {
   return useQuery({
     queryKey: keys.config(id, version),
     queryFn: () =>
       call<ConfigView>(
         api.GET("/api/v1/configs/{config_id}", {
-          params: { path: { config_id: id }, query: { version: version ?? null, min_position: minPosition ?? null } },
+          params: { path: { config_id: id }, query: { version: version ?? null, min_position: minPosition(id) } },
         }),
       ),
   });
@@ -29,7 +43,9 @@ export function useVersions(id: string) {
   return useQuery({
     queryKey: keys.versions(id),
     queryFn: () =>
-      call<VersionsView>(api.GET("/api/v1/configs/{config_id}/versions", { params: { path: { config_id: id }, query: { limit: 200 } } })),
+      call<VersionsView>(
+        api.GET("/api/v1/configs/{config_id}/versions", { params: { path: { config_id: id }, query: { limit: 200, min_position: minPosition(id) } } }),
+      ),
   });
 }
 
@@ -39,7 +55,7 @@ export function useHistory(id: string, authorType: string) {
     queryFn: () =>
       call<HistoryView>(
         api.GET("/api/v1/configs/{config_id}/history", {
-          params: { path: { config_id: id }, query: { author_type: authorType as "all", limit: 200 } },
+          params: { path: { config_id: id }, query: { author_type: authorType as "all", limit: 200, min_position: minPosition(id) } },
         }),
       ),
   });

@@ -24,7 +24,8 @@ export function SignIn() {
       call<{ token: string }>(api.POST("/api/v1/dev/token", { body: { role: role as "org_admin" } })),
     onSuccess: ({ token }) => {
       const parsed = parseToken(token);
-      if (typeof parsed !== "string") signIn(parsed);
+      if (typeof parsed === "string") setProblem(parsed);
+      else signIn(parsed);
     },
   });
 
