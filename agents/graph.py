@@ -168,7 +168,7 @@ async def run_turn(
     run again picks up from the thread's checkpoint of the same turn (see ``_resume_or_start``).
     """
     masked = mask_card_numbers(user_message)
-    past = [_masked(message) for message in history]
+    past = well_formed([_masked(message) for message in history])
     messages = [*past, ChatMessage("user", masked)]
     if pending_offer is None:  # the offer the last reply carries, if any
         replies = [message.content for message in past if message.role == "assistant" and message.content]
@@ -537,6 +537,26 @@ def tool_failed(message: ChatMessage) -> bool:
     except msgspec.DecodeError:
         return False
     return isinstance(content, dict) and bool(content.get("error"))
+
+
+def well_formed(history: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """``history`` with every tool call answered and every tool result asked for: a history cut short
+    (the last N messages) may start inside a tool exchange, which the providers' APIs refuse."""
+    asked = {call.id for message in history for call in message.tool_calls}
+    answered = {message.tool_call_id for message in history if message.role == "tool"}
+    kept: list[ChatMessage] = []
+    for message in history:
+        if message.role == "tool" and message.tool_call_id not in asked:
+            continue
+        if message.tool_calls and any(call.id not in answered for call in message.tool_calls):
+            if not message.content:
+                continue
+            message = msgspec.structs.replace(message, tool_calls=[])
+        kept.append(message)
+    if len(kept) == len(history):
+        return list(history)
+    asked = {call.id for message in kept for call in message.tool_calls}
+    return [message for message in kept if message.role != "tool" or message.tool_call_id in asked]
 
 
 def _masked(message: ChatMessage) -> ChatMessage:

@@ -14,11 +14,11 @@ import pytest_asyncio
 
 from agents.config import AgentConfig, ToolDefinition, config_from_mapping, load_config
 from agents.demo_data import setup_demo_data
-from agents.graph import chain_for, run_turn
+from agents.graph import chain_for, run_turn, well_formed
 from agents.rules import CrossSell, offer_response
 from agents.tools import ToolContext, ToolFailed, ToolRegistry, connect_url, demo_registry
-from gateways.llm.offline import OfflineModel, correct_typos, detect_language
-from gateways.llm.port import ChatMessage
+from gateways.llm.offline import OfflineModel, correct_typos, detect_language, phrase
+from gateways.llm.port import ChatMessage, ToolCallRequest
 from tests.conftest import fresh_database
 
 CONFIGS = Path(__file__).parent.parent / "agents" / "configs"
@@ -453,3 +453,50 @@ def test_a_registry_passes_the_context_only_to_tools_that_take_it() -> None:
 
     first, second = asyncio.run(both())
     assert first.output == {"order_id": "ORD-1"} and second.output == {"order_id": "ORD-1", "tenant": "acme"}
+
+
+def test_a_history_cut_inside_a_tool_exchange_is_mended_for_the_providers() -> None:
+    call = ToolCallRequest("c1", "fetch_order_status", {"order_id": "ORD-1"})
+    dangling = ToolCallRequest("c2", "fetch_order_status", {"order_id": "ORD-2"})
+    history = [
+        ChatMessage("tool", '{"status": "shipped"}', tool_call_id="c0", name="fetch_order_status"),  # its call cut
+        ChatMessage("assistant", "Shipped."),
+        ChatMessage("user", "and ORD-1?"),
+        ChatMessage("assistant", "", tool_calls=[call]),
+        ChatMessage("tool", '{"status": "delivered"}', tool_call_id="c1", name="fetch_order_status"),
+        ChatMessage("assistant", "Let me check.", tool_calls=[dangling]),  # its result never came
+    ]
+
+    mended = well_formed(history)
+
+    assert [(m.role, m.content, [c.id for c in m.tool_calls]) for m in mended] == [
+        ("assistant", "Shipped.", []),
+        ("user", "and ORD-1?", []),
+        ("assistant", "", ["c1"]),
+        ("tool", '{"status": "delivered"}', []),
+        ("assistant", "Let me check.", []),
+    ]
+    assert well_formed(mended) == mended
+
+
+@pytest.mark.parametrize(
+    ("trigger", "text", "found"),
+    [
+        ("send the tracking", "could you send me tracking please", True),
+        ("email the tracking", "email tracking for ORD-1", True),
+        ("tracking email", "the tracking email", True),
+        ("my order", "an order", False),  # the first and last words are always there
+        ("where is my", "where is the shop", False),
+        ("order", "my orders", True),
+    ],
+)
+def test_trigger_phrases_allow_small_words_between_their_words(trigger: str, text: str, found: bool) -> None:
+    assert (phrase(trigger).search(text) is not None) == found
+
+
+async def test_a_message_that_only_gives_a_detail_is_acknowledged() -> None:
+    completion = await OfflineModel(templates=SUPPORT.templates).complete(
+        [ChatMessage("user", "my email is jo@example.com")], tools=SUPPORT.tool_specs()
+    )
+
+    assert completion.tool_calls == [] and completion.text == "Thanks, I've noted that. What can I help you with?"
