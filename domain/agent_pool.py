@@ -12,7 +12,7 @@ from datetime import datetime
 
 import msgspec
 
-from domain.errors import NotFoundError, ValidationError
+from domain.errors import IllegalStateError, NotFoundError, ValidationError
 from domain.messages import Command, Event
 
 AGGREGATE_TYPE = "agent_pool"
@@ -38,11 +38,12 @@ class HumanAgentAvailabilitySet(Event, frozen=True, kw_only=True):
 
 
 class EscalationRouted(Event, frozen=True, kw_only=True):
-    """An escalation went to an agent."""
+    """An escalation went to an agent (``claimed``: the agent took it from the queue)."""
 
     escalation_id: str
     conversation_id: str
     agent_id: str
+    claimed: bool = False
     at: datetime
 
 
@@ -82,6 +83,14 @@ class RouteEscalation(Command, frozen=True, kw_only=True):
     escalation_id: str
     conversation_id: str
     skill: str | None = None
+    at: datetime
+
+
+class ClaimEscalation(Command, frozen=True, kw_only=True):
+    """An agent takes a waiting escalation from the queue (even beyond their usual capacity)."""
+
+    escalation_id: str
+    agent_id: str
     at: datetime
 
 
@@ -176,6 +185,26 @@ def decide(command: Command, pool: Pool) -> list[Event]:
                     escalation_id=command.escalation_id,
                     conversation_id=command.conversation_id,
                     agent_id=agent.agent_id,
+                    at=command.at,
+                )
+            ]
+        case ClaimEscalation():
+            if command.agent_id not in pool.agents:
+                raise NotFoundError(f"agent {command.agent_id} is not registered")
+            owner = pool.routed.get(command.escalation_id)
+            if owner == command.agent_id:
+                return []
+            if owner is not None:
+                raise IllegalStateError(f"escalation {command.escalation_id} is assigned to another agent")
+            waiting = next((w for w in pool.queue if w.escalation_id == command.escalation_id), None)
+            if waiting is None:
+                raise NotFoundError(f"escalation {command.escalation_id} is not waiting in the queue")
+            return [
+                EscalationRouted(
+                    escalation_id=command.escalation_id,
+                    conversation_id=waiting.conversation_id,
+                    agent_id=command.agent_id,
+                    claimed=True,
                     at=command.at,
                 )
             ]

@@ -16,13 +16,19 @@ from typing import Literal
 
 import msgspec
 
-from domain.errors import IllegalStateError, NotFoundError, ValidationError
+from domain.errors import IllegalStateError, NotFoundError, PermissionDeniedError, ValidationError
 from domain.messages import Command, Event
-from domain.pii import mask_card_numbers
+from domain.pii import extract_pii, mask_card_numbers
 
 AGGREGATE_TYPE = "conversation"
 
 Status = Literal["active", "escalated", "closed"]
+# What a customer waiting for a human may choose instead (the seed's ``callback_options``).
+FallbackOption = Literal["continue_with_ai", "schedule_callback", "email_support"]
+FALLBACK_OPTIONS: tuple[str, ...] = FallbackOption.__args__  # type: ignore[attr-defined]
+CrossSellResponse = Literal["accepted", "declined"]
+# Context keys of a started conversation that are personal data worth showing to an agent.
+PII_CONTEXT_KEYS = ("customer_id", "email", "phone")
 Urgency = Literal["low", "medium", "high", "urgent"]
 QuestionType = Literal["single_choice", "nps_scale", "free_text"]
 
@@ -108,9 +114,46 @@ class AgentReplied(Event, frozen=True, kw_only=True):
     provider: str | None = None
     fallbacks: list[ProviderFallback] = []
     cross_sell: CrossSellOffer | None = None
+    # A human agent's reply: the agent's name as assigned (``author`` is ``human:<agent id>``).
+    agent_name: str = ""
 
     personal_fields = ("content",)
     data_subject = "user_id"
+
+    @property
+    def by_human(self) -> bool:
+        return self.author.startswith(HUMAN)
+
+
+HUMAN = "human:"
+
+
+def human_author(agent_id: str) -> str:
+    return f"{HUMAN}{agent_id}"
+
+
+class CrossSellOffered(Event, frozen=True, kw_only=True):
+    """The AI offered a product in its reply ``message_id``."""
+
+    message_id: str
+    product: str
+    suggestion: str
+    confidence: float
+    offered_at: datetime
+
+
+class CrossSellAccepted(Event, frozen=True, kw_only=True):
+    """The customer said yes to the open offer (``message_id``: the reply that acknowledged it)."""
+
+    message_id: str
+    product: str
+    accepted_at: datetime
+
+
+class CrossSellDeclined(Event, frozen=True, kw_only=True):
+    message_id: str
+    product: str
+    declined_at: datetime
 
 
 class EscalationRequested(Event, frozen=True, kw_only=True):
@@ -143,6 +186,22 @@ class EscalationResolved(Event, frozen=True, kw_only=True):
     resolved_at: datetime
 
 
+class EscalationFallbackChosen(Event, frozen=True, kw_only=True):
+    """While no agent was free the customer chose another way: the AI, a callback, or email."""
+
+    escalation_id: str
+    option: FallbackOption
+    user_id: str
+    phone: str | None = None
+    email: str | None = None
+    preferred_time: str | None = None
+    chosen_by: str = "customer"
+    chosen_at: datetime
+
+    personal_fields = ("phone", "email")
+    data_subject = "user_id"
+
+
 class SurveySent(Event, frozen=True, kw_only=True):
     survey_id: str
     questions: list[SurveyQuestion]
@@ -170,6 +229,10 @@ ConversationEvent = (
     | EscalationAssigned
     | EscalationAgentUnavailable
     | EscalationResolved
+    | EscalationFallbackChosen
+    | CrossSellOffered
+    | CrossSellAccepted
+    | CrossSellDeclined
     | SurveySent
     | SurveyAnswered
     | ConversationClosed
@@ -211,6 +274,10 @@ class RecordAgentReply(Command, frozen=True, kw_only=True):
     provider: str | None = None
     fallbacks: list[ProviderFallback] = []
     cross_sell: CrossSellOffer | None = None
+    # What the customer's message did with the open cross-sell offer.
+    cross_sell_response: CrossSellResponse | None = None
+    # A supervisor may reply to an escalation assigned to someone else.
+    supervisor: bool = False
     at: datetime
 
 
@@ -243,6 +310,22 @@ class ResolveEscalation(Command, frozen=True, kw_only=True):
     escalation_id: str
     resolution: Literal["returned_to_ai", "closed"]
     resolved_by: str = ""
+    # The human agent resolving it (None: the platform or a customer's choice); only the assigned
+    # agent may, or a supervisor.
+    agent_id: str | None = None
+    supervisor: bool = False
+    at: datetime
+
+
+class ChooseEscalationFallback(Command, frozen=True, kw_only=True):
+    """A waiting customer takes one of the options offered while no agent is free."""
+
+    escalation_id: str
+    option: FallbackOption
+    phone: str | None = None
+    email: str | None = None
+    preferred_time: str | None = None
+    chosen_by: str = "customer"
     at: datetime
 
 
@@ -271,6 +354,7 @@ ConversationCommand = (
     | AssignEscalation
     | MarkAgentUnavailable
     | ResolveEscalation
+    | ChooseEscalationFallback
     | SendSurvey
     | AnswerSurvey
     | CloseConversation
@@ -297,7 +381,18 @@ class Conversation(msgspec.Struct, frozen=True):
     turn_count: int = 0
     open_escalation: str | None = None
     escalations: tuple[str, ...] = ()
+    # The open escalation's human agent, once one is assigned; whether it waits in the queue.
+    assigned_agent: str | None = None
+    assigned_agent_name: str = ""
+    queued: bool = False
+    # The fallback the waiting customer chose (a callback or email keeps them in the queue).
+    fallback: str | None = None
     surveys: dict[str, Survey] = {}
+    # What the customer told us that identifies them (email, phone, order id, ...): the latest of each.
+    pii_collected: dict[str, str] = {}
+    # The cross-sell offer the customer has not answered yet, and the products already answered.
+    open_cross_sell: CrossSellOffer | None = None
+    cross_sell_answered: tuple[str, ...] = ()
     # The latest message ids, to recognise a message delivered twice (bounded: state stays small).
     recent_message_ids: tuple[str, ...] = ()
 
@@ -360,7 +455,12 @@ def decide(command: Command, state: Conversation) -> list[Event]:
         case RecordAgentReply():
             if command.message_id in state.recent_message_ids:
                 return []
-            return [
+            agent_name = ""
+            if command.author.startswith(HUMAN):
+                agent_id = command.author.removeprefix(HUMAN)
+                _require_human_agent(state, agent_id, command.supervisor)
+                agent_name = state.assigned_agent_name if state.assigned_agent == agent_id else ""
+            replied: list[Event] = [
                 AgentReplied(
                     message_id=command.message_id,
                     user_id=state.user_id,
@@ -374,9 +474,11 @@ def decide(command: Command, state: Conversation) -> list[Event]:
                     provider=command.provider,
                     fallbacks=command.fallbacks,
                     cross_sell=command.cross_sell,
+                    agent_name=agent_name,
                     replied_at=command.at,
                 )
             ]
+            return replied + _cross_sell_events(state, command)
         case RequestEscalation():
             if state.open_escalation is not None:
                 raise IllegalStateError(
@@ -414,6 +516,8 @@ def decide(command: Command, state: Conversation) -> list[Event]:
             ]
         case ResolveEscalation():
             _require_escalation(state, command.escalation_id)
+            if command.agent_id is not None:
+                _require_human_agent(state, command.agent_id, command.supervisor)
             resolved: list[Event] = [
                 EscalationResolved(
                     escalation_id=command.escalation_id,
@@ -425,6 +529,47 @@ def decide(command: Command, state: Conversation) -> list[Event]:
             if command.resolution == "closed":
                 resolved.append(ConversationClosed(reason="resolved_by_agent", closed_at=command.at))
             return resolved
+        case ChooseEscalationFallback():
+            _require_escalation(state, command.escalation_id)
+            if state.assigned_agent is not None:
+                raise IllegalStateError(
+                    f"escalation {command.escalation_id} is already with an agent", escalation_id=command.escalation_id
+                )
+            fields = {}
+            if command.option == "schedule_callback" and not (command.phone or state.pii_collected.get("phone")):
+                fields["phone"] = "a callback needs a phone number"
+            if command.option == "email_support" and not (command.email or state.pii_collected.get("email")):
+                fields["email"] = "email support needs an email address"
+            if fields:
+                raise ValidationError(f"{command.option} needs contact details", fields=fields)
+            chosen: list[Event] = [
+                EscalationFallbackChosen(
+                    escalation_id=command.escalation_id,
+                    option=command.option,
+                    user_id=state.user_id,
+                    phone=(command.phone or state.pii_collected.get("phone"))
+                    if command.option == "schedule_callback"
+                    else None,
+                    email=(command.email or state.pii_collected.get("email"))
+                    if command.option == "email_support"
+                    else None,
+                    preferred_time=command.preferred_time,
+                    chosen_by=command.chosen_by,
+                    chosen_at=command.at,
+                )
+            ]
+            if command.option == "continue_with_ai":
+                # Back to the AI. A callback or an email keeps the request in the queue: the agent who
+                # takes it calls or writes back.
+                chosen.append(
+                    EscalationResolved(
+                        escalation_id=command.escalation_id,
+                        resolution="returned_to_ai",
+                        resolved_by=f"{command.chosen_by}:{command.option}",
+                        resolved_at=command.at,
+                    )
+                )
+            return chosen
         case SendSurvey():
             if command.survey_id in state.surveys:
                 raise IllegalStateError(f"survey {command.survey_id} was already sent")
@@ -463,6 +608,57 @@ def _require_escalation(state: Conversation, escalation_id: str) -> None:
         raise NotFoundError(f"escalation {escalation_id} not found")
     if state.open_escalation != escalation_id:
         raise IllegalStateError(f"escalation {escalation_id} is not open", escalation_id=escalation_id)
+
+
+def _require_human_agent(state: Conversation, agent_id: str, supervisor: bool) -> None:
+    """Only the agent the open escalation is assigned to speaks for it, or a supervisor."""
+    if state.open_escalation is None:
+        raise IllegalStateError(f"conversation {state.conversation_id} has no open escalation")
+    if supervisor or state.assigned_agent == agent_id:
+        return
+    if state.assigned_agent is None:
+        raise IllegalStateError(
+            f"escalation {state.open_escalation} is waiting for an agent: claim it first",
+            escalation_id=state.open_escalation,
+        )
+    raise PermissionDeniedError(
+        f"escalation {state.open_escalation} is assigned to another agent", escalation_id=state.open_escalation
+    )
+
+
+def _cross_sell_events(state: Conversation, command: RecordAgentReply) -> list[Event]:
+    """The answer to the open offer, then a new offer: never one already answered or still open."""
+    events: list[Event] = []
+    offer, answered = state.open_cross_sell, set(state.cross_sell_answered)
+    if offer is not None and command.cross_sell_response is not None:
+        answered.add(offer.product)
+        if command.cross_sell_response == "accepted":
+            events.append(
+                CrossSellAccepted(message_id=command.message_id, product=offer.product, accepted_at=command.at)
+            )
+        else:
+            events.append(
+                CrossSellDeclined(message_id=command.message_id, product=offer.product, declined_at=command.at)
+            )
+        offer = None
+    new = command.cross_sell
+    if new is not None and new.product not in answered and (offer is None or offer.product != new.product):
+        events.append(
+            CrossSellOffered(
+                message_id=command.message_id,
+                product=new.product,
+                suggestion=new.suggestion,
+                confidence=new.confidence,
+                offered_at=command.at,
+            )
+        )
+    return events
+
+
+def conversation_pii(context: dict[str, str] | None) -> dict[str, str]:
+    """The personal data a conversation's start context carries that an agent may need."""
+    context = context or {}
+    return {key: context[key] for key in PII_CONTEXT_KEYS if context.get(key)}
 
 
 def _check_questions(questions: list[SurveyQuestion]) -> None:
@@ -533,29 +729,53 @@ def evolve(state: Conversation, event: Event) -> Conversation:
                 channel=event.channel,
                 user_id=event.user_id,
                 status="active",
+                pii_collected=conversation_pii(event.context),
             )
         case UserMessageReceived():
+            pii = extract_pii(event.content) if event.content else {}
             return replace(
-                state, turn_count=state.turn_count + 1, recent_message_ids=_remember(state, event.message_id)
+                state,
+                turn_count=state.turn_count + 1,
+                recent_message_ids=_remember(state, event.message_id),
+                pii_collected={**state.pii_collected, **pii} if pii else state.pii_collected,
             )
         case AgentReplied():
             return replace(state, recent_message_ids=_remember(state, event.message_id))
+        case CrossSellOffered():
+            offer = CrossSellOffer(product=event.product, suggestion=event.suggestion, confidence=event.confidence)
+            return replace(state, open_cross_sell=offer)
+        case CrossSellAccepted() | CrossSellDeclined():
+            return replace(state, open_cross_sell=None, cross_sell_answered=(*state.cross_sell_answered, event.product))
         case EscalationRequested():
             return replace(
                 state,
                 status="escalated",
                 open_escalation=event.escalation_id,
                 escalations=(*state.escalations, event.escalation_id),
+                assigned_agent=None,
+                assigned_agent_name="",
+                queued=False,
+                fallback=None,
             )
+        case EscalationAssigned():
+            return replace(state, assigned_agent=event.agent_id, assigned_agent_name=event.agent_name, queued=False)
+        case EscalationAgentUnavailable():
+            return replace(state, queued=True)
+        case EscalationFallbackChosen():
+            return replace(state, fallback=event.option)
         case EscalationResolved():
-            return replace(state, status="active", open_escalation=None)
+            return replace(
+                state, status="active", open_escalation=None, assigned_agent=None, assigned_agent_name="", queued=False
+            )
         case SurveySent():
             return replace(state, surveys={**state.surveys, event.survey_id: Survey(event.questions)})
         case SurveyAnswered():
             survey = state.surveys[event.survey_id]
             return replace(state, surveys={**state.surveys, event.survey_id: replace(survey, answered=True)})
         case ConversationClosed():
-            return replace(state, status="closed", open_escalation=None)
+            return replace(
+                state, status="closed", open_escalation=None, assigned_agent=None, assigned_agent_name="", queued=False
+            )
     return state
 
 

@@ -142,3 +142,12 @@ def mask_value(value: str) -> str:
     if at and local:
         return f"{local[0]}***@{domain}"
     return "***" + value[-KEEP:] if len(value) > KEEP else MASK * len(value)
+
+
+def mask_text(text: str) -> str:
+    """``text`` with every email, phone number and order id in it shown as ``mask_value`` shows them
+    (card numbers are masked before they are ever stored)."""
+    text = EMAIL.sub(lambda m: mask_value(m.group()), text)
+    for phone in find_phones(text):
+        text = text.replace(phone, mask_value(phone))
+    return ORDER_ID.sub(lambda m: mask_value(m.group()), text)

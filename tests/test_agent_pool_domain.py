@@ -64,3 +64,22 @@ def test_closing_a_conversation_frees_its_agent_for_the_next_in_the_queue() -> N
         p.ReleaseConversation(conversation_id="c-e1", at=T0)
     ).then(p.HumanAgentReleased(escalation_id="e1", agent_id="sarah", at=T0), routed("e2", "sarah"))
     spec.given(*agent("sarah", [])).when(p.ReleaseConversation(conversation_id="c-none", at=T0)).then()
+
+
+def test_an_agent_claims_a_waiting_escalation_even_beyond_capacity() -> None:
+    queued = p.EscalationQueued(escalation_id="e2", conversation_id="c-e2", position=1, at=T0)
+    given = spec.given(*agent("sarah", [], capacity=1), routed("e1", "sarah"), queued)
+    state = given.when(p.ClaimEscalation(escalation_id="e2", agent_id="sarah", at=T0)).then(
+        p.EscalationRouted(escalation_id="e2", conversation_id="c-e2", agent_id="sarah", claimed=True, at=T0)
+    )
+    assert p.queue_position(state, "e2") is None and state.routed["e2"] == "sarah"
+
+
+def test_a_claim_of_an_escalation_not_waiting_or_by_a_stranger_is_refused() -> None:
+    from domain.errors import IllegalStateError, NotFoundError
+
+    given = spec.given(*agent("sarah", []), *agent("tom", []), routed("e1", "sarah"))
+    given.when(p.ClaimEscalation(escalation_id="e1", agent_id="tom", at=T0)).then_raises(IllegalStateError)
+    given.when(p.ClaimEscalation(escalation_id="e1", agent_id="sarah", at=T0)).then()
+    given.when(p.ClaimEscalation(escalation_id="e9", agent_id="tom", at=T0)).then_raises(NotFoundError)
+    given.when(p.ClaimEscalation(escalation_id="e1", agent_id="nobody", at=T0)).then_raises(NotFoundError)

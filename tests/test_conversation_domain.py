@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from domain import conversation as c
-from domain.errors import IllegalStateError, NotFoundError, ValidationError
+from domain.errors import IllegalStateError, NotFoundError, PermissionDeniedError, ValidationError
 from tests.decider import DeciderSpec
 
 T0 = datetime(2025, 10, 11, 10, 0, tzinfo=UTC)
@@ -182,3 +182,169 @@ def test_a_card_number_a_customer_types_is_masked_before_it_becomes_an_event() -
         and "4111 1111 1111 1111" not in received.content
         and received.content.endswith("1111")
     )
+
+
+# Who speaks for an escalation, the customer's fallback choices, cross-sell, what the customer told us
+
+ASSIGNED = c.EscalationAssigned(escalation_id="esc-1", agent_id="sarah", agent_name="Sarah", assigned_at=T0)
+QUEUED = c.EscalationAgentUnavailable(escalation_id="esc-1", queue_position=1, at=T0)
+
+
+def test_the_assigned_agent_replies_in_their_own_name() -> None:
+    spec.given(STARTED, ESCALATED, ASSIGNED).when(
+        c.RecordAgentReply(message_id="r-1", content="Sarah here.", author="human:sarah", at=T0)
+    ).then(
+        c.AgentReplied(
+            message_id="r-1",
+            user_id="user-1",
+            content="Sarah here.",
+            author="human:sarah",
+            agent_name="Sarah",
+            replied_at=T0,
+        )
+    )
+
+
+def test_another_agent_may_not_reply_to_an_escalation_assigned_to_someone_else_but_a_supervisor_may() -> None:
+    given = spec.given(STARTED, ESCALATED, ASSIGNED)
+    given.when(c.RecordAgentReply(message_id="r-1", content="Tom.", author="human:tom", at=T0)).then_raises(
+        PermissionDeniedError, match="assigned to another agent"
+    )
+    given.when(c.ResolveEscalation(escalation_id="esc-1", resolution="closed", agent_id="tom", at=T0)).then_raises(
+        PermissionDeniedError
+    )
+    given.when(c.RecordAgentReply(message_id="r-2", content="Boss.", author="human:boss", supervisor=True, at=T0)).then(
+        c.AgentReplied(message_id="r-2", user_id="user-1", content="Boss.", author="human:boss", replied_at=T0)
+    )
+
+
+def test_no_human_replies_before_an_escalation_is_claimed_or_when_there_is_none() -> None:
+    spec.given(STARTED, ESCALATED, QUEUED).when(
+        c.RecordAgentReply(message_id="r-1", content="Hi", author="human:tom", at=T0)
+    ).then_raises(IllegalStateError, match="claim it first")
+    spec.given(STARTED).when(c.RecordAgentReply(message_id="r-1", content="Hi", author="human:tom", at=T0)).then_raises(
+        IllegalStateError, match="no open escalation"
+    )
+
+
+def test_a_waiting_customer_who_continues_with_the_ai_ends_the_escalation() -> None:
+    state = (
+        spec.given(STARTED, ESCALATED, QUEUED)
+        .when(c.ChooseEscalationFallback(escalation_id="esc-1", option="continue_with_ai", at=T0))
+        .then(
+            c.EscalationFallbackChosen(
+                escalation_id="esc-1", option="continue_with_ai", user_id="user-1", chosen_at=T0
+            ),
+            c.EscalationResolved(
+                escalation_id="esc-1",
+                resolution="returned_to_ai",
+                resolved_by="customer:continue_with_ai",
+                resolved_at=T0,
+            ),
+        )
+    )
+    assert (state.status, state.open_escalation, state.fallback) == ("active", None, "continue_with_ai")
+
+
+def test_a_callback_needs_a_number_and_keeps_the_customer_in_the_queue() -> None:
+    given = spec.given(STARTED, ESCALATED, QUEUED)
+    given.when(c.ChooseEscalationFallback(escalation_id="esc-1", option="schedule_callback", at=T0)).then_raises(
+        ValidationError, fields={"phone": "a callback needs a phone number"}
+    )
+    state = given.when(
+        c.ChooseEscalationFallback(escalation_id="esc-1", option="schedule_callback", phone="+1 555 123 4567", at=T0)
+    ).then(
+        c.EscalationFallbackChosen(
+            escalation_id="esc-1", option="schedule_callback", user_id="user-1", phone="+1 555 123 4567", chosen_at=T0
+        )
+    )
+    assert (state.status, state.open_escalation, state.queued) == ("escalated", "esc-1", True)
+
+
+def test_the_number_or_address_the_customer_gave_earlier_is_used_for_a_fallback() -> None:
+    said = c.UserMessageReceived(message_id="m-1", user_id="user-1", content="mail me: li@example.com", received_at=T0)
+    spec.given(STARTED, said, ESCALATED, QUEUED).when(
+        c.ChooseEscalationFallback(escalation_id="esc-1", option="email_support", at=T0)
+    ).then(
+        c.EscalationFallbackChosen(
+            escalation_id="esc-1", option="email_support", user_id="user-1", email="li@example.com", chosen_at=T0
+        )
+    )
+
+
+def test_no_fallback_once_an_agent_has_the_escalation() -> None:
+    spec.given(STARTED, ESCALATED, ASSIGNED).when(
+        c.ChooseEscalationFallback(escalation_id="esc-1", option="continue_with_ai", at=T0)
+    ).then_raises(IllegalStateError, match="already with an agent")
+
+
+OFFER = c.CrossSellOffer(product="Premium Shipping", suggestion="Next-day delivery?", confidence=0.8)
+
+
+def test_a_cross_sell_is_offered_then_accepted_and_never_offered_again() -> None:
+    offered = (
+        spec.given(STARTED)
+        .when(c.RecordAgentReply(message_id="r-1", content="It's on its way.", cross_sell=OFFER, at=T0))
+        .then(
+            c.AgentReplied(
+                message_id="r-1", user_id="user-1", content="It's on its way.", cross_sell=OFFER, replied_at=T0
+            ),
+            c.CrossSellOffered(
+                message_id="r-1",
+                product="Premium Shipping",
+                suggestion="Next-day delivery?",
+                confidence=0.8,
+                offered_at=T0,
+            ),
+        )
+    )
+    assert offered.open_cross_sell == OFFER
+    accepted = (
+        spec.given(*spec_events(offered))
+        .when(
+            c.RecordAgentReply(
+                message_id="r-2", content="Added!", cross_sell=OFFER, cross_sell_response="accepted", at=T0
+            )
+        )
+        .then(
+            c.AgentReplied(message_id="r-2", user_id="user-1", content="Added!", cross_sell=OFFER, replied_at=T0),
+            c.CrossSellAccepted(message_id="r-2", product="Premium Shipping", accepted_at=T0),
+        )
+    )
+    assert accepted.open_cross_sell is None and accepted.cross_sell_answered == ("Premium Shipping",)
+
+
+def test_a_declined_offer_is_recorded() -> None:
+    offer = c.CrossSellOffered(
+        message_id="r-1", product="Warranty", suggestion="2 years?", confidence=0.7, offered_at=T0
+    )
+    spec.given(STARTED, offer).when(
+        c.RecordAgentReply(message_id="r-2", content="No problem.", cross_sell_response="declined", at=T0)
+    ).then(
+        c.AgentReplied(message_id="r-2", user_id="user-1", content="No problem.", replied_at=T0),
+        c.CrossSellDeclined(message_id="r-2", product="Warranty", declined_at=T0),
+    )
+
+
+def test_what_the_customer_told_us_is_collected_in_the_state() -> None:
+    said = c.UserMessageReceived(
+        message_id="m-1", user_id="user-1", content="I'm jo@example.com, order ORD-12345", received_at=T0
+    )
+    state = spec.given(STARTED, said).state
+    assert state.pii_collected == {"customer_id": "C12345", "email": "jo@example.com", "order_id": "ORD-12345"}
+
+
+def spec_events(state: c.Conversation) -> list[c.Event]:
+    """The events that lead to ``state`` in these tests: started, then the open offer."""
+    assert state.open_cross_sell is not None
+    offer = state.open_cross_sell
+    return [
+        STARTED,
+        c.CrossSellOffered(
+            message_id="r-1",
+            product=offer.product,
+            suggestion=offer.suggestion,
+            confidence=offer.confidence,
+            offered_at=T0,
+        ),
+    ]
