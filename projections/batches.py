@@ -67,9 +67,7 @@ async def apply_batch(
                 decoded.append((raw, events))
     try:
         async with conn.transaction(), conn.pipeline(), conn.cursor() as cur:
-            for _, events in decoded:
-                for event in events:
-                    await _apply(projector, cur, event, schema)
+            await _apply(projector, cur, [event for _, events in decoded for event in events], schema)
     except Exception as e:
         if not is_poison(e):
             raise
@@ -104,8 +102,7 @@ async def _apply_one_by_one(
     for raw, events in decoded:
         try:
             async with conn.transaction(), conn.cursor() as cur:
-                for event in events:
-                    await _apply(projector, cur, event, schema)
+                await _apply(projector, cur, events, schema)
         except Exception as e:
             if not is_poison(e):
                 raise
@@ -115,18 +112,19 @@ async def _apply_one_by_one(
     return applied
 
 
-async def _apply(projector: Projector, cur: psycopg.AsyncCursor[Any], event: RecordedEvent, schema: str) -> None:
-    log.debug(
-        "apply",
-        projector=projector.name,
-        seq=event.seq,
-        version=event.version,
-        event_type=type(event.event).__name__,
-        tenant=event.stream.tenant,
-        **{f"{event.stream.aggregate_type}_id": event.stream.aggregate_id},
-        correlation_id=event.meta.correlation_id,
-    )
-    await projector.apply(cur, event, schema)
+async def _apply(projector: Projector, cur: psycopg.AsyncCursor[Any], events: list[RecordedEvent], schema: str) -> None:
+    for event in events:
+        log.debug(
+            "apply",
+            projector=projector.name,
+            seq=event.seq,
+            version=event.version,
+            event_type=type(event.event).__name__,
+            tenant=event.stream.tenant,
+            **{f"{event.stream.aggregate_type}_id": event.stream.aggregate_id},
+            correlation_id=event.meta.correlation_id,
+        )
+    await projector.apply_events(cur, events, schema)
 
 
 def _dead(projector: Projector, raw: RawMessage, error: Exception, event: RecordedEvent | None = None) -> DeadLetter:

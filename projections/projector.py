@@ -1,10 +1,11 @@
 """What a projector is: a read model to fill, the events it follows, and how each one lands.
 
-A projector owns one PostgreSQL schema (its ``read_model``). ``apply`` writes one event into a
-schema named by the caller, so the same code fills the live schema and a rebuild's shadow.
-``apply`` runs inside the runner's transaction. It should only write (no commit; a read whose result
-decides what to write costs a round trip, as a batch is sent as one pipeline), and it must be
-safe to apply an event twice, even though the checkpoint already keeps replays away.
+A projector owns one PostgreSQL schema (its ``read_model``). ``apply_events`` writes a batch of
+events into a schema named by the caller, so the same code fills the live schema and a rebuild's
+shadow. It runs inside the runner's transaction, in a pipeline: it should not commit, and it must be
+safe to apply an event twice, even though the checkpoint already keeps replays away. By default it
+applies each event with ``apply`` (a statement per event); a projector that folds documents reads
+the batch's documents back once and writes what changed.
 
 A projector may also offer a bulk path for replaying a whole history into an empty schema
 (``replay``): a rebuild uses it before its swap, and falls back to ``apply`` without it.
@@ -13,7 +14,7 @@ A projector may also offer a bulk path for replaying a whole history into an emp
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 from psycopg import AsyncConnection, AsyncCursor
@@ -64,6 +65,11 @@ class Projector(ABC):
 
     @abstractmethod
     async def apply(self, cur: AsyncCursor[Any], event: RecordedEvent, schema: str) -> None: ...
+
+    async def apply_events(self, cur: AsyncCursor[Any], events: Sequence[RecordedEvent], schema: str) -> None:
+        """A batch's events, oldest first."""
+        for event in events:
+            await self.apply(cur, event, schema)
 
     def replay(self) -> Replay | None:
         """A new bulk replay for an empty schema, or None to replay with ``apply``."""

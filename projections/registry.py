@@ -8,6 +8,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from projections.configs import ConfigsProjector
 from projections.conversations import ConversationsProjector
+from projections.escalation import EscalationProjector
 from projections.projector import Projector
 from projections.runner import ProjectorRunner
 from read_models import migrations
@@ -15,7 +16,7 @@ from streams.store import EventStore
 
 
 def projectors() -> list[Projector]:
-    return [ConversationsProjector(), ConfigsProjector()]
+    return [ConversationsProjector(), ConfigsProjector(), EscalationProjector()]
 
 
 def projector(name: str) -> Projector:

@@ -80,6 +80,7 @@ class ProjectorRunner:
         # load the cost of a transaction is shared by more commits, for at most this much more lag.
         self.linger = linger
         self.feed: Feed | None = None
+        self._idle = False
         self._conn: AsyncConnection[Any] | None = None
         self._stop = asyncio.Event()
         self._log = log.bind(projector=projector.name)
@@ -151,14 +152,36 @@ class ProjectorRunner:
         """Fetch one batch, project it, acknowledge it; None when nothing arrived within ``idle_wait``."""
         await self.start()
         assert self.feed is not None
+        # Idle: where the stream ends before this fetch. If the fetch brings nothing, every event of
+        # ours up to there is projected, and the checkpoint may say so (see ``_caught_up``).
+        end = await self.store.log.last_seq() if self._idle else None
         batch = await self.feed.fetch()
         if not batch.messages:
+            self._idle = True
+            if end is not None:
+                await self._caught_up(end)
             return None
+        self._idle = False
         result = await self.project(batch.messages)
         await batch.ack()
         if self.linger and len(batch.messages) < self.batch:
             await asyncio.sleep(self.linger)
         return result
+
+    async def _caught_up(self, end: int) -> None:
+        """Nothing of ours is pending up to stream position ``end``: move the checkpoint there.
+
+        The checkpoint is a position in the whole stream, so a reader waiting for the position of
+        another aggregate's event (an agent registered, then a list of agents read) is served as
+        soon as this projector has nothing before it, not when its next event of its own comes.
+        """
+        assert self._conn is not None
+        conn, name, schema = self._conn, self.projector.name, self.projector.schema
+        async with conn.transaction():
+            await lock_batch(conn, name)
+            checkpoint = await read_checkpoint(conn, schema, name, for_update=True)
+            if checkpoint is not None and end > checkpoint:
+                await set_checkpoint(conn, schema, name, end)
 
     async def project(self, messages: list[RawMessage]) -> BatchResult:
         """One transaction: lock, checkpoint, apply what is new, move the checkpoint. No acknowledgement."""

@@ -7,11 +7,14 @@ Every query names the tenant: an id of another tenant reads as not found.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Any, NotRequired, TypedDict
+import base64
+from datetime import UTC, datetime
+from typing import Any
 
+import msgspec
 from psycopg import AsyncConnection, sql
 
+from domain.errors import ValidationError
 from read_models.migrations import PROJECTOR_TABLES, Migration, ReadModel
 
 TABLES = (
@@ -101,12 +104,30 @@ TABLES = (
     "CREATE INDEX surveys_answered ON surveys (tenant, answered_at) WHERE answered_at IS NOT NULL",
 )
 
+# Who has a conversation now, cross-sell outcomes, human agents' replies, the customer's fallback
+# choice; and the index the list query pages through (on columns an event never changes).
+LISTS_AND_PEOPLE = (
+    """
+    ALTER TABLE conversations ADD COLUMN open_escalation_id text, ADD COLUMN assigned_agent_id text,
+        ADD COLUMN assigned_agent_name text, ADD COLUMN cross_sell_attempted boolean NOT NULL DEFAULT false,
+        ADD COLUMN cross_sell_accepted boolean NOT NULL DEFAULT false, ADD COLUMN last_message_at timestamptz
+    """,
+    "CREATE INDEX conversations_listed ON conversations (tenant, created_at DESC, conversation_id DESC)",
+    """
+    ALTER TABLE messages DROP CONSTRAINT messages_role_check,
+        ADD CONSTRAINT messages_role_check CHECK (role IN ('user', 'assistant', 'agent')),
+        ADD COLUMN agent_name text
+    """,
+    "ALTER TABLE escalations ADD COLUMN fallback_option text, ADD COLUMN fallback_chosen_at timestamptz",
+)
+
 CONVERSATIONS = ReadModel(
     name="conversations",
     schema="rm_conversations",
     migrations=(
         Migration(1, "projector checkpoint and dead letters", PROJECTOR_TABLES),
         Migration(2, "conversations, messages, escalations, surveys", TABLES),
+        Migration(3, "assigned agents, cross-sell, human replies, fallbacks, list index", LISTS_AND_PEOPLE),
     ),
 )
 
@@ -117,20 +138,32 @@ MINUTES_PER_QUEUE_POSITION = 5
 # Shapes ---------------------------------------------------------------------------------------
 
 
-class MessageView(TypedDict):
+class Person(msgspec.Struct, frozen=True):
+    agent_id: str
+    name: str
+
+
+class MessageView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     message_id: str
-    role: str
+    role: str  # user, assistant (the AI), agent (a human agent)
     content: str | None
-    tool_calls: NotRequired[list[dict[str, Any]]]
     timestamp: str
+    tool_calls: list[dict[str, Any]] | msgspec.UnsetType = msgspec.UNSET
+    agent: Person | msgspec.UnsetType = msgspec.UNSET
 
 
-class ToolCount(TypedDict):
+class ToolCount(msgspec.Struct, frozen=True):
     tool: str
     count: int
 
 
-class ConversationView(TypedDict):
+class OpenEscalation(msgspec.Struct, frozen=True, kw_only=True):
+    escalation_id: str
+    status: str
+    assigned_agent: Person | None = None
+
+
+class ConversationView(msgspec.Struct, frozen=True, kw_only=True):
     conversation_id: str
     product_type: str
     thread_id: str
@@ -147,33 +180,53 @@ class ConversationView(TypedDict):
     cross_sell_accepted: bool
     sentiment_trajectory: list[float]
     checkpoint_ids: list[str]
+    escalation: OpenEscalation | None
     created_at: str
     updated_at: str
     position: int
 
 
-class CallbackOption(TypedDict):
-    option: str
-    description: str
-    estimated_callback_time: NotRequired[str]
+class LastMessage(msgspec.Struct, frozen=True):
+    role: str
+    content: str | None
+    timestamp: str
 
 
-class AssignedAgent(TypedDict):
-    agent_id: str
-    name: str
+class ConversationSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """A conversation in a list."""
 
-
-class EscalationStatusView(TypedDict):
-    escalation_id: str
     conversation_id: str
+    user_id: str
+    channel: str
     product_type: str
+    config_id: str
+    config_version: int
     status: str
-    fallback_action: str | None
-    queue_position: int | None
-    estimated_wait_time: str | None
-    callback_options: list[CallbackOption]
-    agent_message: str
-    assigned_agent: NotRequired[AssignedAgent]
+    turn_count: int
+    open_escalation_id: str | None
+    assigned_agent: Person | None
+    last_message: LastMessage | None
+    created_at: str
+    updated_at: str
+
+
+class ConversationPage(msgspec.Struct, frozen=True):
+    conversations: list[ConversationSummary]
+    next_cursor: str | None
+
+
+class ConversationFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """What a list of conversations is narrowed to (None: any)."""
+
+    user_id: str | None = None
+    status: str | None = None
+    channel: str | None = None
+    config_id: str | None = None
+    config_version: int | None = None
+    assigned_agent: str | None = None
+    escalated: bool | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
 
 
 # Queries --------------------------------------------------------------------------------------
@@ -182,12 +235,16 @@ class EscalationStatusView(TypedDict):
 GET_CONVERSATION = """
     SELECT c.product_type, c.config_id, c.config_version, c.status, c.channel, c.user_id, c.turn_count,
         c.pii_collected, c.tools_executed, c.sentiment_trajectory, c.created_at, c.updated_at, c.last_seq,
-        m.ids, m.roles, m.contents, m.tool_calls, m.times
+        c.cross_sell_attempted, c.cross_sell_accepted, c.open_escalation_id, c.assigned_agent_id,
+        c.assigned_agent_name, e.status,
+        m.ids, m.roles, m.contents, m.tool_calls, m.times, m.authors, m.agent_names
     FROM {s}.conversations AS c
+    LEFT JOIN {s}.escalations AS e ON e.tenant = c.tenant AND e.escalation_id = c.open_escalation_id
     CROSS JOIN LATERAL (
         SELECT array_agg(message_id ORDER BY version) AS ids, array_agg(role ORDER BY version) AS roles,
             array_agg(content ORDER BY version) AS contents, array_agg(tool_calls ORDER BY version) AS tool_calls,
-            array_agg("timestamp" ORDER BY version) AS times
+            array_agg("timestamp" ORDER BY version) AS times, array_agg(author ORDER BY version) AS authors,
+            array_agg(agent_name ORDER BY version) AS agent_names
         FROM {s}.messages WHERE tenant = c.tenant AND conversation_id = c.conversation_id
     ) AS m
     WHERE c.tenant = %s AND c.conversation_id = %s
@@ -195,7 +252,7 @@ GET_CONVERSATION = """
 
 
 def _q(query: str, schema: str) -> sql.Composed:
-    return sql.SQL(query).format(s=sql.Identifier(schema))
+    return sql.SQL(query).format(s=sql.Identifier(schema))  # type: ignore[arg-type]
 
 
 async def get_conversation(
@@ -210,119 +267,142 @@ async def get_conversation(
     if row is None:
         return None
     (product_type, config_id, config_version, status, channel, user_id, turn_count, pii, tools, sentiment) = row[:10]
-    created_at, updated_at, last_seq, ids, roles, contents, tool_calls, times = row[10:]
-    messages = [_message(*m) for m in zip(ids, roles, contents, tool_calls, times, strict=True)] if ids else []
-    return {
-        "conversation_id": conversation_id,
-        "product_type": product_type,
-        "thread_id": conversation_id,
-        "config_id": config_id,
-        "config_version": config_version,
-        "status": status,
-        "channel": channel,
-        "user_id": user_id,
-        "turn_count": turn_count,
-        "messages": messages,
-        "pii_collected": pii,
-        "tools_executed": [{"tool": tool, "count": count} for tool, count in sorted(tools.items())],
-        "cross_sell_attempted": False,
-        "cross_sell_accepted": False,
-        "sentiment_trajectory": sentiment,
-        "checkpoint_ids": [],
-        "created_at": iso(created_at),
-        "updated_at": iso(updated_at),
-        "position": last_seq,
-    }
-
-
-async def get_escalation_status(
-    conn: AsyncConnection[Any], tenant: str, escalation_id: str, *, schema: str = CONVERSATIONS.schema
-) -> EscalationStatusView | None:
-    """Where an escalation stands, with the options offered while no agent is free."""
-    cur = await conn.execute(
-        _q(
-            "SELECT e.conversation_id, c.product_type, e.status, e.fallback_action, e.queue_position,"
-            " e.agent_id, e.agent_name, e.unavailable_at"
-            " FROM {s}.escalations e JOIN {s}.conversations c USING (tenant, conversation_id)"
-            " WHERE e.tenant = %s AND e.escalation_id = %s",
-            schema,
-        ),
-        [tenant, escalation_id],
+    created_at, updated_at, last_seq, attempted, accepted, escalation_id, agent_id, agent_name, escalation_status = row[
+        10:19
+    ]
+    ids, roles, contents, tool_calls, times, authors, agent_names = row[19:]
+    messages = (
+        [_message(*m) for m in zip(ids, roles, contents, tool_calls, times, authors, agent_names, strict=True)]
+        if ids
+        else []
     )
-    row = await cur.fetchone()
-    if row is None:
-        return None
-    conversation_id, product_type, status, fallback_action, queue_position, agent_id, agent_name, unavailable_at = row
-    wait = timedelta(minutes=queue_position * MINUTES_PER_QUEUE_POSITION) if queue_position else None
-    view: EscalationStatusView = {
-        "escalation_id": escalation_id,
-        "conversation_id": conversation_id,
-        "product_type": product_type,
-        "status": status,
-        "fallback_action": fallback_action,
-        "queue_position": queue_position,
-        "estimated_wait_time": _minutes(wait) if wait is not None and status == "agent_unavailable" else None,
-        "callback_options": [],
-        "agent_message": _agent_message(status, queue_position, wait, agent_name),
+    escalation = None
+    if escalation_id is not None:
+        assigned = Person(agent_id, agent_name or "") if agent_id else None
+        escalation = OpenEscalation(escalation_id=escalation_id, status=escalation_status, assigned_agent=assigned)
+    return ConversationView(
+        conversation_id=conversation_id,
+        product_type=product_type,
+        thread_id=conversation_id,
+        config_id=config_id,
+        config_version=config_version,
+        status=status,
+        channel=channel,
+        user_id=user_id,
+        turn_count=turn_count,
+        messages=messages,
+        pii_collected=pii,
+        tools_executed=[ToolCount(tool, count) for tool, count in sorted(tools.items())],
+        cross_sell_attempted=attempted,
+        cross_sell_accepted=accepted,
+        sentiment_trajectory=sentiment,
+        checkpoint_ids=[],
+        escalation=escalation,
+        created_at=iso(created_at),
+        updated_at=iso(updated_at),
+        position=last_seq,
+    )
+
+
+LIST_CONVERSATIONS = """
+    SELECT c.conversation_id, c.user_id, c.channel, c.product_type, c.config_id, c.config_version, c.status,
+        c.turn_count, c.open_escalation_id, c.assigned_agent_id, c.assigned_agent_name, c.created_at, c.updated_at,
+        m.role, m.content, m."timestamp"
+    FROM {s}.conversations AS c
+    LEFT JOIN LATERAL (
+        SELECT role, content, "timestamp" FROM {s}.messages
+        WHERE tenant = c.tenant AND conversation_id = c.conversation_id ORDER BY version DESC LIMIT 1
+    ) AS m ON true
+    WHERE c.tenant = %(tenant)s
+        AND (%(user_id)s::text IS NULL OR c.user_id = %(user_id)s)
+        AND (%(status)s::text IS NULL OR c.status = %(status)s)
+        AND (%(channel)s::text IS NULL OR c.channel = %(channel)s)
+        AND (%(config_id)s::text IS NULL OR c.config_id = %(config_id)s)
+        AND (%(config_version)s::integer IS NULL OR c.config_version = %(config_version)s)
+        AND (%(assigned_agent)s::text IS NULL OR c.assigned_agent_id = %(assigned_agent)s)
+        AND (%(escalated)s::boolean IS NULL OR (c.open_escalation_id IS NOT NULL) = %(escalated)s)
+        AND (%(created_from)s::timestamptz IS NULL OR c.created_at >= %(created_from)s)
+        AND (%(created_to)s::timestamptz IS NULL OR c.created_at < %(created_to)s)
+        AND (%(after_at)s::timestamptz IS NULL
+            OR (c.created_at, c.conversation_id) < (%(after_at)s::timestamptz, %(after_id)s::text))
+    ORDER BY c.created_at DESC, c.conversation_id DESC
+    LIMIT %(limit)s
+"""
+
+
+async def list_conversations(
+    conn: AsyncConnection[Any],
+    tenant: str,
+    where: ConversationFilter,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+    schema: str = CONVERSATIONS.schema,
+) -> ConversationPage:
+    """The tenant's conversations, newest first, ``limit`` a page; ``cursor`` continues a page."""
+    after_at, after_id = decode_cursor(cursor) if cursor else (None, None)
+    params = {
+        **msgspec.structs.asdict(where),
+        "tenant": tenant,
+        "after_at": after_at,
+        "after_id": after_id,
+        "limit": limit + 1,
     }
-    if status == "agent_unavailable":
-        view["callback_options"] = _callback_options(unavailable_at + wait if wait and unavailable_at else None)
-    if agent_id is not None:
-        view["assigned_agent"] = {"agent_id": agent_id, "name": agent_name or ""}
-    return view
+    cur = await conn.execute(_q(LIST_CONVERSATIONS, schema), params)
+    rows = await cur.fetchall()
+    page = [
+        ConversationSummary(
+            conversation_id=r[0],
+            user_id=r[1],
+            channel=r[2],
+            product_type=r[3],
+            config_id=r[4],
+            config_version=r[5],
+            status=r[6],
+            turn_count=r[7],
+            open_escalation_id=r[8],
+            assigned_agent=Person(r[9], r[10] or "") if r[9] else None,
+            last_message=LastMessage(r[13], r[14], iso(r[15])) if r[13] is not None else None,
+            created_at=iso(r[11]),
+            updated_at=iso(r[12]),
+        )
+        for r in rows[:limit]
+    ]
+    more = len(rows) > limit
+    return ConversationPage(page, encode_cursor(rows[limit - 1][11], rows[limit - 1][0]) if more else None)
+
+
+def encode_cursor(at: datetime, key: str) -> str:
+    """An opaque position in a list ordered by (time, key), newest first."""
+    return base64.urlsafe_b64encode(msgspec.json.encode([at.isoformat(), key])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        at, key = msgspec.json.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(at), str(key)
+    except (ValueError, TypeError, msgspec.DecodeError) as e:
+        raise ValidationError("not a cursor this list gave", fields={"cursor": "not a cursor this list gave"}) from e
 
 
 def _message(
-    message_id: str, role: str, content: str | None, tool_calls: list[dict[str, Any]] | None, timestamp: datetime
+    message_id: str,
+    role: str,
+    content: str | None,
+    tool_calls: list[dict[str, Any]] | None,
+    timestamp: datetime,
+    author: str,
+    agent_name: str | None,
 ) -> MessageView:
-    if role == "assistant":
-        return {
-            "message_id": message_id,
-            "role": role,
-            "content": content,
-            "tool_calls": tool_calls or [],
-            "timestamp": iso(timestamp),
-        }
-    return {"message_id": message_id, "role": role, "content": content, "timestamp": iso(timestamp)}
-
-
-def _callback_options(callback_at: datetime | None) -> list[CallbackOption]:
-    callback: CallbackOption = {
-        "option": "schedule_callback",
-        "description": "We can call you back when an agent is available",
-    }
-    if callback_at is not None:
-        callback["estimated_callback_time"] = iso(callback_at)
-    return [
-        callback,
-        {
-            "option": "email_support",
-            "description": "Send your issue via email and we'll respond within 2 hours",
-        },
-        {"option": "continue_with_ai", "description": "Continue working with our AI assistant"},
-    ]
-
-
-def _agent_message(status: str, queue_position: int | None, wait: timedelta | None, agent_name: str | None) -> str:
-    match status:
-        case "agent_unavailable":
-            place = f"You're #{queue_position} in queue" if queue_position else "You're in the queue"
-            estimate = f" with an estimated wait time of {_minutes(wait)}" if wait is not None else ""
-            return (
-                f"I'm sorry, all our agents are currently assisting other customers. {place}{estimate}. "
-                "Would you like to schedule a callback, email us, or continue working with me?"
+    match role:
+        case "assistant":
+            return MessageView(
+                message_id=message_id, role=role, content=content, timestamp=iso(timestamp), tool_calls=tool_calls or []
             )
-        case "assigned":
-            return f"You're now connected with {agent_name or 'a support agent'}."
-        case "resolved":
-            return "Your request to speak with an agent has been resolved."
-        case _:
-            return "I'm connecting you with a member of our support team."
-
-
-def _minutes(wait: timedelta) -> str:
-    minutes = int(wait.total_seconds() // 60)
-    return f"{minutes} minute" if minutes == 1 else f"{minutes} minutes"
+        case "agent":
+            agent = Person(author.removeprefix("human:"), agent_name or "")
+            return MessageView(message_id=message_id, role=role, content=content, timestamp=iso(timestamp), agent=agent)
+    return MessageView(message_id=message_id, role=role, content=content, timestamp=iso(timestamp))
 
 
 def iso(moment: datetime) -> str:
