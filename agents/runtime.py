@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import structlog
 
 from agents.checkpoints import TurnCheckpoints, thread_id
@@ -46,15 +47,18 @@ from agents.partitions import PartitionClaims
 from agents.tools import ToolRegistry
 from commands.agent_pool import AGENT_POOL
 from commands.conversation import CONVERSATION
+from commands.escalation import Escalations
 from commands.runner import CommandContext, CommandRunner
 from domain import agent_pool as p
 from domain import conversation as c
-from domain.errors import IllegalStateError, NotFoundError
+from domain.errors import IllegalStateError, NotFoundError, ValidationError
+from domain.pii import find_emails, find_phones
 from gateways.llm.chain import FallbackChain
-from gateways.llm.port import ChatMessage
+from gateways.llm.port import ChatMessage, ToolCallRequest
 from streams.errors import EventDecodeError
 from streams.feed import Feed
 from streams.jetstream import RawMessage
+from streams.repository import Repository
 from streams.store import EventStore, RecordedEvent
 from streams.subjects import StreamId
 from streams.work import DEFAULT_PARTITIONS, WorkStream, ensure_work_stream
@@ -89,7 +93,12 @@ class AgentRuntime:
         self.store = store
         self.runner = runner
         # The pool is one aggregate per tenant that many escalations touch at once: retry longer.
-        self.pool_runner = CommandRunner.for_aggregates(store, [AGENT_POOL], max_attempts=20)
+        self.pool_runner = CommandRunner(
+            store,
+            {AGENT_POOL.spec.type_name: Repository(store, AGENT_POOL.spec), **runner.repositories},
+            max_attempts=20,
+        )
+        self.escalations = Escalations(runner, store, pool_runner=self.pool_runner)
         self.tools = tools
         self.configs = configs
         self.env = env
@@ -233,6 +242,7 @@ class AgentRuntime:
                     case (
                         c.EscalationRequested()
                         | c.EscalationResolved()
+                        | c.EscalationFallbackChosen()
                         | c.ConversationClosed()
                         | p.EscalationRouted()
                         | p.EscalationQueued()
@@ -245,17 +255,22 @@ class AgentRuntime:
         return sum(answered)
 
     async def route(self, recorded: RecordedEvent) -> None:
-        """Escalations between conversations and the human agent pool."""
+        """Escalations between conversations and the human agent pool, and the customer's choices."""
         tenant, event, now = recorded.stream.tenant, recorded.event, datetime.now(UTC)
+        correlation = recorded.meta.correlation_id
         match event:
             case c.EscalationRequested():
-                command: Any = p.RouteEscalation(
-                    escalation_id=event.escalation_id, conversation_id=recorded.stream.aggregate_id, at=now
-                )
-                await self._pool_command(tenant, command, f"route-{event.escalation_id}", recorded)
+                async with self._pool_locks[tenant]:  # partitions of this process take turns on the pool
+                    await self.escalations.route(
+                        tenant, event.escalation_id, recorded.stream.aggregate_id, correlation_id=correlation, at=now
+                    )
             case c.EscalationResolved():
-                command = p.ReleaseEscalation(escalation_id=event.escalation_id, at=now)
+                command: Any = p.ReleaseEscalation(escalation_id=event.escalation_id, at=now)
                 await self._pool_command(tenant, command, f"release-{event.escalation_id}", recorded)
+                if event.resolved_by.endswith(":continue_with_ai"):
+                    await self._back_to_ai(recorded)
+            case c.EscalationFallbackChosen():
+                await self._acknowledge_fallback(recorded, event)
             case c.ConversationClosed():
                 cid = recorded.stream.aggregate_id
                 command = p.ReleaseConversation(conversation_id=cid, at=now)
@@ -263,15 +278,15 @@ class AgentRuntime:
             case p.EscalationRouted():
                 pool = (await self.pool_runner.repository(AGENT_POOL).load(tenant, p.POOL_ID)).state
                 agent = pool.agents.get(event.agent_id)
-                assign = c.AssignEscalation(
-                    escalation_id=event.escalation_id,
-                    agent_id=event.agent_id,
-                    agent_name=agent.name if agent else "",
-                    at=now,
+                await self.escalations.assign(
+                    tenant,
+                    event.conversation_id,
+                    event.escalation_id,
+                    event.agent_id,
+                    agent.name if agent else "",
+                    correlation,
+                    now,
                 )
-                stream = StreamId(tenant, c.AGGREGATE_TYPE, event.conversation_id)
-                with contextlib.suppress(IllegalStateError, NotFoundError):  # resolved or closed meanwhile
-                    await self._command(stream, assign, f"assign-{event.escalation_id}-{event.agent_id}", recorded)
             case p.EscalationQueued():
                 unavailable = c.MarkAgentUnavailable(
                     escalation_id=event.escalation_id,
@@ -282,6 +297,53 @@ class AgentRuntime:
                 stream = StreamId(tenant, c.AGGREGATE_TYPE, event.conversation_id)
                 with contextlib.suppress(IllegalStateError, NotFoundError):
                     await self._command(stream, unavailable, f"unavailable-{event.escalation_id}", recorded)
+
+    async def _acknowledge_fallback(self, recorded: RecordedEvent, chosen: c.EscalationFallbackChosen) -> None:
+        """Tell the customer what their choice does (continuing with the AI is answered by the AI)."""
+        match chosen.option:
+            case "schedule_callback":
+                text = (
+                    f"You're booked for a callback: one of our agents will call you at {chosen.phone} as soon as "
+                    "one is free. You can keep writing here meanwhile."
+                )
+            case "email_support":
+                text = (
+                    f"Our support team will answer you by email at {chosen.email} within 2 hours. "
+                    "You can keep writing here meanwhile."
+                )
+            case _:
+                return
+        reply = c.RecordAgentReply(
+            message_id=f"fallback-{chosen.escalation_id}-{chosen.option}",
+            content=text,
+            intent="escalation_fallback",
+            at=datetime.now(UTC),
+        )
+        with contextlib.suppress(IllegalStateError, NotFoundError):
+            await self._command(recorded.stream, reply, reply.message_id, recorded)
+
+    async def _back_to_ai(self, recorded: RecordedEvent) -> None:
+        """The customer chose to go on with the AI: answer what they asked while they waited, if anything."""
+        stream = recorded.stream
+        events = await self.store.read(stream)
+        pending: RecordedEvent | None = None
+        for earlier in events:
+            match earlier.event:
+                case c.UserMessageReceived(content=content) if content and not _choice_in(content):
+                    pending = earlier
+                case c.AgentReplied() | c.EscalationRequested():
+                    pending = None
+        if pending is not None:
+            await self.answer(pending, now=True)
+            return
+        hello = c.RecordAgentReply(
+            message_id=f"back-to-ai-{recorded.seq}",
+            content="Of course, I'm here to help. What can I do for you?",
+            intent="escalation_fallback",
+            at=datetime.now(UTC),
+        )
+        with contextlib.suppress(IllegalStateError, NotFoundError):
+            await self._command(stream, hello, hello.message_id, recorded)
 
     async def _pool_command(self, tenant: str, command: Any, command_id: str, cause: RecordedEvent) -> None:
         ctx = CommandContext(
@@ -309,17 +371,25 @@ class AgentRuntime:
                 count += await self.answer(recorded)
             return count
 
-    async def answer(self, recorded: RecordedEvent) -> int:
+    async def answer(self, recorded: RecordedEvent, *, now: bool = False) -> int:
+        """Answer a customer's message with the AI. ``now``: as the conversation stands now (the
+        message came while it was escalated, and it is back with the AI), not as it stood then."""
         message = recorded.event
         assert isinstance(message, c.UserMessageReceived)
         stream = recorded.stream
         state, turns = await self._conversation(stream, upto=recorded.version)
+        if now:
+            state = await self._current(stream)
+        if state.status == "escalated" and state.assigned_agent is None and not now:
+            return await self._while_waiting(recorded, state)
         if state.status != "active":
             return 0  # a human has the conversation, or it is over
         bound = log.bind(tenant=stream.tenant, conversation_id=stream.aggregate_id, seq=recorded.seq,
                          correlation_id=recorded.meta.correlation_id)  # fmt: skip
         config = await self.configs.get(stream.tenant, state.config_id, state.config_version)
         history = turns[-MAX_HISTORY:]
+        while history and history[0].role != "user":  # never start inside a tool exchange
+            history = history[1:]
         thread = thread_id(stream)
         result = await run_turn(
             config,
@@ -379,6 +449,44 @@ class AgentRuntime:
                    escalation=result.escalation.trigger if result.escalation else None)  # fmt: skip
         return 1
 
+    async def _while_waiting(self, recorded: RecordedEvent, state: c.Conversation) -> int:
+        """A message while the customer waits for an agent: a choice of the options offered, or nothing
+        (the API told them they are waiting; an agent will answer)."""
+        message = recorded.event
+        assert isinstance(message, c.UserMessageReceived)
+        option = _choice_in(message.content or "")
+        if option is None or state.open_escalation is None or state.fallback == option:
+            return 0
+        text = message.content or ""
+        phones, emails = find_phones(text), find_emails(text)
+        choose = c.ChooseEscalationFallback(
+            escalation_id=state.open_escalation,
+            option=option,  # type: ignore[arg-type]
+            phone=phones[-1] if phones else None,
+            email=emails[-1] if emails else None,
+            at=datetime.now(UTC),
+        )
+        try:
+            await self._command(recorded.stream, choose, f"choose-{message.message_id}", recorded)
+        except ValidationError as e:  # the contact detail it needs: ask for it
+            wanted = "phone number" if "phone" in e.fields else "email address"
+            ask = c.RecordAgentReply(
+                message_id=f"{message.message_id}-ask",
+                content=f"Sure. What {wanted} should we use?",
+                intent="escalation_fallback",
+                at=datetime.now(UTC),
+            )
+            await self._command(recorded.stream, ask, f"ask-{message.message_id}", recorded)
+        except (IllegalStateError, NotFoundError):
+            return 0
+        return 1
+
+    async def _current(self, stream: StreamId) -> c.Conversation:
+        state = c.initial()
+        for recorded in await self.store.read(stream):
+            state = c.evolve(state, recorded.event)
+        return state
+
     async def _conversation(self, stream: StreamId, *, upto: int) -> tuple[c.Conversation, list[ChatMessage]]:
         """The conversation's state and chat turns before version ``upto``.
 
@@ -393,8 +501,7 @@ class AgentRuntime:
                 break
             known.state = c.evolve(known.state, recorded.event)
             known.version, known.seq = recorded.version, recorded.seq
-            if (turn := _turn(recorded.event)) is not None:
-                known.turns.append((recorded.version, turn))
+            known.turns += [(recorded.version, turn) for turn in _turns(recorded.event)]
         self._conversations[stream.key] = known
         self._conversations.move_to_end(stream.key)
         if len(self._conversations) > self.cache_size:
@@ -428,11 +535,52 @@ class _Known:
         self.seq = 0
 
 
-def _turn(event: c.Event) -> ChatMessage | None:
-    """An event as a chat turn: customer and assistant text (tool results live in the replies)."""
+def _turns(event: c.Event) -> list[ChatMessage]:
+    """An event as chat turns: customer and assistant text, and the tool calls a reply made with
+    their results (so the model sees what was looked up, and failures count across turns)."""
     match event:
         case c.UserMessageReceived(content=content) if content:
-            return ChatMessage("user", content)
-        case c.AgentReplied(content=content) if content:
-            return ChatMessage("assistant", content)
+            return [ChatMessage("user", content)]
+        case c.AgentReplied(content=content, tool_calls=calls, message_id=message_id):
+            turns: list[ChatMessage] = []
+            if calls:
+                requests = [
+                    ToolCallRequest(id=f"{message_id}-{i}", name=call.tool, arguments=dict(call.input))
+                    for i, call in enumerate(calls)
+                ]
+                turns.append(ChatMessage("assistant", "", tool_calls=requests))
+                for request, call in zip(requests, calls, strict=True):
+                    result = {"error": call.error} if call.error is not None else call.output or {}
+                    turns.append(
+                        ChatMessage(
+                            "tool", msgspec.json.encode(result).decode(), tool_call_id=request.id, name=call.tool
+                        )
+                    )
+            if content:
+                turns.append(ChatMessage("assistant", content))
+            return turns
+    return []
+
+
+# What a waiting customer says to take one of the options offered (the seed's callback_options).
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "continue_with_ai": (
+        "continue with ai", "continue with the ai", "continue with you", "keep chatting", "continue chatting",
+        "stay with the bot", "talk to the bot", "continue with the assistant", "continue working with",
+        "i'll continue with", "ill continue with", "continue_with_ai", "option 3", "the third option",
+    ),
+    "schedule_callback": (
+        "call me back", "callback", "call back", "schedule a call", "phone me", "schedule_callback",
+        "option 1", "the first option",
+    ),
+    "email_support": ("email me", "by email", "via email", "email support", "send an email", "email_support",
+                      "option 2", "the second option"),
+}  # fmt: skip
+
+
+def _choice_in(text: str) -> str | None:
+    lowered = " ".join(text.lower().split())
+    for option, phrases in _CHOICES.items():
+        if any(phrase in lowered for phrase in phrases):
+            return option
     return None

@@ -121,8 +121,12 @@ async def test_the_history_given_to_the_model_holds_every_earlier_turn_in_order(
 
     last = (await open_test_store.store.read(StreamId("acme", "conversation", cid)))[-1]
     _, turns = await rt._conversation(last.stream, upto=last.version)
-    assert [(t.role, t.content) for t in turns][0::2] == [("user", "Hello"), ("user", "Where is my order ORD-12345?")]
-    assert [t.role for t in turns] == ["user", "assistant", "user", "assistant"]
+    said = [t.content for t in turns if t.role == "user"]
+    assert said == ["Hello", "Where is my order ORD-12345?"]
+    # The tool call the second reply made is in the history too, with its result, before the reply.
+    assert [t.role for t in turns] == ["user", "assistant", "user", "assistant", "tool", "assistant"]
+    assert [call.name for call in turns[3].tool_calls] == ["fetch_order_status"]
+    assert turns[4].tool_call_id == turns[3].tool_calls[0].id and "ORD-12345" in turns[4].content
 
 
 async def test_a_provider_that_fails_is_recorded_with_the_reply_and_the_next_one_answers(

@@ -29,7 +29,7 @@ async def test_a_conversations_events_stream_live_as_server_sent_events(
         while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
             await asyncio.sleep(0.05)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=CUSTOMER, timeout=20) as http:
-            body = {"config_id": "support-bot", "channel": "webchat", "user_id": "u-1", "initial_message": "Hello"}
+            body = {"config_id": "support-bot", "channel": "webchat", "user_id": "user-1", "initial_message": "Hello"}
             cid = (await http.post(f"{BASE}/conversations", json=body)).json()["conversation_id"]
             seen: list[str] = []
             history_read = asyncio.Event()

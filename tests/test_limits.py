@@ -48,3 +48,21 @@ async def test_a_request_takes_from_all_its_buckets_or_from_none(limits: Limits)
     # The refused requests took nothing from the tenant: 5 of its 10 tokens are left.
     others = await asyncio.gather(*(limits.take([tenant_bucket]) for _ in range(7)), return_exceptions=True)
     assert sum(1 for r in others if r is None) == 5
+
+
+async def test_the_message_limit_is_exact_over_any_sixty_seconds(limits: Limits) -> None:
+    """A window, not a bucket: a burst spent does not refill in part during the minute (the
+    bucket used to let 100 a minute become 131 in the first minute)."""
+    tenant, conversation = f"t-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    bucket = limits.conversation_bucket(tenant, conversation)  # 5 a minute
+
+    results = []
+    for _ in range(5):
+        results.append(await asyncio.gather(limits.take([bucket]), return_exceptions=True))
+        await asyncio.sleep(0.3)  # a bucket refilling at 5/60 per second would have let one more in by now
+    sixth = await asyncio.gather(limits.take([bucket]), return_exceptions=True)
+
+    assert all(r == [None] for r in results)
+    [refused] = sixth
+    assert isinstance(refused, RateLimited)
+    assert 58 <= refused.details["retry_after"] <= 60  # the oldest message leaves the window in about a minute

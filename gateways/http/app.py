@@ -17,6 +17,7 @@ from gateways.http.configs import ConfigController
 from gateways.http.console import console_router
 from gateways.http.conversations import ConversationController
 from gateways.http.errors import EXCEPTION_HANDLERS
+from gateways.http.escalation import EscalationController
 from gateways.http.observability import health, metrics, request_context
 from gateways.http.platform import Platform
 from gateways.http.settings import ApiSettings
@@ -46,6 +47,7 @@ def create_app(settings: ApiSettings | None = None, *, settle_heap: bool = False
     return Litestar(
         route_handlers=[
             ConversationController,
+            EscalationController,
             ConfigController,
             AuditController,
             AnalyticsController,

@@ -3,60 +3,67 @@
 Each command endpoint: request struct -> command -> runner -> response carrying the
 conversation's state and the stream position of its events. Queries read the PostgreSQL read
 model, and wait (bounded) for a position given as ``min_position`` or ``X-Parley-Position``.
+
+A customer (a token with no staff role) reaches only the conversations whose user is the token's
+subject: anyone else's reads as 404, and a write to it is refused the same way. Personal data is
+shown in clear to staff and to the customer it is about, masked to anyone else, in the collected
+fields and in the message text alike. Escalation endpoints are in ``gateways.http.escalation``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
-import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from commands.agent_pool import AGENT_POOL
 from commands.conversation import CONVERSATION
-from commands.runner import Aggregate, CommandContext, Outcome
-from domain import agent_pool as p
+from commands.runner import Outcome
 from domain import conversation as c
-from domain.errors import NotFoundError
-from domain.messages import Command
-from domain.pii import mask_value
+from domain.errors import NotFoundError, PermissionDeniedError, ValidationError
 from gateways.http.auth import Identity, requires
+from gateways.http.common import (
+    STAFF,
+    is_customer,
+    iso,
+    masked,
+    now,
+    own_conversation,
+    position_header,
+    require_own,
+    run_command,
+    sees_pii,
+    shown_pii,
+    shown_text,
+    to_body,
+)
 from gateways.http.platform import Platform
+from read_models.conversations import ConversationFilter, ConversationPage, ConversationView
 from streams.jetstream import RawMessage
 from streams.store import RecordedEvent
-from streams.subjects import StreamId
-
-log = structlog.get_logger(__name__)
+from streams.subjects import StreamId, type_subjects
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
-ANYONE = requires("customer", "support_agent", "org_admin", "service")
-STAFF = requires("support_agent", "org_admin", "service")
-READERS = requires("customer", "support_agent", "org_admin", "service", "analyst")
-# Who sees collected personal data in clear; others see it masked (``domain.pii.mask_value``), except
-# a customer reading their own conversation (the token's subject is the conversation's user).
-PII_READERS = frozenset({"support_agent", "org_admin", "service"})
+ANYONE = requires("customer", "support_agent", "supervisor", "org_admin", "service")
+READERS = requires("customer", "support_agent", "supervisor", "org_admin", "service", "analyst")
+LISTERS = requires("customer", "support_agent", "supervisor", "org_admin", "service", "analyst")
 
-
-def shown_pii(identity: Identity, pii: dict[str, str], owner: str | None) -> dict[str, str]:
-    if identity.roles & PII_READERS or (owner is not None and identity.subject == owner):
-        return pii
-    return {kind: mask_value(value) for kind, value in pii.items()}
+__all__ = ["ConversationController", "iso", "now", "position_header"]
 
 
 class StartConversationRequest(msgspec.Struct, forbid_unknown_fields=True):
     config_id: NonEmpty
     channel: NonEmpty
-    user_id: NonEmpty
+    # A customer starts conversations as themselves: their token's subject (given or not).
+    user_id: NonEmpty | None = None
     initial_message: Text | None = None
     context: dict[str, str] | None = None
 
@@ -66,168 +73,55 @@ class ContinueConversationRequest(msgspec.Struct, forbid_unknown_fields=True):
     attachments: list[str] = []
 
 
-class EscalateRequest(msgspec.Struct, forbid_unknown_fields=True):
-    trigger: NonEmpty
-    reason: Annotated[str, msgspec.Meta(max_length=2000)] = ""
-    urgency: Literal["low", "medium", "high", "urgent"] = "medium"
-
-
 class SurveyRequest(msgspec.Struct, forbid_unknown_fields=True):
     questions: Annotated[list[c.SurveyQuestion], msgspec.Meta(min_length=1, max_length=20)]
 
 
 class SurveyResponsesRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The seed's "Survey Response Handling" body: ``survey_id`` and ``responses``; the score and
+    category it shows are computed here, so when sent they are accepted and must agree."""
+
     responses: Annotated[list[c.SurveyAnswer], msgspec.Meta(min_length=1, max_length=20)]
-
-
-class ResolveRequest(msgspec.Struct, forbid_unknown_fields=True):
-    resolution: Literal["returned_to_ai", "closed"] = "returned_to_ai"
-
-
-class RegisterAgentRequest(msgspec.Struct, forbid_unknown_fields=True):
-    name: NonEmpty
-    agent_id: NonEmpty | None = None
-    role: NonEmpty = "Support Agent"
-    skills: list[str] = []
-    capacity: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
-
-
-class AvailabilityRequest(msgspec.Struct, forbid_unknown_fields=True):
-    available: bool
+    survey_id: NonEmpty | None = None
+    nps_score: int | None = None
+    nps_category: str | None = None
+    stored_at: str | None = None
 
 
 class CloseRequest(msgspec.Struct, forbid_unknown_fields=True):
     reason: NonEmpty = "completed"
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def agent_response(reply: c.AgentReplied) -> dict[str, Any]:
+def conversation_state(identity: Identity, state: c.Conversation) -> dict[str, Any]:
     return {
-        "message": reply.content,
-        "message_id": reply.message_id,
-        "metadata": {
-            "intent": reply.intent,
-            "confidence": reply.confidence,
-            "tool_calls": [msgspec.to_builtins(t) for t in reply.tool_calls],
-            "escalation_suggested": reply.escalation_suggested,
-            "provider": reply.provider,
-            "fallbacks": [msgspec.to_builtins(f) for f in reply.fallbacks],
-        },
+        "turn_count": state.turn_count,
+        "pii_collected": shown_pii(identity, state.pii_collected, state.user_id),
+        "checkpoint_id": None,
     }
 
 
-ISSUE_CATEGORIES = {
-    "fetch_order_status": "order_inquiry",
-    "send_tracking_email": "order_inquiry",
-    "initiate_refund": "refund",
-    "create_support_ticket": "support_ticket",
-    "schedule_callback": "callback",
-}
-
-
-async def handoff_summary(
-    platform: Platform, identity: Identity, conversation_id: str, outcome: Outcome[c.Conversation]
-) -> dict[str, Any] | None:
-    """What a human agent needs on taking over, from the read model (waited for, briefly)."""
-    await platform.wait_for(outcome.position - 1 if outcome.position else None)
-    async with platform.pool.connection() as conn:
-        view = await platform.queries.get_conversation(conn, identity.tenant, conversation_id)
-    if view is None:
+def escalation_state(state: c.Conversation) -> dict[str, Any] | None:
+    """Where the conversation's open escalation stands: what a customer writing meanwhile is told."""
+    if state.open_escalation is None:
         return None
-    said = [f"{m['role']}: {m['content']}" for m in view["messages"] if m.get("content")]
-    tools = [t["tool"] for t in view["tools_executed"]]
-    trajectory = view["sentiment_trajectory"]
+    agent = (
+        {"agent_id": state.assigned_agent, "name": state.assigned_agent_name}
+        if state.assigned_agent is not None
+        else None
+    )
     return {
-        "conversation_history": " | ".join(said[-6:]),
-        "pii_collected": shown_pii(identity, view["pii_collected"], view["user_id"]),
-        "tools_used": tools,
-        "sentiment_score": trajectory[-1] if trajectory else None,
-        "issue_category": next((ISSUE_CATEGORIES[t] for t in reversed(tools) if t in ISSUE_CATEGORIES), "general"),
+        "escalation_id": state.open_escalation,
+        "status": "assigned" if agent else "agent_unavailable" if state.queued else "pending",
+        "assigned_agent": agent,
+        "fallback_option": state.fallback,
+        "waiting_for_agent": agent is None,
+        "status_url": f"/api/v1/orchestration/escalations/{state.open_escalation}/status",
     }
-
-
-def cross_sell_opportunity(reply: c.AgentReplied) -> dict[str, Any]:
-    offer = reply.cross_sell
-    if offer is None:
-        return {"detected": False}
-    return {"detected": True, "product": offer.product, "suggestion": offer.suggestion, "confidence": offer.confidence}
-
-
-def conversation_state(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
-    return {"turn_count": outcome.state.turn_count, "pii_collected": {}, "checkpoint_id": None}
 
 
 class ConversationController(Controller):
     path = "/api/v1/orchestration"
     tags = ["conversations"]
-
-    async def _run(
-        self,
-        platform: Platform,
-        request: Request[Identity, Any, Any],
-        conversation_id: str,
-        command: Command,
-        respond: Any,
-        *,
-        status: int = 200,
-        message_limit: bool = False,
-        new: bool = False,
-        reply_to: str | None = None,
-        aggregate: Aggregate[Any] = CONVERSATION,
-    ) -> Response[dict[str, Any]]:
-        identity = request.user
-        limits = platform.limits
-        buckets = [limits.tenant_bucket(identity.tenant)]
-        if message_limit:
-            buckets.append(limits.conversation_bucket(identity.tenant, conversation_id))
-        await limits.take(buckets)
-        key = request.headers.get("Idempotency-Key")
-        structlog.contextvars.bind_contextvars(tenant=identity.tenant, conversation_id=conversation_id)
-
-        async def run() -> tuple[int, dict[str, Any]]:
-            ctx = CommandContext(
-                tenant=identity.tenant,
-                actor=f"{'+'.join(sorted(identity.roles))}:{identity.subject}",
-                command_id=f"idem-{key}" if key else uuid.uuid4().hex,
-                retry_possible=key is not None,
-                correlation_id=request.state.get("request_id"),
-            )
-            waiter = None
-            if reply_to is not None and platform.agents is not None:
-                stream = StreamId(identity.tenant, c.AGGREGATE_TYPE, conversation_id)
-                waiter = await platform.expect_reply(stream, reply_to)
-            outcome = await platform.runner.handle(aggregate, conversation_id, command, ctx, new=new)
-            # Carried by the request's log line (and by the projector's, through the event metadata).
-            structlog.contextvars.bind_contextvars(
-                command=type(command).__name__, command_id=ctx.command_id, seq=outcome.position
-            )
-            body = respond(outcome)
-            if inspect.isawaitable(body):
-                body = await body
-            body["position"] = outcome.position
-            code = status
-            if waiter is not None:
-                # The seed's synchronous API: the agent's answer inline, or 202 and a link to poll.
-                answering = outcome.state.status == "active"
-                reply = await waiter.reply(platform.settings.reply_wait_seconds if answering else 0)
-                if reply is not None:
-                    body["agent_response"] = agent_response(reply)
-                    body["cross_sell_opportunity"] = cross_sell_opportunity(reply)
-                elif answering:
-                    code = 202
-                    body["links"] = {"conversation": f"{ConversationController.path}/conversations/{conversation_id}"}
-            return code, body
-
-        fingerprint = f"{request.method} {request.url.path}".encode() + await request.body() if key else b""
-        code, body = await platform.limits.idempotent(identity.tenant, key, fingerprint, run)
-        return Response(body, status_code=code, headers={"X-Parley-Position": str(body.get("position", 0))})
 
     @post("/conversations", opt=ANYONE, status_code=201, summary="Start a conversation")
     async def start(
@@ -236,19 +130,32 @@ class ConversationController(Controller):
         data: JSONBody[StartConversationRequest],
         platform: NamedDependency[Platform],
     ) -> Response[dict[str, Any]]:
+        identity = request.user
+        user_id = data.user_id
+        if is_customer(identity):
+            if user_id is not None and user_id != identity.subject:
+                raise PermissionDeniedError(
+                    "a customer starts conversations as themselves",
+                    fields={"user_id": "must be the token's subject (or left out)"},
+                )
+            user_id = identity.subject
+        if user_id is None:
+            raise ValidationError("user_id is required", fields={"user_id": "required"})
         key = request.headers.get("Idempotency-Key")
         # A retried start must land on the same conversation: derive its id from the key.
         conversation_id = (
-            str(uuid.uuid5(uuid.NAMESPACE_URL, f"parley:{request.user.tenant}:{key}")) if key else str(uuid.uuid4())
+            str(uuid.uuid5(uuid.NAMESPACE_URL, f"parley:{identity.tenant}:{key}")) if key else str(uuid.uuid4())
         )
         at = now()
-        version = await platform.configs.latest_version(request.user.tenant, data.config_id)
+        config = await platform.configs.state(identity.tenant, data.config_id)
+        version = await platform.configs.latest_version(identity.tenant, data.config_id)
         command = c.StartConversation(
             conversation_id=conversation_id,
             config_id=data.config_id,
             config_version=version,
             channel=data.channel,
-            user_id=data.user_id,
+            user_id=user_id,
+            product_type=config.product_type or "chatbot",
             context=data.context,
             initial_message=data.initial_message,
             message_id=f"{conversation_id}-m0" if data.initial_message else None,
@@ -264,13 +171,21 @@ class ConversationController(Controller):
                 "config_id": data.config_id,
                 "config_version": outcome.state.config_version,
                 "agent_response": None,
-                "conversation_state": conversation_state(outcome),
+                "conversation_state": conversation_state(identity, outcome.state),
                 "created_at": iso(at),
             }
 
-        reply_to = command.message_id if data.initial_message else None
-        return await self._run(
-            platform, request, conversation_id, command, respond, status=201, new=key is None, reply_to=reply_to
+        return await run_command(
+            platform,
+            request,
+            CONVERSATION,
+            conversation_id,
+            command,
+            respond,
+            status=201,
+            conversation_id=conversation_id,
+            new=key is None,
+            reply_to=command.message_id,
         )
 
     @post("/conversations/{conversation_id:str}/messages", opt=ANYONE, summary="Continue a conversation")
@@ -281,6 +196,8 @@ class ConversationController(Controller):
         data: JSONBody[ContinueConversationRequest],
         platform: NamedDependency[Platform],
     ) -> Response[dict[str, Any]]:
+        identity = request.user
+        await own_conversation(platform, identity, conversation_id)
         message_id = str(uuid.uuid4())
         at = now()
         command = c.ReceiveUserMessage(message_id=message_id, content=data.message, attachments=data.attachments, at=at)
@@ -290,46 +207,24 @@ class ConversationController(Controller):
                 "conversation_id": conversation_id,
                 "product_type": outcome.state.product_type,
                 "message_id": message_id,
+                "status": outcome.state.status,
                 "agent_response": None,
-                "conversation_state": conversation_state(outcome),
+                "escalation": escalation_state(outcome.state),
+                "conversation_state": conversation_state(identity, outcome.state),
                 "updated_at": iso(at),
             }
 
-        return await self._run(
-            platform, request, conversation_id, command, respond, message_limit=True, reply_to=message_id
+        return await run_command(
+            platform,
+            request,
+            CONVERSATION,
+            conversation_id,
+            command,
+            respond,
+            conversation_id=conversation_id,
+            message_limit=True,
+            reply_to=message_id,
         )
-
-    @post("/conversations/{conversation_id:str}/escalate", opt=ANYONE, status_code=200, summary="Escalate")
-    async def escalate(
-        self,
-        request: Request[Identity, Any, Any],
-        conversation_id: FromPath[str],
-        data: JSONBody[EscalateRequest],
-        platform: NamedDependency[Platform],
-    ) -> Response[dict[str, Any]]:
-        escalation_id = str(uuid.uuid4())
-        at = now()
-        command = c.RequestEscalation(
-            escalation_id=escalation_id,
-            trigger=data.trigger,
-            reason=data.reason,
-            urgency=data.urgency,
-            requested_by=request.user.subject,
-            at=at,
-        )
-
-        async def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
-            return {
-                "conversation_id": conversation_id,
-                "product_type": outcome.state.product_type,
-                "escalation_id": outcome.state.open_escalation or escalation_id,
-                "status": "escalated",
-                "assigned_agent": None,
-                "handoff_summary": await handoff_summary(platform, request.user, conversation_id, outcome),
-                "escalated_at": iso(at),
-            }
-
-        return await self._run(platform, request, conversation_id, command, respond)
 
     @post("/conversations/{conversation_id:str}/survey", opt=ANYONE, status_code=200, summary="Send a survey")
     async def survey(
@@ -339,6 +234,7 @@ class ConversationController(Controller):
         data: JSONBody[SurveyRequest],
         platform: NamedDependency[Platform],
     ) -> Response[dict[str, Any]]:
+        await own_conversation(platform, request.user, conversation_id)
         survey_id = str(uuid.uuid4())
         command = c.SendSurvey(survey_id=survey_id, questions=data.questions, at=now())
 
@@ -352,7 +248,9 @@ class ConversationController(Controller):
                 "survey_context": {"embedded_in_chat": True, "skippable": True},
             }
 
-        return await self._run(platform, request, conversation_id, command, respond)
+        return await run_command(
+            platform, request, CONVERSATION, conversation_id, command, respond, conversation_id=conversation_id
+        )
 
     @post(
         "/conversations/{conversation_id:str}/survey/{survey_id:str}/responses",
@@ -368,6 +266,36 @@ class ConversationController(Controller):
         data: JSONBody[SurveyResponsesRequest],
         platform: NamedDependency[Platform],
     ) -> Response[dict[str, Any]]:
+        if data.survey_id is not None and data.survey_id != survey_id:
+            raise ValidationError("the body names another survey", fields={"survey_id": "must match the path"})
+        return await self._answer(request, platform, conversation_id, survey_id, data)
+
+    @post(
+        "/conversations/{conversation_id:str}/survey/responses",
+        opt=ANYONE,
+        status_code=200,
+        summary="Answer a survey (the survey named in the body)",
+    )
+    async def answer_survey_by_body(
+        self,
+        request: Request[Identity, Any, Any],
+        conversation_id: FromPath[str],
+        data: JSONBody[SurveyResponsesRequest],
+        platform: NamedDependency[Platform],
+    ) -> Response[dict[str, Any]]:
+        if data.survey_id is None:
+            raise ValidationError("which survey is answered?", fields={"survey_id": "required"})
+        return await self._answer(request, platform, conversation_id, data.survey_id, data)
+
+    async def _answer(
+        self,
+        request: Request[Identity, Any, Any],
+        platform: Platform,
+        conversation_id: str,
+        survey_id: str,
+        data: SurveyResponsesRequest,
+    ) -> Response[dict[str, Any]]:
+        await own_conversation(platform, request.user, conversation_id)
         at = now()
         command = c.AnswerSurvey(survey_id=survey_id, responses=data.responses, at=at)
 
@@ -381,7 +309,12 @@ class ConversationController(Controller):
                 "stored_at": iso(at),
             }
 
-        return await self._run(platform, request, conversation_id, command, respond)
+        scores = {a.answer for a in data.responses if isinstance(a.answer, int) and not isinstance(a.answer, bool)}
+        if data.nps_score is not None and data.nps_score not in scores:
+            raise ValidationError("nps_score is computed from the answers", fields={"nps_score": "not among them"})
+        return await run_command(
+            platform, request, CONVERSATION, conversation_id, command, respond, conversation_id=conversation_id
+        )
 
     @post("/conversations/{conversation_id:str}/close", opt=ANYONE, status_code=200, summary="Close")
     async def close(
@@ -391,86 +324,15 @@ class ConversationController(Controller):
         data: JSONBody[CloseRequest],
         platform: NamedDependency[Platform],
     ) -> Response[dict[str, Any]]:
+        await own_conversation(platform, request.user, conversation_id)
         command = c.CloseConversation(reason=data.reason, at=now())
 
         def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
             return {"conversation_id": conversation_id, "status": outcome.state.status}
 
-        return await self._run(platform, request, conversation_id, command, respond)
-
-    @post("/conversations/{conversation_id:str}/agent-replies", opt=STAFF, summary="A human agent replies")
-    async def agent_reply(
-        self,
-        request: Request[Identity, Any, Any],
-        conversation_id: FromPath[str],
-        data: JSONBody[ContinueConversationRequest],
-        platform: NamedDependency[Platform],
-    ) -> Response[dict[str, Any]]:
-        message_id = str(uuid.uuid4())
-        command = c.RecordAgentReply(
-            message_id=message_id, content=data.message, author=f"human:{request.user.subject}", at=now()
+        return await run_command(
+            platform, request, CONVERSATION, conversation_id, command, respond, conversation_id=conversation_id
         )
-
-        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
-            return {"conversation_id": conversation_id, "message_id": message_id, "status": outcome.state.status}
-
-        return await self._run(platform, request, conversation_id, command, respond)
-
-    @post(
-        "/conversations/{conversation_id:str}/escalations/{escalation_id:str}/resolve",
-        opt=STAFF,
-        status_code=200,
-        summary="Hand back to the AI or close",
-    )
-    async def resolve(
-        self,
-        request: Request[Identity, Any, Any],
-        conversation_id: FromPath[str],
-        escalation_id: FromPath[str],
-        data: JSONBody[ResolveRequest],
-        platform: NamedDependency[Platform],
-    ) -> Response[dict[str, Any]]:
-        command = c.ResolveEscalation(
-            escalation_id=escalation_id, resolution=data.resolution, resolved_by=request.user.subject, at=now()
-        )
-
-        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
-            return {"conversation_id": conversation_id, "escalation_id": escalation_id, "status": outcome.state.status}
-
-        return await self._run(platform, request, conversation_id, command, respond)
-
-    @post("/agents", opt=requires("org_admin", "support_agent"), status_code=201, summary="Register a human agent")
-    async def register_agent(
-        self,
-        request: Request[Identity, Any, Any],
-        data: JSONBody[RegisterAgentRequest],
-        platform: NamedDependency[Platform],
-    ) -> Response[dict[str, Any]]:
-        agent_id = data.agent_id or str(uuid.uuid4())
-        command = p.RegisterHumanAgent(
-            agent_id=agent_id, name=data.name, role=data.role, skills=data.skills, capacity=data.capacity, at=now()
-        )
-
-        def respond(outcome: Outcome[p.Pool]) -> dict[str, Any]:
-            return {"agent_id": agent_id, "name": data.name, "skills": data.skills, "capacity": data.capacity}
-
-        return await self._run(platform, request, p.POOL_ID, command, respond, status=201, aggregate=AGENT_POOL)
-
-    @post("/agents/{agent_id:str}/availability", opt=STAFF, status_code=200, summary="Set availability")
-    async def availability(
-        self,
-        request: Request[Identity, Any, Any],
-        agent_id: FromPath[str],
-        data: JSONBody[AvailabilityRequest],
-        platform: NamedDependency[Platform],
-    ) -> Response[dict[str, Any]]:
-        command = p.SetHumanAgentAvailability(agent_id=agent_id, available=data.available, at=now())
-
-        def respond(outcome: Outcome[p.Pool]) -> dict[str, Any]:
-            agent = outcome.state.agents[agent_id]
-            return {"agent_id": agent_id, "available": agent.available, "active_escalations": len(agent.active)}
-
-        return await self._run(platform, request, p.POOL_ID, command, respond, aggregate=AGENT_POOL)
 
     @get(
         "/conversations/{conversation_id:str}/events",
@@ -485,26 +347,53 @@ class ConversationController(Controller):
     ) -> ServerSentEvent:
         """Every event so far, then each new one as it is committed: one SSE message per event,
         ``event`` its type, ``id`` its stream sequence and version, ``data`` the event as JSON."""
-        stream = StreamId(request.user.tenant, c.AGGREGATE_TYPE, conversation_id)
+        identity = request.user
+        stream = StreamId(identity.tenant, c.AGGREGATE_TYPE, conversation_id)
         live: asyncio.Queue[Any] = asyncio.Queue(maxsize=1000)
         subscription = await platform.opened.nc.subscribe(stream.subjects, cb=live.put)
         history = await platform.opened.store.read(stream)
-        if not history:
+        owner = next((e.event.user_id for e in history if isinstance(e.event, c.ConversationStarted)), None)
+        if not history or (is_customer(identity) and owner != identity.subject):
             await subscription.unsubscribe()
             raise NotFoundError(f"conversation {conversation_id} not found")
+        clear = sees_pii(identity, owner)
 
         async def messages() -> AsyncIterator[ServerSentEventMessage]:
             seen = history[-1].version
             try:
                 for recorded in history:
-                    yield _sse(recorded)
+                    yield _sse(recorded, clear)
                 while True:
                     msg = await live.get()
                     raw = RawMessage(seq=0, subject=msg.subject, headers=msg.headers or {}, data=msg.data, time="")
                     for recorded in platform.opened.store.decode(raw, stream):
                         if recorded.version > seen:
                             seen = recorded.version
-                            yield _sse(recorded)
+                            yield _sse(recorded, clear)
+            finally:
+                await subscription.unsubscribe()
+
+        return ServerSentEvent(messages())
+
+    @get("/events", opt=requires(*STAFF), summary="The tenant's conversation events, live (server-sent events)")
+    async def tenant_events(
+        self, request: Request[Identity, Any, Any], platform: NamedDependency[Platform]
+    ) -> ServerSentEvent:
+        """Each conversation event of the tenant as it is committed (from now on): what an inbox
+        follows. ``event`` its type, ``id`` its stream position, ``data`` the event with its
+        ``conversation_id`` and ``version``."""
+        tenant = request.user.tenant
+        live: asyncio.Queue[Any] = asyncio.Queue(maxsize=1000)
+        subscription = await platform.opened.nc.subscribe(type_subjects(c.AGGREGATE_TYPE, tenant), cb=live.put)
+
+        async def messages() -> AsyncIterator[ServerSentEventMessage]:
+            try:
+                yield ServerSentEventMessage(comment="following")
+                while True:
+                    msg = await live.get()
+                    raw = RawMessage(seq=0, subject=msg.subject, headers=msg.headers or {}, data=msg.data, time="")
+                    for recorded in platform.opened.store.decode(raw):
+                        yield _sse(recorded, True, conversation_id=recorded.stream.aggregate_id)
             finally:
                 await subscription.unsubscribe()
 
@@ -518,50 +407,117 @@ class ConversationController(Controller):
         platform: NamedDependency[Platform],
         min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
     ) -> Response[dict[str, Any]]:
-        response = await _read(
-            platform, request, min_position, platform.queries.get_conversation, conversation_id, "conversation"
+        identity = request.user
+        reached = await platform.wait_for(min_position or position_header(request))
+        async with platform.pool.connection() as conn:
+            view = await platform.queries.get_conversation(conn, identity.tenant, conversation_id)
+        if view is None:
+            raise NotFoundError(f"conversation {conversation_id} not found")
+        require_own(identity, view.user_id, f"conversation {conversation_id}")
+        return Response(
+            to_body(shown_view(identity, view)), headers={"X-Parley-Position-Reached": "true" if reached else "false"}
         )
-        view = response.content
-        view["pii_collected"] = shown_pii(request.user, view["pii_collected"], view["user_id"])
-        return response
 
-    @get("/escalations/{escalation_id:str}/status", opt=READERS, summary="Escalation status")
-    async def escalation_status(
+    @get("/conversations", opt=LISTERS, summary="List conversations")
+    async def list_conversations(
         self,
         request: Request[Identity, Any, Any],
-        escalation_id: FromPath[str],
         platform: NamedDependency[Platform],
+        status: FromQuery[Literal["active", "escalated", "closed"] | None] = None,
+        channel: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        config_id: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        config_version: Annotated[int | None, QueryParameter(ge=1)] = None,
+        assigned_agent: Annotated[
+            str | None, QueryParameter(max_length=200, description="an agent id, or `me` (the caller)")
+        ] = None,
+        escalated: FromQuery[bool | None] = None,
+        user_id: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        start_date: Annotated[
+            str | None, QueryParameter(max_length=40, description="created at or after (a date or a moment)")
+        ] = None,
+        end_date: Annotated[
+            str | None, QueryParameter(max_length=40, description="created before the end of this date (or moment)")
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, QueryParameter(max_length=500)] = None,
         min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
-    ) -> Response[dict[str, Any]]:
-        query = platform.queries.get_escalation_status
-        return await _read(platform, request, min_position, query, escalation_id, "escalation")
+    ) -> ConversationPage:
+        """The tenant's conversations, newest first, a page at a time (``next_cursor`` gives the next).
+        A customer sees only their own."""
+        identity = request.user
+        if is_customer(identity):
+            if user_id is not None and user_id != identity.subject:
+                raise NotFoundError("no such conversations")
+            user_id = identity.subject
+        where = ConversationFilter(
+            user_id=user_id,
+            status=status,
+            channel=channel,
+            config_id=config_id,
+            config_version=config_version,
+            assigned_agent=identity.subject if assigned_agent == "me" else assigned_agent,
+            escalated=escalated,
+            created_from=moment("start_date", start_date),
+            created_to=moment("end_date", end_date, end=True),
+        )
+        if where.created_from and where.created_to and where.created_from >= where.created_to:
+            raise ValidationError("the period ends before it starts", fields={"end_date": "must be after start_date"})
+        await platform.wait_for(min_position or position_header(request))
+        async with platform.pool.connection() as conn:
+            page = await platform.queries.list_conversations(conn, identity.tenant, where, limit=limit, cursor=cursor)
+        if sees_pii(identity, None):
+            return page
+        return msgspec.structs.replace(
+            page,
+            conversations=[
+                msgspec.structs.replace(
+                    s,
+                    last_message=msgspec.structs.replace(
+                        s.last_message, content=shown_text(identity, s.last_message.content, s.user_id)
+                    )
+                    if s.last_message is not None
+                    else None,
+                )
+                for s in page.conversations
+            ],
+        )
 
 
-def _sse(recorded: RecordedEvent) -> ServerSentEventMessage:
-    data = msgspec.json.encode({"version": recorded.version, **msgspec.to_builtins(recorded.event)}).decode()
-    return ServerSentEventMessage(
-        data=data, event=type(recorded.event).__name__, id=f"{recorded.seq}.{recorded.version}"
+def shown_view(identity: Identity, view: ConversationView) -> ConversationView:
+    """The conversation as this reader may see it: personal data masked unless theirs to see."""
+    if sees_pii(identity, view.user_id):
+        return view
+    messages = [
+        msgspec.structs.replace(
+            m,
+            content=shown_text(identity, m.content, view.user_id),
+            **({"tool_calls": masked(m.tool_calls)} if isinstance(m.tool_calls, list) else {}),
+        )
+        for m in view.messages
+    ]
+    return msgspec.structs.replace(
+        view, messages=messages, pii_collected=shown_pii(identity, view.pii_collected, view.user_id)
     )
 
 
-async def _read(
-    platform: Platform,
-    request: Request[Identity, Any, Any],
-    min_position: int | None,
-    query: Any,
-    item_id: str,
-    what: str,
-) -> Response[dict[str, Any]]:
-    """A read-model query for the caller's tenant, after waiting (bounded) for a position."""
-    reached = await platform.wait_for(min_position or position_header(request))
-    async with platform.pool.connection() as conn:
-        found = await query(conn, request.user.tenant, item_id)
-    if found is None:
-        raise NotFoundError(f"{what} {item_id} not found")
-    return Response(found, headers={"X-Parley-Position-Reached": "true" if reached else "false"})
+def moment(field: str, value: str | None, *, end: bool = False) -> datetime | None:
+    """A query's date (``2025-10-01``: the whole day) or moment (``2025-10-01T10:00:00Z``), in UTC."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(
+            f"{field} is not a date", fields={field: "a date (YYYY-MM-DD) or an ISO 8601 moment"}
+        ) from None
+    if len(value) <= 10:  # a date: from its start, or to its end
+        return parsed.replace(tzinfo=UTC) + (timedelta(days=1) if end else timedelta())
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def position_header(request: Request[Any, Any, Any]) -> int | None:
-    """The position a query must wait for, from the ``X-Parley-Position`` header."""
-    value = request.headers.get("X-Parley-Position")
-    return int(value) if value and value.isdigit() else None
+def _sse(recorded: RecordedEvent, clear: bool, **extra: Any) -> ServerSentEventMessage:
+    event = msgspec.to_builtins(recorded.event)
+    data = msgspec.json.encode({**extra, "version": recorded.version, **(event if clear else masked(event))}).decode()
+    return ServerSentEventMessage(
+        data=data, event=type(recorded.event).__name__, id=f"{recorded.seq}.{recorded.version}"
+    )

@@ -13,7 +13,9 @@ from redis.asyncio import Redis
 
 from domain.errors import ParleyError, ValidationError
 
-# Token buckets. Each request takes one token from each of its buckets, all or nothing. Requests
+# Token buckets, and sliding windows (a negative rate: the window's length in ms, ``burst`` the most
+# requests any window of that length may hold). Each request takes one token from each of its
+# buckets, all or nothing. Requests
 # that arrive while a call is in flight go together in the next call: ARGV is, per request, its
 # number of buckets and then (rate tokens/s, burst) per bucket; KEYS are all their buckets in the
 # same order. Requests are served in order, so two in one call see each other's tokens. Uses the
@@ -31,22 +33,39 @@ while a <= #ARGV do
   for i = 1, n do
     local rate = tonumber(ARGV[a + 2 * i - 1])
     local burst = tonumber(ARGV[a + 2 * i])
-    local state = redis.call('HMGET', KEYS[k + i], 'tokens', 'ts')
-    local tokens = tonumber(state[1]) or burst
-    local ts = tonumber(state[2]) or now
-    tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
-    if tokens < 1 then
-      empty, wait = i, math.ceil((1 - tokens) * 1000 / rate)
-      break
+    if rate < 0 then
+      -- a sliding window of -rate ms holding at most burst requests: exact over any window
+      redis.call('ZREMRANGEBYSCORE', KEYS[k + i], '-inf', now + rate)
+      if redis.call('ZCARD', KEYS[k + i]) >= burst then
+        local oldest = redis.call('ZRANGE', KEYS[k + i], 0, 0, 'WITHSCORES')
+        empty, wait = i, math.max(1, tonumber(oldest[2]) - rate - now + 1)
+        break
+      end
+    else
+      local state = redis.call('HMGET', KEYS[k + i], 'tokens', 'ts')
+      local tokens = tonumber(state[1]) or burst
+      local ts = tonumber(state[2]) or now
+      tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
+      if tokens < 1 then
+        empty, wait = i, math.ceil((1 - tokens) * 1000 / rate)
+        break
+      end
+      levels[i] = tokens
     end
-    levels[i] = tokens
   end
   if empty == 0 then
     for i = 1, n do
       local rate = tonumber(ARGV[a + 2 * i - 1])
       local burst = tonumber(ARGV[a + 2 * i])
-      redis.call('HSET', KEYS[k + i], 'tokens', levels[i] - 1, 'ts', now)
-      redis.call('PEXPIRE', KEYS[k + i], math.ceil(burst * 1000 / rate) + 1000)
+      if rate < 0 then
+        local seq = redis.call('INCR', KEYS[k + i] .. ':n')  -- a member of its own for each request
+        redis.call('ZADD', KEYS[k + i], now, seq)
+        redis.call('PEXPIRE', KEYS[k + i], -rate + 1000)
+        redis.call('PEXPIRE', KEYS[k + i] .. ':n', -rate + 1000)
+      else
+        redis.call('HSET', KEYS[k + i], 'tokens', levels[i] - 1, 'ts', now)
+        redis.call('PEXPIRE', KEYS[k + i], math.ceil(burst * 1000 / rate) + 1000)
+      end
     end
   end
   out[#out + 1] = empty
@@ -128,9 +147,10 @@ class Limits:
         return (f"rl:t:{tenant}", self.tenant_rate, self.tenant_burst, f"tenant {tenant}")
 
     def conversation_bucket(self, tenant: str, conversation_id: str) -> tuple[str, float, int, str]:
+        """At most ``messages_per_minute`` messages in any 60 seconds (a sliding window, not a bucket)."""
         per_minute = self.messages_per_minute
         what = f"conversation {conversation_id} ({per_minute} messages a minute)"
-        return (f"rl:c:{tenant}:{conversation_id}", per_minute / 60, per_minute, what)
+        return (f"rl:w:{tenant}:{conversation_id}", -60_000, per_minute, what)
 
     async def idempotent(
         self,

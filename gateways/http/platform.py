@@ -23,6 +23,7 @@ from commands.agent_pool import AGENT_POOL
 from commands.config_monitor import ConfigMonitor
 from commands.configs import AGENT_CONFIG, CONFIG_MEMBERS, ConfigCatalog, ConfigService, ensure_demo_configs
 from commands.conversation import CONVERSATION
+from commands.escalation import Escalations
 from commands.runner import CommandRunner
 from domain import conversation as c
 from gateways.http.config_reads import ConfigReads
@@ -50,12 +51,14 @@ class Platform:
     ) -> None:
         from projections import registry
         from read_models import conversations as queries
+        from read_models import escalation as escalation_queries
 
         self.settings = settings
         self.opened = opened
         self.pool = pool
         self.redis = redis
         self.queries: ModuleType = queries
+        self.escalation_queries: ModuleType = escalation_queries
         self.runner = CommandRunner.for_aggregates(
             opened.store,
             [CONVERSATION, AGENT_POOL, AGENT_CONFIG, CONFIG_MEMBERS],
@@ -72,6 +75,7 @@ class Platform:
         )
         self.projectors = registry.runners(opened.store, pool) if settings.run_projectors else []
         self.configs = ConfigCatalog(self.runner)
+        self.escalations = Escalations(self.runner, opened.store)
         # The runtime answers each conversation with the config version it is pinned to.
         self.agent_configs = VersionedConfigs(self.configs.state)
         # One tool registry for the runtime, config validation (which tools exist) and previews.
@@ -99,6 +103,7 @@ class Platform:
         self.projector_defs = registry.projectors()
         self.positions = PositionWatcher(settings.database_url, queries.CONVERSATIONS, pool)
         self.config_positions = PositionWatcher(settings.database_url, CONFIGS, pool)
+        self.escalation_positions = PositionWatcher(settings.database_url, escalation_queries.ESCALATION, pool)
         self._stopping = asyncio.Event()
         # ClickHouse analytics: its queries (``analytics``) and the projector feeding them.
         self.analytics_service: AnalyticsService | None = None
@@ -122,6 +127,7 @@ class Platform:
         platform = cls(settings, opened, pool, redis)
         await platform.positions.start()
         await platform.config_positions.start()
+        await platform.escalation_positions.start()
         await platform.configs.follow(opened.nc)  # conversation starts read the active version from memory
         await platform.config_reads.start()
         for tenant in settings.demo_tenants:
@@ -169,6 +175,7 @@ class Platform:
             await self.analytics_service.close()
         await self.positions.close()
         await self.config_positions.close()
+        await self.escalation_positions.close()
         await self.config_reads.close()
         await self.configs.close()
         await self.agent_configs.close()
@@ -229,11 +236,12 @@ class Platform:
             return True
         return await self.config_positions.wait(position, self.settings.read_wait_seconds)
 
-    async def wait_for(self, position: int | None) -> bool:
-        """Wait, bounded, until the conversation read model has passed ``position``."""
+    async def wait_for(self, position: int | None, projector: str = "conversations") -> bool:
+        """Wait, bounded, until the conversation read model (or ``escalation``) has passed ``position``."""
         if not position:
             return True
-        return await self.positions.wait(position, self.settings.read_wait_seconds)
+        watcher = self.escalation_positions if projector == "escalation" else self.positions
+        return await watcher.wait(position, self.settings.read_wait_seconds)
 
 
 class ReplyWait:

@@ -1,0 +1,204 @@
+"""What the conversation and escalation controllers share: who may see what, and running a command.
+
+A command route is: request struct -> command -> ``run_command`` -> response. ``run_command`` takes
+the rate-limit tokens, makes the command id (from ``Idempotency-Key`` when given, so a retry gets
+the first outcome), binds the log context, runs the command, and for the seed's synchronous
+conversation API waits for the agent's reply.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import msgspec
+import structlog
+from litestar import Request, Response
+
+from commands.runner import Aggregate, CommandContext, Outcome
+from domain import conversation as c
+from domain.errors import NotFoundError
+from domain.messages import Command
+from domain.pii import mask_text, mask_value
+from gateways.http.auth import Identity
+from gateways.http.platform import Platform
+from streams.subjects import StreamId
+
+S = TypeVar("S")
+
+# Roles that work a tenant's conversations; a caller with none of them is a customer (or a reader).
+STAFF = frozenset({"support_agent", "supervisor", "org_admin", "service"})
+# Who may speak for an escalation assigned to someone else.
+SUPERVISORS = frozenset({"supervisor", "org_admin", "service"})
+# Who sees collected personal data in clear; others see it masked (``domain.pii.mask_value``), except
+# a customer reading their own conversation (the token's subject is the conversation's user).
+PII_READERS = STAFF
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def position_header(request: Request[Any, Any, Any]) -> int | None:
+    """The position a query must wait for, from the ``X-Parley-Position`` header."""
+    value = request.headers.get("X-Parley-Position")
+    return int(value) if value and value.isdigit() else None
+
+
+def is_customer(identity: Identity) -> bool:
+    """A caller who reaches only their own conversations: no staff role."""
+    return not identity.roles & (STAFF | {"analyst", "platform_engineer"})
+
+
+def is_supervisor(identity: Identity) -> bool:
+    return bool(identity.roles & SUPERVISORS)
+
+
+def sees_pii(identity: Identity, owner: str | None) -> bool:
+    return bool(identity.roles & PII_READERS) or (owner is not None and identity.subject == owner)
+
+
+def shown_pii(identity: Identity, pii: Mapping[str, str], owner: str | None) -> dict[str, str]:
+    if sees_pii(identity, owner):
+        return dict(pii)
+    return {kind: mask_value(value) for kind, value in pii.items()}
+
+
+def shown_text(identity: Identity, text: str | None, owner: str | None) -> str | None:
+    """Free text as this reader may see it: personal data in it masked unless they may see it."""
+    if text is None or sees_pii(identity, owner):
+        return text
+    return mask_text(text)
+
+
+def masked(value: Any) -> Any:
+    """Every string inside a JSON-like value with its personal data masked."""
+    match value:
+        case str():
+            return mask_text(value)
+        case dict():
+            return {key: masked(item) for key, item in value.items()}
+        case list():
+            return [masked(item) for item in value]
+    return value
+
+
+def require_own(identity: Identity, owner: str, what: str) -> None:
+    """A customer reaches only their own conversations: anyone else's reads as not found."""
+    if is_customer(identity) and identity.subject != owner:
+        raise NotFoundError(f"{what} not found")
+
+
+def actor(identity: Identity) -> str:
+    return f"{'+'.join(sorted(identity.roles))}:{identity.subject}"
+
+
+async def own_conversation(platform: Platform, identity: Identity, conversation_id: str) -> c.Conversation:
+    """The conversation's state (from the runner's copy), refused as not found to a customer not its user."""
+    from commands.conversation import CONVERSATION
+
+    loaded = await platform.runner.repository(CONVERSATION).load(identity.tenant, conversation_id, trust_cache=True)
+    if not loaded.state.started:
+        raise NotFoundError(f"conversation {conversation_id} not found")
+    require_own(identity, loaded.state.user_id, f"conversation {conversation_id}")
+    return loaded.state
+
+
+async def run_command(
+    platform: Platform,
+    request: Request[Identity, Any, Any],
+    aggregate: Aggregate[S],
+    aggregate_id: str,
+    command: Command,
+    respond: Callable[[Outcome[S]], Awaitable[dict[str, Any]] | dict[str, Any]],
+    *,
+    status: int = 200,
+    conversation_id: str | None = None,
+    message_limit: bool = False,
+    new: bool = False,
+    reply_to: str | None = None,
+    command_id: str | None = None,
+) -> Response[dict[str, Any]]:
+    """Run one command for the caller and answer with ``respond(outcome)`` and the stream position."""
+    identity = request.user
+    limits = platform.limits
+    buckets = [limits.tenant_bucket(identity.tenant)]
+    if message_limit and conversation_id is not None:
+        buckets.append(limits.conversation_bucket(identity.tenant, conversation_id))
+    await limits.take(buckets)
+    key = request.headers.get("Idempotency-Key")
+    structlog.contextvars.bind_contextvars(tenant=identity.tenant, conversation_id=conversation_id)
+
+    async def run() -> tuple[int, dict[str, Any]]:
+        ctx = CommandContext(
+            tenant=identity.tenant,
+            actor=actor(identity),
+            command_id=f"idem-{key}" if key else command_id or uuid.uuid4().hex,
+            retry_possible=key is not None or command_id is not None,
+            correlation_id=request.state.get("request_id"),
+        )
+        waiter = None
+        if reply_to is not None and conversation_id is not None and platform.agents is not None:
+            stream = StreamId(identity.tenant, c.AGGREGATE_TYPE, conversation_id)
+            waiter = await platform.expect_reply(stream, reply_to)
+        outcome = await platform.runner.handle(aggregate, aggregate_id, command, ctx, new=new)
+        # Carried by the request's log line (and by the projector's, through the event metadata).
+        structlog.contextvars.bind_contextvars(
+            command=type(command).__name__, command_id=ctx.command_id, seq=outcome.position
+        )
+        body = respond(outcome)
+        if not isinstance(body, dict):
+            body = await body
+        body["position"] = max(body.get("position", 0), outcome.position)  # a use case may have written more
+        code = status
+        if waiter is not None:
+            # The seed's synchronous API: the agent's answer inline, or 202 and a link to poll.
+            state = outcome.state
+            answering = isinstance(state, c.Conversation) and state.status == "active"
+            reply = await waiter.reply(platform.settings.reply_wait_seconds if answering else 0)
+            if reply is not None:
+                body["agent_response"] = agent_response(identity, reply, getattr(state, "user_id", None))
+                body["cross_sell_opportunity"] = cross_sell_opportunity(reply)
+            elif answering:
+                code = 202
+                body["links"] = {"conversation": f"/api/v1/orchestration/conversations/{conversation_id}"}
+        return code, body
+
+    fingerprint = f"{request.method} {request.url.path}".encode() + await request.body() if key else b""
+    code, body = await platform.limits.idempotent(identity.tenant, key, fingerprint, run)
+    return Response(body, status_code=code, headers={"X-Parley-Position": str(body.get("position", 0))})
+
+
+def agent_response(identity: Identity, reply: c.AgentReplied, owner: str | None) -> dict[str, Any]:
+    tool_calls = [msgspec.to_builtins(t) for t in reply.tool_calls]
+    return {
+        "message": shown_text(identity, reply.content, owner),
+        "message_id": reply.message_id,
+        "metadata": {
+            "intent": reply.intent,
+            "confidence": reply.confidence,
+            "tool_calls": tool_calls if sees_pii(identity, owner) else masked(tool_calls),
+            "escalation_suggested": reply.escalation_suggested,
+            "provider": reply.provider,
+            "fallbacks": [msgspec.to_builtins(f) for f in reply.fallbacks],
+        },
+    }
+
+
+def cross_sell_opportunity(reply: c.AgentReplied) -> dict[str, Any]:
+    offer = reply.cross_sell
+    if offer is None:
+        return {"detected": False}
+    return {"detected": True, "product": offer.product, "suggestion": offer.suggestion, "confidence": offer.confidence}
+
+
+def to_body(value: msgspec.Struct) -> dict[str, Any]:
+    """A response Struct as the JSON-ready dict ``run_command`` bodies are."""
+    body: dict[str, Any] = msgspec.to_builtins(value)
+    return body
