@@ -64,6 +64,7 @@ HANDOFF = "I'm connecting you with a member of our team who can help further."
 UNAVAILABLE = "Sorry, I'm having trouble answering right now. Please try again in a moment."
 _JSON = msgspec.json.Decoder()
 CrossSellResponse = Literal["accepted", "declined"]
+UPSET = -0.5  # no offer to a customer whose message reads below this sentiment
 
 
 class ChatbotState(TypedDict):
@@ -474,14 +475,15 @@ def _accept_call(message: ChatMessage) -> bool:
 def finish(config: AgentConfig, state: Mapping[str, Any], reply: str, messages: list[ChatMessage]) -> dict[str, Any]:
     """The turn's last update: the reply appended, and a cross-sell offer in it when one fits.
 
-    One offer at a time, once a conversation: none while the customer is being handed off, while an
-    offer is open, on the turn they answer one, after a tool failed, to a customer writing in another
+    One offer at a time, once a conversation: none while the customer is being handed off or is upset,
+    while an offer is open, on the turn they answer one, after a tool failed, to a customer writing in another
     language (the offer is in English), or of a product offered before in this conversation.
     """
     reply = " ".join(part for part in (state.get("preface", ""), reply) if part)
     cross_sell = None
     quiet = (
         state["escalation"] is not None
+        or state.get("sentiment", 0.0) < UPSET
         or state.get("pending_offer") is not None
         or any(call.get("error") is not None for call in state["tool_history"])
         or state.get("language", "en") != "en"
