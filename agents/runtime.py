@@ -44,6 +44,7 @@ from agents.config import AgentConfig
 from agents.config_source import ConfigProvider
 from agents.graph import chain_for, run_turn
 from agents.partitions import PartitionClaims
+from agents.rules import CrossSell
 from agents.tools import ToolRegistry
 from commands.agent_pool import AGENT_POOL
 from commands.conversation import CONVERSATION
@@ -404,6 +405,15 @@ class AgentRuntime:
             user_id=state.user_id,
             config_id=state.config_id,
             config_version=state.config_version,
+            tenant=stream.tenant,
+            pending_offer=None
+            if state.open_cross_sell is None
+            else CrossSell(
+                product=state.open_cross_sell.product,
+                suggestion=state.open_cross_sell.suggestion,
+                confidence=state.open_cross_sell.confidence,
+            ),
+            known_pii=state.pii_collected,
         )
         now = datetime.now(UTC)
         reply = c.RecordAgentReply(
@@ -428,6 +438,7 @@ class AgentRuntime:
                 suggestion=result.cross_sell.suggestion,
                 confidence=result.cross_sell.confidence,
             ),
+            cross_sell_response=result.cross_sell_response,
             at=now,
         )
         await self._command(stream, reply, f"reply-{message.message_id}", recorded)

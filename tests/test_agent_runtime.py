@@ -26,7 +26,7 @@ T0 = datetime(2025, 10, 11, 10, 0, tzinfo=UTC)
 async def runtime(open_test_store: OpenStore, pg_url: str) -> AsyncIterator[tuple[AgentRuntime, CommandRunner]]:
     url = fresh_database(pg_url)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await setup_demo_data(conn)
+        await setup_demo_data(conn, tenants=("acme",))
     runner = CommandRunner.for_aggregates(open_test_store.store, [CONVERSATION])
     rt = AgentRuntime(
         open_test_store.store, runner, demo_registry(connect_url(url)), DemoConfigs(), {},
@@ -140,7 +140,7 @@ async def test_a_provider_that_fails_is_recorded_with_the_reply_and_the_next_one
         api.script(openai_api.PATH, openai_api.error(500, "the model is down"))
     url = fresh_database(pg_url)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await setup_demo_data(conn)
+        await setup_demo_data(conn, tenants=("acme",))
     runner = CommandRunner.for_aggregates(open_test_store.store, [CONVERSATION])
     env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": f"{base_url}/v1"}
     rt = AgentRuntime(

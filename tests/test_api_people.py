@@ -96,7 +96,9 @@ async def test_a_customer_reaches_only_their_own_conversations(client: AsyncTest
     assert theirs.json()["conversations"] == []
     # A customer cannot start a conversation as someone else.
     other = await client.post(
-        f"{BASE}/conversations", json={"config_id": "support-bot", "channel": "webchat", "user_id": "bob"}, headers=ALICE
+        f"{BASE}/conversations",
+        json={"config_id": "support-bot", "channel": "webchat", "user_id": "bob"},
+        headers=ALICE,
     )
     assert other.status_code == 403 and "user_id" in other.json()["fields"]
 
@@ -208,7 +210,9 @@ async def test_a_waiting_customer_chooses_a_callback_by_message(client: AsyncTes
     escalation = body["escalation_id"]
 
     await client.post(
-        f"{BASE}/conversations/{cid}/messages", json={"message": "Please call me back on +1 555 987 6543"}, headers=ALICE
+        f"{BASE}/conversations/{cid}/messages",
+        json={"message": "Please call me back on +1 555 987 6543"},
+        headers=ALICE,
     )
 
     messages = await eventually(client, cid, lambda s: any("callback" in (m["content"] or "") for m in s))
@@ -258,12 +262,12 @@ async def test_support_agents_have_the_queue_the_pool_and_their_conversations(cl
 
 
 async def test_the_conversation_list_filters_and_pages(client: AsyncTestClient[Any]) -> None:
-    made = [await start(client, headers=ADMIN, user_id=f"u{i}", channel="webchat" if i % 2 else "sms") for i in range(5)]
+    made = [
+        await start(client, headers=ADMIN, user_id=f"u{i}", channel="webchat" if i % 2 else "sms") for i in range(5)
+    ]
     position = max(m["position"] for m in made)
 
-    first = await client.get(
-        f"{BASE}/conversations", params={"limit": 2, "min_position": position}, headers=SARAH
-    )
+    first = await client.get(f"{BASE}/conversations", params={"limit": 2, "min_position": position}, headers=SARAH)
     page = first.json()
     assert len(page["conversations"]) == 2 and page["next_cursor"]
     rest = (await client.get(f"{BASE}/conversations", params={"cursor": page["next_cursor"]}, headers=SARAH)).json()
@@ -288,8 +292,8 @@ async def test_the_list_endpoints_are_in_the_openapi_schema_with_their_filters(c
     assert "get" in schema["paths"][f"{BASE}/agents"]
 
 
-async def eventually(client: AsyncTestClient[Any], cid: str, ok: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
-    for _ in range(int(timeout * 10)):
+async def eventually(client: AsyncTestClient[Any], cid: str, ok: Any, seconds: float = 10.0) -> list[dict[str, Any]]:
+    for _ in range(int(seconds * 10)):
         state = await read(client, cid, ALICE)
         if state.status_code == 200 and ok(messages := state.json()["messages"]):
             return messages

@@ -134,7 +134,7 @@ class Platform:
             await ensure_demo_configs(platform.config_service, tenant)
         if platform.agents is not None:
             async with pool.connection() as conn:
-                await setup_demo_data(conn)
+                await setup_demo_data(conn, tenants=settings.demo_tenants or ("demo",))
             # The work stream exists before the API takes a request: every message from here on
             # waits there for an answer (a later start would skip the first ones).
             await platform.agent_configs.follow(opened.nc)
