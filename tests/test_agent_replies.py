@@ -11,6 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 import pytest_asyncio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agents.config import AgentConfig, ToolDefinition, config_from_mapping, load_config
 from agents.demo_data import setup_demo_data
@@ -500,3 +502,17 @@ async def test_a_message_that_only_gives_a_detail_is_acknowledged() -> None:
     )
 
     assert completion.tool_calls == [] and completion.text == "Thanks, I've noted that. What can I help you with?"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=120), min_size=1, max_size=4))
+def test_the_offline_model_answers_any_conversation(turns: list[str]) -> None:
+    model = OfflineModel(intents=SUPPORT.intents, templates=SUPPORT.templates)
+    messages: list[ChatMessage] = []
+    for turn in turns[:-1]:
+        messages += [ChatMessage("user", turn), ChatMessage("assistant", "OK")]
+
+    completion = asyncio.run(model.complete([*messages, ChatMessage("user", turns[-1])], tools=SUPPORT.tool_specs()))
+
+    assert completion.text.strip() or completion.tool_calls
+    assert "{{" not in completion.text and "[[" not in completion.text

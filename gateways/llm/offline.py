@@ -712,14 +712,17 @@ class OfflineModel:
         def supplies(patterns: ToolPatterns, texts: Sequence[str]) -> bool:
             return any(_values(regex, text) for regex in patterns.arguments.values() for text in texts)
 
+        fired = []
         for position, (tool, patterns) in enumerate(patterned):
-            fired = any(
+            hits = sum(
                 self._trigger_hits(patterns, correct_typos(text, vocabulary))
-                or set(patterns.intents) & set(self.analyze(text).intents)
+                + len(set(patterns.intents) & set(self.analyze(text).intents))
                 for text in window[:-1]
             )
-            if fired and supplies(patterns, [latest]):
-                return _Candidate(tool, patterns, position, 1, "earlier", span=latest)
+            if hits and supplies(patterns, [latest]):
+                fired.append(_Candidate(tool, patterns, position, hits, "earlier", span=latest))
+        if fired:  # the one the last reply asked about, ranked as ``plan`` ranks what it asks for
+            return max(fired, key=lambda c: (c.hits, not c.lookup, -c.position))
         last = last_tool_call(messages)
         for position, (tool, patterns) in enumerate(patterned):
             if last is not None and tool.name == last.name and supplies(patterns, [latest]):
