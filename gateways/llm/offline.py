@@ -502,10 +502,19 @@ class OfflineModel:
         self._human = [re.compile(p, re.IGNORECASE) for p in (human_patterns or DEFAULT_HUMAN_PATTERNS)]
         self._lexicon = {**LEXICON, **(lexicon or {})}
         self.templates = {**DEFAULT_TEMPLATES, **(templates or {})}
+        self._analyses: dict[str, Analysis] = {}  # a turn reads the same text several times
 
     # -- reading a message -------------------------------------------------------------------------
 
     def analyze(self, text: str) -> Analysis:
+        if (known := self._analyses.get(text)) is not None:
+            return known
+        if len(self._analyses) >= 1024:
+            self._analyses.clear()
+        analysis = self._analyses[text] = self._analyze(text)
+        return analysis
+
+    def _analyze(self, text: str) -> Analysis:
         read = correct_typos(text)
         scores = {intent: sum(1 for rule in rules if rule.search(read)) for intent, rules in self._intents.items()}
         # Ties go to a configured intent before a default one (it is the more specific), then to the
