@@ -225,12 +225,16 @@ async def test_a_waiting_customer_chooses_a_callback_by_message(client: AsyncTes
 async def test_support_agents_have_the_queue_the_pool_and_their_conversations(client: AsyncTestClient[Any]) -> None:
     first = await start(client, message="Hello")
     second = await start(client, headers=BOB, message="Hi")
+    position = 0
     for started, who in ((first, ALICE), (second, BOB)):
         cid = started["conversation_id"]
         escalated = await client.post(f"{BASE}/conversations/{cid}/escalate", json={"trigger": "x"}, headers=who)
         assert escalated.json()["queue_position"] in (1, 2)
+        position = escalated.json()["position"]
 
-    queue = (await client.get(f"{BASE}/escalations", params={"status": "queued"}, headers=SARAH)).json()
+    queue = (
+        await client.get(f"{BASE}/escalations", params={"status": "queued", "min_position": position}, headers=SARAH)
+    ).json()
     assert [e["queue_position"] for e in queue["escalations"]] == [1, 2]
     assert [e["conversation_id"] for e in queue["escalations"]] == [first["conversation_id"], second["conversation_id"]]
     assert all(e["wait_seconds"] >= 0 and e["assigned_agent"] is None for e in queue["escalations"])
@@ -299,3 +303,16 @@ async def eventually(client: AsyncTestClient[Any], cid: str, ok: Any, seconds: f
             return messages
         await asyncio.sleep(0.1)
     raise AssertionError(f"conversation {cid} never got there: {(await read(client, cid, ALICE)).json()['messages']}")
+
+
+async def test_support_agents_audit_conversations_and_nothing_else(client: AsyncTestClient[Any]) -> None:
+    started = await start(client, message="I'm john@example.com")
+    cid = started["conversation_id"]
+
+    events = await client.get(f"/api/v1/audit/conversation/{cid}/events", headers=SARAH)
+    assert events.status_code == 200, events.text
+    assert events.json()["events"][1]["event"]["content"] == "I'm john@example.com"
+    state = await client.get(f"/api/v1/audit/conversation/{cid}/state", headers=ANALYST)
+    assert state.json()["state"]["pii_collected"] == {"email": "j***@example.com"}
+    configs = await client.get("/api/v1/audit/agent_config/support-bot/events", headers=SARAH)
+    assert configs.status_code == 403

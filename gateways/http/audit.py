@@ -21,16 +21,19 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
 from domain import conversation as c
-from domain.errors import NotFoundError
+from domain.errors import NotFoundError, PermissionDeniedError
+from domain.pii import mask_value
 from gateways.http.auth import Identity, requires
 from gateways.http.platform import Platform
 from streams.history import AuditEvent, conversation_turns, history, state_as_of
 from streams.repository import AggregateSpec
 from streams.subjects import StreamId
 
-AUDITORS = requires("org_admin", "platform_engineer", "analyst")
+AUDITORS = requires("org_admin", "platform_engineer", "analyst", "support_agent", "supervisor")
 # Who sees personal fields in clear in an audit trail.
-PERSONAL_READERS = frozenset({"org_admin"})
+PERSONAL_READERS = frozenset({"org_admin", "support_agent", "supervisor"})
+# Support staff audit conversations (to find an escalation, see what happened): not configs or the rest.
+CONVERSATION_ONLY = frozenset({"support_agent", "supervisor"})
 
 
 class AuditController(Controller):
@@ -85,7 +88,7 @@ class AuditController(Controller):
             "recorded_at": past.recorded_at,
             "latest_version": past.latest_version,
             "events_folded": past.events_folded,
-            "state": msgspec.to_builtins(past.state),
+            "state": _state(past.state, bool(request.user.roles & PERSONAL_READERS)),
         }
 
     @get("/conversations/{conversation_id:str}/turns", summary="A conversation's turns and their config versions")
@@ -112,7 +115,17 @@ def _spec(platform: Platform, aggregate_type: str) -> AggregateSpec[Any]:
 
 
 def _stream(request: Request[Identity, Any, Any], aggregate_type: str, aggregate_id: str) -> StreamId:
+    roles = request.user.roles
+    if aggregate_type != c.AGGREGATE_TYPE and not roles - CONVERSATION_ONLY:
+        raise PermissionDeniedError("support staff audit conversations only", aggregate_type=aggregate_type)
     return StreamId(request.user.tenant, aggregate_type, aggregate_id)
+
+
+def _state(state: Any, clear: bool) -> dict[str, Any]:
+    body: dict[str, Any] = msgspec.to_builtins(state)
+    if not clear and isinstance(body.get("pii_collected"), dict):
+        body["pii_collected"] = {kind: mask_value(value) for kind, value in body["pii_collected"].items()}
+    return body
 
 
 def _event(found: AuditEvent, clear: bool) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
-ROLES = ("customer", "support_agent", "org_admin", "platform_engineer", "analyst", "service")
+ROLES = ("customer", "support_agent", "supervisor", "org_admin", "platform_engineer", "analyst", "service")
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 PUBLIC_PATHS = ["/health", "/metrics", "/schema"]
 
