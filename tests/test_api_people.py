@@ -316,3 +316,17 @@ async def test_support_agents_audit_conversations_and_nothing_else(client: Async
     assert state.json()["state"]["pii_collected"] == {"email": "j***@example.com"}
     configs = await client.get("/api/v1/audit/agent_config/support-bot/events", headers=SARAH)
     assert configs.status_code == 403
+
+
+async def test_only_the_public_paths_themselves_skip_authentication(client: AsyncTestClient[Any]) -> None:
+    """A path that merely contains ``/health``, ``/metrics`` or ``/schema`` needs a token like any other."""
+    assert (await client.get("/health")).status_code == 200
+    assert (await client.get("/schema/openapi.json")).status_code == 200
+    for method, path in (
+        ("GET", "/api/v1/configs/healthcare-bot"),
+        ("POST", f"{BASE}/agents/metrics-team-1/availability"),
+        ("GET", "/api/v1/configs/schema-bot/versions"),
+        ("GET", f"{BASE}/conversations/health"),
+    ):
+        response = await client.request(method, path, json={"available": True} if method == "POST" else None)
+        assert response.status_code == 401, (path, response.status_code, response.text)

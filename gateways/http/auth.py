@@ -16,7 +16,8 @@ from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
 ROLES = ("customer", "support_agent", "supervisor", "org_admin", "platform_engineer", "analyst", "service")
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-PUBLIC_PATHS = ["/health", "/metrics", "/schema"]
+# Paths anyone may read, matched whole (a config named "healthcare-bot" is not public).
+PUBLIC_PATHS = [r"^/health$", r"^/metrics$", r"^/schema(?:/.*)?$"]
 
 
 class Identity(msgspec.Struct, frozen=True):
