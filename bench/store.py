@@ -14,12 +14,20 @@ Every side runs in this one process, on this machine, in the same run:
 Workloads: appends/s with optimistic concurrency across 1,000 aggregates (one event per
 append); sequential single-aggregate append latency; the load time of a 10,000-event aggregate
 with and without a snapshot.
+
+Then an unmodified ``eventsourcing.application.Application`` on each eventsourcing side, saved
+from 8 threads (``app_threads``): each thread registers its aggregates and keeps changing them,
+
+* **save**: the thread holds its aggregates, changes one and saves it (``app.save``: the
+  library's optimistic concurrency on the aggregate's version, one event a save);
+* **get, change, save**: the same, reading the aggregate back from the repository first.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import shutil
 import threading
 import time
@@ -31,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from eventsourcing.domain import DomainEvent
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate, DomainEvent, event
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -42,6 +51,7 @@ from eventsourcing.persistence import (
     Mapper,
     UUIDAsHex,
 )
+from eventsourcing.utils import Environment
 
 from bench.common import percentile, table, write_results
 from domain.messages import Event
@@ -97,6 +107,9 @@ class Sizes:
     latency_appends: int = 2000
     load_events: int = 10_000
     load_repeats: int = 5
+    app_threads: int = 8  # an unmodified Application saved from a thread pool
+    app_saves: int = 12_000  # per workload, across the threads
+    app_aggregates: int = 1_200  # registered first (those saves count), then changed in turn
 
 
 # Parley's store --------------------------------------------------------------------------
@@ -283,29 +296,109 @@ def run_es(factory: InfrastructureFactory[Any], s: Sizes) -> dict[str, Any]:
     }
 
 
-def postgres_factory(pg: Postgres, s: Sizes) -> InfrastructureFactory[Any]:
-    env = {
+# An unmodified eventsourcing Application, saved from threads ----------------------------
+
+
+class Tally(Aggregate):
+    @event("Registered")
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.total = 0
+
+    @event("Added")
+    def add(self, amount: int, note: str) -> None:
+        self.total += amount
+
+
+class Tallies(Application[uuid.UUID]):
+    """A plain application: nothing here knows where its events are kept."""
+
+    def register(self, name: str) -> Tally:
+        tally = Tally(name)
+        self.save(tally)
+        return tally
+
+    def add(self, tally: Tally) -> None:
+        tally.add(1, NOTE)
+        self.save(tally)
+
+    def get_and_add(self, tally_id: uuid.UUID) -> None:
+        tally: Tally = self.repository.get(tally_id)
+        tally.add(1, NOTE)
+        self.save(tally)
+
+
+def app_worker(app: Tallies, workload: str, t: int, *, saves: int, aggregates: int) -> None:
+    """One thread: register its aggregates, then change them in turn, ``saves`` saves in all."""
+    mine: list[Tally] = []
+    for n in range(saves):
+        if len(mine) < aggregates:
+            mine.append(app.register(f"tally-{t}-{n}"))
+        elif workload == "save":
+            app.add(mine[n % aggregates])
+        else:
+            app.get_and_add(mine[n % aggregates].id)
+
+
+def run_es_app(env: dict[str, str], s: Sizes) -> dict[str, Any]:
+    """Saves/s of an unmodified Application from ``app_threads`` threads, both workloads.
+
+    Each workload runs on an application of its own name (so its own PostgreSQL tables; the
+    JetStream side gets a fresh stream too), from empty.
+    """
+    out: dict[str, Any] = {}
+    for workload in ("save", "get_change_save"):
+        cls = type(f"Tallies_{workload}_{uuid.uuid4().hex[:6]}", (Tallies,), {})
+        app_env = dict(env)
+        if "JETSTREAM_STREAM" in app_env:
+            app_env["JETSTREAM_STREAM"] = "ESAPP_" + uuid.uuid4().hex[:8].upper()
+        app = cls(env=app_env)
+        try:
+            per_thread = s.app_saves // s.app_threads
+            worker = functools.partial(
+                app_worker, app, workload, saves=per_thread, aggregates=s.app_aggregates // s.app_threads
+            )
+
+            started = time.perf_counter()
+            with ThreadPoolExecutor(s.app_threads) as pool:
+                list(pool.map(worker, range(s.app_threads)))
+            out[f"app_{workload}_per_s"] = per_thread * s.app_threads / (time.perf_counter() - started)
+            events = app.recorder.max_notification_id()
+            assert events is not None and events >= per_thread * s.app_threads
+        finally:
+            if hasattr(app.factory, "delete_streams"):
+                app.factory.delete_streams()
+            app.close()
+    return out
+
+
+def postgres_env(pg: Postgres, s: Sizes) -> dict[str, str]:
+    return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
         "POSTGRES_DBNAME": "parley",
         "POSTGRES_HOST": "127.0.0.1",
         "POSTGRES_PORT": str(pg.port),
         "POSTGRES_USER": "parley",
         "POSTGRES_PASSWORD": "unused-trust-auth",
-        "POSTGRES_POOL_SIZE": str(s.threads),
+        "POSTGRES_POOL_SIZE": str(max(s.threads, s.app_threads)),
         "POSTGRES_MAX_OVERFLOW": "0",
     }
-    from eventsourcing.utils import Environment
-
-    return InfrastructureFactory.construct(Environment(name="bench_" + uuid.uuid4().hex[:8], env=env))
 
 
-def jetstream_factory(url: str) -> InfrastructureFactory[Any]:
-    env = {
+def jetstream_env(url: str) -> dict[str, str]:
+    return {
         "PERSISTENCE_MODULE": "streams.es_jetstream",
         "NATS_URL": url,
         "JETSTREAM_STREAM": "ESBENCH_" + uuid.uuid4().hex[:8].upper(),
     }
-    return InfrastructureFactory.construct(env)
+
+
+def postgres_factory(pg: Postgres, s: Sizes) -> InfrastructureFactory[Any]:
+    return InfrastructureFactory.construct(Environment(name="bench_" + uuid.uuid4().hex[:8], env=postgres_env(pg, s)))
+
+
+def jetstream_factory(url: str) -> InfrastructureFactory[Any]:
+    return InfrastructureFactory.construct(jetstream_env(url))
 
 
 def with_factory(make: Callable[[], InfrastructureFactory[Any]], s: Sizes) -> dict[str, Any]:
@@ -324,6 +417,7 @@ def with_factory(make: Callable[[], InfrastructureFactory[Any]], s: Sizes) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a small run, to check the benchmark itself")
+    parser.add_argument("--app-only", action="store_true", help="only the eventsourcing Application workloads")
     args = parser.parse_args()
     configure_logging(level="WARNING", json=False)
     s = Sizes()
@@ -336,9 +430,12 @@ def main() -> None:
             latency_appends=200,
             load_events=2000,
             load_repeats=2,
+            app_saves=2400,
+            app_aggregates=240,
         )
 
     results: dict[str, dict[str, Any]] = {}
+    apps: dict[str, dict[str, Any]] = {}
     root = service_tmpdir("parley-bench-")  # reachable by the postgres OS user
     try:
         always = NatsServer(root / "nats-always", sync_always=True)
@@ -356,21 +453,45 @@ def main() -> None:
                 flush=True,
             )
             for label, server in (("always", always), ("default", default)):
+                if args.app_only:
+                    break
                 print(f"parley store, sync {label} ...", flush=True)
                 results[f"parley (jetstream, sync {label})"] = asyncio.run(
                     run_parley(server.url, root / f"data-{label}", s)
                 )
                 print(f"eventsourcing recorders on jetstream, sync {label} ...", flush=True)
                 results[f"es/jetstream (sync {label})"] = with_factory(lambda url=server.url: jetstream_factory(url), s)
-            print("eventsourcing postgres module ...", flush=True)
-            results["es/postgres (fsync, synchronous_commit=on)"] = with_factory(lambda: postgres_factory(pg, s), s)
+            if not args.app_only:
+                print("eventsourcing postgres module ...", flush=True)
+                results[PG] = with_factory(lambda: postgres_factory(pg, s), s)
+            # The Application rows side by side: PostgreSQL between the two JetStream runs.
+            print(f"eventsourcing Application from {s.app_threads} threads: jetstream, sync always ...", flush=True)
+            apps[APP_JS] = run_es_app(jetstream_env(always.url), s)
+            print(f"eventsourcing Application from {s.app_threads} threads: postgres ...", flush=True)
+            apps[APP_PG] = run_es_app(postgres_env(pg, s), s)
+            print(f"eventsourcing Application from {s.app_threads} threads: jetstream, default sync ...", flush=True)
+            apps["es/jetstream (sync default)"] = run_es_app(jetstream_env(default.url), s)
         finally:
             for srv in servers:
                 srv.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    pg_row = results["es/postgres (fsync, synchronous_commit=on)"]
+    summary: dict[str, Any] = {"sizes": s.__dict__, "results": results}
+    if results:
+        summary.update(print_store_table(results, s))
+    summary.update(print_app_table(apps, s))
+    path = write_results("store" if not (args.quick or args.app_only) else "store-quick", summary)
+    print(f"results written to {path}")
+
+
+PG = "es/postgres (fsync, synchronous_commit=on)"
+APP_JS = "es/jetstream (sync always)"
+APP_PG = "es/postgres (fsync, synchronous_commit=on)"
+
+
+def print_store_table(results: dict[str, dict[str, Any]], s: Sizes) -> dict[str, Any]:
+    pg_row = results[PG]
     rows = []
     for name, r in results.items():
         r["appends_ratio_vs_postgres"] = r["appends_per_s"] / pg_row["appends_per_s"]
@@ -406,11 +527,34 @@ def main() -> None:
         f"\nratio, both durable (JetStream sync always vs PostgreSQL synchronous commit): {durable:.2f}x (target >= 5x)"
     )
     print(f"ratio, JetStream default sync vs PostgreSQL synchronous commit: {fast:.2f}x")
-    path = write_results(
-        "store" if not args.quick else "store-quick",
-        {"sizes": s.__dict__, "results": results, "ratio_durable": durable, "ratio_default_sync": fast},
+    return {"ratio_durable": durable, "ratio_default_sync": fast}
+
+
+def print_app_table(apps: dict[str, dict[str, Any]], s: Sizes) -> dict[str, Any]:
+    pg_row = apps[APP_PG]
+    rows = []
+    for name, r in apps.items():
+        for workload in ("save", "get_change_save"):
+            r[f"app_{workload}_ratio_vs_postgres"] = r[f"app_{workload}_per_s"] / pg_row[f"app_{workload}_per_s"]
+        rows.append(
+            [
+                name,
+                r["app_save_per_s"],
+                r["app_save_ratio_vs_postgres"],
+                r["app_get_change_save_per_s"],
+                r["app_get_change_save_ratio_vs_postgres"],
+            ]
+        )
+    print()
+    print(f"eventsourcing Application, {s.app_threads} threads ({s.app_saves:,} saves a workload)")
+    print(table(["store", "saves/s", "x postgres", "get+change+save/s", "x postgres"], rows))
+    ratio = apps[APP_JS]["app_save_ratio_vs_postgres"]
+    commands = apps[APP_JS]["app_get_change_save_ratio_vs_postgres"]
+    print(
+        f"\nratio, Application from {s.app_threads} threads, both durable (JetStream sync always vs PostgreSQL): "
+        f"{ratio:.2f}x saves/s (target >= 3x), {commands:.2f}x get+change+save/s"
     )
-    print(f"results written to {path}")
+    return {"apps": apps, "ratio_app_durable": ratio}
 
 
 if __name__ == "__main__":

@@ -45,13 +45,10 @@ Settings (read through the application's environment, so ``<APP>_NATS_URL`` work
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import re
 import threading
-from collections import OrderedDict, deque
 from collections.abc import Coroutine, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.persistence import (
@@ -74,286 +71,31 @@ from eventsourcing.utils import resolve_topic, strtobool
 from nats.aio.client import Client as NATS
 
 from domain.errors import ParleyError
-from streams.jetstream import (
-    EXPECTED_LAST_SUBJECT_SEQ,
-    MAX_BATCH,
-    JetStreamLog,
-    OutMessage,
-    RawMessage,
-    WrongLastSequence,
-    connect,
+from streams.es_core import (
+    H_TOPIC,
+    H_VERSION,
+    Call,
+    LoopThread,
+    StreamCore,
+    build_write,
+    id_to_token,
+    token_to_id,
 )
+from streams.jetstream import JetStreamLog, connect
+
+__all__ = [
+    "Factory",
+    "JetStreamAggregateRecorder",
+    "JetStreamApplicationRecorder",
+    "JetStreamFactory",
+    "JetStreamProcessRecorder",
+    "JetStreamTrackingRecorder",
+    "LoopThread",
+    "id_to_token",
+    "token_to_id",
+]
 
 T = TypeVar("T")
-TJetStreamTrackingRecorder = TypeVar("TJetStreamTrackingRecorder", bound="JetStreamTrackingRecorder")
-
-H_VERSION = "Es-Version"  # an event's originator version; a tracking record's notification id
-H_TOPIC = "Es-Topic"  # events only: a message without it is a tracking record
-TRACKING = "tracking"
-_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
-_ATTEMPTS = 10
-
-
-class LoopThread:
-    """An asyncio loop on a daemon thread: the sync facade's way into the async core.
-
-    ``run`` hands a coroutine to the loop and blocks the calling thread until it is done. Many
-    threads call at once (an application saved from a thread pool), so the hand-over is kept
-    cheap: callers queue their coroutines and only the first of a burst wakes the loop, which
-    starts every queued one in the same turn; each caller waits on a lock of its own, released
-    when its coroutine finishes.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._queue: deque[_Call[Any]] = deque()
-        self._woken = False
-        self._mutex = threading.Lock()
-        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
-        if self.loop.is_closed() or threading.current_thread() is self._thread:
-            coro.close()
-            what = "closed" if self.loop.is_closed() else "called from their own event loop"
-            raise OperationalError(f"the JetStream recorders are {what}")
-        call = _Call(coro)
-        with self._mutex:
-            self._queue.append(call)
-            wake, self._woken = not self._woken, True
-        if wake:
-            self.loop.call_soon_threadsafe(self._start)
-        if not call.done.acquire(timeout=timeout):
-            self.loop.call_soon_threadsafe(call.cancel)
-            raise TimeoutError(f"no answer from the event loop in {timeout} s")
-        return call.outcome()
-
-    def _start(self) -> None:
-        with self._mutex:
-            calls = list(self._queue)
-            self._queue.clear()
-            self._woken = False
-        for call in calls:
-            call.start(self.loop)
-
-    def stop(self) -> None:
-        if threading.current_thread() is self._thread:  # dropped by a callback on the loop itself
-            self.loop.call_soon(self.loop.stop)
-            return
-        if self.loop.is_running():
-            try:
-                self.run(self._cancel_tasks(), timeout=5)
-            finally:
-                self.loop.call_soon_threadsafe(self.loop.stop)
-                self._thread.join(5)
-        if not self.loop.is_running():
-            self.loop.close()
-
-    @staticmethod
-    async def _cancel_tasks() -> None:
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class _Call(Generic[T]):
-    """One coroutine handed to the loop, and the lock its caller waits on."""
-
-    __slots__ = ("coro", "done", "task")
-
-    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
-        self.coro = coro
-        self.done = threading.Lock()
-        self.done.acquire()
-        self.task: asyncio.Task[T] | None = None
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.task = loop.create_task(self.coro)
-        self.task.add_done_callback(self._finished)
-
-    def _finished(self, _task: asyncio.Task[T]) -> None:
-        self.done.release()
-
-    def cancel(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-        else:
-            self.coro.close()
-
-    def outcome(self) -> T:
-        assert self.task is not None
-        return self.task.result()
-
-
-def id_to_token(originator_id: UUID | str) -> str:
-    if isinstance(originator_id, UUID):
-        return "u-" + originator_id.hex
-    if _SAFE.match(originator_id):
-        return "s-" + originator_id
-    return "b-" + base64.b32encode(originator_id.encode()).decode().rstrip("=").lower()
-
-
-def token_to_id(token: str) -> UUID | str:
-    kind, value = token[:2], token[2:]
-    if kind == "u-":
-        return UUID(hex=value)
-    if kind == "s-":
-        return value
-    padded = value.upper() + "=" * (-len(value) % 8)
-    return base64.b32decode(padded).decode()
-
-
-class _Touch:
-    """What one write does to one subject: the version range it adds, where its messages are."""
-
-    __slots__ = ("first", "high", "last", "low")
-
-    def __init__(self, index: int, version: int) -> None:
-        self.first = self.last = index
-        self.low = self.high = version
-
-
-class _Write:
-    """One recorder call's messages (the tracking message first), and what they do to each subject."""
-
-    __slots__ = ("events", "key", "messages", "touches")
-
-    def __init__(self, messages: list[OutMessage], touches: dict[str, _Touch], events: int) -> None:
-        self.messages = messages
-        self.touches = touches
-        self.events = events  # the last ``events`` messages are events (the first may be a tracking record)
-        self.key = "\n".join(sorted(touches)) if len(touches) > 1 else next(iter(touches))
-
-
-class StreamCore:
-    """One stream, shared by every recorder a factory opens on it: the log (and so one group
-    commit queue) and where each subject stands, as last seen by this process.
-
-    Lives on the factory's loop: every method runs there, so the positions need no lock.
-    """
-
-    def __init__(self, log: JetStreamLog, prefix: str, *, positions: int = 100_000) -> None:
-        self.log = log
-        self.prefix = prefix
-        self.tracking_prefix = f"{prefix}.{TRACKING}."
-        self._positions: OrderedDict[str, tuple[int, int]] = OrderedDict()
-        self._positions_max = positions
-
-    # Subjects -----------------------------------------------------------------------------
-
-    def event_subject(self, originator_id: UUID | str) -> str:
-        return f"{self.prefix}.{id_to_token(originator_id)}"
-
-    def tracking_subject(self, application_name: str) -> str:
-        return self.tracking_prefix + id_to_token(application_name)
-
-    # Positions ----------------------------------------------------------------------------
-
-    def note(self, subject: str, version: int, seq: int) -> None:
-        """Remember that ``subject`` stood at ``version`` at stream sequence ``seq`` (unless a later one is known)."""
-        known = self._positions.get(subject)
-        if known is not None and known[1] >= seq:
-            return
-        self._positions[subject] = (version, seq)
-        self._positions.move_to_end(subject)
-        if len(self._positions) > self._positions_max:
-            self._positions.popitem(last=False)
-
-    def note_raw(self, raw: RawMessage) -> None:
-        self.note(raw.subject, int(raw.headers[H_VERSION]), raw.seq)
-
-    async def position(self, subject: str) -> tuple[int, int] | None:
-        """Where a subject stands on the server: (version, sequence) of its last message."""
-        last = await self.log.last_on_subject(subject)
-        if last is None:
-            self._positions.pop(subject, None)
-            return None
-        self._positions.pop(subject, None)
-        self.note_raw(last)
-        return int(last.headers[H_VERSION]), last.seq
-
-    # Writes -------------------------------------------------------------------------------
-
-    async def write(self, write: _Write) -> list[int]:
-        """Record a write atomically; the stream sequences of its events."""
-        fresh: set[str] = set()  # subjects looked up on the server for this write
-        for _attempt in range(_ATTEMPTS):
-            lookups = [
-                s for s, touch in write.touches.items() if s not in fresh and s not in self._positions and touch.low > 1
-            ]
-            if lookups:
-                await asyncio.gather(*(self.position(s) for s in lookups))
-                fresh.update(lookups)
-            messages = list(write.messages)
-            for subject, touch in write.touches.items():
-                known = self._positions.get(subject)
-                if known is not None and touch.low <= known[0]:
-                    what = "tracking position" if subject.startswith(self.tracking_prefix) else "version"
-                    raise IntegrityError(f"{what} {touch.low} already recorded on {subject} (at {known[0]})")
-                first = messages[touch.first]
-                headers = dict(first.headers)
-                headers[EXPECTED_LAST_SUBJECT_SEQ] = str(known[1] if known is not None else 0)
-                messages[touch.first] = OutMessage(first.subject, headers, first.data)
-            try:
-                published = await self.log.append(messages, key=write.key)
-            except WrongLastSequence:
-                # Someone else wrote to one of these subjects: look at all of them again.
-                await asyncio.gather(*(self.position(s) for s in write.touches))
-                fresh = set(write.touches)
-                continue
-            for subject, touch in write.touches.items():
-                self.note(subject, touch.high, published.first_seq + touch.last)
-            first_event = published.first_seq + len(write.messages) - write.events
-            return list(range(first_event, published.last_seq + 1))
-        raise OperationalError("gave up recording events after repeated concurrent writes")
-
-    # Reads --------------------------------------------------------------------------------
-
-    async def max_event_seq(self) -> int | None:
-        """The stream sequence of the last event (a tracking record may come after it)."""
-        last_seq = await self.log.last_seq()
-        if last_seq == 0:
-            return None
-        found = await self.log.read(after_seq=last_seq - 1, limit=1)
-        if found and H_TOPIC in found[0].headers:
-            return found[0].seq
-        # The stream ends with tracking records: ask for the last message on any event subject.
-        last = await self.log.last_on_subject(f"{self.prefix}.*")
-        return last.seq if last is not None else None
-
-
-def build_write(core: StreamCore, stored_events: Sequence[StoredEvent], tracking: Tracking | None) -> _Write:
-    """The messages of one recorder call (checked for what the library counts as bad data)."""
-    if len(stored_events) + (tracking is not None) > MAX_BATCH:
-        raise DataError(f"at most {MAX_BATCH} events can be recorded atomically, got {len(stored_events)}")
-    messages: list[OutMessage] = []
-    touches: dict[str, _Touch] = {}
-    if tracking is not None:
-        subject = core.tracking_subject(tracking.application_name)
-        messages.append(OutMessage(subject, {H_VERSION: str(tracking.notification_id)}, b""))
-        touches[subject] = _Touch(0, tracking.notification_id)
-    subjects: dict[UUID | str, str] = {}
-    for s in stored_events:
-        known = subjects.get(s.originator_id)
-        if known is None:
-            subject = subjects[s.originator_id] = core.event_subject(s.originator_id)
-        else:
-            subject = known
-        version = s.originator_version
-        index = len(messages)
-        messages.append(OutMessage(subject, {H_VERSION: str(version), H_TOPIC: s.topic}, s.state))
-        touch = touches.get(subject)
-        if touch is None:
-            touches[subject] = _Touch(index, version)
-        elif version <= touch.high:
-            # Versions grow along a subject: that is what lets the server check uniqueness.
-            if any(m.subject == subject and m.headers[H_VERSION] == str(version) for m in messages[:-1]):
-                raise IntegrityError(f"stored events are not unique: ({s.originator_id}, {version})")
-            raise DataError(f"the versions of {s.originator_id} must increase within one insert")
-        else:
-            touch.high, touch.last = version, index
-    return _Write(messages, touches, len(stored_events))
 
 
 class JetStreamRecorder:
@@ -370,11 +112,20 @@ class JetStreamRecorder:
             raise
         except ParleyError as e:
             raise OperationalError(str(e)) from e
-        except TimeoutError as e:
-            raise OperationalError(f"JetStream did not answer in time: {e}") from e
 
     def _record(self, stored_events: Sequence[StoredEvent], tracking: Tracking | None) -> list[int]:
-        return self._run(self._core.write(build_write(self._core, stored_events, tracking)))
+        write = build_write(self._core, stored_events, tracking)
+        core = self._core
+
+        def begin(call: Call[list[int]]) -> None:
+            core.begin(write, call)
+
+        try:
+            return self._runner.call(begin)
+        except (IntegrityError, DataError, NotSupportedError, OperationalError):
+            raise
+        except ParleyError as e:
+            raise OperationalError(str(e)) from e
 
 
 class JetStreamAggregateRecorder(JetStreamRecorder, AggregateRecorder):
@@ -562,7 +313,7 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
         self._stream = self.env.get(self.JETSTREAM_STREAM) or default
         self._replicas = int(self.env.get(self.JETSTREAM_REPLICAS, "1"))
         self._max_in_flight = int(self.env.get(self.JETSTREAM_MAX_IN_FLIGHT, "1"))
-        self._batch_from = int(self.env.get(self.JETSTREAM_BATCH_FROM, "2"))
+        self._batch_from = int(self.env.get(self.JETSTREAM_BATCH_FROM, "64"))
         self._runner = LoopThread(f"jetstream-{self._stream}")
         try:
             retry_for = float(self.env.get(self.NATS_CONNECT_TIMEOUT, "30"))
@@ -589,12 +340,14 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
                 max_in_flight=self._max_in_flight,
                 batch_from=self._batch_from,
             )
-            if self._create_stream():
-                try:
+            core = StreamCore(log, "es." + stream.lower(), batch_from=self._batch_from)
+            try:
+                if self._create_stream():
                     self._runner.run(log.ensure())
-                except ParleyError as e:
-                    raise OperationalError(str(e)) from e
-            core = self._cores[stream] = StreamCore(log, "es." + stream.lower())
+                self._runner.run(core.start())
+            except ParleyError as e:
+                raise OperationalError(str(e)) from e
+            self._cores[stream] = core
         return core
 
     def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:

@@ -400,3 +400,75 @@ def test_a_lower_or_equal_tracking_position_is_refused_with_its_events(nats_url:
     finally:
         factory.delete_streams()
         factory.close()
+
+
+def _event(originator_id: uuid.UUID, version: int) -> StoredEvent:
+    return StoredEvent(originator_id=originator_id, originator_version=version, topic="t", state=b"s")
+
+
+def test_a_save_on_a_stale_position_looks_again_and_goes_in_or_conflicts(nats_url: str) -> None:
+    # Two processes keep where the aggregate stands; each learns of the other's writes from the server.
+    env = {"NATS_URL": nats_url, "JETSTREAM_STREAM": "ES_STALE_" + uuid.uuid4().hex[:8].upper()}
+    one, two = JetStreamFactory(env), JetStreamFactory(env)
+    try:
+        a, b = one.application_recorder(), two.application_recorder()
+        dog = uuid.uuid4()
+        assert a.insert_events([_event(dog, 1)]) == [1]
+        assert len(b.select_events(dog)) == 1  # b now knows version 1 at sequence 1
+        assert a.insert_events([_event(dog, 2)]) == [2]
+        # b still thinks version 1 is the last: the server refuses, b looks again and finds 2 taken.
+        with pytest.raises(IntegrityError):
+            b.insert_events([_event(dog, 2)])
+        # ... and 3 is free: a write from the stale position goes in after one more look.
+        assert a.insert_events([_event(dog, 3)]) == [3]
+        assert b.insert_events([_event(dog, 4)]) == [4]
+        assert [e.originator_version for e in a.select_events(dog)] == [1, 2, 3, 4]
+    finally:
+        one.delete_streams()
+        one.close()
+        two.close()
+
+
+@pytest.mark.parametrize("batch_from", ["2", "1000"])
+def test_saves_from_many_threads_each_get_their_own_notification_ids(nats_url: str, batch_from: str) -> None:
+    # batch_from 2: the writes waiting together go as atomic batches; 1000: each on its own.
+    env = {
+        "NATS_URL": nats_url,
+        "JETSTREAM_STREAM": "ES_MANY_" + uuid.uuid4().hex[:8].upper(),
+        "JETSTREAM_BATCH_FROM": batch_from,
+    }
+    factory = JetStreamFactory(env)
+    try:
+        recorder = factory.application_recorder()
+        dogs = [uuid.uuid4() for _ in range(16)]
+        ids: dict[tuple[uuid.UUID, int], int] = {}
+        conflicts: list[int] = []
+
+        def save(dog: uuid.UUID) -> None:
+            for version in range(1, 21):
+                [notification_id] = recorder.insert_events([_event(dog, version)])  # type: ignore[misc]
+                ids[dog, version] = notification_id
+            # Two threads on one aggregate: one of them conflicts, nothing is lost or doubled.
+            try:
+                recorder.insert_events([_event(dogs[0], 21)])
+            except IntegrityError:
+                conflicts.append(1)
+
+        threads = [threading.Thread(target=save, args=(dog,)) for dog in dogs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(conflicts) == len(dogs) - 1
+        notifications = recorder.select_notifications(start=None, limit=1000)
+        assert len(notifications) == len(dogs) * 20 + 1
+        assert sorted(ids.values()) == sorted(n.id for n in notifications if n.originator_version <= 20)
+        for n in notifications:
+            if n.originator_version <= 20:
+                assert ids[n.originator_id, n.originator_version] == n.id  # type: ignore[index]
+        for dog in dogs:
+            versions = [e.originator_version for e in recorder.select_events(dog)]
+            assert versions == list(range(1, 22 if dog == dogs[0] else 21))
+    finally:
+        factory.delete_streams()
+        factory.close()
