@@ -330,3 +330,49 @@ async def test_only_the_public_paths_themselves_skip_authentication(client: Asyn
     ):
         response = await client.request(method, path, json={"available": True} if method == "POST" else None)
         assert response.status_code == 401, (path, response.status_code, response.text)
+
+
+async def test_control_characters_are_refused_at_the_edge_naming_the_field(client: AsyncTestClient[Any]) -> None:
+    started = await start(client)
+    cid = started["conversation_id"]
+    for field, body in (
+        ("message", {"message": "nul\x00byte"}),
+        ("message", {"message": "bell\x07"}),
+        ("attachments[0]", {"message": "hi", "attachments": ["a\x00"]}),
+    ):
+        response = await client.post(f"{BASE}/conversations/{cid}/messages", json=body, headers=ALICE)
+        assert response.status_code == 400, response.text
+        assert any(field.split("[")[0] in name for name in response.json()["fields"]), response.json()
+    fine = await client.post(
+        f"{BASE}/conversations/{cid}/messages", json={"message": "two\nlines\tand a tab"}, headers=ALICE
+    )
+    assert fine.status_code in (200, 202), fine.text
+    context = await client.post(
+        f"{BASE}/conversations",
+        json={"config_id": "support-bot", "channel": "webchat", "context": {"k": "\x00"}},
+        headers=ALICE,
+    )
+    assert context.status_code == 400 and "context" in " ".join(context.json()["fields"])
+
+
+async def test_a_body_nested_too_deep_is_a_400_not_a_500(client: AsyncTestClient[Any]) -> None:
+    deep = "[" * 1000 + "]" * 1000
+    body = '{"config_id": "support-bot", "channel": "webchat", "context": ' + deep + "}"
+    response = await client.post(
+        f"{BASE}/conversations", content=body, headers={**ALICE, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+
+
+async def test_the_same_json_spelled_differently_is_the_same_request_under_one_key(
+    client: AsyncTestClient[Any],
+) -> None:
+    headers = {**ALICE, "Idempotency-Key": "same-json-1", "Content-Type": "application/json"}
+    first = await client.post(
+        f"{BASE}/conversations", content='{"config_id":"support-bot","channel":"webchat"}', headers=headers
+    )
+    again = await client.post(
+        f"{BASE}/conversations", content='{ "channel": "webchat",\n  "config_id": "support-bot" }', headers=headers
+    )
+    assert first.status_code == again.status_code == 201, again.text
+    assert first.json()["conversation_id"] == again.json()["conversation_id"]

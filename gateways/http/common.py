@@ -170,9 +170,18 @@ async def run_command(
                 body["links"] = {"conversation": f"/api/v1/orchestration/conversations/{conversation_id}"}
         return code, body
 
-    fingerprint = f"{request.method} {request.url.path}".encode() + await request.body() if key else b""
+    fingerprint = f"{request.method} {request.url.path}".encode() + canonical(await request.body()) if key else b""
     code, body = await platform.limits.idempotent(identity.tenant, key, fingerprint, run)
     return Response(body, status_code=code, headers={"X-Parley-Position": str(body.get("position", 0))})
+
+
+def canonical(body: bytes) -> bytes:
+    """A JSON body as its canonical form (keys sorted, no insignificant whitespace), so a retry that
+    spells the same request differently is the same request."""
+    try:
+        return msgspec.json.encode(msgspec.json.decode(body), order="sorted")
+    except msgspec.DecodeError:
+        return body
 
 
 def agent_response(identity: Identity, reply: c.AgentReplied, owner: str | None) -> dict[str, Any]:

@@ -44,14 +44,14 @@ from gateways.http.common import (
     shown_text,
     to_body,
 )
+from gateways.http.fields import Attachments, Context, Name, Text
 from gateways.http.platform import Platform
 from read_models.conversations import ConversationFilter, ConversationPage, ConversationView
 from streams.jetstream import RawMessage
 from streams.store import RecordedEvent
 from streams.subjects import StreamId, type_subjects
 
-NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
+NonEmpty = Name
 ANYONE = requires("customer", "support_agent", "supervisor", "org_admin", "service")
 READERS = requires("customer", "support_agent", "supervisor", "org_admin", "service", "analyst")
 LISTERS = requires("customer", "support_agent", "supervisor", "org_admin", "service", "analyst")
@@ -65,12 +65,12 @@ class StartConversationRequest(msgspec.Struct, forbid_unknown_fields=True):
     # A customer starts conversations as themselves: their token's subject (given or not).
     user_id: NonEmpty | None = None
     initial_message: Text | None = None
-    context: dict[str, str] | None = None
+    context: Context | None = None
 
 
 class ContinueConversationRequest(msgspec.Struct, forbid_unknown_fields=True):
     message: Text
-    attachments: list[str] = []
+    attachments: Attachments = []
 
 
 class SurveyRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -53,6 +53,15 @@ def http_error(_request: Request[Any, Any, Any], exc: HTTPException) -> Response
     return Response({"code": code, "message": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
+def too_deep(_request: Request[Any, Any, Any], exc: RecursionError) -> Response[dict[str, Any]]:
+    """A body (JSON, or YAML inside it) nested deeper than any real request: refused, not a crash."""
+    log.warning("request nested too deeply", error=str(exc))
+    return Response(
+        {"code": "validation_error", "message": "the request is nested too deeply", "fields": {"body": "too deep"}},
+        status_code=400,
+    )
+
+
 def unexpected_error(_request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unexpected error", error=str(exc))
     return Response(
@@ -65,5 +74,6 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     ParleyError: parley_error,
     ValidationException: validation_error,
     HTTPException: http_error,
+    RecursionError: too_deep,
     Exception: unexpected_error,
 }

@@ -40,11 +40,11 @@ from gateways.http.common import (
     shown_pii,
     to_body,
 )
+from gateways.http.fields import Name, Note, Text
 from gateways.http.platform import Platform
 from read_models.escalation import AgentList, EscalationPage
 
-NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
+NonEmpty = Name
 Phone = Annotated[str, msgspec.Meta(pattern=r"^\+?[\d\s().-]{7,25}$")]
 Email = Annotated[str, msgspec.Meta(pattern=r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$", max_length=254)]
 ANYONE = requires("customer", *STAFF)
@@ -55,7 +55,7 @@ ADMINS = requires("supervisor", "org_admin", "service")
 
 class EscalateRequest(msgspec.Struct, forbid_unknown_fields=True):
     trigger: NonEmpty
-    reason: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    reason: Note = ""
     urgency: Literal["low", "medium", "high", "urgent"] = "medium"
     skill: NonEmpty | None = None  # routes to an agent with this skill
 
@@ -64,7 +64,7 @@ class FallbackRequest(msgspec.Struct, forbid_unknown_fields=True):
     option: Literal["continue_with_ai", "schedule_callback", "email_support"]
     phone: Phone | None = None
     email: Email | None = None
-    preferred_time: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    preferred_time: Name | None = None
 
 
 class ClaimRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -179,7 +179,7 @@ class EscalationController(Controller):
         min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
     ) -> Response[dict[str, Any]]:
         identity = request.user
-        reached = await platform.wait_for(min_position or position_header(request))
+        reached = await platform.wait_for(min_position or position_header(request), "conversations", "escalation")
         async with platform.pool.connection() as conn:
             view = await platform.escalation_queries.get_escalation_status(conn, identity.tenant, escalation_id)
         if view is None:
@@ -205,7 +205,7 @@ class EscalationController(Controller):
         """Escalations oldest first, as they are worked: each with its wait, skill and place in the queue.
         A customer sees only their own."""
         identity = request.user
-        await platform.wait_for(min_position or position_header(request))
+        await platform.wait_for(min_position or position_header(request), "conversations", "escalation")
         async with platform.pool.connection() as conn:
             page = await platform.escalation_queries.list_escalations(
                 conn,
@@ -392,7 +392,7 @@ class EscalationController(Controller):
         platform: NamedDependency[Platform],
         min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
     ) -> AgentList:
-        await platform.wait_for(min_position or position_header(request), projector="escalation")
+        await platform.wait_for(min_position or position_header(request), "escalation")
         async with platform.pool.connection() as conn:
             return await platform.escalation_queries.list_agents(conn, request.user.tenant)
 

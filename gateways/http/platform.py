@@ -236,12 +236,16 @@ class Platform:
             return True
         return await self.config_positions.wait(position, self.settings.read_wait_seconds)
 
-    async def wait_for(self, position: int | None, projector: str = "conversations") -> bool:
-        """Wait, bounded, until the conversation read model (or ``escalation``) has passed ``position``."""
+    async def wait_for(self, position: int | None, *projectors: str) -> bool:
+        """Wait, bounded, until the read models (default: conversations) have passed ``position``."""
         if not position:
             return True
-        watcher = self.escalation_positions if projector == "escalation" else self.positions
-        return await watcher.wait(position, self.settings.read_wait_seconds)
+        watchers = {"conversations": self.positions, "escalation": self.escalation_positions}
+        reached = [
+            await watchers[name].wait(position, self.settings.read_wait_seconds)
+            for name in projectors or ("conversations",)
+        ]
+        return all(reached)
 
 
 class ReplyWait:

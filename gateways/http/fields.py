@@ -1,0 +1,29 @@
+"""The constrained strings and collections request bodies are made of.
+
+Text is checked at the edge, before anything is decided or stored: no NUL or other control
+characters except newline and tab, lengths and sizes bounded. Each bound lives on the type
+(``msgspec.Meta``), so a refusal is a 400 naming the field, and the OpenAPI schema states it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+# Printable text: any character but the C0 controls (tab and newline excepted) and DEL.
+_PRINTABLE = r"^[^\x00-\x08\x0b-\x1f\x7f]*$"
+_ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
+
+# A customer's or an agent's message.
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000, pattern=_PRINTABLE, description="printable text")]
+# A short free-text field: a reason, a summary line.
+Note = Annotated[str, msgspec.Meta(max_length=2_000, pattern=_PRINTABLE)]
+# A name, a label, an identifier given by a client: one line.
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=_ONE_LINE)]
+ContextKey = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=_ONE_LINE)]
+ContextValue = Annotated[str, msgspec.Meta(max_length=1_000, pattern=_PRINTABLE)]
+# A start's context: a few keys the client knows (customer id, session, page).
+Context = Annotated[dict[ContextKey, ContextValue], msgspec.Meta(max_length=50)]
+Attachment = Annotated[str, msgspec.Meta(min_length=1, max_length=2_048, pattern=_ONE_LINE)]
+Attachments = Annotated[list[Attachment], msgspec.Meta(max_length=10)]
