@@ -156,7 +156,8 @@ class LoopThread:
     on a lock of its own, released as soon as its work is settled.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, timeout: float = 60.0) -> None:
+        self.timeout = timeout  # a call not settled by then is given up (its work is cancelled)
         self.loop = asyncio.new_event_loop()
         self._queue: deque[Call[Any]] = deque()
         self._woken = False
@@ -164,17 +165,17 @@ class LoopThread:
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         try:
             self._usable()
         except OperationalError:
             coro.close()
             raise
-        return self._wait(CoroutineCall(coro), timeout)
+        return self._wait(CoroutineCall(coro), timeout or self.timeout)
 
-    def call(self, fn: Callable[[Call[T]], None], timeout: float = 60.0) -> T:
+    def call(self, fn: Callable[[Call[T]], None], timeout: float | None = None) -> T:
         self._usable()
-        return self._wait(FunctionCall(fn), timeout)
+        return self._wait(FunctionCall(fn), timeout or self.timeout)
 
     def _usable(self) -> None:
         if self.loop.is_closed():
@@ -284,7 +285,7 @@ _ACK = msgspec.json.Decoder(_Ack)
 class _Pending:
     """A single-message write waiting for its acknowledgement."""
 
-    __slots__ = ("call", "message", "subject", "timer", "touch", "write")
+    __slots__ = ("call", "deadline", "message", "subject", "touch", "write")
 
     def __init__(self, write: Write, call: Call[list[int]], subject: str, message: OutMessage) -> None:
         self.write = write
@@ -292,7 +293,7 @@ class _Pending:
         self.subject = subject
         self.touch = write.touches[subject]
         self.message = message
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
 
 
 class StreamCore:
@@ -317,6 +318,7 @@ class StreamCore:
         self._tokens = itertools.count()
         self._waiting: dict[str, _Pending] = {}
         self._outbox: list[_Pending] = []
+        self._sweeping = False
 
     # Subjects -----------------------------------------------------------------------------
 
@@ -417,6 +419,10 @@ class StreamCore:
         nc = self.log.nc
         assert isinstance(nc, _Client) and self._inbox is not None, "StreamCore.start() first"
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        if not self._sweeping:
+            self._sweeping = True
+            loop.call_later(1.0, self._sweep)
         frames = []
         for pending in outbox:
             token = str(next(self._tokens))
@@ -427,7 +433,7 @@ class StreamCore:
                 continue
             frames.append(frame)
             self._waiting[token] = pending
-            pending.timer = loop.call_later(self.timeout, self._expire, token)
+            pending.deadline = deadline
         if frames:
             task = loop.create_task(nc.publish_frames(frames))
             task.add_done_callback(_log_failure)
@@ -436,8 +442,6 @@ class StreamCore:
         pending = self._waiting.pop(subject[subject.rfind(".") + 1 :], None)
         if pending is None:
             return
-        if pending.timer is not None:
-            pending.timer.cancel()
         status = headers.get("Status")
         if status is not None:  # 503: no stream listens on the subject
             pending.call.fail(OperationalError(f"JetStream refused the write to {pending.subject}: status {status}"))
@@ -456,10 +460,16 @@ class StreamCore:
             text = f"JetStream refused the write to {pending.subject}: {ack.error.description} ({ack.error.err_code})"
             pending.call.fail(OperationalError(text))
 
-    def _expire(self, token: str) -> None:
-        pending = self._waiting.pop(token, None)
-        if pending is not None:
+    def _sweep(self) -> None:
+        """Fail the writes whose acknowledgement is overdue (looked at every second while any wait)."""
+        now = asyncio.get_running_loop().time()
+        for token in [t for t, p in self._waiting.items() if p.deadline <= now]:
+            pending = self._waiting.pop(token)
             pending.call.fail(OperationalError(f"JetStream did not acknowledge the write to {pending.subject}"))
+        if self._waiting:
+            asyncio.get_running_loop().call_later(1.0, self._sweep)
+        else:
+            self._sweeping = False
 
     def _retry(self, pending: _Pending) -> None:
         """The subject moved on since it was last seen here: look again, through the general path."""
@@ -587,6 +597,6 @@ def publish_frame(message: OutMessage, reply: str, max_payload: int) -> bytes:
 
 
 def _log_failure(task: asyncio.Future[Any]) -> None:
-    """A background send failed: say so (each write it carried fails by its own timer)."""
+    """A background send failed: say so (each write it carried fails when it is overdue)."""
     if not task.cancelled() and (error := task.exception()) is not None:
         log.warning("sending writes to JetStream failed", error=str(error) or type(error).__name__)

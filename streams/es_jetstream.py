@@ -16,18 +16,14 @@ Layout of a stream (``ES_<APPLICATION NAME>`` unless ``JETSTREAM_STREAM`` says o
 * tracking records on ``es.<stream>.tracking.<upstream application token>``, one message per
   record, ``Es-Version`` holding the upstream notification id, no body.
 
-**Writes.** Every write states where each subject it touches stands, as the stream sequence of
-the subject's last message (``Nats-Expected-Last-Subject-Sequence``); the server refuses the
-whole write if any subject moved on. Versions (and tracking positions) only grow along a
-subject, so "the new versions are above the last recorded one, and nothing was recorded since"
-is exactly the library's uniqueness contract, checked atomically. Where a subject stands is
-remembered from the last read or write of it in this process; a new aggregate (first version
-0 or 1) is presumed empty; anything else is looked up. A refused write looks again, and raises
-``IntegrityError`` if the versions are taken.
-
-Concurrent writes (from many threads: one ``Application`` saved from a thread pool) are
-group-committed by ``JetStreamLog.append``: the writes waiting while one is in flight go out
-together as one atomic batch, one round trip and one fsync, each with its own expectations.
+**Writes** (``streams.es_core``). Every write states where each subject it touches stands (the
+stream sequence of its last message, ``Nats-Expected-Last-Subject-Sequence``), so the server
+checks the library's uniqueness contract atomically; a refused write looks again and raises
+``IntegrityError`` if its versions are taken. Where a subject stands is remembered from the
+last read or write of it, so a save after a load is one round trip. Saves from many threads
+share the loop's turns: a save of one event goes out with the others of its turn in one socket
+write and is released by its own acknowledgement; 64 or more waiting at once go as one atomic
+batch (one round trip, one fsync).
 
 **Tracking.** ``insert_events(events, tracking=t)`` puts the tracking message first and the
 events after it in one atomic batch: events and tracking record are all or nothing. The tracking
@@ -38,7 +34,9 @@ recorded for that upstream application, so a duplicate (or a lower) position rai
 Settings (read through the application's environment, so ``<APP>_NATS_URL`` works too):
 ``NATS_URL``, ``JETSTREAM_STREAM`` (default ``ES_<APPLICATION NAME>``), ``JETSTREAM_REPLICAS``,
 ``NATS_CONNECT_TIMEOUT`` (seconds to keep retrying an unreachable server at start-up, default 30),
-``JETSTREAM_MAX_IN_FLIGHT`` and ``JETSTREAM_BATCH_FROM`` (group commit, see ``JetStreamLog``),
+``JETSTREAM_TIMEOUT`` (seconds to wait for the server's answer, default 10),
+``JETSTREAM_BATCH_FROM`` (waiting saves that go as one atomic batch, default 64) and
+``JETSTREAM_MAX_IN_FLIGHT`` (atomic writes outstanding at once, see ``JetStreamLog``),
 ``CREATE_TABLE`` (the library's switch: ``no`` leaves the stream as it is), and the library's
 ``APPLICATION_RECORDER_TOPIC``, ``TRACKING_RECORDER_TOPIC``, ``PROCESS_RECORDER_TOPIC``.
 """
@@ -299,6 +297,7 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
     JETSTREAM_MAX_IN_FLIGHT = "JETSTREAM_MAX_IN_FLIGHT"
     JETSTREAM_BATCH_FROM = "JETSTREAM_BATCH_FROM"
     NATS_CONNECT_TIMEOUT = "NATS_CONNECT_TIMEOUT"
+    JETSTREAM_TIMEOUT = "JETSTREAM_TIMEOUT"
     CREATE_TABLE = "CREATE_TABLE"
 
     aggregate_recorder_class: type[JetStreamAggregateRecorder] = JetStreamAggregateRecorder
@@ -314,7 +313,8 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
         self._replicas = int(self.env.get(self.JETSTREAM_REPLICAS, "1"))
         self._max_in_flight = int(self.env.get(self.JETSTREAM_MAX_IN_FLIGHT, "1"))
         self._batch_from = int(self.env.get(self.JETSTREAM_BATCH_FROM, "64"))
-        self._runner = LoopThread(f"jetstream-{self._stream}")
+        self._timeout = float(self.env.get(self.JETSTREAM_TIMEOUT, "10"))
+        self._runner = LoopThread(f"jetstream-{self._stream}", timeout=self._timeout * 3)
         try:
             retry_for = float(self.env.get(self.NATS_CONNECT_TIMEOUT, "30"))
             self._nc: NATS = self._runner.run(
@@ -339,8 +339,9 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
                 replicas=self._replicas,
                 max_in_flight=self._max_in_flight,
                 batch_from=self._batch_from,
+                request_timeout=self._timeout,
             )
-            core = StreamCore(log, "es." + stream.lower(), batch_from=self._batch_from)
+            core = StreamCore(log, "es." + stream.lower(), batch_from=self._batch_from, timeout=self._timeout)
             try:
                 if self._create_stream():
                     self._runner.run(log.ensure())
