@@ -83,7 +83,14 @@ async def serve_platform(
         **overrides,
     )
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=2,  # a browser may still hold a live event stream open
+        )
     )
     serving = asyncio.create_task(server.serve())
     try:
@@ -118,11 +125,15 @@ async def chromium() -> AsyncIterator[Any]:
             await browser.close()
 
 
-async def sign_in(browser: Any, served: Served, role_label: str) -> Any:
-    """A new browser context signed in through the console's development sign-in, at 1024 px wide."""
+async def sign_in(browser: Any, served: Served, role_label: str, *, bypass_csp: bool = False) -> Any:
+    """A new browser context signed in through the console's development sign-in, at 1024 px wide.
+
+    ``bypass_csp``: let a test inject a script (axe-core) past the console's Content-Security-Policy."""
     from playwright.async_api import expect
 
-    context = await browser.new_context(viewport={"width": 1024, "height": 900}, base_url=served.url)
+    context = await browser.new_context(
+        viewport={"width": 1024, "height": 900}, base_url=served.url, bypass_csp=bypass_csp
+    )
     page = await context.new_page()
     await page.goto("/console/")
     await page.get_by_role("button", name=f"Sign in as {role_label}").click()

@@ -71,7 +71,7 @@ export function ConfigChat({ config }: { config: ConfigView }) {
         Ask for a change in your own words (“make the bot more formal and add the refund tool”): it proposes the changes with their risk, and applies them through the usual
         versions and approvals.
       </p>
-      <div className="chat" aria-live="polite" aria-label="Assistant conversation">
+      <div className="chat" role="log" aria-live="polite" aria-label="Assistant conversation">
         {turns.map((t, i) => (
           <div key={i} className={`bubble ${t.from === "you" ? "user" : "assistant"}`}>
             <div className="meta">{t.from}</div>

@@ -11,7 +11,7 @@ import type { EscalationSummary } from "../api/types";
 import { isMissingEndpoint, useConversation } from "../conversations/queries";
 import { Messages, PiiList } from "../conversations/Messages";
 import { Badge, ErrorNotice, Field, fmtWait, Loading } from "../ui/components";
-import { AGENTS, applyTenantEvent, ESCALATIONS, TENANT_EVENTS, useAgents, useEscalations } from "./queries";
+import { AGENTS, applyTenantEvent, ESCALATIONS, notePosition, TENANT_EVENTS, useAgents, useEscalations } from "./queries";
 
 /** Seconds since a moment, ticking once a second (a clock, not a poll). */
 function useNow(): number {
@@ -81,7 +81,8 @@ function EscalationTable({ list, empty, selected, kind }: { list: ReturnType<typ
   const claim = useMutation({
     mutationFn: (e: EscalationSummary) =>
       call(api.POST("/api/v1/orchestration/escalations/{escalation_id}/claim" as never, { params: { path: { escalation_id: e.escalation_id } }, body: {} } as never)),
-    onSuccess: async (_, e) => {
+    onSuccess: async (answer, e) => {
+      notePosition(answer);
       await client.invalidateQueries({ queryKey: [ESCALATIONS] });
       await client.invalidateQueries({ queryKey: [AGENTS] });
       navigate(`/inbox/${e.conversation_id}`);
@@ -150,12 +151,15 @@ function Availability({ agentId }: { agentId: string }) {
   const me = agents.data?.agents.find((a) => a.agent_id === agentId);
   const [name, setName] = useState(agentId);
   const [skills, setSkills] = useState("");
-  const refresh = () => client.invalidateQueries({ queryKey: [AGENTS] });
+  const refresh = (answer: unknown) => {
+    notePosition(answer);
+    return client.invalidateQueries({ queryKey: [AGENTS] });
+  };
   const set = useMutation({
     mutationFn: (available: boolean) =>
       call(api.POST("/api/v1/orchestration/agents/{agent_id}/availability", { params: { path: { agent_id: agentId } }, body: { available } })),
-    onSuccess: async () => {
-      await refresh();
+    onSuccess: async (answer) => {
+      await refresh(answer);
       await client.invalidateQueries({ queryKey: [ESCALATIONS] });
     },
   });
@@ -213,7 +217,10 @@ function OpenConversation({ conversationId, escalation }: { conversationId: stri
   const send = useMutation({
     mutationFn: () =>
       call(api.POST("/api/v1/orchestration/conversations/{conversation_id}/agent-replies", { params: { path: { conversation_id: conversationId } }, body: { message: reply } })),
-    onSuccess: () => setReply(""),
+    onSuccess: (answer) => {
+      notePosition(answer);
+      setReply("");
+    },
   });
   const resolve = useMutation({
     mutationFn: (resolution: "returned_to_ai" | "closed") =>
@@ -223,7 +230,8 @@ function OpenConversation({ conversationId, escalation }: { conversationId: stri
           body: { resolution },
         }),
       ),
-    onSuccess: async () => {
+    onSuccess: async (answer) => {
+      notePosition(answer);
       await client.invalidateQueries({ queryKey: [ESCALATIONS] });
       await client.invalidateQueries({ queryKey: [AGENTS] });
       navigate("/inbox");

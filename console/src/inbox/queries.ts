@@ -11,10 +11,21 @@ export const AGENTS = "/api/v1/orchestration/agents";
 export const TENANT_EVENTS = "/api/v1/orchestration/events";
 export const conversationKey = (id: string) => ["/api/v1/orchestration/conversations/{conversation_id}", id] as const;
 
+// Read-your-writes: the stream position of the latest command this console sent or event it saw;
+// the inbox's reads ask the read models to have passed it (min_position) before they answer.
+let position = 0;
+
+export function notePosition(answer: unknown): void {
+  const p = answer && typeof answer === "object" ? (answer as { position?: unknown }).position : undefined;
+  if (typeof p === "number" && p > position) position = p;
+}
+
+const since = () => (position > 0 ? position : undefined);
+
 export function useEscalations(query: { status?: string; agent_id?: string; skill?: string }) {
   return useQuery({
     queryKey: [ESCALATIONS, query],
-    queryFn: () => getJson<EscalationList>(ESCALATIONS, { ...query, limit: 100 }),
+    queryFn: () => getJson<EscalationList>(ESCALATIONS, { ...query, limit: 100, min_position: since() }),
     retry: false,
   });
 }
@@ -22,7 +33,7 @@ export function useEscalations(query: { status?: string; agent_id?: string; skil
 export function useAgents() {
   return useQuery({
     queryKey: [AGENTS],
-    queryFn: () => getJson<{ agents: HumanAgent[] }>(AGENTS),
+    queryFn: () => getJson<{ agents: HumanAgent[] }>(AGENTS, { min_position: since() }),
     retry: false,
   });
 }
@@ -53,6 +64,8 @@ export function applyTenantEvent(client: QueryClient, message: EventSourceMessag
   const data = eventData(message);
   const conversationId = data && typeof data.conversation_id === "string" ? data.conversation_id : null;
   if (!data || !conversationId) return null;
+  const seq = Number((message.id ?? "").split(".")[0]);
+  if (Number.isFinite(seq)) notePosition({ position: seq });
   const added = messageOf(message.event, data);
   if (added) {
     client.setQueryData<ConversationView>(conversationKey(conversationId), (old) =>
@@ -60,7 +73,6 @@ export function applyTenantEvent(client: QueryClient, message: EventSourceMessag
     );
   }
   // Then the read model's view, once it has passed this event (min_position: the event's stream sequence).
-  const seq = Number((message.id ?? "").split(".")[0]);
   if (client.getQueryData(conversationKey(conversationId)) !== undefined) {
     void call<ConversationView>(
       api.GET("/api/v1/orchestration/conversations/{conversation_id}", {
