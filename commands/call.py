@@ -1,0 +1,489 @@
+"""Call use cases: place and take calls, record what is said and done on them, transfer, end.
+
+``CallService`` is what the Voice API, the Twilio bridge and the voice worker share:
+
+- ``initiate`` (outbound) asks the tenant's voice line to admit the call (do-not-call list, hourly
+  quota, concurrent cap, daily budget), pins the config's active version, records the call, and
+  dials it through the telephony port (LiveKit SIP). A refusal is recorded on the call's own stream
+  before the 4xx/429 is raised.
+- ``answer`` (inbound) does the same for a call that rang in (the Twilio bridge, a SIP dispatch).
+- ``record`` runs any call command with an id derived from its cause (an utterance id, a tool call
+  id), so a retry records once.
+- ``transfer`` finds a human of the tenant's agent pool (the one named, or the pool's choice),
+  records the request before acting, then connects (or fails) through the telephony port: cold
+  moves the caller at once, hot and warm first give the human the ``call_summary``.
+- ``end`` records the end with its cost (the line's unit prices), frees the line and the human.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+import msgspec
+import structlog
+
+from commands.agent_pool import AGENT_POOL
+from commands.configs import ConfigCatalog
+from commands.runner import Aggregate, CommandContext, CommandRunner, Outcome
+from domain import agent_pool as p
+from domain import call as v
+from domain.errors import IllegalStateError, NotFoundError, ValidationError
+from domain.messages import Command
+from streams.repository import AggregateSpec, Repository
+from streams.store import EventStore, RecordedEvent
+from streams.subjects import StreamId
+
+log = structlog.get_logger(__name__)
+
+CALL: Aggregate[v.Call] = Aggregate(
+    AggregateSpec(
+        type_name=v.AGGREGATE_TYPE,
+        state_type=v.Call,
+        initial=v.initial,
+        evolve=v.evolve,
+        data_subject=v.data_subject,
+    ),
+    decide=v.decide,
+)
+
+VOICE_LINE: Aggregate[v.Line] = Aggregate(
+    AggregateSpec(type_name=v.LINE_TYPE, state_type=v.Line, initial=v.line_initial, evolve=v.evolve_line),
+    decide=v.decide_line,
+)
+
+ACTOR = "voice:platform"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def number_digest(tenant: str, phone_number: str) -> str:
+    """A number as the do-not-call list keeps it: digits only, hashed with the tenant."""
+    digits = "".join(ch for ch in phone_number if ch.isdigit())
+    return hashlib.sha256(f"{tenant}:{digits}".encode()).hexdigest()[:32]
+
+
+def caller_subject(tenant: str, phone_number: str | None, context: dict[str, str] | None) -> str:
+    """Whose personal data a call holds: the customer id when known, else a pseudonym of the number."""
+    if context and context.get("customer_id"):
+        return context["customer_id"]
+    if phone_number:
+        return "caller-" + number_digest(tenant, phone_number)[:20]
+    return "caller-unknown"
+
+
+class Dialed(msgspec.Struct, frozen=True, kw_only=True):
+    sip_session_id: str
+    room_name: str
+    participant_identity: str
+
+
+class Connected(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    reason: str = ""
+    sip_status: str | None = None
+
+
+class Telephony(Protocol):
+    """How calls reach the phone network (``gateways.telephony``)."""
+
+    async def dial(self, tenant: str, call_id: str, phone_number: str, caller_id: str | None) -> Dialed: ...
+
+    async def transfer(
+        self, tenant: str, call: v.Call, transfer: v.TransferRequested, target: str, summary: str
+    ) -> Connected: ...
+
+
+class TransferTarget(msgspec.Struct, frozen=True, kw_only=True):
+    agent_id: str | None
+    name: str
+    role: str
+    target: str | None
+
+
+class CallSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """The seed's ``call_summary``."""
+
+    transcript: str
+    pii_collected: dict[str, str]
+    tools_used: list[str]
+
+
+class CallService:
+    def __init__(
+        self,
+        runner: CommandRunner,
+        configs: ConfigCatalog,
+        *,
+        telephony: Telephony | None = None,
+        agent_sip_domain: str = "agents.parley.local",
+    ) -> None:
+        store = runner.store
+        repositories = dict(runner.repositories)
+        for aggregate in (CALL, VOICE_LINE, AGENT_POOL):
+            repositories.setdefault(aggregate.spec.type_name, Repository(store, aggregate.spec))
+        # The line and the pool are one aggregate per tenant that every call touches: retry longer.
+        self.runner = CommandRunner(store, repositories, max_attempts=20)
+        self.store: EventStore = store
+        self.configs = configs
+        self.telephony = telephony
+        self.agent_sip_domain = agent_sip_domain
+
+    # Running commands -----------------------------------------------------------------------
+
+    async def record(
+        self, tenant: str, call_id: str, command: Command, command_id: str, *, actor: str = ACTOR, new: bool = False
+    ) -> Outcome[v.Call]:
+        ctx = CommandContext(tenant=tenant, actor=actor, command_id=command_id, retry_possible=not new)
+        return await self.runner.handle(CALL, call_id, command, ctx, new=new)
+
+    async def line(self, tenant: str, command: Command, command_id: str, actor: str = ACTOR) -> Outcome[v.Line]:
+        ctx = CommandContext(tenant=tenant, actor=actor, command_id=command_id, retry_possible=True)
+        return await self.runner.handle(VOICE_LINE, v.LINE_ID, command, ctx)
+
+    async def state(self, tenant: str, call_id: str) -> v.Call:
+        loaded = await self.runner.repository(CALL).load(tenant, call_id, trust_cache=True)
+        if not loaded.state.started:
+            raise NotFoundError(f"call {call_id} not found", call_id=call_id)
+        return loaded.state
+
+    async def events(self, tenant: str, call_id: str) -> list[RecordedEvent]:
+        return await self.store.read(StreamId(tenant, v.AGGREGATE_TYPE, call_id))
+
+    async def line_state(self, tenant: str) -> v.Line:
+        return (await self.runner.repository(VOICE_LINE).load(tenant, v.LINE_ID)).state
+
+    # Starting calls -------------------------------------------------------------------------
+
+    async def initiate(
+        self,
+        tenant: str,
+        *,
+        config_id: str,
+        phone_number: str,
+        caller_id: str | None = None,
+        context: dict[str, str] | None = None,
+        actor: str = ACTOR,
+        call_id: str | None = None,
+        conversation_id: str | None = None,
+    ) -> Outcome[v.Call]:
+        """An outbound call: admitted by the line, pinned to the config's active version, dialed."""
+        call_id = call_id or str(uuid.uuid4())
+        version = await self._active_voicebot(tenant, config_id)
+        user_id = caller_subject(tenant, phone_number, context)
+        at = now()
+        await self._admit(tenant, call_id, "outbound", user_id, phone_number, at)
+        outcome = await self.record(
+            tenant,
+            call_id,
+            v.InitiateCall(
+                call_id=call_id,
+                config_id=config_id,
+                config_version=version,
+                direction="outbound",
+                transport="livekit_sip",
+                user_id=user_id,
+                phone_number=phone_number,
+                caller_id=caller_id,
+                context=context,
+                conversation_id=conversation_id,
+                at=at,
+            ),
+            f"initiate-{call_id}",
+            actor=actor,
+        )
+        if self.telephony is not None:
+            try:
+                dialed = await self.telephony.dial(tenant, call_id, phone_number, caller_id)
+            except Exception as e:
+                log.warning("call.dial_failed", call_id=call_id, error=str(e))
+                await self.end(tenant, call_id, reason="dial_failed", resolution_status="failed", ended_by="telephony")
+                raise
+            outcome = await self.record(tenant, call_id, v.MarkRinging(at=now()), f"ringing-{call_id}")
+            log.info("call.dialed", call_id=call_id, sip_session_id=dialed.sip_session_id, room=dialed.room_name)
+        return outcome
+
+    async def answer(
+        self,
+        tenant: str,
+        *,
+        call_id: str,
+        config_id: str,
+        phone_number: str | None,
+        transport: str,
+        provider_call_id: str | None = None,
+        context: dict[str, str] | None = None,
+        room_name: str | None = None,
+        conversation_id: str | None = None,
+    ) -> Outcome[v.Call]:
+        """An inbound call: admitted (the concurrent cap), pinned, connected."""
+        version = await self._active_voicebot(tenant, config_id)
+        user_id = caller_subject(tenant, phone_number, context)
+        at = now()
+        await self._admit(tenant, call_id, "inbound", user_id, phone_number, at)
+        await self.record(
+            tenant,
+            call_id,
+            v.InitiateCall(
+                call_id=call_id,
+                config_id=config_id,
+                config_version=version,
+                direction="inbound",
+                transport=transport,
+                user_id=user_id,
+                phone_number=phone_number,
+                context=context,
+                provider_call_id=provider_call_id,
+                room_name=room_name,
+                conversation_id=conversation_id,
+                at=at,
+            ),
+            f"initiate-{call_id}",
+        )
+        return await self.record(
+            tenant, call_id, v.ConnectCall(provider_call_id=provider_call_id, at=at), f"connect-{call_id}"
+        )
+
+    async def _active_voicebot(self, tenant: str, config_id: str) -> int:
+        state = await self.configs.state(tenant, config_id)
+        if state.product_type != "voicebot":
+            raise ValidationError(
+                f"config {config_id} is a {state.product_type}, not a voicebot",
+                fields={"config_id": "must be a voicebot config"},
+            )
+        return await self.configs.latest_version(tenant, config_id)
+
+    async def _admit(
+        self, tenant: str, call_id: str, direction: v.Direction, user_id: str, phone_number: str | None, at: datetime
+    ) -> None:
+        digest = number_digest(tenant, phone_number) if phone_number else None
+        admitted = await self.line(
+            tenant, v.AdmitCall(call_id=call_id, direction=direction, number_digest=digest, at=at), f"admit-{call_id}"
+        )
+        refused = next((e for e in admitted.events if isinstance(e, v.CallAdmissionRefused)), None)
+        if refused is None and admitted.duplicate:  # a retry: was it refused the first time?
+            refused = await self._refusal_of(tenant, call_id)
+        if refused is None:
+            return
+        await self.record(
+            tenant,
+            call_id,
+            v.RefuseCallAttempt(
+                call_id=call_id,
+                reason=refused.reason,
+                detail=refused.detail,
+                user_id=user_id,
+                phone_number=phone_number,
+                at=at,
+            ),
+            f"refuse-{call_id}",
+        )
+        log.info("call.refused", call_id=call_id, reason=refused.reason)
+        raise v.refusal_error(refused.reason, refused.detail)
+
+    async def _refusal_of(self, tenant: str, call_id: str) -> v.CallAdmissionRefused | None:
+        for recorded in reversed(await self.store.read(StreamId(tenant, v.LINE_TYPE, v.LINE_ID))):
+            if isinstance(recorded.event, v.CallAdmissionRefused) and recorded.event.call_id == call_id:
+                return recorded.event
+        return None
+
+    # Transfers ------------------------------------------------------------------------------
+
+    async def transfer(
+        self,
+        tenant: str,
+        call_id: str,
+        *,
+        transfer_type: v.TransferType,
+        agent_id: str | None = None,
+        reason: str = "",
+        summary: str | None = None,
+        trigger: str | None = None,
+        requested_by: str = ACTOR,
+        transfer_id: str | None = None,
+    ) -> tuple[v.TransferRequested, TransferTarget, CallSummary, Outcome[v.Call]]:
+        """Hand the call to a human of the tenant's pool (``agent_id``, or the pool's choice)."""
+        state = await self.state(tenant, call_id)
+        transfer_id = transfer_id or str(uuid.uuid4())
+        target = await self._human(tenant, call_id, transfer_id, agent_id)
+        call_summary = summarize(await self.events(tenant, call_id))
+        spoken = summary or spoken_summary(call_summary, reason)
+        outcome = await self.record(
+            tenant,
+            call_id,
+            v.RequestTransfer(
+                transfer_id=transfer_id,
+                transfer_type=transfer_type,
+                agent_id=target.agent_id,
+                agent_name=target.name,
+                target=target.target,
+                reason=reason,
+                summary=spoken,
+                trigger=trigger,
+                requested_by=requested_by,
+                at=now(),
+            ),
+            f"transfer-{transfer_id}",
+        )
+        requested = next(
+            (e for e in outcome.events if isinstance(e, v.TransferRequested)),
+            None,
+        ) or v.TransferRequested(
+            transfer_id=transfer_id,
+            transfer_type=transfer_type,
+            agent_id=target.agent_id,
+            agent_name=target.name,
+            target=target.target,
+            reason=reason,
+            summary=spoken,
+            at=now(),
+        )
+        if target.target is None:
+            outcome = await self.record(
+                tenant,
+                call_id,
+                v.FailTransfer(transfer_id=transfer_id, reason="no human agent is available", at=now()),
+                f"transfer-failed-{transfer_id}",
+            )
+        elif self.telephony is not None and state.transport == "livekit_sip":
+            connected = await self.telephony.transfer(tenant, outcome.state, requested, target.target, spoken)
+            outcome = await self.settle_transfer(tenant, call_id, transfer_id, connected)
+        return requested, target, call_summary, outcome
+
+    async def settle_transfer(
+        self, tenant: str, call_id: str, transfer_id: str, connected: Connected
+    ) -> Outcome[v.Call]:
+        if connected.ok:
+            command: Command = v.ConnectTransfer(transfer_id=transfer_id, at=now())
+            command_id = f"transfer-connected-{transfer_id}"
+        else:
+            command = v.FailTransfer(
+                transfer_id=transfer_id, reason=connected.reason, sip_status=connected.sip_status, at=now()
+            )
+            command_id = f"transfer-failed-{transfer_id}"
+        return await self.record(tenant, call_id, command, command_id)
+
+    async def _human(self, tenant: str, call_id: str, transfer_id: str, agent_id: str | None) -> TransferTarget:
+        """The human who takes the call: the one named (registered and available), else the pool's pick."""
+        if agent_id is not None:
+            pool = (await self.runner.repository(AGENT_POOL).load(tenant, p.POOL_ID)).state
+            agent = pool.agents.get(agent_id)
+            if agent is None:
+                raise NotFoundError(f"agent {agent_id} is not registered", fields={"agent_id": "unknown agent"})
+            if not agent.available:
+                raise IllegalStateError(f"agent {agent_id} is not available", fields={"agent_id": "not available"})
+            # Named by a person: that agent takes it (the pool routes only the AI's own transfers).
+            return TransferTarget(
+                agent_id=agent_id, name=agent.name, role=agent.role, target=self._sip_target(tenant, agent_id)
+            )
+        routed = await self._pool(
+            tenant,
+            p.RouteEscalation(escalation_id=transfer_id, conversation_id=call_id, at=now()),
+            f"route-{transfer_id}",
+        )
+        chosen = routed.state.routed.get(transfer_id)
+        if chosen is None:
+            return TransferTarget(agent_id=None, name="", role="", target=None)
+        agent = routed.state.agents[chosen]
+        return TransferTarget(
+            agent_id=chosen, name=agent.name, role=agent.role, target=self._sip_target(tenant, chosen)
+        )
+
+    async def _pool(self, tenant: str, command: Command, command_id: str) -> Outcome[p.Pool]:
+        ctx = CommandContext(tenant=tenant, actor=ACTOR, command_id=command_id, retry_possible=True)
+        return await self.runner.handle(AGENT_POOL, p.POOL_ID, command, ctx)
+
+    def _sip_target(self, tenant: str, agent_id: str) -> str:
+        return f"sip:{agent_id}@{tenant}.{self.agent_sip_domain}"
+
+    # Ending ---------------------------------------------------------------------------------
+
+    async def end(
+        self,
+        tenant: str,
+        call_id: str,
+        *,
+        reason: str = "completed",
+        resolution_status: v.Resolution | None = None,
+        followup_required: bool = False,
+        ended_by: str = ACTOR,
+    ) -> Outcome[v.Call]:
+        line = await self.line_state(tenant)
+        try:
+            outcome = await self.record(
+                tenant,
+                call_id,
+                v.EndCall(
+                    reason=reason,
+                    resolution_status=resolution_status,
+                    followup_required=followup_required,
+                    ended_by=ended_by,
+                    prices=line.settings.prices,
+                    at=now(),
+                ),
+                f"end-{call_id}",
+            )
+        except IllegalStateError:  # ended already: the first end stands
+            loaded = await self.runner.repository(CALL).load(tenant, call_id)
+            return Outcome(loaded.state, loaded.version, loaded.seq, [])
+        ended = next((e for e in outcome.events if isinstance(e, v.CallEnded)), None)
+        cost = ended.cost.total if ended is not None else 0.0
+        await self.line(tenant, v.ReleaseCall(call_id=call_id, cost_usd=cost, at=now()), f"release-{call_id}")
+        if outcome.state.transfers:
+            await self._pool(tenant, p.ReleaseConversation(conversation_id=call_id, at=now()), f"release-{call_id}")
+        return outcome
+
+    # The do-not-call list and the line's settings --------------------------------------------
+
+    async def block(self, tenant: str, phone_number: str, actor: str) -> Outcome[v.Line]:
+        digest = number_digest(tenant, phone_number)
+        return await self.line(
+            tenant, v.BlockNumber(number_digest=digest, at=now()), f"block-{digest}-{uuid.uuid4().hex}", actor
+        )
+
+    async def unblock(self, tenant: str, phone_number: str, actor: str) -> Outcome[v.Line]:
+        digest = number_digest(tenant, phone_number)
+        return await self.line(
+            tenant, v.UnblockNumber(number_digest=digest, at=now()), f"unblock-{digest}-{uuid.uuid4().hex}", actor
+        )
+
+    async def configure_line(self, tenant: str, settings: v.LineSettings, actor: str) -> Outcome[v.Line]:
+        return await self.line(
+            tenant, v.ChangeLineSettings(settings=settings, at=now()), f"settings-{uuid.uuid4().hex}", actor
+        )
+
+
+def summarize(events: Sequence[RecordedEvent]) -> CallSummary:
+    """The seed's ``call_summary`` from a call's events: its last turns, personal data and tools."""
+    state = v.initial()
+    said: list[str] = []
+    for recorded in events:
+        event = recorded.event
+        state = v.evolve(state, event)
+        match event:
+            case v.CallerSpoke(text=text) if text:
+                said.append(f"caller: {text}")
+            case v.AgentSpoke(text=text) if text:
+                said.append(f"agent: {text}")
+    return CallSummary(
+        transcript=" | ".join(said[-8:]), pii_collected=dict(state.pii_collected), tools_used=list(state.tools_used)
+    )
+
+
+def spoken_summary(summary: CallSummary, reason: str) -> str:
+    """What a human hears before a hot transfer connects them."""
+    why = reason.replace("_", " ")
+    parts = [f"Incoming transfer ({why})." if why else "Incoming transfer."]
+    if summary.pii_collected:
+        parts.append("Caller details: " + ", ".join(f"{k} {val}" for k, val in summary.pii_collected.items()) + ".")
+    if summary.tools_used:
+        parts.append("Already done: " + ", ".join(t.replace("_", " ") for t in dict.fromkeys(summary.tools_used)) + ".")
+    last = [turn for turn in summary.transcript.split(" | ") if turn.startswith("caller: ")][-1:]
+    if last:
+        parts.append(f"They last said: {last[0].removeprefix('caller: ')}")
+    return " ".join(parts)
