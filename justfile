@@ -100,3 +100,8 @@ bench-analytics *ARGS:
 # Write a synthetic history of about N conversation events to the platform's stream (--tenant, --days)
 seed-history N *ARGS:
     @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m bench.analytics seed {{ N }} {{ ARGS }}
+
+# Benchmark the console in Chromium: first load of the inbox, initial JavaScript gzipped, customer message -> open inbox (--quick)
+[positional-arguments]
+bench-console *ARGS:
+    @{{ python }} -m bench.console "$@"

@@ -46,6 +46,7 @@ def service_env(root: Path) -> dict[str, str]:
     env["PARLEY_JWT_SECRET"] = jwt_secret(root)
     env["PARLEY_DATA"] = str(root)
     env.setdefault("PARLEY_LOG_JSON", "1")
+    env.setdefault("PARLEY_DEV_SIGNIN", "1")  # the local platform: the console offers a sign-in per role
     return env
 
 
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         token = dev_token(root)
         print(f"api       {url}   (OpenAPI: {url}/schema, health: {url}/health, log: {api.log_file})")
+        print(f"console   {url}/console   (development sign-in per role)")
         print(f"\ndev token (tenant 'demo'): {token}")
         print(f'try: curl -s -H "Authorization: Bearer $(./parley token)" {url}/health')
     elif args.command == "stop":
