@@ -89,6 +89,7 @@ async def _context(browser: Any, base: str) -> Any:
 
 # The inbox is drawn: both lists answered (a table, or the sentence saying it is empty).
 INBOX_DRAWN = """() => {
+  if (!document.body) return false;
   const text = document.body.innerText;
   const queue = text.includes('Nobody is waiting.') || !!document.querySelector('table[aria-label="Queue"]');
   const mine = text.includes('Nothing assigned to you.')
@@ -140,7 +141,8 @@ async def message_to_inbox(browser: Any, base: str, api: httpx.AsyncClient, mess
         """() => {
       window.__seen = {};
       new MutationObserver(() => {
-        const text = document.body.innerText;
+        if (!document.body) return false;
+  const text = document.body.innerText;
         for (const m of text.matchAll(/bench message (\\d+) end/g)) window.__seen[m[1]] ??= Date.now();
       }).observe(document.body, { childList: true, subtree: true, characterData: true });
     }"""

@@ -38,7 +38,11 @@ const auth: Middleware = {
   },
 };
 
-export const api = createClient<paths>({ baseUrl: "" });
+/** The API's origin: the console is served by the API, so its own (absolute, for fetch outside a browser too). */
+export const ORIGIN = globalThis.location?.origin ?? "";
+
+// fetch looked up at each call (not captured once), so that whatever stands in for it is used.
+export const api = createClient<paths>({ baseUrl: ORIGIN, fetch: (request) => globalThis.fetch(request) });
 api.use(auth);
 
 interface Answer {
@@ -63,7 +67,7 @@ export async function getJson<T>(path: string, query: Record<string, string | nu
   const params = new URLSearchParams();
   for (const [k, v] of Object.entries(query)) if (v !== undefined && v !== "") params.set(k, String(v));
   const session = getSession();
-  const response = await fetch(params.size ? `${path}?${params}` : path, {
+  const response = await fetch(`${ORIGIN}${params.size ? `${path}?${params}` : path}`, {
     headers: session ? { Authorization: `Bearer ${session.token}` } : {},
   });
   const body: unknown = await response.json().catch(() => ({}));

@@ -3,6 +3,7 @@
 // backoff); nothing here polls.
 import { createParser, type EventSourceMessage } from "eventsource-parser";
 import { useEffect, useRef, useState } from "react";
+import { ORIGIN } from "./client";
 import { getSession } from "./session";
 
 export type StreamState = "connecting" | "live" | "reconnecting" | "unavailable";
@@ -33,7 +34,7 @@ export function useEventStream(url: string | null, options: StreamOptions): Stre
         setState(attempt === 0 ? "connecting" : "reconnecting");
         try {
           const session = getSession();
-          const response = await fetch(url!, {
+          const response = await fetch(`${ORIGIN}${url!}`, {
             headers: { Accept: "text/event-stream", ...(session ? { Authorization: `Bearer ${session.token}` } : {}) },
             signal: abort.signal,
             cache: "no-store",

@@ -3,7 +3,7 @@
 // applies them through the normal versioning path. Until the endpoint exists, the panel says so.
 import { useMutation, useQueryClient } from "@tanstack/react-query";
 import { useState } from "react";
-import { ApiError } from "../api/client";
+import { ApiError, ORIGIN } from "../api/client";
 import { getSession } from "../api/session";
 import type { ConfigView, RiskLevel } from "../api/types";
 import { ErrorNotice, Field, RiskBadge } from "../ui/components";
@@ -37,7 +37,7 @@ interface Turn {
 
 async function send(body: Record<string, unknown>): Promise<ChatAnswer> {
   const session = getSession();
-  const response = await fetch(CHAT_PATH, {
+  const response = await fetch(`${ORIGIN}${CHAT_PATH}`, {
     method: "POST",
     headers: { "Content-Type": "application/json", ...(session ? { Authorization: `Bearer ${session.token}` } : {}) },
     body: JSON.stringify(body),

@@ -2,13 +2,13 @@
 // letters (GET /health), the metrics as Prometheus reads them, and the analytics rebuild.
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useEffect, useState } from "react";
-import { api, call } from "../api/client";
+import { api, call, ORIGIN } from "../api/client";
 import type { Health, RebuildReport } from "../api/types";
 import { ErrorNotice, Loading, Progress } from "../ui/components";
 
 async function health(): Promise<Health> {
   // /health answers 503 with the same report when something is down: that is still the report.
-  const response = await fetch("/health", { headers: { Accept: "application/json" } });
+  const response = await fetch(`${ORIGIN}/health`, { headers: { Accept: "application/json" } });
   return (await response.json()) as Health;
 }
 
@@ -28,7 +28,7 @@ export function OperationsPage() {
   const report = useQuery({ queryKey: ["/health"], queryFn: health });
   const metrics = useQuery({
     queryKey: ["/metrics"],
-    queryFn: async () => (await fetch("/metrics")).text(),
+    queryFn: async () => (await fetch(`${ORIGIN}/metrics`)).text(),
   });
   const rebuild = useMutation({
     mutationFn: () => call<RebuildReport>(api.POST("/api/v1/admin/projections/analytics/rebuild")),

@@ -1,5 +1,5 @@
 // Shared pieces: errors with their field-level reasons, progress, risk badges, form controls.
-import { useId, type ReactNode } from "react";
+import { useId, useState, type ReactNode } from "react";
 import { ApiError } from "../api/client";
 import type { RiskLevel } from "../api/types";
 
@@ -102,6 +102,8 @@ interface SliderProps {
 
 /** The seed's slider: a range and a number box for the same value (either can be used from the keyboard). */
 export function Slider({ label, value, min, max, step = 1, error, hint, disabled, onChange }: SliderProps) {
+  // What is typed in the number box, while it is being typed ("0." is on its way to 0.8, "" to a number).
+  const [typing, setTyping] = useState<string | null>(null);
   return (
     <Field label={label} error={error} hint={hint}>
       {(props) => (
@@ -123,9 +125,14 @@ export function Slider({ label, value, min, max, step = 1, error, hint, disabled
             min={min}
             max={max}
             step={step}
-            value={Number.isFinite(value) ? value : ""}
+            value={typing ?? (Number.isFinite(value) ? value : "")}
             disabled={disabled}
-            onChange={(e) => onChange(e.target.value === "" ? Number.NaN : Number(e.target.value))}
+            onChange={(e) => {
+              setTyping(e.target.value);
+              const typed = Number(e.target.value);
+              if (e.target.value.trim() !== "" && Number.isFinite(typed)) onChange(typed);
+            }}
+            onBlur={() => setTyping(null)}
           />
         </div>
       )}
