@@ -161,9 +161,9 @@ export function AnalyticsPage() {
               <YAxis yAxisId="pct" orientation="right" domain={[0, 100]} unit="%" />
               <Tooltip />
               <Legend />
-              <Line yAxisId="n" type="monotone" dataKey="conversations" name="Conversations" stroke="#0b5cad" strokeWidth={2} />
-              <Line yAxisId="pct" type="monotone" dataKey="resolution" name="Resolution %" stroke="#17643a" />
-              <Line yAxisId="pct" type="monotone" dataKey="escalation" name="Escalation %" stroke="#a3161c" />
+              <Line yAxisId="n" type="linear" dataKey="conversations" name="Conversations" stroke="#0b5cad" strokeWidth={2} />
+              <Line yAxisId="pct" type="linear" dataKey="resolution" name="Resolution %" stroke="#17643a" />
+              <Line yAxisId="pct" type="linear" dataKey="escalation" name="Escalation %" stroke="#a3161c" />
             </LineChart>
           </ResponsiveContainer>
         )}
@@ -243,10 +243,10 @@ export function AnalyticsPage() {
             table={<Table caption="Escalation reasons" head={["Reason", "Escalations", "Share"]} rows={(reasons.data?.reasons ?? []).map((r) => [r.reason, r.count, fmtPct(r.share)])} />}
           >
             <ResponsiveContainer>
-              <BarChart data={reasons.data?.reasons ?? []} layout="vertical" margin={{ left: 40 }}>
+              <BarChart data={reasons.data?.reasons ?? []} layout="vertical" margin={{ left: 8, right: 16 }}>
                 <CartesianGrid strokeDasharray="3 3" />
                 <XAxis type="number" allowDecimals={false} />
-                <YAxis type="category" dataKey="reason" width={140} />
+                <YAxis type="category" dataKey="reason" width={120} />
                 <Tooltip />
                 <Bar dataKey="count" name="Escalations" fill="#a3161c" />
               </BarChart>

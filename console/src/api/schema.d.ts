@@ -422,7 +422,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get?: never;
+        /** The human agents, their availability and load */
+        get: operations["ApiV1OrchestrationAgentsListAgents"];
         put?: never;
         /** Register a human agent */
         post: operations["ApiV1OrchestrationAgentsRegisterAgent"];
@@ -456,7 +457,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get?: never;
+        /** List conversations */
+        get: operations["ApiV1OrchestrationConversationsListConversations"];
         put?: never;
         /** Start a conversation */
         post: operations["ApiV1OrchestrationConversationsStart"];
@@ -602,6 +604,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/orchestration/conversations/{conversation_id}/survey/responses": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Answer a survey (the survey named in the body) */
+        post: operations["ApiV1OrchestrationConversationsConversationIdSurveyResponsesAnswerSurveyByBody"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/orchestration/conversations/{conversation_id}/survey/{survey_id}/responses": {
         parameters: {
             query?: never;
@@ -619,6 +638,57 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/orchestration/escalations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The escalation queue and its history */
+        get: operations["ApiV1OrchestrationEscalationsListEscalations"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/orchestration/escalations/{escalation_id}/claim": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Take from the queue */
+        post: operations["ApiV1OrchestrationEscalationsEscalationIdClaimClaim"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/orchestration/escalations/{escalation_id}/fallback": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Choose a fallback */
+        post: operations["ApiV1OrchestrationEscalationsEscalationIdFallbackChooseFallback"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/orchestration/escalations/{escalation_id}/status": {
         parameters: {
             query?: never;
@@ -628,6 +698,23 @@ export interface paths {
         };
         /** Escalation status */
         get: operations["ApiV1OrchestrationEscalationsEscalationIdStatusEscalationStatus"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/orchestration/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The tenant's conversation events, live (server-sent events) */
+        get: operations["ApiV1OrchestrationEventsTenantEvents"];
         put?: never;
         post?: never;
         delete?: never;
@@ -725,6 +812,15 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** AgentList */
+        AgentList: {
+            agents: components["schemas"]["HumanAgentView"][];
+        };
+        /** AgentReplyRequest */
+        AgentReplyRequest: {
+            /** @description printable text */
+            message: string;
+        };
         /** AvailabilityRequest */
         AvailabilityRequest: {
             available: boolean;
@@ -758,6 +854,10 @@ export interface components {
             resolution_rate: number;
             resolved: number;
         };
+        /** ClaimRequest */
+        ClaimRequest: {
+            agent_id?: string | null;
+        };
         /** CloseRequest */
         CloseRequest: {
             /** @default completed */
@@ -787,7 +887,29 @@ export interface components {
         /** ContinueConversationRequest */
         ContinueConversationRequest: {
             attachments?: string[];
+            /** @description printable text */
             message: string;
+        };
+        /** ConversationPage */
+        ConversationPage: {
+            conversations: components["schemas"]["ConversationSummary"][];
+            next_cursor: string | null;
+        };
+        /** ConversationSummary */
+        ConversationSummary: {
+            assigned_agent: components["schemas"]["Person"] | null;
+            channel: string;
+            config_id: string;
+            config_version: number;
+            conversation_id: string;
+            created_at: string;
+            last_message: components["schemas"]["LastMessage"] | null;
+            open_escalation_id: string | null;
+            product_type: string;
+            status: string;
+            turn_count: number;
+            updated_at: string;
+            user_id: string;
         };
         /** CostAnalysis */
         CostAnalysis: {
@@ -836,12 +958,13 @@ export interface components {
         /** DevTokenRequest */
         DevTokenRequest: {
             /** @enum {string} */
-            role: "support_agent" | "org_admin" | "config_manager" | "config_viewer" | "analyst" | "platform_engineer" | "customer";
+            role: "support_agent" | "supervisor" | "org_admin" | "config_manager" | "config_viewer" | "analyst" | "platform_engineer" | "customer";
         };
         /** EscalateRequest */
         EscalateRequest: {
             /** @default  */
             reason: string;
+            skill?: string | null;
             trigger: string;
             /**
              * @default medium
@@ -849,10 +972,34 @@ export interface components {
              */
             urgency: "low" | "medium" | "high" | "urgent";
         };
+        /** EscalationPage */
+        EscalationPage: {
+            escalations: components["schemas"]["QueuedEscalation"][];
+            next_cursor: string | null;
+        };
         /** EscalationReasons */
         EscalationReasons: {
             period: components["schemas"]["Period"];
             reasons: components["schemas"]["ReasonCount"][];
+        };
+        /** FallbackRequest */
+        FallbackRequest: {
+            email?: string | null;
+            /** @enum {string} */
+            option: "continue_with_ai" | "schedule_callback" | "email_support";
+            phone?: string | null;
+            preferred_time?: string | null;
+        };
+        /** HumanAgentView */
+        HumanAgentView: {
+            active_escalations: number;
+            agent_id: string;
+            available: boolean;
+            capacity: number;
+            name: string;
+            role: string;
+            skills: string[];
+            status: string;
         };
         /** Kpis */
         Kpis: {
@@ -862,6 +1009,12 @@ export interface components {
             tenant: string;
             top_escalation_reasons: components["schemas"]["ReasonCount"][];
             totals: components["schemas"]["Outcomes"];
+        };
+        /** LastMessage */
+        LastMessage: {
+            content: string | null;
+            role: string;
+            timestamp: string;
         };
         /** NewVersionRequest */
         NewVersionRequest: {
@@ -900,9 +1053,9 @@ export interface components {
         };
         /** Period */
         Period: {
-            /** Format: date-time */
+            /** Format: date */
             end: string;
-            /** Format: date-time */
+            /** Format: date */
             start: string;
         };
         /** PermissionsRequest */
@@ -911,6 +1064,11 @@ export interface components {
                 [key: string]: boolean;
             };
             organization_id?: string | null;
+        };
+        /** Person */
+        Person: {
+            agent_id: string;
+            name: string;
         };
         /** PreviewRequest */
         PreviewRequest: {
@@ -922,6 +1080,23 @@ export interface components {
             replay_recorded: number;
             test_scenarios?: components["schemas"]["Scenario"][];
             yaml_content?: string | null;
+        };
+        /** QueuedEscalation */
+        QueuedEscalation: {
+            assigned_agent: components["schemas"]["Person"] | null;
+            channel: string;
+            conversation_id: string;
+            escalation_id: string;
+            fallback_option: string | null;
+            queue_position: number | null;
+            reason: string;
+            requested_at: string;
+            skill: string | null;
+            status: string;
+            trigger: string;
+            urgency: string;
+            user_id: string;
+            wait_seconds: number;
         };
         /** ReasonCount */
         ReasonCount: {
@@ -978,6 +1153,7 @@ export interface components {
         /** Scenario */
         Scenario: {
             expect_escalation?: boolean | null;
+            expect_no_tool_calls?: boolean | null;
             expect_reply_contains?: string | null;
             expect_tool?: string | null;
             /** @default  */
@@ -991,8 +1167,9 @@ export interface components {
             context?: {
                 [key: string]: string;
             } | null;
+            /** @description printable text */
             initial_message?: string | null;
-            user_id: string;
+            user_id?: string | null;
         };
         /** SurveyAnswer */
         SurveyAnswer: {
@@ -1013,7 +1190,11 @@ export interface components {
         };
         /** SurveyResponsesRequest */
         SurveyResponsesRequest: {
+            nps_category?: string | null;
+            nps_score?: number | null;
             responses: components["schemas"]["SurveyAnswer"][];
+            stored_at?: string | null;
+            survey_id?: string | null;
         };
         /** ValidateRequest */
         ValidateRequest: {
@@ -1075,8 +1256,12 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description first day (UTC), included; default: 30 days before the end */
-                start?: string | null;
+                start_date?: string | null;
                 /** @description last day (UTC), included; default: today */
+                end_date?: string | null;
+                /** @description start_date's short name */
+                start?: string | null;
+                /** @description end_date's short name */
                 end?: string | null;
                 limit?: number;
             };
@@ -1116,8 +1301,12 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description first day (UTC), included; default: 30 days before the end */
-                start?: string | null;
+                start_date?: string | null;
                 /** @description last day (UTC), included; default: today */
+                end_date?: string | null;
+                /** @description start_date's short name */
+                start?: string | null;
+                /** @description end_date's short name */
                 end?: string | null;
                 /** @description escalation reasons to list */
                 top?: number;
@@ -2100,6 +2289,43 @@ export interface operations {
             };
         };
     };
+    ApiV1OrchestrationAgentsListAgents: {
+        parameters: {
+            query?: {
+                min_position?: number | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AgentList"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
     ApiV1OrchestrationAgentsRegisterAgent: {
         parameters: {
             query?: never;
@@ -2165,6 +2391,57 @@ export interface operations {
                     "application/json": {
                         [key: string]: unknown;
                     };
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    ApiV1OrchestrationConversationsListConversations: {
+        parameters: {
+            query?: {
+                status?: "active" | "escalated" | "closed" | null;
+                channel?: string | null;
+                config_id?: string | null;
+                config_version?: number | null;
+                /** @description an agent id, or `me` (the caller) */
+                assigned_agent?: string | null;
+                escalated?: boolean | null;
+                user_id?: string | null;
+                /** @description created at or after (a date or a moment) */
+                start_date?: string | null;
+                /** @description created before the end of this date (or moment) */
+                end_date?: string | null;
+                limit?: number;
+                cursor?: string | null;
+                min_position?: number | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConversationPage"];
                 };
             };
             /** @description Bad request syntax or unsupported method */
@@ -2277,7 +2554,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["ContinueConversationRequest"];
+                "application/json": components["schemas"]["AgentReplyRequest"];
             };
         };
         responses: {
@@ -2562,6 +2839,49 @@ export interface operations {
             };
         };
     };
+    ApiV1OrchestrationConversationsConversationIdSurveyResponsesAnswerSurveyByBody: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                conversation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SurveyResponsesRequest"];
+            };
+        };
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
     ApiV1OrchestrationConversationsConversationIdSurveySurveyIdResponsesAnswerSurvey: {
         parameters: {
             query?: never;
@@ -2575,6 +2895,136 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["SurveyResponsesRequest"];
+            };
+        };
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    ApiV1OrchestrationEscalationsListEscalations: {
+        parameters: {
+            query?: {
+                /** @description queued: waiting for an agent; open: queued or assigned */
+                status?: "queued" | "assigned" | "open" | "resolved" | null;
+                /** @description an agent id, or `me` */
+                agent_id?: string | null;
+                skill?: string | null;
+                limit?: number;
+                cursor?: string | null;
+                min_position?: number | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EscalationPage"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    ApiV1OrchestrationEscalationsEscalationIdClaimClaim: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                escalation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ClaimRequest"];
+            };
+        };
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                        status_code: number;
+                    };
+                };
+            };
+        };
+    };
+    ApiV1OrchestrationEscalationsEscalationIdFallbackChooseFallback: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                escalation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["FallbackRequest"];
             };
         };
         responses: {
@@ -2643,6 +3093,26 @@ export interface operations {
                         } | unknown[];
                         status_code: number;
                     };
+                };
+            };
+        };
+    };
+    ApiV1OrchestrationEventsTenantEvents: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
                 };
             };
         };
@@ -2732,6 +3202,10 @@ export interface operations {
                 start_date?: string | null;
                 /** @description last day (UTC), included; default: today */
                 end_date?: string | null;
+                /** @description start_date's short name */
+                start?: string | null;
+                /** @description end_date's short name */
+                end?: string | null;
             };
             header?: never;
             path?: never;

@@ -257,61 +257,12 @@ export interface AgentRef {
   name: string;
 }
 
-/** GET /api/v1/orchestration/conversations (the lead's list endpoint). */
-export interface ConversationSummary {
-  conversation_id: string;
-  user_id: string;
-  channel: string;
-  product_type: ProductType;
-  config_id: string;
-  config_version: number;
-  status: string;
-  turn_count: number;
-  open_escalation_id: string | null;
-  assigned_agent: AgentRef | null;
-  last_message: { role: string; content: string | null; timestamp: string } | null;
-  created_at: string;
-  updated_at: string;
-}
-
-export interface ConversationList {
-  conversations: ConversationSummary[];
-  next_cursor: string | null;
-}
-
-/** GET /api/v1/orchestration/escalations (the lead's list endpoint). */
-export interface EscalationSummary {
-  escalation_id: string;
-  conversation_id: string;
-  user_id: string;
-  channel: string;
-  fallback_option: string | null;
-  status: "queued" | "assigned" | "open" | "resolved" | string;
-  trigger: string;
-  reason: string;
-  urgency: "low" | "medium" | "high" | "urgent";
-  skill: string | null;
-  queue_position: number | null;
-  wait_seconds: number;
-  requested_at: string;
-  assigned_agent: AgentRef | null;
-}
-
-export interface EscalationList {
-  escalations: EscalationSummary[];
-  next_cursor: string | null;
-}
-
-export interface HumanAgent {
-  agent_id: string;
-  name: string;
-  role: string;
-  skills: string[];
-  capacity: number;
-  available: boolean;
-  active_escalations: number;
-  status?: "available" | "busy" | "offline" | string;
-}
+// The lists (conversations, escalations, agents): typed by the API's schema.
+export type ConversationSummary = Schemas["ConversationSummary"];
+export type ConversationList = Schemas["ConversationPage"];
+export type EscalationSummary = Schemas["QueuedEscalation"];
+export type EscalationList = Schemas["EscalationPage"];
+export type HumanAgent = Schemas["HumanAgentView"];
 
 export interface AuditEvent {
   seq: number;

@@ -80,7 +80,7 @@ function EscalationTable({ list, empty, selected, kind }: { list: ReturnType<typ
   const now = useNow();
   const claim = useMutation({
     mutationFn: (e: EscalationSummary) =>
-      call(api.POST("/api/v1/orchestration/escalations/{escalation_id}/claim" as never, { params: { path: { escalation_id: e.escalation_id } }, body: {} } as never)),
+      call(api.POST("/api/v1/orchestration/escalations/{escalation_id}/claim", { params: { path: { escalation_id: e.escalation_id } }, body: {} })),
     onSuccess: async (answer, e) => {
       notePosition(answer);
       await client.invalidateQueries({ queryKey: [ESCALATIONS] });
