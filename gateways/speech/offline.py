@@ -1,0 +1,312 @@
+"""Offline speech: pocketsphinx STT biased to a config's vocabulary, espeak-ng TTS. No keys, no download.
+
+``Vocabulary.from_config`` collects what callers of that bot say: its tools' trigger phrases, its
+intents' literal phrases, its escalation keywords, a few phrases every call has (yes, no, asking
+for a human), digits and the spelled prefixes of identifiers its tools take (``ORD-\\d+``: "o r
+d"). ``PocketsphinxSTT`` decodes each VAD segment with a bigram language model of those phrases
+(``bigram_arpa``; pocketsphinx 5 ships its en-us acoustic model inside the wheel): what a caller
+says is read as the nearest words of the bot's vocabulary, which is the trade a small offline
+recognizer makes (telephone audio is 8 kHz; digits are better typed on the keypad). ``normalize_spoken`` turns spoken
+forms back into what the tools expect ("o r d seven eight nine four five" -> "ORD-78945").
+
+``EspeakTTS`` runs ``espeak-ng --stdout`` (Debian's package) and streams its PCM in 20 ms frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import math
+import re
+import tempfile
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from livekit import rtc
+from livekit.agents import stt, tts, utils
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
+
+from agents.config import AgentConfig
+from gateways.speech.audio import read_wav, resample_pcm16
+
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+DIGIT_WORDS = {word: str(i) for i, word in enumerate(DIGITS)} | {"oh": "0"}
+COMMON_PHRASES = (
+    "yes", "yes please", "no", "no thanks", "thank you", "thanks", "goodbye", "hello", "hi",
+    "that's all", "that's it", "i want to speak to a human", "speak to a human", "talk to a person",
+    "a real person", "an agent please", "i want to check my order", "check my order", "where is my order",
+    "my order", "order status", "my order number is", "it's", "can you help me", "please", "okay",
+    "i need help", "this is urgent", "i want a refund", "call me back", "email me the tracking",
+)  # fmt: skip
+_WORD = re.compile(r"[a-z][a-z']*")
+_REGEX_META = re.compile(r"\\[bdswBDSW]|[\^$()\[\]{}|?*+.]")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    phrases: tuple[str, ...]
+    prefixes: tuple[str, ...] = ()  # identifier prefixes spelled letter by letter (ORD)
+    extra_words: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: AgentConfig | None) -> Vocabulary:
+        phrases: list[str] = list(COMMON_PHRASES)
+        prefixes: list[str] = []
+        if config is not None:
+            for tool in config.tools:
+                if tool.patterns is None:
+                    continue
+                phrases += tool.patterns.triggers
+                for pattern in tool.patterns.arguments.values():
+                    if m := re.match(r"^\(?([A-Z]{2,5})-\\d", pattern):
+                        prefixes.append(m.group(1))
+            for patterns in config.intents.values():
+                phrases += [_literal(p) for p in patterns]
+            for rule in config.escalation_rules:
+                phrases += list(rule.keywords)
+        words = [_clean(p) for p in phrases]
+        return cls(tuple(dict.fromkeys(p for p in words if p)), tuple(dict.fromkeys(prefixes)))
+
+    def sentences(self, known: Callable[[str], bool] = lambda word: True) -> list[str]:
+        """What the language model learns from: the phrases (those whose every word the recognizer
+        knows), identifiers spelled out with digits, and digit runs."""
+        spelled = [" ".join(prefix.lower()) for prefix in self.prefixes]
+        runs = [" ".join(DIGITS[(k * 3 + i) % 10] for i in range(5)) for k in range(4)]
+        said = [*self.phrases, *spelled, *(f"{p} {r}" for p in spelled for r in runs), " ".join(DIGITS)]
+        return [s for s in said if all(known(word) for word in s.split())]
+
+    def arpa(self, known: Callable[[str], bool] = lambda word: True) -> str:
+        return bigram_arpa(self.sentences(known))
+
+
+def bigram_arpa(sentences: Iterable[str]) -> str:
+    """A bigram language model in ARPA format: add-one unigrams, Witten-Bell interpolated bigrams,
+    with the backoff weights that make each history's distribution sum to one."""
+    unigrams: Counter[str] = Counter()
+    bigrams: Counter[tuple[str, str]] = Counter()
+    for sentence in sentences:
+        words = ["<s>", *sentence.split(), "</s>"]
+        unigrams.update(words)
+        bigrams.update(itertools.pairwise(words))
+    total, size = sum(unigrams.values()), len(unigrams)
+    p1 = {word: (count + 1) / (total + size) for word, count in unigrams.items()}
+    followers: dict[str, list[str]] = {}
+    seen: Counter[str] = Counter()
+    for (a, b), count in bigrams.items():
+        followers.setdefault(a, []).append(b)
+        seen[a] += count
+    p2: dict[tuple[str, str], float] = {}
+    backoff: dict[str, float] = {}
+    for a, after in followers.items():
+        weight = seen[a] / (seen[a] + len(after))
+        for b in after:
+            p2[(a, b)] = weight * bigrams[(a, b)] / seen[a] + (1 - weight) * p1[b]
+        left = 1 - sum(p2[(a, b)] for b in after)
+        backoff[a] = left / max(1e-9, 1 - sum(p1[b] for b in after))
+    lines = ["\\data\\", f"ngram 1={len(p1)}", f"ngram 2={len(p2)}", "", "\\1-grams:"]
+    for word, p in sorted(p1.items()):
+        logp = -99.0 if word == "<s>" else math.log10(p)
+        lines.append(f"{logp:.4f} {word} {math.log10(max(backoff.get(word, 1.0), 1e-9)):.4f}")
+    lines += ["", "\\2-grams:"]
+    lines += [f"{math.log10(p):.4f} {a} {b}" for (a, b), p in sorted(p2.items())]
+    return "\n".join([*lines, "", "\\end\\", ""])
+
+
+def _literal(pattern: str) -> str:
+    """The words of a simple regex (``\\bwhere is my (order|package)\\b`` -> "where is my order")."""
+    first = re.sub(r"\([^)]*\)\?", " ", pattern)  # optional groups go
+    first = re.sub(r"\(([^)|]*)\|[^)]*\)", r"\1", first)
+    return _REGEX_META.sub(" ", first)
+
+
+def _clean(phrase: str) -> str:
+    return " ".join(_WORD.findall(phrase.lower().replace("'s ", "'s ")))
+
+
+def normalize_spoken(text: str, prefixes: Iterable[str] = ("ORD",)) -> str:
+    """Spoken forms as the tools read them: a spelled prefix and digit words become an identifier
+    ("o r d seven eight" -> "ORD-78"), and runs of digit words become digits."""
+    words = text.lower().split()
+    spelled = {tuple(p.lower()): p for p in prefixes}
+    spelled |= {(p.lower(),): p for p in prefixes}
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        hit = next(
+            (
+                (key, name)
+                for key, name in spelled.items()
+                if tuple(words[i : i + len(key)]) == key
+                and i + len(key) < len(words)
+                and _digit(words[i + len(key)]) is not None
+            ),
+            None,
+        )
+        if hit is not None:
+            j = i + len(hit[0])
+            digits = ""
+            while j < len(words) and (d := _digit(words[j])) is not None:
+                digits, j = digits + d, j + 1
+            out.append(f"{hit[1]}-{digits}")
+            i = j
+            continue
+        if _digit(words[i]) is not None:
+            digits = ""
+            while i < len(words) and (d := _digit(words[i])) is not None:
+                digits, i = digits + d, i + 1
+            out.append(digits)
+            continue
+        out.append(words[i].rstrip("_"))
+        i += 1
+    result = " ".join(out)
+    return result[:1].upper() + result[1:]
+
+
+def _digit(word: str) -> str | None:
+    if word.isdigit():
+        return word
+    return DIGIT_WORDS.get(word)
+
+
+# STT ------------------------------------------------------------------------------------------
+
+
+class PocketsphinxSTT(stt.STT):
+    """Non-streaming: the session wraps it in ``stt.StreamAdapter`` with its VAD (a segment per turn)."""
+
+    def __init__(self, vocabulary: Vocabulary | None = None, *, sample_rate: int = 16000) -> None:
+        super().__init__(capabilities=stt.STTCapabilities(streaming=False, interim_results=False))
+        self.vocabulary = vocabulary or Vocabulary.from_config(None)
+        self.sample_rate = sample_rate
+        self._decoder: object | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def model(self) -> str:
+        return "pocketsphinx-en-us"
+
+    @property
+    def provider(self) -> str:
+        return "offline"
+
+    def _ensure_decoder(self) -> object:
+        if self._decoder is None:
+            import pocketsphinx
+
+            probe = pocketsphinx.Decoder(samprate=self.sample_rate, lm=None, loglevel="FATAL")
+            model = self.vocabulary.arpa(lambda word: probe.lookup_word(word) is not None)
+            words = sorted({w for line in self.vocabulary.sentences() for w in line.split()})
+            lexicon = "".join(f"{w} {probe.lookup_word(w)}\n" for w in words if probe.lookup_word(w) is not None)
+            # Only the vocabulary's words in the dictionary: the decoder starts in a fraction of a second.
+            digest = hashlib.sha256((model + lexicon).encode()).hexdigest()[:16]
+            lm, lex = _cached(f"{digest}.arpa", model), _cached(f"{digest}.dict", lexicon)
+            self._decoder = pocketsphinx.Decoder(samprate=self.sample_rate, lm=lm, dict=lex, loglevel="FATAL")
+        return self._decoder
+
+    def prewarm(self) -> None:
+        with self._lock:
+            self._ensure_decoder()
+
+    def decode(self, pcm16: bytes) -> tuple[str, float]:
+        """Text and confidence of one utterance of 16 kHz mono PCM (blocking: run it in a thread)."""
+        with self._lock:
+            decoder = self._ensure_decoder()
+            decoder.start_utt()  # type: ignore[attr-defined]
+            decoder.process_raw(pcm16, False, True)  # type: ignore[attr-defined]
+            decoder.end_utt()  # type: ignore[attr-defined]
+            hyp = decoder.hyp()  # type: ignore[attr-defined]
+        if hyp is None or not hyp.hypstr:
+            return "", 0.0
+        # The best path's score per 10 ms frame, mapped to 0..1: a rough confidence.
+        frames = max(1, len(pcm16) // (2 * self.sample_rate // 100))
+        confidence = 1.0 / (1.0 + math.exp(-(hyp.score / frames + 60) / 15))
+        return normalize_spoken(hyp.hypstr, self.vocabulary.prefixes), round(confidence, 3)
+
+    async def _recognize_impl(
+        self,
+        buffer: utils.AudioBuffer,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+    ) -> stt.SpeechEvent:
+        frame = rtc.combine_audio_frames(buffer)
+        pcm = bytes(frame.data)
+        if frame.num_channels > 1:
+            pcm = np.frombuffer(pcm, np.int16).reshape(-1, frame.num_channels)[:, 0].tobytes()
+        pcm = resample_pcm16(pcm, frame.sample_rate, self.sample_rate)
+        text, confidence = await asyncio.to_thread(self.decode, pcm)
+        return stt.SpeechEvent(
+            type=stt.SpeechEventType.FINAL_TRANSCRIPT,
+            request_id=uuid.uuid4().hex[:12],
+            alternatives=[stt.SpeechData(language="en", text=text, confidence=confidence)],
+        )
+
+
+def _cached(name: str, text: str) -> str:
+    path = Path(tempfile.gettempdir()) / "parley-speech" / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        partial.write_text(text)
+        partial.replace(path)
+    return str(path)
+
+
+# TTS ------------------------------------------------------------------------------------------
+
+
+class EspeakTTS(tts.TTS):
+    def __init__(self, *, voice: str = "en-us", speed: float = 1.0, binary: str = "espeak-ng") -> None:
+        super().__init__(capabilities=tts.TTSCapabilities(streaming=False), sample_rate=22050, num_channels=1)
+        self.voice = voice
+        self.words_per_minute = max(80, min(450, round(165 * speed)))
+        self.binary = binary
+
+    @property
+    def model(self) -> str:
+        return "espeak-ng"
+
+    @property
+    def provider(self) -> str:
+        return "offline"
+
+    def synthesize(
+        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> tts.ChunkedStream:
+        return _EspeakStream(tts=self, input_text=text, conn_options=conn_options)
+
+
+class _EspeakStream(tts.ChunkedStream):
+    def __init__(self, *, tts: EspeakTTS, input_text: str, conn_options: APIConnectOptions) -> None:
+        super().__init__(tts=tts, input_text=input_text, conn_options=conn_options)
+        self._espeak = tts
+
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        output_emitter.initialize(
+            request_id=uuid.uuid4().hex[:12],
+            sample_rate=22050,
+            num_channels=1,
+            mime_type="audio/pcm",
+            frame_size_ms=20,
+        )
+        output_emitter.push(await espeak_pcm(self.input_text, self._espeak.voice, self._espeak.words_per_minute))
+        output_emitter.flush()
+
+
+async def espeak_pcm(text: str, voice: str = "en-us", words_per_minute: int = 165, binary: str = "espeak-ng") -> bytes:
+    """espeak-ng's speech for ``text``: 22,050 Hz mono PCM16."""
+    process = await asyncio.create_subprocess_exec(
+        binary, "-v", voice, "-s", str(words_per_minute), "--stdout", text,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"espeak-ng failed: {err.decode(errors='replace')[:200]}")
+    pcm, _rate, _channels = read_wav(out)
+    return pcm

@@ -1,0 +1,69 @@
+"""Calls through the real LiveKit ``AgentSession`` on a Twilio media stream: espeak-ng speech in,
+silero VAD, the offline recognizer, Parley's agent with the config's tools, espeak-ng speech out;
+every turn an event on the call and the recordings stored encrypted."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest_asyncio
+
+from domain import call as v
+from gateways.telephony.phone import Turn
+from streams.factory import OpenStore
+from tests.voice_support import VoiceRig, phone_call, voice_rig
+from voice_worker.session import keypad_text
+
+
+@pytest_asyncio.fixture
+async def rig(open_test_store: OpenStore, pg_url: str, tmp_path: Path) -> AsyncIterator[VoiceRig]:
+    async with voice_rig(open_test_store, pg_url, tmp_path) as r:
+        yield r
+
+
+def of(events: list[object], kind: type) -> list:  # type: ignore[type-arg]
+    return [e for e in events if isinstance(e, kind)]
+
+
+async def test_a_spoken_order_question_runs_the_order_tool_and_the_caller_hears_the_answer(rig: VoiceRig) -> None:
+    await rig.register_agent("mike", "Technical Support - Mike")
+    record, device = await phone_call(
+        rig,
+        [Turn("I want to check my order"), Turn(keys="78945#"), Turn("I want to speak to a human")],
+        speed=1.5,
+    )
+    from gateways.telephony.twilio import call_id_for
+
+    events = await rig.events(call_id_for("acme", device.call_sid))
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[:2] == ["CallInitiated", "CallConnected"], kinds
+    spoken = [e.text for e in of(events, v.CallerSpoke)]
+    assert any("order" in (t or "").lower() for t in spoken), spoken
+    started = of(events, v.ToolCallStarted)
+    assert [(s.tool, s.arguments) for s in started][:1] == [("fetch_order_status", {"order_id": "ORD-78945"})], started
+    finished = of(events, v.ToolCallFinished)
+    assert finished and finished[0].output and finished[0].output["status"] == "in_transit"
+    replies = [e.text or "" for e in of(events, v.AgentSpoke)]
+    assert any("ORD-78945" in r for r in replies), replies
+    # The caller asked for a human: a hot transfer to the pool's agent, the summary for the human.
+    transfers = of(events, v.TransferRequested)
+    assert transfers and transfers[0].agent_id == "mike" and transfers[0].transfer_type == "hot", kinds
+    assert "ORD-78945" in (transfers[0].summary or "")
+    assert of(events, v.TransferConnected)
+    # The caller heard the agent; both sides are recorded, encrypted; the call ended transferred.
+    assert len(record.agent_audio) > 8000 * 2 and record.turn_latencies
+    recordings = of(events, v.RecordingStored)
+    assert sorted(r.track for r in recordings) == ["agent", "caller"]
+    wav = await rig.stack.recordings.open("acme", recordings[0].uri)  # type: ignore[union-attr]
+    assert wav[:4] == b"RIFF"
+    ended = of(events, v.CallEnded)
+    assert ended and ended[0].resolution_status == "transferred" and ended[0].tts_characters > 0
+    timed = [e for e in of(events, v.AgentSpoke) if e.e2e_latency_ms is not None]
+    assert timed, "per-stage timings are recorded on the agent's turns"
+
+
+def test_keypad_digits_answer_the_identifier_the_agent_asked_for() -> None:
+    asked = "Sure. What's your order number? It starts with O R D."
+    assert keypad_text("78945", asked, ("ORD",)) == "ORD-78945"
+    assert keypad_text("5551234567", "What number should we call?", ("ORD",)) == "5551234567"

@@ -1,0 +1,519 @@
+"""One call's LiveKit ``AgentSession``, and everything it records on the call.
+
+``VoiceStack`` is what a process needs to hold calls: the call service, the tool registry, the
+config versions, the VAD model, the recording store and where live transcripts go. ``CallSession``
+runs one call over any audio input and output (the Twilio bridge's, a LiveKit room's, a test's):
+silero VAD, the chosen STT (``gateways.speech``), Parley's agent as the session's LLM with the
+config's tools, and the chosen TTS.
+
+Every final transcript, reply, tool call, keypad digit, sentiment and transfer becomes a command on
+the call. ``CallRecorder`` appends them in order beside the audio path, so a slow store delays a
+transcript, never a frame; a tool call's start and end and a transfer are awaited before the
+agent goes on (their effect happens once, after the record). Interim transcripts are published
+live only (``publish``). Both sides' audio is kept and stored, encrypted under the caller's key,
+when the call ends.
+
+When the config has a ``recording_notice`` template, it is played before anything is listened
+to: the caller's audio is not transcribed until it has played.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from livekit import rtc
+from livekit.agents import AgentSession, io, vad
+
+from agents.config import AgentConfig
+from agents.config_source import ConfigProvider
+from agents.graph import chain_for
+from agents.rules import Escalation
+from agents.tools import ToolContext, ToolRegistry, ToolRun
+from commands.call import CallService, Connected
+from domain import call as v
+from domain.errors import ParleyError
+from gateways.speech.offline import normalize_spoken
+from gateways.speech.providers import SpeechChoice, choose_speech, load_vad
+from gateways.telephony.recordings import RecordingStore
+from voice_worker.agent import AgentBrain, ParleyAgent, ParleyLLM, TurnHooks
+
+log = structlog.get_logger(__name__)
+
+Publish = Callable[[str, str, str, dict[str, Any]], Awaitable[None]]  # tenant, call id, event, body
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _at(timestamp: float | None) -> datetime | None:
+    return None if not timestamp else datetime.fromtimestamp(timestamp, UTC)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+class VoiceStack:
+    """A process's means to hold calls (one per process, shared by its calls)."""
+
+    def __init__(
+        self,
+        calls: CallService,
+        tools: ToolRegistry,
+        configs: ConfigProvider,
+        env: Mapping[str, str],
+        *,
+        recordings: RecordingStore | None = None,
+        publish: Publish | None = None,
+        vad_model: vad.VAD | None = None,
+    ) -> None:
+        self.calls = calls
+        self.tools = tools
+        self.configs = configs
+        self.env = env
+        self.recordings = recordings
+        self.publish = publish
+        self._vad = vad_model
+        self._chains: dict[int, Any] = {}
+        self.sessions: dict[str, CallSession] = {}
+
+    @property
+    def vad(self) -> vad.VAD:
+        if self._vad is None:
+            self._vad = load_vad()
+        return self._vad
+
+    def chain(self, config: AgentConfig) -> Any:
+        key = id(config)
+        if key not in self._chains:
+            self._chains[key] = chain_for(config, self.env)
+        return self._chains[key]
+
+    async def live(self, tenant: str, call_id: str, event: str, body: dict[str, Any]) -> None:
+        if self.publish is not None:
+            with contextlib.suppress(Exception):
+                await self.publish(tenant, call_id, event, body)
+
+
+class CallRecorder:
+    """Commands on one call, appended in order by a task of their own."""
+
+    def __init__(self, calls: CallService, tenant: str, call_id: str) -> None:
+        self.calls, self.tenant, self.call_id = calls, tenant, call_id
+        self._queue: asyncio.Queue[tuple[v.Command, str, asyncio.Future[Any] | None] | None] = asyncio.Queue()
+        self._task = asyncio.create_task(self._run(), name=f"call-recorder-{call_id}")
+
+    def send(self, command: v.Command, command_id: str) -> None:
+        self._queue.put_nowait((command, command_id, None))
+
+    async def now(self, command: v.Command, command_id: str) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((command, command_id, future))
+        return await future
+
+    async def close(self) -> None:
+        self._queue.put_nowait(None)
+        with contextlib.suppress(Exception):
+            await self._task
+
+    async def _run(self) -> None:
+        while (item := await self._queue.get()) is not None:
+            command, command_id, future = item
+            try:
+                outcome = await self.calls.record(self.tenant, self.call_id, command, command_id)
+            except (ParleyError, Exception) as e:
+                log.warning("call.record_failed", call_id=self.call_id, command=type(command).__name__, error=str(e))
+                if future is not None and not future.done():
+                    future.set_exception(e)
+                continue
+            if future is not None and not future.done():
+                future.set_result(outcome)
+
+
+class TappedInput(io.AudioInput):
+    """The caller's audio as it arrives, kept for the recording."""
+
+    def __init__(self, source: io.AudioInput, sink: bytearray) -> None:
+        super().__init__(label="parley-tap", source=source)
+        self._sink = sink
+
+    async def __anext__(self) -> rtc.AudioFrame:
+        frame = await self.source.__anext__()  # type: ignore[union-attr]
+        self._sink.extend(bytes(frame.data))
+        return frame
+
+
+class CallSession:
+    def __init__(
+        self,
+        stack: VoiceStack,
+        tenant: str,
+        call: v.Call,
+        config: AgentConfig,
+        *,
+        audio_input: io.AudioInput,
+        audio_output: io.AudioOutput,
+        sample_rate: int = 8000,
+        connect_human: Callable[[v.TransferRequested, str], Awaitable[Connected]] | None = None,
+        greet: bool = True,
+    ) -> None:
+        self.stack, self.tenant, self.call, self.config = stack, tenant, call, config
+        self.call_id = call.call_id
+        self.sample_rate = sample_rate
+        self.greet = greet
+        self.connect_human = connect_human
+        self.caller_audio = bytearray()
+        self.agent_audio: bytearray | None = getattr(audio_output, "recorded", None)
+        self._input = TappedInput(audio_input, self.caller_audio)
+        self._output = audio_output
+        self.recorder = CallRecorder(stack.calls, tenant, self.call_id)
+        self.speech: SpeechChoice = choose_speech(config, stack.env, stack.vad)
+        context = ToolContext(tenant=tenant, conversation_id=self.call_id, user_id=call.user_id)
+        hooks = TurnHooks(
+            sentiment=self._sentiment,
+            escalate=self._escalate,
+            tool_started=self._tool_started,
+            tool_finished=self._tool_finished,
+        )
+        self.brain = AgentBrain(config, stack.chain(config), stack.tools, context, hooks)
+        self.session: AgentSession[None] | None = None
+        self.closed = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._keypad = ""
+        self._keypad_entries: set[str] = set()
+        self._last_caller: str | None = None
+        self._transfer: v.TransferRequested | None = None
+        self.listening = asyncio.Event()
+
+    # Lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        voice = self.config.voice_config
+        threshold = (voice.turn_detection_threshold_ms if voice else 300) / 1000
+        barge_in = voice.stop_speaking_plan.voice_seconds if voice else 0.5
+        session: AgentSession[None] = AgentSession(
+            stt=self.speech.stt,
+            vad=self.stack.vad,
+            llm=ParleyLLM(self.brain),
+            tts=self.speech.tts,
+            turn_handling={
+                "turn_detection": "vad",
+                "endpointing": {"min_delay": max(0.2, threshold), "max_delay": 3.0},
+                "interruption": {"enabled": True, "mode": "vad", "min_duration": max(0.2, barge_in)},
+                "preemptive_generation": {"enabled": False},
+            },
+            max_tool_steps=self.config.max_tool_rounds,
+            user_away_timeout=None,
+        )
+        self.session = session
+        session.input.audio = self._input
+        session.output.audio = self._output
+        session.on("conversation_item_added", self._item_added)
+        session.on("user_input_transcribed", self._transcribed)
+        session.on("close", lambda _ev: self.closed.set())
+        self._watch_stt()
+        await session.start(ParleyAgent(self.brain, normalize=self._normalize), record=False)
+        self.stack.sessions[self.call_id] = self
+        notice = self.config.templates.get("recording_notice")
+        if notice and self.call.recording:
+            session.input.set_audio_enabled(False)  # nothing is transcribed before the notice has played
+            handle = session.say(notice, allow_interruptions=False, add_to_chat_ctx=False)
+            await handle.wait_for_playout()
+            self.recorder.send(v.PlayRecordingNotice(text=notice, at=now()), f"notice-{self.call_id}")
+            session.input.set_audio_enabled(True)
+        self.listening.set()
+        if self.greet:
+            greeting = self.config.templates.get("greeting") or self.config.templates.get("general")
+            if greeting:
+                session.say(greeting)
+
+    async def close(
+        self, *, reason: str = "completed", ended_by: str = "caller", resolution: v.Resolution | None = None
+    ) -> None:
+        """Hang up: the session stops, what is pending is recorded, the audio stored, the call ended."""
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                await self.session.aclose()
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 10)
+        await self.recorder.close()
+        self.stack.sessions.pop(self.call_id, None)
+        await self._store_recordings()
+        await self.stack.calls.end(
+            self.tenant, self.call_id, reason=reason, resolution_status=resolution, ended_by=ended_by
+        )
+        self.closed.set()
+
+    async def _store_recordings(self) -> None:
+        store = self.stack.recordings
+        if store is None or not self.call.recording:
+            return
+        tracks = [("caller", self.caller_audio, self._input_rate()), ("agent", self.agent_audio, self.sample_rate)]
+        for track, pcm, rate in tracks:
+            if not pcm:
+                continue
+            try:
+                stored = await store.put(self.tenant, self.call.user_id, self.call_id, track, bytes(pcm), rate)
+                await self.stack.calls.record(
+                    self.tenant,
+                    self.call_id,
+                    v.StoreRecording(
+                        recording_id=stored.recording_id,
+                        track=track,  # type: ignore[arg-type]
+                        uri=stored.uri,
+                        format="wav",
+                        sample_rate=rate,
+                        duration_seconds=round(len(pcm) / 2 / rate, 2),
+                        bytes=stored.size,
+                        at=now(),
+                    ),
+                    f"recording-{stored.recording_id}",
+                )
+            except Exception as e:  # the call is over either way; its recording is reported missing
+                log.warning("call.recording_failed", call_id=self.call_id, track=track, error=str(e))
+
+    def _input_rate(self) -> int:
+        return int(getattr(self._input.source, "sample_rate", self.sample_rate))
+
+    # The keypad -------------------------------------------------------------------------------
+
+    def dtmf(self, digit: str) -> None:
+        """A key pressed: recorded; ``#`` ends an entry (digits the agent asked for), ``*`` clears it."""
+        self.recorder.send(v.PressDtmf(press_id=uuid.uuid4().hex, digit=digit, at=now()), f"dtmf-{uuid.uuid4().hex}")
+        if digit == "*":
+            self._keypad = ""
+        elif digit == "#":
+            entry, self._keypad = self._keypad, ""
+            if entry and self.session is not None:
+                text = keypad_text(entry, self._last_reply(), self.speech.offline_stt.vocabulary.prefixes)
+                self._keypad_entries.add(text)
+                utterance_id = f"keypad-{uuid.uuid4().hex}"
+                self.recorder.send(
+                    v.RecordCallerUtterance(
+                        utterance_id=utterance_id, text=text, confidence=1.0, source="dtmf", at=now()
+                    ),
+                    utterance_id,
+                )
+                self._last_caller = utterance_id
+                self.session.interrupt()
+                self.session.generate_reply(user_input=text)
+        elif digit.isdigit():
+            self._keypad += digit
+
+    def _last_reply(self) -> str:
+        if self.session is None:
+            return ""
+        for item in reversed(self.session.history.items):
+            if item.type == "message" and item.role == "assistant":
+                return item.text_content or ""
+        return ""
+
+    def _normalize(self, text: str, _last_reply: str) -> str:
+        return normalize_spoken(text, self.speech.offline_stt.vocabulary.prefixes)
+
+    # Session events -> call commands ------------------------------------------------------------
+
+    def _item_added(self, ev: Any) -> None:
+        item = ev.item
+        if getattr(item, "type", None) != "message" or item.role not in ("user", "assistant"):
+            return
+        text = item.text_content or ""
+        if not text.strip():
+            return
+        metrics: Mapping[str, Any] = item.metrics or {}
+        if item.role == "user":
+            if text in self._keypad_entries:
+                self._keypad_entries.discard(text)
+                return
+            started, stopped = metrics.get("started_speaking_at"), metrics.get("stopped_speaking_at")
+            utterance_id = item.id
+            self._last_caller = utterance_id
+            self.recorder.send(
+                v.RecordCallerUtterance(
+                    utterance_id=utterance_id,
+                    text=text,
+                    confidence=_unit(item.transcript_confidence),
+                    language="en",
+                    stt_provider=self.speech.stt_name,
+                    started_speaking_at=_at(started),
+                    stopped_speaking_at=_at(stopped),
+                    audio_seconds=round(max(0.0, (stopped or 0) - (started or 0)), 3) if started and stopped else 0.0,
+                    transcription_delay_ms=_ms(metrics.get("transcription_delay")),
+                    end_of_turn_delay_ms=_ms(metrics.get("end_of_turn_delay")),
+                    at=now(),
+                ),
+                utterance_id,
+            )
+            return
+        self.recorder.send(
+            v.RecordAgentUtterance(
+                utterance_id=item.id,
+                text=text,
+                in_reply_to=self._last_caller,
+                provider=self.brain.provider or "offline",
+                llm_ttft_ms=_ms(metrics.get("llm_node_ttft")),
+                tts_ttfb_ms=_ms(metrics.get("tts_node_ttfb")),
+                e2e_latency_ms=_ms(metrics.get("e2e_latency")),
+                interrupted=bool(item.interrupted),
+                heard_text=text if item.interrupted else None,
+                at=now(),
+            ),
+            item.id,
+        )
+
+    def _transcribed(self, ev: Any) -> None:
+        if not ev.is_final and ev.transcript:
+            body = {"speaker": "user", "text": ev.transcript, "is_final": False, "timestamp": now().isoformat()}
+            self._spawn(self.stack.live(self.tenant, self.call_id, "transcript_interim", body))
+
+    def _watch_stt(self) -> None:
+        primary = self.speech.primary_stt
+        if primary is None:
+            return
+        name = self.speech.stt_name
+
+        def errored(error: Any) -> None:
+            if getattr(error, "recoverable", False):
+                self._interrupted(name, str(getattr(error, "error", error)), "reconnected")
+
+        def availability(ev: Any) -> None:
+            if ev.stt is not None and not ev.available and "offline" not in ev.stt.label.lower():
+                self._interrupted(name, "unavailable", "fallback:offline")
+
+        primary.on("error", errored)
+        self.speech.stt.on("stt_availability_changed", availability)
+
+    def _interrupted(self, provider: str, error: str, recovered_by: str) -> None:
+        log.warning("call.stt_interrupted", call_id=self.call_id, provider=provider, recovered_by=recovered_by)
+        self.recorder.send(
+            v.ReportSpeechProviderInterruption(
+                stage="stt", provider=provider, error=error[:500], recovered_by=recovered_by, at=now()
+            ),
+            f"stt-{uuid.uuid4().hex}",
+        )
+
+    # Agent hooks ------------------------------------------------------------------------------
+
+    def _sentiment(self, score: float, emotion: str, escalation: bool) -> None:
+        self.recorder.send(
+            v.UpdateSentiment(score=score, emotion=emotion, escalation_suggested=escalation, at=now()),
+            f"sentiment-{uuid.uuid4().hex}",
+        )
+
+    async def _tool_started(self, call_id: str, tool: str, arguments: dict[str, Any]) -> None:
+        await self.recorder.now(
+            v.StartToolCall(tool_call_id=call_id, tool=tool, arguments=arguments, at=now()), f"tool-{call_id}"
+        )
+
+    async def _tool_finished(self, call_id: str, run: ToolRun) -> None:
+        await self.recorder.now(
+            v.FinishToolCall(
+                tool_call_id=call_id,
+                output=run.call.output,
+                error=run.call.error,
+                execution_time_ms=run.call.execution_time_ms,
+                at=now(),
+            ),
+            f"tool-done-{call_id}",
+        )
+
+    def _escalate(self, escalation: Escalation) -> None:
+        self._spawn(self._hand_off(escalation))
+
+    async def _hand_off(self, escalation: Escalation) -> None:
+        """After the handoff message has played: a hot transfer to a human of the tenant's pool."""
+        await asyncio.sleep(0)
+        deadline = time.monotonic() + 30
+        while self.session is not None and time.monotonic() < deadline:
+            speech = self.session.current_speech
+            if speech is None and self.session.agent_state != "speaking":
+                break
+            if speech is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(speech.wait_for_playout(), 30)
+            await asyncio.sleep(0.05)
+        try:
+            requested, target, _summary, outcome = await self.stack.calls.transfer(
+                self.tenant,
+                self.call_id,
+                transfer_type="hot",
+                reason=escalation.trigger,
+                trigger=escalation.trigger,
+                requested_by="agent:ai",
+            )
+        except ParleyError as e:
+            log.warning("call.transfer_refused", call_id=self.call_id, error=e.message)
+            return
+        self._transfer = requested
+        if outcome.state.open_transfer == requested.transfer_id and target.target is not None:
+            connected = (
+                await self.connect_human(requested, requested.summary or "")
+                if self.connect_human is not None
+                else Connected(ok=True)
+            )
+            await self.stack.calls.settle_transfer(self.tenant, self.call_id, requested.transfer_id, connected)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def keypad_text(digits: str, last_reply: str, prefixes: tuple[str, ...] = ()) -> str:
+    """Digits typed on the keypad as the caller means them: the identifier the agent just asked for
+    ("It starts with O R D" + 78945 -> "ORD-78945"), else the digits."""
+    asked = last_reply.upper().replace(" ", "")
+    for prefix in prefixes:
+        if prefix in asked:
+            return f"{prefix}-{digits}"
+    return digits
+
+
+def _unit(value: float | None) -> float | None:
+    if value is None:
+        return None
+    return max(0.0, min(1.0, float(value)))
+
+
+async def answer_stream(
+    stack: VoiceStack,
+    tenant: str,
+    config_id: str,
+    start: Mapping[str, Any],
+    audio_input: io.AudioInput,
+    audio_output: io.AudioOutput,
+) -> tuple[Callable[[str], None], Callable[[str], Awaitable[None]]]:
+    """A Twilio media stream's call: answered (admitted, pinned to the config's active version) and
+    its session started. Returns the stream's keypad and hang-up handlers."""
+    from gateways.telephony.twilio import call_id_for
+
+    parameters = dict(start.get("customParameters") or {})
+    call_sid = str(start.get("callSid") or uuid.uuid4().hex)
+    call_id = call_id_for(tenant, call_sid)
+    outcome = await stack.calls.answer(
+        tenant,
+        call_id=call_id,
+        config_id=config_id,
+        phone_number=parameters.get("from") or None,
+        transport="twilio",
+        provider_call_id=call_sid,
+        conversation_id=parameters.get("conversation_id") or None,
+    )
+    call = outcome.state
+    config = await stack.configs.get(tenant, call.config_id, call.config_version)
+    session = CallSession(stack, tenant, call, config, audio_input=audio_input, audio_output=audio_output)
+    await session.start()
+
+    async def hang_up(reason: str) -> None:
+        await session.close(reason=reason, ended_by="caller")
+
+    return session.dtmf, hang_up
