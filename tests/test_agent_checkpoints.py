@@ -33,7 +33,7 @@ T0 = datetime(2025, 10, 11, 10, 0, tzinfo=UTC)
 async def database(pg_url: str) -> str:
     url = fresh_database(pg_url)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await setup_demo_data(conn)
+        await setup_demo_data(conn, tenants=("acme", "demo"))  # the conversations' tenant; "demo" for HangingOnce
     return url
 
 
