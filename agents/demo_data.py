@@ -4,7 +4,9 @@
 ``demo.tickets``, ``demo.callbacks``, ``demo.emails`` (tracking emails sent) and ``demo.upgrades``
 (cross-sell offers accepted) if missing, and (re)seeds the same orders for each tenant: every row
 has a ``tenant``, and the demo tools read and write their context's tenant's rows only.
-``reset=True`` empties every table first (every tenant's rows). A ``demo`` schema of the layout
+``reset=True`` first deletes those tenants' rows (their orders, refunds, tickets, callbacks,
+emails and upgrades; other tenants' stay), and numbers refunds and the rest from 1 again when no
+tenant has any left. A ``demo`` schema of the layout
 before tenants is dropped and made again (it is demo data). ``python -m agents.demo_data
 [DATABASE_URL] [TENANT ...]`` does it from the shell.
 
@@ -179,9 +181,11 @@ async def setup_demo_data(conn: Any, *, tenants: Sequence[str] = DEFAULT_TENANTS
             await conn.execute("DROP SCHEMA demo CASCADE")
         await conn.execute(SCHEMA)
         if reset:
-            await conn.execute("TRUNCATE " + ", ".join(f"demo.{table}" for table in TABLES))
-            for sequence in SEQUENCES:
-                await conn.execute(f"ALTER SEQUENCE demo.{sequence} RESTART WITH 1")
+            for table in TABLES:  # dependents first
+                await conn.execute(f"DELETE FROM demo.{table} WHERE tenant = ANY(%s)", (list(tenants),))
+            if not await _rows_left(conn):
+                for sequence in SEQUENCES:
+                    await conn.execute(f"ALTER SEQUENCE demo.{sequence} RESTART WITH 1")
         async with conn.cursor() as cur:
             await cur.executemany(
                 "INSERT INTO demo.orders (tenant, order_id, customer_email, email, product, total, status, carrier,"
@@ -194,6 +198,13 @@ async def setup_demo_data(conn: Any, *, tenants: Sequence[str] = DEFAULT_TENANTS
             )
     log.info("demo_data.ready", orders=len(orders), tenants=list(tenants), reset=reset)
     return len(orders)
+
+
+async def _rows_left(conn: Any) -> bool:
+    """Any tenant has a refund, ticket, callback, email or upgrade (their ids must not be given again)."""
+    async with conn.cursor() as cur:
+        await cur.execute(" UNION ALL ".join(f"(SELECT 1 FROM demo.{table} LIMIT 1)" for table in TABLES[:-1]))
+        return await cur.fetchone() is not None
 
 
 async def _before_tenants(conn: Any) -> bool:

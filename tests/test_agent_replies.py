@@ -516,3 +516,20 @@ def test_the_offline_model_answers_any_conversation(turns: list[str]) -> None:
 
     assert completion.text.strip() or completion.tool_calls
     assert "{{" not in completion.text and "[[" not in completion.text
+
+
+async def test_a_reset_empties_only_the_tenants_it_names(demo_url: str) -> None:
+    tools = demo_registry(connect_url(demo_url))
+    refund = SUPPORT.tool("initiate_refund")
+    assert refund is not None
+    for tenant in ("acme", "globex"):
+        await tools.call(refund, {"order_id": "ORD-12345", "amount": 5}, ToolContext(tenant=tenant))
+
+    async with await psycopg.AsyncConnection.connect(demo_url) as conn:
+        await setup_demo_data(conn, tenants=("acme",), reset=True)
+    after = await tools.call(refund, {"order_id": "ORD-12345", "amount": 5}, ToolContext(tenant="acme"))
+
+    assert await rows(demo_url, "SELECT tenant, refund_id FROM demo.refunds ORDER BY refund_id") == [
+        ("globex", "RF-000002"), ("acme", "RF-000003"),
+    ]  # fmt: skip
+    assert after.output is not None and after.output["refund_id"] == "RF-000003"  # no id given twice
