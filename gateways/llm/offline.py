@@ -264,7 +264,13 @@ def _corrected_word(word: str, vocabulary: frozenset[str]) -> str | None:
     lower = word.lower()
     if lower in vocabulary or lower in REAL_WORDS or lower in LEXICON:
         return None
-    found = [target for target in vocabulary if abs(len(target) - len(lower)) <= 1 and one_edit(lower, target)]
+    found = [
+        target
+        for target in vocabulary
+        if abs(len(target) - len(lower)) <= 1
+        and not (target.startswith(lower) or lower.startswith(target))  # "arrive" is no typo of "arrived"
+        and one_edit(lower, target)
+    ]
     return found[0] if len(set(found)) == 1 else None
 
 
