@@ -34,7 +34,7 @@ import msgspec
 
 from agents.config import AgentConfig, ToolDefinition
 from agents.graph import TurnResult, chain_for, run_turn
-from agents.tools import ToolFailed, ToolImpl, ToolRegistry
+from agents.tools import ToolContext, ToolFailed, ToolImpl, ToolRegistry
 from domain import conversation as c
 from gateways.llm.port import ChatMessage
 from streams.store import RecordedEvent
@@ -182,8 +182,8 @@ def template_variables(config: AgentConfig, tool: str) -> tuple[str, ...]:
 
 
 def _through(real: ToolRegistry, tool: ToolDefinition) -> ToolImpl:
-    async def call(**arguments: Any) -> Mapping[str, Any]:
-        done = await real.call(tool, arguments)
+    async def call(*, context: ToolContext | None = None, **arguments: Any) -> Mapping[str, Any]:
+        done = await real.call(tool, arguments, context)  # the turn's tenant and customer
         if done.error is not None or done.output is None:
             raise ToolFailed(done.error or f"{tool.name} gave nothing")
         return done.output
@@ -200,14 +200,20 @@ def _sandboxed(name: str, variables: Sequence[str] = ()) -> ToolImpl:
 
 
 async def run_scenarios(
-    config: AgentConfig, scenarios: Sequence[Scenario], tools: ToolRegistry, env: Mapping[str, str]
+    config: AgentConfig,
+    scenarios: Sequence[Scenario],
+    tools: ToolRegistry,
+    env: Mapping[str, str],
+    *,
+    tenant: str = "",
 ) -> list[dict[str, Any]]:
+    """Each scenario as a fresh conversation of ``tenant`` (whose data the read-only tools read)."""
     chain = chain_for(config, env)
     sandbox = sandbox_registry(tools, config)
     names = [tool.name for tool in config.tools]
     results = []
     for scenario in scenarios:
-        turn = await run_turn(config, [], scenario.user_message, chain=chain, tools=sandbox)
+        turn = await run_turn(config, [], scenario.user_message, chain=chain, tools=sandbox, tenant=tenant)
         called = [call.tool for call in turn.tool_calls]
         expected = expectations(scenario, names)
         checks = judge(expected, turn)
@@ -326,6 +332,8 @@ async def replay_conversation(
     chain = chain_for(config, env)
     recording = _Recording(events, config)
     tools = recording.registry()
+    tenant = events[0].stream.tenant if events else ""
+    user_id = next((r.event.user_id for r in events if isinstance(r.event, c.ConversationStarted)), "")
     history: list[ChatMessage] = []
     differences, lost, new, skipped = [], [], [], []
     turns = recorded_turns(events)
@@ -338,11 +346,17 @@ async def replay_conversation(
             skipped.append({"turn": index, "reason": reason})
             continue
         unanswered = len(recording.unanswered)
-        after: TurnResult = await run_turn(config, history, before.user_message, chain=chain, tools=tools)
-        history += [
-            ChatMessage("user", after.user_message or before.user_message),
-            ChatMessage("assistant", after.reply),
-        ]
+        after: TurnResult = await run_turn(
+            config,
+            history,
+            before.user_message,
+            chain=chain,
+            tools=tools,
+            tenant=tenant,
+            conversation_id=conversation_id,
+            user_id=user_id,
+        )
+        history += after.messages or [ChatMessage("user", before.user_message), ChatMessage("assistant", after.reply)]
         called = [call.tool for call in after.tool_calls]
         changed = []
         if before.reply is not None and after.reply != before.reply:

@@ -283,6 +283,7 @@ async def test_replaying_history_shows_exactly_the_conversations_whose_tool_call
     raw = yaml.safe_load(BASE_YAML)
     raw["tools"] = [t for t in raw["tools"] if t["name"] != "fetch_order_status"]
     raw["templates"] = {k: v for k, v in raw.get("templates", {}).items() if not k.startswith("fetch_order_status")}
+    raw["cross_sell"] = [r for r in raw.get("cross_sell", []) if r["when"].get("tool") != "fetch_order_status"]
     candidate = yaml.safe_dump(raw, sort_keys=False)
     previewed = await client.post(
         f"{CONFIGS}/faq-bot/preview", json={"yaml_content": candidate, "replay_recorded": 10}, headers=VIEWER

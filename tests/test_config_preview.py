@@ -91,9 +91,11 @@ def _answering(outputs: Mapping[str, Mapping[str, Any]]) -> ToolRegistry:
 
 
 async def _ai_reply(config: AgentConfig, history: list[ChatMessage], said: str, n: int) -> c.AgentReplied:
-    """What ``config`` answers, as the runtime records it (``author`` ai)."""
+    """What ``config`` answers, as the runtime records it (``author`` ai); ``history`` gains the
+    turn's messages, tool exchanges included, as the runtime's history has them."""
     tools = _answering({"fetch_order_status": ORDER})
-    turn = await run_turn(config, history, said, chain=chain_for(config, {}), tools=tools)
+    turn = await run_turn(config, history, said, chain=chain_for(config, {}), tools=tools, user_id="user-1")
+    history += turn.messages
     return c.AgentReplied(
         message_id=f"a-{n}",
         user_id="user-1",
@@ -113,15 +115,11 @@ async def test_a_replay_compares_the_ais_turns_only_and_never_blames_it_for_a_pe
     """The customer asks the AI, then escalates by hand; a human agent answers the next turn (and
     refunds); back with the AI, the customer says goodbye. Replayed against the config that answered,
     nothing of the AI's changed: the human's turn is skipped and the escalation is not the AI's."""
-    first = await _ai_reply(SUPPORT, [], "Where is my order ORD-78945?", 1)
+    history: list[ChatMessage] = []
+    first = await _ai_reply(SUPPORT, history, "Where is my order ORD-78945?", 1)
     assert first.tool_calls[0].tool == "fetch_order_status"  # the AI looked it up
     human = "Sure, I've refunded ORD-78945 for you."
-    history = [
-        ChatMessage("user", "Where is my order ORD-78945?"),
-        ChatMessage("assistant", first.content or ""),
-        ChatMessage("user", "Can you refund it instead?"),
-        ChatMessage("assistant", human),
-    ]
+    history += [ChatMessage("user", "Can you refund it instead?"), ChatMessage("assistant", human)]
     last = await _ai_reply(SUPPORT, history, "Thanks, that's all", 3)
     events = _recorded(
         [
@@ -170,7 +168,7 @@ async def test_a_tool_call_the_recording_cannot_answer_reads_with_placeholders_n
         .replace("  send_tracking_email", "  send_tracking_mail")
     )
     said = "Please send the tracking email for ORD-78945 to jo@example.com"
-    before = await _ai_reply(older, [], said, 1)
+    before = await _ai_reply(older, [], said, 1)  # the customer's email is in what they said
     assert "send_tracking_email" not in [call.tool for call in before.tool_calls]
     events = _recorded([_said(1, said), before])
 

@@ -89,8 +89,8 @@ def _day(query: Any, *names: str) -> tuple[date | None, str | None]:
             f"{' and '.join(found)} name different days",
             fields={names[1]: f"an alias of {names[0]}: give one, or the same day"},
         )
-    name = next(iter(found), None)
-    return (found[name], name) if name else (None, None)
+    given = next(iter(found), None)
+    return (found[given], given) if given else (None, None)
 
 
 def _queries(platform: Any) -> AnalyticsQueries:

@@ -340,7 +340,7 @@ class ConfigController(Controller):
         raw, issues = service.check(text)
         candidate = config_from_mapping(raw)
         assessment = service.assess(active, raw)
-        results = await run_scenarios(candidate, data.test_scenarios, platform.tools, dict(os.environ))
+        results = await run_scenarios(candidate, data.test_scenarios, platform.tools, dict(os.environ), tenant=tenant)
         replay = None
         if data.replay_recorded:
             replay = await platform.replay_recorded(tenant, config_id, candidate, data.replay_recorded)
