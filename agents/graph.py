@@ -221,7 +221,7 @@ async def run_turn(
         escalation=None if final["escalation"] is None else msgspec.convert(final["escalation"], Escalation),
         pii_collected=final["pii_collected"],
         cross_sell=None if final["cross_sell"] is None else msgspec.convert(final["cross_sell"], CrossSell),
-        cross_sell_response=final.get("cross_sell_response"),  # type: ignore[arg-type]
+        cross_sell_response=final.get("cross_sell_response"),
         fallbacks=msgspec.convert(final["fallbacks"], list[Fallback]),
         user_message=masked,
         messages=msgspec.convert(final["messages"][len(past) :], list[ChatMessage]),

@@ -126,14 +126,6 @@ DEFAULT_HUMAN_PATTERNS: list[str] = [
     r"\bescalate\b",
 ]
 
-DEFAULT_HUMAN_PATTERNS: list[str] = [
-    r"\b(talk|speak|chat)\s+(to|with)\s+(a\s+|an\s+|the\s+|your\s+)?"
-    r"(human|person|agent|representative|rep|manager|supervisor|some\s?one|somebody|operator)\b",
-    r"\b(real|live|actual)\s+(person|human|agent)\b",
-    r"\bhuman\s+(please|agent|support|being)\b",
-    r"\bescalate\b",
-]
-
 # A template may list alternatives separated by ``||`` (the first whose fields are all known wins)
 # and optional ``[[segments]]`` (dropped when a field inside is unknown); see ``render``.
 DEFAULT_TEMPLATES: dict[str, str] = {
