@@ -13,19 +13,24 @@ remembered from the last read or write of it in this process; a new aggregate (f
 or 1) is presumed empty; anything else is looked up first. A refused write looks again, and
 raises ``IntegrityError`` if its versions are taken, or tries again if they are still free.
 
-**Many threads, shared round trips.** Writes handed over while the loop is busy are taken
-together in its next turn (``LoopThread``). A single-message write (a save of one event: the
-common case) whose subject's position is known needs no coroutine: its frame joins the turn's
-other frames in one socket write, each with a reply subject of its own on one inbox, and the
-acknowledgement releases the waiting thread as soon as it is read. When ``batch_from`` or more
-such writes are waiting at once, they go as one atomic batch instead (one round trip, one
-fsync), each message with its own expectation; if the server refuses the batch because one of
-them is stale, each goes again on its own, so one conflict never fails another thread's save.
+**Many threads, group commit.** Work handed over by threads while the loop is busy is taken
+together in its next turn (``LoopThread``), and a thread is woken by an eventfd of its own,
+which lets it run without first fighting the loop for the GIL. A single-message write (a save
+of one event: the common case) whose subject's position is known needs no coroutine: it waits
+in an outbox while a burst of writes is in flight (``max_bursts``, default 1), and then goes
+with the others waiting: as one atomic batch, one round trip and one fsync, each message with
+its own expectation, if ``batch_from`` (default 8) or more are waiting; else as single messages
+in one socket write, each with a reply subject of its own on one inbox, whose acknowledgement
+releases its thread as soon as it is read. If the server refuses a batch because one of its
+writes is stale, each goes again on its own, so one conflict never fails another thread's save.
 
-Atomic batches are not the default for small groups because of what they cost on a stream with
-one replica on file storage: the server stages every batch in a file store of its own, which
-took 2.5 ms (quiet machine) to 16 ms (busy one) per batch on the dev machine, where pipelined
-single messages take 0.3-0.6 ms; eight threads never fill a batch big enough to pay for it.
+Why not always a batch: the server stages an atomic batch of a stream with one replica on file
+storage in a file store of its own, about 2 ms of server CPU a batch (measured: 270 us of
+nats-server CPU a message in batches of 8, 25 us in batches of 200, 133 us for single
+messages), and 2.5-16 ms of latency on the dev machine, quiet to busy. A batch pays off when
+enough writes wait to share it, which is when the server is the bottleneck; with a few threads
+and a quick server, single messages in one write are quicker.
+
 Writes of several messages (several events, or events and a tracking record) always go as one
 atomic batch: they must be all or nothing.
 """
@@ -35,8 +40,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import os
 import re
+import select
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Generic, TypeVar
@@ -72,14 +80,56 @@ _ATTEMPTS = 10
 # From threads onto the loop ----------------------------------------------------------------
 
 
-class Call(Generic[T]):
-    """Work handed to the loop by a thread, and the lock that thread waits on until it is settled."""
+class _Waker:
+    """How a thread waits for the loop: an eventfd of its own (one per thread, closed with it).
 
-    __slots__ = ("_error", "_result", "done")
+    A ``threading.Lock`` would do, but releasing one wakes the waiting thread while the loop still
+    holds the GIL: the woken thread preempts the loop only to block on the GIL at once, and the
+    two switch back and forth on every save. Writing to an eventfd releases the GIL around the
+    system call, so the woken thread finds it free and runs on.
+    """
+
+    __slots__ = ("fd", "poll")
 
     def __init__(self) -> None:
-        self.done = threading.Lock()
-        self.done.acquire()
+        self.fd = os.eventfd(0, os.EFD_CLOEXEC)
+        self.poll = select.poll()
+        self.poll.register(self.fd, select.POLLIN)
+
+    def wake(self) -> None:
+        os.eventfd_write(self.fd, 1)
+
+    def wait(self, call: Call[Any], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not call.settled:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.poll.poll(remaining * 1000):
+                return call.settled
+            os.eventfd_read(self.fd)  # a wake-up left over from a call given up on is read here too
+        return True
+
+    def __del__(self) -> None:
+        os.close(self.fd)
+
+
+_wakers = threading.local()
+
+
+def _waker() -> _Waker:
+    waker: _Waker | None = getattr(_wakers, "waker", None)
+    if waker is None:
+        waker = _wakers.waker = _Waker()
+    return waker
+
+
+class Call(Generic[T]):
+    """Work handed to the loop by a thread, and how that thread is woken once it is settled."""
+
+    __slots__ = ("_error", "_result", "settled", "waker")
+
+    def __init__(self) -> None:
+        self.waker = _waker()
+        self.settled = False
         self._result: T | None = None
         self._error: BaseException | None = None
 
@@ -91,11 +141,13 @@ class Call(Generic[T]):
 
     def settle(self, result: T) -> None:
         self._result = result
-        self.done.release()
+        self.settled = True
+        self.waker.wake()
 
     def fail(self, error: BaseException) -> None:
         self._error = error
-        self.done.release()
+        self.settled = True
+        self.waker.wake()
 
     def settle_from(self, task: asyncio.Future[T]) -> None:
         if task.cancelled():
@@ -189,7 +241,7 @@ class LoopThread:
             wake, self._woken = not self._woken, True
         if wake:
             self.loop.call_soon_threadsafe(self._start)
-        if not call.done.acquire(timeout=timeout):
+        if not call.waker.wait(call, timeout):
             self.loop.call_soon_threadsafe(call.cancel)
             raise OperationalError(f"JetStream did not answer in {timeout} s")
         return call.outcome()
@@ -282,10 +334,19 @@ class _Ack(msgspec.Struct):
 _ACK = msgspec.json.Decoder(_Ack)
 
 
+class _Burst:
+    """Writes sent together; the next burst may go when they are all answered."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = 0
+
+
 class _Pending:
     """A single-message write waiting for its acknowledgement."""
 
-    __slots__ = ("call", "deadline", "message", "subject", "touch", "write")
+    __slots__ = ("burst", "call", "deadline", "message", "subject", "touch", "write")
 
     def __init__(self, write: Write, call: Call[list[int]], subject: str, message: OutMessage) -> None:
         self.write = write
@@ -294,6 +355,7 @@ class _Pending:
         self.touch = write.touches[subject]
         self.message = message
         self.deadline = 0.0
+        self.burst: _Burst | None = None
 
 
 class StreamCore:
@@ -305,7 +367,14 @@ class StreamCore:
     """
 
     def __init__(
-        self, log: JetStreamLog, prefix: str, *, batch_from: int = 64, timeout: float = 10.0, positions: int = 100_000
+        self,
+        log: JetStreamLog,
+        prefix: str,
+        *,
+        batch_from: int = 8,
+        max_bursts: int = 1,
+        timeout: float = 10.0,
+        positions: int = 100_000,
     ) -> None:
         self.log = log
         self.prefix = prefix
@@ -318,6 +387,9 @@ class StreamCore:
         self._tokens = itertools.count()
         self._waiting: dict[str, _Pending] = {}
         self._outbox: list[_Pending] = []
+        self._flush_soon = False
+        self._bursts = 0  # bursts of writes in flight
+        self.max_bursts = max_bursts
         self._sweeping = False
 
     # Subjects -----------------------------------------------------------------------------
@@ -391,26 +463,34 @@ class StreamCore:
         task.add_done_callback(call.settle_from)
 
     def _queue(self, pending: _Pending) -> None:
-        if not self._outbox:
-            asyncio.get_running_loop().call_soon(self._flush)
         self._outbox.append(pending)
+        if not self._flush_soon:
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Send the writes of this turn: one atomic batch if there are enough, else each on its own."""
-        outbox, self._outbox = self._outbox, []
-        if len(outbox) >= self.batch_from:
-            batch: list[_Pending] = []
-            subjects: set[str] = set()
-            for pending in outbox:
-                if pending.subject in subjects or len(batch) == MAX_BATCH:
-                    self._send([pending])
-                else:
-                    subjects.add(pending.subject)
-                    batch.append(pending)
-            task = asyncio.get_running_loop().create_task(self._batch(batch))
-            task.add_done_callback(_log_failure)
+        """Send the waiting writes as one burst: an atomic batch if there are enough, else each on
+        its own. With ``max_bursts`` bursts already in flight, they wait for one to finish."""
+        self._flush_soon = False
+        if not self._outbox or (self.max_bursts and self._bursts >= self.max_bursts):
             return
-        self._send(outbox)
+        outbox, self._outbox = self._outbox, []
+        if len(outbox) < self.batch_from:
+            self._send(outbox)
+            return
+        batch: list[_Pending] = []
+        alone: list[_Pending] = []
+        subjects: set[str] = set()
+        for pending in outbox:
+            if pending.subject in subjects or len(batch) == MAX_BATCH:
+                alone.append(pending)  # a batch holds one write a subject: the others expect its result
+            else:
+                subjects.add(pending.subject)
+                batch.append(pending)
+        self._send(alone)
+        self._bursts += 1
+        task = asyncio.get_running_loop().create_task(self._batch(batch))
+        task.add_done_callback(self._batch_done)
 
     def _send(self, outbox: Sequence[_Pending]) -> None:
         """Each write as a message of its own, all in one socket write, each with its own reply subject."""
@@ -423,6 +503,7 @@ class StreamCore:
         if not self._sweeping:
             self._sweeping = True
             loop.call_later(1.0, self._sweep)
+        burst = _Burst()
         frames = []
         for pending in outbox:
             token = str(next(self._tokens))
@@ -434,12 +515,33 @@ class StreamCore:
             frames.append(frame)
             self._waiting[token] = pending
             pending.deadline = deadline
+            pending.burst = burst
         if frames:
+            burst.left = len(frames)
+            self._bursts += 1
             task = loop.create_task(nc.publish_frames(frames))
             task.add_done_callback(_log_failure)
 
+    def _answered(self, token: str) -> _Pending | None:
+        """The write waiting on ``token``, no longer waiting (None if it was not)."""
+        pending = self._waiting.pop(token, None)
+        if pending is not None and pending.burst is not None:
+            pending.burst.left -= 1
+            if pending.burst.left == 0:
+                self._burst_done()
+        return pending
+
+    def _burst_done(self) -> None:
+        self._bursts -= 1
+        if self._outbox and not self._flush_soon:
+            self._flush()
+
+    def _batch_done(self, task: asyncio.Future[None]) -> None:
+        self._burst_done()
+        _log_failure(task)
+
     def _on_ack(self, subject: str, headers: dict[str, str], data: bytes) -> None:
-        pending = self._waiting.pop(subject[subject.rfind(".") + 1 :], None)
+        pending = self._answered(subject[subject.rfind(".") + 1 :])
         if pending is None:
             return
         status = headers.get("Status")
@@ -464,7 +566,8 @@ class StreamCore:
         """Fail the writes whose acknowledgement is overdue (looked at every second while any wait)."""
         now = asyncio.get_running_loop().time()
         for token in [t for t, p in self._waiting.items() if p.deadline <= now]:
-            pending = self._waiting.pop(token)
+            pending = self._answered(token)
+            assert pending is not None
             pending.call.fail(OperationalError(f"JetStream did not acknowledge the write to {pending.subject}"))
         if self._waiting:
             asyncio.get_running_loop().call_later(1.0, self._sweep)
