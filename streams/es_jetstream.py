@@ -348,6 +348,7 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
                 max_bursts=self._max_in_flight,
                 timeout=self._timeout,
             )
+            core.runner = self._runner
             try:
                 if self._create_stream():
                     self._runner.run(log.ensure())

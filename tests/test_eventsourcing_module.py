@@ -447,12 +447,14 @@ def test_saves_from_many_threads_each_get_their_own_notification_ids(nats_url: s
         dogs = [uuid.uuid4() for _ in range(16)]
         ids: dict[tuple[uuid.UUID, int], int] = {}
         conflicts: list[int] = []
+        all_saved = threading.Barrier(len(dogs))
 
         def save(dog: uuid.UUID) -> None:
             for version in range(1, 21):
                 [notification_id] = recorder.insert_events([_event(dog, version)])  # type: ignore[misc]
                 ids[dog, version] = notification_id
-            # Two threads on one aggregate: one of them conflicts, nothing is lost or doubled.
+            all_saved.wait()
+            # Every thread on one aggregate at once: one gets version 21, the others conflict.
             try:
                 recorder.insert_events([_event(dogs[0], 21)])
             except IntegrityError:
