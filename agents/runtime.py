@@ -59,7 +59,6 @@ from gateways.llm.port import ChatMessage, ToolCallRequest
 from streams.errors import EventDecodeError
 from streams.feed import Feed
 from streams.jetstream import RawMessage
-from streams.repository import Repository
 from streams.store import EventStore, RecordedEvent
 from streams.subjects import StreamId
 from streams.work import DEFAULT_PARTITIONS, WorkStream, ensure_work_stream
@@ -94,11 +93,7 @@ class AgentRuntime:
         self.store = store
         self.runner = runner
         # The pool is one aggregate per tenant that many escalations touch at once: retry longer.
-        self.pool_runner = CommandRunner(
-            store,
-            {AGENT_POOL.spec.type_name: Repository(store, AGENT_POOL.spec), **runner.repositories},
-            max_attempts=20,
-        )
+        self.pool_runner = runner.with_attempts(20)
         self.escalations = Escalations(runner, store, pool_runner=self.pool_runner)
         self.tools = tools
         self.configs = configs

@@ -54,11 +54,12 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import Environment
 
 from bench.common import percentile, table, write_results
-from domain.messages import Event
+from domain.errors import ValidationError
+from domain.messages import Command, Decider, Event
 from infra.logs import configure_logging
 from infra.services import NatsServer, Postgres, service_tmpdir
 from streams.factory import OpenStore, StoreSettings, open_store
-from streams.repository import AggregateSpec, Repository
+from streams.repository import Repository
 from streams.store import EventMeta
 from streams.subjects import StreamId
 
@@ -80,7 +81,11 @@ def evolve(state: Counter, event: Event) -> Counter:
     return Counter(state.total + event.amount, state.count + 1)
 
 
-COUNTER = AggregateSpec("counter", Counter, Counter, evolve)
+def decide(command: Command, state: Counter) -> list[Event]:
+    raise ValidationError(f"{type(command).__name__} is not a counter command")
+
+
+COUNTER = Decider(type_name="counter", state_type=Counter, initial=Counter, evolve=evolve, decide=decide)
 
 
 @dataclass(frozen=True, kw_only=True)

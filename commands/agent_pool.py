@@ -1,12 +1,7 @@
-"""The human agent pool aggregate, wired for the command runner."""
+"""The human agent pool aggregate for the command runner (its ``Decider`` lives in ``domain.agent_pool``)."""
 
 from __future__ import annotations
 
-from commands.runner import Aggregate
 from domain import agent_pool as p
-from streams.repository import AggregateSpec
 
-AGENT_POOL: Aggregate[p.Pool] = Aggregate(
-    AggregateSpec(type_name=p.AGGREGATE_TYPE, state_type=p.Pool, initial=p.initial, evolve=p.evolve),
-    decide=p.decide,
-)
+AGENT_POOL = p.DECIDER

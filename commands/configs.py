@@ -31,24 +31,16 @@ from agents.config import (
     parse_yaml,
     validate_config,
 )
-from commands.runner import Aggregate, CommandContext, CommandRunner, Outcome
+from commands.runner import CommandContext, CommandRunner, Outcome
 from domain import agent_config as a
 from domain import config_members as m
 from domain import config_permissions as perms
 from domain import config_rules as rules
 from domain.errors import IllegalStateError, NotFoundError, ValidationError
-from streams.repository import AggregateSpec
 from streams.subjects import StreamId, type_subjects
 
-AGENT_CONFIG: Aggregate[a.AgentConfigState] = Aggregate(
-    AggregateSpec(type_name=a.AGGREGATE_TYPE, state_type=a.AgentConfigState, initial=a.initial, evolve=a.evolve),
-    decide=a.decide,
-)
-
-CONFIG_MEMBERS: Aggregate[m.Members] = Aggregate(
-    AggregateSpec(type_name=m.AGGREGATE_TYPE, state_type=m.Members, initial=m.initial, evolve=m.evolve),
-    decide=m.decide,
-)
+AGENT_CONFIG = a.DECIDER
+CONFIG_MEMBERS = m.DECIDER
 
 # (tenant, config id, candidate) -> a replay report of recorded conversations (``agents.preview``)
 Evidence = Callable[[str, str, AgentConfig], Awaitable[dict[str, Any]]]

@@ -21,7 +21,6 @@ from commands.runner import CommandContext, CommandRunner, Outcome
 from domain import agent_pool as p
 from domain import conversation as c
 from domain.errors import IllegalStateError, NotFoundError
-from streams.repository import Repository
 from streams.store import EventStore, RecordedEvent
 from streams.subjects import StreamId
 
@@ -74,11 +73,7 @@ class Escalations:
     def __init__(self, runner: CommandRunner, store: EventStore, *, pool_runner: CommandRunner | None = None) -> None:
         self.runner = runner
         # The pool is one aggregate per tenant that many escalations touch at once: retry longer.
-        self.pool_runner = pool_runner or CommandRunner(
-            runner.store,
-            {AGENT_POOL.spec.type_name: Repository(runner.store, AGENT_POOL.spec), **runner.repositories},
-            max_attempts=20,
-        )
+        self.pool_runner = pool_runner or runner.with_attempts(20)
         self.store = store
 
     async def route(

@@ -8,15 +8,14 @@ the same aggregate, and a retry returns the first outcome without deciding again
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import msgspec
 import structlog
 
 from domain.errors import ConcurrencyError, ParleyError
-from domain.messages import Command, Event
-from streams.repository import AggregateSpec, Loaded, Repository
+from domain.messages import Command, Decider, Event
+from streams.repository import Loaded, Repository
 from streams.store import EventMeta, EventStore
 
 log = structlog.get_logger(__name__)
@@ -34,13 +33,6 @@ class CommandContext(msgspec.Struct, frozen=True, kw_only=True):
     retry_possible: bool = False
 
 
-class Aggregate(msgspec.Struct, Generic[S], frozen=True):
-    """A decider: how to fold an aggregate's events, and how it decides."""
-
-    spec: AggregateSpec[S]
-    decide: Callable[[Command, S], list[Event]]
-
-
 class Outcome(msgspec.Struct, Generic[S], frozen=True):
     state: S
     version: int
@@ -50,27 +42,46 @@ class Outcome(msgspec.Struct, Generic[S], frozen=True):
 
 
 class CommandRunner:
-    def __init__(self, store: EventStore, repositories: dict[str, Repository[Any]], *, max_attempts: int = 4) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        repositories: dict[str, Repository[Any]] | None = None,
+        *,
+        max_attempts: int = 4,
+        **repo_options: Any,
+    ) -> None:
         self.store = store
-        self.repositories = repositories
+        # Shared by runners made from one another (``with_attempts``): one in-memory copy per aggregate.
+        self.repositories = {} if repositories is None else repositories
         self.max_attempts = max_attempts
+        self._options = repo_options
+
+    def with_attempts(self, max_attempts: int) -> CommandRunner:
+        """This runner, retrying conflicts up to ``max_attempts`` times (for a hot aggregate)."""
+        return CommandRunner(self.store, self.repositories, max_attempts=max_attempts, **self._options)
 
     @classmethod
     def for_aggregates(
-        cls, store: EventStore, aggregates: list[Aggregate[Any]], *, max_attempts: int = 4, **repo_options: Any
+        cls, store: EventStore, deciders: list[Decider[Any]], *, max_attempts: int = 4, **repo_options: Any
     ) -> CommandRunner:
-        repositories = {a.spec.type_name: Repository(store, a.spec, **repo_options) for a in aggregates}
-        return cls(store, repositories, max_attempts=max_attempts)
+        runner = cls(store, max_attempts=max_attempts, **repo_options)
+        for decider in deciders:
+            runner.repository(decider)
+        return runner
 
-    def repository(self, aggregate: Aggregate[S]) -> Repository[S]:
-        return self.repositories[aggregate.spec.type_name]
+    def repository(self, decider: Decider[S]) -> Repository[S]:
+        """The decider's repository (made on first use, sharing the options of the others)."""
+        found = self.repositories.get(decider.type_name)
+        if found is None:
+            found = self.repositories[decider.type_name] = Repository(self.store, decider, **self._options)
+        return found
 
     async def handle(
-        self, aggregate: Aggregate[S], aggregate_id: str, command: Command, ctx: CommandContext, *, new: bool = False
+        self, decider: Decider[S], aggregate_id: str, command: Command, ctx: CommandContext, *, new: bool = False
     ) -> Outcome[S]:
         """Run a command. ``new``: the id was just made, so the aggregate cannot exist yet; the first
         attempt skips loading (an existing one would still be caught: its append conflicts)."""
-        repo = self.repository(aggregate)
+        repo = self.repository(decider)
         stream = repo.stream(ctx.tenant, aggregate_id)
         meta = EventMeta(
             command_id=ctx.command_id,
@@ -80,7 +91,7 @@ class CommandRunner:
         )
         for attempt in range(1, self.max_attempts + 1):
             if new and attempt == 1 and not ctx.retry_possible:
-                loaded = Loaded(stream, aggregate.spec.initial(), 0, 0, 0, from_snapshot=False)
+                loaded = Loaded(stream, decider.initial(), 0, 0, 0, from_snapshot=False)
             elif ctx.command_id and ctx.retry_possible:
                 loaded, known = await asyncio.gather(
                     repo.load(ctx.tenant, aggregate_id), self.store.outcome(stream, ctx.command_id)
@@ -92,13 +103,13 @@ class CommandRunner:
                 # its version, so the server refuses it if another process wrote since.
                 loaded = await repo.load(ctx.tenant, aggregate_id, trust_cache=attempt == 1)
             try:
-                events = aggregate.decide(command, loaded.state)
+                events = decider.decide(command, loaded.state)
             except ParleyError:
                 if not loaded.from_cache:
                     raise
                 # A refusal must rest on the stream's truth, not on a copy that may be stale.
                 loaded = await repo.load(ctx.tenant, aggregate_id)
-                events = aggregate.decide(command, loaded.state)
+                events = decider.decide(command, loaded.state)
             if not events:
                 return Outcome(loaded.state, loaded.version, loaded.seq, [])
             try:

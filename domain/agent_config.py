@@ -29,7 +29,7 @@ from typing import Literal
 import msgspec
 
 from domain.errors import IllegalStateError, NotFoundError, PermissionDeniedError, ValidationError
-from domain.messages import Command, Event
+from domain.messages import Command, Decider, Event
 
 AGGREGATE_TYPE = "agent_config"
 MAIN = "main"
@@ -629,3 +629,6 @@ def evolve_all(state: AgentConfigState, events: list[Event]) -> AgentConfigState
     for event in events:
         state = evolve(state, event)
     return state
+
+
+DECIDER = Decider(type_name=AGGREGATE_TYPE, state_type=AgentConfigState, initial=initial, evolve=evolve, decide=decide)

@@ -13,7 +13,7 @@ from datetime import datetime
 import msgspec
 
 from domain.errors import IllegalStateError, NotFoundError, ValidationError
-from domain.messages import Command, Event
+from domain.messages import Command, Decider, Event
 
 AGGREGATE_TYPE = "agent_pool"
 POOL_ID = "default"
@@ -280,3 +280,6 @@ def evolve(pool: Pool, event: Event) -> Pool:
             queue = tuple(w for w in pool.queue if w.escalation_id != event.escalation_id)
             return replace(pool, agents=agents, routed=routed, queue=queue, conversations=conversations)
     return pool
+
+
+DECIDER = Decider(type_name=AGGREGATE_TYPE, state_type=Pool, initial=initial, evolve=evolve, decide=decide)

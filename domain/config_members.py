@@ -13,7 +13,7 @@ from datetime import datetime
 import msgspec
 
 from domain.errors import PermissionDeniedError, ValidationError
-from domain.messages import Command, Event
+from domain.messages import Command, Decider, Event
 
 AGGREGATE_TYPE = "config_members"
 MEMBERS_ID = "members"
@@ -67,3 +67,6 @@ def evolve(state: Members, event: Event) -> Members:
     if isinstance(event, MemberPermissionsSet):
         return Members(overrides={**state.overrides, event.user_id: dict(event.permissions)})
     return state
+
+
+DECIDER = Decider(type_name=AGGREGATE_TYPE, state_type=Members, initial=initial, evolve=evolve, decide=decide)

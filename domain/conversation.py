@@ -17,7 +17,7 @@ from typing import Literal
 import msgspec
 
 from domain.errors import IllegalStateError, NotFoundError, PermissionDeniedError, ValidationError
-from domain.messages import Command, Event
+from domain.messages import Command, Decider, Event
 from domain.pii import extract_pii, mask_card_numbers
 
 AGGREGATE_TYPE = "conversation"
@@ -784,3 +784,15 @@ RECENT_MESSAGES = 64
 
 def _remember(state: Conversation, message_id: str) -> tuple[str, ...]:
     return (*state.recent_message_ids[-(RECENT_MESSAGES - 1) :], message_id)
+
+
+# The snapshot schema is 2 since the state collects personal data, the assigned agent and offers.
+DECIDER = Decider(
+    type_name=AGGREGATE_TYPE,
+    state_type=Conversation,
+    initial=initial,
+    evolve=evolve,
+    decide=decide,
+    data_subject=data_subject,
+    snapshot_schema=2,
+)

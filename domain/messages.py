@@ -8,7 +8,8 @@ Personal fields must accept ``None``: that is what they read as once their key i
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
@@ -28,3 +29,33 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 
 class Command(msgspec.Struct, frozen=True, kw_only=True):
     """An intention, named in the imperative."""
+
+
+S = TypeVar("S")
+
+
+def _nobody(state: Any) -> str | None:
+    return None
+
+
+class Decider(msgspec.Struct, Generic[S], frozen=True, kw_only=True):
+    """An aggregate as one value (Emmett's decider): its type, its state's type and initial value,
+    how it folds its events (``evolve``) and decides a command (``decide``), and whose personal data
+    its state holds (``data_subject``: snapshots are sealed under that person's key).
+
+    ``snapshot_schema`` names the state's shape: bump it when the state changes shape, so stored
+    snapshots of the old shape are ignored and rebuilt from the events.
+    """
+
+    type_name: str
+    state_type: type[S]
+    initial: Callable[[], S]
+    evolve: Callable[[S, Event], S]
+    decide: Callable[[Command, S], list[Event]]
+    data_subject: Callable[[S], str | None] = _nobody
+    snapshot_schema: int = 1
+
+    def fold(self, state: S, events: Iterable[Event]) -> S:
+        for event in events:
+            state = self.evolve(state, event)
+        return state

@@ -179,7 +179,8 @@ LIST_ESCALATIONS = (
     "WITH q AS (" + _POSITIONS + ")"
     """
     SELECT e.escalation_id, e.conversation_id, c.user_id, c.channel, e.status, e.trigger, e.reason, e.urgency,
-        q.skill, coalesce(q.position, e.queue_position), e.fallback_option, e.requested_at, e.assigned_at, e.resolved_at, e.agent_id, e.agent_name
+        q.skill, coalesce(q.position, e.queue_position), e.fallback_option, e.requested_at, e.assigned_at,
+        e.resolved_at, e.agent_id, e.agent_name
     FROM {c}.escalations AS e
     JOIN {c}.conversations AS c ON c.tenant = e.tenant AND c.conversation_id = e.conversation_id
     LEFT JOIN q ON q.escalation_id = e.escalation_id

@@ -1,7 +1,7 @@
 """Audit history and time travel: what happened to an aggregate, and what it was at any moment.
 
 Everything here is a replay of the aggregate's own commits (``EventStore.read``) through its own
-``evolve`` (the ``AggregateSpec`` the command runner uses), from the initial state: no snapshot
+``evolve`` (the ``Decider`` the command runner uses), from the initial state: no snapshot
 and no read model is involved, so the answer is what the log proves.
 
 * ``history``: every event, oldest first, with its stream sequence and version, when it was
@@ -29,8 +29,7 @@ import msgspec
 from domain import agent_config as a
 from domain import conversation as c
 from domain.errors import NotFoundError, ValidationError
-from domain.messages import Event
-from streams.repository import AggregateSpec
+from domain.messages import Decider, Event
 from streams.store import EventStore, RecordedEvent
 from streams.subjects import StreamId
 
@@ -104,7 +103,7 @@ class PastState(msgspec.Struct, Generic[S], frozen=True, kw_only=True):
 
 
 def replay(
-    spec: AggregateSpec[S],
+    spec: Decider[S],
     stream: StreamId,
     events: list[RecordedEvent],
     *,
@@ -142,7 +141,7 @@ def replay(
 
 async def state_as_of(
     store: EventStore,
-    spec: AggregateSpec[S],
+    spec: Decider[S],
     stream: StreamId,
     *,
     version: int | None = None,

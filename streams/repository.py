@@ -1,9 +1,10 @@
 """Loading aggregates: fold their events, starting from a snapshot when there is one.
 
-An aggregate is described by an ``AggregateSpec``: its type name, its state type, the initial
-state and the pure ``evolve`` function from ``domain/``. Loading reads only the aggregate's own
-subject after the snapshot's stream position, so load time stays flat as the stream grows.
-When a load had to fold ``snapshot_every`` events or more, it writes a fresh snapshot.
+An aggregate is described by its ``Decider`` (``domain.messages``): its type name, its state
+type, the initial state and the pure ``evolve`` function, from its module in ``domain/``.
+Loading reads only the aggregate's own subject after the snapshot's stream position, so load
+time stays flat as the stream grows. When a load had to fold ``snapshot_every`` events or more,
+it writes a fresh snapshot.
 
 Snapshots are a cache: they live in a key-value bucket, sealed under the aggregate's
 data-subject key (so destroying that key also voids the snapshot), and a snapshot that cannot
@@ -18,7 +19,6 @@ another process wrote since.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -26,7 +26,7 @@ import nats.js.errors
 import structlog
 from nats.js.kv import KeyValue
 
-from domain.messages import Event
+from domain.messages import Decider, Event
 from streams.keys import KeyStore
 from streams.store import EventStore, RecordedEvent
 from streams.subjects import StreamId
@@ -34,17 +34,6 @@ from streams.subjects import StreamId
 log = structlog.get_logger(__name__)
 
 S = TypeVar("S")
-
-
-class AggregateSpec(msgspec.Struct, Generic[S], frozen=True):
-    type_name: str
-    state_type: type[S]
-    initial: Callable[[], S]
-    evolve: Callable[[S, Event], S]
-    # The person whose personal data the state may hold (for sealing snapshots).
-    data_subject: Callable[[S], str | None] = lambda state: None
-    # Bump to invalidate stored snapshots when the state's shape changes.
-    snapshot_schema: int = 1
 
 
 class Loaded(msgspec.Struct, Generic[S], frozen=True):
@@ -70,7 +59,7 @@ class Repository(Generic[S]):
     def __init__(
         self,
         store: EventStore,
-        spec: AggregateSpec[S],
+        decider: Decider[S],
         *,
         snapshots: KeyValue | None = None,
         keys: KeyStore | None = None,
@@ -80,14 +69,14 @@ class Repository(Generic[S]):
         self.store = store
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[S, int, int]] = OrderedDict()
-        self.spec = spec
+        self.decider = decider
         self.snapshots = snapshots if keys is not None else None
         self.keys = keys
         self.snapshot_every = snapshot_every
-        self._state_decoder = msgspec.msgpack.Decoder(spec.state_type)
+        self._state_decoder = msgspec.msgpack.Decoder(decider.state_type)
 
     def stream(self, tenant: str, aggregate_id: str) -> StreamId:
-        return StreamId(tenant, self.spec.type_name, aggregate_id)
+        return StreamId(tenant, self.decider.type_name, aggregate_id)
 
     async def load(
         self, tenant: str, aggregate_id: str, *, use_snapshot: bool = True, trust_cache: bool = False
@@ -105,7 +94,7 @@ class Repository(Generic[S]):
                 self.store.note_position(stream, version, seq)
                 return Loaded(stream, state, version, seq, 0, from_snapshot=False, from_cache=True)
             return await self._load_cached(stream, *hit)
-        state, version, seq, from_snapshot = self.spec.initial(), 0, 0, False
+        state, version, seq, from_snapshot = self.decider.initial(), 0, 0, False
         if use_snapshot and (snap := await self._read_snapshot(stream)) is not None:
             state, version, seq, from_snapshot = snap[0], snap[1], snap[2], True
         events = await self.store.read(stream, after_seq=seq)
@@ -144,7 +133,7 @@ class Repository(Generic[S]):
         self._cache.pop(stream.key, None)
 
     def fold_events(self, state: S, events: list[Event]) -> S:
-        evolve = self.spec.evolve
+        evolve = self.decider.evolve
         for event in events:
             state = evolve(state, event)
         return state
@@ -154,10 +143,10 @@ class Repository(Generic[S]):
 
     async def write_snapshot(self, loaded: Loaded[S]) -> None:
         assert self.snapshots is not None and self.keys is not None
-        subject = self.spec.data_subject(loaded.state) or ""
+        subject = self.decider.data_subject(loaded.state) or ""
         epoch, cipher = self.keys.current(loaded.stream.tenant, subject)
         sealed = cipher.encrypt(msgspec.msgpack.encode(loaded.state))
-        snap = Snapshot(self.spec.snapshot_schema, loaded.version, loaded.seq, subject, epoch, sealed)
+        snap = Snapshot(self.decider.snapshot_schema, loaded.version, loaded.seq, subject, epoch, sealed)
         await self.snapshots.put(loaded.stream.key, msgspec.msgpack.encode(snap))
 
     async def _read_snapshot(self, stream: StreamId) -> tuple[S, int, int] | None:
@@ -171,7 +160,7 @@ class Repository(Generic[S]):
             return None
         try:
             snap = msgspec.msgpack.decode(entry.value, type=Snapshot)
-            if snap.schema != self.spec.snapshot_schema:
+            if snap.schema != self.decider.snapshot_schema:
                 return None
             cipher = self.keys.get(stream.tenant, snap.subject, snap.epoch)
             if cipher is None:

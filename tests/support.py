@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from domain.messages import Event
-from streams.repository import AggregateSpec
+from domain.errors import ValidationError
+from domain.messages import Command, Decider, Event
 
 
 class Incremented(Event, frozen=True):
@@ -37,10 +37,15 @@ def evolve(state: CounterState, event: Event) -> CounterState:
     return state
 
 
-COUNTER = AggregateSpec(
+def decide(command: Command, state: CounterState) -> list[Event]:
+    raise ValidationError(f"{type(command).__name__} is not a counter command")
+
+
+COUNTER = Decider(
     type_name="counter",
     state_type=CounterState,
     initial=CounterState,
     evolve=evolve,
+    decide=decide,
     data_subject=lambda s: s.customer_id,
 )

@@ -131,18 +131,18 @@ async def test_state_as_of_a_version_is_the_replay_up_to_that_version(open_test_
     await runner.handle(CONVERSATION, "conv-2", c.CloseConversation(at=T0), ctx("close"))
     store, stream = open_test_store.store, StreamId("acme", "conversation", "conv-2")
 
-    latest = await state_as_of(store, CONVERSATION.spec, stream)
+    latest = await state_as_of(store, CONVERSATION, stream)
     assert (latest.version, latest.state.status, latest.state.turn_count) == (4, "closed", 2)
-    one = await state_as_of(store, CONVERSATION.spec, stream, version=1)  # inside the start's commit
+    one = await state_as_of(store, CONVERSATION, stream, version=1)  # inside the start's commit
     assert (one.version, one.state.started, one.state.turn_count, one.events_folded) == (1, True, 0, 1)
-    three = await state_as_of(store, CONVERSATION.spec, stream, version=3)
+    three = await state_as_of(store, CONVERSATION, stream, version=3)
     assert (three.state.status, three.state.turn_count, three.latest_version) == ("active", 2, 4)
-    zero = await state_as_of(store, CONVERSATION.spec, stream, version=0)
+    zero = await state_as_of(store, CONVERSATION, stream, version=0)
     assert zero.state == c.initial() and zero.version == 0 and zero.recorded_at is None
     with pytest.raises(NotFoundError):
-        await state_as_of(store, CONVERSATION.spec, stream, version=5)
+        await state_as_of(store, CONVERSATION, stream, version=5)
     with pytest.raises(ValidationError):
-        await state_as_of(store, CONVERSATION.spec, stream, version=1, at=T0)
+        await state_as_of(store, CONVERSATION, stream, version=1, at=T0)
 
 
 async def test_state_as_of_a_moment_holds_the_commits_recorded_by_then(open_test_store: OpenStore) -> None:
@@ -156,13 +156,13 @@ async def test_state_as_of_a_moment_holds_the_commits_recorded_by_then(open_test
     recorded = await store.read(stream)
     second = recorded[2].recorded_at  # the commit of m2
 
-    at_second = await state_as_of(store, CONVERSATION.spec, stream, at=second)
+    at_second = await state_as_of(store, CONVERSATION, stream, at=second)
     assert (at_second.version, at_second.state.turn_count, at_second.recorded_at) == (3, 2, second)
-    just_before = await state_as_of(store, CONVERSATION.spec, stream, at=second - timedelta(microseconds=1))
+    just_before = await state_as_of(store, CONVERSATION, stream, at=second - timedelta(microseconds=1))
     assert (just_before.version, just_before.state.turn_count) == (2, 1)  # a moment cuts between commits
-    before_all = await state_as_of(store, CONVERSATION.spec, stream, at=recorded[0].recorded_at - timedelta(days=1))
+    before_all = await state_as_of(store, CONVERSATION, stream, at=recorded[0].recorded_at - timedelta(days=1))
     assert before_all.version == 0 and not before_all.state.started
-    naive = await state_as_of(store, CONVERSATION.spec, stream, at=second.astimezone(UTC).replace(tzinfo=None))
+    naive = await state_as_of(store, CONVERSATION, stream, at=second.astimezone(UTC).replace(tzinfo=None))
     assert naive.version == 3  # a moment without a zone is UTC
 
 
@@ -173,7 +173,7 @@ async def test_time_travel_works_for_any_aggregate_through_its_own_evolve(open_t
     recorded = await store.read(stream)
     assert [replay(COUNTER, stream, recorded, version=v).state.total for v in range(6)] == [0, 1, 3, 6, 10, 15]
     with pytest.raises(ValidationError):
-        await state_as_of(store, CONVERSATION.spec, stream)  # a counter is not a conversation
+        await state_as_of(store, CONVERSATION, stream)  # a counter is not a conversation
 
 
 # Conversation turns ---------------------------------------------------------------------------

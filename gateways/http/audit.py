@@ -22,11 +22,11 @@ from litestar.params import FromPath, QueryParameter
 
 from domain import conversation as c
 from domain.errors import NotFoundError, PermissionDeniedError
+from domain.messages import Decider
 from domain.pii import mask_value
 from gateways.http.auth import Identity, requires
 from gateways.http.platform import Platform
 from streams.history import AuditEvent, conversation_turns, history, state_as_of
-from streams.repository import AggregateSpec
 from streams.subjects import StreamId
 
 AUDITORS = requires("org_admin", "platform_engineer", "analyst", "support_agent", "supervisor")
@@ -107,11 +107,11 @@ class AuditController(Controller):
         return {"tenant": stream.tenant, "conversation_id": conversation_id, **body}
 
 
-def _spec(platform: Platform, aggregate_type: str) -> AggregateSpec[Any]:
+def _spec(platform: Platform, aggregate_type: str) -> Decider[Any]:
     repository = platform.runner.repositories.get(aggregate_type)
     if repository is None:
         raise NotFoundError(f"no aggregate type {aggregate_type!r}", aggregate_type=aggregate_type)
-    return repository.spec
+    return repository.decider
 
 
 def _stream(request: Request[Identity, Any, Any], aggregate_type: str, aggregate_id: str) -> StreamId:

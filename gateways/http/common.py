@@ -17,10 +17,10 @@ import msgspec
 import structlog
 from litestar import Request, Response
 
-from commands.runner import Aggregate, CommandContext, Outcome
+from commands.runner import CommandContext, Outcome
 from domain import conversation as c
 from domain.errors import NotFoundError
-from domain.messages import Command
+from domain.messages import Command, Decider
 from domain.pii import mask_text, mask_value
 from gateways.http.auth import Identity
 from gateways.http.platform import Platform
@@ -113,7 +113,7 @@ async def own_conversation(platform: Platform, identity: Identity, conversation_
 async def run_command(
     platform: Platform,
     request: Request[Identity, Any, Any],
-    aggregate: Aggregate[S],
+    decider: Decider[S],
     aggregate_id: str,
     command: Command,
     respond: Callable[[Outcome[S]], Awaitable[dict[str, Any]] | dict[str, Any]],
@@ -147,7 +147,7 @@ async def run_command(
         if reply_to is not None and conversation_id is not None and platform.agents is not None:
             stream = StreamId(identity.tenant, c.AGGREGATE_TYPE, conversation_id)
             waiter = await platform.expect_reply(stream, reply_to)
-        outcome = await platform.runner.handle(aggregate, aggregate_id, command, ctx, new=new)
+        outcome = await platform.runner.handle(decider, aggregate_id, command, ctx, new=new)
         # Carried by the request's log line (and by the projector's, through the event metadata).
         structlog.contextvars.bind_contextvars(
             command=type(command).__name__, command_id=ctx.command_id, seq=outcome.position
