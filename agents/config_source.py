@@ -26,7 +26,8 @@ import structlog
 
 from agents.config import AgentConfig, load_config
 from domain import agent_config as a
-from streams.subjects import StreamId, type_subjects
+from streams.store import EventStore
+from streams.subjects import StreamId
 
 log = structlog.get_logger(__name__)
 
@@ -115,16 +116,15 @@ class VersionedConfigs:
 
     # Following config commits -------------------------------------------------------------------
 
-    async def follow(self, nc: Any) -> None:
+    async def follow(self, store: EventStore) -> None:
         """Preload each config's newly active version as soon as its commit is published."""
 
-        async def seen(msg: Any) -> None:
-            stream = StreamId.from_subject(msg.subject)
+        def seen(stream: StreamId, version: int) -> None:
             task = asyncio.create_task(self._preload_quietly(stream.tenant, stream.aggregate_id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-        self._subscription = await nc.subscribe(type_subjects(a.AGGREGATE_TYPE), cb=seen)
+        self._subscription = await store.follow(a.AGGREGATE_TYPE, seen)
 
     async def _preload_quietly(self, tenant: str, config_id: str) -> None:
         try:
@@ -134,7 +134,7 @@ class VersionedConfigs:
 
     async def close(self) -> None:
         if self._subscription is not None:
-            await self._subscription.unsubscribe()
+            await self._subscription.close()
             self._subscription = None
         for task in list(self._tasks):
             task.cancel()

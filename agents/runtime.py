@@ -47,7 +47,7 @@ from agents.partitions import PartitionClaims
 from agents.rules import CrossSell
 from agents.tools import ToolRegistry
 from commands.agent_pool import AGENT_POOL
-from commands.conversation import CONVERSATION
+from commands.conversation import CONVERSATION, reply_command_id
 from commands.escalation import Escalations
 from commands.runner import CommandContext, CommandRunner
 from domain import agent_pool as p
@@ -61,7 +61,7 @@ from streams.feed import Feed
 from streams.jetstream import RawMessage
 from streams.store import EventStore, RecordedEvent
 from streams.subjects import StreamId
-from streams.work import DEFAULT_PARTITIONS, WorkStream, ensure_work_stream
+from streams.work import DEFAULT_PARTITIONS, WorkStream
 
 log = structlog.get_logger(__name__)
 
@@ -128,7 +128,7 @@ class AgentRuntime:
         if self.work is None:
             if self.checkpoints is not None:
                 await self.checkpoints.open()
-            self.work = await ensure_work_stream(self.store.log, partitions=self.partitions)
+            self.work = await self.store.work_stream(partitions=self.partitions)
         return self.work
 
     async def run(self, database_url: str | None = None) -> None:
@@ -212,8 +212,8 @@ class AgentRuntime:
     def _feed(self, partition: int) -> Feed:
         assert self.work is not None
         if partition not in self._feeds:
-            self._feeds[partition] = self.work.feed(
-                self.store.log, self.durable, partition, batch=self.batch, idle_wait=self.idle_wait
+            self._feeds[partition] = self.store.work_feed(
+                self.work, self.durable, partition, batch=self.batch, idle_wait=self.idle_wait
             )
         return self._feeds[partition]
 
@@ -436,7 +436,7 @@ class AgentRuntime:
             cross_sell_response=result.cross_sell_response,
             at=now,
         )
-        await self._command(stream, reply, f"reply-{message.message_id}", recorded)
+        await self._command(stream, reply, reply_command_id(message.message_id), recorded)
         if result.escalation is not None and result.escalation.action == "human_handoff":
             escalate = c.RequestEscalation(
                 escalation_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"parley:{stream.key}:{message.message_id}")),

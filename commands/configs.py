@@ -37,7 +37,8 @@ from domain import config_members as m
 from domain import config_permissions as perms
 from domain import config_rules as rules
 from domain.errors import IllegalStateError, NotFoundError, ValidationError
-from streams.subjects import StreamId, type_subjects
+from streams.store import EventStore
+from streams.subjects import StreamId
 
 AGENT_CONFIG = a.DECIDER
 CONFIG_MEMBERS = m.DECIDER
@@ -58,19 +59,18 @@ class ConfigCatalog:
         self._checked: dict[str, tuple[float, int]] = {}  # stream key -> (when checked, generation then)
         self._generation: dict[str, int] = {}  # stream key -> commits announced
 
-    async def follow(self, nc: Any) -> None:
+    async def follow(self, store: EventStore) -> None:
         """Trust a checked copy until a commit of its config is announced (see the module)."""
 
-        async def announced(msg: Any) -> None:
-            key = StreamId.from_subject(msg.subject).key
-            self._generation[key] = self._generation.get(key, 0) + 1
+        def announced(stream: StreamId, version: int) -> None:
+            self._generation[stream.key] = self._generation.get(stream.key, 0) + 1
 
-        self._subscription = await nc.subscribe(type_subjects(a.AGGREGATE_TYPE), cb=announced)
+        self._subscription = await store.follow(a.AGGREGATE_TYPE, announced)
 
     async def close(self) -> None:
         if self._subscription is not None:
             subscription, self._subscription = self._subscription, None
-            await subscription.unsubscribe()
+            await subscription.close()
 
     async def state(self, tenant: str, config_id: str) -> a.AgentConfigState:
         key = self.repository.stream(tenant, config_id).key

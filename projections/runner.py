@@ -102,8 +102,7 @@ class ProjectorRunner:
             self._conn = conn
         await migrate(self._conn, self.projector.read_model)
         checkpoint = await ensure_checkpoint(self._conn, self.projector.schema, self.projector.name)
-        feed = Feed(
-            self.store.log,
+        feed = self.store.feed(
             self.durable,
             subject=self.projector.subject,
             start_seq=checkpoint + 1,
@@ -154,7 +153,7 @@ class ProjectorRunner:
         assert self.feed is not None
         # Idle: where the stream ends before this fetch. If the fetch brings nothing, every event of
         # ours up to there is projected, and the checkpoint may say so (see ``_caught_up``).
-        end = await self.store.log.last_seq() if self._idle else None
+        end = await self.store.last_seq() if self._idle else None
         batch = await self.feed.fetch()
         if not batch.messages:
             self._idle = True

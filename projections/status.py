@@ -31,8 +31,8 @@ async def projector_status(
             checkpoint, dead = await _progress(conn, projector)
     else:
         checkpoint, dead = await _progress(db, projector)
-    stream_last_seq = await store.log.last_seq()
-    last_event = await store.log.last_on_subject(projector.subject)
+    stream_last_seq = await store.last_seq()
+    last_event = await store.last_on(projector.subject)
     last_event_seq = last_event.seq if last_event is not None else 0
     return {
         "name": projector.name,

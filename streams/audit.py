@@ -141,14 +141,14 @@ async def export(
     StreamId(tenant, "audit", "x")  # the tenant's name must be a subject token: no '.', '*' or '>'
     path = Path(path)
     prefix = f"{EVENTS_PREFIX}.{tenant}."
-    last = await store.log.last_seq()
+    last = await store.last_seq()
     first_seq = await _first_seq_at(store, start, last) if start is not None else 1
     last_seq = (await _first_seq_at(store, end, last)) - 1 if end is not None else last
     header: dict[str, Any] = {
         "kind": "header",
         "format": FORMAT,
         "tenant": tenant,
-        "stream": store.log.stream,
+        "stream": store.name,
         "from": _iso(start),
         "to": _iso(end),
         "first_seq": first_seq,

@@ -111,7 +111,7 @@ class Repository(Generic[S]):
         return loaded
 
     async def _load_cached(self, stream: StreamId, state: S, version: int, seq: int) -> Loaded[S]:
-        last = await self.store.log.last_on_subject(stream.subjects)
+        last = await self.store.last_on(stream.subjects)
         if last is None or last.seq == seq:
             self.store.note_position(stream, version, seq)
             return Loaded(stream, state, version, seq, 0, from_snapshot=False, from_cache=True)

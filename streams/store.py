@@ -26,14 +26,18 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import msgspec
 import structlog
 from eventsourcing.persistence import StoredEvent
+from nats.aio.client import Client as NATS
 
 from domain.messages import Event
+from streams.bulk import BulkFeed
 from streams.codec import EventMapper, Pending
 from streams.errors import ConcurrencyError, EventDecodeError
+from streams.feed import Feed
 from streams.jetstream import (
     EXPECTED_LAST_SUBJECT_SEQ,
     EXPECTED_LAST_SUBJECT_SEQ_SUBJECT,
@@ -44,6 +48,8 @@ from streams.jetstream import (
     WrongLastSequence,
 )
 from streams.subjects import EVENTS_PREFIX, StreamId, command_token
+from streams.watch import Expected, Following, Seen, Watch
+from streams.work import WorkStream, ensure_work_stream
 
 log = structlog.get_logger(__name__)
 
@@ -109,7 +115,7 @@ class AppendResult(msgspec.Struct, frozen=True):
 
 class EventStore:
     def __init__(self, log: JetStreamLog, mapper: EventMapper, *, position_cache_size: int = 100_000) -> None:
-        self.log = log
+        self._log = log
         self.mapper = mapper
         self._positions: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._position_cache_size = position_cache_size
@@ -136,7 +142,7 @@ class EventStore:
         headers = {EXPECTED_LAST_SUBJECT_SEQ: str(expected_seq), EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: stream.subjects}
         message = OutMessage(f"{stream.subject}.{token}", headers, encode_commit(expected_version + 1, items, meta))
         try:
-            published = await self.log.append([message], key=stream.subjects)
+            published = await self._log.append([message], key=stream.subjects)
         except (WrongLastSequence, SubjectTaken):
             self._positions.pop(stream.subjects, None)
             if meta.command_id and (known := await self.outcome(stream, meta.command_id)) is not None:
@@ -152,7 +158,7 @@ class EventStore:
         cached = self._positions.get(stream.subjects)
         if cached is not None and cached[0] == expected_version:
             return cached[1]
-        last = await self.log.last_on_subject(stream.subjects)
+        last = await self._log.last_on_subject(stream.subjects)
         actual = 0
         if last is not None:
             commit = _DECODE.decode(last.data)
@@ -174,7 +180,7 @@ class EventStore:
 
     async def outcome(self, stream: StreamId, command_id: str) -> AppendResult | None:
         """What a command id did to an aggregate, if it took effect."""
-        raw = await self.log.last_on_subject(f"{stream.subject}.{command_token(command_id)}")
+        raw = await self._log.last_on_subject(f"{stream.subject}.{command_token(command_id)}")
         if raw is None:
             return None
         commit = _DECODE.decode(raw.data)
@@ -185,7 +191,7 @@ class EventStore:
 
     async def read(self, stream: StreamId, *, after_seq: int = 0) -> list[RecordedEvent]:
         """The aggregate's events, oldest first, from the commits after a stream sequence."""
-        raws = await self.log.read_subject(stream.subjects, after_seq=after_seq)
+        raws = await self._log.read_subject(stream.subjects, after_seq=after_seq)
         events = [event for raw in raws for event in self.decode(raw, stream)]
         if events:
             self._note_position(stream.subjects, events[-1].version, events[-1].seq)
@@ -195,7 +201,58 @@ class EventStore:
         self, *, after_seq: int = 0, limit: int = 1000, subject: str | None = None, filter_locally: bool = False
     ) -> list[RawMessage]:
         """Commits after a stream sequence, in stream order (``JetStreamLog.read``)."""
-        return await self.log.read(after_seq=after_seq, limit=limit, subject=subject, filter_locally=filter_locally)
+        return await self._log.read(after_seq=after_seq, limit=limit, subject=subject, filter_locally=filter_locally)
+
+    @property
+    def name(self) -> str:
+        """The JetStream stream that holds the events."""
+        return self._log.stream
+
+    async def last_seq(self) -> int:
+        """The stream's last position (0 when empty)."""
+        return await self._log.last_seq()
+
+    async def last_on(self, subjects: str) -> RawMessage | None:
+        """The last commit on a subject filter, raw (None: none)."""
+        return await self._log.last_on_subject(subjects)
+
+    # Following ----------------------------------------------------------------------------
+
+    def feed(self, durable: str, **options: Any) -> Feed:
+        """A durable pull consumer over this store's stream (``Feed``; ``subject`` filters it)."""
+        return Feed(self._log, durable, **options)
+
+    def bulk_feed(self, durable: str, **options: Any) -> BulkFeed:
+        """A fast reader of the whole stream for a replay (``streams.bulk.BulkFeed``)."""
+        return BulkFeed(self._log, durable, **options)
+
+    async def work_stream(self, *, partitions: int) -> WorkStream:
+        """The agent work stream sourced from this store's stream (``streams.work``)."""
+        return await ensure_work_stream(self._log, partitions=partitions)
+
+    def work_feed(self, work: WorkStream, durable: str, partition: int, **options: Any) -> Feed:
+        return work.feed(self._log, durable, partition, **options)
+
+    async def watch(self, subjects: str) -> Watch:
+        """Commits published on ``subjects`` from now on (close it when done)."""
+        return await Watch(self, subjects).open()
+
+    async def expect(self, stream: StreamId, command_id: str) -> Expected:
+        """Wait for the commit ``command_id`` will make: open it before sending what causes it."""
+        return await Expected(self, stream, command_id).open()
+
+    async def follow(self, aggregate_type: str, seen: Seen) -> Following:
+        """``seen(stream, version)`` for each commit of ``aggregate_type`` from now on."""
+        return await Following(self, aggregate_type, seen).open()
+
+    async def ping(self) -> None:
+        """A round trip to the server: raises if it cannot be reached."""
+        await self._log.nc.flush(timeout=2)
+
+    @property
+    def nats(self) -> NATS:
+        """The client (``streams.watch`` subscribes with it; nothing outside ``streams/`` uses it)."""
+        return self._log.nc
 
     def decode(self, raw: RawMessage, stream: StreamId | None = None) -> list[RecordedEvent]:
         """A commit's events; ``EventDecodeError`` names the stream sequence of a bad one."""

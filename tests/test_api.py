@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 from litestar.testing import AsyncTestClient
 
+from projections import registry
 from tests.api_support import api_client, bearer, settings_for
 from tests.conftest import delete_stream, fresh_database, unique_stream
 
@@ -238,7 +239,7 @@ async def test_the_openapi_schema_lists_the_endpoints_and_health_reports_depende
     report = health.json()
     assert {d["name"] for d in report["dependencies"]} == {"nats", "postgres", "redis"}
     assert all(d["ok"] for d in report["dependencies"])
-    assert [p["name"] for p in report["projectors"]] == ["conversations", "configs", "escalation"]
+    assert [p["name"] for p in report["projectors"]] == [p.name for p in registry.projectors()]
     assert all("lag" in p for p in report["projectors"])
     assert "parley_projector_lag" in (await client.get("/metrics")).text
 

@@ -65,7 +65,7 @@ async def test_a_following_catalog_sees_another_processes_rollback_without_askin
     )
 
     following = catalog(here)
-    await following.follow(here.nc)
+    await following.follow(here.store)
     try:
         assert await following.latest_version(TENANT, "support-bot") == 2  # checked against the stream
         checks = _count_checks(following)
@@ -95,9 +95,9 @@ async def test_without_announcements_a_copy_is_checked_again_after_trust_for(
 
     following = catalog(here)
     following.trust_for = 0.3
-    await following.follow(here.nc)
+    await following.follow(here.store)
     assert await following.latest_version(TENANT, "support-bot") == 2
-    await following._subscription.unsubscribe()  # announcements lost (a reconnect): still following, deaf
+    await following._subscription.close()  # announcements lost (a reconnect): still following, deaf
     restored = await roll_back(service)
     assert await following.latest_version(TENANT, "support-bot") == 2  # trusted, stale
     seconds = await until(lambda: _is(following, restored), within=3.0)
@@ -122,15 +122,15 @@ async def _is(catalog: ConfigCatalog, version: int) -> bool:
 
 def _count_checks(catalog: ConfigCatalog) -> object:
     """How many reads since now asked the stream whether the copy was current."""
-    log = catalog.repository.store.log
-    original = log.last_on_subject
+    store = catalog.repository.store
+    original = store.last_on
     calls = [0]
 
     async def counted(*args: object, **kwargs: object) -> object:
         calls[0] += 1
-        return await original(*args, **kwargs)
+        return await original(*args, **kwargs)  # type: ignore[arg-type]
 
-    log.last_on_subject = counted  # type: ignore[method-assign]
+    store.last_on = counted  # type: ignore[method-assign,assignment]
     return lambda: calls[0]
 
 

@@ -21,8 +21,8 @@ from redis.asyncio import Redis
 
 from domain import agent_config as a
 from read_models import configs as q
-from streams.store import commit_version
-from streams.subjects import StreamId, type_subjects
+from streams.store import EventStore
+from streams.subjects import StreamId
 
 log = structlog.get_logger(__name__)
 
@@ -43,12 +43,12 @@ return 0
 
 
 class ConfigReads:
-    def __init__(self, redis: Redis, pool: AsyncConnectionPool[Any], nc: Any, *, namespace: str) -> None:
-        """``namespace``: the event stream's name; another stream is another history."""
-        self.namespace = namespace
+    def __init__(self, redis: Redis, pool: AsyncConnectionPool[Any], store: EventStore) -> None:
+        """The cache is named after the event stream: another stream is another history."""
+        self.namespace = store.name
         self.redis = redis
         self.pool = pool
-        self.nc = nc
+        self.store = store
         self._raise = redis.register_script(_RAISE_MARK)
         self._fill = redis.register_script(_FILL)
         self._subscription: Any = None
@@ -58,20 +58,15 @@ class ConfigReads:
         return f"cfg:{self.namespace}:doc:{tenant}:{config_id}", f"cfg:{self.namespace}:rev:{tenant}:{config_id}"
 
     async def start(self) -> None:
-        self._subscription = await self.nc.subscribe(type_subjects(a.AGGREGATE_TYPE), cb=self._announced)
+        self._subscription = await self.store.follow(a.AGGREGATE_TYPE, self._announced)
 
     async def close(self) -> None:
         if self._subscription is not None:
-            await self._subscription.unsubscribe()
+            await self._subscription.close()
 
-    async def _announced(self, msg: Any) -> None:
-        try:
-            stream = StreamId.from_subject(msg.subject)
-            revision = commit_version(msg.data)
-            _, mark = self._keys(stream.tenant, stream.aggregate_id)
-            await self._raise(keys=[mark], args=[revision, TTL_SECONDS * 2])
-        except Exception as e:  # a bad announcement must not stop the others; the TTL covers it
-            log.warning("could not note a config change", subject=msg.subject, error=str(e))
+    async def _announced(self, stream: StreamId, revision: int) -> None:
+        _, mark = self._keys(stream.tenant, stream.aggregate_id)
+        await self._raise(keys=[mark], args=[revision, TTL_SECONDS * 2])
 
     async def get(
         self, tenant: str, config_id: str, *, version: int | None = None, at: datetime | None = None

@@ -12,7 +12,6 @@ fields and in the message text alike. Escalation endpoints are in ``gateways.htt
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -47,7 +46,6 @@ from gateways.http.common import (
 from gateways.http.fields import Attachments, Context, Name, Text
 from gateways.http.platform import Platform
 from read_models.conversations import ConversationFilter, ConversationPage, ConversationView
-from streams.jetstream import RawMessage
 from streams.store import RecordedEvent
 from streams.subjects import StreamId, type_subjects
 
@@ -349,12 +347,11 @@ class ConversationController(Controller):
         ``event`` its type, ``id`` its stream sequence and version, ``data`` the event as JSON."""
         identity = request.user
         stream = StreamId(identity.tenant, c.AGGREGATE_TYPE, conversation_id)
-        live: asyncio.Queue[Any] = asyncio.Queue(maxsize=1000)
-        subscription = await platform.opened.nc.subscribe(stream.subjects, cb=live.put)
+        watch = await platform.opened.store.watch(stream.subjects)
         history = await platform.opened.store.read(stream)
         owner = next((e.event.user_id for e in history if isinstance(e.event, c.ConversationStarted)), None)
         if not history or (is_customer(identity) and owner != identity.subject):
-            await subscription.unsubscribe()
+            await watch.close()
             raise NotFoundError(f"conversation {conversation_id} not found")
         clear = sees_pii(identity, owner)
 
@@ -363,15 +360,13 @@ class ConversationController(Controller):
             try:
                 for recorded in history:
                     yield _sse(recorded, clear)
-                while True:
-                    msg = await live.get()
-                    raw = RawMessage(seq=0, subject=msg.subject, headers=msg.headers or {}, data=msg.data, time="")
-                    for recorded in platform.opened.store.decode(raw, stream):
+                async for commit in watch:
+                    for recorded in commit:
                         if recorded.version > seen:
                             seen = recorded.version
                             yield _sse(recorded, clear)
             finally:
-                await subscription.unsubscribe()
+                await watch.close()
 
         return ServerSentEvent(messages())
 
@@ -383,19 +378,16 @@ class ConversationController(Controller):
         follows. ``event`` its type, ``id`` its stream position, ``data`` the event with its
         ``conversation_id`` and ``version``."""
         tenant = request.user.tenant
-        live: asyncio.Queue[Any] = asyncio.Queue(maxsize=1000)
-        subscription = await platform.opened.nc.subscribe(type_subjects(c.AGGREGATE_TYPE, tenant), cb=live.put)
+        watch = await platform.opened.store.watch(type_subjects(c.AGGREGATE_TYPE, tenant))
 
         async def messages() -> AsyncIterator[ServerSentEventMessage]:
             try:
                 yield ServerSentEventMessage(comment="following")
-                while True:
-                    msg = await live.get()
-                    raw = RawMessage(seq=0, subject=msg.subject, headers=msg.headers or {}, data=msg.data, time="")
-                    for recorded in platform.opened.store.decode(raw):
+                async for commit in watch:
+                    for recorded in commit:
                         yield _sse(recorded, True, conversation_id=recorded.stream.aggregate_id)
             finally:
-                await subscription.unsubscribe()
+                await watch.close()
 
         return ServerSentEvent(messages())
 

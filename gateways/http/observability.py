@@ -71,7 +71,7 @@ async def health_report(platform: NamedDependency[Platform]) -> dict[str, Any]:
             await conn.execute("SELECT 1")
 
     dependencies = [
-        await _check("nats", platform.opened.nc.flush),
+        await _check("nats", platform.opened.store.ping),
         await _check("postgres", postgres),
         await _check("redis", platform.redis.ping),
     ]

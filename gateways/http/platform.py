@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from types import ModuleType
 from typing import Any
@@ -22,7 +21,7 @@ from agents.tools import demo_registry
 from commands.agent_pool import AGENT_POOL
 from commands.config_monitor import ConfigMonitor
 from commands.configs import AGENT_CONFIG, CONFIG_MEMBERS, ConfigCatalog, ConfigService, ensure_demo_configs
-from commands.conversation import CONVERSATION
+from commands.conversation import CONVERSATION, reply_command_id
 from commands.escalation import Escalations
 from commands.runner import CommandRunner
 from domain import conversation as c
@@ -35,8 +34,8 @@ from read_models import configs as config_queries
 from read_models.analytics import AnalyticsQueries
 from read_models.configs import CONFIGS
 from streams.factory import OpenStore, open_store
-from streams.jetstream import RawMessage
-from streams.subjects import StreamId, command_token
+from streams.subjects import StreamId
+from streams.watch import Expected
 
 log = structlog.get_logger(__name__)
 
@@ -99,7 +98,7 @@ class Platform:
             evidence=self.replay_recorded,
             blast_radius=config_queries.blast_radius(pool),
         )
-        self.config_reads = ConfigReads(redis, pool, opened.nc, namespace=opened.settings.stream)
+        self.config_reads = ConfigReads(redis, pool, opened.store)
         self.projector_defs = registry.projectors()
         self.positions = PositionWatcher(settings.database_url, queries.CONVERSATIONS, pool)
         self.config_positions = PositionWatcher(settings.database_url, CONFIGS, pool)
@@ -128,7 +127,7 @@ class Platform:
         await platform.positions.start()
         await platform.config_positions.start()
         await platform.escalation_positions.start()
-        await platform.configs.follow(opened.nc)  # conversation starts read the active version from memory
+        await platform.configs.follow(opened.store)  # conversation starts read the active version from memory
         await platform.config_reads.start()
         for tenant in settings.demo_tenants:
             await ensure_demo_configs(platform.config_service, tenant)
@@ -137,7 +136,7 @@ class Platform:
                 await setup_demo_data(conn, tenants=settings.demo_tenants or ("demo",))
             # The work stream exists before the API takes a request: every message from here on
             # waits there for an answer (a later start would skip the first ones).
-            await platform.agent_configs.follow(opened.nc)
+            await platform.agent_configs.follow(opened.store)
             platform._tasks.append(asyncio.create_task(platform._sweep_configs(), name="config-sweep"))
             await platform.agents.start()
             # Its partitions are shared with the runtimes of the other API processes.
@@ -201,15 +200,7 @@ class Platform:
 
     async def expect_reply(self, stream: StreamId, message_id: str) -> ReplyWait:
         """Start listening for the agent's reply to a message (before the message is appended)."""
-        subject = f"{stream.subject}.{command_token(f'reply-{message_id}')}"
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        async def arrived(msg: Any) -> None:
-            if not future.done():
-                future.set_result(msg)
-
-        subscription = await self.opened.nc.subscribe(subject, cb=arrived)
-        return ReplyWait(self, stream, subject, subscription, future)
+        return ReplyWait(await self.opened.store.expect(stream, reply_command_id(message_id)))
 
     async def _sweep_configs(self, every: float = 60.0) -> None:
         """Release config versions no conversation has used for the grace period."""
@@ -249,24 +240,11 @@ class Platform:
 
 
 class ReplyWait:
-    """The agent's reply to one message, as soon as its commit is published (core NATS sees it)."""
+    """The agent's reply to one message, as soon as its commit is published."""
 
-    def __init__(self, platform: Platform, stream: StreamId, subject: str, subscription: Any, future: Any) -> None:
-        self.platform, self.stream, self.subject = platform, stream, subject
-        self.subscription, self.future = subscription, future
+    def __init__(self, expected: Expected) -> None:
+        self.expected = expected
 
     async def reply(self, timeout: float) -> c.AgentReplied | None:  # noqa: ASYNC109 - the bound is the answer
-        store = self.platform.opened.store
-        try:
-            try:
-                msg = await asyncio.wait_for(asyncio.shield(self.future), timeout)
-                raw = RawMessage(seq=0, subject=self.subject, headers=msg.headers or {}, data=msg.data, time="")
-            except TimeoutError:
-                found = await store.log.last_on_subject(self.subject)  # committed before we listened?
-                if found is None:
-                    return None
-                raw = found
-            return next((e.event for e in store.decode(raw, self.stream) if isinstance(e.event, c.AgentReplied)), None)
-        finally:
-            with contextlib.suppress(Exception):
-                await self.subscription.unsubscribe()
+        events = await self.expected.events(timeout)
+        return next((e.event for e in events or [] if isinstance(e.event, c.AgentReplied)), None)

@@ -39,7 +39,6 @@ import structlog
 
 from projections.analytics.runner import AnalyticsRunner
 from projections.analytics.sink import AnalyticsSettings, AnalyticsSink, connect
-from streams.bulk import BulkFeed
 from streams.errors import UnavailableError
 from streams.store import EventStore
 
@@ -108,7 +107,7 @@ async def rebuild(
         finally:
             await runner.shutdown()  # its thread done: nothing writes to the shadow any more
             try:
-                await BulkFeed(store.log, runner.durable).delete()
+                await store.bulk_feed(runner.durable).delete()
             except UnavailableError as e:  # NATS gone: the next rebuild's runner deletes it at start
                 bound.warning("could not delete the rebuild's consumer", error=str(e))
             try:  # the old tables after the swap; the new ones when the rebuild failed before it
@@ -151,7 +150,7 @@ async def _replay_and_swap(
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop), name=f"projector-{runner.name}")
     try:
-        head = await store.log.last_seq()
+        head = await store.last_seq()
         bound.info("analytics rebuild started", stream_last_seq=head)
         await _reach(runner, task, head, stall)
         paused = time.perf_counter()

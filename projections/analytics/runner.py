@@ -127,8 +127,7 @@ class AnalyticsRunner:
         self.checkpoint = self._prepared = checkpoint
         self._fold = FactsFold(self.cache_size)
         self._run_id = uuid.uuid4().hex[:12]
-        feed = BulkFeed(
-            self.store.log,
+        feed = self.store.bulk_feed(
             self.durable,
             start_seq=checkpoint + 1,
             batch=self.batch,

@@ -32,7 +32,7 @@ async def projector_status(store: EventStore, tables: AnalyticsSink, name: str =
     """A projector's checkpoint, lag and dead letters in ClickHouse, as the other projectors report them."""
     checkpoint = await asyncio.to_thread(tables.checkpoint, name)
     dead_letters = await asyncio.to_thread(tables.dead_letters)
-    last = await store.log.last_seq()
+    last = await store.last_seq()
     return {
         "name": name,
         "schema": tables.db,
