@@ -39,10 +39,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
-import os
 import re
-import select
+import socket
+import struct
 import threading
 import time
 from collections import OrderedDict, deque
@@ -81,35 +82,42 @@ _ATTEMPTS = 10
 
 
 class _Waker:
-    """How a thread waits for the loop: an eventfd of its own (one per thread, closed with it).
+    """How a thread waits for the loop: a socket pair of its own (one per thread, closed with it).
 
     A ``threading.Lock`` would do, but releasing one wakes the waiting thread while the loop still
     holds the GIL: the woken thread preempts the loop only to block on the GIL at once, and the
-    two switch back and forth on every save. Writing to an eventfd releases the GIL around the
-    system call, so the woken thread finds it free and runs on.
+    two switch back and forth on every save. Sending on a socket releases the GIL around the
+    system call, so the woken thread finds it free and runs on. The waiting side blocks in one
+    ``recv`` (the kernel's receive timeout bounds it), one system call and so one release of the
+    GIL a wait: under load each release is a hand-over to another thread and back.
     """
 
-    __slots__ = ("fd", "poll")
+    __slots__ = ("_recv", "_send")
+
+    SLICE = 1.0  # seconds a single recv may block before the deadline is looked at again
 
     def __init__(self) -> None:
-        self.fd = os.eventfd(0, os.EFD_CLOEXEC)
-        self.poll = select.poll()
-        self.poll.register(self.fd, select.POLLIN)
+        self._recv, self._send = socket.socketpair()
+        seconds = int(self.SLICE)
+        timeval = struct.pack("ll", seconds, int((self.SLICE - seconds) * 1_000_000))
+        self._recv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
 
     def wake(self) -> None:
-        os.eventfd_write(self.fd, 1)
+        self._send.send(b"\0")
 
     def wait(self, call: Call[Any], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not call.settled:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.poll.poll(remaining * 1000):
-                return call.settled
-            os.eventfd_read(self.fd)  # a wake-up left over from a call given up on is read here too
+            try:
+                self._recv.recv(64)  # wake-ups left over from a call given up on are read here too
+            except BlockingIOError:  # the receive timeout: one slice went by
+                if time.monotonic() >= deadline:
+                    return call.settled
         return True
 
     def __del__(self) -> None:
-        os.close(self.fd)
+        self._recv.close()
+        self._send.close()
 
 
 _wakers = threading.local()
@@ -231,9 +239,10 @@ class LoopThread:
             raise
         return self._wait(CoroutineCall(coro), timeout or self.timeout)
 
-    def call(self, fn: Callable[[Call[T]], None], timeout: float | None = None) -> T:
+    def call(self, fn: Callable[[Call[T]], None], timeout: float | None = None, *, lazy: bool = False) -> T:
+        """``fn(call)`` on the loop; ``lazy``: it may wait for the loop's next expected answer to start."""
         self._usable()
-        return self._wait(FunctionCall(fn), timeout or self.timeout, lazy=True)
+        return self._wait(FunctionCall(fn), timeout or self.timeout, lazy=lazy)
 
     def _usable(self) -> None:
         if self.loop.is_closed():
@@ -249,7 +258,8 @@ class LoopThread:
         if wake:
             self.loop.call_soon_threadsafe(self._start)
         if not call.waker.wait(call, timeout):
-            self.loop.call_soon_threadsafe(call.cancel)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to cancel
+                self.loop.call_soon_threadsafe(call.cancel)
             raise OperationalError(f"JetStream did not answer in {timeout} s")
         return call.outcome()
 
@@ -285,9 +295,16 @@ class LoopThread:
         if self.loop.is_running():
             try:
                 self.run(self._cancel_tasks(), timeout=5)
+            except OperationalError:
+                pass  # a task that will not end: the loop stops all the same
             finally:
                 self.loop.call_soon_threadsafe(self.loop.stop)
                 self._thread.join(5)
+        with self._mutex:  # work handed over too late: its threads are told now, not at their timeout
+            calls = list(self._queue)
+            self._queue.clear()
+        for call in calls:
+            call.fail(OperationalError("the JetStream recorders are closed"))
         if not self.loop.is_running():
             self.loop.close()
 
@@ -416,6 +433,7 @@ class StreamCore:
         self.max_bursts = max_bursts
         self._sweeping = False
         self.runner: LoopThread | None = None  # told of the answers the pipelined writes expect
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it runs on, from start()
 
     # Subjects -----------------------------------------------------------------------------
 
@@ -464,11 +482,17 @@ class StreamCore:
 
     # The write path -----------------------------------------------------------------------
 
+    def _running(self) -> asyncio.AbstractEventLoop:
+        # asyncio.get_running_loop() asks the system for the process id every time
+        assert self._loop is not None, "StreamCore.start() first"
+        return self._loop
+
     async def start(self) -> None:
         """Subscribe the inbox that acknowledgements of pipelined writes come back to."""
         nc = self.log.nc
         if not isinstance(nc, _Client):
             raise StoreError("the eventsourcing module needs a connection made by streams.jetstream.connect")
+        self._loop = asyncio.get_running_loop()
         inbox = nc.new_inbox()
         await nc.subscribe_inline(f"{inbox}.*", self._on_ack)
         self._inbox = inbox
@@ -484,14 +508,14 @@ class StreamCore:
                 headers[EXPECTED_LAST_SUBJECT_SEQ] = str(expect)
                 self._queue(_Pending(write, call, subject, OutMessage(subject, headers, message.data)))
                 return
-        task = asyncio.get_running_loop().create_task(self.write(write))
+        task = self._running().create_task(self.write(write))
         task.add_done_callback(call.settle_from)
 
     def _queue(self, pending: _Pending) -> None:
         self._outbox.append(pending)
         if not self._flush_soon:
             self._flush_soon = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._running().call_soon(self._flush)
 
     def _flush(self) -> None:
         """Send the waiting writes as one burst: an atomic batch if there are enough, else each on
@@ -514,7 +538,7 @@ class StreamCore:
                 batch.append(pending)
         self._send(alone)
         self._bursts += 1
-        task = asyncio.get_running_loop().create_task(self._batch(batch))
+        task = self._running().create_task(self._batch(batch))
         task.add_done_callback(self._batch_done)
 
     def _send(self, outbox: Sequence[_Pending]) -> None:
@@ -523,7 +547,7 @@ class StreamCore:
             return
         nc = self.log.nc
         assert isinstance(nc, _Client) and self._inbox is not None, "StreamCore.start() first"
-        loop = asyncio.get_running_loop()
+        loop = self._running()
         deadline = loop.time() + self.timeout
         if not self._sweeping:
             self._sweeping = True
@@ -593,20 +617,20 @@ class StreamCore:
 
     def _sweep(self) -> None:
         """Fail the writes whose acknowledgement is overdue (looked at every second while any wait)."""
-        now = asyncio.get_running_loop().time()
+        now = self._running().time()
         for token in [t for t, p in self._waiting.items() if p.deadline <= now]:
             pending = self._answered(token)
             assert pending is not None
             pending.call.fail(OperationalError(f"JetStream did not acknowledge the write to {pending.subject}"))
         if self._waiting:
-            asyncio.get_running_loop().call_later(1.0, self._sweep)
+            self._running().call_later(1.0, self._sweep)
         else:
             self._sweeping = False
 
     def _retry(self, pending: _Pending) -> None:
         """The subject moved on since it was last seen here: look again, through the general path."""
         self._positions.pop(pending.subject, None)
-        task = asyncio.get_running_loop().create_task(self.write(pending.write, stale=True))
+        task = self._running().create_task(self.write(pending.write, stale=True))
         task.add_done_callback(pending.call.settle_from)
 
     async def _batch(self, batch: list[_Pending]) -> None:
@@ -656,6 +680,14 @@ class StreamCore:
             first_event = published.first_seq + len(write.messages) - write.events
             return list(range(first_event, published.last_seq + 1))
         raise OperationalError("gave up recording events after repeated concurrent writes")
+
+    def close(self) -> None:
+        """(On the loop.) Fail the writes still waiting: their threads are told now, not at their timeout."""
+        waiting = [*self._waiting.values(), *self._outbox]
+        self._waiting.clear()
+        self._outbox.clear()
+        for pending in waiting:
+            pending.call.fail(OperationalError("the JetStream recorders are closed"))
 
     # Reads --------------------------------------------------------------------------------
 

@@ -43,12 +43,16 @@ Settings (read through the application's environment, so ``<APP>_NATS_URL`` work
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
 
+import nats.errors
+import structlog
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -94,6 +98,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+log = structlog.get_logger(__name__)
 
 
 class JetStreamRecorder:
@@ -119,7 +124,7 @@ class JetStreamRecorder:
             core.begin(write, call)
 
         try:
-            return self._runner.call(begin)
+            return self._runner.call(begin, lazy=True)
         except (IntegrityError, DataError, NotSupportedError, OperationalError):
             raise
         except ParleyError as e:
@@ -325,6 +330,7 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
             self._runner.stop()
             raise OperationalError(str(e)) from e
         self._cores: dict[str, StreamCore] = {}
+        self._closing = threading.Lock()
 
     def _create_stream(self) -> bool:
         return bool(strtobool(self.env.get(self.CREATE_TABLE) or "yes"))
@@ -393,15 +399,36 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
             self._runner.run(core.log.delete())
 
     def close(self) -> None:
+        with self._closing:
+            self._close()
+
+    def _close(self) -> None:
         if self._runner.loop.is_closed() or not self._runner.loop.is_running():
             return
-        try:
+        with contextlib.suppress(Exception):
             for core in self._cores.values():
+                self._runner.call(_fail_waiting(core), timeout=5)
                 self._runner.run(core.log.close(), timeout=5)
-            self._runner.run(self._nc.drain(), timeout=10)
-        except Exception:
-            pass
+        try:
+            self._runner.run(self._drain(), timeout=2 * self._timeout + 1)
+        except Exception as e:
+            log.warning("closing the NATS connection failed", stream=self._stream, error=str(e))
         self._runner.stop()
+
+    async def _drain(self) -> None:
+        """Drain the connection; a server that does not answer in time gets it closed instead."""
+        try:
+            await asyncio.wait_for(self._nc.drain(), self._timeout)
+        except (TimeoutError, nats.errors.Error):
+            await asyncio.wait_for(self._nc.close(), self._timeout)
+
+
+def _fail_waiting(core: StreamCore) -> Callable[[Call[None]], None]:
+    def close(call: Call[None]) -> None:
+        core.close()
+        call.settle(None)
+
+    return close
 
 
 Factory = JetStreamFactory

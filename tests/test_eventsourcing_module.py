@@ -505,3 +505,43 @@ def test_a_server_that_stops_answering_fails_the_save_in_time(tmp_path: Path) ->
     finally:
         factory.close()
         server.stop()
+
+
+def test_closing_the_factory_releases_a_save_still_waiting(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "nats", sync_always=True)
+    server.start()
+    factory = JetStreamFactory({"NATS_URL": server.url, "JETSTREAM_STREAM": "ES_CLOSE", "JETSTREAM_TIMEOUT": "1"})
+    outcome: list[BaseException | None] = []
+    released = threading.Event()
+    try:
+        recorder = factory.application_recorder()
+        dog = uuid.uuid4()
+        recorder.insert_events([_event(dog, 1)])
+
+        def save() -> None:
+            try:
+                recorder.insert_events([_event(dog, 2)])
+                outcome.append(None)
+            except OperationalError as e:
+                outcome.append(e)
+            released.set()
+
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            waiting = threading.Thread(target=save)
+            waiting.start()
+            time.sleep(0.3)  # the save is out, its acknowledgement cannot come
+            assert not released.is_set()
+            closing = threading.Thread(target=factory.close)
+            closing.start()
+            # Released by the close itself, before the save's own timeout (1 s, 3 s for the thread).
+            assert released.wait(0.5)
+            assert isinstance(outcome[0], OperationalError) and "closed" in str(outcome[0])
+            closing.join()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        factory.close()
+        server.stop()
