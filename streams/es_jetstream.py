@@ -21,9 +21,9 @@ stream sequence of its last message, ``Nats-Expected-Last-Subject-Sequence``), s
 checks the library's uniqueness contract atomically; a refused write looks again and raises
 ``IntegrityError`` if its versions are taken. Where a subject stands is remembered from the
 last read or write of it, so a save after a load is one round trip. Saves from many threads
-are group-committed: while a burst of writes is in flight the next ones wait, then go together,
-as one atomic batch (one round trip, one fsync) if 8 or more are waiting, else as single
-messages in one socket write, each released by its own acknowledgement.
+share the loop's turns: the ones handed over in one turn go together, as one atomic batch (one
+round trip) if 16 or more, else as single messages in one socket write, each released by its
+own acknowledgement.
 
 **Tracking.** ``insert_events(events, tracking=t)`` puts the tracking message first and the
 events after it in one atomic batch: events and tracking record are all or nothing. The tracking
@@ -35,8 +35,8 @@ Settings (read through the application's environment, so ``<APP>_NATS_URL`` work
 ``NATS_URL``, ``JETSTREAM_STREAM`` (default ``ES_<APPLICATION NAME>``), ``JETSTREAM_REPLICAS``,
 ``NATS_CONNECT_TIMEOUT`` (seconds to keep retrying an unreachable server at start-up, default 30),
 ``JETSTREAM_TIMEOUT`` (seconds to wait for the server's answer, default 10),
-``JETSTREAM_MAX_IN_FLIGHT`` (bursts of writes outstanding at once, default 1) and
-``JETSTREAM_BATCH_FROM`` (waiting writes that go as one atomic batch, default 8),
+``JETSTREAM_MAX_IN_FLIGHT`` (bursts of writes outstanding at once, default 0: no limit) and
+``JETSTREAM_BATCH_FROM`` (writes of a turn that go as one atomic batch, default 16),
 ``CREATE_TABLE`` (the library's switch: ``no`` leaves the stream as it is), and the library's
 ``APPLICATION_RECORDER_TOPIC``, ``TRACKING_RECORDER_TOPIC``, ``PROCESS_RECORDER_TOPIC``.
 """
@@ -316,8 +316,8 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
         default = "ES_" + re.sub(r"[^A-Za-z0-9_-]", "_", self.env.name or "APP").upper()
         self._stream = self.env.get(self.JETSTREAM_STREAM) or default
         self._replicas = int(self.env.get(self.JETSTREAM_REPLICAS, "1"))
-        self._max_in_flight = int(self.env.get(self.JETSTREAM_MAX_IN_FLIGHT, "1"))
-        self._batch_from = int(self.env.get(self.JETSTREAM_BATCH_FROM, "8"))
+        self._max_in_flight = int(self.env.get(self.JETSTREAM_MAX_IN_FLIGHT, "0"))
+        self._batch_from = int(self.env.get(self.JETSTREAM_BATCH_FROM, "16"))
         self._timeout = float(self.env.get(self.JETSTREAM_TIMEOUT, "10"))
         self._runner = LoopThread(f"jetstream-{self._stream}", timeout=self._timeout * 3)
         try:
@@ -343,7 +343,7 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
                 stream=stream,
                 subjects=[f"es.{stream.lower()}.>"],
                 replicas=self._replicas,
-                max_in_flight=self._max_in_flight,
+                max_in_flight=max(1, self._max_in_flight),
                 batch_from=self._batch_from,
                 request_timeout=self._timeout,
             )
