@@ -94,3 +94,16 @@ async def eventually(client: AsyncTestClient[Any], cid: str, ok: Any, seconds: f
     raise AssertionError(
         f"conversation {cid} never got there: {(await client.get(f'{BASE}/conversations/{cid}', headers=ALICE)).text}"
     )
+
+
+async def test_a_customer_never_sees_a_tools_internal_error(client: AsyncTestClient[Any]) -> None:
+    started = await start(client, "support-bot", "What's the status of ORD-424242?")
+    [call] = started["agent_response"]["metadata"]["tool_calls"]
+    assert call["error"] == "failed"
+    body = await eventually(client, started["conversation_id"], lambda s: len(s["messages"]) == 2)
+    assert [c["error"] for m in body["messages"] for c in m.get("tool_calls", [])] == ["failed"]
+    staff = await client.get(
+        f"{BASE}/conversations/{started['conversation_id']}", headers=bearer(roles=("support_agent",), subject="s")
+    )
+    [seen] = [c for m in staff.json()["messages"] for c in m.get("tool_calls", [])]
+    assert "ORD-424242" in seen["error"]

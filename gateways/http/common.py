@@ -184,6 +184,14 @@ def canonical(body: bytes) -> bytes:
         return body
 
 
+def shown_tool_calls(identity: Identity, tool_calls: list[dict[str, Any]], owner: str | None) -> list[dict[str, Any]]:
+    """Tool calls as this reader may see them: a failure's inner detail is for staff (a customer is
+    told it failed); personal data masked unless theirs to see."""
+    if not identity.roles & STAFF:
+        tool_calls = [{**call, "error": "failed"} if call.get("error") else call for call in tool_calls]
+    return tool_calls if sees_pii(identity, owner) else masked(tool_calls)
+
+
 def agent_response(identity: Identity, reply: c.AgentReplied, owner: str | None) -> dict[str, Any]:
     tool_calls = [msgspec.to_builtins(t) for t in reply.tool_calls]
     return {
@@ -192,7 +200,7 @@ def agent_response(identity: Identity, reply: c.AgentReplied, owner: str | None)
         "metadata": {
             "intent": reply.intent,
             "confidence": reply.confidence,
-            "tool_calls": tool_calls if sees_pii(identity, owner) else masked(tool_calls),
+            "tool_calls": shown_tool_calls(identity, tool_calls, owner),
             "escalation_suggested": reply.escalation_suggested,
             "provider": reply.provider,
             "fallbacks": [msgspec.to_builtins(f) for f in reply.fallbacks],

@@ -41,6 +41,7 @@ from gateways.http.common import (
     sees_pii,
     shown_pii,
     shown_text,
+    shown_tool_calls,
     to_body,
 )
 from gateways.http.fields import Attachments, Context, Name, Text
@@ -477,13 +478,17 @@ class ConversationController(Controller):
 
 def shown_view(identity: Identity, view: ConversationView) -> ConversationView:
     """The conversation as this reader may see it: personal data masked unless theirs to see."""
-    if sees_pii(identity, view.user_id):
+    if sees_pii(identity, view.user_id) and identity.roles & STAFF:
         return view
     messages = [
         msgspec.structs.replace(
             m,
             content=shown_text(identity, m.content, view.user_id),
-            **({"tool_calls": masked(m.tool_calls)} if isinstance(m.tool_calls, list) else {}),
+            **(
+                {"tool_calls": shown_tool_calls(identity, m.tool_calls, view.user_id)}
+                if isinstance(m.tool_calls, list)
+                else {}
+            ),
         )
         for m in view.messages
     ]
