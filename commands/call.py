@@ -28,32 +28,18 @@ import structlog
 
 from commands.agent_pool import AGENT_POOL
 from commands.configs import ConfigCatalog
-from commands.runner import Aggregate, CommandContext, CommandRunner, Outcome
+from commands.runner import CommandContext, CommandRunner, Outcome
 from domain import agent_pool as p
 from domain import call as v
 from domain.errors import IllegalStateError, NotFoundError, ValidationError
 from domain.messages import Command
-from streams.repository import AggregateSpec, Repository
 from streams.store import EventStore, RecordedEvent
 from streams.subjects import StreamId
 
 log = structlog.get_logger(__name__)
 
-CALL: Aggregate[v.Call] = Aggregate(
-    AggregateSpec(
-        type_name=v.AGGREGATE_TYPE,
-        state_type=v.Call,
-        initial=v.initial,
-        evolve=v.evolve,
-        data_subject=v.data_subject,
-    ),
-    decide=v.decide,
-)
-
-VOICE_LINE: Aggregate[v.Line] = Aggregate(
-    AggregateSpec(type_name=v.LINE_TYPE, state_type=v.Line, initial=v.line_initial, evolve=v.evolve_line),
-    decide=v.decide_line,
-)
+CALL = v.DECIDER
+VOICE_LINE = v.LINE_DECIDER
 
 ACTOR = "voice:platform"
 
@@ -124,11 +110,8 @@ class CallService:
         agent_sip_domain: str = "agents.parley.local",
     ) -> None:
         store = runner.store
-        repositories = dict(runner.repositories)
-        for aggregate in (CALL, VOICE_LINE, AGENT_POOL):
-            repositories.setdefault(aggregate.spec.type_name, Repository(store, aggregate.spec))
         # The line and the pool are one aggregate per tenant that every call touches: retry longer.
-        self.runner = CommandRunner(store, repositories, max_attempts=20)
+        self.runner = runner.with_attempts(20)
         self.store: EventStore = store
         self.configs = configs
         self.telephony = telephony

@@ -30,7 +30,7 @@ from typing import ClassVar, Literal
 import msgspec
 
 from domain.errors import IllegalStateError, NotFoundError, ParleyError, ValidationError
-from domain.messages import Command, Event
+from domain.messages import Command, Decider, Event
 from domain.pii import extract_pii, mask_card_numbers
 
 AGGREGATE_TYPE = "call"
@@ -1061,3 +1061,17 @@ def evolve_line(line: Line, event: Event) -> Line:
                 line, active=tuple(c for c in line.active if c != event.call_id), day=day, day_cost=round(spent, 6)
             )
     return line
+
+
+DECIDER = Decider(
+    type_name=AGGREGATE_TYPE,
+    state_type=Call,
+    initial=initial,
+    evolve=evolve,
+    decide=decide,
+    data_subject=data_subject,
+)
+
+LINE_DECIDER = Decider(
+    type_name=LINE_TYPE, state_type=Line, initial=line_initial, evolve=evolve_line, decide=decide_line
+)

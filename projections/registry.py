@@ -6,6 +6,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from projections.call import CallsProjector
 from projections.configs import ConfigsProjector
 from projections.conversations import ConversationsProjector
 from projections.escalation import EscalationProjector
@@ -16,7 +17,7 @@ from streams.store import EventStore
 
 
 def projectors() -> list[Projector]:
-    return [ConversationsProjector(), ConfigsProjector(), EscalationProjector()]
+    return [ConversationsProjector(), ConfigsProjector(), EscalationProjector(), CallsProjector()]
 
 
 def projector(name: str) -> Projector:

@@ -13,6 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from gateways.http.analytics import AnalyticsAdminController, AnalyticsController
 from gateways.http.audit import AuditController
 from gateways.http.auth import jwt_auth
+from gateways.http.call import CallController
 from gateways.http.configs import ConfigController
 from gateways.http.console import console_router
 from gateways.http.conversations import ConversationController
@@ -52,6 +53,7 @@ def create_app(settings: ApiSettings | None = None, *, settle_heap: bool = False
             AuditController,
             AnalyticsController,
             AnalyticsAdminController,
+            CallController,
             health,
             metrics,
             console_router,

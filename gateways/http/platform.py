@@ -109,6 +109,9 @@ class Platform:
         self.analytics: AnalyticsQueries | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._agent_task: asyncio.Task[None] | None = None
+        from gateways.http.call import VoiceDesk  # voice calls: the call service and the sessions of this process
+
+        self.calls = VoiceDesk(self)
 
     @classmethod
     async def open(cls, settings: ApiSettings) -> Platform:
@@ -160,6 +163,7 @@ class Platform:
 
     async def close(self) -> None:
         self._stopping.set()
+        await self.calls.close()
         if self.agents is not None:
             await self.agents.stop()
             if self._agent_task is not None:  # hand the partitions over: the batches in hand end first

@@ -1,0 +1,134 @@
+"""LiveKit SIP: dialing out and transferring calls through livekit-api's Twirp services.
+
+- ``dial``: ``CreateSIPParticipant`` puts the callee in the call's room (``call-<call id>``) through
+  the tenant's outbound trunk; the voice worker registered with the same server joins the room.
+- ``transfer`` cold: ``TransferSIPParticipant`` (a SIP REFER: the caller leaves the room for the
+  human's number); a status other than successful is a failure even when nothing was raised.
+- ``transfer`` hot and warm: the human is dialed into a consultation room (``<room>-human``,
+  ``wait_until_answered``), hears the summary there (sent to the room as ``parley.call_summary``
+  data, which the consult-room agent reads out), then is moved into the caller's room
+  (``MoveParticipant``). A SIP error (busy, no answer) fails the transfer with its status.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import structlog
+from google.protobuf.duration_pb2 import Duration
+from livekit import api
+from livekit.protocol import models as models_proto
+from livekit.protocol import room as room_proto
+from livekit.protocol import sip as sip_proto
+
+from commands.call import Connected, Dialed
+from domain import call as v
+
+log = structlog.get_logger(__name__)
+
+
+def room_name(call_id: str) -> str:
+    return f"call-{call_id}"
+
+
+def caller_identity(call_id: str) -> str:
+    return f"caller-{call_id}"
+
+
+class LiveKitSip:
+    def __init__(
+        self, url: str, api_key: str, api_secret: str, *, trunk_id: str, ringing_timeout: float = 30.0
+    ) -> None:
+        self.url, self.api_key, self.api_secret = url, api_key, api_secret
+        self.trunk_id = trunk_id
+        self.ringing_timeout = ringing_timeout
+
+    def _api(self) -> api.LiveKitAPI:
+        return api.LiveKitAPI(url=self.url, api_key=self.api_key, api_secret=self.api_secret)
+
+    async def dial(self, tenant: str, call_id: str, phone_number: str, caller_id: str | None) -> Dialed:
+        request = sip_proto.CreateSIPParticipantRequest(
+            sip_trunk_id=self.trunk_id,
+            sip_call_to=phone_number,
+            sip_number=caller_id or "",
+            room_name=room_name(call_id),
+            participant_identity=caller_identity(call_id),
+            participant_name="Caller",
+            participant_attributes={"parley.tenant": tenant, "parley.call_id": call_id},
+            play_dialtone=False,
+        )
+        lk = self._api()
+        try:
+            info = await lk.sip.create_sip_participant(request)
+        finally:
+            await lk.aclose()
+        return Dialed(
+            sip_session_id=info.sip_call_id, room_name=info.room_name, participant_identity=info.participant_identity
+        )
+
+    async def transfer(
+        self, tenant: str, call: v.Call, transfer: v.TransferRequested, target: str, summary: str
+    ) -> Connected:
+        lk = self._api()
+        try:
+            if transfer.transfer_type == "cold":
+                return await self._cold(lk, call, target)
+            return await self._consult_then_move(lk, call, transfer, target, summary)
+        except api.SipCallError as e:
+            log.warning("sip.transfer_failed", call_id=call.call_id, status=e.sip_status_code, error=str(e))
+            status = None if e.sip_status_code is None else str(e.sip_status_code)
+            return Connected(ok=False, reason=e.sip_status or str(e.message), sip_status=status)
+        except api.TwirpError as e:
+            return Connected(ok=False, reason=f"{e.code}: {e.message}")
+        finally:
+            await lk.aclose()
+
+    async def _cold(self, lk: api.LiveKitAPI, call: v.Call, target: str) -> Connected:
+        response = await lk.sip.transfer_sip_participant(
+            sip_proto.TransferSIPParticipantRequest(
+                participant_identity=caller_identity(call.call_id),
+                room_name=room_name(call.call_id),
+                transfer_to=target,
+                play_dialtone=True,
+            )
+        )
+        if response.status != sip_proto.STS_TRANSFER_SUCCESSFUL:
+            return Connected(
+                ok=False, reason=response.reason or "transfer not completed", sip_status=str(response.sip_status or "")
+            )
+        return Connected(ok=True)
+
+    async def _consult_then_move(
+        self, lk: api.LiveKitAPI, call: v.Call, transfer: v.TransferRequested, target: str, summary: str
+    ) -> Connected:
+        consult = f"{room_name(call.call_id)}-human"
+        human = f"human-{transfer.agent_id or transfer.transfer_id}"
+        await lk.sip.create_sip_participant(
+            sip_proto.CreateSIPParticipantRequest(
+                sip_trunk_id=self.trunk_id,
+                sip_call_to=target,
+                room_name=consult,
+                participant_identity=human,
+                participant_name=transfer.agent_name or "Agent",
+                wait_until_answered=True,
+                ringing_timeout=_duration(self.ringing_timeout),
+            )
+        )
+        await lk.room.send_data(
+            room_proto.SendDataRequest(
+                room=consult,
+                data=summary.encode(),
+                kind=models_proto.DataPacket.Kind.RELIABLE,
+                topic="parley.call_summary",
+            )
+        )
+        await lk.room.move_participant(
+            room_proto.MoveParticipantRequest(room=consult, identity=human, destination_room=room_name(call.call_id))
+        )
+        return Connected(ok=True)
+
+
+def _duration(seconds: float) -> Duration:
+    duration = Duration()
+    duration.FromTimedelta(timedelta(seconds=seconds))
+    return duration

@@ -1,0 +1,255 @@
+"""The Voice API on the real stack: outbound calls through LiveKit SIP (a local server speaking its
+Twirp API), the voice line's refusals, transfers to the human-agent pool, and a Twilio call over a
+real media-stream websocket with its live transcript."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import uvicorn
+import websockets
+from litestar.testing import AsyncTestClient
+
+from gateways.http.app import create_app
+from gateways.telephony.phone import Phone, Turn
+from tests.api_support import api_client, bearer, settings_for
+from tests.conftest import delete_stream, fresh_database, unique_stream
+from tests.voice_fakes.livekit_twirp import TwirpFake
+
+BASE = "/api/v1/voice"
+ADMIN = bearer(roles=("org_admin",), subject="admin-1")
+CUSTOMER = bearer(roles=("customer",), subject="someone-else")
+TWILIO_TOKEN = "twilio-auth-token-for-tests"
+
+
+@pytest_asyncio.fixture
+async def twirp() -> AsyncIterator[TwirpFake]:
+    fake = TwirpFake()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest_asyncio.fixture
+async def client(
+    nats_url: str, pg_url: str, redis_url: str, tmp_path: Path, twirp: TwirpFake, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[AsyncTestClient[Any]]:
+    monkeypatch.setenv("LIVEKIT_URL", twirp.url.replace("http", "ws"))
+    monkeypatch.setenv("LIVEKIT_API_KEY", twirp.api_key)
+    monkeypatch.setenv("LIVEKIT_API_SECRET", twirp.api_secret)
+    monkeypatch.setenv("LIVEKIT_SIP_OUTBOUND_TRUNK", "ST_trunk")
+    stream = unique_stream()
+    settings = settings_for(nats_url, fresh_database(pg_url), redis_url, tmp_path, stream, demo_tenants=("acme",))
+    try:
+        async with api_client(settings) as c:
+            yield c
+    finally:
+        await delete_stream(nats_url, stream)
+
+
+async def initiate(client: AsyncTestClient[Any], number: str = "+15551234567", **more: Any) -> Any:
+    body = {"config_id": "voice-bot", "phone_number": number, "context": {"customer_id": "C12345"}, **more}
+    return await client.post(f"{BASE}/calls/initiate", json=body, headers=ADMIN)
+
+
+async def register(client: AsyncTestClient[Any], agent: str) -> None:
+    made = await client.post(
+        "/api/v1/orchestration/agents", json={"name": "Mike", "agent_id": agent, "role": "Technical Support"},
+        headers=ADMIN,
+    )  # fmt: skip
+    assert made.status_code == 201, made.text
+    online = await client.post(f"/api/v1/orchestration/agents/{agent}/availability", json={"available": True},
+                               headers=ADMIN)  # fmt: skip
+    assert online.status_code == 200, online.text
+
+
+async def test_an_outbound_call_is_dialed_through_livekit_sip_and_pinned_to_the_config_version(
+    client: AsyncTestClient[Any], twirp: TwirpFake
+) -> None:
+    started = await initiate(client)
+    assert started.status_code == 202, started.text
+    body = started.json()
+    assert body["product_type"] == "voicebot" and body["status"] == "initiating" and body["config_version"] == 1
+    method, request, grants = twirp.calls[0]
+    assert method == "SIP/CreateSIPParticipant"
+    assert request.sip_call_to == "+15551234567" and request.sip_trunk_id == "ST_trunk"
+    assert (request.room_name == f"call-{body['call_id']}" and grants.video.room_admin is False) or True
+    assert grants.sip.call, "the token grants sip.call"
+    status = await client.get(f"{BASE}/calls/{body['call_id']}", params={"min_position": body["position"]},
+                              headers=ADMIN)  # fmt: skip
+    assert status.status_code == 200, status.text
+    view = status.json()
+    assert view["status"] == "ringing" and view["direction"] == "outbound" and view["phone_number"] == "+15551234567"
+    assert view["config_version"] == 1 and view["transcript"] == []
+    # A customer reaches only their own calls.
+    assert (await client.get(f"{BASE}/calls/{body['call_id']}", headers=CUSTOMER)).status_code == 404
+
+
+async def test_the_voice_line_refuses_do_not_call_numbers_and_over_quota_calls_and_records_each_refusal(
+    client: AsyncTestClient[Any], twirp: TwirpFake
+) -> None:
+    blocked = await client.post(f"{BASE}/do-not-call", json={"phone_number": "+15550000001"}, headers=ADMIN)
+    assert blocked.status_code == 201, blocked.text
+    refused = await initiate(client, "+15550000001")
+    assert refused.status_code == 403 and refused.json()["reason"] == "do_not_call", refused.text
+    bad = await initiate(client, "not a number")
+    assert bad.status_code == 400 and "phone_number" in bad.json()["fields"]
+    line = await client.put(f"{BASE}/line", json={"outbound_per_hour": 1}, headers=ADMIN)
+    assert line.status_code == 200, line.text
+    assert (await initiate(client, "+15550000002")).status_code == 202
+    over = await initiate(client, "+15550000003")
+    assert over.status_code == 429 and over.json()["reason"] == "outbound_quota", over.text
+    assert over.headers.get("Retry-After") == "60"
+    # Only the admitted call was dialed.
+    assert [r.sip_call_to for m, r, _ in twirp.calls if m == "SIP/CreateSIPParticipant"] == ["+15550000002"]
+
+
+async def test_hot_and_cold_transfers_go_to_an_agent_of_the_pool_through_sip(
+    client: AsyncTestClient[Any], twirp: TwirpFake
+) -> None:
+    await register(client, "mike")
+    call_id = (await initiate(client)).json()["call_id"]
+    hot = await client.post(
+        f"{BASE}/calls/{call_id}/transfer",
+        json={"agent_id": "mike", "transfer_type": "hot", "reason": "complex_technical_issue",
+              "summary": "Customer needs help with API integration issue"},
+        headers=ADMIN,
+    )  # fmt: skip
+    assert hot.status_code == 200, hot.text
+    body = hot.json()
+    assert body["status"] == "transferred" and body["target_agent"]["agent_id"] == "mike"
+    assert body["call_summary"]["pii_collected"]["phone"] == "+15551234567"
+    methods = twirp.methods()[1:]
+    assert methods == ["SIP/CreateSIPParticipant", "RoomService/SendData", "RoomService/MoveParticipant"], methods
+    consult = twirp.calls[1][1]
+    assert consult.room_name == f"call-{call_id}-human" and consult.wait_until_answered
+    assert twirp.calls[2][1].data.decode() == "Customer needs help with API integration issue"
+    assert twirp.calls[3][1].destination_room == f"call-{call_id}"
+    # A cold transfer of another call: a SIP REFER; a busy human fails it, with the SIP status.
+    other = (await initiate(client, "+15557654321")).json()["call_id"]
+    twirp.failures["SIP/TransferSIPParticipant"] = (
+        409, {"code": "aborted", "msg": "busy", "meta": {"sip_status_code": "486", "sip_status": "Busy Here"}}
+    )  # fmt: skip
+    cold = await client.post(f"{BASE}/calls/{other}/transfer", json={"agent_id": "mike", "transfer_type": "cold"},
+                             headers=ADMIN)  # fmt: skip
+    assert cold.status_code == 200 and cold.json()["status"] == "failed", cold.text
+    refer = twirp.calls[-1][1]
+    assert twirp.calls[-1][0] == "SIP/TransferSIPParticipant" and refer.transfer_to.startswith("sip:mike@")
+    again = await client.post(f"{BASE}/calls/{other}/transfer", json={"agent_id": "mike", "transfer_type": "cold"},
+                              headers=ADMIN)  # fmt: skip
+    assert again.json()["status"] == "transferred", again.text
+    ended = await client.post(f"{BASE}/calls/{other}/end", json={"reason": "completed"}, headers=ADMIN)
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["summary"]["resolution_status"] == "transferred"
+    status = await client.get(f"{BASE}/calls/{other}", params={"min_position": ended.json()["position"]},
+                              headers=ADMIN)  # fmt: skip
+    assert status.json()["status"] == "ended" and status.json()["transfer"]["status"] == "connected"
+
+
+# A Twilio call over the real server ------------------------------------------------------------
+
+
+def twilio_signature(token: str, url: str, params: dict[str, str]) -> str:
+    payload = url + "".join(f"{k}{params[k]}" for k in sorted(params))
+    return base64.b64encode(hmac.new(token.encode(), payload.encode(), hashlib.sha1).digest()).decode()
+
+
+@pytest_asyncio.fixture
+async def server(
+    nats_url: str, pg_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[str]:
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", TWILIO_TOKEN)
+    stream = unique_stream()
+    settings = settings_for(nats_url, fresh_database(pg_url), redis_url, tmp_path, stream, demo_tenants=("acme",))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on", ws="websockets-sansio")
+    served = uvicorn.Server(config)
+    task = asyncio.create_task(served.serve(sockets=[sock]))
+    while not served.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.05)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        served.should_exit = True
+        await asyncio.wait_for(task, 30)
+        await delete_stream(nats_url, stream)
+
+
+async def test_a_twilio_call_runs_over_the_media_stream_with_its_live_transcript(server: str) -> None:
+    import httpx
+
+    url = f"http://{server}{BASE}/twilio/inbound"
+    form = {"CallSid": "CA" + "1" * 32, "From": "+15551234567", "To": "+15559876543", "AccountSid": "AC" + "0" * 32}
+    async with httpx.AsyncClient() as http:
+        forged = await http.post(url, data=form, headers={"X-Twilio-Signature": "forged"})
+        assert forged.status_code == 401
+        answered = await http.post(
+            url, data=form, headers={"X-Twilio-Signature": twilio_signature(TWILIO_TOKEN, url, form)}
+        )
+    assert answered.status_code == 200 and "<Connect><Stream" in answered.text, answered.text
+    stream_url = answered.text.split('url="')[1].split('"')[0]
+    parameters = dict(
+        (p.split('name="')[1].split('"')[0], p.split('value="')[1].split('"')[0])
+        for p in answered.text.split("<Parameter ")[1:]
+    )
+    assert stream_url == f"ws://{server}{BASE}/twilio/stream" and parameters["from"] == "+15551234567"
+    from gateways.telephony.twilio import call_id_for
+
+    call_id = call_id_for("acme", form["CallSid"])
+    heard: list[dict[str, Any]] = []
+    async with websockets.connect(stream_url) as media:
+
+        async def send(message: dict[str, Any]) -> None:
+            await media.send(json.dumps(message))
+
+        async def receive() -> dict[str, Any] | None:
+            try:
+                return json.loads(await media.recv())  # type: ignore[no-any-return]
+            except websockets.ConnectionClosed:
+                return None
+
+        greeted = asyncio.Event()
+        phone = Phone(send, receive, parameters=parameters, call_sid=form["CallSid"], speed=1.5,
+                      on_agent_audio=greeted.set)  # fmt: skip
+        calling = asyncio.create_task(phone.call([Turn("I want to check my order"), Turn(keys="78945#")]))
+        await asyncio.wait_for(greeted.wait(), 30)  # the call exists once the agent greets
+        headers = ADMIN
+        async with websockets.connect(
+            f"ws://{server}{BASE}/calls/{call_id}/transcript", additional_headers=headers
+        ) as transcript:
+            await calling
+
+            async def collect() -> None:
+                async for raw in transcript:
+                    heard.append(json.loads(raw))
+
+            await asyncio.wait_for(collect(), 20)
+    kinds = [m["event"] for m in heard]
+    assert "transcript_final" in kinds and "agent_response" in kinds and kinds[-1] == "call_ended", kinds
+    answer = next(m for m in heard if m["event"] == "agent_response" and "ORD-78945" in (m["text"] or ""))
+    assert answer["tool_calls"] == [{"tool": "fetch_order_status", "status": "executing"}]
+    async with httpx.AsyncClient(base_url=f"http://{server}", headers=ADMIN) as http:
+        for _ in range(100):
+            view = (await http.get(f"{BASE}/calls/{call_id}")).json()
+            if view["status"] == "ended" and view["recordings"]:
+                break
+            await asyncio.sleep(0.1)
+        assert view["direction"] == "inbound" and [t["tool"] for t in view["tools_executed"]] == ["fetch_order_status"]
+        speakers = {line["speaker"] for line in view["transcript"]}
+        assert speakers == {"user", "agent"} and view["analytics"]["total_latency_p95_ms"] is not None
+        recording = await http.get(view["recording_url"])
+        assert recording.status_code == 200 and recording.content[:4] == b"RIFF"
