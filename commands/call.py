@@ -26,12 +26,12 @@ from typing import Protocol
 import msgspec
 import structlog
 
-from commands.agent_pool import AGENT_POOL
-from commands.configs import ConfigCatalog
+from commands.config import ConfigCatalog
 from commands.runner import CommandContext, CommandRunner, Outcome
-from domain import agent_pool as p
 from domain import call as v
+from domain import escalation as p
 from domain.errors import IllegalStateError, NotFoundError, ValidationError
+from domain.escalation import DECIDER as AGENT_POOL
 from domain.messages import Command
 from streams.store import EventStore, RecordedEvent
 from streams.subjects import StreamId

@@ -30,7 +30,7 @@ async def test_a_spoken_order_question_runs_the_order_tool_and_the_caller_hears_
     await rig.register_agent("mike", "Technical Support - Mike")
     record, device = await phone_call(
         rig,
-        [Turn("I want to check my order"), Turn(keys="78945#"), Turn("I want to speak to a human")],
+        [Turn("Where is my order?"), Turn(keys="78945#"), Turn("I want to speak to a human")],
         speed=1.5,
     )
     from gateways.telephony.twilio import call_id_for

@@ -11,15 +11,15 @@ from typing import Any
 
 import psycopg
 
-from agents.config_source import VersionedConfigs
+from agents.config import VersionedConfigs
 from agents.demo_data import setup_demo_data
 from agents.tools import connect_url, demo_registry
-from commands.agent_pool import AGENT_POOL
 from commands.call import CALL, VOICE_LINE, CallService
-from commands.configs import AGENT_CONFIG, CONFIG_MEMBERS, SYSTEM, ConfigService, ensure_demo_configs
+from commands.config import AGENT_CONFIG, CONFIG_MEMBERS, SYSTEM, ConfigService, ensure_demo_configs
 from commands.runner import CommandContext, CommandRunner
-from domain import agent_pool as p
 from domain import call as v
+from domain import escalation as p
+from domain.escalation import DECIDER as AGENT_POOL
 from gateways.telephony.phone import CallRecord, Phone, Turn
 from gateways.telephony.recordings import RecordingStore
 from gateways.telephony.twilio import MediaStreamBridge
@@ -86,7 +86,10 @@ async def voice_rig(
         recordings=RecordingStore(tmp_path / "recordings", opened.keys),
         publish=publish,
     )
-    yield VoiceRig(opened, runner, service, calls, stack, url, live)
+    try:
+        yield VoiceRig(opened, runner, service, calls, stack, url, live)
+    finally:
+        await stack.aclose()
 
 
 async def phone_call(

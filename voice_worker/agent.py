@@ -28,12 +28,12 @@ from livekit.agents.llm import function_tool
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
 from livekit.agents.voice import Agent, RunContext
 
-from agents.config import AgentConfig, ToolDefinition
 from agents.graph import handoff_text, offline_model
+from agents.llm.chain import FallbackChain
+from agents.llm.port import ChatMessage, ProviderError, ToolCallRequest, tool_specs
 from agents.rules import Escalation, TurnSignals, evaluate_message_rules
 from agents.tools import ToolContext, ToolRegistry, ToolRun
-from gateways.llm.chain import FallbackChain
-from gateways.llm.port import ChatMessage, ProviderError, ToolCallRequest
+from domain.bot import AgentConfig, ToolDefinition
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +67,7 @@ class AgentBrain:
         self.context = context
         self.hooks = hooks
         self.analyzer = offline_model(config)
-        self.specs = config.tool_specs()
+        self.specs = tool_specs(config)
         self.sentiments: list[float] = []
         self.handed_off = False
         self.provider = ""

@@ -27,17 +27,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import structlog
 from livekit import rtc
 from livekit.agents import AgentSession, io, vad
 
-from agents.config import AgentConfig
-from agents.config_source import ConfigProvider
+from agents.config import ConfigProvider
 from agents.graph import chain_for
 from agents.rules import Escalation
 from agents.tools import ToolContext, ToolRegistry, ToolRun
 from commands.call import CallService, Connected
 from domain import call as v
+from domain.bot import AgentConfig
 from domain.errors import ParleyError
 from gateways.speech.offline import normalize_spoken
 from gateways.speech.providers import SpeechChoice, choose_speech, load_vad
@@ -84,6 +85,18 @@ class VoiceStack:
         self._vad = vad_model
         self._chains: dict[int, Any] = {}
         self.sessions: dict[str, CallSession] = {}
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The HTTP session the remote speech plugins share (made on first use, in the running loop)."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.close()
 
     @property
     def vad(self) -> vad.VAD:
@@ -175,7 +188,8 @@ class CallSession:
         self._input = TappedInput(audio_input, self.caller_audio)
         self._output = audio_output
         self.recorder = CallRecorder(stack.calls, tenant, self.call_id)
-        self.speech: SpeechChoice = choose_speech(config, stack.env, stack.vad)
+        remote = any(stack.env.get(k) for k in ("DEEPGRAM_API_KEY", "ELEVEN_API_KEY", "ELEVENLABS_API_KEY"))
+        self.speech: SpeechChoice = choose_speech(config, stack.env, stack.vad, stack.http if remote else None)
         context = ToolContext(tenant=tenant, conversation_id=self.call_id, user_id=call.user_id)
         hooks = TurnHooks(
             sentiment=self._sentiment,

@@ -124,6 +124,7 @@ class VoiceDesk:
         for session in list(self.stack.sessions.values()):
             with contextlib.suppress(Exception):
                 await session.close(reason="platform_stopping", ended_by="platform", resolution="unresolved")
+        await self.stack.aclose()
 
 
 def _numbers(spec: str) -> dict[str, str]:

@@ -32,7 +32,7 @@ from livekit import rtc
 from livekit.agents import stt, tts, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
 
-from agents.config import AgentConfig
+from domain.bot import AgentConfig
 from gateways.speech.audio import read_wav, resample_pcm16
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -130,42 +130,37 @@ def _clean(phrase: str) -> str:
 
 
 def normalize_spoken(text: str, prefixes: Iterable[str] = ("ORD",)) -> str:
-    """Spoken forms as the tools read them: a spelled prefix and digit words become an identifier
-    ("o r d seven eight" -> "ORD-78"), and runs of digit words become digits."""
-    words = text.lower().split()
-    spelled = {tuple(p.lower()): p for p in prefixes}
-    spelled |= {(p.lower(),): p for p in prefixes}
+    """Spoken forms as the tools read them: a spelled prefix and digits become an identifier
+    ("o r d seven eight" and "ORD 78" -> "ORD-78"), and runs of digit words become digits. Other
+    words, their case and punctuation are kept; an all-lowercase transcript (the offline
+    recognizer's) gets a capital first letter."""
+    tokens = text.split()
+    bare = [t.lower().strip(".,?!;:") for t in tokens]
+    spelled = {tuple(p.lower()): p for p in prefixes} | {(p.lower(),): p for p in prefixes}
     out: list[str] = []
     i = 0
-    while i < len(words):
+    while i < len(tokens):
         hit = next(
             (
                 (key, name)
                 for key, name in spelled.items()
-                if tuple(words[i : i + len(key)]) == key
-                and i + len(key) < len(words)
-                and _digit(words[i + len(key)]) is not None
+                if tuple(bare[i : i + len(key)]) == key and i + len(key) < len(tokens) and _digit(bare[i + len(key)])
             ),
             None,
         )
-        if hit is not None:
-            j = i + len(hit[0])
-            digits = ""
-            while j < len(words) and (d := _digit(words[j])) is not None:
+        start = i + len(hit[0]) if hit is not None else i
+        if hit is not None or (_digit(bare[i]) is not None and not tokens[i].isdigit()):
+            digits, j = "", start
+            while j < len(tokens) and (d := _digit(bare[j])) is not None:
                 digits, j = digits + d, j + 1
-            out.append(f"{hit[1]}-{digits}")
+            tail = tokens[j - 1][len(bare[j - 1].rstrip("_")) :] if tokens[j - 1][-1:] in ".,?!;:" else ""
+            out.append((f"{hit[1]}-{digits}" if hit is not None else digits) + tail)
             i = j
             continue
-        if _digit(words[i]) is not None:
-            digits = ""
-            while i < len(words) and (d := _digit(words[i])) is not None:
-                digits, i = digits + d, i + 1
-            out.append(digits)
-            continue
-        out.append(words[i].rstrip("_"))
+        out.append(tokens[i].replace("_", ""))
         i += 1
     result = " ".join(out)
-    return result[:1].upper() + result[1:]
+    return result[:1].upper() + result[1:] if result == result.lower() else result
 
 
 def _digit(word: str) -> str | None:

@@ -154,6 +154,8 @@ class Phone:
             asyncio.create_task(self._speaker()),
         ]
         try:
+            with contextlib.suppress(TimeoutError):  # the agent greets first (a bot that does not: go on)
+                await asyncio.wait_for(self._agent_spoke.wait(), max_wait / self.speed)
             await self.wait_quiet(settle, max_wait)
             for turn in script:
                 if not turn.barge_in:
