@@ -3,7 +3,7 @@
 Hot reload with pinning, as in the seed's strategy:
 
 - A conversation is pinned at its start to the config's active version (the API asks the config's
-  events, ``commands.configs.ConfigCatalog``); this source hands the runtime exactly that version,
+  events, ``commands.config.ConfigCatalog``); this source hands the runtime exactly that version,
   so a conversation in flight keeps its version to the end whatever is activated meanwhile.
 - Versions never change, so a parsed version is cached by (tenant, config, version) and never
   invalidated. The runtime follows config commits (``follow``) and loads a newly activated version
@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from agents.config import AgentConfig, load_config
-from domain import agent_config as a
+from domain import config as a
+from domain.bot import AgentConfig, load_config
 from streams.store import EventStore
 from streams.subjects import StreamId
 

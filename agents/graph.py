@@ -38,7 +38,10 @@ import msgspec
 import structlog
 from langgraph.graph import END, START, StateGraph
 
-from agents.config import AgentConfig
+from agents.llm.chain import FallbackChain
+from agents.llm.factory import chain_from_config
+from agents.llm.offline import OfflineModel, render_first
+from agents.llm.port import ChatMessage, Fallback, ProviderError, ToolCallRequest, tool_specs
 from agents.rules import (
     CrossSell,
     Escalation,
@@ -51,12 +54,9 @@ from agents.rules import (
     offers_made,
 )
 from agents.tools import DEFAULT_TENANT, ToolContext, ToolRegistry, ToolRun, customer_emails
+from domain.bot import AgentConfig
 from domain.conversation import ToolCall
 from domain.pii import EMAIL, collect_pii, mask_card_numbers
-from gateways.llm.chain import Fallback, FallbackChain
-from gateways.llm.factory import chain_from_config
-from gateways.llm.offline import OfflineModel, render_first
-from gateways.llm.port import ChatMessage, ProviderError, ToolCallRequest
 
 log = structlog.get_logger(__name__)
 
@@ -283,7 +283,7 @@ def _compiled(config: AgentConfig, chain: FallbackChain, tools: ToolRegistry, ch
 def build_graph(config: AgentConfig, *, chain: FallbackChain, tools: ToolRegistry, checkpointer: Any = None) -> Any:
     """The compiled two-node graph for one config, chain and tool registry."""
     analyzer = offline_model(config)
-    specs = config.tool_specs()
+    specs = tool_specs(config)
 
     async def agent(state: ChatbotState) -> dict[str, Any]:
         update: dict[str, Any] = {} if state["analyzed"] else analyze_turn(config, analyzer, state)

@@ -32,11 +32,11 @@ from typing import Any
 
 import msgspec
 
-from agents.config import AgentConfig, ToolDefinition
 from agents.graph import TurnResult, chain_for, run_turn
+from agents.llm.port import ChatMessage
 from agents.tools import ToolContext, ToolFailed, ToolImpl, ToolRegistry
 from domain import conversation as c
-from gateways.llm.port import ChatMessage
+from domain.bot import AgentConfig, ToolDefinition
 from streams.store import RecordedEvent
 
 READ_ONLY_TOOLS = frozenset({"fetch_order_status"})

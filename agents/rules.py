@@ -18,7 +18,7 @@ from typing import Literal
 
 import msgspec
 
-from agents.config import AgentConfig, CrossSellRule, EscalationRule, ToolDefinition
+from domain.bot import AgentConfig, CrossSellRule, EscalationRule, ToolDefinition
 from domain.conversation import ToolCall
 
 NEGATIVE_DEFAULT = -0.05  # a turn is negative below this sentiment when a rule gives no threshold

@@ -40,22 +40,22 @@ import msgspec
 import structlog
 
 from agents.checkpoints import TurnCheckpoints, thread_id
-from agents.config import AgentConfig
-from agents.config_source import ConfigProvider
+from agents.config import ConfigProvider
 from agents.graph import chain_for, run_turn
+from agents.llm.chain import FallbackChain
+from agents.llm.port import ChatMessage, ToolCallRequest
 from agents.partitions import PartitionClaims
 from agents.rules import CrossSell
 from agents.tools import ToolRegistry
-from commands.agent_pool import AGENT_POOL
 from commands.conversation import CONVERSATION, reply_command_id
 from commands.escalation import Escalations
 from commands.runner import CommandContext, CommandRunner
-from domain import agent_pool as p
 from domain import conversation as c
+from domain import escalation as p
+from domain.bot import AgentConfig
 from domain.errors import IllegalStateError, NotFoundError, ValidationError
+from domain.escalation import DECIDER as AGENT_POOL
 from domain.pii import find_emails, find_phones
-from gateways.llm.chain import FallbackChain
-from gateways.llm.port import ChatMessage, ToolCallRequest
 from streams.errors import EventDecodeError
 from streams.feed import Feed
 from streams.jetstream import RawMessage

@@ -49,11 +49,11 @@ from typing import Any
 import msgspec
 import yaml
 
-from agents.config import AgentConfig, load_config
 from agents.graph import TurnResult, chain_for, run_turn
+from agents.llm.port import ChatMessage
 from agents.rules import CrossSell
 from agents.tools import DEFAULT_TENANT, ToolRegistry
-from gateways.llm.port import ChatMessage
+from domain.bot import AgentConfig, load_config
 
 
 class Step(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

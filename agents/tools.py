@@ -34,7 +34,7 @@ from typing import Any, Literal
 import msgspec
 import structlog
 
-from agents.config import ToolDefinition
+from domain.bot import ToolDefinition
 from domain.conversation import ToolCall
 
 log = structlog.get_logger(__name__)

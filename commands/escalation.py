@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from commands.agent_pool import AGENT_POOL
 from commands.conversation import CONVERSATION
 from commands.runner import CommandContext, CommandRunner, Outcome
-from domain import agent_pool as p
 from domain import conversation as c
+from domain import escalation as p
 from domain.errors import IllegalStateError, NotFoundError
+from domain.escalation import DECIDER as AGENT_POOL
 from streams.store import EventStore, RecordedEvent
 from streams.subjects import StreamId
 

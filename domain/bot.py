@@ -32,11 +32,8 @@ import msgspec
 import msgspec.inspect as mi
 import yaml
 
-from domain.config_rules import compare
+from domain.bot_changes import compare
 from domain.errors import ValidationError
-from gateways.llm.factory import KNOWN as KNOWN_PROVIDERS
-from gateways.llm.offline import PATTERNS_KEY, ToolPatterns
-from gateways.llm.port import ToolSpec
 
 SCHEMA_VERSION = "1.0"
 ProductType = Literal["chatbot", "voicebot"]
@@ -73,6 +70,9 @@ DEFAULT_URGENCY: dict[str, Urgency] = {
     "tool_failure": "high",
 }
 
+# The language-model providers a config may name, in the order of a chain's default preference.
+KNOWN_PROVIDERS: tuple[str, ...] = ("anthropic", "openai", "offline")
+
 # The constrained scalars: each is the JSON schema's bound and the validator's rule at once.
 ToolName = Annotated[str, msgspec.Meta(pattern=SNAKE_CASE.pattern, max_length=MAX_TOOL_NAME)]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=300)]
@@ -83,6 +83,19 @@ Provider = Annotated[str, msgspec.Meta(extra_json_schema={"enum": list(KNOWN_PRO
 HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://\S+$")]
 
 
+# The offline model's instructions for a tool, kept in the tool's YAML under this key.
+PATTERNS_KEY = "x-parley-patterns"
+
+
+class ToolPatterns(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A tool's ``x-parley-patterns`` block."""
+
+    intents: list[str] = []
+    triggers: list[str] = []
+    arguments: dict[str, str] = {}
+    default_for: list[str] = []
+
+
 class ToolDefinition(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: ToolName
     description: str = ""
@@ -90,11 +103,6 @@ class ToolDefinition(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     patterns: ToolPatterns | None = msgspec.field(default=None, name=PATTERNS_KEY)
     timeout_seconds: Seconds = 30.0
     on_failure: OnFailure = "fallback"
-
-    def spec(self) -> ToolSpec:
-        """The tool as the LLM port sees it (patterns in ``extra`` for the offline model)."""
-        extra = {} if self.patterns is None else {PATTERNS_KEY: msgspec.to_builtins(self.patterns)}
-        return ToolSpec(name=self.name, description=self.description, parameters=self.parameters, extra=extra)
 
 
 class ExternalIntegration(msgspec.Struct, frozen=True, kw_only=True):
@@ -205,9 +213,6 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     def tool(self, name: str) -> ToolDefinition | None:
         return next((tool for tool in self.tools if tool.name == name), None)
-
-    def tool_specs(self) -> list[ToolSpec]:
-        return [tool.spec() for tool in self.tools]
 
 
 class Issue(msgspec.Struct, frozen=True):

@@ -31,6 +31,8 @@ import msgspec
 from domain.errors import IllegalStateError, NotFoundError, PermissionDeniedError, ValidationError
 from domain.messages import Command, Decider, Event
 
+# Its events were first stored from ``domain.agent_config`` (their topics keep that name: ``streams.codec``).
+STORED_AS = "domain.agent_config"
 AGGREGATE_TYPE = "agent_config"
 MAIN = "main"
 

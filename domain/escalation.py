@@ -15,6 +15,8 @@ import msgspec
 from domain.errors import IllegalStateError, NotFoundError, ValidationError
 from domain.messages import Command, Decider, Event
 
+# Its events were first stored from ``domain.agent_pool`` (their topics keep that name: ``streams.codec``).
+STORED_AS = "domain.agent_pool"
 AGGREGATE_TYPE = "agent_pool"
 POOL_ID = "default"
 

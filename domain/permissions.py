@@ -1,4 +1,4 @@
-"""Who may change an agent config, and whose approval a change needs. Pure.
+"""Who may change an agent config, and whose approval a change needs; members' overrides. Pure.
 
 The seed's permission matrix (Client Configuration Portal): eight permissions, granted by role and
 overridable per member. A member's grants are ``effective(roles, overrides)``; the
@@ -14,11 +14,15 @@ two different people.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from types import MappingProxyType
 from typing import Literal, get_args
 
-from domain.config_rules import ConfigComparison, RiskLevel, Section
-from domain.errors import ValidationError
+import msgspec
+
+from domain.bot_changes import ConfigComparison, RiskLevel, Section
+from domain.errors import PermissionDeniedError, ValidationError
+from domain.messages import Command, Decider, Event
 
 Permission = Literal[
     "view_config",
@@ -130,3 +134,70 @@ def missing_approvals(risk_level: RiskLevel, approvers: Mapping[str, Iterable[st
         place(slot, set())
     filled = set(slot_of.values())
     return frozenset(approval for index, approval in enumerate(needed) if index not in filled)
+
+
+# The members' overrides: one aggregate per tenant ---------------------------------------------
+#
+# A tenant's config permission overrides, as a pure decider: permission changes are events too.
+#
+# Each member's permissions start from their roles' defaults (``domain.permissions``); an
+# organization admin (anyone holding ``manage_permissions``) may grant or revoke single permissions
+# per member, as in the seed's "Update Member Permissions". Those overrides live here, one
+# aggregate per tenant, so who could do what at any moment can be read back from the history.
+# Its events were first stored from ``domain.config_members`` (their topics keep that name: ``streams.codec``).
+STORED_AS = "domain.config_members"
+AGGREGATE_TYPE = "config_members"
+MEMBERS_ID = "members"
+MANAGE = "manage_permissions"
+
+
+class MemberPermissionsSet(Event, frozen=True, kw_only=True):
+    user_id: str
+    permissions: dict[str, bool]
+    set_by: str
+    at: datetime
+
+
+class SetMemberPermissions(Command, frozen=True, kw_only=True):
+    user_id: str
+    permissions: dict[str, bool]
+    known: frozenset[str]  # the permission names there are
+    set_by: str
+    set_by_permissions: frozenset[str]
+    at: datetime
+
+
+class Members(msgspec.Struct, frozen=True):
+    overrides: dict[str, dict[str, bool]] = {}
+
+
+def initial() -> Members:
+    return Members()
+
+
+def decide(command: Command, state: Members) -> list[Event]:
+    if not isinstance(command, SetMemberPermissions):
+        raise ValidationError(f"{type(command).__name__} is not a config members command")
+    if MANAGE not in command.set_by_permissions:
+        raise PermissionDeniedError("only a member with manage_permissions may change permissions", missing=[MANAGE])
+    unknown = sorted(set(command.permissions) - command.known)
+    if unknown:
+        raise ValidationError(
+            "unknown permissions", fields={f"config_permissions.{name}": "unknown permission" for name in unknown}
+        )
+    if state.overrides.get(command.user_id) == command.permissions:
+        return []
+    return [
+        MemberPermissionsSet(
+            user_id=command.user_id, permissions=dict(command.permissions), set_by=command.set_by, at=command.at
+        )
+    ]
+
+
+def evolve(state: Members, event: Event) -> Members:
+    if isinstance(event, MemberPermissionsSet):
+        return Members(overrides={**state.overrides, event.user_id: dict(event.permissions)})
+    return state
+
+
+DECIDER = Decider(type_name=AGGREGATE_TYPE, state_type=Members, initial=initial, evolve=evolve, decide=decide)

@@ -1,4 +1,4 @@
-"""The configs projector: agent config events -> ``read_models.configs`` tables.
+"""The configs projector: agent config events -> ``read_models.config`` tables.
 
 As in the conversations projector, every statement first moves the config's row to the event's
 version, and only if the row is behind it; the rest of the statement happens only when that
@@ -13,9 +13,9 @@ from typing import Any
 import msgspec
 from psycopg import AsyncCursor, sql
 
-from domain import agent_config as a
+from domain import config as a
 from projections.projector import Projector
-from read_models.configs import CONFIGS
+from read_models.config import CONFIGS
 from streams.store import RecordedEvent
 from streams.subjects import type_subjects
 

@@ -1,4 +1,4 @@
-"""The conversations projection: conversation events -> ``read_models.conversations`` tables.
+"""The conversations projection: conversation events -> ``read_models.conversation`` tables.
 
 One definition, used by the live projector and by a rebuild alike: ``evolve(view, event)`` folds an
 event into a conversation's *view* (its ``conversations`` row, its escalations and surveys, and the
@@ -31,7 +31,7 @@ from psycopg import AsyncConnection, AsyncCursor, sql
 from domain import conversation as c
 from domain.pii import extract_pii
 from projections.projector import NotReplayable, Projector
-from read_models.conversations import CONVERSATIONS
+from read_models.conversation import CONVERSATIONS
 from streams.store import RecordedEvent
 from streams.subjects import type_subjects
 

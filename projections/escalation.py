@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 from psycopg import AsyncCursor, sql
 
-from domain import agent_pool as p
+from domain import escalation as p
 from projections.projector import Projector
 from read_models.escalation import ESCALATION
 from streams.store import RecordedEvent

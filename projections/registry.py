@@ -7,8 +7,8 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from projections.call import CallsProjector
-from projections.configs import ConfigsProjector
-from projections.conversations import ConversationsProjector
+from projections.config import ConfigsProjector
+from projections.conversation import ConversationsProjector
 from projections.escalation import EscalationProjector
 from projections.projector import Projector
 from projections.runner import ProjectorRunner

@@ -1,6 +1,6 @@
 """The conversations read model: its tables and the queries the API serves from them.
 
-Filled by ``projections.conversations.ConversationsProjector`` from the conversation events;
+Filled by ``projections.conversation.ConversationsProjector`` from the conversation events;
 read by the orchestration API ("Get Conversation State", "Handle Unavailable Human Agent").
 Every query names the tenant: an id of another tenant reads as not found.
 """

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import msgspec
 from psycopg import AsyncConnection, sql
 
-from read_models.conversations import CONVERSATIONS, Person, decode_cursor, encode_cursor, iso
+from read_models.conversation import CONVERSATIONS, Person, decode_cursor, encode_cursor, iso
 from read_models.migrations import PROJECTOR_TABLES, Migration, ReadModel
 
 TABLES = (

@@ -12,14 +12,19 @@ optional whole-payload cipher) and adds two things Parley needs:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
+import pkgutil
+import sys
 from base64 import b64decode, b64encode
 from typing import Any
 
 import msgspec
 from eventsourcing.persistence import Cipher, Compressor, Mapper, StoredEvent, Transcoder
-from eventsourcing.utils import get_topic, resolve_topic
+from eventsourcing.utils import TopicError, get_topic, register_topic, resolve_topic
 
+import domain
 from domain.messages import Event
 from streams.keys import KeyStore
 
@@ -46,6 +51,40 @@ class MsgspecTranscoder(Transcoder):
 @functools.lru_cache(maxsize=1024)
 def _typed_decoder(type_: type[Any]) -> msgspec.json.Decoder[Any]:
     return msgspec.json.Decoder(type_)
+
+
+# A topic names an event class in the log, so it never changes. A domain module renamed since its
+# events were first stored says where that was (``STORED_AS = "domain.agent_pool"``): its events
+# keep that topic (``topic_of``), and the old topic resolves to the class in its new module.
+
+
+@functools.lru_cache(maxsize=1024)
+def topic_of(cls: type[Event]) -> str:
+    """The topic an event class is stored under."""
+    stored_as = getattr(sys.modules.get(cls.__module__), "STORED_AS", None)
+    if stored_as is None:
+        return get_topic(cls)
+    topic = f"{stored_as}:{cls.__qualname__}"
+    with contextlib.suppress(TopicError):
+        register_topic(topic, cls)
+    return topic
+
+
+def resolve_event(topic: str) -> type[Event]:
+    """The event class a stored topic names, also under a module's former name."""
+    try:
+        found: type[Event] = resolve_topic(topic)
+        return found
+    except TopicError:
+        module = topic.partition(":")[0]
+        for name in pkgutil.iter_modules(domain.__path__):  # the domain modules, whichever are loaded
+            candidate = importlib.import_module(f"domain.{name.name}")
+            if getattr(candidate, "STORED_AS", None) == module:
+                with contextlib.suppress(TopicError):
+                    register_topic(module, candidate)
+                found = resolve_topic(topic)
+                return found
+        raise
 
 
 class Pending(msgspec.Struct, frozen=True):
@@ -88,12 +127,12 @@ class EventMapper(Mapper[Any]):
         return StoredEvent(
             originator_id=domain_event.originator_id,
             originator_version=domain_event.originator_version,
-            topic=get_topic(type(event)),
+            topic=topic_of(type(event)),
             state=state,
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> Pending:
-        cls: type[Event] = resolve_topic(stored_event.topic)
+        cls = resolve_event(stored_event.topic)
         state = stored_event.state
         if self.cipher:
             state = self.cipher.decrypt(state)

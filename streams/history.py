@@ -26,7 +26,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from domain import agent_config as a
+from domain import config as a
 from domain import conversation as c
 from domain.errors import NotFoundError, ValidationError
 from domain.messages import Decider, Event

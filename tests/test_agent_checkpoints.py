@@ -13,7 +13,7 @@ import psycopg
 import pytest_asyncio
 
 from agents.checkpoints import SCHEMA, TurnCheckpoints
-from agents.config_source import DemoConfigs
+from agents.config import DemoConfigs
 from agents.demo_data import setup_demo_data
 from agents.runtime import AgentRuntime
 from agents.tools import DemoTools, ToolRegistry, connect_url

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from agents.config import (
+from agents.llm.port import ToolSpec
+from agents.tools import demo_registry
+from domain.bot import (
     DEFAULT_FRUSTRATION_THRESHOLD,
     AgentConfig,
     Issue,
@@ -23,7 +25,6 @@ from agents.config import (
     validate_config,
     validation_report,
 )
-from agents.tools import demo_registry
 from domain.errors import ValidationError
 
 CONFIGS = Path(__file__).parent.parent / "agents" / "configs"
@@ -90,7 +91,7 @@ def test_a_minimal_config_loads_with_defaults() -> None:
 
     [fetch] = config.tools
     assert (fetch.timeout_seconds, fetch.on_failure) == (30.0, "fallback")
-    assert fetch.spec().extra["x-parley-patterns"]["triggers"] == ["order"]
+    assert ToolSpec.of(fetch).extra["x-parley-patterns"]["triggers"] == ["order"]
     assert config.llm.providers == ["offline"]
 
 

@@ -12,13 +12,13 @@ import psycopg
 import pytest
 import pytest_asyncio
 
-from agents.config import AgentConfig, ToolDefinition, config_from_mapping, load_config
 from agents.demo_data import setup_demo_data
 from agents.graph import chain_for, offline_model, run_turn
+from agents.llm.chain import FallbackChain
+from agents.llm.openai import OpenAIProvider
+from agents.llm.port import ChatMessage, Completion, ProviderUnavailable, ToolSpec, tool_specs
 from agents.tools import ToolFailed, ToolRegistry, connect_url, demo_registry, validate_arguments
-from gateways.llm.chain import FallbackChain
-from gateways.llm.openai import OpenAIProvider
-from gateways.llm.port import ChatMessage, Completion, ProviderUnavailable, ToolSpec
+from domain.bot import AgentConfig, ToolDefinition, config_from_mapping, load_config
 from tests.conftest import fresh_database
 from tests.llm_fakes import openai_api
 from tests.llm_fakes.server import FakeAPI
@@ -327,8 +327,8 @@ async def test_a_tool_round_trip_through_the_openai_adapter(openai_fake: tuple[F
         {"order_id": "ORD-78945"},
     )
     assert all("x-parley-patterns" not in str(tool) for tool in sent["tools"])
-    assert [spec.name for spec in config.tool_specs()] == ["fetch_order_status"]
-    assert isinstance(config.tool_specs()[0], ToolSpec)
+    assert [spec.name for spec in tool_specs(config)] == ["fetch_order_status"]
+    assert isinstance(tool_specs(config)[0], ToolSpec)
 
 
 async def test_a_failing_openai_falls_back_to_offline_and_says_so(openai_fake: tuple[FakeAPI, OpenAIProvider]) -> None:

@@ -12,16 +12,16 @@ from typing import Any
 import psycopg
 import pytest_asyncio
 
-from agents.config_source import DemoConfigs
+from agents.config import DemoConfigs
 from agents.demo_data import setup_demo_data
 from agents.partitions import share
 from agents.runtime import AgentRuntime
 from agents.tools import connect_url, demo_registry
-from commands.agent_pool import AGENT_POOL
 from commands.conversation import CONVERSATION
 from commands.runner import CommandContext, CommandRunner
-from domain import agent_pool as p
 from domain import conversation as c
+from domain import escalation as p
+from domain.escalation import DECIDER as AGENT_POOL
 from streams.factory import OpenStore, StoreSettings, open_store
 from streams.subjects import StreamId
 from tests.conftest import drop, fresh_database, unique_stream

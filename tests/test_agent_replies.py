@@ -14,13 +14,13 @@ import pytest_asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.config import AgentConfig, ToolDefinition, config_from_mapping, load_config
 from agents.demo_data import setup_demo_data
 from agents.graph import chain_for, run_turn, well_formed
+from agents.llm.offline import OfflineModel, correct_typos, detect_language, phrase
+from agents.llm.port import ChatMessage, ToolCallRequest, tool_specs
 from agents.rules import CrossSell, offer_response
 from agents.tools import ToolContext, ToolFailed, ToolRegistry, connect_url, demo_registry
-from gateways.llm.offline import OfflineModel, correct_typos, detect_language, phrase
-from gateways.llm.port import ChatMessage, ToolCallRequest
+from domain.bot import AgentConfig, ToolDefinition, config_from_mapping, load_config
 from tests.conftest import fresh_database
 
 CONFIGS = Path(__file__).parent.parent / "agents" / "configs"
@@ -39,7 +39,7 @@ def plan(config: AgentConfig, *turns: str) -> list[tuple[str, dict[str, Any]]]:
     for turn in turns[:-1]:
         messages += [ChatMessage("user", turn), ChatMessage("assistant", "OK")]
     calls, _ = OfflineModel(intents=config.intents, templates=config.templates).plan(
-        [*messages, ChatMessage("user", turns[-1])], config.tool_specs()
+        [*messages, ChatMessage("user", turns[-1])], tool_specs(config)
     )
     return [(tool.name, arguments) for tool, arguments in calls]
 
@@ -63,7 +63,7 @@ def test_a_required_argument_comes_from_an_earlier_turn_an_optional_one_does_not
         ChatMessage("assistant", "Done."),
         ChatMessage("user", "now refund ORD-10002 as well"),
     ]
-    calls, _ = OfflineModel(intents=SUPPORT.intents).plan(history, SUPPORT.tool_specs())
+    calls, _ = OfflineModel(intents=SUPPORT.intents).plan(history, tool_specs(SUPPORT))
     assert [(tool.name, arguments) for tool, arguments in calls] == [("initiate_refund", {"order_id": "ORD-10002"})]
 
 
@@ -499,7 +499,7 @@ def test_trigger_phrases_allow_small_words_between_their_words(trigger: str, tex
 
 async def test_a_message_that_only_gives_a_detail_is_acknowledged() -> None:
     completion = await OfflineModel(templates=SUPPORT.templates).complete(
-        [ChatMessage("user", "my email is jo@example.com")], tools=SUPPORT.tool_specs()
+        [ChatMessage("user", "my email is jo@example.com")], tools=tool_specs(SUPPORT)
     )
 
     assert completion.tool_calls == [] and completion.text == "Thanks, I've noted that. What can I help you with?"
@@ -513,7 +513,7 @@ def test_the_offline_model_answers_any_conversation(turns: list[str]) -> None:
     for turn in turns[:-1]:
         messages += [ChatMessage("user", turn), ChatMessage("assistant", "OK")]
 
-    completion = asyncio.run(model.complete([*messages, ChatMessage("user", turns[-1])], tools=SUPPORT.tool_specs()))
+    completion = asyncio.run(model.complete([*messages, ChatMessage("user", turns[-1])], tools=tool_specs(SUPPORT)))
 
     assert completion.text.strip() or completion.tool_calls
     assert "{{" not in completion.text and "[[" not in completion.text

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest_asyncio
 
-from agents.config_source import DemoConfigs
+from agents.config import DemoConfigs
 from agents.demo_data import setup_demo_data
 from agents.runtime import AgentRuntime
 from agents.tools import connect_url, demo_registry

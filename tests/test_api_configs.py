@@ -15,7 +15,7 @@ import uvicorn
 import yaml
 from litestar.testing import AsyncTestClient
 
-from commands.config_monitor import MonitorSettings
+from commands.config import MonitorSettings
 from gateways.http.app import create_app
 from tests.api_support import api_client, bearer, settings_for
 from tests.conftest import delete_stream, fresh_database, unique_stream

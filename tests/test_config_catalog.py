@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest_asyncio
 
-from commands.configs import AGENT_CONFIG, CONFIG_MEMBERS, SYSTEM, ConfigCatalog, ConfigService, ensure_demo_configs
+from commands.config import AGENT_CONFIG, CONFIG_MEMBERS, SYSTEM, ConfigCatalog, ConfigService, ensure_demo_configs
 from commands.runner import CommandRunner
-from domain import agent_config as a
+from domain import config as a
 from streams.factory import OpenStore, StoreSettings, open_store
 from tests.conftest import drop, unique_stream
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain import agent_config as a
-from domain import config_permissions as perms
+from domain import config as a
+from domain import permissions as perms
 from domain.errors import IllegalStateError, NotFoundError, PermissionDeniedError, ValidationError
 from tests.decider import DeciderSpec
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from agents.config import AgentConfig, load_config
 from agents.graph import chain_for, run_turn
+from agents.llm.port import ChatMessage
 from agents.preview import Expectation, Scenario, expectations, recorded_turns, replay_conversation
 from agents.tools import ToolRegistry
 from domain import conversation as c
+from domain.bot import AgentConfig, load_config
 from domain.messages import Event
-from gateways.llm.port import ChatMessage
 from streams.store import EventMeta, RecordedEvent
 from streams.subjects import StreamId
 

@@ -11,9 +11,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.config import config_document, load_config
-from domain import config_permissions as perms
-from domain.config_rules import ConfigComparison, compare
+from domain import permissions as perms
+from domain.bot import config_document, load_config
+from domain.bot_changes import ConfigComparison, compare
 from domain.errors import ValidationError
 
 CONFIGS = Path(__file__).parent.parent / "agents" / "configs"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from agents.config_source import VersionedConfigs
-from domain import agent_config as a
+from agents.config import VersionedConfigs
+from domain import config as a
 
 T0 = datetime(2025, 10, 20, tzinfo=UTC)
 BASE = (Path(__file__).resolve().parent.parent / "agents" / "configs" / "support_bot.yaml").read_text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from domain import agent_pool as p
+from domain import escalation as p
 from tests.decider import DeciderSpec
 
 T0 = datetime(2025, 10, 11, 10, 0, tzinfo=UTC)

@@ -15,13 +15,13 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.testing import AsyncTestClient
 
-from commands.agent_pool import AGENT_POOL
-from commands.configs import AGENT_CONFIG
+from commands.config import AGENT_CONFIG
 from commands.conversation import CONVERSATION
 from commands.runner import CommandContext, CommandRunner
-from domain import agent_config as a
+from domain import config as a
 from domain import conversation as c
 from domain.errors import NotFoundError, ValidationError
+from domain.escalation import DECIDER as AGENT_POOL
 from gateways.http.audit import AuditController
 from gateways.http.auth import jwt_auth
 from gateways.http.errors import EXCEPTION_HANDLERS

@@ -25,10 +25,10 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateways.llm.anthropic import AnthropicProvider
-from gateways.llm.chain import TRANSIENT, Fallback, FallbackChain
-from gateways.llm.factory import chain_from_config, names_from_setting, providers_from_config
-from gateways.llm.offline import (
+from agents.llm.anthropic import AnthropicProvider
+from agents.llm.chain import TRANSIENT, Fallback, FallbackChain
+from agents.llm.factory import chain_from_config, names_from_setting, providers_from_config
+from agents.llm.offline import (
     DEFAULT_INTENTS,
     LAST_RESORT,
     OfflineModel,
@@ -37,8 +37,8 @@ from gateways.llm.offline import (
     render_first,
     render_template,
 )
-from gateways.llm.openai import OpenAIProvider
-from gateways.llm.port import (
+from agents.llm.openai import OpenAIProvider
+from agents.llm.port import (
     ChatMessage,
     Completion,
     LLMProvider,
@@ -264,7 +264,7 @@ class RemoteProviderContract(ProviderContract):
         with pytest.raises(ProviderError) as raised:
             await harness.provider.complete([user("Hi")], system=SYSTEM, tools=[], timeout=OK)
 
-        assert type(raised.value).__module__ == "gateways.llm.port"
+        assert type(raised.value).__module__ == "agents.llm.port"
         assert not isinstance(raised.value, anthropic.AnthropicError | openai.OpenAIError)
 
     async def test_a_tool_message_without_its_call_id_is_rejected_before_sending(self, harness: Harness) -> None:
@@ -508,7 +508,7 @@ def test_an_unknown_provider_name_fails_fast_with_its_name() -> None:
 
 
 def test_importing_the_package_loads_no_sdk_and_opens_nothing() -> None:
-    probe = "import sys, gateways.llm; print(sorted({'anthropic', 'openai', 'httpx2'} & set(sys.modules)))"
+    probe = "import sys, agents.llm; print(sorted({'anthropic', 'openai', 'httpx2'} & set(sys.modules)))"
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True).stdout
 

@@ -27,7 +27,6 @@ import pytest_asyncio
 from psycopg import errors, sql
 from psycopg_pool import AsyncConnectionPool
 
-from domain.agent_pool import EscalationRouted, HumanAgentRegistered
 from domain.conversation import (
     AgentReplied,
     ConversationClosed,
@@ -43,18 +42,19 @@ from domain.conversation import (
     ToolCall,
     UserMessageReceived,
 )
+from domain.escalation import EscalationRouted, HumanAgentRegistered
 from domain.messages import Event
 from projections import registry
 from projections.batches import DeadLetter, decode, record_dead_letters
 from projections.checkpoints import wait_for_position
-from projections.conversations import ConversationsProjector
+from projections.conversation import ConversationsProjector
 from projections.projector import NotReplayable, Replay
 from projections.rebuild import rebuild
 from projections.runner import ProjectorRunner
 from projections.status import metrics_text
-from read_models import conversations as conversation_queries
+from read_models import conversation as conversation_queries
 from read_models import escalation as escalation_queries
-from read_models.conversations import CONVERSATIONS
+from read_models.conversation import CONVERSATIONS
 from read_models.migrations import applied_versions, migrate
 from streams.codec import Pending
 from streams.factory import OpenStore

@@ -1,13 +1,13 @@
 """Language models behind one port: Anthropic, OpenAI, and an offline rule-based model, in a fallback chain.
 
-The SDK adapters live in ``gateways.llm.anthropic`` and ``gateways.llm.openai`` and are imported
+The SDK adapters live in ``agents.llm.anthropic`` and ``agents.llm.openai`` and are imported
 only by whoever builds them (``factory``), so importing this package loads neither SDK.
 """
 
-from gateways.llm.chain import ChainResult, Fallback, FallbackChain
-from gateways.llm.factory import chain_from_config, names_from_setting, providers_from_config
-from gateways.llm.offline import Analysis, OfflineModel, render_template
-from gateways.llm.port import (
+from agents.llm.chain import ChainResult, Fallback, FallbackChain
+from agents.llm.factory import chain_from_config, names_from_setting, providers_from_config
+from agents.llm.offline import Analysis, OfflineModel, render_template
+from agents.llm.port import (
     ChatMessage,
     Completion,
     LLMProvider,

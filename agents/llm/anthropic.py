@@ -15,8 +15,8 @@ import anthropic
 import structlog
 from anthropic.types import Message, MessageParam, ToolParam
 
-from gateways.llm.http_errors import error_from_status
-from gateways.llm.port import (
+from agents.llm.http_errors import error_from_status
+from agents.llm.port import (
     ChatMessage,
     Completion,
     ProviderError,

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 import msgspec
 import structlog
 
-from gateways.llm.port import (
+from agents.llm.port import (
     ChatMessage,
     Completion,
+    Fallback,
     LLMProvider,
     ProviderError,
     ProviderRateLimited,
@@ -27,16 +28,6 @@ from gateways.llm.port import (
 log = structlog.get_logger(__name__)
 
 TRANSIENT: tuple[type[ProviderError], ...] = (ProviderTimeout, ProviderUnavailable, ProviderRateLimited)
-
-
-class Fallback(msgspec.Struct, frozen=True):
-    """``from_provider`` failed with ``reason`` (its error code) after ``elapsed_ms``; ``to_provider`` went next."""
-
-    from_provider: str
-    to_provider: str
-    reason: str
-    error: str
-    elapsed_ms: float = 0.0
 
 
 class ChainResult(msgspec.Struct, frozen=True):

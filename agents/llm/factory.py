@@ -11,13 +11,14 @@ from collections.abc import Mapping, Sequence
 
 import structlog
 
-from gateways.llm.chain import FallbackChain
-from gateways.llm.offline import OfflineModel
-from gateways.llm.port import LLMProvider
+from agents.llm.chain import FallbackChain
+from agents.llm.offline import OfflineModel
+from agents.llm.port import LLMProvider
+from domain.bot import KNOWN_PROVIDERS
 
 log = structlog.get_logger(__name__)
 
-KNOWN = ("anthropic", "openai", "offline")
+KNOWN = KNOWN_PROVIDERS
 
 
 def providers_from_config(
@@ -30,7 +31,7 @@ def providers_from_config(
         match name:
             case "anthropic":
                 if key := env.get("ANTHROPIC_API_KEY", "").strip():
-                    from gateways.llm import anthropic
+                    from agents.llm import anthropic
 
                     providers.append(
                         anthropic.AnthropicProvider(
@@ -43,7 +44,7 @@ def providers_from_config(
                     log.info("llm.provider_skipped", provider=name, unset="ANTHROPIC_API_KEY")
             case "openai":
                 if key := env.get("OPENAI_API_KEY", "").strip():
-                    from gateways.llm import openai
+                    from agents.llm import openai
 
                     providers.append(
                         openai.OpenAIProvider(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gateways.llm.port import (
+from agents.llm.port import (
     ProviderError,
     ProviderRateLimited,
     ProviderRejected,

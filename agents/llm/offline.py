@@ -59,11 +59,11 @@ from typing import Any
 import msgspec
 import structlog
 
-from gateways.llm.port import ChatMessage, Completion, ProviderRejected, ToolCallRequest, ToolSpec
+from agents.llm.port import ChatMessage, Completion, ProviderRejected, ToolCallRequest, ToolSpec
+from domain.bot import PATTERNS_KEY, ToolPatterns
 
 log = structlog.get_logger(__name__)
 
-PATTERNS_KEY = "x-parley-patterns"
 FILLERS = frozenset({"the", "a", "an", "my", "your", "our", "me", "this", "that", "its", "it", "us", "for"})
 MAX_CALLS_PER_TOOL = 3  # "status of ORD-1, ORD-2 and ORD-3": one call each, no more
 
@@ -433,15 +433,6 @@ class Analysis(msgspec.Struct, frozen=True):
     wants_human: bool
     intents: list[str] = []
     language: str = "en"
-
-
-class ToolPatterns(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A tool's ``x-parley-patterns`` block."""
-
-    intents: list[str] = []
-    triggers: list[str] = []
-    arguments: dict[str, str] = {}
-    default_for: list[str] = []
 
 
 class _Candidate(msgspec.Struct):

@@ -16,8 +16,8 @@ import openai
 import structlog
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam, ChatCompletionToolUnionParam
 
-from gateways.llm.http_errors import error_from_status
-from gateways.llm.port import (
+from agents.llm.http_errors import error_from_status
+from agents.llm.port import (
     ChatMessage,
     Completion,
     ProviderError,

@@ -8,14 +8,12 @@ no SDK type or exception leaves ``gateways/llm``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import msgspec
 
+from domain.bot import PATTERNS_KEY, AgentConfig, ToolDefinition
 from domain.errors import ParleyError
-
-if TYPE_CHECKING:
-    from gateways.llm.chain import Fallback
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -51,6 +49,12 @@ class ToolSpec(msgspec.Struct, frozen=True):
     extra: dict[str, Any] = {}
 
     @classmethod
+    def of(cls, tool: ToolDefinition) -> ToolSpec:
+        """A config's tool as the model sees it (its offline patterns in ``extra``)."""
+        extra = {} if tool.patterns is None else {PATTERNS_KEY: msgspec.to_builtins(tool.patterns)}
+        return cls(name=tool.name, description=tool.description, parameters=tool.parameters, extra=extra)
+
+    @classmethod
     def from_mapping(cls, spec: Mapping[str, Any]) -> ToolSpec:
         """A tool as the agent YAML declares it: ``name``, ``description``, ``parameters`` and any ``x-`` keys."""
         return cls(
@@ -84,6 +88,16 @@ class LLMProvider(Protocol):
         tools: list[ToolSpec],
         timeout: float,  # noqa: ASYNC109  (a deadline the adapter enforces itself)
     ) -> Completion: ...
+
+
+class Fallback(msgspec.Struct, frozen=True):
+    """``from_provider`` failed with ``reason`` (its error code) after ``elapsed_ms``; ``to_provider`` went next."""
+
+    from_provider: str
+    to_provider: str
+    reason: str
+    error: str
+    elapsed_ms: float = 0.0
 
 
 class ProviderError(ParleyError):
@@ -128,3 +142,8 @@ class ProviderRateLimited(ProviderError):
     def __init__(self, message: str, *, provider: str, retry_after: float | None = None, **details: Any) -> None:
         super().__init__(message, provider=provider, retry_after=retry_after, **details)
         self.retry_after = retry_after
+
+
+def tool_specs(config: AgentConfig) -> list[ToolSpec]:
+    """The config's tools as the model sees them."""
+    return [ToolSpec.of(tool) for tool in config.tools]

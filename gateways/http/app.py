@@ -14,9 +14,9 @@ from gateways.http.analytics import AnalyticsAdminController, AnalyticsControlle
 from gateways.http.audit import AuditController
 from gateways.http.auth import jwt_auth
 from gateways.http.call import CallController
-from gateways.http.configs import ConfigController
+from gateways.http.config import ConfigController
 from gateways.http.console import console_router
-from gateways.http.conversations import ConversationController
+from gateways.http.conversation import ConversationController
 from gateways.http.errors import EXCEPTION_HANDLERS
 from gateways.http.escalation import EscalationController
 from gateways.http.observability import health, metrics, request_context

@@ -1,6 +1,6 @@
 """The seed's Configuration Management Service: agent configs as events, over HTTP.
 
-Writes are commands on the config's aggregate (``commands.configs.ConfigService``); what a caller
+Writes are commands on the config's aggregate (``commands.config.ConfigService``); what a caller
 may do follows the seed's permission matrix from their roles and the tenant's overrides, and a
 refusal is a 403 that appends nothing. Reads come from the ``configs`` read model and wait, like
 every query, for a ``min_position`` or ``X-Parley-Position`` when one is given.
@@ -19,18 +19,18 @@ from litestar import Controller, Request, Response, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from agents.config import Issue, apply_changes, config_from_mapping, config_json_schema, parse_yaml
 from agents.preview import Scenario, run_scenarios
 from commands.runner import Outcome
-from domain import agent_config as a
-from domain import config_permissions as perms
+from domain import config as a
+from domain import permissions as perms
+from domain.bot import Issue, apply_changes, config_from_mapping, config_json_schema, parse_yaml
 from domain.errors import NotFoundError, PermissionDeniedError, ValidationError
 from gateways.http.auth import Identity, requires
-from gateways.http.conversations import iso as _iso
-from gateways.http.conversations import now as _now
-from gateways.http.conversations import position_header
+from gateways.http.conversation import iso as _iso
+from gateways.http.conversation import now as _now
+from gateways.http.conversation import position_header
 from gateways.http.platform import Platform
-from read_models import configs as q
+from read_models import config as q
 
 ConfigId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 Yaml = Annotated[str, msgspec.Meta(min_length=1, max_length=200_000)]

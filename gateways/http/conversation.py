@@ -46,7 +46,7 @@ from gateways.http.common import (
 )
 from gateways.http.fields import Attachments, Context, Name, Text
 from gateways.http.platform import Platform
-from read_models.conversations import ConversationFilter, ConversationPage, ConversationView
+from read_models.conversation import ConversationFilter, ConversationPage, ConversationView
 from streams.store import RecordedEvent
 from streams.subjects import StreamId, type_subjects
 

@@ -18,12 +18,12 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from commands.agent_pool import AGENT_POOL
 from commands.conversation import CONVERSATION
 from commands.runner import Outcome
-from domain import agent_pool as p
 from domain import conversation as c
+from domain import escalation as p
 from domain.errors import NotFoundError, PermissionDeniedError
+from domain.escalation import DECIDER as AGENT_POOL
 from gateways.http.auth import Identity, requires
 from gateways.http.common import (
     STAFF,

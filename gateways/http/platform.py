@@ -12,27 +12,32 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from agents.checkpoints import TurnCheckpoints
-from agents.config_source import VersionedConfigs
+from agents.config import VersionedConfigs
 from agents.demo_data import setup_demo_data
 from agents.preview import replay_history
 from agents.runtime import AgentRuntime
 from agents.settings import AgentSettings
 from agents.tools import demo_registry
-from commands.agent_pool import AGENT_POOL
-from commands.config_monitor import ConfigMonitor
-from commands.configs import AGENT_CONFIG, CONFIG_MEMBERS, ConfigCatalog, ConfigService, ensure_demo_configs
+from commands.config import (
+    AGENT_CONFIG,
+    CONFIG_MEMBERS,
+    ConfigCatalog,
+    ConfigMonitor,
+    ConfigService,
+    ensure_demo_configs,
+)
 from commands.conversation import CONVERSATION, reply_command_id
 from commands.escalation import Escalations
 from commands.runner import CommandRunner
 from domain import conversation as c
-from gateways.http.config_reads import ConfigReads
+from domain.escalation import DECIDER as AGENT_POOL
 from gateways.http.limits import Limits
 from gateways.http.positions import PositionWatcher
 from gateways.http.settings import ApiSettings
 from projections.analytics.service import AnalyticsService
-from read_models import configs as config_queries
+from read_models import config as config_queries
 from read_models.analytics import AnalyticsQueries
-from read_models.configs import CONFIGS
+from read_models.config import CONFIGS, ConfigReads
 from streams.factory import OpenStore, open_store
 from streams.subjects import StreamId
 from streams.watch import Expected
@@ -49,7 +54,7 @@ class Platform:
         redis: Redis,
     ) -> None:
         from projections import registry
-        from read_models import conversations as queries
+        from read_models import conversation as queries
         from read_models import escalation as escalation_queries
 
         self.settings = settings

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import msgspec
 
-from commands.config_monitor import MonitorSettings
+from commands.config import MonitorSettings
 from domain.errors import ValidationError
 from projections.analytics.sink import AnalyticsSettings
 from streams.factory import DEFAULT_DATA, StoreSettings

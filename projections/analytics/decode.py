@@ -26,11 +26,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from eventsourcing.utils import resolve_topic
 
 from domain.messages import Event
 from projections.analytics.schema import EventRow
-from streams.codec import PII_KEY, MsgspecTranscoder
+from streams.codec import PII_KEY, MsgspecTranscoder, resolve_event
 from streams.errors import EventDecodeError
 from streams.jetstream import RawMessage
 from streams.store import Commit, EventStore
@@ -73,7 +72,7 @@ class _EventClass:
 
 @functools.lru_cache(maxsize=1024)
 def event_class(topic_or_class: str | type[Event]) -> _EventClass:
-    cls = resolve_topic(topic_or_class) if isinstance(topic_or_class, str) else topic_or_class
+    cls = resolve_event(topic_or_class) if isinstance(topic_or_class, str) else topic_or_class
     return _EventClass(cls)
 
 
