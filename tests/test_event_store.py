@@ -358,3 +358,18 @@ async def test_a_cached_aggregate_still_sees_what_another_process_appended(open_
     await other.append(sid, [Incremented(amount=5)], expected_version=1)
     fresh = await repo.load("acme", sid.aggregate_id)
     assert fresh.from_cache and fresh.events_folded == 1 and (fresh.state.total, fresh.version) == (6, 2)
+
+
+def test_an_event_keeps_its_stored_topic_when_its_module_is_renamed() -> None:
+    """Topics name events in the log: a renamed domain module's events keep the topic they were first
+    stored under, and that topic resolves to the class in its new module."""
+    from domain import config, escalation, permissions
+    from domain import conversation as c
+    from streams.codec import resolve_event, topic_of
+
+    assert topic_of(escalation.HumanAgentRegistered) == "domain.agent_pool:HumanAgentRegistered"
+    assert topic_of(config.ConfigVersionCreated) == "domain.agent_config:ConfigVersionCreated"
+    assert topic_of(permissions.MemberPermissionsSet) == "domain.config_members:MemberPermissionsSet"
+    assert resolve_event("domain.agent_pool:EscalationQueued") is escalation.EscalationQueued
+    assert resolve_event("domain.config_members:MemberPermissionsSet") is permissions.MemberPermissionsSet
+    assert topic_of(c.UserMessageReceived) == "domain.conversation:UserMessageReceived"  # not moved: as it was
