@@ -104,9 +104,11 @@ class _Waker:
         seconds = int(self.SLICE)
         timeval = struct.pack("ll", seconds, int((self.SLICE - seconds) * 1_000_000))
         self._recv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        self._send.setblocking(False)
 
     def wake(self) -> None:
-        self._send.send(b"\0")
+        with contextlib.suppress(BlockingIOError):  # a full buffer: the thread has wake-ups to read already
+            self._send.send(b"\0")
 
     def wait(self, call: Call[Any], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -216,12 +218,12 @@ class LoopThread:
     until the work is settled. Many threads call at once (an application saved from a thread
     pool), so the hand-over is kept cheap: callers queue their work and only the first of a
     burst wakes the loop, which starts every queued call in the same turn; each caller waits
-    on an eventfd of its own, written as soon as its work is settled.
+    on a socket of its own, written to as soon as its work is settled.
 
-    A ``call`` made while the loop is waiting for answers it was told to expect (``expect``)
-    does not wake it at all: the loop takes the queue when the next answer comes in
-    (``answered``). Under load that spares most wake-ups (a system call and a switch to the
-    loop's thread each); a write could not go out before then anyway, one burst being in flight.
+    A ``lazy`` call made while the loop is waiting for answers it was told to expect
+    (``expect``) does not wake it at all: the loop takes the queue when the next answer comes in
+    (``answered``), in the turn it wakes up for anyway. Under load that spares most wake-ups (a
+    system call and a switch to the loop's thread each).
     """
 
     def __init__(self, name: str, *, timeout: float = 60.0) -> None:
@@ -687,6 +689,9 @@ class StreamCore:
     def close(self) -> None:
         """(On the loop.) Fail the writes still waiting: their threads are told now, not at their timeout."""
         waiting = [*self._waiting.values(), *self._outbox]
+        if self.runner is not None:
+            for _ in self._waiting:
+                self.runner.answered()
         self._waiting.clear()
         self._outbox.clear()
         for pending in waiting:
