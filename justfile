@@ -105,3 +105,13 @@ seed-history N *ARGS:
 [positional-arguments]
 bench-console *ARGS:
     @{{ python }} -m bench.console "$@"
+
+# Phone the running platform over the Twilio path: each argument a caller turn ("dtmf:78945#", "wav:FILE", "!barge in"); prints the live transcript, saves the agent's audio
+[positional-arguments]
+call *ARGS:
+    @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m voice_worker.phone "$@"
+
+# Benchmark voice calls over the Twilio path: turn latency (offline pipeline, instant STT/TTS stand-ins), concurrent calls without late frames (--quick)
+[positional-arguments]
+bench-voice *ARGS:
+    @{{ python }} -m bench.voice "$@"

@@ -75,6 +75,7 @@ class VoiceStack:
         recordings: RecordingStore | None = None,
         publish: Publish | None = None,
         vad_model: vad.VAD | None = None,
+        speech: Callable[[AgentConfig], SpeechChoice] | None = None,
     ) -> None:
         self.calls = calls
         self.tools = tools
@@ -83,6 +84,7 @@ class VoiceStack:
         self.recordings = recordings
         self.publish = publish
         self._vad = vad_model
+        self.speech = speech  # chooses each call's STT and TTS (default: ``choose_speech`` from the env)
         self._chains: dict[int, Any] = {}
         self.sessions: dict[str, CallSession] = {}
         self._http: aiohttp.ClientSession | None = None
@@ -189,7 +191,11 @@ class CallSession:
         self._output = audio_output
         self.recorder = CallRecorder(stack.calls, tenant, self.call_id)
         remote = any(stack.env.get(k) for k in ("DEEPGRAM_API_KEY", "ELEVEN_API_KEY", "ELEVENLABS_API_KEY"))
-        self.speech: SpeechChoice = choose_speech(config, stack.env, stack.vad, stack.http if remote else None)
+        self.speech: SpeechChoice = (
+            stack.speech(config)
+            if stack.speech is not None
+            else choose_speech(config, stack.env, stack.vad, stack.http if remote else None)
+        )
         context = ToolContext(tenant=tenant, conversation_id=self.call_id, user_id=call.user_id)
         hooks = TurnHooks(
             sentiment=self._sentiment,

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gateways.speech.audio import pcm16_to_ulaw, read_wav, resample_pcm16, ulaw_to_pcm16
 from gateways.speech.offline import espeak_pcm
 
@@ -121,6 +123,8 @@ class Phone:
         self._seq = 0
         self._stopped = asyncio.Event()
         self._on_agent_audio = on_agent_audio
+        self._voiced: set[int] = set()
+        self._last_voiced: float | None = None
 
     @property
     def tick(self) -> float:
@@ -189,6 +193,8 @@ class Phone:
         done = asyncio.get_running_loop().create_future()
         for frame in frames:
             self._outgoing.put_nowait(frame)
+            if _voiced(frame):
+                self._voiced.add(id(frame))
         self._outgoing.put_nowait(b"")  # marks the end of the turn
         self._turn_future = done
         await done
@@ -223,11 +229,17 @@ class Phone:
                 frame = SILENCE
             if frame == b"":
                 self._turn_done()
+                if self._last_voiced is not None:  # the turn ends with the caller's last sound
+                    self._turn_ended_at = self._last_voiced
+                    self._last_voiced = None
                 future = getattr(self, "_turn_future", None)
                 if future is not None and not future.done():
                     future.set_result(None)
                 continue
             chunk += 1
+            if id(frame) in self._voiced:
+                self._voiced.discard(id(frame))
+                self._last_voiced = time.perf_counter()
             await self._emit(
                 {
                     "event": "media",
@@ -291,6 +303,12 @@ class Phone:
         self.record.marks_echoed += 1
         with contextlib.suppress(Exception):
             await self._emit({"event": "mark", "mark": {"name": name}})
+
+
+def _voiced(frame: bytes) -> bool:
+    """A frame with speech in it (not the silence espeak-ng leaves around words)."""
+    samples = np.frombuffer(ulaw_to_pcm16(frame), dtype=np.int16).astype(np.float64)
+    return float(np.sqrt(np.mean(samples**2))) > 300
 
 
 def save_wav(path: Path, pcm16: bytes, rate: int = 8000) -> None:

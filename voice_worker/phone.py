@@ -1,0 +1,150 @@
+"""``./parley call "I want to check my order" "ORD-78945" ...``: a phone call in a terminal.
+
+Plays a caller over the Twilio path against the running platform: asks its Twilio webhook for
+TwiML (signed like Twilio when ``TWILIO_AUTH_TOKEN`` is set), opens the media stream it names, and
+speaks each argument with espeak-ng (``wav:FILE`` plays a file, ``dtmf:78945#`` presses keys,
+``!words`` talks over the agent). An identifier such as ``ORD-78945`` is typed on the keypad
+(``78945#``), as IVR callers do: the agent reads the digits as the identifier it just asked for.
+The live transcript is printed as it happens (the transcript websocket) and the agent's audio is
+saved to a WAV file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+
+from gateways.telephony.phone import Phone, Turn, save_wav
+from gateways.telephony.twilio import call_id_for
+
+IDENTIFIER = re.compile(r"^([A-Z]{2,5})-(\d+)$")
+
+
+def turns(items: list[str]) -> list[Turn]:
+    out: list[Turn] = []
+    for item in items:
+        if m := IDENTIFIER.match(item.strip()):
+            out.append(Turn(keys=f"{m.group(2)}#"))  # typed: the agent asked for it, prefix and all
+        else:
+            out.append(Turn.parse(item))
+    return out
+
+
+def signature(token: str, url: str, params: dict[str, str]) -> str:
+    payload = url + "".join(f"{k}{params[k]}" for k in sorted(params))
+    return base64.b64encode(hmac.new(token.encode(), payload.encode(), hashlib.sha1).digest()).decode()
+
+
+async def call(api: str, token: str, items: list[str], out: Path, tenant: str, number: str, speed: float) -> int:
+    call_sid = "CA" + uuid.uuid4().hex
+    form = {"CallSid": call_sid, "From": number, "To": "+15550000000", "AccountSid": "AC" + "0" * 32}
+    url = f"{api}/api/v1/voice/twilio/inbound"
+    headers = {"X-Tenant-Slug": tenant}
+    if twilio := os.environ.get("TWILIO_AUTH_TOKEN"):
+        headers["X-Twilio-Signature"] = signature(twilio, url, form)
+    async with httpx.AsyncClient(timeout=30) as http:
+        answered = await http.post(url, data=form, headers=headers)
+    if answered.status_code != 200 or "<Stream" not in answered.text:
+        print(f"the platform did not answer the call: {answered.status_code} {answered.text[:300]}", file=sys.stderr)
+        return 1
+    stream_url = re.search(r'url="([^"]+)"', answered.text).group(1)  # type: ignore[union-attr]
+    parameters = dict(re.findall(r'<Parameter name="([^"]+)" value="([^"]*)"', answered.text))
+    call_id = call_id_for(tenant, call_sid)
+    print(f"call {call_id} ({number} -> {tenant})")
+    ws_api = api.replace("http", "ws", 1)
+    greeted = asyncio.Event()
+    async with websockets.connect(stream_url, max_size=None) as media:
+
+        async def send(message: dict[str, Any]) -> None:
+            await media.send(json.dumps(message))
+
+        async def receive() -> dict[str, Any] | None:
+            try:
+                return json.loads(await media.recv())  # type: ignore[no-any-return]
+            except websockets.ConnectionClosed:
+                return None
+
+        phone = Phone(send, receive, parameters=parameters, call_sid=call_sid, from_number=number, speed=speed,
+                      on_agent_audio=greeted.set)  # fmt: skip
+        calling = asyncio.create_task(phone.call(turns(items)))
+        await asyncio.wait_for(greeted.wait(), 60)
+        printer = asyncio.create_task(print_transcript(f"{ws_api}/api/v1/voice/calls/{call_id}/transcript", token))
+        record = await calling
+        try:
+            await asyncio.wait_for(printer, 15)
+        except TimeoutError:
+            printer.cancel()
+    save_wav(out, bytes(record.agent_audio))
+    latencies = ", ".join(f"{s * 1000:.0f} ms" for s in record.turn_latencies)
+    print(f"agent audio: {out} ({len(record.agent_audio) / 16000:.1f} s); turn latencies: {latencies or '-'}")
+    async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
+        for _ in range(50):
+            status = (await http.get(f"{api}/api/v1/voice/calls/{call_id}")).json()
+            if status.get("status") == "ended":
+                break
+            await asyncio.sleep(0.2)
+    print(
+        f"status: {status.get('status')}, tools: {[t['tool'] for t in status.get('tools_executed', [])]}, "
+        f"transfer: {(status.get('transfer') or {}).get('agent_name') or '-'}, "
+        f"recording: {status.get('recording_url') or '-'}"
+    )
+    return 0
+
+
+async def print_transcript(url: str, token: str) -> None:
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as live:
+        async for raw in live:
+            message = json.loads(raw)
+            match message.get("event"):
+                case "transcript_final":
+                    source = " (keypad)" if message.get("source") == "dtmf" else ""
+                    print(f"  caller{source}: {message.get('text')}  [{message.get('confidence')}]")
+                case "agent_response":
+                    tools = ", ".join(t["tool"] for t in message.get("tool_calls", []))
+                    cut = " (interrupted)" if message.get("interrupted") else ""
+                    print(f"  agent{cut}: {message.get('text')}" + (f"  [tools: {tools}]" if tools else ""))
+                case "transfer":
+                    print(f"  -- transfer {message.get('status')} {message.get('target_agent_id') or ''}")
+                case "call_ended":
+                    print(f"  -- call ended: {message.get('resolution_status')}")
+                    return
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="parley call", description=__doc__.split("\n\n")[0])
+    parser.add_argument("turns", nargs="+", help='what the caller says, in order ("dtmf:123#", "wav:file.wav")')
+    parser.add_argument(
+        "--api",
+        default=os.environ.get("PARLEY_API_URL", f"http://127.0.0.1:{os.environ.get('PARLEY_API_PORT', '8000')}"),
+    )
+    parser.add_argument("--token", default=os.environ.get("PARLEY_TOKEN"))
+    parser.add_argument("--tenant", default="demo")
+    parser.add_argument("--from", dest="number", default="+15551234567")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("PARLEY_DATA", ".data")) / "call-agent.wav")
+    parser.add_argument("--speed", type=float, default=1.0)
+    args = parser.parse_args()
+    token = args.token
+    if not token:
+        from gateways.http.auth import make_token
+        from infra.platform import data_root, jwt_secret
+
+        token = make_token(jwt_secret(data_root()), subject="dev", tenant=args.tenant, roles=["org_admin"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(call(args.api.rstrip("/"), token, args.turns, args.out, args.tenant, args.number, args.speed))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
