@@ -160,7 +160,6 @@ class Phone:
         try:
             with contextlib.suppress(TimeoutError):  # the agent greets first (a bot that does not: go on)
                 await asyncio.wait_for(self._agent_spoke.wait(), max_wait / self.speed)
-            await self.wait_quiet(settle, max_wait)
             for turn in script:
                 if not turn.barge_in:
                     await self.wait_quiet(settle, max_wait)
