@@ -39,7 +39,7 @@ import structlog
 from langgraph.graph import END, START, StateGraph
 
 from agents.llm.chain import FallbackChain
-from agents.llm.factory import chain_from_config
+from agents.llm.factory import ProviderKeys, chain_from_config
 from agents.llm.offline import OfflineModel, render_first
 from agents.llm.port import ChatMessage, Fallback, ProviderError, ToolCallRequest, tool_specs
 from agents.rules import (
@@ -130,11 +130,13 @@ def offline_model(config: AgentConfig) -> OfflineModel:
     return OfflineModel(intents=config.intents, templates=config.templates)
 
 
-def chain_for(config: AgentConfig, env: Mapping[str, str], *, timeout: float | None = None) -> FallbackChain:
-    """The config's providers (``llm.providers``), keyed from ``env``, the config-aware offline model last."""
+def chain_for(
+    config: AgentConfig, keys: ProviderKeys | Mapping[str, str], *, timeout: float | None = None
+) -> FallbackChain:
+    """The config's providers (``llm.providers``) that have keys, the config-aware offline model last."""
     return chain_from_config(
         config.llm.providers,
-        env,
+        keys,
         timeout=timeout or config.llm.timeout_seconds,
         offline=offline_model(config),
     )

@@ -33,11 +33,13 @@ from typing import Any
 import msgspec
 
 from agents.graph import TurnResult, chain_for, run_turn
+from agents.llm.factory import ProviderKeys
 from agents.llm.port import ChatMessage
 from agents.tools import ToolContext, ToolFailed, ToolImpl, ToolRegistry
 from domain import conversation as c
 from domain.bot import AgentConfig, ToolDefinition
-from streams.store import RecordedEvent
+from streams.store import EventStore, RecordedEvent
+from streams.subjects import StreamId
 
 READ_ONLY_TOOLS = frozenset({"fetch_order_status"})
 AI_AUTHORS = frozenset({"ai", "agent:ai"})  # ``AgentReplied.author`` of the AI's own replies
@@ -203,7 +205,7 @@ async def run_scenarios(
     config: AgentConfig,
     scenarios: Sequence[Scenario],
     tools: ToolRegistry,
-    env: Mapping[str, str],
+    env: ProviderKeys | Mapping[str, str],
     *,
     tenant: str = "",
 ) -> list[dict[str, Any]]:
@@ -395,7 +397,7 @@ async def replay_conversation(
 
 
 async def replay_history(
-    config: AgentConfig, recordings: Mapping[str, Sequence[RecordedEvent]], env: Mapping[str, str]
+    config: AgentConfig, recordings: Mapping[str, Sequence[RecordedEvent]], env: ProviderKeys | Mapping[str, str]
 ) -> dict[str, Any]:
     reports = [await replay_conversation(config, cid, events, env) for cid, events in recordings.items()]
     return {
@@ -404,3 +406,29 @@ async def replay_history(
         "conversations_losing_tool_calls": [r["conversation_id"] for r in reports if r["tool_calls_lost"]],
         "conversations": reports,
     }
+
+
+class Previews:
+    """Previews for the config use cases (``commands.config.Previewer``): scenarios run against the
+    tools in a sandbox, and replays of a config's recent recorded conversations."""
+
+    def __init__(
+        self, tools: ToolRegistry, keys: ProviderKeys | Mapping[str, str], store: EventStore, queries: Any
+    ) -> None:
+        self.tools = tools
+        self.keys = keys
+        self.store = store
+        self.queries = queries  # ``read_models.config.ConfigQueries``: which conversations to replay
+
+    async def scenarios(
+        self, candidate: AgentConfig, scenarios: Sequence[Scenario], tenant: str
+    ) -> list[dict[str, Any]]:
+        return await run_scenarios(candidate, scenarios, self.tools, self.keys, tenant=tenant)
+
+    async def replay_recorded(
+        self, tenant: str, config_id: str, candidate: AgentConfig, limit: int = 20
+    ) -> dict[str, Any]:
+        """How ``candidate`` would have answered the config's recent recorded conversations."""
+        ids = await self.queries.recent_conversations(tenant, config_id, limit)
+        recordings = {cid: await self.store.read(StreamId(tenant, c.AGGREGATE_TYPE, cid)) for cid in ids}
+        return await replay_history(candidate, recordings, self.keys)

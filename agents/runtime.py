@@ -43,6 +43,7 @@ from agents.checkpoints import TurnCheckpoints, thread_id
 from agents.config import ConfigProvider
 from agents.graph import chain_for, run_turn
 from agents.llm.chain import FallbackChain
+from agents.llm.factory import ProviderKeys
 from agents.llm.port import ChatMessage, ToolCallRequest
 from agents.partitions import PartitionClaims
 from agents.rules import CrossSell
@@ -80,7 +81,7 @@ class AgentRuntime:
         runner: CommandRunner,
         tools: ToolRegistry,
         configs: ConfigProvider,
-        env: Mapping[str, str],
+        env: ProviderKeys | Mapping[str, str],
         *,
         checkpoints: TurnCheckpoints | None = None,
         durable: str = "agent_runtime",

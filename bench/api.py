@@ -68,6 +68,7 @@ def start_api(
         "PARLEY_CONVERSATION_MESSAGES_PER_MINUTE": "1000000",
         "PARLEY_INLINE_PROJECTORS": "0",  # the projector runs as its own process
         "PARLEY_INLINE_AGENTS": "1" if agents else "0",  # bench-api: the CQRS loop alone
+        "PARLEY_REPLY_WAIT_SECONDS": "10" if agents else "0",  # with no runtime, nobody waits for a reply
         "PARLEY_ANALYTICS": "0",  # the ClickHouse projector has its own benchmark (bench-analytics)
         "PARLEY_DEMO_TENANTS": "bench",  # the demo configs (support-bot, sales-bot) for the bench tenant
         "PARLEY_API_WORKERS": os.environ.get("PARLEY_API_WORKERS", "1"),

@@ -16,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import structlog
+import yaml
 from psycopg_pool import AsyncConnectionPool
 
 from commands.runner import CommandContext, CommandRunner, Outcome
@@ -33,6 +35,7 @@ from domain import permissions as perms
 from domain.bot import (
     AgentConfig,
     Issue,
+    apply_changes,
     config_document,
     config_from_mapping,
     load_config,
@@ -40,6 +43,7 @@ from domain.bot import (
     validate_config,
 )
 from domain.errors import IllegalStateError, NotFoundError, ParleyError, ValidationError
+from domain.time import iso
 from read_models import config as q
 from streams.store import EventStore
 from streams.subjects import StreamId
@@ -113,6 +117,18 @@ def config_summary(state: a.AgentConfigState) -> dict[str, Any]:
 # The configuration service: what the API asks of configs ------------------------------------
 
 
+class Previewer(Protocol):
+    """Runs a candidate config without recording anything (``agents.preview.Previews``)."""
+
+    async def scenarios(self, candidate: AgentConfig, scenarios: Sequence[Any], tenant: str) -> list[dict[str, Any]]:
+        """Each test scenario in a sandbox, judged against its expected behaviour."""
+
+    async def replay_recorded(
+        self, tenant: str, config_id: str, candidate: AgentConfig, limit: int = 20
+    ) -> dict[str, Any]:
+        """How the candidate would have answered the config's recent recorded conversations."""
+
+
 class ConfigService:
     """Configs over commands: YAML is parsed, validated and compared here; the decider decides.
 
@@ -128,12 +144,14 @@ class ConfigService:
         implemented_tools: frozenset[str] | None = None,
         evidence: Evidence | None = None,
         blast_radius: BlastRadius | None = None,
+        previews: Previewer | None = None,
     ) -> None:
         self.runner = runner
         self.catalog = ConfigCatalog(runner)
         self.implemented_tools = implemented_tools
         self.evidence = evidence
         self.blast_radius = blast_radius
+        self.previews = previews
         self.members = runner.repository(CONFIG_MEMBERS)
 
     # Who may do what ---------------------------------------------------------------------------
@@ -286,6 +304,53 @@ class ConfigService:
         outcome = await self._handle(tenant, config_id, command, None)
         rolled = next(e for e in outcome.events if isinstance(e, a.ConfigRolledBack))
         return outcome, rolled
+
+    async def preview(
+        self,
+        tenant: str,
+        config_id: str,
+        *,
+        yaml_content: str | None,
+        changes: Mapping[str, Any] | None,
+        scenarios: Sequence[Any],
+        replay_recorded: int = 0,
+    ) -> dict[str, Any]:
+        """The seed's preview: the candidate (the YAML given, or the active version with ``changes``)
+        checked and compared with the active version, each test scenario run in a sandbox, and
+        optionally replayed against the recorded conversations. Nothing is recorded."""
+        if self.previews is None:
+            raise IllegalStateError("previews are not available in this process")
+        state = await self.catalog.state(tenant, config_id)
+        active = parse_yaml(state.version(state.active or state.latest).yaml_content)
+        ignored: list[Issue] = []
+        if yaml_content is not None:
+            text = yaml_content
+        else:
+            changed, ignored = apply_changes(active, dict(changes or {}))
+            text = yaml.safe_dump(changed, sort_keys=False)
+        raw, issues = self.check(text)
+        candidate = config_from_mapping(raw)
+        assessment = self.assess(active, raw)
+        results = await self.previews.scenarios(candidate, scenarios, tenant)
+        replay = None
+        if replay_recorded:
+            replay = await self.previews.replay_recorded(tenant, config_id, candidate, replay_recorded)
+        return {
+            "preview_id": str(uuid.uuid4()),
+            "config_id": config_id,
+            "product_type": candidate.product_type,
+            "expires_at": iso(datetime.now(UTC) + timedelta(hours=1)),
+            "test_results": results,
+            "replay": replay,
+            "risk_assessment": {"risk_level": assessment.risk_level, "reasons": assessment.risk_reasons},
+            "breaking_change": assessment.breaking,
+            "changes": assessment.changes,
+            "validation": {
+                "valid": True,
+                "errors": [],
+                "warnings": [msgspec.to_builtins(i) for i in [*ignored, *issues] if i.severity != "error"],
+            },
+        }
 
     async def run(self, tenant: str, config_id: str, command: Any) -> Outcome[a.AgentConfigState]:
         """Approve, reject, mark breaking, reload, roll back, branch: commands with nothing to parse."""

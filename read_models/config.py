@@ -426,6 +426,39 @@ async def version_health(
         return list(await cur.fetchall())
 
 
+class ConfigQueries:
+    """The configs read model's queries, on a pool (the API's dependency)."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self.pool = pool
+
+    async def recent_conversations(self, tenant: str, config_id: str, limit: int) -> list[str]:
+        async with self.pool.connection() as conn:
+            return await recent_conversations(conn, tenant, config_id, limit)
+
+    async def latest(self, tenant: str) -> dict[str, Any] | None:
+        """The tenant's most recently activated config, as ``get_config`` gives it."""
+        async with self.pool.connection() as conn:
+            config_id = await latest_config_id(conn, tenant)
+            return await get_config(conn, tenant, config_id) if config_id else None
+
+    async def versions(self, tenant: str, config_id: str, **options: Any) -> dict[str, Any] | None:
+        async with self.pool.connection() as conn:
+            return await list_versions(conn, tenant, config_id, **options)
+
+    async def history(
+        self, tenant: str, config_id: str, **options: Any
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The versions (as ``list_versions``) and the rollbacks, from one connection."""
+        async with self.pool.connection() as conn:
+            found = await list_versions(conn, tenant, config_id, **options)
+            return found, await rollbacks(conn, tenant, config_id)
+
+    async def branches(self, tenant: str, config_id: str) -> list[dict[str, Any]]:
+        async with self.pool.connection() as conn:
+            return await list_branches(conn, tenant, config_id)
+
+
 # Reads through Redis ---------------------------------------------------------------------------
 #
 # Config reads from Redis, kept current by the config events (the seed's target: p95 under 50 ms).

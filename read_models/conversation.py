@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 from psycopg import AsyncConnection, sql
+from psycopg_pool import AsyncConnectionPool
 
 from domain.errors import ValidationError
 from read_models.migrations import PROJECTOR_TABLES, Migration, ReadModel
@@ -370,6 +371,23 @@ async def list_conversations(
     ]
     more = len(rows) > limit
     return ConversationPage(page, encode_cursor(rows[limit - 1][11], rows[limit - 1][0]) if more else None)
+
+
+class ConversationQueries:
+    """The conversation read model's queries, on a pool (the API's dependency)."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self.pool = pool
+
+    async def get(self, tenant: str, conversation_id: str) -> ConversationView | None:
+        async with self.pool.connection() as conn:
+            return await get_conversation(conn, tenant, conversation_id)
+
+    async def list(
+        self, tenant: str, where: ConversationFilter, *, limit: int = 50, cursor: str | None = None
+    ) -> ConversationPage:
+        async with self.pool.connection() as conn:
+            return await list_conversations(conn, tenant, where, limit=limit, cursor=cursor)
 
 
 def encode_cursor(at: datetime, key: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 from psycopg import AsyncConnection, sql
+from psycopg_pool import AsyncConnectionPool
 
 from read_models.conversation import CONVERSATIONS, Person, decode_cursor, encode_cursor, iso
 from read_models.migrations import PROJECTOR_TABLES, Migration, ReadModel
@@ -309,6 +310,25 @@ async def get_escalation_status(
         if agent_id is not None
         else None,
     )
+
+
+class EscalationQueries:
+    """The escalation read model's queries, on a pool (the API's dependency)."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self.pool = pool
+
+    async def status(self, tenant: str, escalation_id: str) -> EscalationStatusView | None:
+        async with self.pool.connection() as conn:
+            return await get_escalation_status(conn, tenant, escalation_id)
+
+    async def list(self, tenant: str, **filters: Any) -> EscalationPage:
+        async with self.pool.connection() as conn:
+            return await list_escalations(conn, tenant, **filters)
+
+    async def agents(self, tenant: str) -> AgentList:
+        async with self.pool.connection() as conn:
+            return await list_agents(conn, tenant)
 
 
 def _callback_options(callback_at: datetime | None) -> list[CallbackOption]:

@@ -22,6 +22,8 @@ def settings_for(
 ) -> ApiSettings:
     store = StoreSettings(nats_url=nats_url, data_dir=data_dir, stream=stream)
     overrides.setdefault("demo_tenants", ("acme", "globex"))
+    if overrides.get("run_agents") is False:
+        overrides.setdefault("reply_wait_seconds", 0)  # nobody answers: do not wait for a reply
     return ApiSettings(jwt_secret=SECRET, database_url=database_url, redis_url=redis_url, store=store, **overrides)
 
 

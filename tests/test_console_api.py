@@ -37,10 +37,19 @@ def built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest_asyncio.fixture
-async def client(nats_url: str, pg_url: str, redis_url: str, tmp_path: Path) -> AsyncIterator[AsyncTestClient[Any]]:
+async def client(
+    nats_url: str, pg_url: str, redis_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[AsyncTestClient[Any]]:
     stream = unique_stream()
     settings = settings_for(
-        nats_url, fresh_database(pg_url), redis_url, tmp_path, stream, run_agents=False, auto_rollback=None
+        nats_url,
+        fresh_database(pg_url),
+        redis_url,
+        tmp_path,
+        stream,
+        run_agents=False,
+        auto_rollback=None,
+        dev_signin="dev_signin" in request.keywords,
     )
     try:
         async with api_client(settings) as c:
@@ -96,20 +105,16 @@ async def test_without_a_build_the_console_says_how_to_make_one(
     assert "npm run build" in answer.json()["message"]
 
 
-async def test_development_sign_in_is_off_unless_the_platform_says_so(
-    monkeypatch: pytest.MonkeyPatch, client: AsyncTestClient[Any]
-) -> None:
-    monkeypatch.delenv("PARLEY_DEV_SIGNIN", raising=False)
+async def test_development_sign_in_is_off_unless_the_platform_says_so(client: AsyncTestClient[Any]) -> None:
     assert (await client.get("/api/v1/dev/token")).status_code == 404
     refused = await client.post("/api/v1/dev/token", json={"role": "org_admin"})
     assert refused.status_code == 404
     assert "token" not in refused.json()
 
 
-async def test_development_sign_in_mints_a_token_for_one_role_of_the_demo_tenant(
-    monkeypatch: pytest.MonkeyPatch, client: AsyncTestClient[Any]
-) -> None:
-    monkeypatch.setenv("PARLEY_DEV_SIGNIN", "1")
+@pytest.mark.dev_signin
+async def test_development_sign_in_mints_a_token_for_one_role_of_the_demo_tenant(client: AsyncTestClient[Any]) -> None:
+    """On a platform whose settings turn it on (``PARLEY_DEV_SIGNIN=1``: ``./parley up`` sets it)."""
     offered = (await client.get("/api/v1/dev/token")).json()
     assert offered["tenant"] == "demo"
     assert "config_manager" in offered["roles"]

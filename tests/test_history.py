@@ -25,7 +25,6 @@ from domain.escalation import DECIDER as AGENT_POOL
 from gateways.http.audit import AuditController
 from gateways.http.auth import jwt_auth
 from gateways.http.errors import EXCEPTION_HANDLERS
-from gateways.http.platform import Platform
 from streams.factory import OpenStore, open_store
 from streams.history import conversation_turns, history, replay, state_as_of
 from streams.store import EventMeta
@@ -218,22 +217,27 @@ async def test_turns_of_a_conversation_whose_config_has_no_history_leave_its_act
 
 @pytest_asyncio.fixture
 async def audit_client(open_test_store: OpenStore) -> AsyncIterator[AsyncTestClient[Any]]:
-    """The audit controller on the test's stream. It needs only the platform's store and runner,
-    opened in the app's lifespan (the app runs on its own event loop)."""
-    platform = Platform.__new__(Platform)
+    """The audit controller on the test's stream, with the two services it asks for (the store and
+    the runner), opened in the app's lifespan (the app runs on its own event loop)."""
+    opened: list[OpenStore] = []
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
-        platform.opened = await open_store(open_test_store.settings, name="audit-test")
-        platform.runner = runner_for(platform.opened)
+        opened.append(await open_store(open_test_store.settings, name="audit-test"))
+        runner = runner_for(opened[0])
+        services["runner"], services["store"] = runner, opened[0].store
         try:
             yield
         finally:
-            await platform.opened.close()
+            await opened[0].close()
 
+    services: dict[str, Any] = {}
     app = Litestar(
         route_handlers=[AuditController],
-        dependencies={"platform": Provide(lambda: platform, sync_to_thread=False)},
+        dependencies={
+            "runner": Provide(lambda: services["runner"], sync_to_thread=False),
+            "store": Provide(lambda: services["store"], sync_to_thread=False),
+        },
         lifespan=[lifespan],
         on_app_init=[jwt_auth(SECRET).on_app_init],
         exception_handlers=EXCEPTION_HANDLERS,

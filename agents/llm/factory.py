@@ -1,14 +1,17 @@
 """Which models a process talks to, from its settings: a provider without its key is skipped.
 
-``providers_from_config(["anthropic", "openai", "offline"], os.environ)`` gives the providers in
-that order; with no key set at all it gives the offline model alone. The SDK adapters are imported
-only when their key is present.
+``providers_from_config(["anthropic", "openai", "offline"], keys)`` gives the providers in that
+order; with no key set at all it gives the offline model alone. The SDK adapters are imported only
+when their key is present. ``ProviderKeys`` is read once, at a process's composition root; a plain
+mapping is read as an environment (tests, scripts).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
+import msgspec
 import structlog
 
 from agents.llm.chain import FallbackChain
@@ -21,36 +24,58 @@ log = structlog.get_logger(__name__)
 KNOWN = KNOWN_PROVIDERS
 
 
+class ProviderKeys(msgspec.Struct, frozen=True, kw_only=True):
+    """The keys, endpoints and models of the remote providers (empty key: that provider is skipped)."""
+
+    anthropic_api_key: str = ""
+    anthropic_base_url: str = ""
+    anthropic_model: str = ""
+    openai_api_key: str = ""
+    openai_base_url: str = ""
+    openai_model: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ProviderKeys:
+        """``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL``, ``ANTHROPIC_MODEL`` and the same for ``OPENAI_``."""
+        env = os.environ if env is None else env
+        return cls(**{field: env.get(field.upper(), "").strip() for field in cls.__struct_fields__})
+
+
+def _keys(keys: ProviderKeys | Mapping[str, str]) -> ProviderKeys:
+    return keys if isinstance(keys, ProviderKeys) else ProviderKeys.from_env(keys)
+
+
 def providers_from_config(
-    names: Sequence[str], env: Mapping[str, str], *, offline: OfflineModel | None = None
+    names: Sequence[str], keys: ProviderKeys | Mapping[str, str], *, offline: OfflineModel | None = None
 ) -> list[LLMProvider]:
-    """``ANTHROPIC_API_KEY``/``OPENAI_API_KEY`` enable a provider; ``*_BASE_URL`` and ``*_MODEL`` override."""
+    """The named providers whose keys are set, in order (the offline model needs none)."""
+    keys = _keys(keys)
     offline = offline or OfflineModel()
     providers: list[LLMProvider] = []
     for name in (name.strip().lower() for name in names):
         match name:
             case "anthropic":
-                if key := env.get("ANTHROPIC_API_KEY", "").strip():
+                if keys.anthropic_api_key:
                     from agents.llm import anthropic
 
                     providers.append(
                         anthropic.AnthropicProvider(
-                            api_key=key,
-                            base_url=env.get("ANTHROPIC_BASE_URL") or anthropic.DEFAULT_BASE_URL,
-                            model=env.get("ANTHROPIC_MODEL") or anthropic.DEFAULT_MODEL,
+                            api_key=keys.anthropic_api_key,
+                            base_url=keys.anthropic_base_url or anthropic.DEFAULT_BASE_URL,
+                            model=keys.anthropic_model or anthropic.DEFAULT_MODEL,
                         )
                     )
                 else:
                     log.info("llm.provider_skipped", provider=name, unset="ANTHROPIC_API_KEY")
             case "openai":
-                if key := env.get("OPENAI_API_KEY", "").strip():
+                if keys.openai_api_key:
                     from agents.llm import openai
 
                     providers.append(
                         openai.OpenAIProvider(
-                            api_key=key,
-                            base_url=env.get("OPENAI_BASE_URL") or openai.DEFAULT_BASE_URL,
-                            model=env.get("OPENAI_MODEL") or openai.DEFAULT_MODEL,
+                            api_key=keys.openai_api_key,
+                            base_url=keys.openai_base_url or openai.DEFAULT_BASE_URL,
+                            model=keys.openai_model or openai.DEFAULT_MODEL,
                         )
                     )
                 else:
@@ -66,9 +91,13 @@ def providers_from_config(
 
 
 def chain_from_config(
-    names: Sequence[str], env: Mapping[str, str], *, timeout: float = 30.0, offline: OfflineModel | None = None
+    names: Sequence[str],
+    keys: ProviderKeys | Mapping[str, str],
+    *,
+    timeout: float = 30.0,
+    offline: OfflineModel | None = None,
 ) -> FallbackChain:
-    return FallbackChain(providers_from_config(names, env, offline=offline), timeout=timeout)
+    return FallbackChain(providers_from_config(names, keys, offline=offline), timeout=timeout)
 
 
 def names_from_setting(value: str) -> list[str]:

@@ -12,7 +12,7 @@ rebuilds the tables from the first event while the live ones keep answering
 (``projections.analytics.rebuild``), in the process that runs the projector (with chDB, the one
 that has the store).
 
-The platform provides ``analytics`` (a ``read_models.analytics.AnalyticsQueries``) and
+The API provides ``analytics`` (a ``read_models.analytics.AnalyticsQueries``) and
 ``analytics_service``, or None when this process has no ClickHouse (then 503).
 """
 
@@ -93,8 +93,7 @@ def _day(query: Any, *names: str) -> tuple[date | None, str | None]:
     return (found[given], given) if given else (None, None)
 
 
-def _queries(platform: Any) -> AnalyticsQueries:
-    queries: AnalyticsQueries | None = getattr(platform, "analytics", None)
+def _queries(queries: AnalyticsQueries | None) -> AnalyticsQueries:
     if queries is None:
         raise UnavailableError("analytics are not available in this process (no ClickHouse)")
     return queries
@@ -115,7 +114,7 @@ class AnalyticsController(Controller):
     async def kpis(
         self,
         request: Request[Identity, Any, Any],
-        platform: NamedDependency[Any],
+        analytics: NamedDependency[AnalyticsQueries | None],
         start_date: StartDate = None,
         end_date: EndDate = None,
         start: Start = None,
@@ -124,13 +123,13 @@ class AnalyticsController(Controller):
     ) -> Kpis:
         """Conversations started in the period: resolution and escalation rates, turns, duration,
         sentiment, CSAT and NPS, in total, by channel and by config version; the top escalation reasons."""
-        return await _queries(platform).akpis(request.user.tenant, *period(request, also=("top",)), top=top)
+        return await _queries(analytics).akpis(request.user.tenant, *period(request, also=("top",)), top=top)
 
     @get("/analytics/escalation-reasons", opt=ANALYSTS, summary="Top escalation reasons")
     async def escalation_reasons(
         self,
         request: Request[Identity, Any, Any],
-        platform: NamedDependency[Any],
+        analytics: NamedDependency[AnalyticsQueries | None],
         start_date: StartDate = None,
         end_date: EndDate = None,
         start: Start = None,
@@ -139,14 +138,14 @@ class AnalyticsController(Controller):
     ) -> EscalationReasons:
         """Escalations requested in the period, by trigger, most frequent first."""
         first, last = period(request, also=("limit",))
-        reasons = await _queries(platform).aescalation_reasons(request.user.tenant, first, last, limit=limit)
+        reasons = await _queries(analytics).aescalation_reasons(request.user.tenant, first, last, limit=limit)
         return EscalationReasons(Period.of(first, last), reasons)
 
     @get("/voice/analytics", opt=ANALYSTS, summary="Voice call analytics")
     async def voice(
         self,
         request: Request[Identity, Any, Any],
-        platform: NamedDependency[Any],
+        analytics: NamedDependency[AnalyticsQueries | None],
         start_date: StartDate = None,
         end_date: EndDate = None,
         start: Start = None,
@@ -154,7 +153,7 @@ class AnalyticsController(Controller):
     ) -> VoiceAnalytics:
         """The seed's voice analytics: voicebot conversations as calls; speech and cost figures stay
         zero until voice calls record them."""
-        return await _queries(platform).avoice(request.user.tenant, *period(request))
+        return await _queries(analytics).avoice(request.user.tenant, *period(request))
 
 
 class AnalyticsAdminController(Controller):
@@ -162,11 +161,11 @@ class AnalyticsAdminController(Controller):
     tags = ["operations"]
 
     @post("/rebuild", opt=PLATFORM_ADMINS, status_code=200, summary="Rebuild the analytics tables without downtime")
-    async def rebuild(self, platform: NamedDependency[Any]) -> RebuildReport:
+    async def rebuild(self, analytics_service: NamedDependency[Any]) -> RebuildReport:
         """Replay the whole stream into shadow tables while the live ones keep answering, pause the
         projector, let the shadow catch up, swap the tables, and go on from the new checkpoint.
         Answers when the new tables are live (409 while another rebuild runs)."""
-        service = getattr(platform, "analytics_service", None)
+        service = analytics_service
         if service is None:
             raise UnavailableError("analytics are not available in this process (no ClickHouse)")
         report: RebuildReport = await service.rebuild()

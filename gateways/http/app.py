@@ -1,50 +1,239 @@
-"""The Litestar application: ``create_app()`` for uvicorn, ``python -m gateways.http`` to serve."""
+"""The Litestar application and the API process's composition root.
+
+``create_app(settings)`` for uvicorn; ``python -m gateways.http`` serves it. ``ApiServices`` opens
+everything the process needs once, in the lifespan, from one typed settings object
+(``ApiSettings``): the event store, PostgreSQL, Redis, the command runner and the use cases, the
+read models' queries, and the work the process hosts besides requests (the projectors, the agent
+runtime, the analytics projector and the config monitor, each when its setting says so).
+Controllers do not see this container: each handler names the narrow services it needs
+(``commands``, ``runner``, ``catalog``, ``conversations``, ``positions``, ...), and Litestar
+provides them.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import structlog
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
 
+from agents.preview import Previews
+from agents.process import AgentProcess
+from agents.tools import ToolRegistry, demo_registry
+from commands.config import ConfigCatalog, ConfigMonitor, ConfigService, ensure_demo_configs
+from commands.escalation import Escalations
+from commands.runner import CommandRunner
+from domain import config as a
+from domain import conversation as c
+from domain import escalation as p
+from domain import permissions as m
 from gateways.http.analytics import AnalyticsAdminController, AnalyticsController
 from gateways.http.audit import AuditController
 from gateways.http.auth import jwt_auth
-from gateways.http.call import CallController
+from gateways.http.call import CallController, VoiceDesk
+from gateways.http.common import Commands
 from gateways.http.config import ConfigController
 from gateways.http.console import console_router
 from gateways.http.conversation import ConversationController
 from gateways.http.errors import EXCEPTION_HANDLERS
 from gateways.http.escalation import EscalationController
-from gateways.http.observability import health, metrics, request_context
-from gateways.http.platform import Platform
+from gateways.http.limits import Limits
+from gateways.http.observability import Health, health, metrics, request_context
+from gateways.http.positions import Positions
 from gateways.http.settings import ApiSettings
 from infra import heap
 from infra.logs import configure_logging
+from projections import registry
+from projections.analytics.service import AnalyticsService
+from read_models import config as config_queries
+from read_models.analytics import AnalyticsQueries
+from read_models.config import CONFIGS, ConfigQueries, ConfigReads
+from read_models.conversation import CONVERSATIONS, ConversationQueries
+from read_models.escalation import ESCALATION, EscalationQueries
+from streams.factory import OpenStore, open_store
+from streams.store import EventStore
+
+log = structlog.get_logger(__name__)
+
+
+class ApiServices:
+    """What one API process holds: opened in ``open``, closed in ``close``."""
+
+    def __init__(self, settings: ApiSettings, opened: OpenStore, pool: AsyncConnectionPool[Any], redis: Redis) -> None:
+        self.settings = settings
+        self.opened = opened
+        self.store: EventStore = opened.store
+        self.pool = pool
+        self.redis = redis
+        self.runner = CommandRunner.for_aggregates(
+            opened.store,
+            [c.DECIDER, p.DECIDER, a.DECIDER, m.DECIDER],
+            snapshots=opened.snapshots,
+            keys=opened.keys,
+            snapshot_every=opened.settings.snapshot_every,
+        )
+        self.limits = Limits(
+            redis,
+            tenant_rate=settings.tenant_rate,
+            tenant_burst=settings.tenant_burst,
+            messages_per_minute=settings.conversation_messages_per_minute,
+            ttl=settings.idempotency_ttl_seconds,
+        )
+        self.commands = Commands(self.runner, self.limits, opened.store, reply_wait_seconds=settings.reply_wait_seconds)
+        self.keys = settings.provider_keys
+        # One tool registry for the runtime, config validation (which tools exist) and previews.
+        self.tools: ToolRegistry = demo_registry(pool.connection)
+        self.configs = ConfigCatalog(self.runner)  # conversation starts read the active version from memory
+        self.config_queries = ConfigQueries(pool)
+        self.previews = Previews(self.tools, self.keys, opened.store, self.config_queries)
+        self.config_service = ConfigService(
+            self.runner,
+            implemented_tools=frozenset(self.tools.names),
+            evidence=self.previews.replay_recorded,
+            blast_radius=config_queries.blast_radius(pool),
+            previews=self.previews,
+        )
+        self.config_reads = ConfigReads(redis, pool, opened.store)
+        self.escalations = Escalations(self.runner, opened.store)
+        self.conversations = ConversationQueries(pool)
+        self.escalation_queries = EscalationQueries(pool)
+        self.positions = Positions.of(
+            settings.database_url, [CONVERSATIONS, CONFIGS, ESCALATION], pool, timeout=settings.read_wait_seconds
+        )
+        self.projectors = registry.runners(opened.store, pool) if settings.run_projectors else []
+        self.agents = (
+            AgentProcess(
+                opened.store,
+                self.runner,
+                self.configs,
+                self.tools,
+                self.keys,
+                settings.agents,
+                database_url=settings.database_url,
+            )
+            if settings.agents is not None
+            else None
+        )
+        self.analytics_service: AnalyticsService | None = None
+        self.analytics: AnalyticsQueries | None = None
+        self.health = Health(self)
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        # Voice calls: the call service and the sessions of this process.
+        self.agent_configs = self.agents.configs if self.agents is not None else None
+        self.calls = VoiceDesk(self)
+
+    @classmethod
+    async def open(cls, settings: ApiSettings) -> ApiServices:
+        opened = await open_store(settings.store, name="parley-api")
+        # Reads run in autocommit: no BEGIN/COMMIT round trips around a single SELECT.
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            settings.database_url, min_size=4, max_size=20, open=False, kwargs={"autocommit": True}
+        )
+        await pool.open(wait=True, timeout=30)
+        await registry.migrate(pool)
+        redis = Redis.from_url(settings.redis_url)
+        await redis.ping()
+        services = cls(settings, opened, pool, redis)
+        await services.start()
+        return services
+
+    async def start(self) -> None:
+        settings = self.settings
+        await self.positions.start()
+        await self.configs.follow(self.store)
+        await self.config_reads.start()
+        for tenant in settings.demo_tenants:
+            await ensure_demo_configs(self.config_service, tenant)
+        if self.agents is not None:
+            await self.agents.start(self.pool, demo_tenants=settings.demo_tenants)
+        for runner in self.projectors:
+            self._tasks.append(asyncio.create_task(runner.run(), name=f"projector-{runner.projector.name}"))
+        if settings.analytics is not None:
+            # Embedded chDB opens in one process only: the projector runs where the queries are.
+            embedded = settings.analytics.clickhouse_url is None
+            service = await AnalyticsService.open(
+                self.store, settings.analytics, run_projector=settings.run_projectors or embedded
+            )
+            if service is not None:  # None: another process has the embedded store
+                self.analytics_service, self.analytics = service, service.queries
+                self._tasks.append(asyncio.create_task(service.run(self._stopping), name="projector-analytics"))
+        if settings.auto_rollback is not None:
+            monitor = ConfigMonitor(self.config_service, self.pool, settings.auto_rollback)
+            self._tasks.append(asyncio.create_task(monitor.run(self._stopping), name="config-monitor"))
+
+    async def close(self) -> None:
+        self._stopping.set()
+        await self.calls.close()
+        if self.agents is not None:
+            await self.agents.close(hand_over_within=self.settings.reply_wait_seconds or 10.0)
+        for runner in self.projectors:
+            await runner.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.analytics_service is not None:
+            await self.analytics_service.close()
+        await self.positions.close()
+        await self.config_reads.close()
+        await self.configs.close()
+        await self.redis.aclose()
+        await self.pool.close()
+        await self.opened.close()
+
+
+# What handlers ask for by name, and the attribute of ``ApiServices`` that answers.
+DEPENDENCIES = {
+    "settings": "settings",
+    "commands": "commands",
+    "runner": "runner",
+    "limits": "limits",
+    "store": "store",
+    "positions": "positions",
+    "catalog": "configs",
+    "config_service": "config_service",
+    "config_reads": "config_reads",
+    "config_queries": "config_queries",
+    "escalations": "escalations",
+    "conversations": "conversations",
+    "escalation_queries": "escalation_queries",
+    "analytics": "analytics",
+    "analytics_service": "analytics_service",
+    "health": "health",
+    "voice": "calls",
+    "platform": "",  # the voice controller's, until it asks for narrow services too
+}
 
 
 def create_app(settings: ApiSettings | None = None, *, settle_heap: bool = False) -> Litestar:
     """The API. ``settle_heap``: the app is its process's (``infra.heap.settle`` once it is open)."""
-    holder: dict[str, Platform] = {}
+    settings = settings or ApiSettings.from_env()
+    holder: list[ApiServices] = []
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
-        platform = await Platform.open(settings or ApiSettings.from_env())
-        holder["platform"] = platform
+        services = await ApiServices.open(settings)
+        holder.append(services)
         if settle_heap:
             heap.settle()
         try:
             yield
         finally:
-            await platform.close()
+            await services.close()
 
-    def provide_platform() -> Platform:
-        return holder["platform"]
+    def provider(attribute: str) -> Provide:
+        def provide() -> Any:
+            return getattr(holder[0], attribute) if attribute else holder[0]
 
-    auth_secret = (settings or _settings_for_schema()).jwt_secret
+        return Provide(provide, sync_to_thread=False)
+
     return Litestar(
         route_handlers=[
             ConversationController,
@@ -54,13 +243,13 @@ def create_app(settings: ApiSettings | None = None, *, settle_heap: bool = False
             AnalyticsController,
             AnalyticsAdminController,
             CallController,
+            console_router,
             health,
             metrics,
-            console_router,
         ],
-        dependencies={"platform": Provide(provide_platform, sync_to_thread=False)},
+        dependencies={name: provider(attribute) for name, attribute in DEPENDENCIES.items()},
         lifespan=[lifespan],
-        on_app_init=[jwt_auth(auth_secret).on_app_init],
+        on_app_init=[jwt_auth(settings.jwt_secret).on_app_init],
         middleware=[request_context],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(
@@ -70,10 +259,6 @@ def create_app(settings: ApiSettings | None = None, *, settle_heap: bool = False
             path="/schema",
         ),
     )
-
-
-def _settings_for_schema() -> ApiSettings:
-    return ApiSettings.from_env()
 
 
 def app_from_env() -> Any:

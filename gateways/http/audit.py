@@ -20,13 +20,14 @@ from litestar import Controller, Request, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
+from commands.runner import CommandRunner
 from domain import conversation as c
 from domain.errors import NotFoundError, PermissionDeniedError
 from domain.messages import Decider
 from domain.pii import mask_value
 from gateways.http.auth import Identity, requires
-from gateways.http.platform import Platform
 from streams.history import AuditEvent, conversation_turns, history, state_as_of
+from streams.store import EventStore
 from streams.subjects import StreamId
 
 AUDITORS = requires("org_admin", "platform_engineer", "analyst", "support_agent", "supervisor")
@@ -47,13 +48,14 @@ class AuditController(Controller):
         request: Request[Identity, Any, Any],
         aggregate_type: FromPath[str],
         aggregate_id: FromPath[str],
-        platform: NamedDependency[Platform],
+        runner: NamedDependency[CommandRunner],
+        store: NamedDependency[EventStore],
     ) -> dict[str, Any]:
         """Every event, oldest first: stream sequence, version, type, when it was recorded and when it
         says it happened, who caused it and which command (name, id, correlation id)."""
-        _spec(platform, aggregate_type)
+        _spec(runner, aggregate_type)
         stream = _stream(request, aggregate_type, aggregate_id)
-        found = await history(platform.opened.store, stream)
+        found = await history(store, stream)
         clear = bool(request.user.roles & PERSONAL_READERS)
         return {
             "tenant": stream.tenant,
@@ -69,15 +71,16 @@ class AuditController(Controller):
         request: Request[Identity, Any, Any],
         aggregate_type: FromPath[str],
         aggregate_id: FromPath[str],
-        platform: NamedDependency[Platform],
+        runner: NamedDependency[CommandRunner],
+        store: NamedDependency[EventStore],
         at: Annotated[datetime | None, QueryParameter(description="RFC 3339; UTC when no zone is given")] = None,
         version: Annotated[int | None, QueryParameter(ge=0)] = None,
     ) -> dict[str, Any]:
         """The state after the last event recorded at or before ``at``, or at ``version`` (the latest
         with neither), reproduced by replaying the aggregate's events through its own ``evolve``."""
-        spec = _spec(platform, aggregate_type)
+        spec = _spec(runner, aggregate_type)
         stream = _stream(request, aggregate_type, aggregate_id)
-        past = await state_as_of(platform.opened.store, spec, stream, version=version, at=at)
+        past = await state_as_of(store, spec, stream, version=version, at=at)
         return {
             "tenant": stream.tenant,
             "aggregate_type": aggregate_type,
@@ -96,19 +99,19 @@ class AuditController(Controller):
         self,
         request: Request[Identity, Any, Any],
         conversation_id: FromPath[str],
-        platform: NamedDependency[Platform],
+        store: NamedDependency[EventStore],
     ) -> dict[str, Any]:
         """Each customer message, the config version that governed its answer (pinned to the
         conversation), the config's active version at that moment, and the replies."""
         stream = _stream(request, c.AGGREGATE_TYPE, conversation_id)
-        found = await conversation_turns(platform.opened.store, stream)
+        found = await conversation_turns(store, stream)
         body: dict[str, Any] = msgspec.to_builtins(found)
         body.pop("stream")
         return {"tenant": stream.tenant, "conversation_id": conversation_id, **body}
 
 
-def _spec(platform: Platform, aggregate_type: str) -> Decider[Any]:
-    repository = platform.runner.repositories.get(aggregate_type)
+def _spec(runner: NamedDependency[CommandRunner], aggregate_type: str) -> Decider[Any]:
+    repository = runner.repositories.get(aggregate_type)
     if repository is None:
         raise NotFoundError(f"no aggregate type {aggregate_type!r}", aggregate_type=aggregate_type)
     return repository.decider

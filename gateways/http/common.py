@@ -17,13 +17,15 @@ import msgspec
 import structlog
 from litestar import Request, Response
 
-from commands.runner import CommandContext, Outcome
+from commands.conversation import reply_command_id
+from commands.runner import CommandContext, CommandRunner, Outcome
 from domain import conversation as c
 from domain.errors import NotFoundError
 from domain.messages import Command, Decider
 from domain.pii import mask_text, mask_value
 from gateways.http.auth import Identity
-from gateways.http.platform import Platform
+from gateways.http.limits import Limits
+from streams.store import EventStore
 from streams.subjects import StreamId
 
 S = TypeVar("S")
@@ -99,80 +101,114 @@ def actor(identity: Identity) -> str:
     return f"{'+'.join(sorted(identity.roles))}:{identity.subject}"
 
 
-async def own_conversation(platform: Platform, identity: Identity, conversation_id: str) -> c.Conversation:
+async def own_conversation(runner: CommandRunner, identity: Identity, conversation_id: str) -> c.Conversation:
     """The conversation's state (from the runner's copy), refused as not found to a customer not its user."""
-    from commands.conversation import CONVERSATION
-
-    loaded = await platform.runner.repository(CONVERSATION).load(identity.tenant, conversation_id, trust_cache=True)
+    loaded = await runner.repository(c.DECIDER).load(identity.tenant, conversation_id, trust_cache=True)
     if not loaded.state.started:
         raise NotFoundError(f"conversation {conversation_id} not found")
     require_own(identity, loaded.state.user_id, f"conversation {conversation_id}")
     return loaded.state
 
 
-async def run_command(
-    platform: Platform,
-    request: Request[Identity, Any, Any],
-    decider: Decider[S],
-    aggregate_id: str,
-    command: Command,
-    respond: Callable[[Outcome[S]], Awaitable[dict[str, Any]] | dict[str, Any]],
-    *,
-    status: int = 200,
-    conversation_id: str | None = None,
-    message_limit: bool = False,
-    new: bool = False,
-    reply_to: str | None = None,
-    command_id: str | None = None,
-) -> Response[dict[str, Any]]:
-    """Run one command for the caller and answer with ``respond(outcome)`` and the stream position."""
-    identity = request.user
-    limits = platform.limits
-    buckets = [limits.tenant_bucket(identity.tenant)]
-    if message_limit and conversation_id is not None:
-        buckets.append(limits.conversation_bucket(identity.tenant, conversation_id))
-    await limits.take(buckets)
-    key = request.headers.get("Idempotency-Key")
-    structlog.contextvars.bind_contextvars(tenant=identity.tenant, conversation_id=conversation_id)
+B = TypeVar("B", bound=msgspec.Struct)
 
-    async def run() -> tuple[int, dict[str, Any]]:
-        ctx = CommandContext(
-            tenant=identity.tenant,
-            actor=actor(identity),
-            command_id=f"idem-{key}" if key else command_id or uuid.uuid4().hex,
-            retry_possible=key is not None or command_id is not None,
-            correlation_id=request.state.get("request_id"),
-        )
-        waiter = None
-        if reply_to is not None and conversation_id is not None and platform.agents is not None:
-            stream = StreamId(identity.tenant, c.AGGREGATE_TYPE, conversation_id)
-            waiter = await platform.expect_reply(stream, reply_to)
-        outcome = await platform.runner.handle(decider, aggregate_id, command, ctx, new=new)
-        # Carried by the request's log line (and by the projector's, through the event metadata).
-        structlog.contextvars.bind_contextvars(
-            command=type(command).__name__, command_id=ctx.command_id, seq=outcome.position
-        )
-        body = respond(outcome)
-        if not isinstance(body, dict):
-            body = await body
-        body["position"] = max(body.get("position", 0), outcome.position)  # a use case may have written more
-        code = status
-        if waiter is not None:
-            # The seed's synchronous API: the agent's answer inline, or 202 and a link to poll.
-            state = outcome.state
-            answering = isinstance(state, c.Conversation) and state.status == "active"
-            reply = await waiter.reply(platform.settings.reply_wait_seconds if answering else 0)
-            if reply is not None:
-                body["agent_response"] = agent_response(identity, reply, getattr(state, "user_id", None))
-                body["cross_sell_opportunity"] = cross_sell_opportunity(reply)
-            elif answering:
-                code = 202
-                body["links"] = {"conversation": f"/api/v1/orchestration/conversations/{conversation_id}"}
-        return code, body
 
-    fingerprint = f"{request.method} {request.url.path}".encode() + canonical(await request.body()) if key else b""
-    code, body = await platform.limits.idempotent(identity.tenant, key, fingerprint, run)
-    return Response(body, status_code=code, headers={"X-Parley-Position": str(body.get("position", 0))})
+class Commands:
+    """Runs one command for a request: rate limits, idempotency, log context, and for the seed's
+    synchronous conversation API the agent's reply (inline within ``reply_wait_seconds``, else 202).
+
+    Whether a reply is awaited is a setting, not where the agent runtime runs: with
+    ``reply_wait_seconds`` 0 nobody waits, whichever process answers.
+    """
+
+    def __init__(
+        self,
+        runner: CommandRunner,
+        limits: Limits,
+        store: EventStore,
+        *,
+        reply_wait_seconds: float,
+    ) -> None:
+        self.runner = runner
+        self.limits = limits
+        self.store = store
+        self.reply_wait_seconds = reply_wait_seconds
+
+    async def run(
+        self,
+        request: Request[Identity, Any, Any],
+        decider: Decider[S],
+        aggregate_id: str,
+        command: Command,
+        respond: Callable[[Outcome[S]], Awaitable[B] | B],
+        *,
+        status: int = 200,
+        conversation_id: str | None = None,
+        message_limit: bool = False,
+        new: bool = False,
+        reply_to: str | None = None,
+        command_id: str | None = None,
+    ) -> Response[B]:
+        """Run one command for the caller and answer with ``respond(outcome)`` and the stream position."""
+        identity = request.user
+        limits = self.limits
+        buckets = [limits.tenant_bucket(identity.tenant)]
+        if message_limit and conversation_id is not None:
+            buckets.append(limits.conversation_bucket(identity.tenant, conversation_id))
+        await limits.take(buckets)
+        key = request.headers.get("Idempotency-Key")
+        structlog.contextvars.bind_contextvars(tenant=identity.tenant, conversation_id=conversation_id)
+
+        async def run() -> tuple[int, Any]:
+            ctx = CommandContext(
+                tenant=identity.tenant,
+                actor=actor(identity),
+                command_id=f"idem-{key}" if key else command_id or uuid.uuid4().hex,
+                retry_possible=key is not None or command_id is not None,
+                correlation_id=request.state.get("request_id"),
+            )
+            expected = None
+            if reply_to is not None and conversation_id is not None and self.reply_wait_seconds > 0:
+                stream = StreamId(identity.tenant, c.AGGREGATE_TYPE, conversation_id)
+                expected = await self.store.expect(stream, reply_command_id(reply_to))
+            try:
+                outcome = await self.runner.handle(decider, aggregate_id, command, ctx, new=new)
+            except BaseException:
+                if expected is not None:
+                    await expected.close()
+                raise
+            # Carried by the request's log line (and by the projector's, through the event metadata).
+            structlog.contextvars.bind_contextvars(
+                command=type(command).__name__, command_id=ctx.command_id, seq=outcome.position
+            )
+            made = respond(outcome)
+            body = made if isinstance(made, msgspec.Struct) else await made
+            # A use case may have written more than the command (its position is then the later one).
+            body = msgspec.structs.replace(body, position=max(getattr(body, "position", 0), outcome.position))
+            code = status
+            if expected is not None:
+                # The seed's synchronous API: the agent's answer inline, or 202 and a link to poll.
+                state = outcome.state
+                answering = isinstance(state, c.Conversation) and state.status == "active"
+                events = await expected.events(self.reply_wait_seconds if answering else 0)
+                reply = next((e.event for e in events or [] if isinstance(e.event, c.AgentReplied)), None)
+                if reply is not None:
+                    owner = getattr(state, "user_id", None)
+                    body = msgspec.structs.replace(
+                        body,
+                        agent_response=agent_response(identity, reply, owner),
+                        cross_sell_opportunity=cross_sell_opportunity(reply),
+                    )
+                elif answering:
+                    code = 202
+                    link = Links(conversation=f"/api/v1/orchestration/conversations/{conversation_id}")
+                    body = msgspec.structs.replace(body, links=link)
+            return code, body
+
+        fingerprint = f"{request.method} {request.url.path}".encode() + canonical(await request.body()) if key else b""
+        code, body = await limits.idempotent(identity.tenant, key, fingerprint, run)
+        position = body["position"] if isinstance(body, dict) else body.position
+        return Response(body, status_code=code, headers={"X-Parley-Position": str(position)})
 
 
 def canonical(body: bytes) -> bytes:
@@ -192,27 +228,59 @@ def shown_tool_calls(identity: Identity, tool_calls: list[dict[str, Any]], owner
     return tool_calls if sees_pii(identity, owner) else masked(tool_calls)
 
 
-def agent_response(identity: Identity, reply: c.AgentReplied, owner: str | None) -> dict[str, Any]:
+class ReplyMetadata(msgspec.Struct, kw_only=True):
+    intent: str | None
+    confidence: float | None
+    tool_calls: list[dict[str, Any]]
+    escalation_suggested: bool
+    provider: str | None
+    fallbacks: list[dict[str, Any]]
+
+
+class AgentResponse(msgspec.Struct, kw_only=True):
+    """The seed's ``agent_response``."""
+
+    message: str | None
+    message_id: str
+    metadata: ReplyMetadata
+
+
+class CrossSellOpportunity(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The seed's ``cross_sell_opportunity``."""
+
+    detected: bool
+    product: str | None = None
+    suggestion: str | None = None
+    confidence: float | None = None
+
+
+class Links(msgspec.Struct):
+    conversation: str
+
+
+def agent_response(identity: Identity, reply: c.AgentReplied, owner: str | None) -> AgentResponse:
     tool_calls = [msgspec.to_builtins(t) for t in reply.tool_calls]
-    return {
-        "message": shown_text(identity, reply.content, owner),
-        "message_id": reply.message_id,
-        "metadata": {
-            "intent": reply.intent,
-            "confidence": reply.confidence,
-            "tool_calls": shown_tool_calls(identity, tool_calls, owner),
-            "escalation_suggested": reply.escalation_suggested,
-            "provider": reply.provider,
-            "fallbacks": [msgspec.to_builtins(f) for f in reply.fallbacks],
-        },
-    }
+    return AgentResponse(
+        message=shown_text(identity, reply.content, owner),
+        message_id=reply.message_id,
+        metadata=ReplyMetadata(
+            intent=reply.intent,
+            confidence=reply.confidence,
+            tool_calls=shown_tool_calls(identity, tool_calls, owner),
+            escalation_suggested=reply.escalation_suggested,
+            provider=reply.provider,
+            fallbacks=[msgspec.to_builtins(f) for f in reply.fallbacks],
+        ),
+    )
 
 
-def cross_sell_opportunity(reply: c.AgentReplied) -> dict[str, Any]:
+def cross_sell_opportunity(reply: c.AgentReplied) -> CrossSellOpportunity:
     offer = reply.cross_sell
     if offer is None:
-        return {"detected": False}
-    return {"detected": True, "product": offer.product, "suggestion": offer.suggestion, "confidence": offer.confidence}
+        return CrossSellOpportunity(detected=False)
+    return CrossSellOpportunity(
+        detected=True, product=offer.product, suggestion=offer.suggestion, confidence=offer.confidence
+    )
 
 
 def to_body(value: msgspec.Struct) -> dict[str, Any]:

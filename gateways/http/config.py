@@ -8,29 +8,27 @@ every query, for a ``min_position`` or ``X-Parley-Position`` when one is given.
 
 from __future__ import annotations
 
-import os
-import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-import yaml
 from litestar import Controller, Request, Response, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from agents.preview import Scenario, run_scenarios
+from agents.preview import Scenario
+from commands.config import ConfigService
 from commands.runner import Outcome
 from domain import config as a
 from domain import permissions as perms
-from domain.bot import Issue, apply_changes, config_from_mapping, config_json_schema, parse_yaml
+from domain.bot import config_json_schema, parse_yaml
 from domain.errors import NotFoundError, PermissionDeniedError, ValidationError
 from gateways.http.auth import Identity, requires
-from gateways.http.conversation import iso as _iso
-from gateways.http.conversation import now as _now
-from gateways.http.conversation import position_header
-from gateways.http.platform import Platform
-from read_models import config as q
+from gateways.http.common import iso as _iso
+from gateways.http.common import now as _now
+from gateways.http.common import position_header
+from gateways.http.positions import Positions
+from read_models.config import ConfigQueries, ConfigReads
 
 ConfigId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 Yaml = Annotated[str, msgspec.Meta(min_length=1, max_length=200_000)]
@@ -131,15 +129,23 @@ class ConfigController(Controller):
     tags = ["configs"]
     opt = CONFIG_ROLES
 
-    async def _caller(self, platform: Platform, request: Request[Identity, Any, Any]) -> a.Caller:
+    async def _caller(
+        self, config_service: NamedDependency[ConfigService], request: Request[Identity, Any, Any]
+    ) -> a.Caller:
         who = request.user
-        return await platform.config_service.caller(who.tenant, who.subject, who.roles)
+        return await config_service.caller(who.tenant, who.subject, who.roles)
 
-    async def _read(self, platform: Platform, request: Request[Identity, Any, Any], min_position: int | None) -> None:
-        caller = await self._caller(platform, request)
+    async def _read(
+        self,
+        config_service: NamedDependency[ConfigService],
+        positions: NamedDependency[Positions],
+        request: Request[Identity, Any, Any],
+        min_position: int | None,
+    ) -> None:
+        caller = await self._caller(config_service, request)
         if "view_config" not in caller.granted:
             raise perms_denied("view_config")
-        await platform.wait_for_configs(min_position or position_header(request))
+        await positions.wait(min_position or position_header(request), "configs")
 
     # Writes -------------------------------------------------------------------------------------
 
@@ -148,10 +154,10 @@ class ConfigController(Controller):
         self,
         request: Request[Identity, Any, Any],
         data: JSONBody[CreateConfigRequest],
-        platform: NamedDependency[Platform],
+        config_service: NamedDependency[ConfigService],
     ) -> Response[dict[str, Any]]:
-        service = platform.config_service
-        caller = await self._caller(platform, request)
+        service = config_service
+        caller = await self._caller(config_service, request)
         outcome, issues = await service.create_version(
             request.user.tenant,
             data.config_id,
@@ -171,10 +177,10 @@ class ConfigController(Controller):
         request: Request[Identity, Any, Any],
         config_id: FromPath[str],
         data: JSONBody[NewVersionRequest],
-        platform: NamedDependency[Platform],
+        config_service: NamedDependency[ConfigService],
     ) -> Response[dict[str, Any]]:
-        caller = await self._caller(platform, request)
-        outcome, issues = await platform.config_service.create_version(
+        caller = await self._caller(config_service, request)
+        outcome, issues = await config_service.create_version(
             request.user.tenant,
             config_id,
             data.yaml_content,
@@ -195,17 +201,20 @@ class ConfigController(Controller):
 
     @post("/configs/validate", status_code=200, summary="Validate a config")
     async def validate(
-        self, request: Request[Identity, Any, Any], data: JSONBody[ValidateRequest], platform: NamedDependency[Platform]
+        self,
+        request: Request[Identity, Any, Any],
+        data: JSONBody[ValidateRequest],
+        config_service: NamedDependency[ConfigService],
     ) -> dict[str, Any]:
-        raw, issues = platform.config_service.check(data.yaml_content)
+        raw, issues = config_service.check(data.yaml_content)
         breaking = False
         if data.config_id:
             try:
-                state = await platform.config_service.catalog.state(request.user.tenant, data.config_id)
+                state = await config_service.catalog.state(request.user.tenant, data.config_id)
             except NotFoundError:
                 state = None
             if state is not None and state.active:
-                assessed = platform.config_service.assess(parse_yaml(state.version(state.active).yaml_content), raw)
+                assessed = config_service.assess(parse_yaml(state.version(state.active).yaml_content), raw)
                 breaking = assessed.breaking
         return {
             "valid": True,
@@ -222,12 +231,12 @@ class ConfigController(Controller):
         request: Request[Identity, Any, Any],
         config_id: FromPath[str],
         data: JSONBody[RollbackRequest],
-        platform: NamedDependency[Platform],
+        config_service: NamedDependency[ConfigService],
     ) -> dict[str, Any]:
         """The seed's rollback answer: ``active_version`` is the version whose content is now live
         (``rolled_back_to``); the rollback records it as a new version, ``new_current_version``."""
-        caller = await self._caller(platform, request)
-        outcome, rolled = await platform.config_service.rollback(
+        caller = await self._caller(config_service, request)
+        outcome, rolled = await config_service.rollback(
             request.user.tenant,
             config_id,
             caller,
@@ -256,11 +265,11 @@ class ConfigController(Controller):
         request: Request[Identity, Any, Any],
         config_id: FromPath[str],
         version: FromPath[int],
-        platform: NamedDependency[Platform],
+        config_service: NamedDependency[ConfigService],
     ) -> dict[str, Any]:
-        caller = await self._caller(platform, request)
+        caller = await self._caller(config_service, request)
         command = a.ApproveConfigVersion(version=version, caller=caller, at=_now())
-        return _version_body(await platform.config_service.run(request.user.tenant, config_id, command), version)
+        return _version_body(await config_service.run(request.user.tenant, config_id, command), version)
 
     @post("/configs/{config_id:str}/versions/{version:int}/reject", status_code=200, summary="Reject a version")
     async def reject(
@@ -269,11 +278,11 @@ class ConfigController(Controller):
         config_id: FromPath[str],
         version: FromPath[int],
         data: JSONBody[ReasonRequest],
-        platform: NamedDependency[Platform],
+        config_service: NamedDependency[ConfigService],
     ) -> dict[str, Any]:
-        caller = await self._caller(platform, request)
+        caller = await self._caller(config_service, request)
         command = a.RejectConfigVersion(version=version, reason=data.reason, caller=caller, at=_now())
-        return _version_body(await platform.config_service.run(request.user.tenant, config_id, command), version)
+        return _version_body(await config_service.run(request.user.tenant, config_id, command), version)
 
     @post(
         "/configs/{config_id:str}/versions/{version:int}/breaking",
@@ -286,20 +295,21 @@ class ConfigController(Controller):
         config_id: FromPath[str],
         version: FromPath[int],
         data: JSONBody[ReasonRequest],
-        platform: NamedDependency[Platform],
+        config_service: NamedDependency[ConfigService],
     ) -> dict[str, Any]:
-        caller = await self._caller(platform, request)
+        caller = await self._caller(config_service, request)
         command = a.MarkConfigVersionBreaking(version=version, reason=data.reason, caller=caller, at=_now())
-        return _version_body(await platform.config_service.run(request.user.tenant, config_id, command), version)
+        return _version_body(await config_service.run(request.user.tenant, config_id, command), version)
 
     @post("/orchestration/reload-config/{config_id:str}", status_code=200, summary="Manual reload (breaking versions)")
     async def reload(
-        self, request: Request[Identity, Any, Any], config_id: FromPath[str], platform: NamedDependency[Platform]
+        self,
+        request: Request[Identity, Any, Any],
+        config_id: FromPath[str],
+        config_service: NamedDependency[ConfigService],
     ) -> dict[str, Any]:
-        caller = await self._caller(platform, request)
-        outcome = await platform.config_service.run(
-            request.user.tenant, config_id, a.ReloadConfig(caller=caller, at=_now())
-        )
+        caller = await self._caller(config_service, request)
+        outcome = await config_service.run(request.user.tenant, config_id, a.ReloadConfig(caller=caller, at=_now()))
         return _version_body(outcome, outcome.state.active)
 
     @post("/configs/{config_id:str}/versions/compare", status_code=200, summary="Compare two versions")
@@ -308,10 +318,11 @@ class ConfigController(Controller):
         request: Request[Identity, Any, Any],
         config_id: FromPath[str],
         data: JSONBody[CompareRequest],
-        platform: NamedDependency[Platform],
+        config_service: NamedDependency[ConfigService],
+        positions: NamedDependency[Positions],
     ) -> dict[str, Any]:
-        await self._read(platform, request, None)
-        return await platform.config_service.compare(request.user.tenant, config_id, data.version_a, data.version_b)
+        await self._read(config_service, positions, request, None)
+        return await config_service.compare(request.user.tenant, config_id, data.version_a, data.version_b)
 
     @post("/configs/{config_id:str}/preview", status_code=200, summary="Preview a candidate config (appends nothing)")
     async def preview(
@@ -319,7 +330,8 @@ class ConfigController(Controller):
         request: Request[Identity, Any, Any],
         config_id: FromPath[str],
         data: JSONBody[PreviewRequest],
-        platform: NamedDependency[Platform],
+        config_service: NamedDependency[ConfigService],
+        positions: NamedDependency[Positions],
     ) -> dict[str, Any]:
         """The seed's preview: each test scenario run on the candidate in a sandbox and judged against
         its expected behaviour (``success`` null when nothing it says can be checked)."""
@@ -327,39 +339,15 @@ class ConfigController(Controller):
             raise ValidationError("the body names another config", fields={"config_id": f"must be {config_id}"})
         if data.yaml_content is not None and data.changes is not None:
             raise ValidationError("give yaml_content or changes, not both", fields={"changes": "not with yaml_content"})
-        await self._read(platform, request, None)
-        tenant, service = request.user.tenant, platform.config_service
-        state = await service.catalog.state(tenant, config_id)
-        active = parse_yaml(state.version(state.active or state.latest).yaml_content)
-        ignored: list[Issue] = []
-        if data.yaml_content is not None:
-            text = data.yaml_content
-        else:
-            changed, ignored = apply_changes(active, data.changes or {})
-            text = yaml.safe_dump(changed, sort_keys=False)
-        raw, issues = service.check(text)
-        candidate = config_from_mapping(raw)
-        assessment = service.assess(active, raw)
-        results = await run_scenarios(candidate, data.test_scenarios, platform.tools, dict(os.environ), tenant=tenant)
-        replay = None
-        if data.replay_recorded:
-            replay = await platform.replay_recorded(tenant, config_id, candidate, data.replay_recorded)
-        return {
-            "preview_id": str(uuid.uuid4()),
-            "config_id": config_id,
-            "product_type": candidate.product_type,
-            "expires_at": _iso(_now() + timedelta(hours=1)),
-            "test_results": results,
-            "replay": replay,
-            "risk_assessment": {"risk_level": assessment.risk_level, "reasons": assessment.risk_reasons},
-            "breaking_change": assessment.breaking,
-            "changes": assessment.changes,
-            "validation": {
-                "valid": True,
-                "errors": [],
-                "warnings": [msgspec.to_builtins(i) for i in [*ignored, *issues] if i.severity != "error"],
-            },
-        }
+        await self._read(config_service, positions, request, None)
+        return await config_service.preview(
+            request.user.tenant,
+            config_id,
+            yaml_content=data.yaml_content,
+            changes=data.changes,
+            scenarios=data.test_scenarios,
+            replay_recorded=data.replay_recorded,
+        )
 
     @post("/configs/{config_id:str}/branches", status_code=201, summary="Create a branch")
     async def create_branch(
@@ -367,9 +355,9 @@ class ConfigController(Controller):
         request: Request[Identity, Any, Any],
         config_id: FromPath[str],
         data: JSONBody[BranchRequest],
-        platform: NamedDependency[Platform],
+        config_service: NamedDependency[ConfigService],
     ) -> dict[str, Any]:
-        caller = await self._caller(platform, request)
+        caller = await self._caller(config_service, request)
         command = a.CreateConfigBranch(
             branch=data.branch_name,
             base_version=data.base_version,
@@ -377,7 +365,7 @@ class ConfigController(Controller):
             caller=caller,
             at=_now(),
         )
-        outcome = await platform.config_service.run(request.user.tenant, config_id, command)
+        outcome = await config_service.run(request.user.tenant, config_id, command)
         branch = outcome.state.branches[data.branch_name]
         return {
             "config_id": config_id,
@@ -396,10 +384,10 @@ class ConfigController(Controller):
         request: Request[Identity, Any, Any],
         config_id: FromPath[str],
         branch: FromPath[str],
-        platform: NamedDependency[Platform],
+        config_service: NamedDependency[ConfigService],
     ) -> dict[str, Any]:
-        caller = await self._caller(platform, request)
-        outcome = await platform.config_service.merge(request.user.tenant, config_id, branch, caller)
+        caller = await self._caller(config_service, request)
+        outcome = await config_service.merge(request.user.tenant, config_id, branch, caller)
         merged = next(e for e in outcome.events if isinstance(e, a.ConfigBranchMerged))
         return {
             "config_id": config_id,
@@ -416,12 +404,10 @@ class ConfigController(Controller):
         request: Request[Identity, Any, Any],
         user_id: FromPath[str],
         data: JSONBody[PermissionsRequest],
-        platform: NamedDependency[Platform],
+        config_service: NamedDependency[ConfigService],
     ) -> dict[str, Any]:
-        caller = await self._caller(platform, request)
-        outcome = await platform.config_service.set_permissions(
-            request.user.tenant, user_id, data.config_permissions, caller
-        )
+        caller = await self._caller(config_service, request)
+        outcome = await config_service.set_permissions(request.user.tenant, user_id, data.config_permissions, caller)
         return {
             "user_id": user_id,
             "organization_id": request.user.tenant,
@@ -433,10 +419,10 @@ class ConfigController(Controller):
 
     @get("/client-config/permissions", summary="Members' config permission overrides")
     async def get_permissions(
-        self, request: Request[Identity, Any, Any], platform: NamedDependency[Platform]
+        self, request: Request[Identity, Any, Any], config_service: NamedDependency[ConfigService]
     ) -> dict[str, Any]:
-        caller = await self._caller(platform, request)
-        overrides = await platform.config_service.permissions_of(request.user.tenant)
+        caller = await self._caller(config_service, request)
+        overrides = await config_service.permissions_of(request.user.tenant)
         return {
             "organization_id": request.user.tenant,
             "you": {
@@ -456,24 +442,38 @@ class ConfigController(Controller):
     async def latest(
         self,
         request: Request[Identity, Any, Any],
-        platform: NamedDependency[Platform],
+        config_service: NamedDependency[ConfigService],
+        positions: NamedDependency[Positions],
+        config_queries: NamedDependency[ConfigQueries],
         organization_id: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
-        return await self._latest(request, platform, organization_id or request.user.tenant)
+        return await self._latest(
+            request, config_service, positions, config_queries, organization_id or request.user.tenant
+        )
 
     @get("/tenants/{tenant_slug:str}/config", summary="A tenant's config by its slug")
     async def by_tenant(
-        self, request: Request[Identity, Any, Any], tenant_slug: FromPath[str], platform: NamedDependency[Platform]
+        self,
+        request: Request[Identity, Any, Any],
+        tenant_slug: FromPath[str],
+        config_service: NamedDependency[ConfigService],
+        positions: NamedDependency[Positions],
+        config_queries: NamedDependency[ConfigQueries],
     ) -> dict[str, Any]:
-        return await self._latest(request, platform, tenant_slug)
+        return await self._latest(request, config_service, positions, config_queries, tenant_slug)
 
-    async def _latest(self, request: Request[Identity, Any, Any], platform: Platform, tenant: str) -> dict[str, Any]:
+    async def _latest(
+        self,
+        request: Request[Identity, Any, Any],
+        config_service: NamedDependency[ConfigService],
+        positions: NamedDependency[Positions],
+        config_queries: NamedDependency[ConfigQueries],
+        tenant: str,
+    ) -> dict[str, Any]:
         if tenant != request.user.tenant:
             raise NotFoundError(f"organization {tenant} not found")
-        await self._read(platform, request, None)
-        async with platform.pool.connection() as conn:
-            config_id = await q.latest_config_id(conn, tenant)
-            found = await q.get_config(conn, tenant, config_id) if config_id else None
+        await self._read(config_service, positions, request, None)
+        found = await config_queries.latest(tenant)
         if found is None:
             raise NotFoundError(f"organization {tenant} has no active config")
         return found
@@ -483,15 +483,17 @@ class ConfigController(Controller):
         self,
         request: Request[Identity, Any, Any],
         config_id: FromPath[str],
-        platform: NamedDependency[Platform],
+        config_service: NamedDependency[ConfigService],
+        positions: NamedDependency[Positions],
+        config_reads: NamedDependency[ConfigReads],
         version: Annotated[int | None, QueryParameter(ge=1)] = None,
         at: FromQuery[datetime | None] = None,
         min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
     ) -> dict[str, Any]:
         if version is not None and at is not None:
             raise ValidationError("give a version or a moment, not both", fields={"at": "not with version"})
-        await self._read(platform, request, min_position)
-        found = await platform.config_reads.get(request.user.tenant, config_id, version=version, at=at)
+        await self._read(config_service, positions, request, min_position)
+        found = await config_reads.get(request.user.tenant, config_id, version=version, at=at)
         if found is None:
             raise NotFoundError(
                 f"config {config_id} not found" + (f" as asked ({version or at})" if version or at else "")
@@ -503,14 +505,15 @@ class ConfigController(Controller):
         self,
         request: Request[Identity, Any, Any],
         config_id: FromPath[str],
-        platform: NamedDependency[Platform],
+        config_service: NamedDependency[ConfigService],
+        positions: NamedDependency[Positions],
+        config_queries: NamedDependency[ConfigQueries],
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
         offset: Annotated[int, QueryParameter(ge=0)] = 0,
         min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
     ) -> dict[str, Any]:
-        await self._read(platform, request, min_position)
-        async with platform.pool.connection() as conn:
-            found = await q.list_versions(conn, request.user.tenant, config_id, limit=limit, offset=offset)
+        await self._read(config_service, positions, request, min_position)
+        found = await config_queries.versions(request.user.tenant, config_id, limit=limit, offset=offset)
         if found is None:
             raise NotFoundError(f"config {config_id} not found")
         return found
@@ -520,7 +523,9 @@ class ConfigController(Controller):
         self,
         request: Request[Identity, Any, Any],
         config_id: FromPath[str],
-        platform: NamedDependency[Platform],
+        config_service: NamedDependency[ConfigService],
+        positions: NamedDependency[Positions],
+        config_queries: NamedDependency[ConfigQueries],
         author_type: FromQuery[
             Literal["client_user", "platform_engineer", "ai_agent", "automation", "monitor", "all"]
         ] = "all",
@@ -528,13 +533,11 @@ class ConfigController(Controller):
         offset: Annotated[int, QueryParameter(ge=0)] = 0,
         min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
     ) -> dict[str, Any]:
-        await self._read(platform, request, min_position)
+        await self._read(config_service, positions, request, min_position)
         chosen = None if author_type == "all" else author_type
-        async with platform.pool.connection() as conn:
-            found = await q.list_versions(
-                conn, request.user.tenant, config_id, limit=limit, offset=offset, author_type=chosen
-            )
-            rolled = await q.rollbacks(conn, request.user.tenant, config_id)
+        found, rolled = await config_queries.history(
+            request.user.tenant, config_id, limit=limit, offset=offset, author_type=chosen
+        )
         if found is None:
             raise NotFoundError(f"config {config_id} not found")
         changes = [
@@ -563,11 +566,15 @@ class ConfigController(Controller):
 
     @get("/configs/{config_id:str}/branches", summary="A config's branches")
     async def branches(
-        self, request: Request[Identity, Any, Any], config_id: FromPath[str], platform: NamedDependency[Platform]
+        self,
+        request: Request[Identity, Any, Any],
+        config_id: FromPath[str],
+        config_service: NamedDependency[ConfigService],
+        positions: NamedDependency[Positions],
+        config_queries: NamedDependency[ConfigQueries],
     ) -> dict[str, Any]:
-        await self._read(platform, request, None)
-        async with platform.pool.connection() as conn:
-            return {"config_id": config_id, "branches": await q.list_branches(conn, request.user.tenant, config_id)}
+        await self._read(config_service, positions, request, None)
+        return {"config_id": config_id, "branches": await config_queries.branches(request.user.tenant, config_id)}
 
 
 def perms_denied(permission: str) -> Exception:

@@ -30,6 +30,7 @@ from litestar.params import FromPath, JSONBody
 
 from domain.errors import NotFoundError, UnavailableError
 from gateways.http.auth import make_token
+from gateways.http.settings import ApiSettings
 
 CONSOLE_DIR = Path(__file__).resolve().parents[2] / "console" / "dist"
 DEV_TENANT = "demo"
@@ -64,12 +65,9 @@ def console_dir() -> Path:
     return Path(override).resolve() if override else CONSOLE_DIR
 
 
-def dev_signin_enabled(platform: Any) -> bool:
-    """On when the API's settings say so (``dev_signin``), else when ``PARLEY_DEV_SIGNIN=1``."""
-    setting = getattr(platform.settings, "dev_signin", None)
-    if setting is not None:
-        return bool(setting)
-    return os.environ.get("PARLEY_DEV_SIGNIN", "") in ("1", "true", "yes")
+def dev_signin_enabled(settings: NamedDependency[ApiSettings]) -> bool:
+    """On when the API's settings say so (``PARLEY_DEV_SIGNIN=1``: ``./parley up`` sets it)."""
+    return settings.dev_signin
 
 
 @lru_cache(maxsize=256)
@@ -124,20 +122,20 @@ def serve_console(request: Request[Any, Any, Any], rest: FromPath[str] = "") -> 
 
 
 @get("/api/v1/dev/token", exclude_from_auth=True, summary="Development sign-in: the roles on offer")
-async def dev_roles(platform: NamedDependency[Any]) -> dict[str, Any]:
-    if not dev_signin_enabled(platform):
+async def dev_roles(settings: NamedDependency[ApiSettings]) -> dict[str, Any]:
+    if not dev_signin_enabled(settings):
         raise NotFoundError("development sign-in is off (PARLEY_DEV_SIGNIN)")
     return {"tenant": DEV_TENANT, "roles": list(DEV_ROLES)}
 
 
 @post("/api/v1/dev/token", exclude_from_auth=True, status_code=201, summary="Development sign-in: a token for a role")
-async def dev_token(data: JSONBody[DevTokenRequest], platform: NamedDependency[Any]) -> dict[str, Any]:
+async def dev_token(data: JSONBody[DevTokenRequest], settings: NamedDependency[ApiSettings]) -> dict[str, Any]:
     """A JWT for tenant ``demo`` holding ``role``, its subject ``dev-<role>`` (12 hours). Only on a
     local platform (``PARLEY_DEV_SIGNIN=1``); 404 otherwise."""
-    if not dev_signin_enabled(platform):
+    if not dev_signin_enabled(settings):
         raise NotFoundError("development sign-in is off (PARLEY_DEV_SIGNIN)")
     subject = f"dev-{data.role.replace('_', '-')}"
-    token = make_token(platform.settings.jwt_secret, subject=subject, tenant=DEV_TENANT, roles=[data.role], hours=12)
+    token = make_token(settings.jwt_secret, subject=subject, tenant=DEV_TENANT, roles=[data.role], hours=12)
     return {"token": token, "tenant": DEV_TENANT, "subject": subject, "roles": [data.role]}
 
 

@@ -23,13 +23,17 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from commands.conversation import CONVERSATION
-from commands.runner import Outcome
+from commands.config import ConfigCatalog
+from commands.runner import CommandRunner, Outcome
 from domain import conversation as c
 from domain.errors import NotFoundError, PermissionDeniedError, ValidationError
 from gateways.http.auth import Identity, requires
 from gateways.http.common import (
     STAFF,
+    AgentResponse,
+    Commands,
+    CrossSellOpportunity,
+    Links,
     is_customer,
     iso,
     masked,
@@ -37,17 +41,15 @@ from gateways.http.common import (
     own_conversation,
     position_header,
     require_own,
-    run_command,
     sees_pii,
     shown_pii,
     shown_text,
     shown_tool_calls,
-    to_body,
 )
 from gateways.http.fields import Attachments, Context, Name, Text
-from gateways.http.platform import Platform
-from read_models.conversation import ConversationFilter, ConversationPage, ConversationView
-from streams.store import RecordedEvent
+from gateways.http.positions import Positions
+from read_models.conversation import ConversationFilter, ConversationPage, ConversationQueries, ConversationView
+from streams.store import EventStore, RecordedEvent
 from streams.subjects import StreamId, type_subjects
 
 NonEmpty = Name
@@ -91,16 +93,89 @@ class CloseRequest(msgspec.Struct, forbid_unknown_fields=True):
     reason: NonEmpty = "completed"
 
 
-def conversation_state(identity: Identity, state: c.Conversation) -> dict[str, Any]:
-    return {
-        "turn_count": state.turn_count,
-        "pii_collected": shown_pii(identity, state.pii_collected, state.user_id),
-        "checkpoint_id": None,
-    }
+class ConversationState(msgspec.Struct, kw_only=True):
+    turn_count: int
+    pii_collected: dict[str, str]
+    checkpoint_id: str | None = None
 
 
-def escalation_state(state: c.Conversation) -> dict[str, Any] | None:
+class EscalationState(msgspec.Struct, kw_only=True):
     """Where the conversation's open escalation stands: what a customer writing meanwhile is told."""
+
+    escalation_id: str
+    status: str
+    assigned_agent: dict[str, str] | None
+    fallback_option: str | None
+    waiting_for_agent: bool
+    status_url: str
+
+
+class StartedResponse(msgspec.Struct, kw_only=True):
+    conversation_id: str
+    product_type: str
+    thread_id: str
+    status: str
+    config_id: str
+    config_version: int
+    agent_response: AgentResponse | None = None
+    conversation_state: ConversationState
+    created_at: str
+    position: int = 0
+    cross_sell_opportunity: CrossSellOpportunity | msgspec.UnsetType = msgspec.UNSET
+    links: Links | msgspec.UnsetType = msgspec.UNSET
+
+
+class ContinuedResponse(msgspec.Struct, kw_only=True):
+    conversation_id: str
+    product_type: str
+    message_id: str
+    status: str
+    agent_response: AgentResponse | None = None
+    escalation: EscalationState | None
+    conversation_state: ConversationState
+    updated_at: str
+    position: int = 0
+    cross_sell_opportunity: CrossSellOpportunity | msgspec.UnsetType = msgspec.UNSET
+    links: Links | msgspec.UnsetType = msgspec.UNSET
+
+
+class SurveyContext(msgspec.Struct):
+    embedded_in_chat: bool
+    skippable: bool
+
+
+class SurveySentResponse(msgspec.Struct, kw_only=True):
+    conversation_id: str
+    product_type: str
+    survey_id: str
+    status: str
+    agent_message: str
+    survey_context: SurveyContext
+    position: int = 0
+
+
+class SurveyAnsweredResponse(msgspec.Struct, kw_only=True):
+    survey_id: str
+    responses: list[c.SurveyAnswer]
+    nps_score: int | None
+    nps_category: str | None
+    stored_at: str
+    position: int = 0
+
+
+class ClosedResponse(msgspec.Struct, kw_only=True):
+    conversation_id: str
+    status: str
+    position: int = 0
+
+
+def conversation_state(identity: Identity, state: c.Conversation) -> ConversationState:
+    return ConversationState(
+        turn_count=state.turn_count, pii_collected=shown_pii(identity, state.pii_collected, state.user_id)
+    )
+
+
+def escalation_state(state: c.Conversation) -> EscalationState | None:
     if state.open_escalation is None:
         return None
     agent = (
@@ -108,14 +183,14 @@ def escalation_state(state: c.Conversation) -> dict[str, Any] | None:
         if state.assigned_agent is not None
         else None
     )
-    return {
-        "escalation_id": state.open_escalation,
-        "status": "assigned" if agent else "agent_unavailable" if state.queued else "pending",
-        "assigned_agent": agent,
-        "fallback_option": state.fallback,
-        "waiting_for_agent": agent is None,
-        "status_url": f"/api/v1/orchestration/escalations/{state.open_escalation}/status",
-    }
+    return EscalationState(
+        escalation_id=state.open_escalation,
+        status="assigned" if agent else "agent_unavailable" if state.queued else "pending",
+        assigned_agent=agent,
+        fallback_option=state.fallback,
+        waiting_for_agent=agent is None,
+        status_url=f"/api/v1/orchestration/escalations/{state.open_escalation}/status",
+    )
 
 
 class ConversationController(Controller):
@@ -127,8 +202,9 @@ class ConversationController(Controller):
         self,
         request: Request[Identity, Any, Any],
         data: JSONBody[StartConversationRequest],
-        platform: NamedDependency[Platform],
-    ) -> Response[dict[str, Any]]:
+        commands: NamedDependency[Commands],
+        catalog: NamedDependency[ConfigCatalog],
+    ) -> Response[StartedResponse]:
         identity = request.user
         user_id = data.user_id
         if is_customer(identity):
@@ -146,8 +222,8 @@ class ConversationController(Controller):
             str(uuid.uuid5(uuid.NAMESPACE_URL, f"parley:{identity.tenant}:{key}")) if key else str(uuid.uuid4())
         )
         at = now()
-        config = await platform.configs.state(identity.tenant, data.config_id)
-        version = await platform.configs.latest_version(identity.tenant, data.config_id)
+        config = await catalog.state(identity.tenant, data.config_id)
+        version = await catalog.latest_version(identity.tenant, data.config_id)
         command = c.StartConversation(
             conversation_id=conversation_id,
             config_id=data.config_id,
@@ -161,23 +237,21 @@ class ConversationController(Controller):
             at=at,
         )
 
-        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
-            return {
-                "conversation_id": conversation_id,
-                "product_type": outcome.state.product_type,
-                "thread_id": conversation_id,
-                "status": outcome.state.status,
-                "config_id": data.config_id,
-                "config_version": outcome.state.config_version,
-                "agent_response": None,
-                "conversation_state": conversation_state(identity, outcome.state),
-                "created_at": iso(at),
-            }
+        def respond(outcome: Outcome[c.Conversation]) -> StartedResponse:
+            return StartedResponse(
+                conversation_id=conversation_id,
+                product_type=outcome.state.product_type,
+                thread_id=conversation_id,
+                status=outcome.state.status,
+                config_id=data.config_id,
+                config_version=outcome.state.config_version,
+                conversation_state=conversation_state(identity, outcome.state),
+                created_at=iso(at),
+            )
 
-        return await run_command(
-            platform,
+        return await commands.run(
             request,
-            CONVERSATION,
+            c.DECIDER,
             conversation_id,
             command,
             respond,
@@ -193,30 +267,29 @@ class ConversationController(Controller):
         request: Request[Identity, Any, Any],
         conversation_id: FromPath[str],
         data: JSONBody[ContinueConversationRequest],
-        platform: NamedDependency[Platform],
-    ) -> Response[dict[str, Any]]:
+        commands: NamedDependency[Commands],
+        runner: NamedDependency[CommandRunner],
+    ) -> Response[ContinuedResponse]:
         identity = request.user
-        await own_conversation(platform, identity, conversation_id)
+        await own_conversation(runner, identity, conversation_id)
         message_id = str(uuid.uuid4())
         at = now()
         command = c.ReceiveUserMessage(message_id=message_id, content=data.message, attachments=data.attachments, at=at)
 
-        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
-            return {
-                "conversation_id": conversation_id,
-                "product_type": outcome.state.product_type,
-                "message_id": message_id,
-                "status": outcome.state.status,
-                "agent_response": None,
-                "escalation": escalation_state(outcome.state),
-                "conversation_state": conversation_state(identity, outcome.state),
-                "updated_at": iso(at),
-            }
+        def respond(outcome: Outcome[c.Conversation]) -> ContinuedResponse:
+            return ContinuedResponse(
+                conversation_id=conversation_id,
+                product_type=outcome.state.product_type,
+                message_id=message_id,
+                status=outcome.state.status,
+                escalation=escalation_state(outcome.state),
+                conversation_state=conversation_state(identity, outcome.state),
+                updated_at=iso(at),
+            )
 
-        return await run_command(
-            platform,
+        return await commands.run(
             request,
-            CONVERSATION,
+            c.DECIDER,
             conversation_id,
             command,
             respond,
@@ -231,24 +304,25 @@ class ConversationController(Controller):
         request: Request[Identity, Any, Any],
         conversation_id: FromPath[str],
         data: JSONBody[SurveyRequest],
-        platform: NamedDependency[Platform],
-    ) -> Response[dict[str, Any]]:
-        await own_conversation(platform, request.user, conversation_id)
+        commands: NamedDependency[Commands],
+        runner: NamedDependency[CommandRunner],
+    ) -> Response[SurveySentResponse]:
+        await own_conversation(runner, request.user, conversation_id)
         survey_id = str(uuid.uuid4())
         command = c.SendSurvey(survey_id=survey_id, questions=data.questions, at=now())
 
-        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
-            return {
-                "conversation_id": conversation_id,
-                "product_type": outcome.state.product_type,
-                "survey_id": survey_id,
-                "status": "sent",
-                "agent_message": f"Before we finish, I'd love to get your quick feedback! {data.questions[0].question}",
-                "survey_context": {"embedded_in_chat": True, "skippable": True},
-            }
+        def respond(outcome: Outcome[c.Conversation]) -> SurveySentResponse:
+            return SurveySentResponse(
+                conversation_id=conversation_id,
+                product_type=outcome.state.product_type,
+                survey_id=survey_id,
+                status="sent",
+                agent_message=f"Before we finish, I'd love to get your quick feedback! {data.questions[0].question}",
+                survey_context=SurveyContext(embedded_in_chat=True, skippable=True),
+            )
 
-        return await run_command(
-            platform, request, CONVERSATION, conversation_id, command, respond, conversation_id=conversation_id
+        return await commands.run(
+            request, c.DECIDER, conversation_id, command, respond, conversation_id=conversation_id
         )
 
     @post(
@@ -263,11 +337,12 @@ class ConversationController(Controller):
         conversation_id: FromPath[str],
         survey_id: FromPath[str],
         data: JSONBody[SurveyResponsesRequest],
-        platform: NamedDependency[Platform],
-    ) -> Response[dict[str, Any]]:
+        commands: NamedDependency[Commands],
+        runner: NamedDependency[CommandRunner],
+    ) -> Response[SurveyAnsweredResponse]:
         if data.survey_id is not None and data.survey_id != survey_id:
             raise ValidationError("the body names another survey", fields={"survey_id": "must match the path"})
-        return await self._answer(request, platform, conversation_id, survey_id, data)
+        return await _answer(request, commands, runner, conversation_id, survey_id, data)
 
     @post(
         "/conversations/{conversation_id:str}/survey/responses",
@@ -280,40 +355,12 @@ class ConversationController(Controller):
         request: Request[Identity, Any, Any],
         conversation_id: FromPath[str],
         data: JSONBody[SurveyResponsesRequest],
-        platform: NamedDependency[Platform],
-    ) -> Response[dict[str, Any]]:
+        commands: NamedDependency[Commands],
+        runner: NamedDependency[CommandRunner],
+    ) -> Response[SurveyAnsweredResponse]:
         if data.survey_id is None:
             raise ValidationError("which survey is answered?", fields={"survey_id": "required"})
-        return await self._answer(request, platform, conversation_id, data.survey_id, data)
-
-    async def _answer(
-        self,
-        request: Request[Identity, Any, Any],
-        platform: Platform,
-        conversation_id: str,
-        survey_id: str,
-        data: SurveyResponsesRequest,
-    ) -> Response[dict[str, Any]]:
-        await own_conversation(platform, request.user, conversation_id)
-        at = now()
-        command = c.AnswerSurvey(survey_id=survey_id, responses=data.responses, at=at)
-
-        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
-            answered = next((e for e in outcome.events if isinstance(e, c.SurveyAnswered)), None)
-            return {
-                "survey_id": survey_id,
-                "responses": msgspec.to_builtins(data.responses),
-                "nps_score": answered.nps_score if answered else None,
-                "nps_category": answered.nps_category if answered else None,
-                "stored_at": iso(at),
-            }
-
-        scores = {a.answer for a in data.responses if isinstance(a.answer, int) and not isinstance(a.answer, bool)}
-        if data.nps_score is not None and data.nps_score not in scores:
-            raise ValidationError("nps_score is computed from the answers", fields={"nps_score": "not among them"})
-        return await run_command(
-            platform, request, CONVERSATION, conversation_id, command, respond, conversation_id=conversation_id
-        )
+        return await _answer(request, commands, runner, conversation_id, data.survey_id, data)
 
     @post("/conversations/{conversation_id:str}/close", opt=ANYONE, status_code=200, summary="Close")
     async def close(
@@ -321,16 +368,17 @@ class ConversationController(Controller):
         request: Request[Identity, Any, Any],
         conversation_id: FromPath[str],
         data: JSONBody[CloseRequest],
-        platform: NamedDependency[Platform],
-    ) -> Response[dict[str, Any]]:
-        await own_conversation(platform, request.user, conversation_id)
+        commands: NamedDependency[Commands],
+        runner: NamedDependency[CommandRunner],
+    ) -> Response[ClosedResponse]:
+        await own_conversation(runner, request.user, conversation_id)
         command = c.CloseConversation(reason=data.reason, at=now())
 
-        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
-            return {"conversation_id": conversation_id, "status": outcome.state.status}
+        def respond(outcome: Outcome[c.Conversation]) -> ClosedResponse:
+            return ClosedResponse(conversation_id=conversation_id, status=outcome.state.status)
 
-        return await run_command(
-            platform, request, CONVERSATION, conversation_id, command, respond, conversation_id=conversation_id
+        return await commands.run(
+            request, c.DECIDER, conversation_id, command, respond, conversation_id=conversation_id
         )
 
     @get(
@@ -339,17 +387,14 @@ class ConversationController(Controller):
         summary="The conversation's events, live (server-sent events)",
     )
     async def events(
-        self,
-        request: Request[Identity, Any, Any],
-        conversation_id: FromPath[str],
-        platform: NamedDependency[Platform],
+        self, request: Request[Identity, Any, Any], conversation_id: FromPath[str], store: NamedDependency[EventStore]
     ) -> ServerSentEvent:
         """Every event so far, then each new one as it is committed: one SSE message per event,
         ``event`` its type, ``id`` its stream sequence and version, ``data`` the event as JSON."""
         identity = request.user
         stream = StreamId(identity.tenant, c.AGGREGATE_TYPE, conversation_id)
-        watch = await platform.opened.store.watch(stream.subjects)
-        history = await platform.opened.store.read(stream)
+        watch = await store.watch(stream.subjects)
+        history = await store.read(stream)
         owner = next((e.event.user_id for e in history if isinstance(e.event, c.ConversationStarted)), None)
         if not history or (is_customer(identity) and owner != identity.subject):
             await watch.close()
@@ -373,13 +418,12 @@ class ConversationController(Controller):
 
     @get("/events", opt=requires(*STAFF), summary="The tenant's conversation events, live (server-sent events)")
     async def tenant_events(
-        self, request: Request[Identity, Any, Any], platform: NamedDependency[Platform]
+        self, request: Request[Identity, Any, Any], store: NamedDependency[EventStore]
     ) -> ServerSentEvent:
         """Each conversation event of the tenant as it is committed (from now on): what an inbox
         follows. ``event`` its type, ``id`` its stream position, ``data`` the event with its
         ``conversation_id`` and ``version``."""
-        tenant = request.user.tenant
-        watch = await platform.opened.store.watch(type_subjects(c.AGGREGATE_TYPE, tenant))
+        watch = await store.watch(type_subjects(c.AGGREGATE_TYPE, request.user.tenant))
 
         async def messages() -> AsyncIterator[ServerSentEventMessage]:
             try:
@@ -397,25 +441,26 @@ class ConversationController(Controller):
         self,
         request: Request[Identity, Any, Any],
         conversation_id: FromPath[str],
-        platform: NamedDependency[Platform],
+        conversations: NamedDependency[ConversationQueries],
+        positions: NamedDependency[Positions],
         min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
-    ) -> Response[dict[str, Any]]:
+    ) -> Response[ConversationView]:
         identity = request.user
-        reached = await platform.wait_for(min_position or position_header(request))
-        async with platform.pool.connection() as conn:
-            view = await platform.queries.get_conversation(conn, identity.tenant, conversation_id)
+        reached = await positions.wait(min_position or position_header(request))
+        view = await conversations.get(identity.tenant, conversation_id)
         if view is None:
             raise NotFoundError(f"conversation {conversation_id} not found")
         require_own(identity, view.user_id, f"conversation {conversation_id}")
         return Response(
-            to_body(shown_view(identity, view)), headers={"X-Parley-Position-Reached": "true" if reached else "false"}
+            shown_view(identity, view), headers={"X-Parley-Position-Reached": "true" if reached else "false"}
         )
 
     @get("/conversations", opt=LISTERS, summary="List conversations")
     async def list_conversations(
         self,
         request: Request[Identity, Any, Any],
-        platform: NamedDependency[Platform],
+        conversations: NamedDependency[ConversationQueries],
+        positions: NamedDependency[Positions],
         status: FromQuery[Literal["active", "escalated", "closed"] | None] = None,
         channel: Annotated[str | None, QueryParameter(max_length=200)] = None,
         config_id: Annotated[str | None, QueryParameter(max_length=200)] = None,
@@ -455,9 +500,8 @@ class ConversationController(Controller):
         )
         if where.created_from and where.created_to and where.created_from >= where.created_to:
             raise ValidationError("the period ends before it starts", fields={"end_date": "must be after start_date"})
-        await platform.wait_for(min_position or position_header(request))
-        async with platform.pool.connection() as conn:
-            page = await platform.queries.list_conversations(conn, identity.tenant, where, limit=limit, cursor=cursor)
+        await positions.wait(min_position or position_header(request))
+        page = await conversations.list(identity.tenant, where, limit=limit, cursor=cursor)
         if sees_pii(identity, None):
             return page
         return msgspec.structs.replace(
@@ -474,6 +518,34 @@ class ConversationController(Controller):
                 for s in page.conversations
             ],
         )
+
+
+async def _answer(
+    request: Request[Identity, Any, Any],
+    commands: NamedDependency[Commands],
+    runner: NamedDependency[CommandRunner],
+    conversation_id: str,
+    survey_id: str,
+    data: SurveyResponsesRequest,
+) -> Response[SurveyAnsweredResponse]:
+    await own_conversation(runner, request.user, conversation_id)
+    at = now()
+    command = c.AnswerSurvey(survey_id=survey_id, responses=data.responses, at=at)
+
+    def respond(outcome: Outcome[c.Conversation]) -> SurveyAnsweredResponse:
+        answered = next((e for e in outcome.events if isinstance(e, c.SurveyAnswered)), None)
+        return SurveyAnsweredResponse(
+            survey_id=survey_id,
+            responses=data.responses,
+            nps_score=answered.nps_score if answered else None,
+            nps_category=answered.nps_category if answered else None,
+            stored_at=iso(at),
+        )
+
+    scores = {a.answer for a in data.responses if isinstance(a.answer, int) and not isinstance(a.answer, bool)}
+    if data.nps_score is not None and data.nps_score not in scores:
+        raise ValidationError("nps_score is computed from the answers", fields={"nps_score": "not among them"})
+    return await commands.run(request, c.DECIDER, conversation_id, command, respond, conversation_id=conversation_id)
 
 
 def shown_view(identity: Identity, view: ConversationView) -> ConversationView:

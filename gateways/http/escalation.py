@@ -18,15 +18,15 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from commands.conversation import CONVERSATION
-from commands.runner import Outcome
+from commands.escalation import Escalations, HandoffSummary
+from commands.runner import CommandRunner, Outcome
 from domain import conversation as c
 from domain import escalation as p
 from domain.errors import NotFoundError, PermissionDeniedError
-from domain.escalation import DECIDER as AGENT_POOL
 from gateways.http.auth import Identity, requires
 from gateways.http.common import (
     STAFF,
+    Commands,
     is_customer,
     is_supervisor,
     iso,
@@ -35,14 +35,13 @@ from gateways.http.common import (
     own_conversation,
     position_header,
     require_own,
-    run_command,
     sees_pii,
     shown_pii,
-    to_body,
 )
 from gateways.http.fields import Name, Note, Text
-from gateways.http.platform import Platform
-from read_models.escalation import AgentList, EscalationPage
+from gateways.http.limits import Limits
+from gateways.http.positions import Positions
+from read_models.escalation import AgentList, AssignedAgent, EscalationPage, EscalationQueries, EscalationStatusView
 
 NonEmpty = Name
 Phone = Annotated[str, msgspec.Meta(pattern=r"^\+?[\d\s().-]{7,25}$")]
@@ -91,6 +90,66 @@ class AvailabilityRequest(msgspec.Struct, forbid_unknown_fields=True):
     available: bool
 
 
+class EscalatedResponse(msgspec.Struct, kw_only=True):
+    conversation_id: str
+    product_type: str
+    escalation_id: str
+    status: str
+    assigned_agent: AssignedAgent | None
+    queue_position: int | None
+    handoff_summary: HandoffSummary
+    escalated_at: str
+    position: int = 0
+
+
+class FallbackChosenResponse(msgspec.Struct, kw_only=True):
+    escalation_id: str
+    conversation_id: str
+    option: str
+    status: str
+    escalation_status: str
+    position: int = 0
+
+
+class ClaimedResponse(msgspec.Struct, kw_only=True):
+    escalation_id: str
+    status: str
+    assigned_agent: AssignedAgent
+    position: int = 0
+
+
+class AgentRepliedResponse(msgspec.Struct, kw_only=True):
+    conversation_id: str
+    message_id: str
+    role: str
+    agent: dict[str, str]
+    status: str
+    position: int = 0
+
+
+class ResolvedResponse(msgspec.Struct, kw_only=True):
+    conversation_id: str
+    escalation_id: str
+    status: str
+    position: int = 0
+
+
+class AgentRegisteredResponse(msgspec.Struct, kw_only=True):
+    agent_id: str
+    name: str
+    role: str
+    skills: list[str]
+    capacity: int
+    position: int = 0
+
+
+class AvailabilityResponse(msgspec.Struct, kw_only=True):
+    agent_id: str
+    available: bool
+    active_escalations: int
+    position: int = 0
+
+
 def _agent_id(identity: Identity, given: str | None) -> str:
     """Whom an agent command is about: a supervisor names anyone; a support agent is themself."""
     if given is None or given == identity.subject:
@@ -110,10 +169,12 @@ class EscalationController(Controller):
         request: Request[Identity, Any, Any],
         conversation_id: FromPath[str],
         data: JSONBody[EscalateRequest],
-        platform: NamedDependency[Platform],
-    ) -> Response[dict[str, Any]]:
+        commands: NamedDependency[Commands],
+        runner: NamedDependency[CommandRunner],
+        escalations: NamedDependency[Escalations],
+    ) -> Response[EscalatedResponse]:
         identity = request.user
-        await own_conversation(platform, identity, conversation_id)
+        await own_conversation(runner, identity, conversation_id)
         escalation_id = str(uuid.uuid4())
         at = now()
         command = c.RequestEscalation(
@@ -125,49 +186,38 @@ class EscalationController(Controller):
             at=at,
         )
 
-        async def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
+        async def respond(outcome: Outcome[c.Conversation]) -> EscalatedResponse:
             state = outcome.state
             opened = state.open_escalation or escalation_id
-            assignment = await platform.escalations.route(
+            assignment = await escalations.route(
                 identity.tenant,
                 opened,
                 conversation_id,
                 skill=data.skill,
                 correlation_id=request.state.get("request_id"),
             )
-            summary = await platform.escalations.handoff_summary(identity.tenant, conversation_id)
-            clear = sees_pii(identity, state.user_id)
+            summary = handoff_for(identity, await escalations.handoff_summary(identity.tenant, conversation_id), state)
             assigned = None
             if assignment.agent_id is not None:
-                assigned = {
-                    "agent_id": assignment.agent_id,
-                    "name": assignment.agent_name,
-                    "role": assignment.agent_role or "Support Agent",
-                    "status": "available",
-                    "estimated_response_time": "2 minutes",
-                }
-            return {
-                "conversation_id": conversation_id,
-                "product_type": state.product_type,
-                "escalation_id": opened,
-                "status": "escalated",
-                "assigned_agent": assigned,
-                "queue_position": assignment.queue_position,
-                "handoff_summary": {
-                    "conversation_history": summary.conversation_history
-                    if clear
-                    else masked(summary.conversation_history),
-                    "pii_collected": shown_pii(identity, summary.pii_collected, state.user_id),
-                    "tools_used": summary.tools_used,
-                    "sentiment_score": summary.sentiment_score,
-                    "issue_category": summary.issue_category,
-                },
-                "escalated_at": iso(at),
-                "position": assignment.position,
-            }
+                assigned = AssignedAgent(
+                    agent_id=assignment.agent_id,
+                    name=assignment.agent_name,
+                    role=assignment.agent_role or "Support Agent",
+                )
+            return EscalatedResponse(
+                conversation_id=conversation_id,
+                product_type=state.product_type,
+                escalation_id=opened,
+                status="escalated",
+                assigned_agent=assigned,
+                queue_position=assignment.queue_position,
+                handoff_summary=summary,
+                escalated_at=iso(at),
+                position=assignment.position,
+            )
 
-        return await run_command(
-            platform, request, CONVERSATION, conversation_id, command, respond, conversation_id=conversation_id
+        return await commands.run(
+            request, c.DECIDER, conversation_id, command, respond, conversation_id=conversation_id
         )
 
     @get("/escalations/{escalation_id:str}/status", opt=READERS, summary="Escalation status")
@@ -175,23 +225,24 @@ class EscalationController(Controller):
         self,
         request: Request[Identity, Any, Any],
         escalation_id: FromPath[str],
-        platform: NamedDependency[Platform],
+        escalation_queries: NamedDependency[EscalationQueries],
+        positions: NamedDependency[Positions],
         min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
-    ) -> Response[dict[str, Any]]:
+    ) -> Response[EscalationStatusView]:
         identity = request.user
-        reached = await platform.wait_for(min_position or position_header(request), "conversations", "escalation")
-        async with platform.pool.connection() as conn:
-            view = await platform.escalation_queries.get_escalation_status(conn, identity.tenant, escalation_id)
+        reached = await positions.wait(min_position or position_header(request), "conversations", "escalation")
+        view = await escalation_queries.status(identity.tenant, escalation_id)
         if view is None:
             raise NotFoundError(f"escalation {escalation_id} not found")
         require_own(identity, view.user_id, f"escalation {escalation_id}")
-        return Response(to_body(view), headers={"X-Parley-Position-Reached": "true" if reached else "false"})
+        return Response(view, headers={"X-Parley-Position-Reached": "true" if reached else "false"})
 
     @get("/escalations", opt=READERS, summary="The escalation queue and its history")
     async def list_escalations(
         self,
         request: Request[Identity, Any, Any],
-        platform: NamedDependency[Platform],
+        escalation_queries: NamedDependency[EscalationQueries],
+        positions: NamedDependency[Positions],
         status: Annotated[
             Literal["queued", "assigned", "open", "resolved"] | None,
             QueryParameter(description="queued: waiting for an agent; open: queued or assigned"),
@@ -205,18 +256,16 @@ class EscalationController(Controller):
         """Escalations oldest first, as they are worked: each with its wait, skill and place in the queue.
         A customer sees only their own."""
         identity = request.user
-        await platform.wait_for(min_position or position_header(request), "conversations", "escalation")
-        async with platform.pool.connection() as conn:
-            page = await platform.escalation_queries.list_escalations(
-                conn,
-                identity.tenant,
-                state=status,
-                agent_id=identity.subject if agent_id == "me" else agent_id,
-                skill=skill,
-                user_id=identity.subject if is_customer(identity) else None,
-                limit=limit,
-                cursor=cursor,
-            )
+        await positions.wait(min_position or position_header(request), "conversations", "escalation")
+        page = await escalation_queries.list(
+            identity.tenant,
+            state=status,
+            agent_id=identity.subject if agent_id == "me" else agent_id,
+            skill=skill,
+            user_id=identity.subject if is_customer(identity) else None,
+            limit=limit,
+            cursor=cursor,
+        )
         if sees_pii(identity, None):
             return page
         return msgspec.structs.replace(
@@ -229,11 +278,13 @@ class EscalationController(Controller):
         request: Request[Identity, Any, Any],
         escalation_id: FromPath[str],
         data: JSONBody[FallbackRequest],
-        platform: NamedDependency[Platform],
-    ) -> Response[dict[str, Any]]:
+        commands: NamedDependency[Commands],
+        runner: NamedDependency[CommandRunner],
+        escalation_queries: NamedDependency[EscalationQueries],
+    ) -> Response[FallbackChosenResponse]:
         """While no agent is free: go on with the AI, book a callback, or take it to email."""
         identity = request.user
-        conversation_id = await self._conversation_of(platform, identity, escalation_id)
+        conversation_id = await _conversation_of(runner, escalation_queries, identity, escalation_id)
         command = c.ChooseEscalationFallback(
             escalation_id=escalation_id,
             option=data.option,
@@ -244,17 +295,17 @@ class EscalationController(Controller):
             at=now(),
         )
 
-        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
-            return {
-                "escalation_id": escalation_id,
-                "conversation_id": conversation_id,
-                "option": data.option,
-                "status": outcome.state.status,
-                "escalation_status": "resolved" if outcome.state.open_escalation is None else "agent_unavailable",
-            }
+        def respond(outcome: Outcome[c.Conversation]) -> FallbackChosenResponse:
+            return FallbackChosenResponse(
+                escalation_id=escalation_id,
+                conversation_id=conversation_id,
+                option=data.option,
+                status=outcome.state.status,
+                escalation_status="resolved" if outcome.state.open_escalation is None else "agent_unavailable",
+            )
 
-        return await run_command(
-            platform, request, CONVERSATION, conversation_id, command, respond, conversation_id=conversation_id
+        return await commands.run(
+            request, c.DECIDER, conversation_id, command, respond, conversation_id=conversation_id
         )
 
     @post("/escalations/{escalation_id:str}/claim", opt=WORKERS, status_code=200, summary="Take from the queue")
@@ -263,20 +314,21 @@ class EscalationController(Controller):
         request: Request[Identity, Any, Any],
         escalation_id: FromPath[str],
         data: JSONBody[ClaimRequest],
-        platform: NamedDependency[Platform],
-    ) -> dict[str, Any]:
+        escalations: NamedDependency[Escalations],
+        limits: NamedDependency[Limits],
+    ) -> ClaimedResponse:
         identity = request.user
         agent_id = _agent_id(identity, data.agent_id)
-        await platform.limits.take([platform.limits.tenant_bucket(identity.tenant)])
-        assignment = await platform.escalations.claim(
+        await limits.take([limits.tenant_bucket(identity.tenant)])
+        assignment = await escalations.claim(
             identity.tenant, escalation_id, agent_id, correlation_id=request.state.get("request_id")
         )
-        return {
-            "escalation_id": escalation_id,
-            "status": "assigned",
-            "assigned_agent": {"agent_id": agent_id, "name": assignment.agent_name, "role": assignment.agent_role},
-            "position": assignment.position,
-        }
+        return ClaimedResponse(
+            escalation_id=escalation_id,
+            status="assigned",
+            assigned_agent=AssignedAgent(agent_id=agent_id, name=assignment.agent_name, role=assignment.agent_role),
+            position=assignment.position,
+        )
 
     @post("/conversations/{conversation_id:str}/agent-replies", opt=WORKERS, summary="A human agent replies")
     async def agent_reply(
@@ -284,8 +336,8 @@ class EscalationController(Controller):
         request: Request[Identity, Any, Any],
         conversation_id: FromPath[str],
         data: JSONBody[AgentReplyRequest],
-        platform: NamedDependency[Platform],
-    ) -> Response[dict[str, Any]]:
+        commands: NamedDependency[Commands],
+    ) -> Response[AgentRepliedResponse]:
         identity = request.user
         message_id = str(uuid.uuid4())
         command = c.RecordAgentReply(
@@ -296,17 +348,17 @@ class EscalationController(Controller):
             at=now(),
         )
 
-        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
-            return {
-                "conversation_id": conversation_id,
-                "message_id": message_id,
-                "role": "agent",
-                "agent": {"agent_id": identity.subject, "name": outcome.state.assigned_agent_name},
-                "status": outcome.state.status,
-            }
+        def respond(outcome: Outcome[c.Conversation]) -> AgentRepliedResponse:
+            return AgentRepliedResponse(
+                conversation_id=conversation_id,
+                message_id=message_id,
+                role="agent",
+                agent={"agent_id": identity.subject, "name": outcome.state.assigned_agent_name},
+                status=outcome.state.status,
+            )
 
-        return await run_command(
-            platform, request, CONVERSATION, conversation_id, command, respond, conversation_id=conversation_id
+        return await commands.run(
+            request, c.DECIDER, conversation_id, command, respond, conversation_id=conversation_id
         )
 
     @post(
@@ -321,8 +373,8 @@ class EscalationController(Controller):
         conversation_id: FromPath[str],
         escalation_id: FromPath[str],
         data: JSONBody[ResolveRequest],
-        platform: NamedDependency[Platform],
-    ) -> Response[dict[str, Any]]:
+        commands: NamedDependency[Commands],
+    ) -> Response[ResolvedResponse]:
         identity = request.user
         command = c.ResolveEscalation(
             escalation_id=escalation_id,
@@ -333,11 +385,13 @@ class EscalationController(Controller):
             at=now(),
         )
 
-        def respond(outcome: Outcome[c.Conversation]) -> dict[str, Any]:
-            return {"conversation_id": conversation_id, "escalation_id": escalation_id, "status": outcome.state.status}
+        def respond(outcome: Outcome[c.Conversation]) -> ResolvedResponse:
+            return ResolvedResponse(
+                conversation_id=conversation_id, escalation_id=escalation_id, status=outcome.state.status
+            )
 
-        return await run_command(
-            platform, request, CONVERSATION, conversation_id, command, respond, conversation_id=conversation_id
+        return await commands.run(
+            request, c.DECIDER, conversation_id, command, respond, conversation_id=conversation_id
         )
 
     @post("/agents", opt=WORKERS, status_code=201, summary="Register a human agent")
@@ -345,8 +399,8 @@ class EscalationController(Controller):
         self,
         request: Request[Identity, Any, Any],
         data: JSONBody[RegisterAgentRequest],
-        platform: NamedDependency[Platform],
-    ) -> Response[dict[str, Any]]:
+        commands: NamedDependency[Commands],
+    ) -> Response[AgentRegisteredResponse]:
         identity = request.user
         # A support agent registers themself (their id is their token's subject); a supervisor anyone.
         if is_supervisor(identity):
@@ -357,16 +411,12 @@ class EscalationController(Controller):
             agent_id=agent_id, name=data.name, role=data.role, skills=data.skills, capacity=data.capacity, at=now()
         )
 
-        def respond(outcome: Outcome[p.Pool]) -> dict[str, Any]:
-            return {
-                "agent_id": agent_id,
-                "name": data.name,
-                "role": data.role,
-                "skills": data.skills,
-                "capacity": data.capacity,
-            }
+        def respond(outcome: Outcome[p.Pool]) -> AgentRegisteredResponse:
+            return AgentRegisteredResponse(
+                agent_id=agent_id, name=data.name, role=data.role, skills=data.skills, capacity=data.capacity
+            )
 
-        return await run_command(platform, request, AGENT_POOL, p.POOL_ID, command, respond, status=201)
+        return await commands.run(request, p.DECIDER, p.POOL_ID, command, respond, status=201)
 
     @post("/agents/{agent_id:str}/availability", opt=WORKERS, status_code=200, summary="Set availability")
     async def availability(
@@ -374,40 +424,55 @@ class EscalationController(Controller):
         request: Request[Identity, Any, Any],
         agent_id: FromPath[str],
         data: JSONBody[AvailabilityRequest],
-        platform: NamedDependency[Platform],
-    ) -> Response[dict[str, Any]]:
+        commands: NamedDependency[Commands],
+    ) -> Response[AvailabilityResponse]:
         _agent_id(request.user, agent_id)
         command = p.SetHumanAgentAvailability(agent_id=agent_id, available=data.available, at=now())
 
-        def respond(outcome: Outcome[p.Pool]) -> dict[str, Any]:
+        def respond(outcome: Outcome[p.Pool]) -> AvailabilityResponse:
             agent = outcome.state.agents[agent_id]
-            return {"agent_id": agent_id, "available": agent.available, "active_escalations": len(agent.active)}
+            return AvailabilityResponse(
+                agent_id=agent_id, available=agent.available, active_escalations=len(agent.active)
+            )
 
-        return await run_command(platform, request, AGENT_POOL, p.POOL_ID, command, respond)
+        return await commands.run(request, p.DECIDER, p.POOL_ID, command, respond)
 
     @get("/agents", opt=requires("analyst", *STAFF), summary="The human agents, their availability and load")
     async def list_agents(
         self,
         request: Request[Identity, Any, Any],
-        platform: NamedDependency[Platform],
+        escalation_queries: NamedDependency[EscalationQueries],
+        positions: NamedDependency[Positions],
         min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
     ) -> AgentList:
-        await platform.wait_for(min_position or position_header(request), "escalation")
-        async with platform.pool.connection() as conn:
-            return await platform.escalation_queries.list_agents(conn, request.user.tenant)
+        await positions.wait(min_position or position_header(request), "escalation")
+        return await escalation_queries.agents(request.user.tenant)
 
-    async def _conversation_of(self, platform: Platform, identity: Identity, escalation_id: str) -> str:
-        """The escalation's conversation: from the pool while it is routed or queued, else the read model."""
-        pool = await platform.runner.repository(AGENT_POOL).load(identity.tenant, p.POOL_ID, trust_cache=True)
-        if (conversation_id := pool.state.conversations.get(escalation_id)) is not None:
-            await own_conversation(platform, identity, conversation_id)
-            return conversation_id
-        async with platform.pool.connection() as conn:
-            view = await platform.escalation_queries.get_escalation_status(conn, identity.tenant, escalation_id)
-        if view is None:
-            raise NotFoundError(f"escalation {escalation_id} not found")
-        require_own(identity, view.user_id, f"escalation {escalation_id}")
-        return view.conversation_id
+
+def handoff_for(identity: Identity, summary: HandoffSummary, state: c.Conversation) -> HandoffSummary:
+    """The hand-off summary as this reader may see it."""
+    if sees_pii(identity, state.user_id):
+        return summary
+    return msgspec.structs.replace(
+        summary,
+        conversation_history=masked(summary.conversation_history),
+        pii_collected=shown_pii(identity, summary.pii_collected, state.user_id),
+    )
+
+
+async def _conversation_of(
+    runner: NamedDependency[CommandRunner], queries: EscalationQueries, identity: Identity, escalation_id: str
+) -> str:
+    """The escalation's conversation: from the pool while it is routed or queued, else the read model."""
+    pool = await runner.repository(p.DECIDER).load(identity.tenant, p.POOL_ID, trust_cache=True)
+    if (conversation_id := pool.state.conversations.get(escalation_id)) is not None:
+        await own_conversation(runner, identity, conversation_id)
+        return conversation_id
+    view = await queries.status(identity.tenant, escalation_id)
+    if view is None:
+        raise NotFoundError(f"escalation {escalation_id} not found")
+    require_own(identity, view.user_id, f"escalation {escalation_id}")
+    return view.conversation_id
 
 
 __all__ = ["EscalationController"]

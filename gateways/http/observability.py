@@ -12,8 +12,8 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateways.http.platform import Platform
-from projections.status import metrics_text
+from projections import registry
+from projections.status import metrics_text, projector_status
 
 log = structlog.get_logger("parley.http")
 
@@ -65,33 +65,56 @@ async def _check(name: str, probe: Any) -> dict[str, Any]:
     return {"name": name, "ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
-async def health_report(platform: NamedDependency[Platform]) -> dict[str, Any]:
-    async def postgres() -> None:
-        async with platform.pool.connection() as conn:
-            await conn.execute("SELECT 1")
+class Health:
+    """Every dependency of the API process, and each projector's progress wherever it runs."""
 
-    dependencies = [
-        await _check("nats", platform.opened.store.ping),
-        await _check("postgres", postgres),
-        await _check("redis", platform.redis.ping),
-    ]
-    if (analytics := platform.analytics) is not None:  # ClickHouse, when this process has it
+    def __init__(self, services: Any) -> None:
+        self.services = services  # the process's ``ApiServices``: pool, store, Redis, analytics, projectors
 
-        async def clickhouse() -> None:
-            await asyncio.to_thread(analytics.client.command, "SELECT 1")
+    async def report(self) -> dict[str, Any]:
+        services = self.services
 
-        dependencies.append(await _check("clickhouse", clickhouse))
-    projectors = await platform.projector_statuses()
-    ok = all(d["ok"] for d in dependencies)
-    return {"status": "ok" if ok else "degraded", "dependencies": dependencies, "projectors": projectors}
+        async def postgres() -> None:
+            async with services.pool.connection() as conn:
+                await conn.execute("SELECT 1")
+
+        dependencies = [
+            await _check("nats", services.store.ping),
+            await _check("postgres", postgres),
+            await _check("redis", services.redis.ping),
+        ]
+        if (analytics := services.analytics) is not None:  # ClickHouse, when this process has it
+
+            async def clickhouse() -> None:
+                await asyncio.to_thread(analytics.client.command, "SELECT 1")
+
+            dependencies.append(await _check("clickhouse", clickhouse))
+        projectors = await self.projector_statuses()
+        ok = all(d["ok"] for d in dependencies)
+        return {"status": "ok" if ok else "degraded", "dependencies": dependencies, "projectors": projectors}
+
+    async def projector_statuses(self) -> list[Any]:
+        """Every projector's progress, wherever it runs (in this process or its own); the analytics
+        projector's when this process has ClickHouse (with chDB, the process that has the store)."""
+        services = self.services
+        statuses = [await projector_status(services.pool, services.store, p) for p in registry.projectors()]
+        if services.analytics_service is not None:
+            try:
+                analytics = await services.analytics_service.status()
+            except Exception as e:  # a status reports, it does not raise (health checks ClickHouse itself)
+                log.warning("analytics projector status unavailable", error=f"{type(e).__name__}: {e}")
+            else:
+                if analytics is not None:
+                    statuses.append(analytics)
+        return statuses
 
 
 @get("/health", tags=["operations"], summary="Dependencies and projector lag", exclude_from_auth=True)
-async def health(platform: NamedDependency[Platform]) -> Response[dict[str, Any]]:
-    report = await health_report(platform)
+async def health(health: NamedDependency[Health]) -> Response[dict[str, Any]]:
+    report = await health.report()
     return Response(report, status_code=200 if report["status"] == "ok" else 503)
 
 
 @get("/metrics", tags=["operations"], summary="Prometheus metrics", media_type="text/plain", exclude_from_auth=True)
-async def metrics(platform: NamedDependency[Platform]) -> str:
-    return metrics_text(await platform.projector_statuses())
+async def metrics(health: NamedDependency[Health]) -> str:
+    return metrics_text(await health.projector_statuses())

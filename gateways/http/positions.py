@@ -85,3 +85,32 @@ class PositionWatcher:
                 await self._task
         if self._conn is not None:
             await self._conn.close()
+
+
+class Positions:
+    """Read-your-writes for every read model this process serves: wait until they pass a position."""
+
+    def __init__(self, watchers: dict[str, PositionWatcher], *, timeout: float) -> None:
+        self.watchers = watchers
+        self.timeout = timeout
+
+    @classmethod
+    def of(
+        cls, database_url: str, read_models: list[ReadModel], pool: AsyncConnectionPool[Any], *, timeout: float
+    ) -> Positions:
+        return cls({rm.name: PositionWatcher(database_url, rm, pool) for rm in read_models}, timeout=timeout)
+
+    async def start(self) -> None:
+        for watcher in self.watchers.values():
+            await watcher.start()
+
+    async def close(self) -> None:
+        for watcher in self.watchers.values():
+            await watcher.close()
+
+    async def wait(self, position: int | None, *read_models: str) -> bool:
+        """Wait, bounded, until the read models (default: conversations) have passed ``position``."""
+        if not position:
+            return True
+        reached = [await self.watchers[name].wait(position, self.timeout) for name in read_models or ("conversations",)]
+        return all(reached)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import msgspec
 
+from agents.llm.factory import ProviderKeys
+from agents.settings import AgentSettings
 from commands.config import MonitorSettings
 from domain.errors import ValidationError
 from projections.analytics.sink import AnalyticsSettings
@@ -26,8 +28,15 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     read_wait_seconds: float = 5.0
     idempotency_ttl_seconds: int = 24 * 3600
     run_projectors: bool = True
+    # The agent runtime in this process (its partitions shared with every other runtime).
     run_agents: bool = True
-    # How long start/continue wait for the agent's reply before answering 202.
+    agent_settings: AgentSettings = msgspec.field(default_factory=AgentSettings)
+    # The language-model providers' keys (none: the offline model answers).
+    provider_keys: ProviderKeys = msgspec.field(default_factory=ProviderKeys)
+    # The console's one-click development sign-in (a local platform only: ``./parley up`` sets it).
+    dev_signin: bool = False
+    # How long start/continue wait for the agent's reply before answering 202 (0: never wait,
+    # whichever process answers: a deployment with no agent runtime at all).
     reply_wait_seconds: float = 10.0
     # Tenants that get the demo configs (support-bot, sales-bot) at start if they lack them.
     demo_tenants: tuple[str, ...] = ()
@@ -53,6 +62,7 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
             "run_projectors": env.get("PARLEY_INLINE_PROJECTORS", "1") not in ("0", "false", ""),
             "run_agents": env.get("PARLEY_INLINE_AGENTS", "1") not in ("0", "false", ""),
             "demo_tenants": tuple(t for t in env.get("PARLEY_DEMO_TENANTS", "demo").split(",") if t.strip()),
+            "dev_signin": env.get("PARLEY_DEV_SIGNIN", "") in ("1", "true", "yes"),
         }
         for field, variable, convert in (
             ("tenant_rate", "PARLEY_TENANT_RATE", float),
@@ -76,8 +86,15 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
         values["auto_rollback"] = None if off else MonitorSettings(**monitor)  # type: ignore[arg-type]
         if env.get("PARLEY_ANALYTICS", "1") not in ("0", "false", ""):
             values["analytics"] = AnalyticsSettings.from_env()
+        values["agent_settings"] = AgentSettings.from_env(env)
+        values["provider_keys"] = ProviderKeys.from_env(env)
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def agents(self) -> AgentSettings | None:
+        """The agent runtime's settings when it runs in this process."""
+        return self.agent_settings if self.run_agents else None
 
 
 def data_dir() -> Path:
