@@ -134,7 +134,7 @@ def cpu_share(before: dict[str, float], after: dict[str, float], seconds: float)
 
 
 def token() -> str:
-    from gateways.http.auth import make_token
+    from infra.tokens import make_token
 
     return make_token(SECRET, subject="bench", tenant="bench", roles=["customer", "support_agent"])
 

@@ -25,9 +25,9 @@ import yaml
 from bench.api import SECRET, start_api
 from bench.common import percentile, table, write_results
 from bench.http import Connection
-from gateways.http.auth import make_token
 from infra.logs import configure_logging
 from infra.services import NatsServer, Postgres, Redis, service_tmpdir
+from infra.tokens import make_token
 
 CONFIGS = "/api/v1/configs"
 CHAT = "/api/v1/orchestration"

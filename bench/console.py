@@ -30,10 +30,10 @@ import httpx
 
 from bench.api import SECRET, start_api
 from bench.common import percentile, table, write_results
-from gateways.http.auth import make_token
 from gateways.http.console import console_dir
 from infra.logs import configure_logging
 from infra.services import NatsServer, Postgres, Redis, service_tmpdir
+from infra.tokens import make_token
 
 TENANT = "bench"
 AGENT = "bench-agent"

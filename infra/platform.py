@@ -91,7 +91,7 @@ class ApiServer(_Service):
 
 
 def dev_token(root: Path) -> str:
-    from gateways.http.auth import make_token
+    from infra.tokens import make_token
 
     roles = ["customer", "support_agent", "org_admin", "analyst"]
     return make_token(jwt_secret(root), subject="dev", tenant="demo", roles=roles)

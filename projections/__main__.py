@@ -124,7 +124,7 @@ def analytics_statuses() -> list[dict[str, Any]]:
 
 def rebuild_analytics() -> None:
     """Through the running API if one answers, else here (see the module's docstring)."""
-    from gateways.http.auth import make_token
+    from infra.tokens import make_token
     from infra.platform import data_root, jwt_secret
     from projections.analytics.__main__ import describe, rebuild_here
     from projections.analytics.rebuild import RebuildReport

@@ -10,8 +10,8 @@ from typing import Any
 from litestar.testing import AsyncTestClient
 
 from gateways.http.app import create_app
-from gateways.http.auth import make_token
 from gateways.http.settings import ApiSettings
+from infra.tokens import make_token
 from streams.factory import StoreSettings
 
 SECRET = "test-secret-" + "x" * 32

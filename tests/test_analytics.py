@@ -30,7 +30,8 @@ from litestar.testing import AsyncTestClient
 from domain import conversation as c
 from domain.messages import Event
 from gateways.http.analytics import AnalyticsController
-from gateways.http.auth import jwt_auth, make_token
+from gateways.http.auth import jwt_auth
+from infra.tokens import make_token
 from gateways.http.errors import EXCEPTION_HANDLERS
 from infra.services import REPO_ROOT
 from projections.analytics.decode import CommitDecoder

@@ -39,3 +39,68 @@ def test_no_nats_import_outside_streams_and_infra() -> None:
         if path.relative_to(ROOT).parts[0] not in allowed and "nats" in imported_roots(path)
     ]
     assert offenders == []
+
+
+# The layers: which package may import which --------------------------------------------------
+#
+# domain <- streams <- commands <- read_models/projections <- agents <- gateways, as the README's
+# layout has them: an arrow back up is a cycle in the design even when Python tolerates it.
+
+PACKAGES = ("domain", "streams", "commands", "projections", "read_models", "gateways", "agents", "infra", "voice_worker")
+FORBIDDEN: dict[str, set[str]] = {
+    "streams": {"commands", "projections", "read_models", "gateways", "agents", "voice_worker"},
+    "commands": {"projections", "gateways", "agents", "voice_worker"},
+    "read_models": {"projections", "commands", "gateways", "agents", "voice_worker"},
+    "projections": {"gateways", "agents", "voice_worker"},
+    "agents": {"gateways", "voice_worker"},
+    "infra": {"domain", "commands", "projections", "read_models", "gateways", "agents", "voice_worker"},
+}
+# What of ``domain`` the event store may know: the base types, never a context.
+STREAMS_MAY_KNOW = {"domain", "domain.messages", "domain.errors", "domain.time"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules.add(node.module)
+    return modules
+
+
+def sources(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def test_each_layer_imports_only_the_layers_below_it() -> None:
+    offenders = {
+        f"{path.relative_to(ROOT)} imports {module}"
+        for package, forbidden in FORBIDDEN.items()
+        for path in sources(package)
+        for module in imported_modules(path)
+        if module.split(".")[0] in forbidden
+    }
+    assert sorted(offenders) == []
+
+
+def test_the_event_store_knows_no_context_module() -> None:
+    offenders = {
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in sources("streams")
+        for module in imported_modules(path)
+        if module.split(".")[0] == "domain" and module not in STREAMS_MAY_KNOW
+    }
+    assert sorted(offenders) == []
+
+
+def test_nothing_outside_gateways_imports_the_http_edge() -> None:
+    offenders = {
+        f"{path.relative_to(ROOT)} imports {module}"
+        for package in PACKAGES
+        if package != "gateways"
+        for path in sources(package)
+        for module in imported_modules(path)
+        if module == "gateways.http" or module.startswith("gateways.http.")
+    }
+    assert sorted(offenders) == []

@@ -15,6 +15,7 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.testing import AsyncTestClient
 
+from commands.audit import conversation_turns
 from commands.config import AGENT_CONFIG
 from commands.conversation import CONVERSATION
 from commands.runner import CommandContext, CommandRunner
@@ -26,7 +27,7 @@ from gateways.http.audit import AuditController
 from gateways.http.auth import jwt_auth
 from gateways.http.errors import EXCEPTION_HANDLERS
 from streams.factory import OpenStore, open_store
-from streams.history import conversation_turns, history, replay, state_as_of
+from streams.history import history, replay, state_as_of
 from streams.store import EventMeta
 from streams.subjects import StreamId
 from tests.api_support import SECRET, bearer

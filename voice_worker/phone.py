@@ -138,8 +138,8 @@ def main() -> int:
     args = parser.parse_args()
     token = args.token
     if not token:
-        from gateways.http.auth import make_token
         from infra.platform import data_root, jwt_secret
+        from infra.tokens import make_token
 
         token = make_token(jwt_secret(data_root()), subject="dev", tenant=args.tenant, roles=["org_admin"])
     args.out.parent.mkdir(parents=True, exist_ok=True)

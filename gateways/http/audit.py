@@ -20,13 +20,14 @@ from litestar import Controller, Request, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
+from commands.audit import conversation_turns
 from commands.runner import CommandRunner
 from domain import conversation as c
 from domain.errors import NotFoundError, PermissionDeniedError
 from domain.messages import Decider
 from domain.pii import mask_value
 from gateways.http.auth import Identity, requires
-from streams.history import AuditEvent, conversation_turns, history, state_as_of
+from streams.history import AuditEvent, history, state_as_of
 from streams.store import EventStore
 from streams.subjects import StreamId
 

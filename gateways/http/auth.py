@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict
-from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -80,13 +79,6 @@ def jwt_auth(secret: str) -> JWTAuth[Identity, Token]:
         exclude=PUBLIC_PATHS,
         description="Bearer JWT (HS256) with claims `sub`, `tenant` and `roles`.",
         authentication_middleware_class=CachingJWTMiddleware,
-    )
-
-
-def make_token(secret: str, *, subject: str, tenant: str, roles: list[str], hours: float = 24 * 30) -> str:
-    auth = jwt_auth(secret)
-    return auth.create_token(
-        identifier=subject, token_expiration=timedelta(hours=hours), token_extras={"tenant": tenant, "roles": roles}
     )
 
 

@@ -37,10 +37,11 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from commands.call import CallService, summarize
 from domain import call as v
 from domain.errors import NotFoundError, ValidationError
-from gateways.http.auth import Identity, make_token, requires
+from gateways.http.auth import Identity, requires
 from gateways.http.common import STAFF, actor, is_customer, iso, position_header, require_own, sees_pii, shown_pii
 from gateways.telephony.recordings import RecordingStore
 from gateways.telephony.twilio import MediaStreamBridge, twiml_connect, twiml_say, valid_signature
+from infra.tokens import make_token
 from streams.jetstream import RawMessage
 from streams.subjects import StreamId
 from voice_worker.session import VoiceStack, answer_stream

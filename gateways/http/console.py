@@ -29,8 +29,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from domain.errors import NotFoundError, UnavailableError
-from gateways.http.auth import make_token
 from gateways.http.settings import ApiSettings
+from infra.tokens import make_token
 
 CONSOLE_DIR = Path(__file__).resolve().parents[2] / "console" / "dist"
 DEV_TENANT = "demo"
