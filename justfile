@@ -37,10 +37,10 @@ wipe:
     @{{ python }} -m infra.platform stop
     @{{ python }} -m infra.services wipe
 
-# Run the test suite; extra args go to pytest (e.g. ./parley test -k nats -x)
+# Run the checks and the test suite: ruff, mypy (strict on domain, streams, commands), then pytest; with arguments, only pytest with them (e.g. ./parley test -k nats -x)
 [positional-arguments]
 test *ARGS:
-    @{{ python }} -m pytest "$@"
+    @if [ "$#" -eq 0 ]; then {{ justfile_directory() }}/.venv/bin/ruff check . && {{ justfile_directory() }}/.venv/bin/mypy && {{ python }} -m pytest; else {{ python }} -m pytest "$@"; fi
 
 # Lint with ruff
 lint:

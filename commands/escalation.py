@@ -20,6 +20,7 @@ from commands.runner import CommandContext, CommandRunner, Outcome
 from domain import conversation as c
 from domain import escalation as p
 from domain.errors import IllegalStateError, NotFoundError
+from domain.messages import Command
 from domain.escalation import DECIDER as AGENT_POOL
 from streams.store import EventStore, RecordedEvent
 from streams.subjects import StreamId
@@ -160,7 +161,7 @@ class Escalations:
         return handoff_summary([e for e in events if upto is None or e.version <= upto])
 
     async def _conversation(
-        self, tenant: str, conversation_id: str, command: c.Command, command_id: str, correlation_id: str | None
+        self, tenant: str, conversation_id: str, command: Command, command_id: str, correlation_id: str | None
     ) -> Outcome[c.Conversation] | None:
         try:
             return await self.runner.handle(
