@@ -57,6 +57,7 @@ from domain.bot import AgentConfig
 from domain.errors import IllegalStateError, NotFoundError, ValidationError
 from domain.escalation import DECIDER as AGENT_POOL
 from domain.pii import find_emails, find_phones
+from infra.restart import keep_running
 from streams.errors import EventDecodeError
 from streams.feed import Feed
 from streams.jetstream import RawMessage
@@ -187,24 +188,26 @@ class AgentRuntime:
 
     async def _work_on(self, partition: int, leaving: asyncio.Event) -> None:
         feed = self._feed(partition)
-        delay, restart = 0.5, True
+        restart = True
+
+        async def step() -> None:
+            nonlocal restart
+            if restart:
+                # What was fetched but not acknowledged (by a holder that died mid-batch, or by a
+                # batch of ours that failed) comes again first, in order; the consumer would
+                # redeliver it only after the ack wait, behind later messages.
+                await feed.restart()
+                restart = False
+            await self._step(feed)
+
+        async def after_failure() -> None:
+            nonlocal restart
+            restart = True
+
         try:
-            while not leaving.is_set():
-                try:
-                    if restart:
-                        # What was fetched but not acknowledged (by a holder that died mid-batch,
-                        # or by a batch of ours that failed) comes again first, in order; the
-                        # consumer would redeliver it only after the ack wait, behind later messages.
-                        await feed.restart()
-                        restart = False
-                    await self._step(feed)
-                    delay = 0.5
-                except Exception:
-                    log.exception("agent runtime failed; starting again", partition=partition, retry_in=delay)
-                    restart = True
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(leaving.wait(), delay)
-                    delay = min(delay * 2, 10.0)
+            await keep_running(
+                step, leaving, restart=after_failure, log=log.bind(partition=partition), what="agent runtime"
+            )
         finally:
             self._feeds.pop(partition, None)
             with contextlib.suppress(Exception):

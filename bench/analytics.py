@@ -304,9 +304,10 @@ def _cpu_seconds(pid: int) -> float:
 
 
 async def projection(nats: NatsServer, root: Path, events: int) -> tuple[dict[str, Any], Any]:
-    from projections.analytics.decode import CommitDecoder
-    from projections.analytics.runner import AnalyticsRunner
-    from projections.analytics.sink import AnalyticsSettings, AnalyticsSink
+    from projections.analytics.projection import analytics_runner
+    from projections.analytics.sink import AnalyticsSink
+    from projections.settings import AnalyticsSettings
+    from read_models.analytics_schema import EventRow
     from streams.bulk import BulkFeed, Delivered
     from streams.factory import StoreSettings, open_store
     from streams.feed import Feed
@@ -326,7 +327,7 @@ async def projection(nats: NatsServer, root: Path, events: int) -> tuple[dict[st
         last = await opened.log.last_seq()
 
         sink = AnalyticsSink.open(AnalyticsSettings(data_dir=root))
-        runner = AnalyticsRunner(opened.store, sink, batch=BATCH, idle_wait=0.1)
+        runner = analytics_runner(opened.store, sink, batch=BATCH, idle_wait=0.1)
         heap.settle()  # as the projector process does once it is built (python -m projections.analytics run)
         nats_pid = int((nats.data_dir / "nats.pid").read_text()) if (nats.data_dir / "nats.pid").exists() else None
         cpu0, nats0 = time.process_time(), _cpu_seconds(nats_pid) if nats_pid else 0.0
@@ -337,7 +338,7 @@ async def projection(nats: NatsServer, root: Path, events: int) -> tuple[dict[st
         assert runner.checkpoint == last, (runner.checkpoint, last)
         cpu, nats_cpu = time.process_time() - cpu0, (_cpu_seconds(nats_pid) - nats0) if nats_pid else 0.0
         main_cpu = time.thread_time() - main0
-        tm = runner.timings
+        tm, pt = runner.timings, runner.projector.timings  # the runner's and the projection's
         counts = sink.counts()
         out["replay"] = {
             "events": tm.events,
@@ -351,14 +352,15 @@ async def projection(nats: NatsServer, root: Path, events: int) -> tuple[dict[st
             "cpu_us_per_event_projector": round(cpu / tm.events * 1e6, 1),
             "cpu_us_per_event_nats": round(nats_cpu / tm.events * 1e6, 1),
             "cpu_us_per_event_main_thread": round(main_cpu / tm.events * 1e6, 1),
-            "cpu_us_per_event_insert_thread": round(tm.write_cpu / tm.events * 1e6, 1),
-            "cpu_us_per_event_engine_threads": round((cpu - main_cpu - tm.write_cpu) / tm.events * 1e6, 1),
+            "cpu_us_per_event_insert_thread": round(pt.write_cpu / tm.events * 1e6, 1),
+            "cpu_us_per_event_engine_threads": round((cpu - main_cpu - pt.write_cpu) / tm.events * 1e6, 1),
             "load_average_after": os.getloadavg()[0],
             "loop_seconds": {
-                k: round(getattr(tm, k), 2)
-                for k in ("fetch", "fetch_cpu", "decode", "fold", "encode", "wait_write", "ack")
+                **{k: round(getattr(tm, k), 2) for k in ("fetch", "fetch_cpu")},
+                **{k: round(getattr(pt, k), 2) for k in ("decode", "fold", "encode")},
+                **{k: round(getattr(tm, k), 2) for k in ("wait_write", "ack")},
             },
-            "insert_thread_seconds": round(tm.write, 2),
+            "insert_thread_seconds": round(pt.write, 2),
             "rows": counts,
         }
         print(f"  replay: {out['replay']}", flush=True)
@@ -385,18 +387,18 @@ async def projection(nats: NatsServer, root: Path, events: int) -> tuple[dict[st
         feed_s = time.perf_counter() - t
         await old.close()
         await old.delete()
-        decoder = CommitDecoder(opened.store)
         rates = {}
-        for name, fn in (("fast", decoder.decode_fast), ("store", decoder.decode_with_store)):
+        for name, fast in (("fast", True), ("store", False)):
+            decode = opened.store.redacted(fast=fast).decode
             t = time.perf_counter()
-            k = sum(len(fn(d.seq, d.subject, d.data, d.time)) for d in sample)
+            k = sum(len(decode(d.seq, d.subject, d.data, d.time, EventRow)) for d in sample)
             rates[name] = k / (time.perf_counter() - t)
         out["parts"] = {
             "pull_bulk_feed_msgs_per_s": round(n / fetch_s),
             "pull_streams_feed_msgs_per_s": round(m / feed_s),
             "decode_fast_events_per_s": round(rates["fast"]),
             "decode_store_events_per_s": round(rates["store"]),
-            "insert_events_per_s": round(tm.events / tm.write) if tm.write else None,
+            "insert_events_per_s": round(tm.events / pt.write) if pt.write else None,
             "events_per_commit": round(tm.events / tm.commits, 2),
         }
         print(f"  parts: {out['parts']}", flush=True)
@@ -413,9 +415,9 @@ KPI_PERIODS = {"all 180 days": 180, "last 30 days": 30}
 
 def kpi_latency(sink: Any, events: int, runs: int) -> dict[str, Any]:
     """Generate ``events`` events' worth of rows in ClickHouse, then time the KPI queries."""
-    from projections.analytics.schema import ConversationFacts, columns
     from projections.analytics.sink import AnalyticsSink
     from read_models.analytics import AnalyticsQueries
+    from read_models.analytics_schema import ConversationFacts, columns
 
     db = "kpi_bench"
     client = sink.client
@@ -465,6 +467,8 @@ def kpi_latency(sink: Any, events: int, runs: int) -> dict[str, Any]:
               number % 14 = 0, number % 14 = 7, (number % 100) / 100.0, {version // 2}, -0.2, 0.1,
               ['fetch_order_status'], 1, 0, 0, 0, number % 3 = 0, {int(final)} AND number % 3 = 0,
               if({int(final)} AND number % 3 = 0, number % 11, NULL),
+              if({int(final)} AND number % 3 = 0,
+                 multiIf(number % 11 >= 9, 'promoter', number % 11 >= 7, 'passive', 'detractor'), ''),
               if({int(final)} AND number % 3 = 0, number % 5 + 1, NULL),
               ['csat']
             FROM numbers({first}, {count})"""

@@ -136,20 +136,27 @@ class CallInitiated(Event, frozen=True, kw_only=True):
 
     personal_fields = ("phone_number", "context")
     data_subject = "user_id"
+    time_field = "initiated_at"
 
 
 class CallRinging(Event, frozen=True, kw_only=True):
     at: datetime
+
+    time_field = "at"
 
 
 class CallConnected(Event, frozen=True, kw_only=True):
     provider_call_id: str | None = None
     connected_at: datetime
 
+    time_field = "connected_at"
+
 
 class RecordingNoticePlayed(Event, frozen=True, kw_only=True):
     text: str
     at: datetime
+
+    time_field = "at"
 
 
 class CallerSpoke(Event, frozen=True, kw_only=True):
@@ -171,6 +178,7 @@ class CallerSpoke(Event, frozen=True, kw_only=True):
 
     personal_fields = ("text",)
     data_subject = "user_id"
+    time_field = "at"
 
 
 class AgentSpoke(Event, frozen=True, kw_only=True):
@@ -192,6 +200,7 @@ class AgentSpoke(Event, frozen=True, kw_only=True):
 
     personal_fields = ("text", "heard_text")
     data_subject = "user_id"
+    time_field = "at"
 
 
 class ToolCallStarted(Event, frozen=True, kw_only=True):
@@ -203,6 +212,7 @@ class ToolCallStarted(Event, frozen=True, kw_only=True):
 
     personal_fields = ("arguments",)
     data_subject = "user_id"
+    time_field = "at"
 
 
 class ToolCallFinished(Event, frozen=True, kw_only=True):
@@ -216,6 +226,7 @@ class ToolCallFinished(Event, frozen=True, kw_only=True):
 
     personal_fields = ("output",)
     data_subject = "user_id"
+    time_field = "at"
 
 
 class DtmfPressed(Event, frozen=True, kw_only=True):
@@ -226,6 +237,7 @@ class DtmfPressed(Event, frozen=True, kw_only=True):
 
     personal_fields = ("digit",)
     data_subject = "user_id"
+    time_field = "at"
 
 
 class SentimentUpdated(Event, frozen=True, kw_only=True):
@@ -233,6 +245,8 @@ class SentimentUpdated(Event, frozen=True, kw_only=True):
     emotion: str = "neutral"
     escalation_suggested: bool = False
     at: datetime
+
+    time_field = "at"
 
 
 class TransferRequested(Event, frozen=True, kw_only=True):
@@ -250,11 +264,14 @@ class TransferRequested(Event, frozen=True, kw_only=True):
 
     personal_fields = ("summary",)
     data_subject = "user_id"
+    time_field = "at"
 
 
 class TransferConnected(Event, frozen=True, kw_only=True):
     transfer_id: str
     at: datetime
+
+    time_field = "at"
 
 
 class TransferFailed(Event, frozen=True, kw_only=True):
@@ -262,6 +279,8 @@ class TransferFailed(Event, frozen=True, kw_only=True):
     reason: str
     sip_status: str | None = None
     at: datetime
+
+    time_field = "at"
 
 
 class RecordingStored(Event, frozen=True, kw_only=True):
@@ -274,6 +293,8 @@ class RecordingStored(Event, frozen=True, kw_only=True):
     bytes: int = 0
     at: datetime
 
+    time_field = "at"
+
 
 class SpeechProviderInterrupted(Event, frozen=True, kw_only=True):
     """A speech provider's connection failed mid-call; the call went on (``recovered_by``)."""
@@ -283,6 +304,8 @@ class SpeechProviderInterrupted(Event, frozen=True, kw_only=True):
     error: str
     recovered_by: str  # reconnected, or fallback:<provider>
     at: datetime
+
+    time_field = "at"
 
 
 class CallEnded(Event, frozen=True, kw_only=True):
@@ -297,6 +320,8 @@ class CallEnded(Event, frozen=True, kw_only=True):
     cost: CallCost = CallCost()
     ended_at: datetime
 
+    time_field = "ended_at"
+
 
 class CallAttemptRefused(Event, frozen=True, kw_only=True):
     """An outbound call the voice line refused: the attempt is kept, the call never starts."""
@@ -310,6 +335,7 @@ class CallAttemptRefused(Event, frozen=True, kw_only=True):
 
     personal_fields = ("phone_number",)
     data_subject = "user_id"
+    time_field = "at"
 
 
 CallEvent = (
@@ -891,6 +917,8 @@ class LineSettingsChanged(Event, frozen=True, kw_only=True):
     settings: LineSettings
     at: datetime
 
+    time_field = "at"
+
 
 class NumberBlocked(Event, frozen=True, kw_only=True):
     """A number joined the do-not-call list (kept as a digest of the tenant and the number)."""
@@ -898,16 +926,22 @@ class NumberBlocked(Event, frozen=True, kw_only=True):
     number_digest: str
     at: datetime
 
+    time_field = "at"
+
 
 class NumberUnblocked(Event, frozen=True, kw_only=True):
     number_digest: str
     at: datetime
+
+    time_field = "at"
 
 
 class CallAdmitted(Event, frozen=True, kw_only=True):
     call_id: str
     direction: Direction
     at: datetime
+
+    time_field = "at"
 
 
 class CallAdmissionRefused(Event, frozen=True, kw_only=True):
@@ -917,11 +951,15 @@ class CallAdmissionRefused(Event, frozen=True, kw_only=True):
     detail: str
     at: datetime
 
+    time_field = "at"
+
 
 class CallReleased(Event, frozen=True, kw_only=True):
     call_id: str
     cost_usd: float = 0.0
     at: datetime
+
+    time_field = "at"
 
 
 class ChangeLineSettings(Command, frozen=True, kw_only=True):

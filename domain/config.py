@@ -75,12 +75,16 @@ class ConfigVersionCreated(Event, frozen=True, kw_only=True):
     evidence: dict[str, object] | None = None
     at: datetime
 
+    time_field = "at"
+
 
 class ConfigVersionApproved(Event, frozen=True, kw_only=True):
     version: int
     approver: str
     role: str
     at: datetime
+
+    time_field = "at"
 
 
 class ConfigVersionRejected(Event, frozen=True, kw_only=True):
@@ -89,12 +93,16 @@ class ConfigVersionRejected(Event, frozen=True, kw_only=True):
     reason: str
     at: datetime
 
+    time_field = "at"
+
 
 class ConfigVersionMarkedBreaking(Event, frozen=True, kw_only=True):
     version: int
     marked_by: str
     reason: str
     at: datetime
+
+    time_field = "at"
 
 
 class ConfigVersionActivated(Event, frozen=True, kw_only=True):
@@ -104,6 +112,8 @@ class ConfigVersionActivated(Event, frozen=True, kw_only=True):
     previous: int
     reason: Literal["created", "approved", "reloaded", "rollback", "merged"]
     at: datetime
+
+    time_field = "at"
 
 
 class ConfigRolledBack(Event, frozen=True, kw_only=True):
@@ -116,6 +126,8 @@ class ConfigRolledBack(Event, frozen=True, kw_only=True):
     pinned_conversations: list[str] = []  # the blast radius: still on ``from_version``
     at: datetime
 
+    time_field = "at"
+
 
 class ConfigBranchCreated(Event, frozen=True, kw_only=True):
     branch: str
@@ -123,6 +135,8 @@ class ConfigBranchCreated(Event, frozen=True, kw_only=True):
     description: str = ""
     created_by: str
     at: datetime
+
+    time_field = "at"
 
 
 class ConfigBranchMerged(Event, frozen=True, kw_only=True):
@@ -132,6 +146,8 @@ class ConfigBranchMerged(Event, frozen=True, kw_only=True):
     changes_applied: list[str] = []
     merged_by: str
     at: datetime
+
+    time_field = "at"
 
 
 # Commands -------------------------------------------------------------------------------------

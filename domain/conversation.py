@@ -86,6 +86,7 @@ class ConversationStarted(Event, frozen=True, kw_only=True):
 
     personal_fields = ("context",)
     data_subject = "user_id"
+    time_field = "started_at"
 
 
 class UserMessageReceived(Event, frozen=True, kw_only=True):
@@ -97,6 +98,7 @@ class UserMessageReceived(Event, frozen=True, kw_only=True):
 
     personal_fields = ("content",)
     data_subject = "user_id"
+    time_field = "received_at"
 
 
 class AgentReplied(Event, frozen=True, kw_only=True):
@@ -119,6 +121,7 @@ class AgentReplied(Event, frozen=True, kw_only=True):
 
     personal_fields = ("content",)
     data_subject = "user_id"
+    time_field = "replied_at"
 
     @property
     def by_human(self) -> bool:
@@ -141,6 +144,8 @@ class CrossSellOffered(Event, frozen=True, kw_only=True):
     confidence: float
     offered_at: datetime
 
+    time_field = "offered_at"
+
 
 class CrossSellAccepted(Event, frozen=True, kw_only=True):
     """The customer said yes to the open offer (``message_id``: the reply that acknowledged it)."""
@@ -149,11 +154,15 @@ class CrossSellAccepted(Event, frozen=True, kw_only=True):
     product: str
     accepted_at: datetime
 
+    time_field = "accepted_at"
+
 
 class CrossSellDeclined(Event, frozen=True, kw_only=True):
     message_id: str
     product: str
     declined_at: datetime
+
+    time_field = "declined_at"
 
 
 class EscalationRequested(Event, frozen=True, kw_only=True):
@@ -164,12 +173,16 @@ class EscalationRequested(Event, frozen=True, kw_only=True):
     requested_by: str = "user"
     requested_at: datetime
 
+    time_field = "requested_at"
+
 
 class EscalationAssigned(Event, frozen=True, kw_only=True):
     escalation_id: str
     agent_id: str
     agent_name: str = ""
     assigned_at: datetime
+
+    time_field = "assigned_at"
 
 
 class EscalationAgentUnavailable(Event, frozen=True, kw_only=True):
@@ -178,12 +191,16 @@ class EscalationAgentUnavailable(Event, frozen=True, kw_only=True):
     queue_position: int | None = None
     at: datetime
 
+    time_field = "at"
+
 
 class EscalationResolved(Event, frozen=True, kw_only=True):
     escalation_id: str
     resolution: str
     resolved_by: str = ""
     resolved_at: datetime
+
+    time_field = "resolved_at"
 
 
 class EscalationFallbackChosen(Event, frozen=True, kw_only=True):
@@ -200,12 +217,15 @@ class EscalationFallbackChosen(Event, frozen=True, kw_only=True):
 
     personal_fields = ("phone", "email")
     data_subject = "user_id"
+    time_field = "chosen_at"
 
 
 class SurveySent(Event, frozen=True, kw_only=True):
     survey_id: str
     questions: list[SurveyQuestion]
     sent_at: datetime
+
+    time_field = "sent_at"
 
 
 class SurveyAnswered(Event, frozen=True, kw_only=True):
@@ -215,10 +235,14 @@ class SurveyAnswered(Event, frozen=True, kw_only=True):
     nps_category: str | None = None
     answered_at: datetime
 
+    time_field = "answered_at"
+
 
 class ConversationClosed(Event, frozen=True, kw_only=True):
     reason: str = "completed"
     closed_at: datetime
+
+    time_field = "closed_at"
 
 
 ConversationEvent = (

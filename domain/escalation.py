@@ -32,11 +32,15 @@ class HumanAgentRegistered(Event, frozen=True, kw_only=True):
     capacity: int = 3
     at: datetime
 
+    time_field = "at"
+
 
 class HumanAgentAvailabilitySet(Event, frozen=True, kw_only=True):
     agent_id: str
     available: bool
     at: datetime
+
+    time_field = "at"
 
 
 class EscalationRouted(Event, frozen=True, kw_only=True):
@@ -48,6 +52,8 @@ class EscalationRouted(Event, frozen=True, kw_only=True):
     claimed: bool = False
     at: datetime
 
+    time_field = "at"
+
 
 class EscalationQueued(Event, frozen=True, kw_only=True):
     escalation_id: str
@@ -56,11 +62,15 @@ class EscalationQueued(Event, frozen=True, kw_only=True):
     position: int
     at: datetime
 
+    time_field = "at"
+
 
 class HumanAgentReleased(Event, frozen=True, kw_only=True):
     escalation_id: str
     agent_id: str | None = None
     at: datetime
+
+    time_field = "at"
 
 
 # Commands -------------------------------------------------------------------------------------

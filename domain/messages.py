@@ -1,14 +1,17 @@
 """Base types for commands and events: frozen msgspec Structs.
 
-An event names the fields that hold personal data (``personal_fields``) and the field that
-names the person they belong to (``data_subject``). The event store encrypts those fields under
-that person's key, so destroying the key erases the person from the log without rewriting it.
+An event names the fields that hold personal data (``personal_fields``), the field that names
+the person they belong to (``data_subject``), and the field that says when it happened
+(``time_field``: the command's clock, not when the store recorded it). The event store encrypts
+the personal fields under that person's key, so destroying the key erases the person from the log
+without rewriting it.
 Personal fields must accept ``None``: that is what they read as once their key is destroyed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
@@ -19,6 +22,14 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 
     personal_fields: ClassVar[tuple[str, ...]] = ()
     data_subject: ClassVar[str | None] = None
+    time_field: ClassVar[str | None] = None  # a ``datetime`` field; None: only the store knows when
+
+    def occurred_at(self) -> datetime | None:
+        """When it happened, by its own clock (None: it does not say)."""
+        if self.time_field is None:
+            return None
+        value: datetime = getattr(self, self.time_field)
+        return value
 
     def data_subject_id(self) -> str | None:
         if self.data_subject is None:

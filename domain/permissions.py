@@ -157,6 +157,8 @@ class MemberPermissionsSet(Event, frozen=True, kw_only=True):
     set_by: str
     at: datetime
 
+    time_field = "at"
+
 
 class SetMemberPermissions(Command, frozen=True, kw_only=True):
     user_id: str

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import os
 import pwd
@@ -39,6 +38,8 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from infra.chdb import chdb_lock_holder, ensure_chdb
 
 __all__ = [
     "NatsCluster",
@@ -960,85 +961,6 @@ class Redis(_Service):
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         self._wait(lambda: _redis_ping(self.port), timeout, f"PING on {LOOPBACK}:{self.port}")
-
-
-# --------------------------------------------------------------------------
-# chDB (embedded ClickHouse)
-# --------------------------------------------------------------------------
-
-
-def chdb_lock_holder(data_dir: Path) -> int | None:
-    """Pid of the process that has the chDB store at data_dir open, else None.
-
-    chDB (like clickhouse-local) holds an exclusive flock on <path>/status
-    while an engine is open; a second process cannot open the same path.
-    """
-    import fcntl
-
-    status = Path(data_dir) / "status"
-    try:
-        fd = os.open(status, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            for line in status.read_text(errors="replace").splitlines():
-                if line.startswith("PID:"):
-                    with contextlib.suppress(ValueError):
-                        return int(line.split(":", 1)[1])
-            return -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-def ensure_chdb(data_dir: Path, database: str | None = None) -> str:
-    """Create/open the chDB store under data_dir and return its DSN.
-
-    The DSN is ``chdb:///abs/path`` (clickhouse-connect's on-disk form: the
-    whole URL path is the engine location), plus ``?database=name`` when a
-    database is requested (it is created if missing). Opens it once with
-    clickhouse_connect.get_client and runs SELECT 1, then closes the client.
-
-    chDB is in-process and allows one engine path per process, and one
-    process per path: if another process has the store open, that is proof
-    enough and the open is skipped.
-    """
-    path = Path(data_dir).absolute()
-    if "?" in str(path) or "#" in str(path):
-        raise ServiceError(f"chDB path must not contain '?' or '#': {path}")
-    path.mkdir(parents=True, exist_ok=True)
-    path = Path(os.path.realpath(path))  # clickhouse-connect normalises the same way
-    dsn = f"chdb://{path}"
-    if database:
-        if not database.replace("_", "").isalnum():
-            raise ServiceError(f"invalid chDB database name {database!r}")
-        dsn_db = f"{dsn}?database={database}"
-    else:
-        dsn_db = dsn
-    if chdb_lock_holder(path) is not None:
-        return dsn_db
-    import clickhouse_connect
-
-    try:
-        client = clickhouse_connect.get_client(dsn=dsn)
-        try:
-            if database:
-                client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
-            if client.command("SELECT 1") != 1:
-                raise ServiceError("chDB SELECT 1 returned an unexpected result")
-        finally:
-            client.close()
-    except ServiceError:
-        raise
-    except Exception as exc:
-        raise ServiceError(f"cannot open chDB store at {path}: {exc}") from exc
-    return dsn_db
 
 
 # --------------------------------------------------------------------------

@@ -33,8 +33,7 @@ from infra import heap
 from infra.logs import configure_logging
 from projections import registry
 from projections.rebuild import rebuild
-from projections.runner import ProjectorRunner
-from projections.settings import ProjectionSettings
+from projections.settings import AnalyticsSettings, ProjectionSettings
 from projections.status import metrics_text, projector_status
 from streams.factory import OpenStore, StoreSettings, open_store
 
@@ -63,7 +62,7 @@ async def _run(settings: ProjectionSettings, names: list[str]) -> None:
     async with _opened(settings) as (store, pool):
         await registry.migrate(pool, chosen)
         runners = [
-            ProjectorRunner(p, store.store, pool, batch=settings.batch, linger=settings.linger_ms / 1000)
+            registry.runner(p, store.store, pool, batch=settings.batch, linger=settings.linger_ms / 1000)
             for p in chosen
         ]
         heap.settle()
@@ -124,11 +123,10 @@ def analytics_statuses() -> list[dict[str, Any]]:
 
 def rebuild_analytics() -> None:
     """Through the running API if one answers, else here (see the module's docstring)."""
-    from infra.tokens import make_token
     from infra.platform import data_root, jwt_secret
+    from infra.tokens import make_token
     from projections.analytics.__main__ import describe, rebuild_here
     from projections.analytics.rebuild import RebuildReport
-    from projections.analytics.sink import AnalyticsSettings
 
     base = _api_base()
     token = os.environ.get("PARLEY_TOKEN") or make_token(

@@ -13,33 +13,26 @@ poison: they abort the batch and the caller retries it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import msgspec
 import psycopg
 import structlog
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection
 
-from projections.projector import Projector
+from projections.checkpoints import BatchResult, DeadLetter, record_dead_letters
+from streams.bulk import Delivered
 from streams.errors import EventDecodeError
 from streams.jetstream import RawMessage
 from streams.store import EventStore, RecordedEvent
 
+if TYPE_CHECKING:
+    from projections.projector import Projector
+
 log = structlog.get_logger(__name__)
 
+Message = RawMessage | Delivered  # a commit as a feed delivers it
 
-class DeadLetter(msgspec.Struct, frozen=True):
-    seq: int
-    subject: str
-    error: str
-
-
-class BatchResult(msgspec.Struct, frozen=True):
-    checkpoint: int  # the position the schema accounts for after the batch
-    commits: int  # commits applied
-    events: int  # events applied
-    skipped: int  # commits at or below the checkpoint
-    dead_letters: list[DeadLetter]
+__all__ = ["BatchResult", "DeadLetter", "Message", "apply_batch", "decode", "is_poison", "record_dead_letters"]
 
 
 def is_poison(error: Exception) -> bool:
@@ -52,12 +45,12 @@ async def apply_batch(
     projector: Projector,
     store: EventStore,
     schema: str,
-    messages: Sequence[RawMessage],
+    messages: Sequence[Message],
     *,
     after: int,
 ) -> BatchResult:
     fresh = [m for m in messages if m.seq > after]
-    decoded: list[tuple[RawMessage, list[RecordedEvent]]] = []
+    decoded: list[tuple[Message, list[RecordedEvent]]] = []
     dead: list[DeadLetter] = []
     for raw in fresh:
         match decode(projector, store, raw):
@@ -83,7 +76,7 @@ async def apply_batch(
     )
 
 
-def decode(projector: Projector, store: EventStore, raw: RawMessage) -> list[RecordedEvent] | DeadLetter:
+def decode(projector: Projector, store: EventStore, raw: Message) -> list[RecordedEvent] | DeadLetter:
     """A commit's events, or the dead letter of a commit that cannot be decoded."""
     try:
         return store.decode(raw)
@@ -95,9 +88,9 @@ async def _apply_one_by_one(
     conn: AsyncConnection[Any],
     projector: Projector,
     schema: str,
-    decoded: list[tuple[RawMessage, list[RecordedEvent]]],
+    decoded: list[tuple[Message, list[RecordedEvent]]],
     dead: list[DeadLetter],
-) -> list[tuple[RawMessage, list[RecordedEvent]]]:
+) -> list[tuple[Message, list[RecordedEvent]]]:
     applied = []
     for raw, events in decoded:
         try:
@@ -127,7 +120,7 @@ async def _apply(projector: Projector, cur: psycopg.AsyncCursor[Any], events: li
     await projector.apply_events(cur, events, schema)
 
 
-def _dead(projector: Projector, raw: RawMessage, error: Exception, event: RecordedEvent | None = None) -> DeadLetter:
+def _dead(projector: Projector, raw: Message, error: Exception, event: RecordedEvent | None = None) -> DeadLetter:
     reason = f"{type(error).__name__}: {error}"
     context: dict[str, Any] = {}
     if event is not None:
@@ -138,17 +131,3 @@ def _dead(projector: Projector, raw: RawMessage, error: Exception, event: Record
         }
     log.error("dead letter", projector=projector.name, seq=raw.seq, subject=raw.subject, error=reason, **context)
     return DeadLetter(raw.seq, raw.subject, reason)
-
-
-async def record_dead_letters(conn: AsyncConnection[Any], schema: str, dead: list[DeadLetter]) -> None:
-    if not dead:
-        return
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            sql.SQL(
-                "INSERT INTO {}.dead_letters (seq, subject, error) VALUES (%s, %s, %s)"
-                " ON CONFLICT (seq) DO UPDATE SET subject = excluded.subject, error = excluded.error,"
-                " recorded_at = now()"
-            ).format(sql.Identifier(schema)),
-            [(d.seq, d.subject, d.error) for d in dead],
-        )

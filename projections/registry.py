@@ -7,6 +7,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from projections.call import CallsProjector
+from projections.checkpoints import PostgresBatch, PostgresCheckpoints
 from projections.config import ConfigsProjector
 from projections.conversation import ConversationsProjector
 from projections.escalation import EscalationProjector
@@ -27,9 +28,22 @@ def projector(name: str) -> Projector:
     return found[name]
 
 
-def runners(store: EventStore, pool: AsyncConnectionPool[Any], **options: Any) -> list[ProjectorRunner]:
+def runner(
+    projector: Projector,
+    store: EventStore,
+    pool: AsyncConnectionPool[Any],
+    *,
+    standby_poll: float = 1.0,
+    **options: Any,
+) -> ProjectorRunner[PostgresBatch]:
+    """A projector's runner, its checkpoints in its schema (``options`` go to ``ProjectorRunner``)."""
+    checkpoints = PostgresCheckpoints(pool, projector.read_model, standby_poll=standby_poll)
+    return ProjectorRunner(projector, store, checkpoints, **options)
+
+
+def runners(store: EventStore, pool: AsyncConnectionPool[Any], **options: Any) -> list[ProjectorRunner[PostgresBatch]]:
     """One runner per projector (``options`` go to each ``ProjectorRunner``)."""
-    return [ProjectorRunner(p, store, pool, **options) for p in projectors()]
+    return [runner(p, store, pool, **options) for p in projectors()]
 
 
 async def migrate(pool: AsyncConnectionPool[Any], chosen: list[Projector] | None = None) -> dict[str, list[int]]:

@@ -1,42 +1,42 @@
-"""How far behind a projector is, for operators and for Prometheus."""
+"""How far behind a projection is, for operators and for Prometheus."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any, Literal, TypedDict
 
-from psycopg import AsyncConnection, errors, sql
 from psycopg_pool import AsyncConnectionPool
 
-from projections.checkpoints import read_checkpoint
+from projections.checkpoints import Checkpoints, PostgresCheckpoints
 from projections.projector import Projector
 from streams.store import EventStore
 
 
 class ProjectorStatus(TypedDict):
     name: str
-    schema: str
-    checkpoint: int  # the last stream sequence its schema accounts for
+    schema: str  # where its rows are: a PostgreSQL schema, a ClickHouse database
+    checkpoint: int  # the last stream sequence its rows account for
     stream_last_seq: int  # the last sequence in the whole stream
     last_event_seq: int  # the last sequence among the events it follows
     lag: int  # sequences between its checkpoint and the last event it follows (0: caught up)
     dead_letters: int
 
 
-async def projector_status(
-    db: AsyncConnectionPool[Any] | AsyncConnection[Any], store: EventStore, projector: Projector
+async def status_of(
+    checkpoints: Checkpoints[Any], store: EventStore, name: str, subject: str | None
 ) -> ProjectorStatus:
-    if isinstance(db, AsyncConnectionPool):
-        async with db.connection() as conn:
-            checkpoint, dead = await _progress(conn, projector)
-    else:
-        checkpoint, dead = await _progress(db, projector)
+    """A projection's status, from its checkpoints and the stream (``subject``: the commits it follows)."""
+    checkpoint = await checkpoints.position(name)
+    dead = await checkpoints.dead_letter_count()
     stream_last_seq = await store.last_seq()
-    last_event = await store.last_on(projector.subject)
-    last_event_seq = last_event.seq if last_event is not None else 0
+    if subject is None:  # it follows every commit
+        last_event_seq = stream_last_seq
+    else:
+        last_event = await store.last_on(subject)
+        last_event_seq = last_event.seq if last_event is not None else 0
     return {
-        "name": projector.name,
-        "schema": projector.schema,
+        "name": name,
+        "schema": checkpoints.where,
         "checkpoint": checkpoint,
         "stream_last_seq": stream_last_seq,
         "last_event_seq": last_event_seq,
@@ -45,17 +45,9 @@ async def projector_status(
     }
 
 
-async def _progress(conn: AsyncConnection[Any], projector: Projector) -> tuple[int, int]:
-    try:
-        checkpoint = await read_checkpoint(conn, projector.schema, projector.name) or 0
-        cur = await conn.execute(
-            sql.SQL("SELECT count(*) FROM {}.dead_letters").format(sql.Identifier(projector.schema))
-        )
-        row = await cur.fetchone()
-        return checkpoint, int(row[0]) if row else 0
-    except (errors.UndefinedTable, errors.InvalidSchemaName):  # not migrated yet
-        await conn.rollback()
-        return 0, 0
+async def projector_status(pool: AsyncConnectionPool[Any], store: EventStore, projector: Projector) -> ProjectorStatus:
+    """A PostgreSQL projector's status, wherever its runner runs."""
+    return await status_of(PostgresCheckpoints(pool, projector.read_model), store, projector.name, projector.subject)
 
 
 def metrics_text(statuses: Iterable[ProjectorStatus]) -> str:

@@ -10,8 +10,9 @@ Definitions (each figure is over the conversations started in the period):
   was settled; see ``projections.analytics.facts``); ``escalation_rate``: escalated / all;
 * ``avg_turns``: customer messages per conversation; ``avg_duration_seconds``: start to close,
   over the closed ones; ``avg_sentiment``: over every turn the AI scored;
-* CSAT: the average answer (1 to 5) and the number of answers; NPS: promoters (9-10) minus
-  detractors (0-6), as a percentage of the answers, with the three counts.
+* CSAT: the average answer (1 to 5) and the number of answers; NPS: promoters minus detractors
+  (the category each answer recorded, ``SurveyAnswered.nps_category``), as a percentage of the
+  answers, with the three counts.
 
 Rates are 0 when there is nothing to divide; averages are None.
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from projections.analytics.schema import ESCALATIONS, FACTS
+from read_models.analytics_schema import ESCALATIONS, FACTS
 
 # Shapes ----------------------------------------------------------------------------------------
 
@@ -146,10 +147,10 @@ _OUTCOMES = """
     sum(sentiment_count) AS sentiment_count,
     countIf(csat_score IS NOT NULL) AS csat_responses,
     avgIf(csat_score, csat_score IS NOT NULL) AS csat_average,
-    countIf(nps_score IS NOT NULL) AS nps_responses,
-    countIf(nps_score >= 9) AS promoters,
-    countIf(nps_score >= 7 AND nps_score <= 8) AS passives,
-    countIf(nps_score <= 6) AS detractors"""
+    countIf(nps_category != '') AS nps_responses,
+    countIf(nps_category = 'promoter') AS promoters,
+    countIf(nps_category = 'passive') AS passives,
+    countIf(nps_category = 'detractor') AS detractors"""
 
 _PERIOD = (
     "tenant = {tenant:String}"

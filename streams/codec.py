@@ -171,6 +171,27 @@ class EventMapper(Mapper[Any]):
         return msgspec.structs.replace(event, **personal)
 
 
+    # Reading without personal data ---------------------------------------------------------
+
+    @property
+    def stores_plain_json(self) -> bool:
+        """Events are stored as msgspec JSON, neither compressed nor enciphered as a whole: the
+        stored bytes can be read without the mapper (``without_sealed``)."""
+        return self.cipher is None and self.compressor is None and isinstance(self.transcoder, MsgspecTranscoder)
+
+
+# A sealed event's stored JSON: the event with its personal fields null, then the envelope as the
+# last key (``EventMapper._seal``).
+_ENVELOPE_KEY = f',"{PII_KEY}":'.encode()
+
+
+def without_sealed(state: bytes) -> bytes:
+    """A sealed event's stored JSON without its envelope: the event, personal fields null
+    (``state`` as it is when nothing was sealed)."""
+    cut = state.rfind(_ENVELOPE_KEY)
+    return state[:cut] + b"}" if cut > 0 else state
+
+
 class _Sealed(msgspec.Struct, frozen=True):
     s: str
     k: int

@@ -19,7 +19,6 @@ and no read model is involved, so the answer is what the log proves.
 
 from __future__ import annotations
 
-import functools
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
@@ -65,17 +64,8 @@ def audit_event(recorded: RecordedEvent) -> AuditEvent:
 
 
 def occurred_at(event: Event) -> datetime | None:
-    """The event's own time: its first field holding a datetime (``started_at``, ``at``, ...)."""
-    for name in _time_fields(type(event)):
-        value = getattr(event, name)
-        if isinstance(value, datetime):
-            return value
-    return None
-
-
-@functools.lru_cache(maxsize=512)
-def _time_fields(cls: type[Event]) -> tuple[str, ...]:
-    return tuple(f.name for f in msgspec.structs.fields(cls) if "datetime" in repr(f.type))
+    """The event's own time: the field its class names (``time_field``), if it names one."""
+    return event.occurred_at()
 
 
 async def history(store: EventStore, stream: StreamId) -> list[AuditEvent]:

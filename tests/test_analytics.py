@@ -31,14 +31,16 @@ from domain import conversation as c
 from domain.messages import Event
 from gateways.http.analytics import AnalyticsController
 from gateways.http.auth import jwt_auth
-from infra.tokens import make_token
 from gateways.http.errors import EXCEPTION_HANDLERS
 from infra.services import REPO_ROOT
-from projections.analytics.decode import CommitDecoder
+from infra.tokens import make_token
+from projections.analytics.projection import analytics_runner
 from projections.analytics.rebuild import rebuild, shadow_database
-from projections.analytics.runner import AnalyticsRunner
-from projections.analytics.sink import AnalyticsSettings, AnalyticsSink
+from projections.analytics.sink import AnalyticsSink, ClickHouseBatch
+from projections.runner import ProjectorRunner
+from projections.settings import AnalyticsSettings
 from read_models.analytics import AnalyticsQueries
+from read_models.analytics_schema import EventRow
 from streams.factory import OpenStore
 from streams.jetstream import OutMessage
 from streams.store import EventMeta
@@ -197,8 +199,8 @@ async def known_history(store: OpenStore) -> History:
     return h
 
 
-async def project_all(store: OpenStore, sink: AnalyticsSink, **options: Any) -> AnalyticsRunner:
-    runner = AnalyticsRunner(store.store, sink, idle_wait=0.2, **options)
+async def project_all(store: OpenStore, sink: AnalyticsSink, **options: Any) -> ProjectorRunner[ClickHouseBatch]:
+    runner = analytics_runner(store.store, sink, idle_wait=0.2, **options)
     await runner.catch_up()
     return runner
 
@@ -259,14 +261,14 @@ async def test_personal_data_stored_in_clear_is_blanked_too(store: OpenStore, si
 
 async def test_the_fast_decoder_gives_the_rows_of_the_event_store(store: OpenStore) -> None:
     await known_history(store)
-    decoder = CommitDecoder(store.store)
-    assert decoder.fast
+    fast, slow = store.store.redacted(), store.store.redacted(fast=False)
+    assert fast.fast and not slow.fast
     raws = await store.store.read_all(limit=1000)
     for raw in raws:
         recorded = round(datetime.fromisoformat(raw.time).timestamp() * 1000)
-        fast = decoder.decode_fast(raw.seq, raw.subject, raw.data, recorded)
-        slow = decoder.decode_with_store(raw.seq, raw.subject, raw.data, recorded)
-        assert [(d.row, d.event) for d in fast] == [(d.row, d.event) for d in slow]
+        assert fast.decode(raw.seq, raw.subject, raw.data, recorded, EventRow) == slow.decode(
+            raw.seq, raw.subject, raw.data, recorded, EventRow
+        )
 
 
 async def test_a_commit_that_cannot_be_decoded_becomes_a_dead_letter(store: OpenStore, sink: AnalyticsSink) -> None:
@@ -287,7 +289,7 @@ async def test_a_commit_that_cannot_be_decoded_becomes_a_dead_letter(store: Open
 
 async def test_a_redelivered_batch_does_not_double_rows(store: OpenStore, sink: AnalyticsSink) -> None:
     await known_history(store)
-    runner = AnalyticsRunner(store.store, sink, idle_wait=0.2)
+    runner = analytics_runner(store.store, sink, idle_wait=0.2)
     await runner.start()
     assert runner.feed is not None
     batch = await runner.feed.fetch()
@@ -320,7 +322,7 @@ async def test_rows_written_without_their_checkpoint_are_written_again_once(
 ) -> None:
     h = await known_history(store)
     crashing = _CrashBeforeCheckpoint(sink.client)
-    runner = AnalyticsRunner(store.store, crashing, batch=8, idle_wait=0.2)
+    runner = analytics_runner(store.store, crashing, batch=8, idle_wait=0.2)
     with pytest.raises(ConnectionError):
         await runner.catch_up()
     await runner.close()
@@ -727,7 +729,10 @@ async def test_the_kpi_endpoints_answer_for_the_callers_tenant(store: OpenStore,
     platform = SimpleNamespace(analytics=AnalyticsQueries(sink.client))
     app = Litestar(
         route_handlers=[AnalyticsController],
-        dependencies={"platform": Provide(lambda: platform, sync_to_thread=False)},
+        dependencies={
+            "platform": Provide(lambda: platform, sync_to_thread=False),
+            "analytics": Provide(lambda: platform.analytics, sync_to_thread=False),
+        },
         on_app_init=[jwt_auth(secret).on_app_init],
         exception_handlers=EXCEPTION_HANDLERS,
     )
@@ -768,8 +773,8 @@ async def test_the_kpi_endpoints_answer_for_the_callers_tenant(store: OpenStore,
 def test_encoded_rows_are_messagepack_arrays_one_after_another() -> None:
     """A guard on the wire format the sink relies on: an array per row, nothing around them,
     whatever the size of the list header cut off (1, 3 or 5 bytes)."""
-    from projections.analytics.schema import DeadLetterRow
     from projections.analytics.sink import encode_rows
+    from read_models.analytics_schema import DeadLetterRow
 
     for n in (1, 15, 16, 65_535, 65_536):
         rows = [DeadLetterRow(i, "s", "e", 2_500) for i in range(n)]
@@ -848,17 +853,36 @@ async def test_the_bulk_feed_keeps_each_batch_under_its_byte_bound(store: OpenSt
     assert len(sizes) >= 6 and max(sizes) <= 10, sizes  # about 1 kB a message, 10 kB a batch
 
 
-def test_the_cluster_ddl_has_the_tables_of_the_schema(sink: AnalyticsSink) -> None:
-    """infra/clickhouse/cluster.sql, made single-node, gives the columns and keys schema.py gives."""
+def test_the_cluster_ddl_is_generated_from_the_schema_and_up_to_date() -> None:
+    """infra/clickhouse/cluster.sql is what read_models.analytics_schema makes of the tables: one source."""
+    from read_models import analytics_schema
+
+    written = analytics_schema.CLUSTER_FILE.read_text()
+    assert written == analytics_schema.cluster_sql(), "run: python -m read_models.analytics_schema"
+    for table in ("events", "conversation_facts", "escalations"):  # sharded: local tables behind Distributed ones
+        assert f"CREATE TABLE IF NOT EXISTS parley.{table}_local ON CLUSTER parley (" in written
+        assert f"ENGINE = Distributed(parley, parley, {table}_local, cityHash64(tenant, " in written
+        assert f"TO parley.{table} AS" in written  # the inputs write through the Distributed table
+    checkpoint = (
+        "ReplicatedReplacingMergeTree('/clickhouse/tables/all/parley/checkpoint', '{shard}-{replica}', last_seq)"
+    )
+    assert checkpoint in written
+
+
+def test_the_cluster_ddl_made_single_node_gives_the_tables_of_the_schema(sink: AnalyticsSink) -> None:
+    """The generated cluster DDL, with its replication and distribution taken out, makes the very
+    columns, keys, engines and inputs ``statements`` make on one node."""
     import re
 
+    from read_models import analytics_schema
+
     sink.ensure_schema()
-    sql = (REPO_ROOT / "infra" / "clickhouse" / "cluster.sql").read_text()
-    sql = re.sub(r"--[^\n]*", "", sql).replace(" ON CLUSTER parley", "").replace("parley.", "cluster.")
-    sql = re.sub(r"Replicated(\w*MergeTree)\('[^']*', '[^']*'(?:, )?", r"\1(", sql)
-    statements = [s.strip() for s in sql.split(";") if s.strip() and "Distributed" not in s]
     sink.client.command("CREATE DATABASE IF NOT EXISTS cluster")
-    for statement in statements[1:]:
+    for statement in analytics_schema.cluster_statements()[1:]:
+        if "Distributed" in statement or statement.startswith("INSERT"):
+            continue
+        statement = statement.replace(" ON CLUSTER parley", "").replace("parley.", "cluster.")
+        statement = re.sub(r"Replicated(\w*MergeTree)\('[^']*', '[^']*'(?:, )?", r"\1(", statement)
         statement = statement.replace("cluster.conversation_facts FINAL", "cluster.conversation_facts_local FINAL")
         for table in ("events", "conversation_facts", "escalations"):  # the views write the shards' tables
             statement = statement.replace(f" TO cluster.{table} AS", f" TO cluster.{table}_local AS")
@@ -888,7 +912,7 @@ def test_the_cluster_ddl_has_the_tables_of_the_schema(sink: AnalyticsSink) -> No
     for table in ("events", "conversation_facts", "escalations"):
         assert shape("cluster", f"{table}_local") == shape("parley", table), table
         assert engine("cluster", f"{table}_local") == engine("parley", table), table
-    for table in ("checkpoint", "dead_letters"):
+    for table in ("checkpoint", "dead_letters", "schema_digest"):
         assert shape("cluster", table) == shape("parley", table), table
         assert engine("cluster", table) == engine("parley", table), table
 
@@ -903,6 +927,9 @@ def test_the_cluster_ddl_has_the_tables_of_the_schema(sink: AnalyticsSink) -> No
     for table in ("events", "conversation_facts", "escalations", "dead_letters"):
         assert shape("cluster", f"{table}_input") == shape("parley", f"{table}_input"), table
         assert view("cluster", f"{table}_rows") == view("parley", f"{table}_rows"), table
+    assert view("cluster", "config_version_outcomes") == view("parley", "config_version_outcomes").replace(
+        "conversation_facts FINAL", "conversation_facts_local FINAL"
+    )
 
 
 async def test_the_service_projects_live_events_and_answers_queries(store: OpenStore, tmp_path: Path) -> None:

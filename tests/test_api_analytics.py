@@ -19,7 +19,7 @@ import pytest_asyncio
 import uvicorn
 
 from gateways.http.app import create_app
-from projections.analytics.sink import AnalyticsSettings
+from projections.settings import AnalyticsSettings
 from tests.api_support import SECRET, bearer, settings_for
 from tests.conftest import delete_stream, fresh_database, unique_stream
 

@@ -159,7 +159,7 @@ def runner_for(
     opened: OpenStore, pool: AsyncConnectionPool[Any], projector: ConversationsProjector | None = None, **options: Any
 ) -> ProjectorRunner:
     options.setdefault("idle_wait", 0.2)
-    return ProjectorRunner(projector or ConversationsProjector(), opened.store, pool, **options)
+    return registry.runner(projector or ConversationsProjector(), opened.store, pool, **options)
 
 
 RunnerFactory = Callable[..., ProjectorRunner]
@@ -1300,7 +1300,6 @@ async def test_wait_for_position_returns_once_the_projector_passes_it_and_false_
             started = time.perf_counter()
             assert not await wait_for_position(conn, CONVERSATIONS, position + 1000, timeout=0.3)
             assert 0.3 <= time.perf_counter() - started < 2.0
-            assert await wait_for_position(conn, "conversations", position, timeout=0.1)  # by projector name
             view = await get_conversation(conn, "acme", "conv-3")
             assert view is not None and view["position"] == position  # read your write
             assert not conn.autocommit  # the connection is left as it was found
@@ -1339,7 +1338,7 @@ async def test_the_registry_migrates_and_runs_every_projector_until_stopped(
     runners = registry.runners(open_test_store.store, pool, idle_wait=0.2)
     tasks = [asyncio.create_task(runner.run()) for runner in runners]
     try:
-        assert await wait_for_position(pool, "conversations", history.last_seq, timeout=10)
+        assert await wait_for_position(pool, CONVERSATIONS, history.last_seq, timeout=10)
     finally:
         for runner in runners:
             await runner.stop()

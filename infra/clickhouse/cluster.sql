@@ -1,8 +1,9 @@
 -- Parley's analytics tables on a ClickHouse cluster: replicated local tables behind Distributed ones.
+-- Generated from read_models/analytics_schema.py (python -m read_models.analytics_schema): do not edit.
 --
 -- For when one machine is no longer enough (chDB, or a single server through CLICKHOUSE_URL,
--- runs projections/analytics/schema.py as it is). Columns, partitions, sort keys and engines are
--- those of schema.py; each table becomes
+-- runs read_models/analytics_schema.py's statements as they are). Columns, partitions, sort keys
+-- and engines are the same; each table with a sharding key becomes
 --
 --   parley.<table>_local   Replicated*MergeTree on every node (one copy per replica of its shard)
 --   parley.<table>         Distributed over <table>_local: what the projector writes and the
@@ -27,17 +28,14 @@
 --     shards before its checkpoint is written: SETTINGS distributed_foreground_insert = 1,
 --     insert_quorum = 'auto' (a majority of each shard's replicas), insert_quorum_parallel = 1;
 --   * at start, delete the rows above the checkpoint from the local tables on every node:
---     DELETE FROM parley.events_local ON CLUSTER parley WHERE seq > {checkpoint}
---     DELETE FROM parley.escalations_local ON CLUSTER parley WHERE seq > {checkpoint}
---     (a Distributed table takes no DELETE);
+--     DELETE FROM parley.<table>_local ON CLUSTER parley WHERE seq > {checkpoint}
+--     for each table with a seq column (events, escalations, ...; a Distributed table takes no DELETE);
 --   * keep insert_deduplication_token per batch and table: replicated tables deduplicate
 --     retried inserts by it (replicated_deduplication_window), so an HTTP retry is dropped.
 -- Queries are unchanged (FINAL on a Distributed table is done on each shard, which is right with
 -- this sharding; add SETTINGS distributed_group_by_no_merge = 0, the default).
 
 CREATE DATABASE IF NOT EXISTS parley ON CLUSTER parley;
-
--- events ---------------------------------------------------------------------------------------
 
 CREATE TABLE IF NOT EXISTS parley.events_local ON CLUSTER parley (
     tenant LowCardinality(String),
@@ -61,8 +59,6 @@ ORDER BY (tenant, time, aggregate_type, aggregate_id, version);
 
 CREATE TABLE IF NOT EXISTS parley.events ON CLUSTER parley AS parley.events_local
 ENGINE = Distributed(parley, parley, events_local, cityHash64(tenant, aggregate_id));
-
--- conversation_facts ---------------------------------------------------------------------------
 
 CREATE TABLE IF NOT EXISTS parley.conversation_facts_local ON CLUSTER parley (
     tenant LowCardinality(String),
@@ -101,11 +97,10 @@ CREATE TABLE IF NOT EXISTS parley.conversation_facts_local ON CLUSTER parley (
     surveys_sent UInt16,
     surveys_answered UInt16,
     nps_score Nullable(UInt8),
+    nps_category LowCardinality(String),
     csat_score Nullable(UInt8),
     csat_questions Array(String),
     duration_seconds Float64 ALIAS dateDiff('millisecond', started_at, ifNull(closed_at, last_event_at)) / 1000,
-    nps_category LowCardinality(String) ALIAS multiIf(
-        nps_score IS NULL, '', nps_score >= 9, 'promoter', nps_score >= 7, 'passive', 'detractor'),
     INDEX conversation conversation_id TYPE bloom_filter(0.01) GRANULARITY 4
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/parley/conversation_facts', '{replica}', version)
 PARTITION BY toYYYYMM(started_at)
@@ -113,8 +108,6 @@ ORDER BY (tenant, started_at, conversation_id);
 
 CREATE TABLE IF NOT EXISTS parley.conversation_facts ON CLUSTER parley AS parley.conversation_facts_local
 ENGINE = Distributed(parley, parley, conversation_facts_local, cityHash64(tenant, conversation_id));
-
--- escalations ----------------------------------------------------------------------------------
 
 CREATE TABLE IF NOT EXISTS parley.escalations_local ON CLUSTER parley (
     tenant LowCardinality(String),
@@ -138,8 +131,6 @@ ORDER BY (tenant, time, conversation_id, escalation_id);
 CREATE TABLE IF NOT EXISTS parley.escalations ON CLUSTER parley AS parley.escalations_local
 ENGINE = Distributed(parley, parley, escalations_local, cityHash64(tenant, conversation_id));
 
--- checkpoint and dead letters: one replication group over every node ------------------------------
-
 CREATE TABLE IF NOT EXISTS parley.checkpoint ON CLUSTER parley (
     projector LowCardinality(String),
     last_seq UInt64,
@@ -155,7 +146,11 @@ CREATE TABLE IF NOT EXISTS parley.dead_letters ON CLUSTER parley (
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/parley/dead_letters', '{shard}-{replica}')
 ORDER BY seq;
 
--- per-config-version outcomes ------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS parley.schema_digest ON CLUSTER parley (
+    digest String,
+    at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/parley/schema_digest', '{shard}-{replica}', at)
+ORDER BY digest;
 
 CREATE VIEW IF NOT EXISTS parley.config_version_outcomes ON CLUSTER parley AS
 SELECT
@@ -170,18 +165,13 @@ SELECT
     avg(duration_seconds) AS avg_duration_seconds,
     sum(sentiment_sum) / nullIf(sum(sentiment_count), 0) AS avg_sentiment,
     avgIf(csat_score, csat_score IS NOT NULL) AS csat,
-    countIf(nps_score IS NOT NULL) AS nps_responses,
-    (countIf(nps_score >= 9) - countIf(nps_score <= 6)) * 100 / nullIf(countIf(nps_score IS NOT NULL), 0) AS nps,
+    countIf(nps_category != '') AS nps_responses,
+    (countIf(nps_category = 'promoter') - countIf(nps_category = 'detractor')) * 100
+        / nullIf(countIf(nps_category != ''), 0) AS nps,
     min(started_at) AS first_conversation_at,
     max(started_at) AS last_conversation_at
 FROM parley.conversation_facts FINAL
 GROUP BY tenant, config_id, config_version;
-
--- inputs: what the projector inserts into ----------------------------------------------------------
--- A batch is MessagePack, a row one Tuple value (projections/analytics/schema.py); each node's
--- view spreads it over the columns of the Distributed table, which sends the rows to their shards.
--- The projector's insert settings add deduplicate_blocks_in_dependent_materialized_views = 1, so
--- the batch's insert_deduplication_token reaches the replicated tables.
 
 CREATE TABLE IF NOT EXISTS parley.events_input ON CLUSTER parley (row Tuple(
     tenant LowCardinality(String),
@@ -253,6 +243,7 @@ CREATE TABLE IF NOT EXISTS parley.conversation_facts_input ON CLUSTER parley (ro
     surveys_sent UInt16,
     surveys_answered UInt16,
     nps_score Nullable(UInt8),
+    nps_category LowCardinality(String),
     csat_score Nullable(UInt8),
     csat_questions Array(String)
 )) ENGINE = Null;
@@ -295,6 +286,7 @@ SELECT
     tupleElement(row, 'surveys_sent') AS `surveys_sent`,
     tupleElement(row, 'surveys_answered') AS `surveys_answered`,
     tupleElement(row, 'nps_score') AS `nps_score`,
+    tupleElement(row, 'nps_category') AS `nps_category`,
     tupleElement(row, 'csat_score') AS `csat_score`,
     tupleElement(row, 'csat_questions') AS `csat_questions`
 FROM parley.conversation_facts_input;
@@ -346,3 +338,5 @@ SELECT
     tupleElement(row, 'error') AS `error`,
     tupleElement(row, 'at') AS `at`
 FROM parley.dead_letters_input;
+
+INSERT INTO parley.schema_digest (digest) VALUES ('9b48a67e51e8376e');

@@ -1,10 +1,10 @@
 """The analytics projection: every event into ClickHouse, and the facts the KPIs are computed from.
 
-``schema`` the tables and their rows · ``decode`` commits to rows, personal data blanked ·
-``facts`` the conversation fold · ``sink`` ClickHouse
-(chDB embedded, or a server with ``CLICKHOUSE_URL``) · ``runner`` batches, checkpoint,
-exactly-once · ``rebuild`` shadow tables swapped in without downtime · ``service`` the runner and
-the queries inside the API process · ``python -m projections.analytics run|rebuild|status``.
-Queries over the tables are in ``read_models.analytics``; the cluster form of the tables in
-``infra/clickhouse/cluster.sql``.
+``projection`` the projection (a pipelined projection of ``projections.runner``) and its runner ·
+``facts`` the conversation fold · ``sink`` ClickHouse (chDB embedded, or a server with
+``CLICKHOUSE_URL``): its writes and its checkpoints · ``rebuild`` shadow tables swapped in without
+downtime · ``service`` the runner and the queries inside the API process ·
+``python -m projections.analytics run|rebuild|status``. The tables and their rows are
+``read_models.analytics_schema`` (and, generated from it, ``infra/clickhouse/cluster.sql``); the
+queries over them ``read_models.analytics``.
 """

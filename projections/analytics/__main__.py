@@ -2,7 +2,7 @@
 
 Settings come from the environment: ``NATS_URL``, ``PARLEY_STREAM``, ``PARLEY_DATA`` (the event
 store) and ``CLICKHOUSE_URL`` (unset: chDB under ``$PARLEY_DATA/chdb``), ``PARLEY_ANALYTICS_DB``,
-``PARLEY_ANALYTICS_BATCH`` (``projections.analytics.sink.AnalyticsSettings``).
+``PARLEY_ANALYTICS_BATCH`` (``projections.settings.AnalyticsSettings``).
 
 ``rebuild`` runs here, with nothing to pause (``projections.analytics.rebuild``): with chDB, when
 no other process has the store open. The running platform's analytics are rebuilt inside it:
@@ -23,10 +23,11 @@ import structlog
 
 from infra import heap
 from infra.logs import configure_logging
+from projections.analytics.projection import analytics_runner
 from projections.analytics.rebuild import RebuildReport, rebuild
-from projections.analytics.runner import AnalyticsRunner
 from projections.analytics.service import projector_status
-from projections.analytics.sink import AnalyticsSettings, AnalyticsSink
+from projections.analytics.sink import AnalyticsSink
+from projections.settings import AnalyticsSettings
 from streams.errors import UnavailableError
 from streams.factory import OpenStore, StoreSettings, open_store
 
@@ -52,7 +53,7 @@ async def _run(settings: AnalyticsSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with _opened(settings) as (store, sink):
-        runner = AnalyticsRunner(store.store, sink, batch=settings.batch)
+        runner = analytics_runner(store.store, sink, batch=settings.batch)
         heap.settle()
         log.info("analytics projector running", database=settings.database, batch=settings.batch)
         try:

@@ -14,7 +14,8 @@ What the KPIs read from a row:
 * **escalated**: any escalation was requested; the first one's trigger and reason are kept;
 * **turns**: customer messages; **sentiment**: the AI's reading of each turn (sum and count, so
   averages over many conversations stay exact);
-* **NPS**: the score of the last answered survey's ``nps_scale`` question; **CSAT**: the answer,
+* **NPS**: the score and category (``SurveyAnswered.nps_category``) of the last answered survey's
+  ``nps_scale`` question; **CSAT**: the answer,
   1 to 5, to a question whose id says ``csat`` or whose options are exactly 1 to 5.
 
 Closed conversations leave the in-memory cache once written (nothing may follow a close); the
@@ -26,14 +27,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
 
 from domain import conversation as c
 from domain.messages import Event
-from projections.analytics.schema import ConversationFacts, EscalationRow
+from read_models.analytics_schema import ConversationFacts, EscalationRow, EventRow
 
-if TYPE_CHECKING:
-    from projections.analytics.decode import Decoded
+Decoded = tuple[EventRow, Event]  # an event and its row, as the store's redacted decoder gives them
 
 UNRESOLVED_REASONS = frozenset({"abandoned", "timeout", "expired", "unresolved", "customer_left", "no_response"})
 CSAT_OPTIONS = ["1", "2", "3", "4", "5"]
@@ -85,7 +84,7 @@ class FactsFold:
         deferred: list[Decoded] = []
         unknown: set[Key] = set()
         for d in decoded:
-            row, event = d.row, d.event
+            row, event = d
             key = (row.tenant, row.aggregate_id)
             at = row.time
             facts = get(key)
@@ -129,7 +128,7 @@ class FactsFold:
 
     def unknown(self, deferred: Iterable[Decoded]) -> list[Key]:
         """The conversations of deferred events, to read back."""
-        return list(dict.fromkeys((d.row.tenant, d.row.aggregate_id) for d in deferred))
+        return list(dict.fromkeys((row.tenant, row.aggregate_id) for row, _ in deferred))
 
     def take_touched(self) -> list[ConversationFacts]:
         """The rows changed since the last call; closed conversations leave the cache."""
@@ -197,6 +196,7 @@ def _evolve(f: ConversationFacts, event: Event, at: int) -> None:
             f.surveys_answered += 1
             if event.nps_score is not None:
                 f.nps_score = event.nps_score
+                f.nps_category = event.nps_category or c.nps_category(event.nps_score) or ""  # older events: the rule
             for answer in event.responses:
                 if answer.question_id in f.csat_questions and (score := csat_score(answer.answer)) is not None:
                     f.csat_score = score

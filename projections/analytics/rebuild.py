@@ -37,8 +37,10 @@ from typing import Any, Protocol
 import msgspec
 import structlog
 
-from projections.analytics.runner import AnalyticsRunner
-from projections.analytics.sink import AnalyticsSettings, AnalyticsSink, connect
+from projections.analytics.projection import NAME, analytics_runner
+from projections.analytics.sink import AnalyticsSink, ClickHouseBatch, connect
+from projections.runner import ProjectorRunner
+from projections.settings import AnalyticsSettings
 from streams.errors import UnavailableError
 from streams.store import EventStore
 
@@ -71,7 +73,7 @@ async def rebuild(
     settings: AnalyticsSettings,
     *,
     live: Pausable | None = None,
-    name: str = "analytics",
+    name: str = NAME,
     batch: int | None = None,
     idle_wait: float = 0.1,
     stall: float = 60.0,
@@ -90,7 +92,7 @@ async def rebuild(
         clients.append(await asyncio.to_thread(connect, settings))
         live_tables = AnalyticsSink(clients[1], settings.database)
         shadow_tables = AnalyticsSink(clients[1], shadow_db)
-        runner = AnalyticsRunner(
+        runner = analytics_runner(
             store,
             AnalyticsSink(clients[0], shadow_db),
             name=f"{name}_rebuild",
@@ -137,7 +139,7 @@ async def rebuild(
 
 async def _replay_and_swap(
     store: EventStore,
-    runner: AnalyticsRunner,
+    runner: ProjectorRunner[ClickHouseBatch],
     live: Pausable | None,
     live_tables: AnalyticsSink,
     shadow_tables: AnalyticsSink,
@@ -174,10 +176,10 @@ async def _replay_and_swap(
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def _reach(runner: AnalyticsRunner, task: asyncio.Task[None], target: int, stall: float) -> None:
+async def _reach(runner: ProjectorRunner[ClickHouseBatch], task: asyncio.Task[None], target: int, stall: float) -> None:
     """Wait until the runner's checkpoint is at ``target`` or past it.
 
-    The runner starts again by itself after a failure (``AnalyticsRunner.run``); a rebuild that
+    The runner starts again by itself after a failure (``ProjectorRunner.run``); a rebuild that
     stands still for ``stall`` seconds gives up.
     """
     last, moved = runner.checkpoint, time.monotonic()
@@ -193,14 +195,14 @@ async def _reach(runner: AnalyticsRunner, task: asyncio.Task[None], target: int,
 
 
 class LiveRun:
-    """An ``AnalyticsRunner`` run until stopped, which a rebuild can pause for its swap.
+    """A runner run until stopped, which a rebuild can pause for its swap.
 
     ``run`` runs the runner until ``stop`` is set; ``paused`` stops it (the batch in hand is
     written and checkpointed first) and starts it again on leaving, from the checkpoint it then
     finds in ClickHouse, with a new consumer.
     """
 
-    def __init__(self, runner: AnalyticsRunner) -> None:
+    def __init__(self, runner: ProjectorRunner[ClickHouseBatch]) -> None:
         self.runner = runner
         self._resumed = asyncio.Event()
         self._resumed.set()

@@ -17,10 +17,12 @@ import asyncio
 import structlog
 
 from domain.errors import IllegalStateError
+from projections.analytics.projection import NAME, analytics_runner
 from projections.analytics.rebuild import LiveRun, RebuildReport, rebuild
-from projections.analytics.runner import AnalyticsRunner
-from projections.analytics.sink import AnalyticsSettings, AnalyticsSink, connect
-from projections.status import ProjectorStatus
+from projections.analytics.sink import AnalyticsSink, ClickHouseBatch, ClickHouseCheckpoints, connect
+from projections.runner import ProjectorRunner
+from projections.settings import AnalyticsSettings
+from projections.status import ProjectorStatus, status_of
 from read_models.analytics import AnalyticsQueries
 from streams.errors import UnavailableError
 from streams.store import EventStore
@@ -28,20 +30,9 @@ from streams.store import EventStore
 log = structlog.get_logger(__name__)
 
 
-async def projector_status(store: EventStore, tables: AnalyticsSink, name: str = "analytics") -> ProjectorStatus:
-    """A projector's checkpoint, lag and dead letters in ClickHouse, as the other projectors report them."""
-    checkpoint = await asyncio.to_thread(tables.checkpoint, name)
-    dead_letters = await asyncio.to_thread(tables.dead_letters)
-    last = await store.last_seq()
-    return {
-        "name": name,
-        "schema": tables.db,
-        "checkpoint": checkpoint,
-        "stream_last_seq": last,
-        "last_event_seq": last,  # it follows every event
-        "lag": max(last - checkpoint, 0),
-        "dead_letters": dead_letters,
-    }
+async def projector_status(store: EventStore, tables: AnalyticsSink, name: str = NAME) -> ProjectorStatus:
+    """The analytics projection's checkpoint, lag and dead letters in ClickHouse, wherever it runs."""
+    return await status_of(ClickHouseCheckpoints(tables), store, name, None)
 
 
 class AnalyticsService:
@@ -49,7 +40,7 @@ class AnalyticsService:
         self,
         sink: AnalyticsSink,
         queries: AnalyticsQueries,
-        runner: AnalyticsRunner | None,
+        runner: ProjectorRunner[ClickHouseBatch] | None,
         *,
         store: EventStore | None = None,
         settings: AnalyticsSettings | None = None,
@@ -78,7 +69,9 @@ class AnalyticsService:
         except BaseException:
             sink.close()
             raise
-        runner = AnalyticsRunner(store, sink, batch=settings.batch) if run_projector else None
+        runner = None
+        if run_projector:  # its status read through the queries' client, not behind an insert
+            runner = analytics_runner(store, sink, batch=settings.batch, reader=AnalyticsSink(queries.client, sink.db))
         return cls(sink, queries, runner, store=store, settings=settings)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -87,15 +80,14 @@ class AnalyticsService:
             await self.live.run(stop)
 
     async def status(self) -> ProjectorStatus | None:
-        """The projector's checkpoint, lag and dead letters, as the other projectors report them.
-
-        Read from ClickHouse, so it is known wherever the projector runs (None without a store:
-        this process has no ClickHouse). Read through the queries' client, not behind an insert.
-        """
+        """The projector's checkpoint, lag and dead letters, as the other projectors report them: its
+        runner's, or read from ClickHouse where another process runs it (None without a store).
+        Read through the queries' client, not behind an insert."""
+        if self.runner is not None:
+            return await self.runner.status()
         if self.store is None:
             return None
-        name = self.runner.name if self.runner is not None else "analytics"
-        return await projector_status(self.store, AnalyticsSink(self.queries.client, self.queries.db), name)
+        return await projector_status(self.store, AnalyticsSink(self.queries.client, self.queries.db))
 
     async def rebuild(self) -> RebuildReport:
         """Rebuild the tables from the first event into shadow tables and swap them in.
