@@ -24,6 +24,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from commands.config import ConfigCatalog
+from commands.conversation import conversation_id_for, start_conversation
 from commands.runner import CommandRunner, Outcome
 from domain import conversation as c
 from domain.errors import NotFoundError, PermissionDeniedError, ValidationError
@@ -217,23 +218,17 @@ class ConversationController(Controller):
         if user_id is None:
             raise ValidationError("user_id is required", fields={"user_id": "required"})
         key = request.headers.get("Idempotency-Key")
-        # A retried start must land on the same conversation: derive its id from the key.
-        conversation_id = (
-            str(uuid.uuid5(uuid.NAMESPACE_URL, f"parley:{identity.tenant}:{key}")) if key else str(uuid.uuid4())
-        )
+        conversation_id = conversation_id_for(identity.tenant, key)
         at = now()
-        config = await catalog.state(identity.tenant, data.config_id)
-        version = await catalog.latest_version(identity.tenant, data.config_id)
-        command = c.StartConversation(
+        command = await start_conversation(
+            catalog,
+            identity.tenant,
             conversation_id=conversation_id,
             config_id=data.config_id,
-            config_version=version,
             channel=data.channel,
             user_id=user_id,
-            product_type=config.product_type or "chatbot",
             context=data.context,
             initial_message=data.initial_message,
-            message_id=f"{conversation_id}-m0" if data.initial_message else None,
             at=at,
         )
 
