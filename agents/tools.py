@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -36,6 +35,7 @@ import structlog
 
 from domain.bot import ToolDefinition
 from domain.conversation import ToolCall
+from domain.patterns import compile_pattern
 
 log = structlog.get_logger(__name__)
 
@@ -208,7 +208,7 @@ def validate_arguments(schema: Mapping[str, Any], value: Any, path: str = "") ->
     if "enum" in schema and value not in schema["enum"]:
         problems.append(f"{at}: must be one of {', '.join(map(str, schema['enum']))}")
     if isinstance(value, str):
-        if (pattern := schema.get("pattern")) and not re.search(pattern, value):
+        if (pattern := schema.get("pattern")) and not compile_pattern(pattern).search(value):
             problems.append(f"{at}: does not match {pattern}")
         if len(value) < schema.get("minLength", 0):
             problems.append(f"{at}: shorter than {schema['minLength']}")

@@ -34,6 +34,7 @@ import yaml
 
 from domain.bot_changes import compare
 from domain.errors import ValidationError
+from domain.patterns import pattern_problem
 
 SCHEMA_VERSION = "1.0"
 ProductType = Literal["chatbot", "voicebot"]
@@ -684,11 +685,8 @@ def _check_schema(schema: Any, at: str, error: Report) -> None:
     for name, prop in properties.items():
         if not isinstance(prop, dict) or prop.get("type", "string") not in SCHEMA_TYPES:
             error(f"{at}.properties.{name}.type", f"must be one of {', '.join(sorted(SCHEMA_TYPES))}")
-        elif "pattern" in prop:
-            try:
-                re.compile(prop["pattern"])
-            except (re.error, TypeError) as exc:
-                error(f"{at}.properties.{name}.pattern", f"invalid regex: {exc}")
+        elif "pattern" in prop and (problem := pattern_problem(prop["pattern"])):
+            error(f"{at}.properties.{name}.pattern", problem)
     required = schema.get("required", [])
     if not isinstance(required, list) or not all(isinstance(name, str) for name in required):
         error(f"{at}.required", "must be a list of property names")
@@ -708,10 +706,8 @@ def _check_patterns(patterns: Any, parameters: Any, at: str, error: Report) -> N
     for name, regex in parsed.arguments.items():
         if name not in properties:
             error(f"{at}.arguments.{name}", "not a parameter of this tool")
-        try:
-            re.compile(regex)
-        except re.error as exc:
-            error(f"{at}.arguments.{name}", f"invalid regex: {exc}")
+        if problem := pattern_problem(regex):
+            error(f"{at}.arguments.{name}", problem)
 
 
 def _check_escalation(rules: Any, error: Report) -> None:
@@ -778,10 +774,8 @@ def _check_intents(intents: Any, error: Report) -> None:
             error(f"intents.{intent}", "must be a list of regexes")
             continue
         for index, rule in enumerate(rules):
-            try:
-                re.compile(rule)
-            except (re.error, TypeError) as exc:
-                error(f"intents.{intent}[{index}]", f"invalid regex: {exc}")
+            if problem := pattern_problem(rule):
+                error(f"intents.{intent}[{index}]", problem)
 
 
 def _check_cross_sell(rules: Any, tool_names: set[str], error: Report) -> None:

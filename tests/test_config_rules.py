@@ -17,6 +17,7 @@ from domain.bot_changes import ConfigComparison, compare
 from domain.errors import ValidationError
 
 CONFIGS = Path(__file__).parent.parent / "agents" / "configs"
+SUPPORT_YAML = (CONFIGS / "support_bot.yaml").read_text()
 SUPPORT: dict[str, Any] = yaml.safe_load((CONFIGS / "support_bot.yaml").read_text())
 REFUND = {"name": "initiate_refund", "description": "Process customer refund requests"}
 V3: dict[str, Any] = {
@@ -474,3 +475,31 @@ def test_high_risk_needs_two_different_approvers() -> None:
     assert perms.missing_approvals("medium", {"bo": ["platform_engineer"]}) == {frozenset({"org_admin"})}
     assert perms.missing_approvals("medium", {"ana": ["org_admin"]}) == frozenset()
     assert perms.missing_approvals("low", {}) == frozenset()
+
+
+@pytest.mark.timeout(30)
+async def test_a_configs_catastrophic_pattern_runs_in_linear_time() -> None:
+    """``(a+)+$`` doubles its time with each character under backtracking (25 characters stalled the
+    API for 2.45 s); in the linear-time engine a long message is answered at once."""
+    from agents.graph import chain_for, run_turn
+    from agents.tools import ToolRegistry
+    from domain.bot import load_config
+
+    text = SUPPORT_YAML.replace("intents:\n", "intents:\n  greedy: ['(a+)+$']\n", 1)
+    config = load_config(text)
+    said = "a" * 5_000 + "!"
+
+    result = await run_turn(config, [], said, chain=chain_for(config, {}), tools=ToolRegistry())
+
+    assert result.reply
+
+
+def test_a_pattern_the_linear_time_engine_cannot_run_is_refused_naming_the_field() -> None:
+    from domain.bot import validate_config
+
+    raw = yaml.safe_load(SUPPORT_YAML)
+    raw["intents"]["lookbehind"] = [r"(?<!not )urgent"]
+    raw["tools"][0]["parameters"]["properties"]["order_id"]["pattern"] = r"^(\d)\1$"
+    issues = {i.field: i.message for i in validate_config(raw) if i.severity == "error"}
+    assert "RE2" in issues["intents.lookbehind[0]"]
+    assert "RE2" in issues["tools[0].parameters.properties.order_id.pattern"]

@@ -61,6 +61,7 @@ import structlog
 
 from agents.llm.port import ChatMessage, Completion, ProviderRejected, ToolCallRequest, ToolSpec
 from domain.bot import PATTERNS_KEY, ToolPatterns
+from domain.patterns import PatternError, compile_pattern
 
 log = structlog.get_logger(__name__)
 
@@ -486,8 +487,16 @@ class OfflineModel:
     ) -> None:
         self.name = name
         self.model = model
-        rules = {**DEFAULT_INTENTS, **(intents or {})}
-        self._intents = {intent: [re.compile(p, re.IGNORECASE) for p in patterns] for intent, patterns in rules.items()}
+        configured = dict(intents or {})
+        rules = {**DEFAULT_INTENTS, **configured}
+        # A config's own patterns run in the linear-time engine; the built-in ones are ours.
+        self._intents = {
+            intent: [
+                compile_pattern(p, ignore_case=True) if intent in configured else re.compile(p, re.IGNORECASE)
+                for p in patterns
+            ]
+            for intent, patterns in rules.items()
+        }
         self._human = [re.compile(p, re.IGNORECASE) for p in (human_patterns or DEFAULT_HUMAN_PATTERNS)]
         self._lexicon = {**LEXICON, **(lexicon or {})}
         self.templates = {**DEFAULT_TEMPLATES, **(templates or {})}
@@ -816,7 +825,7 @@ def _values(regex: str, text: str, name: str = "") -> list[_Value]:
     rule = _compiled(regex)
     found = []
     for match in rule.finditer(text):
-        group = name if name and name in rule.groupindex else 1 if rule.groups else 0
+        group = rule.groupindex[name] if name and name in rule.groupindex else 1 if rule.groups else 0
         raw = match.group(group)
         if raw is None:
             continue
@@ -848,9 +857,9 @@ def _unique(values: Iterable[_Value]) -> list[str]:
     return seen
 
 
-@functools.lru_cache(maxsize=512)
-def _compiled(regex: str) -> re.Pattern[str]:
-    return re.compile(regex)
+def _compiled(regex: str) -> Any:
+    """A config's argument pattern, in the linear-time engine (``domain.patterns``)."""
+    return compile_pattern(regex)
 
 
 def split_clauses(text: str) -> list[str]:
@@ -883,9 +892,9 @@ def tool_patterns(tool: ToolSpec) -> ToolPatterns | None:
         return None
     try:
         patterns = msgspec.convert(raw, ToolPatterns)
-        for regex in [*patterns.arguments.values(), *map(re.escape, patterns.triggers)]:
-            re.compile(regex)
-    except (msgspec.ValidationError, re.error) as exc:
+        for regex in patterns.arguments.values():
+            compile_pattern(regex)
+    except (msgspec.ValidationError, PatternError) as exc:
         raise ProviderRejected(f"tool {tool.name!r} has invalid {PATTERNS_KEY}: {exc}", provider="offline") from exc
     return patterns
 
