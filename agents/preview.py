@@ -36,8 +36,10 @@ from agents.graph import TurnResult, chain_for, run_turn
 from agents.llm.factory import ProviderKeys
 from agents.llm.port import ChatMessage
 from agents.tools import ToolContext, ToolFailed, ToolImpl, ToolRegistry
+from commands.config import Check, ScenarioResult
 from domain import conversation as c
 from domain.bot import AgentConfig, ToolDefinition
+from read_models.config import ConversationReplay, ReplayReport, TurnAnswer, TurnDifference, TurnSkipped
 from streams.store import EventStore, RecordedEvent
 from streams.subjects import StreamId
 
@@ -139,14 +141,14 @@ def expectations(scenario: Scenario, tool_names: Sequence[str]) -> Expectation:
     )
 
 
-def judge(expected: Expectation, turn: TurnResult) -> list[dict[str, Any]]:
+def judge(expected: Expectation, turn: TurnResult) -> list[Check]:
     """One check per expectation: what was expected, what happened, whether it held."""
     called = [call.tool for call in turn.tool_calls]
     succeeded = [call.tool for call in turn.tool_calls if call.error is None]
-    checks: list[dict[str, Any]] = []
+    checks: list[Check] = []
 
-    def check(name: str, wanted: Any, actual: Any, passed: bool) -> None:
-        checks.append({"check": name, "expected": wanted, "actual": actual, "passed": passed})
+    def check(name: str, wanted: str | bool | list[str], actual: str | bool | list[str], passed: bool) -> None:
+        checks.append(Check(check=name, expected=wanted, actual=actual, passed=passed))
 
     for tool in expected.tools:
         check("tool_called", tool, called, tool in succeeded)
@@ -208,7 +210,7 @@ async def run_scenarios(
     env: ProviderKeys | Mapping[str, str],
     *,
     tenant: str = "",
-) -> list[dict[str, Any]]:
+) -> list[ScenarioResult]:
     """Each scenario as a fresh conversation of ``tenant`` (whose data the read-only tools read)."""
     chain = chain_for(config, env)
     sandbox = sandbox_registry(tools, config)
@@ -217,28 +219,30 @@ async def run_scenarios(
     for scenario in scenarios:
         turn = await run_turn(config, [], scenario.user_message, chain=chain, tools=sandbox, tenant=tenant)
         called = [call.tool for call in turn.tool_calls]
-        expected = expectations(scenario, names)
-        checks = judge(expected, turn)
-        result: dict[str, Any] = {
-            "scenario": scenario.user_message,
-            "expected_behavior": scenario.expected_behavior,
-            "agent_response": turn.reply,
-            "intent": turn.intent,
-            "tool_called": called[0] if called else None,
-            "tools_called": called,
-            "tool_errors": [call.error for call in turn.tool_calls if call.error],
-            "escalation_suggested": turn.escalation_suggested,
-            "success": all(check["passed"] for check in checks) if checks else None,
-            "checks": checks,
-        }
+        checks = judge(expectations(scenario, names), turn)
+        note = None
         if not checks:
-            result["note"] = (
+            note = (
                 "nothing in the expected behaviour could be checked: name a tool, an escalation or a quoted"
                 " phrase, or use expect_tool, expect_no_tool_calls, expect_escalation, expect_reply_contains"
                 if scenario.expected_behavior
                 else "no expected behaviour given"
             )
-        results.append(result)
+        results.append(
+            ScenarioResult(
+                scenario=scenario.user_message,
+                expected_behavior=scenario.expected_behavior,
+                agent_response=turn.reply,
+                intent=turn.intent,
+                tool_called=called[0] if called else None,
+                tools_called=called,
+                tool_errors=[call.error for call in turn.tool_calls if call.error],
+                escalation_suggested=turn.escalation_suggested,
+                success=all(check.passed for check in checks) if checks else None,
+                checks=checks,
+                note=note,
+            )
+        )
     return results
 
 
@@ -327,8 +331,8 @@ class _Recording:
 
 
 async def replay_conversation(
-    config: AgentConfig, conversation_id: str, events: Sequence[RecordedEvent], env: Mapping[str, str]
-) -> dict[str, Any]:
+    config: AgentConfig, conversation_id: str, events: Sequence[RecordedEvent], env: ProviderKeys | Mapping[str, str]
+) -> ConversationReplay:
     """Play a recorded conversation's customer turns against ``config``; what differs from the AI's
     answers, turn by turn (turns a person answered are skipped, their words kept in the history)."""
     chain = chain_for(config, env)
@@ -337,7 +341,10 @@ async def replay_conversation(
     tenant = events[0].stream.tenant if events else ""
     user_id = next((r.event.user_id for r in events if isinstance(r.event, c.ConversationStarted)), "")
     history: list[ChatMessage] = []
-    differences, lost, new, skipped = [], [], [], []
+    differences: list[TurnDifference] = []
+    lost: list[str] = []
+    new: list[str] = []
+    skipped: list[TurnSkipped] = []
     turns = recorded_turns(events)
     for index, before in enumerate(turns, 1):
         if not before.answered_by_ai:
@@ -345,7 +352,7 @@ async def replay_conversation(
             if before.human_reply is not None:
                 history.append(ChatMessage("assistant", before.human_reply))
             reason = "answered by a person" if before.human_reply is not None else "not answered by the AI"
-            skipped.append({"turn": index, "reason": reason})
+            skipped.append(TurnSkipped(turn=index, reason=reason))
             continue
         unanswered = len(recording.unanswered)
         after: TurnResult = await run_turn(
@@ -372,40 +379,40 @@ async def replay_conversation(
         lost += gone
         new += added
         if changed:
-            difference: dict[str, Any] = {
-                "turn": index,
-                "user_message": before.user_message,
-                "changed": changed,
-                "recorded": {"reply": before.reply, "tool_calls": before.tools, "escalated": before.escalated},
-                "candidate": {"reply": after.reply, "tool_calls": called, "escalated": after.escalation_suggested},
-            }
-            if len(recording.unanswered) > unanswered:
-                # The candidate called a tool the recording has no result of: its values are placeholders.
-                difference["unrecorded_tool_calls"] = recording.unanswered[unanswered:]
-            differences.append(difference)
-    return {
-        "conversation_id": conversation_id,
-        "turns": len(turns),
-        "turns_compared": len(turns) - len(skipped),
-        "turns_changed": len(differences),
-        "turns_skipped": skipped,
-        "escalated_by_people": sorted({t.escalated_by for t in turns if t.escalated_by}),
-        "tool_calls_lost": lost,
-        "tool_calls_added": new,
-        "differences": differences,
-    }
+            differences.append(
+                TurnDifference(
+                    turn=index,
+                    user_message=before.user_message,
+                    changed=changed,
+                    recorded=TurnAnswer(reply=before.reply, tool_calls=before.tools, escalated=before.escalated),
+                    candidate=TurnAnswer(reply=after.reply, tool_calls=called, escalated=after.escalation_suggested),
+                    # The candidate called a tool the recording has no result of: its values are placeholders.
+                    unrecorded_tool_calls=recording.unanswered[unanswered:],
+                )
+            )
+    return ConversationReplay(
+        conversation_id=conversation_id,
+        turns=len(turns),
+        turns_compared=len(turns) - len(skipped),
+        turns_changed=len(differences),
+        turns_skipped=skipped,
+        escalated_by_people=sorted({t.escalated_by for t in turns if t.escalated_by}),
+        tool_calls_lost=lost,
+        tool_calls_added=new,
+        differences=differences,
+    )
 
 
 async def replay_history(
     config: AgentConfig, recordings: Mapping[str, Sequence[RecordedEvent]], env: ProviderKeys | Mapping[str, str]
-) -> dict[str, Any]:
+) -> ReplayReport:
     reports = [await replay_conversation(config, cid, events, env) for cid, events in recordings.items()]
-    return {
-        "conversations_replayed": len(reports),
-        "conversations_changed": [r["conversation_id"] for r in reports if r["turns_changed"]],
-        "conversations_losing_tool_calls": [r["conversation_id"] for r in reports if r["tool_calls_lost"]],
-        "conversations": reports,
-    }
+    return ReplayReport(
+        conversations_replayed=len(reports),
+        conversations_changed=[r.conversation_id for r in reports if r.turns_changed],
+        conversations_losing_tool_calls=[r.conversation_id for r in reports if r.tool_calls_lost],
+        conversations=reports,
+    )
 
 
 class Previews:
@@ -422,12 +429,12 @@ class Previews:
 
     async def scenarios(
         self, candidate: AgentConfig, scenarios: Sequence[Scenario], tenant: str
-    ) -> list[dict[str, Any]]:
+    ) -> list[ScenarioResult]:
         return await run_scenarios(candidate, scenarios, self.tools, self.keys, tenant=tenant)
 
     async def replay_recorded(
         self, tenant: str, config_id: str, candidate: AgentConfig, limit: int = 20
-    ) -> dict[str, Any]:
+    ) -> ReplayReport:
         """How ``candidate`` would have answered the config's recent recorded conversations."""
         ids = await self.queries.recent_conversations(tenant, config_id, limit)
         recordings = {cid: await self.store.read(StreamId(tenant, c.AGGREGATE_TYPE, cid)) for cid in ids}

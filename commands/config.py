@@ -35,6 +35,7 @@ from domain import permissions as perms
 from domain.bot import (
     AgentConfig,
     Issue,
+    ValidationReport,
     apply_changes,
     config_document,
     config_from_mapping,
@@ -42,9 +43,11 @@ from domain.bot import (
     parse_yaml,
     validate_config,
 )
-from domain.errors import IllegalStateError, NotFoundError, ParleyError, ValidationError
+from domain.bot_changes import ChangeRisk, ConfigValue
+from domain.errors import IllegalStateError, NotFoundError, ParleyError, PermissionDeniedError, ValidationError
 from domain.time import iso
 from read_models import config as q
+from read_models.config import ReplayReport
 from streams.store import EventStore
 from streams.subjects import StreamId
 
@@ -54,7 +57,7 @@ AGENT_CONFIG = a.DECIDER
 CONFIG_MEMBERS = m.DECIDER
 
 # (tenant, config id, candidate) -> a replay report of recorded conversations (``agents.preview``)
-Evidence = Callable[[str, str, AgentConfig], Awaitable[dict[str, Any]]]
+Evidence = Callable[[str, str, AgentConfig], Awaitable[ReplayReport]]
 # (tenant, config id, version) -> the conversations still open on that version (a rollback's blast radius)
 BlastRadius = Callable[[str, str, int], Awaitable[list[str]]]
 
@@ -110,22 +113,113 @@ class ConfigCatalog:
         return (await self.state(tenant, config_id)).version(version).yaml_content
 
 
-def config_summary(state: a.AgentConfigState) -> dict[str, Any]:
-    return {"config_id": state.config_id, "product_type": state.product_type, "active_version": state.active}
-
-
 # The configuration service: what the API asks of configs ------------------------------------
+
+
+class Check(msgspec.Struct, frozen=True, kw_only=True):
+    """One expectation of a test scenario: what was expected, what happened, whether it held."""
+
+    check: str  # tool_called, tool_not_called, no_tool_calls, some_tool_call, escalation, reply_contains
+    expected: str | bool | list[str]
+    actual: str | bool | list[str]
+    passed: bool
+
+
+class ScenarioResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The seed's test result of one scenario, run in a sandbox."""
+
+    scenario: str
+    expected_behavior: str
+    agent_response: str
+    intent: str
+    tool_called: str | None
+    tools_called: list[str]
+    tool_errors: list[str]
+    escalation_suggested: bool
+    success: bool | None  # None: nothing the scenario expects could be checked
+    checks: list[Check]
+    note: str | None = None
+
+
+class RiskAssessment(msgspec.Struct, frozen=True, kw_only=True):
+    risk_level: str
+    reasons: list[str]
+
+
+class Validation(msgspec.Struct, frozen=True, kw_only=True):
+    valid: bool
+    errors: list[Issue]
+    warnings: list[Issue]
+
+
+class Preview(msgspec.Struct, frozen=True, kw_only=True):
+    """The seed's preview answer, with the candidate's risk and each of its changes."""
+
+    preview_id: str
+    config_id: str
+    product_type: str
+    expires_at: str
+    test_results: list[ScenarioResult]
+    replay: ReplayReport | None
+    risk_assessment: RiskAssessment
+    breaking_change: bool
+    changes: list[str]
+    change_risks: list[ChangeRisk]
+    validation: Validation
+
+
+class Modified(msgspec.Struct, frozen=True):
+    old: ConfigValue
+    new: ConfigValue
+
+
+class Diff(msgspec.Struct, frozen=True, kw_only=True):
+    """The seed's diff: items and keys added and removed, by section or dotted path; values modified."""
+
+    added: dict[str, ConfigValue]
+    removed: dict[str, ConfigValue]
+    modified: dict[str, Modified]
+
+
+class Comparison(msgspec.Struct, frozen=True, kw_only=True):
+    """The seed's comparison of two versions, and each change with its own risk (``change_risks``)."""
+
+    config_id: str
+    product_type: str
+    version_a: int
+    version_b: int
+    diff: Diff
+    changes: list[str]
+    change_type: str
+    breaking_changes: bool
+    breaking_reasons: list[str]
+    risk_assessment: RiskAssessment
+    change_risks: list[ChangeRisk]
+
+
+class Written(msgspec.Struct, frozen=True, kw_only=True):
+    """A version written (or not: ``created`` False when the candidate is what it was based on)."""
+
+    outcome: Outcome[a.AgentConfigState]
+    version: int  # the version created; unchanged: the version it would have replaced
+    created: bool
+    warnings: list[Issue] = []
+
+
+class MemberPermissions(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: str
+    config_permissions: dict[str, bool]
 
 
 class Previewer(Protocol):
     """Runs a candidate config without recording anything (``agents.preview.Previews``)."""
 
-    async def scenarios(self, candidate: AgentConfig, scenarios: Sequence[Any], tenant: str) -> list[dict[str, Any]]:
+    async def scenarios(self, candidate: AgentConfig, scenarios: Sequence[Any], tenant: str) -> list[ScenarioResult]:
         """Each test scenario in a sandbox, judged against its expected behaviour."""
 
     async def replay_recorded(
         self, tenant: str, config_id: str, candidate: AgentConfig, limit: int = 20
-    ) -> dict[str, Any]:
+    ) -> ReplayReport:
         """How the candidate would have answered the config's recent recorded conversations."""
 
 
@@ -178,6 +272,28 @@ class ConfigService:
             )
         return raw, issues
 
+    async def validate(self, tenant: str, yaml_content: str, config_id: str | None = None) -> ValidationReport:
+        """The seed's validation: the findings (400 if one is an error) and, against the config's
+        active version when one is named, whether the candidate would break what runs on it."""
+        raw, issues = self.check(yaml_content)
+        breaking = False
+        if config_id:
+            try:
+                state = await self.catalog.state(tenant, config_id)
+            except NotFoundError:
+                state = None
+            if state is not None and state.active:
+                active = parse_yaml(state.version(state.active).yaml_content)
+                breaking = self.assess(active, raw).breaking
+        product = raw.get("product_type")
+        return ValidationReport(
+            valid=True,
+            errors=[],
+            warnings=[i for i in issues if i.severity != "error"],
+            breaking_change_detected=breaking,
+            product_type=product if isinstance(product, str) else None,
+        )
+
     def assess(self, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> a.Assessment:
         """Compare canonical documents (defaults filled in): writing a default out is not a change."""
         new_doc = config_document(config_from_mapping(new))
@@ -212,12 +328,12 @@ class ConfigService:
         caller: a.Caller,
         *,
         commit_message: str,
-        author_type: str,
+        author_type: str = "client_user",
         branch: str = a.MAIN,
         based_on: int | None = None,
         first: bool = False,
         command_id: str | None = None,
-    ) -> tuple[Outcome[a.AgentConfigState], list[Issue]]:
+    ) -> Written:
         """A config's first version (``first``: the config must not exist) or its next one; the
         decider checks which on the stream's state (two creates of one id: one 409)."""
         raw, issues = self.check(yaml_content)
@@ -226,13 +342,12 @@ class ConfigService:
             state = (await self.catalog.repository.load(tenant, config_id)).state
             if not state.exists:
                 raise NotFoundError(f"config {config_id} not found", config_id=config_id)
-            head = state.branches[branch].head_version if branch in state.branches else state.active or state.latest
-            base = parse_yaml(state.version(head).yaml_content)
+            base = parse_yaml(state.version(self._head(state, branch)).yaml_content)
         assessment = self.assess(base, raw)
         if branch == a.MAIN and assessment.risk_level != "low" and self.evidence is not None:
             # The approvers see how the candidate would have answered the tenant's recorded conversations.
             report = await self.evidence(tenant, config_id, config_from_mapping(raw))
-            assessment = msgspec.structs.replace(assessment, evidence=report)
+            assessment = msgspec.structs.replace(assessment, evidence=msgspec.to_builtins(report))
         command = a.CreateConfigVersion(
             config_id=config_id,
             yaml_content=yaml_content,
@@ -245,24 +360,65 @@ class ConfigService:
             first=first,
             at=_now(),
         )
-        return await self._handle(tenant, config_id, command, command_id, new=first), issues
+        outcome = await self._handle(tenant, config_id, command, command_id, new=first)
+        created = next((e.version for e in outcome.events if isinstance(e, a.ConfigVersionCreated)), None)
+        if created is None and outcome.duplicate:  # a retried command: the version it made then
+            created = max(
+                (v.version for v in outcome.state.versions.values() if v.digest == assessment.digest), default=None
+            )
+        warnings = [i for i in issues if i.severity != "error"]
+        if created is None:
+            return Written(outcome=outcome, version=self._head(outcome.state, branch), created=False)
+        return Written(outcome=outcome, version=created, created=True, warnings=warnings)
 
-    async def compare(self, tenant: str, config_id: str, version_a: int, version_b: int) -> dict[str, Any]:
+    @staticmethod
+    def _head(state: a.AgentConfigState, branch: str) -> int:
+        """The version a change to ``branch`` is written against."""
+        found = state.branches.get(branch) if branch != a.MAIN else None
+        return found.head_version if found is not None else state.active or state.latest
+
+    async def write_draft(
+        self, tenant: str, config_id: str, yaml_content: str, caller: a.Caller, *, commit_message: str, author_type: str
+    ) -> Written:
+        """A draft for review: the candidate as a version of a branch of its own (``draft-v<n>``),
+        started at the active version; merging the branch applies it through the usual approvals."""
+        raw, _ = self.check(yaml_content)
+        state = await self.catalog.state(tenant, config_id)
+        base = state.active or state.latest
+        missing = self.assess(parse_yaml(state.version(base).yaml_content), raw).required - caller.granted
+        if missing:  # refused before the branch is made (the decider checks again)
+            raise PermissionDeniedError(
+                f"needs the permission(s): {', '.join(sorted(missing))}", missing=sorted(missing)
+            )
+        branch = f"draft-v{state.latest + 1}"
+        await self.create_branch(tenant, config_id, branch, base, caller, description=commit_message)
+        return await self.create_version(
+            tenant,
+            config_id,
+            yaml_content,
+            caller,
+            commit_message=commit_message,
+            author_type=author_type,
+            branch=branch,
+        )
+
+    async def compare(self, tenant: str, config_id: str, version_a: int, version_b: int) -> Comparison:
         state = await self.catalog.state(tenant, config_id)
         old, new = (config_document(load_config(state.version(v).yaml_content)) for v in (version_a, version_b))
         comparison = rules.compare(old, new)
-        return {
-            "config_id": config_id,
-            "product_type": state.product_type,
-            "version_a": version_a,
-            "version_b": version_b,
-            "diff": comparison.diff,
-            "changes": list(comparison.changes),
-            "change_type": comparison.change_type,
-            "breaking_changes": comparison.breaking,
-            "breaking_reasons": list(comparison.breaking_reasons),
-            "risk_assessment": {"risk_level": comparison.risk_level, "reasons": list(comparison.risk_reasons)},
-        }
+        return Comparison(
+            config_id=config_id,
+            product_type=state.product_type,
+            version_a=version_a,
+            version_b=version_b,
+            diff=msgspec.convert(comparison.diff, Diff),
+            changes=list(comparison.changes),
+            change_type=comparison.change_type,
+            breaking_changes=comparison.breaking,
+            breaking_reasons=list(comparison.breaking_reasons),
+            risk_assessment=RiskAssessment(risk_level=comparison.risk_level, reasons=list(comparison.risk_reasons)),
+            change_risks=rules.change_risks(old, new),
+        )
 
     async def merge(self, tenant: str, config_id: str, branch: str, caller: a.Caller) -> Outcome[a.AgentConfigState]:
         state = await self.catalog.state(tenant, config_id)
@@ -314,12 +470,14 @@ class ConfigService:
         changes: Mapping[str, Any] | None,
         scenarios: Sequence[Any],
         replay_recorded: int = 0,
-    ) -> dict[str, Any]:
+    ) -> Preview:
         """The seed's preview: the candidate (the YAML given, or the active version with ``changes``)
         checked and compared with the active version, each test scenario run in a sandbox, and
         optionally replayed against the recorded conversations. Nothing is recorded."""
         if self.previews is None:
             raise IllegalStateError("previews are not available in this process")
+        if yaml_content is not None and changes is not None:
+            raise ValidationError("give yaml_content or changes, not both", fields={"changes": "not with yaml_content"})
         state = await self.catalog.state(tenant, config_id)
         active = parse_yaml(state.version(state.active or state.latest).yaml_content)
         ignored: list[Issue] = []
@@ -335,25 +493,53 @@ class ConfigService:
         replay = None
         if replay_recorded:
             replay = await self.previews.replay_recorded(tenant, config_id, candidate, replay_recorded)
-        return {
-            "preview_id": str(uuid.uuid4()),
-            "config_id": config_id,
-            "product_type": candidate.product_type,
-            "expires_at": iso(datetime.now(UTC) + timedelta(hours=1)),
-            "test_results": results,
-            "replay": replay,
-            "risk_assessment": {"risk_level": assessment.risk_level, "reasons": assessment.risk_reasons},
-            "breaking_change": assessment.breaking,
-            "changes": assessment.changes,
-            "validation": {
-                "valid": True,
-                "errors": [],
-                "warnings": [msgspec.to_builtins(i) for i in [*ignored, *issues] if i.severity != "error"],
-            },
-        }
+        canonical = config_document(config_from_mapping(active)), config_document(candidate)
+        return Preview(
+            preview_id=str(uuid.uuid4()),
+            config_id=config_id,
+            product_type=candidate.product_type,
+            expires_at=iso(datetime.now(UTC) + timedelta(hours=1)),
+            test_results=results,
+            replay=replay,
+            risk_assessment=RiskAssessment(risk_level=assessment.risk_level, reasons=assessment.risk_reasons),
+            breaking_change=assessment.breaking,
+            changes=assessment.changes,
+            change_risks=rules.change_risks(*canonical),
+            validation=Validation(
+                valid=True, errors=[], warnings=[i for i in [*ignored, *issues] if i.severity != "error"]
+            ),
+        )
+
+    # Commands with nothing to parse: the decider decides --------------------------------------
+
+    async def approve(self, tenant: str, config_id: str, version: int, caller: a.Caller) -> Outcome[a.AgentConfigState]:
+        return await self.run(tenant, config_id, a.ApproveConfigVersion(version=version, caller=caller, at=_now()))
+
+    async def reject(
+        self, tenant: str, config_id: str, version: int, caller: a.Caller, *, reason: str
+    ) -> Outcome[a.AgentConfigState]:
+        command = a.RejectConfigVersion(version=version, reason=reason, caller=caller, at=_now())
+        return await self.run(tenant, config_id, command)
+
+    async def mark_breaking(
+        self, tenant: str, config_id: str, version: int, caller: a.Caller, *, reason: str
+    ) -> Outcome[a.AgentConfigState]:
+        command = a.MarkConfigVersionBreaking(version=version, reason=reason, caller=caller, at=_now())
+        return await self.run(tenant, config_id, command)
+
+    async def reload(self, tenant: str, config_id: str, caller: a.Caller) -> Outcome[a.AgentConfigState]:
+        """The seed's manual reload: the newest approved version waiting for it goes live."""
+        return await self.run(tenant, config_id, a.ReloadConfig(caller=caller, at=_now()))
+
+    async def create_branch(
+        self, tenant: str, config_id: str, branch: str, base_version: int, caller: a.Caller, *, description: str = ""
+    ) -> Outcome[a.AgentConfigState]:
+        command = a.CreateConfigBranch(
+            branch=branch, base_version=base_version, description=description, caller=caller, at=_now()
+        )
+        return await self.run(tenant, config_id, command)
 
     async def run(self, tenant: str, config_id: str, command: Any) -> Outcome[a.AgentConfigState]:
-        """Approve, reject, mark breaking, reload, roll back, branch: commands with nothing to parse."""
         return await self._handle(tenant, config_id, command, None)
 
     async def set_permissions(
@@ -370,8 +556,17 @@ class ConfigService:
         ctx = CommandContext(tenant=tenant, actor=caller.user_id)
         return await self.runner.handle(CONFIG_MEMBERS, m.MEMBERS_ID, command, ctx)
 
-    async def permissions_of(self, tenant: str) -> dict[str, dict[str, bool]]:
-        return dict((await self.members.load(tenant, m.MEMBERS_ID)).state.overrides)
+    async def permissions_of(self, tenant: str) -> list[MemberPermissions]:
+        """Each member's overrides, by member."""
+        overrides = (await self.members.load(tenant, m.MEMBERS_ID)).state.overrides
+        return [MemberPermissions(user_id=u, config_permissions=dict(o)) for u, o in sorted(overrides.items())]
+
+    @staticmethod
+    def matrix(caller: a.Caller) -> MemberPermissions:
+        """What the caller may do, as the seed's full permission matrix."""
+        return MemberPermissions(
+            user_id=caller.user_id, config_permissions={p: p in caller.granted for p in perms.PERMISSIONS}
+        )
 
 
 def _now() -> datetime:
@@ -391,7 +586,7 @@ async def ensure_demo_configs(service: ConfigService, tenant: str, directory: Pa
     demos = {path.stem.replace("_", "-"): path.read_text() for path in sorted(directory.glob("*.yaml"))}  # noqa: ASYNC240
     for config_id, text in demos.items():
         try:
-            outcome, _ = await service.create_version(
+            written = await service.create_version(
                 tenant,
                 config_id,
                 text,
@@ -403,7 +598,7 @@ async def ensure_demo_configs(service: ConfigService, tenant: str, directory: Pa
             )
         except IllegalStateError:
             continue  # the tenant has it already
-        if outcome.events:
+        if written.outcome.events:
             created.append(config_id)
     return created
 
@@ -434,40 +629,40 @@ class ConfigMonitor:
         self.pool = pool
         self.settings = settings
 
-    async def check(self) -> list[dict[str, Any]]:
-        """One look at the recently activated versions; returns the rollbacks it made."""
+    async def check(self) -> list[tuple[str, str, a.ConfigRolledBack]]:
+        """One look at the recently activated versions; returns the rollbacks it made (tenant, config, rollback)."""
         since = datetime.now(UTC) - timedelta(seconds=self.settings.window_seconds)
         async with self.pool.connection() as conn:
             health = await q.version_health(conn, since)
         rolled = []
         for row in health:
-            total, failed = row["conversations"], row["failed"]
+            total, failed = row.conversations, row.failed
             if total < self.settings.min_sample or failed / total <= self.settings.threshold:
                 continue
             limit = f"{self.settings.threshold:.0%}"
-            reason = f"{failed} of {total} conversations on v{row['version']} failed (more than {limit})"
+            reason = f"{failed} of {total} conversations on v{row.version} failed (more than {limit})"
             try:
                 _, done = await self.service.rollback(
-                    row["tenant"],
-                    row["config_id"],
+                    row.tenant,
+                    row.config_id,
                     SYSTEM,
                     reason=reason,
                     initiated_by="monitor",
-                    from_version=row["version"],
+                    from_version=row.version,
                 )
             except ParleyError as e:  # already rolled back, or nothing earlier to restore
-                log.info("no automatic rollback", config_id=row["config_id"], version=row["version"], why=e.message)
+                log.info("no automatic rollback", config_id=row.config_id, version=row.version, why=e.message)
                 continue
             log.error(
                 "ALERT: config version rolled back automatically",
-                tenant=row["tenant"],
-                config_id=row["config_id"],
+                tenant=row.tenant,
+                config_id=row.config_id,
                 from_version=done.from_version,
                 to_version=done.to_version,
                 new_version=done.new_version,
                 reason=reason,
             )
-            rolled.append({"tenant": row["tenant"], "config_id": row["config_id"], **msgspec.to_builtins(done)})
+            rolled.append((row.tenant, row.config_id, done))
         return rolled
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -344,3 +344,93 @@ def _risks(entries: list[Entry], breaks: Sequence[str]) -> list[tuple[RiskLevel,
 
 def _unique(items: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
+
+
+# -- each change with its own risk --------------------------------------------------------------
+
+
+# A value in a config document: whatever its YAML holds (text, number, boolean, null, list, mapping).
+ConfigValue = Any
+
+# The seed's change classification (Client Configuration Portal): the type of each change.
+SeedChangeType = Literal[
+    "system_prompt_change",
+    "tool_change",
+    "voice_parameter_change",
+    "external_service_change",
+    "escalation_rule_change",
+    "product_type_change",
+]
+SEED_CHANGE_TYPES: Mapping[Section, SeedChangeType] = {
+    "prompt": "system_prompt_change",
+    "tools": "tool_change",
+    "integrations": "external_service_change",
+    "voice": "voice_parameter_change",
+    "escalation": "escalation_rule_change",
+}
+
+
+def seed_change_type(key: str) -> SeedChangeType:
+    """The seed's change type of a change to the config's top-level ``key``."""
+    if key == "product_type":
+        return "product_type_change"
+    return SEED_CHANGE_TYPES[FIELDS[key].section if key in FIELDS else "prompt"]
+
+
+class ChangeRisk(msgspec.Struct, frozen=True, kw_only=True):
+    """One change of a comparison with its own risk: ``path`` is the diff's key (a whole item added
+    or removed: its section, with the item's key in ``item``), ``change`` its name in ``changes``,
+    ``type`` the seed's change type. ``reasons`` are why it has its level (a breaking change: what
+    breaks)."""
+
+    kind: Verb
+    path: str
+    item: str | None = None
+    change: str
+    type: SeedChangeType
+    old: ConfigValue = None
+    new: ConfigValue = None
+    risk_level: RiskLevel
+    reasons: tuple[str, ...] = ()
+    breaking: bool = False
+
+
+def change_risks(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[ChangeRisk]:
+    """Every difference of ``compare(old, new)``, in its order, each with the level the rules give
+    it alone: the comparison's ``risk_level`` is the highest of them."""
+    entries = differences(old, new)
+    breaks = _breaking_reasons(old, new, entries)
+    out: list[ChangeRisk] = []
+    for entry in entries:
+        own = _own_breaks(entry, breaks)
+        risks = [("high", reason) for reason in own] or _risks([entry], ())
+        level: RiskLevel = max((at for at, _ in risks), key=RISK_LEVELS.index, default="low")
+        out.append(
+            ChangeRisk(
+                kind=entry.verb,
+                path=entry.path[0] if entry.item else ".".join(entry.path),
+                item=entry.path[1] if entry.item else None,
+                change=_change_name(entry),
+                type=seed_change_type(entry.path[0]),
+                old=entry.old,
+                new=entry.new,
+                risk_level=level,
+                reasons=_unique(reason for at, reason in risks if at == level),
+                breaking=bool(own),
+            )
+        )
+    return out
+
+
+def _own_breaks(entry: Entry, breaks: Sequence[str]) -> list[str]:
+    """The breaking reasons that are this change's."""
+    match entry:
+        case Entry(path=("product_type",)):
+            return [reason for reason in breaks if reason.startswith("product_type ")]
+        case Entry(verb="removed", item=True, path=("tools", name)):
+            return [f"tool '{name}' removed"]
+        case Entry(verb="removed", item=True, path=("external_integrations", kind)):
+            return [f"integration '{kind}' removed"]
+        case Entry(path=("tools", name, "parameters", *_)):
+            return [reason for reason in breaks if reason.startswith(f"tool '{name}': ")]
+    return []

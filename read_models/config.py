@@ -6,11 +6,12 @@ configuration API. Every query names the tenant: another tenant's config reads a
 
 from __future__ import annotations
 
-import json
+import base64
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import structlog
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
@@ -18,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from domain import config as a
+from domain.errors import ValidationError
 from read_models.migrations import PROJECTOR_TABLES, Migration, ReadModel
 from streams.store import EventStore
 from streams.subjects import StreamId
@@ -138,38 +140,255 @@ def _q(text: str, schema: str) -> sql.Composed:
     return sql.SQL(text).format(s=sql.Identifier(schema))
 
 
+# Shapes ----------------------------------------------------------------------------------------
+#
+# What the queries answer, as the seed's Configuration Management API names it. The replay report
+# (``ReplayReport``) is the evidence a medium or high risk version carries for its approvers, made
+# by ``agents.preview`` and recorded in ``ConfigVersionCreated.evidence``.
+
+
+class TurnAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    reply: str | None = None
+    tool_calls: list[str] = []
+    escalated: bool = False
+
+
+class TurnSkipped(msgspec.Struct, frozen=True, kw_only=True):
+    turn: int
+    reason: str
+
+
+class TurnDifference(msgspec.Struct, frozen=True, kw_only=True):
+    """A recorded turn the candidate answers differently: ``changed`` names what (reply, tool_calls,
+    escalation); ``unrecorded_tool_calls`` are tools the recording has no result of (placeholders)."""
+
+    turn: int
+    user_message: str
+    changed: list[str]
+    recorded: TurnAnswer
+    candidate: TurnAnswer
+    unrecorded_tool_calls: list[str] = []
+
+
+class ConversationReplay(msgspec.Struct, frozen=True, kw_only=True):
+    conversation_id: str
+    turns: int = 0
+    turns_compared: int = 0
+    turns_changed: int = 0
+    turns_skipped: list[TurnSkipped] = []
+    escalated_by_people: list[str] = []
+    tool_calls_lost: list[str] = []
+    tool_calls_added: list[str] = []
+    differences: list[TurnDifference] = []
+
+
+class ReplayReport(msgspec.Struct, frozen=True, kw_only=True):
+    """How a candidate config answers recorded conversations, compared with what the AI answered."""
+
+    conversations_replayed: int = 0
+    conversations_changed: list[str] = []
+    conversations_losing_tool_calls: list[str] = []
+    conversations: list[ConversationReplay] = []
+
+
+class Approval(msgspec.Struct, frozen=True, kw_only=True):
+    approver: str
+    role: str
+    at: str
+
+
+class ConfigMetadata(msgspec.Struct, frozen=True, kw_only=True):
+    created_at: str | None
+    updated_at: str | None
+    status: str
+    breaking_change: bool
+    digest: str
+
+
+class ConfigView(msgspec.Struct, frozen=True, kw_only=True):
+    """The seed's "Get Config by ID" (and by tenant slug: ``tenant_slug``, ``cached``)."""
+
+    config_id: str
+    organization_id: str
+    tenant_slug: str
+    product_type: str
+    version: int
+    active_version: int
+    latest_version: int
+    yaml_content: str
+    metadata: ConfigMetadata
+    revision: int  # events in the config's history so far
+    position: int
+    cached: bool = False  # served from the Redis cache
+
+
+class VersionView(msgspec.Struct, frozen=True, kw_only=True):
+    version: int
+    branch: str
+    based_on: int
+    status: str
+    created_at: str | None
+    activated_at: str | None
+    created_by: str
+    author_type: str
+    commit_message: str
+    change_type: str
+    changes: list[str]
+    risk_level: str
+    risk_reasons: list[str]
+    breaking_change: bool
+    breaking_reasons: list[str]
+    approvals_needed: list[str]
+    approvals_missing: list[str]
+    approvals: list[Approval]
+    evidence: ReplayReport | None
+    rejected_reason: str | None
+    rolled_back: bool
+    restores_version: int | None
+    rollback_available: bool
+
+
+class Pagination(msgspec.Struct, frozen=True, kw_only=True):
+    has_more: bool
+    next_offset: int
+
+
+class VersionsPage(msgspec.Struct, frozen=True, kw_only=True):
+    """The seed's "Get Config Versions"."""
+
+    config_id: str
+    product_type: str
+    current_version: int
+    latest_version: int
+    versions: list[VersionView]
+    total_versions: int
+    pagination: Pagination
+    position: int
+
+
+class BranchView(msgspec.Struct, frozen=True, kw_only=True):
+    branch_name: str
+    config_id: str
+    base_version: int
+    current_version: int
+    description: str
+    status: str
+    merged_into: int | None
+    created_by: str
+    created_at: str | None
+
+
+class RollbackView(msgspec.Struct, frozen=True, kw_only=True):
+    rolled_back_from: int
+    rolled_back_to: int
+    new_version: int
+    reason: str
+    initiated_by: str
+    user_id: str | None
+    pinned_conversations: list[str]
+    at: str | None
+
+
+class HistoryChange(msgspec.Struct, frozen=True, kw_only=True):
+    """One version as the seed's client history lists it."""
+
+    change_id: str
+    version: str  # "v5"
+    author: str
+    author_type: str
+    change_type: str
+    commit_message: str
+    risk_level: str
+    approved_by: str | None
+    applied_at: str | None
+    status: str
+    rolled_back: bool
+
+
+class History(msgspec.Struct, frozen=True, kw_only=True):
+    """The seed's "Get Config Change History", with the rollbacks."""
+
+    config_id: str
+    product_type: str
+    total_changes: int
+    changes: list[HistoryChange]
+    rollbacks: list[RollbackView]
+
+
+class ConfigSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """A config in the tenant's list."""
+
+    config_id: str
+    product_type: str
+    active_version: int
+    latest_version: int
+    pending_approvals: int  # versions waiting for an approval
+    created_at: str | None
+    updated_at: str | None
+    activated_at: str | None
+
+
+class ConfigPage(msgspec.Struct, frozen=True):
+    configs: list[ConfigSummary]
+    next_cursor: str | None
+
+
+class ConfigFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """What a list of configs is narrowed to (None: any)."""
+
+    product_type: str | None = None
+    search: str | None = None  # a part of the config id
+    pending_approval: bool | None = None  # has (or has not) a version waiting for an approval
+    updated_from: datetime | None = None
+    updated_to: datetime | None = None
+
+
+class VersionHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """A recently activated version and how its conversations went (the automatic rollback's input)."""
+
+    tenant: str
+    config_id: str
+    version: int
+    activated_at: datetime
+    conversations: int
+    failed: int
+
+
+# Queries ---------------------------------------------------------------------------------------
+
 _VERSION_COLUMNS = """v.version, v.branch, v.based_on, v.yaml_content, v.digest, v.product_type, v.status, v.author,
     v.author_type, v.commit_message, v.change_type, v.changes, v.risk_level, v.risk_reasons, v.breaking,
     v.breaking_reasons, v.approvals_needed, v.approvals_missing, v.approvals, v.evidence, v.rejected_reason,
     v.rolled_back, v.rollback_reason, v.restores_version, v.created_at, v.activated_at"""
 
 
-def _version_view(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "version": row["version"],
-        "branch": row["branch"],
-        "based_on": row["based_on"],
-        "status": row["status"],
-        "created_at": iso(row["created_at"]),
-        "activated_at": iso(row["activated_at"]),
-        "created_by": row["author"],
-        "author_type": row["author_type"],
-        "commit_message": row["commit_message"],
-        "change_type": row["change_type"],
-        "changes": row["changes"],
-        "risk_level": row["risk_level"],
-        "risk_reasons": row["risk_reasons"],
-        "breaking_change": row["breaking"],
-        "breaking_reasons": row["breaking_reasons"],
-        "approvals_needed": row["approvals_needed"],
-        "approvals_missing": row["approvals_missing"],
-        "approvals": row["approvals"],
-        "evidence": row["evidence"],
-        "rejected_reason": row["rejected_reason"],
-        "rolled_back": row["rolled_back"],
-        "restores_version": row["restores_version"],
-        "rollback_available": row["status"] in ("archived",) and row["branch"] == "main",
-    }
+def _version_view(row: dict[str, Any]) -> VersionView:
+    evidence = row["evidence"]
+    return VersionView(
+        version=row["version"],
+        branch=row["branch"],
+        based_on=row["based_on"],
+        status=row["status"],
+        created_at=iso(row["created_at"]),
+        activated_at=iso(row["activated_at"]),
+        created_by=row["author"],
+        author_type=row["author_type"],
+        commit_message=row["commit_message"],
+        change_type=row["change_type"],
+        changes=row["changes"],
+        risk_level=row["risk_level"],
+        risk_reasons=row["risk_reasons"],
+        breaking_change=row["breaking"],
+        breaking_reasons=row["breaking_reasons"],
+        approvals_needed=row["approvals_needed"],
+        approvals_missing=row["approvals_missing"],
+        approvals=msgspec.convert(row["approvals"], list[Approval]),
+        evidence=None if evidence is None else msgspec.convert(evidence, ReplayReport),
+        rejected_reason=row["rejected_reason"],
+        rolled_back=row["rolled_back"],
+        restores_version=row["restores_version"],
+        rollback_available=row["status"] in ("archived",) and row["branch"] == "main",
+    )
 
 
 async def get_config(
@@ -180,7 +399,7 @@ async def get_config(
     version: int | None = None,
     at: datetime | None = None,
     schema: str = CONFIGS.schema,
-) -> dict[str, Any] | None:
+) -> ConfigView | None:
     """A config as the seed's "Get Config by ID": its active version, or a given version, or the
     version that was active at a moment (``at``)."""
     async with conn.cursor(row_factory=dict_row) as cur:
@@ -215,25 +434,25 @@ async def get_config(
         row = await cur.fetchone()
     if row is None:
         return None
-    return {
-        "config_id": config_id,
-        "organization_id": tenant,
-        "tenant_slug": tenant,
-        "product_type": config["product_type"],
-        "version": row["version"],
-        "active_version": config["active_version"],
-        "latest_version": config["latest_version"],
-        "yaml_content": row["yaml_content"],
-        "metadata": {
-            "created_at": iso(row["created_at"]),
-            "updated_at": iso(config["updated_at"]),
-            "status": row["status"],
-            "breaking_change": row["breaking"],
-            "digest": row["digest"],
-        },
-        "revision": config["version"],  # events in the config's history so far
-        "position": config["last_seq"],
-    }
+    return ConfigView(
+        config_id=config_id,
+        organization_id=tenant,
+        tenant_slug=tenant,
+        product_type=config["product_type"],
+        version=row["version"],
+        active_version=config["active_version"],
+        latest_version=config["latest_version"],
+        yaml_content=row["yaml_content"],
+        metadata=ConfigMetadata(
+            created_at=iso(row["created_at"]),
+            updated_at=iso(config["updated_at"]),
+            status=row["status"],
+            breaking_change=row["breaking"],
+            digest=row["digest"],
+        ),
+        revision=config["version"],
+        position=config["last_seq"],
+    )
 
 
 async def latest_config_id(conn: AsyncConnection[Any], tenant: str, *, schema: str = CONFIGS.schema) -> str | None:
@@ -250,6 +469,77 @@ async def latest_config_id(conn: AsyncConnection[Any], tenant: str, *, schema: s
     return None if row is None else str(row[0])
 
 
+LIST_CONFIGS = """
+    SELECT c.config_id, c.product_type, c.active_version, c.latest_version, c.created_at, c.updated_at,
+        c.activated_at,
+        (SELECT count(*) FROM {s}.config_versions v
+         WHERE v.tenant = c.tenant AND v.config_id = c.config_id AND v.status = 'pending_approval') AS pending
+    FROM {s}.configs AS c
+    WHERE c.tenant = %(tenant)s
+        AND (%(product_type)s::text IS NULL OR c.product_type = %(product_type)s)
+        AND (%(search)s::text IS NULL OR strpos(c.config_id, %(search)s) > 0)
+        AND (%(pending_approval)s::boolean IS NULL OR EXISTS (
+            SELECT 1 FROM {s}.config_versions v
+            WHERE v.tenant = c.tenant AND v.config_id = c.config_id AND v.status = 'pending_approval'
+        ) = %(pending_approval)s)
+        AND (%(updated_from)s::timestamptz IS NULL OR c.updated_at >= %(updated_from)s)
+        AND (%(updated_to)s::timestamptz IS NULL OR c.updated_at < %(updated_to)s)
+        AND (%(after)s::text IS NULL OR c.config_id > %(after)s)
+    ORDER BY c.config_id
+    LIMIT %(limit)s
+"""
+
+
+async def list_configs(
+    conn: AsyncConnection[Any],
+    tenant: str,
+    where: ConfigFilter,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+    schema: str = CONFIGS.schema,
+) -> ConfigPage:
+    """The tenant's configs by id, ``limit`` a page; ``cursor`` (the last page's ``next_cursor``)
+    continues after the page it ended."""
+    params = {
+        **msgspec.structs.asdict(where),
+        "tenant": tenant,
+        "after": decode_cursor(cursor) if cursor else None,
+        "limit": limit + 1,
+    }
+    cur = await conn.execute(_q(LIST_CONFIGS, schema), params)
+    rows = await cur.fetchall()
+    page = [
+        ConfigSummary(
+            config_id=r[0],
+            product_type=r[1],
+            active_version=r[2],
+            latest_version=r[3],
+            created_at=iso(r[4]),
+            updated_at=iso(r[5]),
+            activated_at=iso(r[6]),
+            pending_approvals=r[7],
+        )
+        for r in rows[:limit]
+    ]
+    return ConfigPage(page, encode_cursor(rows[limit - 1][0]) if len(rows) > limit else None)
+
+
+def encode_cursor(config_id: str) -> str:
+    """An opaque position in the list: after this config id."""
+    return base64.urlsafe_b64encode(msgspec.json.encode(["config", config_id])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        kind, config_id = msgspec.json.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError, msgspec.DecodeError) as e:
+        raise ValidationError("not a cursor this list gave", fields={"cursor": "not a cursor this list gave"}) from e
+    if kind != "config" or not isinstance(config_id, str):
+        raise ValidationError("not a cursor this list gave", fields={"cursor": "not a cursor this list gave"})
+    return config_id
+
+
 async def list_versions(
     conn: AsyncConnection[Any],
     tenant: str,
@@ -259,7 +549,7 @@ async def list_versions(
     offset: int = 0,
     author_type: str | None = None,
     schema: str = CONFIGS.schema,
-) -> dict[str, Any] | None:
+) -> VersionsPage | None:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             _q("SELECT * FROM {s}.configs WHERE tenant = %s AND config_id = %s", schema), [tenant, config_id]
@@ -283,16 +573,16 @@ async def list_versions(
             [*params, limit, offset],
         )
         rows = await cur.fetchall()
-    return {
-        "config_id": config_id,
-        "product_type": config["product_type"],
-        "current_version": config["active_version"],
-        "latest_version": config["latest_version"],
-        "versions": [_version_view(r) for r in rows],
-        "total_versions": total,
-        "pagination": {"has_more": offset + len(rows) < total, "next_offset": offset + len(rows)},
-        "position": config["last_seq"],
-    }
+    return VersionsPage(
+        config_id=config_id,
+        product_type=config["product_type"],
+        current_version=config["active_version"],
+        latest_version=config["latest_version"],
+        versions=[_version_view(r) for r in rows],
+        total_versions=total,
+        pagination=Pagination(has_more=offset + len(rows) < total, next_offset=offset + len(rows)),
+        position=config["last_seq"],
+    )
 
 
 async def get_version_yaml(
@@ -310,7 +600,7 @@ async def get_version_yaml(
 
 async def list_branches(
     conn: AsyncConnection[Any], tenant: str, config_id: str, *, schema: str = CONFIGS.schema
-) -> list[dict[str, Any]]:
+) -> list[BranchView]:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             _q(
@@ -321,24 +611,24 @@ async def list_branches(
         )
         rows = await cur.fetchall()
     return [
-        {
-            "branch_name": r["branch"],
-            "config_id": config_id,
-            "base_version": r["base_version"],
-            "current_version": r["head_version"],
-            "description": r["description"],
-            "status": r["status"],
-            "merged_into": r["merged_into"],
-            "created_by": r["created_by"],
-            "created_at": iso(r["created_at"]),
-        }
+        BranchView(
+            branch_name=r["branch"],
+            config_id=config_id,
+            base_version=r["base_version"],
+            current_version=r["head_version"],
+            description=r["description"],
+            status=r["status"],
+            merged_into=r["merged_into"],
+            created_by=r["created_by"],
+            created_at=iso(r["created_at"]),
+        )
         for r in rows
     ]
 
 
 async def rollbacks(
     conn: AsyncConnection[Any], tenant: str, config_id: str, *, schema: str = CONFIGS.schema
-) -> list[dict[str, Any]]:
+) -> list[RollbackView]:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             _q("SELECT * FROM {s}.config_rollbacks WHERE tenant = %s AND config_id = %s ORDER BY new_version", schema),
@@ -346,18 +636,45 @@ async def rollbacks(
         )
         rows = await cur.fetchall()
     return [
-        {
-            "rolled_back_from": r["from_version"],
-            "rolled_back_to": r["to_version"],
-            "new_version": r["new_version"],
-            "reason": r["reason"],
-            "initiated_by": r["initiated_by"],
-            "user_id": r["user_id"],
-            "pinned_conversations": r["pinned_conversations"],
-            "at": iso(r["at"]),
-        }
+        RollbackView(
+            rolled_back_from=r["from_version"],
+            rolled_back_to=r["to_version"],
+            new_version=r["new_version"],
+            reason=r["reason"],
+            initiated_by=r["initiated_by"],
+            user_id=r["user_id"],
+            pinned_conversations=r["pinned_conversations"],
+            at=iso(r["at"]),
+        )
         for r in rows
     ]
+
+
+def history_of(config_id: str, versions: VersionsPage, rolled: list[RollbackView]) -> History:
+    """The seed's client history: each version as a change (its approvers, when it went live)."""
+    changes = [
+        HistoryChange(
+            change_id=f"{config_id}-v{v.version}",
+            version=f"v{v.version}",
+            author=v.created_by,
+            author_type=v.author_type,
+            change_type=v.change_type,
+            commit_message=v.commit_message,
+            risk_level=v.risk_level,
+            approved_by=", ".join(x.approver for x in v.approvals) or None,
+            applied_at=v.activated_at,
+            status=v.status,
+            rolled_back=v.rolled_back,
+        )
+        for v in versions.versions
+    ]
+    return History(
+        config_id=config_id,
+        product_type=versions.product_type,
+        total_changes=versions.total_versions,
+        changes=changes,
+        rollbacks=rolled,
+    )
 
 
 async def pinned_conversations(
@@ -398,7 +715,7 @@ async def recent_conversations(conn: AsyncConnection[Any], tenant: str, config_i
 
 async def version_health(
     conn: AsyncConnection[Any], since: datetime, *, schema: str = CONFIGS.schema
-) -> list[dict[str, Any]]:
+) -> list[VersionHealth]:
     """Per config activated since ``since`` (not by a rollback): its active version's conversations
     started since the activation, and how many of them failed (a reply with a failed tool call)."""
     async with conn.cursor(row_factory=dict_row) as cur:
@@ -423,7 +740,7 @@ async def version_health(
             ),
             [since],
         )
-        return list(await cur.fetchall())
+        return [VersionHealth(**row) for row in await cur.fetchall()]
 
 
 class ConfigQueries:
@@ -436,25 +753,33 @@ class ConfigQueries:
         async with self.pool.connection() as conn:
             return await recent_conversations(conn, tenant, config_id, limit)
 
-    async def latest(self, tenant: str) -> dict[str, Any] | None:
+    async def latest(self, tenant: str) -> ConfigView | None:
         """The tenant's most recently activated config, as ``get_config`` gives it."""
         async with self.pool.connection() as conn:
             config_id = await latest_config_id(conn, tenant)
             return await get_config(conn, tenant, config_id) if config_id else None
 
-    async def versions(self, tenant: str, config_id: str, **options: Any) -> dict[str, Any] | None:
+    async def list(self, tenant: str, where: ConfigFilter, *, limit: int = 50, cursor: str | None = None) -> ConfigPage:
         async with self.pool.connection() as conn:
-            return await list_versions(conn, tenant, config_id, **options)
+            return await list_configs(conn, tenant, where, limit=limit, cursor=cursor)
+
+    async def versions(
+        self, tenant: str, config_id: str, *, limit: int = 50, offset: int = 0, author_type: str | None = None
+    ) -> VersionsPage | None:
+        async with self.pool.connection() as conn:
+            return await list_versions(conn, tenant, config_id, limit=limit, offset=offset, author_type=author_type)
 
     async def history(
-        self, tenant: str, config_id: str, **options: Any
-    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-        """The versions (as ``list_versions``) and the rollbacks, from one connection."""
+        self, tenant: str, config_id: str, *, limit: int = 50, offset: int = 0, author_type: str | None = None
+    ) -> History | None:
+        """The versions as the seed's change history, and the rollbacks, from one connection."""
         async with self.pool.connection() as conn:
-            found = await list_versions(conn, tenant, config_id, **options)
-            return found, await rollbacks(conn, tenant, config_id)
+            found = await list_versions(conn, tenant, config_id, limit=limit, offset=offset, author_type=author_type)
+            if found is None:
+                return None
+            return history_of(config_id, found, await rollbacks(conn, tenant, config_id))
 
-    async def branches(self, tenant: str, config_id: str) -> list[dict[str, Any]]:
+    async def branches(self, tenant: str, config_id: str) -> list[BranchView]:
         async with self.pool.connection() as conn:
             return await list_branches(conn, tenant, config_id)
 
@@ -514,22 +839,24 @@ class ConfigReads:
 
     async def get(
         self, tenant: str, config_id: str, *, version: int | None = None, at: datetime | None = None
-    ) -> dict[str, Any] | None:
+    ) -> ConfigView | None:
         if version is not None or at is not None:
             async with self.pool.connection() as conn:
                 return await get_config(conn, tenant, config_id, version=version, at=at)
         doc_key, mark_key = self._keys(tenant, config_id)
         cached, mark = await self.redis.mget(doc_key, mark_key)
         if cached is not None:
-            found: dict[str, Any] = json.loads(cached)
-            if found["revision"] >= int(mark or 0):
+            found = _VIEW.decode(cached)
+            if found.revision >= int(mark or 0):
                 self.hits += 1
-                found["cached"] = True
-                return found
+                return msgspec.structs.replace(found, cached=True)
         self.misses += 1
         async with self.pool.connection() as conn:
             fresh = await get_config(conn, tenant, config_id)
         if fresh is not None:
-            await self._fill(keys=[doc_key, mark_key], args=[json.dumps(fresh), fresh["revision"], TTL_SECONDS])
-            fresh["cached"] = False
+            await self._fill(keys=[doc_key, mark_key], args=[_ENCODE(fresh), fresh.revision, TTL_SECONDS])
         return fresh
+
+
+_VIEW = msgspec.json.Decoder(ConfigView)
+_ENCODE = msgspec.json.Encoder().encode

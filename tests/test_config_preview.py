@@ -18,6 +18,7 @@ from agents.tools import ToolRegistry
 from domain import conversation as c
 from domain.bot import AgentConfig, load_config
 from domain.messages import Event
+from read_models.config import TurnSkipped
 from streams.store import EventMeta, RecordedEvent
 from streams.subjects import StreamId
 
@@ -151,11 +152,11 @@ async def test_a_replay_compares_the_ais_turns_only_and_never_blames_it_for_a_pe
     assert turns[1].human_reply == human and turns[1].reply is None
 
     report = await replay_conversation(SUPPORT, "c-1", events, {})
-    assert report["differences"] == []
-    assert (report["turns"], report["turns_compared"], report["turns_changed"]) == (3, 2, 0)
-    assert report["turns_skipped"] == [{"turn": 2, "reason": "answered by a person"}]
-    assert report["escalated_by_people"] == ["user-1"]
-    assert report["tool_calls_lost"] == [] and report["tool_calls_added"] == []
+    assert report.differences == []
+    assert (report.turns, report.turns_compared, report.turns_changed) == (3, 2, 0)
+    assert report.turns_skipped == [TurnSkipped(turn=2, reason="answered by a person")]
+    assert report.escalated_by_people == ["user-1"]
+    assert report.tool_calls_lost == [] and report.tool_calls_added == []
 
 
 async def test_a_tool_call_the_recording_cannot_answer_reads_with_placeholders_not_blanks() -> None:
@@ -173,9 +174,9 @@ async def test_a_tool_call_the_recording_cannot_answer_reads_with_placeholders_n
     events = _recorded([_said(1, said), before])
 
     report = await replay_conversation(SUPPORT, "c-1", events, {})
-    [difference] = report["differences"]
-    reply = difference["candidate"]["reply"]
-    assert difference["candidate"]["tool_calls"] == ["send_tracking_email"]
-    assert difference["unrecorded_tool_calls"] == ["send_tracking_email"]
+    [difference] = report.differences
+    reply = difference.candidate.reply or ""
+    assert difference.candidate.tool_calls == ["send_tracking_email"]
+    assert difference.unrecorded_tool_calls == ["send_tracking_email"]
     assert "[tracking_number]" in reply and "jo@example.com" in reply and "  " not in reply
-    assert report["tool_calls_added"] == ["send_tracking_email"]
+    assert report.tool_calls_added == ["send_tracking_email"]
