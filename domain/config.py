@@ -462,6 +462,12 @@ def _approve(command: ApproveConfigVersion, state: AgentConfigState) -> list[Eve
     caller = command.caller
     if caller.user_id == version.author:
         raise PermissionDeniedError("authors do not approve their own versions")
+    if any(approver == caller.user_id for approver, _ in version.approvals):
+        # Distinct roles are distinct people: one person holding both approves once.
+        raise PermissionDeniedError(
+            f"version {command.version} already has your approval; "
+            f"{', '.join(version.approvals_missing)} must come from someone else"
+        )
     role = next((r for r in version.approvals_missing if r in caller.roles), None)
     if role is None:
         missing = ", ".join(version.approvals_missing)

@@ -127,6 +127,19 @@ def test_a_high_risk_version_needs_an_admin_and_a_platform_engineer() -> None:
     )
 
 
+def test_one_person_holding_both_roles_cannot_approve_a_high_risk_version_alone() -> None:
+    both = a.Caller(user_id="max", roles=frozenset({"org_admin", "platform_engineer"}), granted=ALL)
+    pending = created(2, "two", based_on=1, risk="high", approvals_needed=["org_admin", "platform_engineer"])
+    given = spec.given(*V1, pending, a.ConfigVersionApproved(version=2, approver="max", role="org_admin", at=T0))
+    given.when(a.ApproveConfigVersion(version=2, caller=both, at=T0)).then_raises(
+        PermissionDeniedError, match="platform_engineer must come from someone else"
+    )
+    given.when(a.ApproveConfigVersion(version=2, caller=ENGINEER, at=T0)).then(
+        a.ConfigVersionApproved(version=2, approver="pat", role="platform_engineer", at=T0),
+        activated(2, 1, "approved"),
+    )
+
+
 def test_a_config_managers_low_risk_change_is_auto_approved_and_applies_at_once() -> None:
     """The seed's approval workflow: low-risk changes are auto-approved, whoever may make them."""
     state = (
