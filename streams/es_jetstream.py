@@ -160,6 +160,9 @@ class JetStreamAggregateRecorder(JetStreamRecorder, AggregateRecorder):
         if desc and limit == 1 and lte is None:
             last = await core.log.last_on_subject(subject)
             raws = [last] if last is not None else []
+        elif gt is not None and gt >= core.search_from * 16:  # after a snapshot: skip the events before it
+            start = await core.start_after(subject, gt)
+            raws = await core.log.read_subject(subject, after_seq=start - 1) if start is not None else []
         else:
             raws = await core.log.read_subject(subject)
         if raws:

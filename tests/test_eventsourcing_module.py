@@ -545,3 +545,31 @@ def test_closing_the_factory_releases_a_save_still_waiting(tmp_path: Path) -> No
     finally:
         factory.close()
         server.stop()
+
+
+@pytest.mark.parametrize("search_from", [0, 1000])
+def test_events_after_a_version_are_found_by_bisecting_the_stream(nats_url: str, search_from: int) -> None:
+    # search_from 0: always bisect; 1000: read the whole subject and keep the versions above.
+    factory = JetStreamFactory({"NATS_URL": nats_url, "JETSTREAM_STREAM": "ES_GT_" + uuid.uuid4().hex[:8].upper()})
+    try:
+        recorder = factory.application_recorder()
+        core = factory._cores[factory._stream]
+        core.search_from = search_from
+        dogs = [uuid.uuid4() for _ in range(3)]
+        for version in range(1, 301):  # three aggregates interleaved in the stream
+            for dog in dogs:
+                recorder.insert_events([_event(dog, version)])
+        for gt in (0, 1, 150, 299, 300, 400):
+            found = recorder.select_events(dogs[1], gt=gt)
+            assert [e.originator_version for e in found] == list(range(gt + 1, 301))
+        assert [e.originator_version for e in recorder.select_events(dogs[2], gt=290, lte=295)] == [
+            291,
+            292,
+            293,
+            294,
+            295,
+        ]
+        assert [e.originator_version for e in recorder.select_events(dogs[0], gt=250, desc=True, limit=2)] == [300, 299]
+    finally:
+        factory.delete_streams()
+        factory.close()
