@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 import structlog
 
-from domain.errors import ConcurrencyError, ParleyError
+from domain.errors import ConcurrencyError, IdempotencyKeyReused, ParleyError
 from domain.messages import Command, Decider, Event
 from streams.repository import Loaded, Repository
 from streams.store import EventMeta, EventStore
@@ -31,6 +31,9 @@ class CommandContext(msgspec.Struct, frozen=True, kw_only=True):
     # The command id came from the caller (an Idempotency-Key): it may be a retry, so look for
     # its first outcome before deciding. A fresh id made here cannot have been used before.
     retry_possible: bool = False
+    # A digest of the request the command id was given for: recorded with the commit, so that a
+    # retry carrying another request is refused from the store alone.
+    request: str | None = None
 
 
 class Outcome(msgspec.Struct, Generic[S], frozen=True):
@@ -88,6 +91,7 @@ class CommandRunner:
             command=type(command).__name__,
             actor=ctx.actor,
             correlation_id=ctx.correlation_id,
+            request=ctx.request,
         )
         for attempt in range(1, self.max_attempts + 1):
             if new and attempt == 1 and not ctx.retry_possible:
@@ -97,6 +101,7 @@ class CommandRunner:
                     repo.load(ctx.tenant, aggregate_id), self.store.outcome(stream, ctx.command_id)
                 )
                 if known is not None:
+                    _same_request(ctx, known.meta)
                     return Outcome(loaded.state, known.version, known.seq, [], duplicate=True)
             else:
                 # The first attempt may decide on the in-memory copy unchecked: the append carries
@@ -121,8 +126,17 @@ class CommandRunner:
                 log.debug("concurrency conflict, retrying", stream=stream.key, attempt=attempt)
                 continue
             if result.duplicate:
+                _same_request(ctx, result.meta)
                 return Outcome(loaded.state, result.version, result.seq, [], duplicate=True)
             state = repo.fold_events(loaded.state, events)
             repo.remember(stream, state, result.version, result.seq)
             return Outcome(state, result.version, result.seq, events)
         raise AssertionError("unreachable")
+
+
+def _same_request(ctx: CommandContext, first: EventMeta | None) -> None:
+    """A retry must ask what the first did: the same key with another request changes nothing."""
+    if ctx.request and first is not None and first.request and first.request != ctx.request:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was used for a different request", fields={"Idempotency-Key": "reused"}
+        )

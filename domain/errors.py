@@ -54,6 +54,13 @@ class IllegalStateError(ParleyError):
     status = 409
 
 
+class IdempotencyKeyReused(ParleyError):
+    """An idempotency key already named another request: nothing was done for this one."""
+
+    code = "idempotency_key_reused"
+    status = 422
+
+
 class ConcurrencyError(ParleyError):
     """Another writer appended first: the expected version is stale. Nothing was written."""
 

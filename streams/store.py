@@ -66,6 +66,9 @@ class EventMeta(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     command: str | None = None
     actor: str | None = None
     correlation_id: str | None = None
+    # What the caller asked, for a command named by the caller's idempotency key: a digest of the
+    # request, so a retry with another body is told so even when every cache has forgotten the key.
+    request: str | None = None
 
 
 class StoredItem(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -105,13 +108,15 @@ class RecordedEvent(msgspec.Struct, frozen=True):
 
 
 class AppendResult(msgspec.Struct, frozen=True):
-    """Where a command's events landed. ``duplicate``: a retry, nothing was appended."""
+    """Where a command's events landed. ``duplicate``: a retry, nothing was appended (``meta``: what
+    the first one recorded)."""
 
     stream: str
     seq: int
     version: int
     count: int
     duplicate: bool = False
+    meta: EventMeta | None = None
 
 
 class EventStore:
@@ -186,7 +191,7 @@ class EventStore:
             return None
         commit = _DECODE.decode(raw.data)
         version = commit.first_version + len(commit.events) - 1
-        return AppendResult(stream.key, raw.seq, version, len(commit.events), duplicate=True)
+        return AppendResult(stream.key, raw.seq, version, len(commit.events), duplicate=True, meta=commit.meta)
 
     # Reads --------------------------------------------------------------------------------
 

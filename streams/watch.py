@@ -88,9 +88,14 @@ class Expected:
         self._subscription = await self._store.nats.subscribe(self.subject, cb=arrived)
         return self
 
-    async def events(self, timeout: float) -> list[RecordedEvent] | None:  # noqa: ASYNC109 - the bound is the answer
-        """The commit's events within ``timeout`` (None if it was not made by then); closes the wait."""
+    async def events(  # noqa: ASYNC109 - the bound is the answer
+        self, timeout: float, *, look_first: bool = False
+    ) -> list[RecordedEvent] | None:
+        """The commit's events within ``timeout`` (None if it was not made by then); closes the wait.
+        ``look_first``: it may well be made already (a retried command): look in the stream first."""
         try:
+            if look_first and not self._future.done() and (found := await self._store.last_on(self.subject)):
+                return self._store.decode(found, self.stream)
             try:
                 msg = await asyncio.wait_for(asyncio.shield(self._future), timeout)
                 raw = RawMessage(seq=0, subject=self.subject, headers=msg.headers or {}, data=msg.data, time="")

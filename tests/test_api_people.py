@@ -376,3 +376,63 @@ async def test_the_same_json_spelled_differently_is_the_same_request_under_one_k
     )
     assert first.status_code == again.status_code == 201, again.text
     assert first.json()["conversation_id"] == again.json()["conversation_id"]
+
+
+async def test_a_retry_gets_its_first_outcome_even_once_redis_forgot_the_key(
+    client: AsyncTestClient[Any], redis_url: str
+) -> None:
+    """The idempotency record lives with the command's commit: Redis only keeps the first response."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(redis_url)
+    started = await start(client)
+    cid = started["conversation_id"]
+    headers = {**ALICE, "Idempotency-Key": f"msg-{cid}"}
+    first = await client.post(f"{BASE}/conversations/{cid}/messages", json={"message": "hello"}, headers=headers)
+    assert first.status_code in (200, 202), first.text
+
+    await redis.delete(f"idem:acme:msg-{cid}")  # a restart, an eviction: the cache forgot
+    again = await client.post(f"{BASE}/conversations/{cid}/messages", json={"message": "hello"}, headers=headers)
+    assert again.status_code in (200, 202), again.text
+    assert again.json()["message_id"] == first.json()["message_id"]
+    assert again.json()["position"] == first.json()["position"]
+
+    await redis.delete(f"idem:acme:msg-{cid}")
+    other = await client.post(f"{BASE}/conversations/{cid}/messages", json={"message": "other"}, headers=headers)
+    assert other.status_code == 422, other.text
+    state = (await read(client, cid, ALICE, again.json()["position"])).json()
+    assert [m["content"] for m in state["messages"] if m["role"] == "user"] == ["hello"]
+
+    key = {**ALICE, "Idempotency-Key": "start-once"}
+    body = {"config_id": "support-bot", "channel": "webchat"}
+    made = await client.post(f"{BASE}/conversations", json=body, headers=key)
+    await redis.delete("idem:acme:start-once")
+    changed = await client.post(f"{BASE}/conversations", json={**body, "channel": "sms"}, headers=key)
+    assert made.status_code == 201 and changed.status_code == 422, changed.text
+    await redis.aclose()
+
+
+async def test_redis_down_is_a_503_with_retry_after_and_changes_nothing(
+    nats_url: str, pg_url: str, tmp_path: Path
+) -> None:
+    from infra.services import Redis
+
+    server = Redis(tmp_path / "redis")
+    redis_url = server.start()
+    stream = unique_stream()
+    settings = settings_for(nats_url, fresh_database(pg_url), redis_url, tmp_path, stream, run_agents=False)
+    try:
+        async with api_client(settings) as client:
+            started = await start(client)
+            server.stop()
+            refused = await client.post(
+                f"{BASE}/conversations/{started['conversation_id']}/messages", json={"message": "hi"}, headers=ALICE
+            )
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["Retry-After"] == "1"
+            assert refused.json()["code"] == "unavailable"
+            state = await read(client, started["conversation_id"], ALICE, started["position"])
+            assert state.json()["messages"] == []  # nothing was appended
+    finally:
+        server.stop()
+        await delete_stream(nats_url, stream)

@@ -8,6 +8,7 @@ conversation API waits for the agent's reply.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -159,6 +160,10 @@ class Commands:
         key = request.headers.get("Idempotency-Key")
         structlog.contextvars.bind_contextvars(tenant=identity.tenant, conversation_id=conversation_id)
 
+        fingerprint = (
+            f"{request.method} {request.url.path}".encode() + canonical(await request.body()) if key else b""
+        )
+
         async def run() -> tuple[int, Any]:
             ctx = CommandContext(
                 tenant=identity.tenant,
@@ -166,6 +171,7 @@ class Commands:
                 command_id=f"idem-{key}" if key else command_id or uuid.uuid4().hex,
                 retry_possible=key is not None or command_id is not None,
                 correlation_id=request.state.get("request_id"),
+                request=hashlib.sha256(fingerprint).hexdigest() if key else None,
             )
             expected = None
             if reply_to is not None and conversation_id is not None and self.reply_wait_seconds > 0:
@@ -190,7 +196,9 @@ class Commands:
                 # The seed's synchronous API: the agent's answer inline, or 202 and a link to poll.
                 state = outcome.state
                 answering = isinstance(state, c.Conversation) and state.status == "active"
-                events = await expected.events(self.reply_wait_seconds if answering else 0)
+                events = await expected.events(
+                    self.reply_wait_seconds if answering else 0, look_first=outcome.duplicate
+                )
                 reply = next((e.event for e in events or [] if isinstance(e.event, c.AgentReplied)), None)
                 if reply is not None:
                     owner = getattr(state, "user_id", None)
@@ -209,6 +217,16 @@ class Commands:
         code, body = await limits.idempotent(identity.tenant, key, fingerprint, run)
         position = body["position"] if isinstance(body, dict) else body.position
         return Response(body, status_code=code, headers={"X-Parley-Position": str(position)})
+
+
+def new_id(request: Request[Identity, Any, Any], kind: str) -> str:
+    """A new id for what a request creates (a message, an escalation, a survey): derived from its
+    ``Idempotency-Key`` when it has one, so a retry names the same thing even once every cache has
+    forgotten the first response; random otherwise."""
+    key = request.headers.get("Idempotency-Key")
+    if key:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"parley:{request.user.tenant}:{key}:{kind}"))
+    return str(uuid.uuid4())
 
 
 def canonical(body: bytes) -> bytes:

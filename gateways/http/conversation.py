@@ -12,7 +12,6 @@ fields and in the message text alike. Escalation endpoints are in ``gateways.htt
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -38,6 +37,7 @@ from gateways.http.common import (
     is_customer,
     iso,
     masked,
+    new_id,
     now,
     own_conversation,
     position_header,
@@ -267,7 +267,7 @@ class ConversationController(Controller):
     ) -> Response[ContinuedResponse]:
         identity = request.user
         await own_conversation(runner, identity, conversation_id)
-        message_id = str(uuid.uuid4())
+        message_id = new_id(request, "message")
         at = now()
         command = c.ReceiveUserMessage(message_id=message_id, content=data.message, attachments=data.attachments, at=at)
 
@@ -303,7 +303,7 @@ class ConversationController(Controller):
         runner: NamedDependency[CommandRunner],
     ) -> Response[SurveySentResponse]:
         await own_conversation(runner, request.user, conversation_id)
-        survey_id = str(uuid.uuid4())
+        survey_id = new_id(request, "survey")
         command = c.SendSurvey(survey_id=survey_id, questions=data.questions, at=now())
 
         def respond(outcome: Outcome[c.Conversation]) -> SurveySentResponse:

@@ -21,6 +21,8 @@ def parley_error(_request: Request[Any, Any, Any], exc: ParleyError) -> Response
     headers = {}
     if retry_after := exc.details.get("retry_after"):
         headers["Retry-After"] = str(retry_after)
+    elif exc.status == 503:  # an outage: tell the client when to come back
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     if exc.status >= 500:
         log.error("request failed", code=exc.code, error=exc.message)
     return Response(exc.to_dict(), status_code=exc.status, headers=headers)
@@ -62,7 +64,40 @@ def too_deep(_request: Request[Any, Any, Any], exc: RecursionError) -> Response[
     )
 
 
+# Exceptions of these libraries that mean "the service cannot be reached right now" (the adapters
+# translate what they know; these are the ones that slip through mid-outage, such as a request
+# that finds the connection closed before the client noticed the server was gone).
+UNREACHABLE = {
+    ("nats", "Error"),
+    ("nats", "ConnectionClosedError"),
+    ("nats", "NoServersError"),
+    ("nats", "TimeoutError"),
+    ("nats", "OutboundBufferLimitError"),
+    ("psycopg", "OperationalError"),
+    ("psycopg_pool", "PoolTimeout"),
+    ("redis", "ConnectionError"),
+    ("redis", "TimeoutError"),
+    ("redis", "BusyLoadingError"),
+}
+RETRY_AFTER_SECONDS = 1
+
+
+def unreachable(exc: BaseException) -> bool:
+    for cls in type(exc).__mro__:
+        library = cls.__module__.split(".")[0]
+        if (library, cls.__name__) in UNREACHABLE:
+            return True
+    return False
+
+
 def unexpected_error(_request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    if unreachable(exc):
+        log.warning("a service is unreachable", error=f"{type(exc).__module__}.{type(exc).__name__}: {exc}")
+        return Response(
+            {"code": "unavailable", "message": "a service the platform needs cannot be reached; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     log.exception("unexpected error", error=str(exc))
     return Response(
         {"code": "internal_error", "message": "something went wrong; it was logged"},

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -31,6 +30,7 @@ from gateways.http.common import (
     is_supervisor,
     iso,
     masked,
+    new_id,
     now,
     own_conversation,
     position_header,
@@ -175,7 +175,7 @@ class EscalationController(Controller):
     ) -> Response[EscalatedResponse]:
         identity = request.user
         await own_conversation(runner, identity, conversation_id)
-        escalation_id = str(uuid.uuid4())
+        escalation_id = new_id(request, "escalation")
         at = now()
         command = c.RequestEscalation(
             escalation_id=escalation_id,
@@ -339,7 +339,7 @@ class EscalationController(Controller):
         commands: NamedDependency[Commands],
     ) -> Response[AgentRepliedResponse]:
         identity = request.user
-        message_id = str(uuid.uuid4())
+        message_id = new_id(request, "reply")
         command = c.RecordAgentReply(
             message_id=message_id,
             content=data.message,
@@ -404,7 +404,7 @@ class EscalationController(Controller):
         identity = request.user
         # A support agent registers themself (their id is their token's subject); a supervisor anyone.
         if is_supervisor(identity):
-            agent_id = data.agent_id or str(uuid.uuid4())
+            agent_id = data.agent_id or new_id(request, "agent")
         else:
             agent_id = _agent_id(identity, data.agent_id)
         command = p.RegisterHumanAgent(

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from domain.errors import ParleyError, ValidationError
+from domain.errors import IdempotencyKeyReused, ParleyError, ValidationError
 
 # Token buckets, and sliding windows (a negative rate: the window's length in ms, ``burst`` the most
 # requests any window of that length may hold). Each request takes one token from each of its
@@ -83,11 +83,6 @@ class RateLimited(ParleyError):
     def __init__(self, what: str, retry_after_ms: int) -> None:
         seconds = max(1, -(-retry_after_ms // 1000))
         super().__init__(f"too many requests for {what}; retry after {seconds}s", retry_after=seconds, limit=what)
-
-
-class IdempotencyKeyReused(ParleyError):
-    code = "idempotency_key_reused"
-    status = 422
 
 
 class Limits:
