@@ -20,11 +20,11 @@ from litestar import Controller, Request, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
-from commands.audit import conversation_turns
+from commands.audit import Turn, conversation_turns
 from commands.runner import CommandRunner
 from domain import conversation as c
 from domain.errors import NotFoundError, PermissionDeniedError
-from domain.messages import Decider
+from domain.messages import Decider, Event
 from domain.pii import mask_value
 from gateways.http.auth import Identity, requires
 from streams.history import AuditEvent, history, state_as_of
@@ -36,6 +36,59 @@ AUDITORS = requires("org_admin", "platform_engineer", "analyst", "support_agent"
 PERSONAL_READERS = frozenset({"org_admin", "support_agent", "supervisor"})
 # Support staff audit conversations (to find an escalation, see what happened): not configs or the rest.
 CONVERSATION_ONLY = frozenset({"support_agent", "supervisor"})
+
+
+class AuditEventView(msgspec.Struct, frozen=True, kw_only=True):
+    """One event of the history: its stream sequence and version, when it was recorded and when it
+    says it happened, who caused it and which command; ``redacted`` names the personal fields shown
+    as null to this reader."""
+
+    seq: int
+    version: int
+    type: str
+    recorded_at: datetime
+    occurred_at: datetime | None
+    command: str | None
+    command_id: str | None
+    actor: str | None
+    correlation_id: str | None
+    event: Event  # the event's own fields (its class is ``type``)
+    redacted: list[str] | msgspec.UnsetType = msgspec.UNSET  # given only when some are
+
+
+class AuditHistory(msgspec.Struct, frozen=True, kw_only=True):
+    tenant: str
+    aggregate_type: str
+    aggregate_id: str
+    version: int
+    events: list[AuditEventView]
+
+
+class AsOf(msgspec.Struct, frozen=True, kw_only=True):
+    at: datetime | None
+    version: int | None
+
+
+class AuditState(msgspec.Struct, frozen=True, kw_only=True):
+    tenant: str
+    aggregate_type: str
+    aggregate_id: str
+    as_of: AsOf
+    version: int
+    seq: int
+    recorded_at: datetime | None
+    latest_version: int
+    events_folded: int
+    state: Any  # the aggregate's state as its own decider folds it (its shape is the aggregate type's)
+
+
+class AuditTurns(msgspec.Struct, frozen=True, kw_only=True):
+    tenant: str
+    conversation_id: str
+    config_id: str
+    config_version: int
+    version: int
+    turns: list[Turn]
 
 
 class AuditController(Controller):
@@ -51,20 +104,20 @@ class AuditController(Controller):
         aggregate_id: FromPath[str],
         runner: NamedDependency[CommandRunner],
         store: NamedDependency[EventStore],
-    ) -> dict[str, Any]:
+    ) -> AuditHistory:
         """Every event, oldest first: stream sequence, version, type, when it was recorded and when it
         says it happened, who caused it and which command (name, id, correlation id)."""
         _spec(runner, aggregate_type)
         stream = _stream(request, aggregate_type, aggregate_id)
         found = await history(store, stream)
         clear = bool(request.user.roles & PERSONAL_READERS)
-        return {
-            "tenant": stream.tenant,
-            "aggregate_type": aggregate_type,
-            "aggregate_id": aggregate_id,
-            "version": found[-1].version,
-            "events": [_event(e, clear) for e in found],
-        }
+        return AuditHistory(
+            tenant=stream.tenant,
+            aggregate_type=aggregate_type,
+            aggregate_id=aggregate_id,
+            version=found[-1].version,
+            events=[_event(e, clear) for e in found],
+        )
 
     @get("/{aggregate_type:str}/{aggregate_id:str}/state", summary="An aggregate's state at a version or moment")
     async def state(
@@ -76,24 +129,24 @@ class AuditController(Controller):
         store: NamedDependency[EventStore],
         at: Annotated[datetime | None, QueryParameter(description="RFC 3339; UTC when no zone is given")] = None,
         version: Annotated[int | None, QueryParameter(ge=0)] = None,
-    ) -> dict[str, Any]:
+    ) -> AuditState:
         """The state after the last event recorded at or before ``at``, or at ``version`` (the latest
         with neither), reproduced by replaying the aggregate's events through its own ``evolve``."""
         spec = _spec(runner, aggregate_type)
         stream = _stream(request, aggregate_type, aggregate_id)
         past = await state_as_of(store, spec, stream, version=version, at=at)
-        return {
-            "tenant": stream.tenant,
-            "aggregate_type": aggregate_type,
-            "aggregate_id": aggregate_id,
-            "as_of": {"at": at, "version": version},
-            "version": past.version,
-            "seq": past.seq,
-            "recorded_at": past.recorded_at,
-            "latest_version": past.latest_version,
-            "events_folded": past.events_folded,
-            "state": _state(past.state, bool(request.user.roles & PERSONAL_READERS)),
-        }
+        return AuditState(
+            tenant=stream.tenant,
+            aggregate_type=aggregate_type,
+            aggregate_id=aggregate_id,
+            as_of=AsOf(at=at, version=version),
+            version=past.version,
+            seq=past.seq,
+            recorded_at=past.recorded_at,
+            latest_version=past.latest_version,
+            events_folded=past.events_folded,
+            state=_state(past.state, bool(request.user.roles & PERSONAL_READERS)),
+        )
 
     @get("/conversations/{conversation_id:str}/turns", summary="A conversation's turns and their config versions")
     async def turns(
@@ -101,14 +154,19 @@ class AuditController(Controller):
         request: Request[Identity, Any, Any],
         conversation_id: FromPath[str],
         store: NamedDependency[EventStore],
-    ) -> dict[str, Any]:
+    ) -> AuditTurns:
         """Each customer message, the config version that governed its answer (pinned to the
         conversation), the config's active version at that moment, and the replies."""
         stream = _stream(request, c.AGGREGATE_TYPE, conversation_id)
         found = await conversation_turns(store, stream)
-        body: dict[str, Any] = msgspec.to_builtins(found)
-        body.pop("stream")
-        return {"tenant": stream.tenant, "conversation_id": conversation_id, **body}
+        return AuditTurns(
+            tenant=stream.tenant,
+            conversation_id=conversation_id,
+            config_id=found.config_id,
+            config_version=found.config_version,
+            version=found.version,
+            turns=found.turns,
+        )
 
 
 def _spec(runner: NamedDependency[CommandRunner], aggregate_type: str) -> Decider[Any]:
@@ -125,20 +183,29 @@ def _stream(request: Request[Identity, Any, Any], aggregate_type: str, aggregate
     return StreamId(request.user.tenant, aggregate_type, aggregate_id)
 
 
-def _state(state: Any, clear: bool) -> dict[str, Any]:
-    body: dict[str, Any] = msgspec.to_builtins(state)
-    if not clear and isinstance(body.get("pii_collected"), dict):
-        body["pii_collected"] = {kind: mask_value(value) for kind, value in body["pii_collected"].items()}
-    return body
+def _state(state: Any, clear: bool) -> Any:
+    """The state as this reader may see it: collected personal data masked unless theirs to see."""
+    pii = getattr(state, "pii_collected", None)
+    if clear or not isinstance(pii, dict):
+        return state
+    return msgspec.structs.replace(state, pii_collected={kind: mask_value(value) for kind, value in pii.items()})
 
 
-def _event(found: AuditEvent, clear: bool) -> dict[str, Any]:
+def _event(found: AuditEvent, clear: bool) -> AuditEventView:
     event = found.event
-    personal = type(event).personal_fields
-    redacted = [] if clear else list(personal)
+    redacted = [] if clear else list(type(event).personal_fields)
     if redacted:
         event = msgspec.structs.replace(event, **dict.fromkeys(redacted))
-    body: dict[str, Any] = msgspec.to_builtins(msgspec.structs.replace(found, event=event))
-    if redacted:
-        body["redacted"] = redacted
-    return body
+    return AuditEventView(
+        seq=found.seq,
+        version=found.version,
+        type=found.type,
+        recorded_at=found.recorded_at,
+        occurred_at=found.occurred_at,
+        command=found.command,
+        command_id=found.command_id,
+        actor=found.actor,
+        correlation_id=found.correlation_id,
+        event=event,
+        redacted=redacted or msgspec.UNSET,
+    )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
 import structlog
 from litestar import Response, get
 from litestar.di import NamedDependency
@@ -56,13 +57,41 @@ def request_context(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-async def _check(name: str, probe: Any) -> dict[str, Any]:
+class DependencyHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """One dependency: reachable (``ms``: how long the probe took) or not (``error``)."""
+
+    name: str
+    ok: bool
+    ms: float | None = None
+    error: str | None = None
+
+
+class ProjectorHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """A projector's progress (``projections.status``): its checkpoint, the stream's last sequence
+    and the last one among the events it follows, how far behind it is, its dead letters."""
+
+    name: str
+    schema: str
+    checkpoint: int
+    stream_last_seq: int
+    last_event_seq: int
+    lag: int
+    dead_letters: int
+
+
+class HealthReport(msgspec.Struct, frozen=True, kw_only=True):
+    status: Literal["ok", "degraded"]
+    dependencies: list[DependencyHealth]
+    projectors: list[ProjectorHealth]
+
+
+async def _check(name: str, probe: Any) -> DependencyHealth:
     started = time.perf_counter()
     try:
         await probe()
     except Exception as e:  # a health check reports, it does not raise
-        return {"name": name, "ok": False, "error": f"{type(e).__name__}: {e}"}
-    return {"name": name, "ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
+        return DependencyHealth(name=name, ok=False, error=f"{type(e).__name__}: {e}")
+    return DependencyHealth(name=name, ok=True, ms=round((time.perf_counter() - started) * 1000, 2))
 
 
 class Health:
@@ -71,7 +100,7 @@ class Health:
     def __init__(self, services: Any) -> None:
         self.services = services  # the process's ``ApiServices``: pool, store, Redis, analytics, projectors
 
-    async def report(self) -> dict[str, Any]:
+    async def report(self) -> HealthReport:
         services = self.services
 
         async def postgres() -> None:
@@ -89,9 +118,12 @@ class Health:
                 await asyncio.to_thread(analytics.client.command, "SELECT 1")
 
             dependencies.append(await _check("clickhouse", clickhouse))
-        projectors = await self.projector_statuses()
-        ok = all(d["ok"] for d in dependencies)
-        return {"status": "ok" if ok else "degraded", "dependencies": dependencies, "projectors": projectors}
+        projectors = [msgspec.convert(p, ProjectorHealth) for p in await self.projector_statuses()]
+        return HealthReport(
+            status="ok" if all(d.ok for d in dependencies) else "degraded",
+            dependencies=dependencies,
+            projectors=projectors,
+        )
 
     async def projector_statuses(self) -> list[Any]:
         """Every projector's progress, wherever it runs (in this process or its own); the analytics
@@ -110,9 +142,10 @@ class Health:
 
 
 @get("/health", tags=["operations"], summary="Dependencies and projector lag", exclude_from_auth=True)
-async def health(health: NamedDependency[Health]) -> Response[dict[str, Any]]:
+async def health(health: NamedDependency[Health]) -> Response[HealthReport]:
+    """200 when every dependency answers, 503 (the same body) when one does not."""
     report = await health.report()
-    return Response(report, status_code=200 if report["status"] == "ok" else 503)
+    return Response(report, status_code=200 if report.status == "ok" else 503)
 
 
 @get("/metrics", tags=["operations"], summary="Prometheus metrics", media_type="text/plain", exclude_from_auth=True)
