@@ -34,6 +34,7 @@ import structlog
 from eventsourcing.persistence import StoredEvent
 from nats.aio.client import Client as NATS
 
+from domain.errors import ValidationError
 from domain.messages import Event
 from streams.bulk import BulkFeed, Delivered
 from streams.codec import EventMapper, Pending, resolve_event, without_sealed
@@ -53,6 +54,10 @@ from streams.watch import Expected, Following, Seen, Watch
 from streams.work import WorkStream, ensure_work_stream
 
 log = structlog.get_logger(__name__)
+
+# The most a command's events may take, encoded (a commit is one NATS message; the server's default
+# max_payload is 1 MiB). Requests are bounded well below it at the edge.
+MAX_COMMIT_BYTES = 512 * 1024
 
 
 # Commits hold strings, bytes and numbers only, so the garbage collector need not track them
@@ -146,7 +151,13 @@ class EventStore:
             items.append(StoredItem(stored.topic, stored.state))
         token = command_token(meta.command_id) if meta.command_id else "x-" + uuid.uuid4().hex
         headers = {EXPECTED_LAST_SUBJECT_SEQ: str(expected_seq), EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: stream.subjects}
-        message = OutMessage(f"{stream.subject}.{token}", headers, encode_commit(expected_version + 1, items, meta))
+        data = encode_commit(expected_version + 1, items, meta)
+        if len(data) > MAX_COMMIT_BYTES:
+            raise ValidationError(
+                f"a command's events may take {MAX_COMMIT_BYTES // 1024} KiB at most; these take {len(data) // 1024}",
+                fields={"body": f"too large: at most {MAX_COMMIT_BYTES // 1024} KiB of events a command"},
+            )
+        message = OutMessage(f"{stream.subject}.{token}", headers, data)
         try:
             published = await self._log.append([message], key=stream.subjects)
         except (WrongLastSequence, SubjectTaken):

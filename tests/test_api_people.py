@@ -436,3 +436,11 @@ async def test_redis_down_is_a_503_with_retry_after_and_changes_nothing(
     finally:
         server.stop()
         await delete_stream(nats_url, stream)
+
+
+async def test_a_body_over_the_limit_is_refused_as_too_large(client: AsyncTestClient[Any]) -> None:
+    body = '{"config_id": "support-bot", "channel": "webchat", "initial_message": "' + "x" * 2_000_000 + '"}'
+    response = await client.post(
+        f"{BASE}/conversations", content=body, headers={**ALICE, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 413, response.text[:200]

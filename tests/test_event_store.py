@@ -373,3 +373,14 @@ def test_an_event_keeps_its_stored_topic_when_its_module_is_renamed() -> None:
     assert resolve_event("domain.agent_pool:EscalationQueued") is escalation.EscalationQueued
     assert resolve_event("domain.config_members:MemberPermissionsSet") is permissions.MemberPermissionsSet
     assert topic_of(c.UserMessageReceived) == "domain.conversation:UserMessageReceived"  # not moved: as it was
+
+
+async def test_a_commit_larger_than_the_bound_is_refused_and_nothing_is_written(open_test_store: OpenStore) -> None:
+    from domain.errors import ValidationError
+    from streams.store import MAX_COMMIT_BYTES
+
+    store, sid = open_test_store.store, new_stream()
+    huge = EmailNoted(customer_id="c-1", email="x" * (MAX_COMMIT_BYTES + 1))
+    with pytest.raises(ValidationError, match="KiB at most"):
+        await store.append(sid, [huge], expected_version=0)
+    assert await store.read(sid) == []

@@ -62,6 +62,9 @@ from streams.store import EventStore
 
 log = structlog.get_logger(__name__)
 
+# The largest request body the API reads (a config's YAML is the largest thing anyone sends).
+REQUEST_MAX_BYTES = 1024 * 1024
+
 
 class ApiServices:
     """What one API process holds: opened in ``open``, closed in ``close``."""
@@ -252,6 +255,7 @@ def create_app(settings: ApiSettings | None = None, *, settle_heap: bool = False
         on_app_init=[jwt_auth(settings.jwt_secret).on_app_init],
         middleware=[request_context],
         exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=REQUEST_MAX_BYTES,
         openapi_config=OpenAPIConfig(
             title="Parley",
             version="0.1.0",
