@@ -62,3 +62,30 @@ async def test_a_conversations_events_stream_live_as_server_sent_events(
         server.should_exit = True
         await asyncio.wait_for(serving, 30)
         await delete_stream(nats_url, stream)
+
+
+async def test_a_tenant_holds_a_bounded_number_of_live_streams(
+    nats_url: str, pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    stream = unique_stream()
+    settings = settings_for(nats_url, fresh_database(pg_url), redis_url, tmp_path, stream, streams_per_tenant=2)
+    app = create_app(settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    serving = asyncio.create_task(server.serve())
+    agent = {"Authorization": bearer(roles=("support_agent",), subject="sam")["Authorization"]}
+    try:
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=agent, timeout=20) as http:
+            async with http.stream("GET", f"{BASE}/events") as first, http.stream("GET", f"{BASE}/events") as second:
+                assert first.status_code == second.status_code == 200
+                third = await http.get(f"{BASE}/events")
+                assert third.status_code == 429 and third.headers["Retry-After"] == "1"
+            again = http.stream("GET", f"{BASE}/events")  # the two were given back when they closed
+            async with again as response:
+                assert response.status_code == 200
+    finally:
+        server.should_exit = True
+        await serving
+        await delete_stream(nats_url, stream)

@@ -44,7 +44,7 @@ from gateways.http.console import console_router
 from gateways.http.conversation import ConversationController
 from gateways.http.errors import EXCEPTION_HANDLERS
 from gateways.http.escalation import EscalationController
-from gateways.http.limits import Limits
+from gateways.http.limits import Limits, StreamSlots
 from gateways.http.observability import Health, health, metrics, request_context
 from gateways.http.positions import Positions
 from gateways.http.settings import ApiSettings
@@ -89,6 +89,7 @@ class ApiServices:
             messages_per_minute=settings.conversation_messages_per_minute,
             ttl=settings.idempotency_ttl_seconds,
         )
+        self.stream_slots = StreamSlots(settings.streams_per_tenant)
         self.commands = Commands(self.runner, self.limits, opened.store, reply_wait_seconds=settings.reply_wait_seconds)
         self.keys = settings.provider_keys
         # One tool registry for the runtime, config validation (which tools exist) and previews.
@@ -199,6 +200,7 @@ DEPENDENCIES = {
     "runner": "runner",
     "limits": "limits",
     "store": "store",
+    "stream_slots": "stream_slots",
     "positions": "positions",
     "catalog": "configs",
     "config_service": "config_service",

@@ -48,6 +48,7 @@ from gateways.http.common import (
     shown_tool_calls,
 )
 from gateways.http.fields import Attachments, Context, Name, Text
+from gateways.http.limits import StreamSlots
 from gateways.http.positions import Positions
 from read_models.conversation import ConversationFilter, ConversationPage, ConversationQueries, ConversationView
 from streams.store import EventStore, RecordedEvent
@@ -382,18 +383,23 @@ class ConversationController(Controller):
         summary="The conversation's events, live (server-sent events)",
     )
     async def events(
-        self, request: Request[Identity, Any, Any], conversation_id: FromPath[str], store: NamedDependency[EventStore]
+        self,
+        request: Request[Identity, Any, Any],
+        conversation_id: FromPath[str],
+        store: NamedDependency[EventStore],
+        stream_slots: NamedDependency[StreamSlots],
     ) -> ServerSentEvent:
         """Every event so far, then each new one as it is committed: one SSE message per event,
         ``event`` its type, ``id`` its stream sequence and version, ``data`` the event as JSON."""
         identity = request.user
         stream = StreamId(identity.tenant, c.AGGREGATE_TYPE, conversation_id)
-        watch = await store.watch(stream.subjects)
         history = await store.read(stream)
         owner = next((e.event.user_id for e in history if isinstance(e.event, c.ConversationStarted)), None)
         if not history or (is_customer(identity) and owner != identity.subject):
-            await watch.close()
             raise NotFoundError(f"conversation {conversation_id} not found")
+        stream_slots.take(identity.tenant)
+        watch = await store.watch(stream.subjects)
+        history = [*history, *(e for e in await store.read(stream, after_seq=history[-1].seq))]  # since watching
         clear = sees_pii(identity, owner)
 
         async def messages() -> AsyncIterator[ServerSentEventMessage]:
@@ -408,17 +414,23 @@ class ConversationController(Controller):
                             yield _sse(recorded, clear)
             finally:
                 await watch.close()
+                stream_slots.give_back(identity.tenant)
 
         return ServerSentEvent(messages())
 
     @get("/events", opt=requires(*STAFF), summary="The tenant's conversation events, live (server-sent events)")
     async def tenant_events(
-        self, request: Request[Identity, Any, Any], store: NamedDependency[EventStore]
+        self,
+        request: Request[Identity, Any, Any],
+        store: NamedDependency[EventStore],
+        stream_slots: NamedDependency[StreamSlots],
     ) -> ServerSentEvent:
         """Each conversation event of the tenant as it is committed (from now on): what an inbox
         follows. ``event`` its type, ``id`` its stream position, ``data`` the event with its
         ``conversation_id`` and ``version``."""
-        watch = await store.watch(type_subjects(c.AGGREGATE_TYPE, request.user.tenant))
+        tenant = request.user.tenant
+        stream_slots.take(tenant)
+        watch = await store.watch(type_subjects(c.AGGREGATE_TYPE, tenant))
 
         async def messages() -> AsyncIterator[ServerSentEventMessage]:
             try:
@@ -428,6 +440,7 @@ class ConversationController(Controller):
                         yield _sse(recorded, True, conversation_id=recorded.stream.aggregate_id)
             finally:
                 await watch.close()
+                stream_slots.give_back(tenant)
 
         return ServerSentEvent(messages())
 

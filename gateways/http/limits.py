@@ -184,3 +184,25 @@ class Limits:
 
 def _json_default(value: Any) -> Any:
     return msgspec.to_builtins(value)
+
+
+class StreamSlots:
+    """How many live streams (server-sent events) each tenant holds in this process: at most
+    ``per_tenant``, so no tenant's listeners can take a process's sockets from the others."""
+
+    def __init__(self, per_tenant: int) -> None:
+        self.per_tenant = per_tenant
+        self._held: dict[str, int] = {}
+
+    def take(self, tenant: str) -> None:
+        held = self._held.get(tenant, 0)
+        if held >= self.per_tenant:
+            raise RateLimited(f"live streams of tenant {tenant} ({self.per_tenant} at once)", 1000)
+        self._held[tenant] = held + 1
+
+    def give_back(self, tenant: str) -> None:
+        held = self._held.get(tenant, 0) - 1
+        if held > 0:
+            self._held[tenant] = held
+        else:
+            self._held.pop(tenant, None)

@@ -24,6 +24,8 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     tenant_rate: float = 500.0  # requests per second
     tenant_burst: int = 1000
     conversation_messages_per_minute: int = 100
+    # Live event streams (server-sent events) a tenant may hold open in one API process.
+    streams_per_tenant: int = 50
     # Read-your-writes: how long a query waits for the projection to pass a position.
     read_wait_seconds: float = 5.0
     idempotency_ttl_seconds: int = 24 * 3600
@@ -68,6 +70,7 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
             ("tenant_rate", "PARLEY_TENANT_RATE", float),
             ("tenant_burst", "PARLEY_TENANT_BURST", int),
             ("conversation_messages_per_minute", "PARLEY_CONVERSATION_MESSAGES_PER_MINUTE", int),
+            ("streams_per_tenant", "PARLEY_STREAMS_PER_TENANT", int),
             ("read_wait_seconds", "PARLEY_READ_WAIT_SECONDS", float),
             ("reply_wait_seconds", "PARLEY_REPLY_WAIT_SECONDS", float),
         ):
