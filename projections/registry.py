@@ -7,6 +7,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from projections.call import CallsProjector
+from projections.channel import ChannelsProjector
 from projections.checkpoints import PostgresBatch, PostgresCheckpoints
 from projections.config import ConfigsProjector
 from projections.conversation import ConversationsProjector
@@ -18,7 +19,7 @@ from streams.store import EventStore
 
 
 def projectors() -> list[Projector]:
-    return [ConversationsProjector(), ConfigsProjector(), EscalationProjector(), CallsProjector()]
+    return [ConversationsProjector(), ConfigsProjector(), EscalationProjector(), CallsProjector(), ChannelsProjector()]
 
 
 def projector(name: str) -> Projector:

@@ -286,7 +286,13 @@ class Outbox:
                 retry_at = datetime.now(UTC) + timedelta(seconds=backoff)
                 log.info("delivery attempt failed", delivery_id=delivery_id, attempt=attempt, reason=e.reason)
                 await self.deliveries.failed(
-                    tenant, delivery_id, attempt, e.reason, retryable=e.retryable, retry_at=retry_at, at=retry_at
+                    tenant,
+                    delivery_id,
+                    attempt,
+                    e.reason,
+                    retryable=e.retryable,
+                    retry_at=retry_at,
+                    at=datetime.now(UTC),
                 )
                 continue
             await self.deliveries.sent(
