@@ -550,3 +550,105 @@ async def test_preview_of_a_voicebot_merges_the_seeds_voice_settings_into_its_vo
         f"{CONFIGS}/phone-bot/preview", json={"changes": {"voice_settings": {"speed": 9}}}, headers=VIEWER
     )
     assert too_fast.status_code == 400 and "voice_config.model_settings.speed" in too_fast.json()["fields"]
+
+
+async def test_the_config_list_gives_each_configs_versions_filters_and_pages_with_a_cursor(
+    client: AsyncTestClient[Any],
+) -> None:
+    await create_config(client)  # faq-bot, beside the demo configs support-bot, sales-bot and voice-bot
+    raw = yaml.safe_load(BASE_YAML)
+    raw["escalation_rules"][0]["keywords"] = [*raw["escalation_rules"][0]["keywords"], "attorney"]
+    pending = await new_version(client, yaml.safe_dump(raw, sort_keys=False))
+    assert pending.json()["status"] == "pending_approval", pending.text
+    position = pending.json()["position"]
+
+    listed = await client.get(CONFIGS, params={"min_position": position}, headers=VIEWER)
+    assert listed.status_code == 200, listed.text
+    configs = {c["config_id"]: c for c in listed.json()["configs"]}
+    assert list(configs) == ["faq-bot", "sales-bot", "support-bot", "voice-bot"]
+    faq = configs["faq-bot"]
+    assert (faq["product_type"], faq["active_version"], faq["latest_version"], faq["pending_approvals"]) == (
+        "chatbot",
+        1,
+        2,
+        1,
+    )
+    assert faq["updated_at"] >= faq["created_at"] and listed.json()["next_cursor"] is None
+
+    voice = (await client.get(CONFIGS, params={"product_type": "voicebot"}, headers=VIEWER)).json()
+    assert [c["config_id"] for c in voice["configs"]] == ["voice-bot"]
+    waiting = (await client.get(CONFIGS, params={"pending_approval": "true"}, headers=VIEWER)).json()
+    assert [c["config_id"] for c in waiting["configs"]] == ["faq-bot"]
+    found = (await client.get(CONFIGS, params={"search": "bot", "pending_approval": "false"}, headers=VIEWER)).json()
+    assert [c["config_id"] for c in found["configs"]] == ["sales-bot", "support-bot", "voice-bot"]
+
+    seen, cursor = [], None
+    while True:
+        page = await client.get(CONFIGS, params={"limit": 3, **({"cursor": cursor} if cursor else {})}, headers=VIEWER)
+        assert page.status_code == 200, page.text
+        seen += [c["config_id"] for c in page.json()["configs"]]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ["faq-bot", "sales-bot", "support-bot", "voice-bot"]
+
+    bad = await client.get(CONFIGS, params={"cursor": "not-a-cursor"}, headers=VIEWER)
+    assert bad.status_code == 400 and "cursor" in bad.json()["fields"]
+    backwards = await client.get(CONFIGS, params={"start_date": "2030-01-02", "end_date": "2030-01-01"}, headers=VIEWER)
+    assert backwards.status_code == 400 and "end_date" in backwards.json()["fields"]
+    assert (await client.get(CONFIGS, headers=CUSTOMER)).status_code == 403
+    other = (await client.get(CONFIGS, headers=bearer(tenant="globex", roles=("org_admin",)))).json()
+    assert "faq-bot" not in {c["config_id"] for c in other["configs"]}  # another tenant's list
+
+
+async def test_a_comparison_gives_each_change_its_own_risk_and_type(client: AsyncTestClient[Any]) -> None:
+    await create_config(client)
+    raw = yaml.safe_load(BASE_YAML)
+    raw["system_prompt"] = "You are formal and courteous."
+    raw["tools"] = [t for t in raw["tools"] if t["name"] != "schedule_callback"]
+    raw["templates"] = {k: v for k, v in raw["templates"].items() if not k.startswith("schedule_callback")}
+    raw["escalation_rules"][0]["keywords"] = [*raw["escalation_rules"][0]["keywords"], "attorney"]
+    changed = await new_version(client, yaml.safe_dump(raw, sort_keys=False))
+    assert changed.status_code == 201, changed.text
+    compared = await client.post(
+        f"{CONFIGS}/faq-bot/versions/compare", json={"version_a": 1, "version_b": 2}, headers=VIEWER
+    )
+    assert compared.status_code == 200, compared.text
+    body = compared.json()
+    risks = {(c["path"], c["item"]): c for c in body["change_risks"]}
+    prompt = risks[("system_prompt", None)]
+    assert (prompt["kind"], prompt["risk_level"], prompt["type"]) == ("modified", "low", "system_prompt_change")
+    assert prompt["new"] == "You are formal and courteous."
+    removed = risks[("tools", "schedule_callback")]
+    assert (removed["kind"], removed["risk_level"], removed["breaking"]) == ("removed", "high", True)
+    assert removed["reasons"] == ["tool 'schedule_callback' removed"] and removed["type"] == "tool_change"
+    rule = next(c for c in body["change_risks"] if c["path"].startswith("escalation_rules"))
+    assert (rule["risk_level"], rule["type"]) == ("medium", "escalation_rule_change")
+    # The overall level is the highest of them, and every change named in ``changes`` has its line.
+    assert body["risk_assessment"]["risk_level"] == "high"
+    assert {c["change"] for c in body["change_risks"]} == set(body["changes"])
+
+
+async def test_request_bodies_are_bounded_and_named_field_by_field(client: AsyncTestClient[Any]) -> None:
+    position = (await create_config(client))["position"]
+    refusals = [
+        (CONFIGS, {"config_id": "Bad Id", "yaml_content": BASE_YAML}, "config_id"),
+        (CONFIGS, {"config_id": "ok-bot", "yaml_content": ""}, "yaml_content"),
+        (f"{CONFIGS}/faq-bot/versions", {"yaml_content": BASE_YAML, "commit_message": "a\u0000b"}, "commit_message"),
+        (f"{CONFIGS}/faq-bot/rollback", {"reason": "x" * 2001}, "reason"),
+        (f"{CONFIGS}/faq-bot/rollback", {"reason": "x", "target_version": 0}, "target_version"),
+        (f"{CONFIGS}/faq-bot/versions/compare", {"version_a": 1, "version_b": -2}, "version_b"),
+        (f"{CONFIGS}/faq-bot/branches", {"branch_name": "../x", "base_version": 1}, "branch_name"),
+        (f"{CONFIGS}/faq-bot/preview", {"test_scenarios": [{"user_message": ""}]}, "test_scenarios[0].user_message"),
+        (f"{CONFIGS}/faq-bot/preview", {"changes": {"Bad Key": 1}}, "changes"),
+    ]
+    for path, body, field in refusals:
+        refused = await client.post(path, json=body, headers=ADMIN)
+        assert refused.status_code == 400, (path, refused.text)
+        assert any(name.startswith(field) for name in refused.json()["fields"]), (field, refused.json())
+    unknown = await client.put(
+        "/api/v1/client-config/permissions/vic", json={"config_permissions": {"fly": True}}, headers=ADMIN
+    )
+    assert unknown.status_code == 400 and any(k.startswith("config_permissions") for k in unknown.json()["fields"])
+    versions = await client.get(f"{CONFIGS}/faq-bot/versions", params={"min_position": position}, headers=VIEWER)
+    assert versions.json()["total_versions"] == 1  # nothing refused was written

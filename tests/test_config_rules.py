@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from domain import permissions as perms
 from domain.bot import config_document, load_config
-from domain.bot_changes import ConfigComparison, compare
+from domain.bot_changes import RISK_LEVELS, ConfigComparison, change_risks, compare
 from domain.errors import ValidationError
 
 CONFIGS = Path(__file__).parent.parent / "agents" / "configs"
@@ -375,6 +375,32 @@ def test_a_generated_config_compared_with_itself_is_unchanged_and_low(a: dict[st
     comparison = compare(a, copy.deepcopy(a))
 
     assert (comparison.changes, comparison.change_type, comparison.risk_level) == ((), "none", "low")
+
+
+@PROPERTY
+@given(CONFIG, CONFIG)
+def test_each_change_has_its_own_risk_and_the_comparison_has_the_highest(a: dict[str, Any], b: dict[str, Any]) -> None:
+    comparison, each = compare(a, b), change_risks(a, b)
+
+    assert {c.change for c in each} == set(comparison.changes)
+    highest = max((c.risk_level for c in each), key=RISK_LEVELS.index, default="low")
+    assert highest == comparison.risk_level
+    assert {r for c in each if c.breaking for r in c.reasons} == set(comparison.breaking_reasons)
+
+
+def test_each_change_of_the_seeds_compare_example_with_its_risk() -> None:
+    v4 = {**with_tools(FETCH, REFUND), "system_prompt": "You are a helpful and empathetic assistant..."}
+    each = {(c.path, c.item): c for c in change_risks(V3, v4)}
+    assert (each["tools", "initiate_refund"].risk_level, each["tools", "initiate_refund"].kind) == ("medium", "added")
+    assert each["tools", "initiate_refund"].type == "tool_change"
+    assert each["tools", "initiate_refund"].new == REFUND
+    prompt = each["system_prompt", None]
+    assert (prompt.risk_level, prompt.type, prompt.old, prompt.new) == (
+        "low",
+        "system_prompt_change",
+        "You are a helpful assistant...",
+        "You are a helpful and empathetic assistant...",
+    )
 
 
 # -- permissions ----------------------------------------------------------------------------------
