@@ -27,22 +27,34 @@ from redis.asyncio import Redis
 from agents.preview import Previews
 from agents.process import AgentProcess
 from agents.tools import ToolRegistry, demo_registry
+from commands.api_key import ApiKeys
 from commands.config import ConfigCatalog, ConfigMonitor, ConfigService, ensure_demo_configs
 from commands.escalation import Escalations
 from commands.runner import CommandRunner
+from domain import api_key as k
+from domain import channel as ch
 from domain import config as a
 from domain import conversation as c
 from domain import escalation as p
 from domain import permissions as m
 from gateways.http.analytics import AnalyticsAdminController, AnalyticsController
+from gateways.http.api_key import ApiKeyController, key_authority
 from gateways.http.audit import AuditController
 from gateways.http.auth import jwt_auth
 from gateways.http.call import CallController, VoiceDesk
+from gateways.http.channel import (
+    ChannelServices,
+    ChannelSettingsController,
+    ChatController,
+    ChatPages,
+    DeliveryController,
+    WebhookController,
+)
 from gateways.http.common import Commands
 from gateways.http.config import ConfigController
 from gateways.http.console import console_router
 from gateways.http.conversation import ConversationController
-from gateways.http.errors import EXCEPTION_HANDLERS
+from gateways.http.errors import EXCEPTION_HANDLERS, document_errors
 from gateways.http.escalation import EscalationController
 from gateways.http.limits import Limits, StreamSlots
 from gateways.http.observability import Health, health, metrics, request_context
@@ -77,7 +89,7 @@ class ApiServices:
         self.redis = redis
         self.runner = CommandRunner.for_aggregates(
             opened.store,
-            [c.DECIDER, p.DECIDER, a.DECIDER, m.DECIDER],
+            [c.DECIDER, p.DECIDER, a.DECIDER, m.DECIDER, k.DECIDER, *ch.DECIDERS],
             snapshots=opened.snapshots,
             keys=opened.keys,
             snapshot_every=opened.settings.snapshot_every,
@@ -133,6 +145,21 @@ class ApiServices:
         # Voice calls: the call service and the sessions of this process.
         self.agent_configs = self.agents.configs if self.agents is not None else None
         self.calls = VoiceDesk(self)
+        # Channels and API keys: webhooks in, the outbox out, web chat, the tenants' keys.
+        self.api_keys = ApiKeys(self.runner)
+        self.key_authority = key_authority(self.api_keys, self.limits)
+        self.channels = ChannelServices(
+            opened.store,
+            self.runner,
+            self.configs,
+            opened.keys,
+            pool,
+            self.limits,
+            self.api_keys,
+            settings.channels,
+            jwt_secret=settings.jwt_secret,
+            demo_tenant=settings.demo_tenants[0] if settings.demo_tenants else None,
+        )
 
     @classmethod
     async def open(cls, settings: ApiSettings) -> ApiServices:
@@ -172,9 +199,13 @@ class ApiServices:
         if settings.auto_rollback is not None:
             monitor = ConfigMonitor(self.config_service, self.pool, settings.auto_rollback)
             self._tasks.append(asyncio.create_task(monitor.run(self._stopping), name="config-monitor"))
+        await self.api_keys.follow(self.store)
+        await self.channels.start()
 
     async def close(self) -> None:
         self._stopping.set()
+        await self.channels.close()
+        await self.api_keys.close()
         await self.calls.close()
         if self.agents is not None:
             await self.agents.close(hand_over_within=self.settings.reply_wait_seconds or 10.0)
@@ -213,6 +244,8 @@ DEPENDENCIES = {
     "analytics_service": "analytics_service",
     "health": "health",
     "voice": "calls",
+    "channels": "channels",
+    "api_keys": "api_keys",
     "platform": "",  # the voice controller's, until it asks for narrow services too
 }
 
@@ -226,6 +259,7 @@ def create_app(settings: ApiSettings | None = None, *, settle_heap: bool = False
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
         services = await ApiServices.open(settings)
         holder.append(services)
+        _app.state["api_key_authority"] = services.key_authority
         if settle_heap:
             heap.settle()
         try:
@@ -239,19 +273,20 @@ def create_app(settings: ApiSettings | None = None, *, settle_heap: bool = False
 
         return Provide(provide, sync_to_thread=False)
 
-    return Litestar(
-        route_handlers=[
-            ConversationController,
-            EscalationController,
-            ConfigController,
-            AuditController,
-            AnalyticsController,
-            AnalyticsAdminController,
-            CallController,
-            console_router,
-            health,
-            metrics,
-        ],
+    handlers: list[Any] = [
+        ConversationController,
+        EscalationController,
+        ConfigController,
+        AuditController,
+        AnalyticsController,
+        AnalyticsAdminController,
+        CallController,
+        console_router,
+        health,
+        metrics,
+    ]
+    app = Litestar(
+        route_handlers=handlers,
         dependencies={name: provider(attribute) for name, attribute in DEPENDENCIES.items()},
         lifespan=[lifespan],
         on_app_init=[jwt_auth(settings.jwt_secret).on_app_init],
@@ -265,6 +300,8 @@ def create_app(settings: ApiSettings | None = None, *, settle_heap: bool = False
             path="/schema",
         ),
     )
+    document_errors(app)
+    return app
 
 
 def app_from_env() -> Any:

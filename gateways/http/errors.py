@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import msgspec
 import structlog
-from litestar import Request, Response
+from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from domain.errors import ParleyError
@@ -103,6 +106,41 @@ def unexpected_error(_request: Request[Any, Any, Any], exc: Exception) -> Respon
         {"code": "internal_error", "message": "something went wrong; it was logged"},
         status_code=HTTP_500_INTERNAL_SERVER_ERROR,
     )
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """Every error answer: a stable ``code``, a ``message``, and for invalid input ``fields`` naming
+    each bad field with its reason; some errors add details of their own (``retry_after``, ...)."""
+
+    code: str
+    message: str
+    fields: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
+
+
+# What any API route may answer besides its success: documented on every route of the schema.
+ERRORS = {
+    400: "The request is not valid: `fields` names each bad field",
+    401: "No valid bearer token (or API key)",
+    403: "The caller may not do this",
+    404: "Not found (also another tenant's or another customer's)",
+    409: "The aggregate's state forbids it, or another writer came first",
+    413: "The body is larger than the API reads",
+    422: "The Idempotency-Key was used for a different request",
+    429: "Too many requests: see Retry-After",
+    503: "A service the platform needs cannot be reached: see Retry-After",
+}
+
+
+def document_errors(app: Litestar) -> None:
+    """Add the error answers (``ERRORS``, as ``ErrorBody``) to every HTTP route of the app's schema
+    (before the schema is first built)."""
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if isinstance(handler, HTTPRouteHandler):
+                given = dict(handler.responses or {})
+                for status, description in ERRORS.items():
+                    given.setdefault(status, ResponseSpec(data_container=ErrorBody, description=description))
+                handler.responses = given
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
