@@ -47,7 +47,7 @@ from infra import heap
 from infra.logs import configure_logging
 from infra.services import NatsServer, service_tmpdir
 from streams.store import EventMeta, EventStore
-from streams.subjects import StreamId
+from tests.support import History
 
 # Synthetic history -----------------------------------------------------------------------------
 
@@ -260,12 +260,15 @@ async def write_history(
     """Append conversations until about ``events`` events are written (the last may stop early).
 
     Conversations start one after another over the last ``days`` days, as a live stream would
-    have recorded them (a conversation's later turns interleave with the next ones' starts).
+    have recorded them (a conversation's later turns interleave with the next ones' starts). The
+    commits go through the suite's ``History`` (each where its conversation stands), without
+    folding states: the generator decides them.
     """
     now = datetime.now(UTC)
     step = days * 86400 / max(events / EVENTS_PER_CONVERSATION, 1)  # seconds between starts
     first = now - timedelta(days=days)
-    budget = {"events": events, "commits": 0, "conversations": 0}
+    history = History(store, tenant=tenant, deciders=())
+    budget = {"events": events, "conversations": 0}
     counter = iter(range(10**12))
 
     async def worker() -> None:
@@ -274,25 +277,18 @@ async def write_history(
             rng = random.Random(seed * 1_000_003 + k)
             start = first + timedelta(seconds=step * (k + rng.random()))
             cid, commits = conversation_history(rng, k, start)
-            stream = StreamId(tenant, c.AGGREGATE_TYPE, cid)
-            version = 0
+            stream = history.stream(c.AGGREGATE_TYPE, cid)
             budget["conversations"] += 1
             for evs, meta in commits:
                 if budget["events"] <= 0:
                     break
                 budget["events"] -= len(evs)
-                await store.append(stream, evs, expected_version=version, meta=meta)
-                version += len(evs)
-                budget["commits"] += 1
-                if progress and budget["commits"] % 50_000 == 0:
-                    progress(events - budget["events"])
+                await history.add(stream, *evs, meta=meta)
+                if progress and history.commits % 50_000 == 0:
+                    progress(history.events)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return {
-        "events": events - budget["events"],
-        "commits": budget["commits"],
-        "conversations": budget["conversations"],
-    }
+    return {"events": history.events, "commits": history.commits, "conversations": budget["conversations"]}
 
 
 # Benchmark -------------------------------------------------------------------------------------

@@ -6,14 +6,14 @@ A statement per event, each safe to apply twice: the call's row moves only forwa
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import msgspec
-from psycopg import AsyncCursor, sql
+from psycopg import AsyncCursor
 
 from domain import call as v
 from projections.projector import Projector
+from projections.sql import json_text, statement
 from read_models.call import CALLS
 from streams.store import RecordedEvent
 from streams.subjects import type_subjects
@@ -78,11 +78,6 @@ _TURN_DEFAULTS = {"confidence": None, "tool": None, "source": None, "e2e": None,
                   "stt": None, "interrupted": False, "text": None}  # fmt: skip
 
 
-@functools.cache
-def _statement(template: str, schema: str) -> bytes:
-    return sql.SQL(template).format(s=sql.Identifier(schema)).as_string().encode()  # type: ignore[arg-type]
-
-
 class CallsProjector(Projector):
     read_model = CALLS
     subject = type_subjects(v.AGGREGATE_TYPE)
@@ -130,14 +125,14 @@ class CallsProjector(Projector):
                 statements = [TRANSFER]
                 transfer = {"transfer_id": e.transfer_id, "transfer_type": e.transfer_type, "agent_id": e.agent_id,
                             "agent_name": e.agent_name, "reason": e.reason, "status": "transferring"}  # fmt: skip
-                params |= {"status": "transferring", "transfer": msgspec.json.encode(transfer).decode()}
+                params |= {"status": "transferring", "transfer": json_text(transfer)}
             case v.TransferConnected():
                 statements = [TRANSFER]
                 params |= {"status": "transferred", "transfer": '{"status": "connected"}'}
             case v.TransferFailed() as e:
                 statements = [TRANSFER]
                 failed = {"status": "failed", "failure": e.reason}
-                params |= {"status": "in_progress", "transfer": msgspec.json.encode(failed).decode()}
+                params |= {"status": "in_progress", "transfer": json_text(failed)}
             case v.RecordingStored() as e:
                 statements = [RECORDING]
                 params |= {"recording_id": e.recording_id, "track": e.track, "uri": e.uri,
@@ -147,9 +142,9 @@ class CallsProjector(Projector):
                 params |= {
                     "at": e.ended_at, "duration": e.duration_seconds, "resolution": e.resolution_status,
                     "reason": e.reason,
-                    "cost": msgspec.json.encode({**msgspec.to_builtins(e.cost), "total": e.cost.total}).decode(),
+                    "cost": json_text({**msgspec.to_builtins(e.cost), "total": e.cost.total}),
                 }  # fmt: skip
             case _:
                 return
         for template in statements:
-            await cur.execute(_statement(template, schema), params)
+            await cur.execute(statement(template, schema), params)

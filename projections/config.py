@@ -7,14 +7,13 @@ update did. Applying an event twice changes nothing, and no statement reads into
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-import msgspec
-from psycopg import AsyncCursor, sql
+from psycopg import AsyncCursor
 
 from domain import config as a
 from projections.projector import Projector
+from projections.sql import json_text, statement
 from read_models.config import CONFIGS
 from streams.store import RecordedEvent
 from streams.subjects import type_subjects
@@ -135,18 +134,6 @@ BRANCH_MERGED = (
 )
 
 
-@functools.cache
-def _statement(template: str, schema: str) -> bytes:
-    return sql.SQL(template).format(s=sql.Identifier(schema)).as_string().encode()
-
-
-_json = msgspec.json.Encoder()
-
-
-def _j(value: object) -> str:
-    return _json.encode(value).decode()
-
-
 class ConfigsProjector(Projector):
     read_model = CONFIGS
     subject = type_subjects(a.AGGREGATE_TYPE)
@@ -175,13 +162,13 @@ class ConfigsProjector(Projector):
                     "author_type": e.author_type,
                     "message": e.commit_message,
                     "change_type": e.change_type,
-                    "changes": _j(e.changes),
+                    "changes": json_text(e.changes),
                     "risk": e.risk_level,
-                    "risk_reasons": _j(e.risk_reasons),
+                    "risk_reasons": json_text(e.risk_reasons),
                     "breaking": e.breaking,
-                    "breaking_reasons": _j(e.breaking_reasons),
-                    "needed": _j(e.approvals_needed),
-                    "evidence": None if e.evidence is None else _j(e.evidence),
+                    "breaking_reasons": json_text(e.breaking_reasons),
+                    "needed": json_text(e.approvals_needed),
+                    "evidence": None if e.evidence is None else json_text(e.evidence),
                     "at": e.at,
                 }
                 template = CREATED_FIRST if event.version == 1 else CREATED if e.branch == a.MAIN else CREATED_ON_BRANCH
@@ -206,7 +193,7 @@ class ConfigsProjector(Projector):
                     "reason": e.reason,
                     "initiated_by": e.initiated_by,
                     "user_id": e.user_id,
-                    "pinned": _j(e.pinned_conversations),
+                    "pinned": json_text(e.pinned_conversations),
                     "at": e.at,
                 }
             case a.ConfigBranchCreated() as e:
@@ -223,4 +210,4 @@ class ConfigsProjector(Projector):
                 p |= {"branch": e.branch, "new": e.new_version, "at": e.at}
             case _:
                 return
-        await cur.execute(_statement(template, schema), p)
+        await cur.execute(statement(template, schema), p)

@@ -31,6 +31,7 @@ from psycopg import AsyncConnection, AsyncCursor, sql
 from domain import conversation as c
 from domain.pii import extract_pii
 from projections.projector import NotReplayable, Projector
+from projections.sql import json_text, statement
 from read_models.conversation import CONVERSATIONS
 from streams.store import RecordedEvent
 from streams.subjects import type_subjects
@@ -128,12 +129,7 @@ class View(msgspec.Struct, kw_only=True, gc=False):
     message_ids: set[str] = set()  # the replay's: a message delivered twice is written once
 
 
-_json = msgspec.json.Encoder()
 _from_json = msgspec.json.Decoder().decode
-
-
-def _to_json(value: object) -> str:
-    return _json.encode(value).decode()
 
 
 def _tool_call(call: c.ToolCall) -> dict[str, object]:
@@ -158,7 +154,7 @@ def evolve(view: View | None, recorded: RecordedEvent) -> View | None:
             product_type=event.product_type,
             channel=event.channel,
             user_id=event.user_id,
-            pii_collected=_to_json(pii),
+            pii_collected=json_text(pii),
             created_at=event.started_at,
             updated_at=event.started_at,
             last_seq=recorded.seq,
@@ -174,16 +170,16 @@ def evolve(view: View | None, recorded: RecordedEvent) -> View | None:
             row.updated_at = row.last_message_at = event.received_at
             row.turn_count += 1
             if pii := extract_pii(event.content or ""):
-                row.pii_collected = _to_json({**_from_json(row.pii_collected), **pii})
+                row.pii_collected = json_text({**_from_json(row.pii_collected), **pii})
             _message(view, recorded, role="user", content=event.content, author=event.user_id, at=event.received_at)
         case c.AgentReplied():
             row.updated_at = row.last_message_at = event.replied_at
             if event.sentiment is not None:
-                row.sentiment_trajectory = _to_json([*_from_json(row.sentiment_trajectory), event.sentiment])
+                row.sentiment_trajectory = json_text([*_from_json(row.sentiment_trajectory), event.sentiment])
             if event.tool_calls:
                 tools = Counter(_from_json(row.tools_executed))
                 tools.update(call.tool for call in event.tool_calls)
-                row.tools_executed = _to_json(dict(sorted(tools.items())))
+                row.tools_executed = json_text(dict(sorted(tools.items())))
             if event.cross_sell is not None:
                 row.cross_sell_attempted = True
             _message(
@@ -193,7 +189,7 @@ def evolve(view: View | None, recorded: RecordedEvent) -> View | None:
                 content=event.content,
                 author=event.author,
                 at=event.replied_at,
-                tool_calls=_to_json([_tool_call(call) for call in event.tool_calls]),
+                tool_calls=json_text([_tool_call(call) for call in event.tool_calls]),
                 intent=event.intent,
                 confidence=event.confidence,
                 sentiment=event.sentiment,
@@ -252,14 +248,14 @@ def evolve(view: View | None, recorded: RecordedEvent) -> View | None:
                     tenant=row.tenant,
                     conversation_id=row.conversation_id,
                     survey_id=event.survey_id,
-                    questions=_to_json(event.questions),
+                    questions=json_text(event.questions),
                     sent_at=event.sent_at,
                 )
                 view.changed.add(f"s:{event.survey_id}")
         case c.SurveyAnswered():
             row.updated_at = event.answered_at
             if survey := view.surveys.get(event.survey_id):
-                survey.responses = _to_json(event.responses)
+                survey.responses = json_text(event.responses)
                 survey.nps_score, survey.nps_category = event.nps_score, event.nps_category
                 survey.answered_at = event.answered_at
                 view.changed.add(f"s:{event.survey_id}")
@@ -368,19 +364,10 @@ INSERT_MESSAGE = (
     " ON CONFLICT (tenant, conversation_id, message_id) DO NOTHING"
 )
 
-_statements: dict[tuple[str, str], sql.Composed] = {}
-
-
-def _q(template: str, schema: str) -> sql.Composed:
-    key = (template, schema)
-    if key not in _statements:
-        _statements[key] = sql.SQL(template).format(s=sql.Identifier(schema))  # type: ignore[arg-type]
-    return _statements[key]
-
 
 def _json_text(value: Any) -> str | None:
     """A JSON column read back (psycopg decodes jsonb) as the text the row keeps."""
-    return None if value is None else _to_json(value)
+    return None if value is None else json_text(value)
 
 
 def _row(row_type: type[msgspec.Struct], values: Sequence[Any]) -> Any:
@@ -399,16 +386,16 @@ async def load_views(
     if not keys:
         return {}
     params = [[k[0] for k in keys], [k[1] for k in keys]]
-    await cur.execute(_q(SELECT_CONVERSATIONS, schema), params)
+    await cur.execute(statement(SELECT_CONVERSATIONS, schema), params)
     views = {(r[0], r[1]): View(row=_row(ConversationRow, r)) for r in await cur.fetchall()}
     if not views:
         return views
-    await cur.execute(_q(SELECT_ESCALATIONS, schema), params)
+    await cur.execute(statement(SELECT_ESCALATIONS, schema), params)
     for r in await cur.fetchall():
         escalation = _row(EscalationRow, r)
         if view := views.get((escalation.tenant, escalation.conversation_id)):
             view.escalations[escalation.escalation_id] = escalation
-    await cur.execute(_q(SELECT_SURVEYS, schema), params)
+    await cur.execute(statement(SELECT_SURVEYS, schema), params)
     for r in await cur.fetchall():
         survey = _row(SurveyRow, r)
         if view := views.get((survey.tenant, survey.conversation_id)):
@@ -436,7 +423,7 @@ async def write_views(cur: AsyncCursor[Any], schema: str, views: Iterable[View])
         (UPSERT_SURVEY, surveys),
     ):
         if rows:
-            await cur.executemany(_q(template, schema), rows)
+            await cur.executemany(statement(template, schema), rows)
 
 
 class ConversationsProjector(Projector):

@@ -6,14 +6,13 @@ only forward (the pool's ``version``), and the queue is keyed by escalation.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-import msgspec
-from psycopg import AsyncCursor, sql
+from psycopg import AsyncCursor
 
 from domain import escalation as p
 from projections.projector import Projector
+from projections.sql import json_text, statement
 from read_models.escalation import ESCALATION
 from streams.store import RecordedEvent
 from streams.subjects import type_subjects
@@ -58,11 +57,6 @@ RELEASED = (
 )
 
 
-@functools.cache
-def _statement(template: str, schema: str) -> bytes:
-    return sql.SQL(template).format(s=sql.Identifier(schema)).as_string().encode()  # type: ignore[arg-type]
-
-
 class EscalationProjector(Projector):
     read_model = ESCALATION
     subject = type_subjects(p.AGGREGATE_TYPE)
@@ -76,7 +70,7 @@ class EscalationProjector(Projector):
                     "agent_id": e.agent_id,
                     "name": e.name,
                     "role": e.role,
-                    "skills": msgspec.json.encode(e.skills).decode(),
+                    "skills": json_text(e.skills),
                     "capacity": e.capacity,
                     "at": e.at,
                 }
@@ -99,4 +93,4 @@ class EscalationProjector(Projector):
                 params |= {"agent_id": e.agent_id or "", "escalation_id": e.escalation_id, "at": e.at}
             case _:
                 return
-        await cur.execute(_statement(template, schema), params)
+        await cur.execute(statement(template, schema), params)

@@ -28,7 +28,7 @@ from litestar.di import Provide
 from litestar.testing import AsyncTestClient
 
 from domain import conversation as c
-from domain.messages import Event
+from domain.messages import Command
 from gateways.http.analytics import AnalyticsController
 from gateways.http.auth import jwt_auth
 from gateways.http.errors import EXCEPTION_HANDLERS
@@ -43,8 +43,7 @@ from read_models.analytics import AnalyticsQueries
 from read_models.analytics_schema import EventRow
 from streams.factory import OpenStore
 from streams.jetstream import OutMessage
-from streams.store import EventMeta
-from streams.subjects import StreamId
+from tests.support import History
 
 T0 = datetime(2025, 10, 1, 10, 0, tzinfo=UTC)
 OCTOBER = (datetime(2025, 10, 1, tzinfo=UTC), datetime(2025, 11, 1, tzinfo=UTC))
@@ -75,127 +74,109 @@ def at(seconds: float, base: datetime = T0) -> datetime:
     return base + timedelta(seconds=seconds)
 
 
-class History:
-    """Conversations written commit by commit, as the API writes them."""
+# Conversations, through the decider, one commit per command as the API writes them (``History``).
 
-    def __init__(self, store: OpenStore, tenant: str = "acme") -> None:
-        self.store, self.tenant = store, tenant
-        self.versions: dict[str, int] = {}
-        self.events = 0
-        self.commits = 0
 
-    async def commit(self, cid: str, *events: Event, command: str = "Command", actor: str = "u-1") -> None:
-        version = self.versions.get(cid, 0)
-        meta = EventMeta(command_id=f"{cid}-{version}", command=command, actor=actor, correlation_id=f"req-{cid}")
-        await self.store.store.append(
-            StreamId(self.tenant, c.AGGREGATE_TYPE, cid), list(events), expected_version=version, meta=meta
-        )
-        self.versions[cid] = version + len(events)
-        self.events += len(events)
-        self.commits += 1
+async def do(h: History, cid: str, command: Command, actor: str = "u-1") -> None:
+    await h.decide(c.DECIDER, cid, command, actor=actor, correlation_id=f"req-{cid}")
 
-    async def start(
-        self, cid: str, t: datetime, *, channel: str, config: tuple[str, int], product: str = "chatbot"
-    ) -> None:
-        started = c.ConversationStarted(
-            conversation_id=cid,
-            config_id=config[0],
-            config_version=config[1],
-            channel=channel,
-            user_id=f"user-{cid}",
-            product_type=product,
-            context={"email": f"{cid}@example.com"},
-            started_at=t,
-        )
-        first = c.UserMessageReceived(message_id=f"{cid}-m0", user_id=f"user-{cid}", content="my card", received_at=t)
-        await self.commit(cid, started, first, command="StartConversation")
 
-    async def message(self, cid: str, t: datetime) -> None:
-        n = self.versions[cid]
-        msg = c.UserMessageReceived(message_id=f"{cid}-m{n}", user_id=f"user-{cid}", content="hello", received_at=t)
-        await self.commit(cid, msg, command="ReceiveUserMessage")
+async def start(
+    h: History, cid: str, t: datetime, *, channel: str, config: tuple[str, int], product: str = "chatbot"
+) -> None:
+    command = c.StartConversation(
+        conversation_id=cid,
+        config_id=config[0],
+        config_version=config[1],
+        channel=channel,
+        user_id=f"user-{cid}",
+        product_type=product,
+        context={"email": f"{cid}@example.com"},
+        initial_message="my card",
+        message_id=f"{cid}-m0",
+        at=t,
+    )
+    await do(h, cid, command)
 
-    async def reply(
-        self, cid: str, t: datetime, sentiment: float, *, tool: str | None = None, author: str = "ai"
-    ) -> None:
-        calls = [c.ToolCall(tool=tool, output={"ok": True})] if tool else []
-        reply = c.AgentReplied(
-            message_id=f"{cid}-r{self.versions[cid]}",
-            user_id=f"user-{cid}",
-            content="sure",
-            sentiment=sentiment if author == "ai" else None,
-            tool_calls=calls,
-            author=author,
-            replied_at=t,
-        )
-        await self.commit(cid, reply, command="RecordAgentReply", actor="agent-runtime")
 
-    async def escalate(self, cid: str, t: datetime, trigger: str) -> None:
-        event = c.EscalationRequested(
-            escalation_id=f"{cid}-e", trigger=trigger, reason=f"because {trigger}", requested_at=t
-        )
-        await self.commit(cid, event, command="RequestEscalation")
+async def message(h: History, cid: str, t: datetime) -> None:
+    n = h.versions[h.stream(c.AGGREGATE_TYPE, cid)]
+    await do(h, cid, c.ReceiveUserMessage(message_id=f"{cid}-m{n}", content="hello", at=t))
 
-    async def survey(self, cid: str, t: datetime, nps: int, csat: str) -> None:
-        await self.commit(cid, c.SurveySent(survey_id=f"{cid}-s", questions=SURVEY, sent_at=t))
-        answers = [c.SurveyAnswer(question_id="nps", answer=nps), c.SurveyAnswer(question_id="q2", answer=csat)]
-        answered = c.SurveyAnswered(
-            survey_id=f"{cid}-s",
-            responses=answers,
-            nps_score=nps,
-            nps_category=c.nps_category(nps),
-            answered_at=at(10, t),
-        )
-        await self.commit(cid, answered)
 
-    async def close(self, cid: str, t: datetime, reason: str = "completed") -> None:
-        await self.commit(cid, c.ConversationClosed(reason=reason, closed_at=t), command="CloseConversation")
+async def reply(
+    h: History, cid: str, t: datetime, sentiment: float, *, tool: str | None = None, author: str = "ai"
+) -> None:
+    calls = [c.ToolCall(tool=tool, output={"ok": True})] if tool else []
+    n = h.versions[h.stream(c.AGGREGATE_TYPE, cid)]
+    command = c.RecordAgentReply(
+        message_id=f"{cid}-r{n}",
+        content="sure",
+        sentiment=sentiment if author == "ai" else None,
+        tool_calls=calls,
+        author=author,
+        at=t,
+    )
+    await do(h, cid, command, actor="agent-runtime")
+
+
+async def escalate(h: History, cid: str, t: datetime, trigger: str) -> None:
+    await do(h, cid, c.RequestEscalation(escalation_id=f"{cid}-e", trigger=trigger, reason=f"because {trigger}", at=t))
+
+
+async def survey(h: History, cid: str, t: datetime, nps: int, csat: str) -> None:
+    await do(h, cid, c.SendSurvey(survey_id=f"{cid}-s", questions=SURVEY, at=t))
+    answers = [c.SurveyAnswer(question_id="nps", answer=nps), c.SurveyAnswer(question_id="q2", answer=csat)]
+    await do(h, cid, c.AnswerSurvey(survey_id=f"{cid}-s", responses=answers, at=at(10, t)))
+
+
+async def close(h: History, cid: str, t: datetime, reason: str = "completed") -> None:
+    await do(h, cid, c.CloseConversation(reason=reason, at=t))
 
 
 async def known_history(store: OpenStore) -> History:
     """Five conversations in October 2025 and one in September, with outcomes worked out by hand."""
     h = History(store)
     # A: webchat, support-bot v1, two turns, a tool, survey (NPS 10, CSAT 5), closed after 100 s.
-    await h.start("a", at(0), channel="webchat", config=("support-bot", 1))
-    await h.reply("a", at(10), 0.5, tool="fetch_order_status")
-    await h.message("a", at(60))
-    await h.reply("a", at(70), 0.7)
-    await h.survey("a", at(80), 10, "5")
-    await h.close("a", at(100))
+    await start(h, "a", at(0), channel="webchat", config=("support-bot", 1))
+    await reply(h, "a", at(10), 0.5, tool="fetch_order_status")
+    await message(h, "a", at(60))
+    await reply(h, "a", at(70), 0.7)
+    await survey(h, "a", at(80), 10, "5")
+    await close(h, "a", at(100))
     # B: webchat, support-bot v2, escalated (user_frustrated), assigned, closed by the agent after 200 s.
     b = at(3600)
-    await h.start("b", b, channel="webchat", config=("support-bot", 2))
-    await h.reply("b", at(5, b), -0.6)
-    await h.escalate("b", at(6, b), "user_frustrated")
-    await h.commit("b", c.EscalationAssigned(escalation_id="b-e", agent_id="agent-1", assigned_at=at(30, b)))
-    await h.reply("b", at(60, b), 0.0, author="agent-1")
-    resolved = c.EscalationResolved(escalation_id="b-e", resolution="closed", resolved_at=at(200, b))
-    await h.commit("b", resolved, c.ConversationClosed(reason="resolved_by_agent", closed_at=at(200, b)))
+    await start(h, "b", b, channel="webchat", config=("support-bot", 2))
+    await reply(h, "b", at(5, b), -0.6)
+    await escalate(h, "b", at(6, b), "user_frustrated")
+    await do(h, "b", c.AssignEscalation(escalation_id="b-e", agent_id="agent-1", at=at(30, b)))
+    await reply(h, "b", at(60, b), 0.0, author="agent-1")
+    await do(h, "b", c.ResolveEscalation(escalation_id="b-e", resolution="closed", at=at(200, b)))  # and closes it
     # C: whatsapp, support-bot v1, two turns, escalated (explicit_request), nobody free, abandoned after 300 s.
     cc = at(7200)
-    await h.start("c", cc, channel="whatsapp", config=("support-bot", 1))
-    await h.reply("c", at(5, cc), 0.1)
-    await h.message("c", at(20, cc))
-    await h.escalate("c", at(25, cc), "explicit_request")
-    await h.commit("c", c.EscalationAgentUnavailable(escalation_id="c-e", at=at(26, cc)))
-    await h.close("c", at(300, cc), "abandoned")
+    await start(h, "c", cc, channel="whatsapp", config=("support-bot", 1))
+    await reply(h, "c", at(5, cc), 0.1)
+    await message(h, "c", at(20, cc))
+    await escalate(h, "c", at(25, cc), "explicit_request")
+    await do(h, "c", c.MarkAgentUnavailable(escalation_id="c-e", at=at(26, cc)))
+    await close(h, "c", at(300, cc), "abandoned")
     # D: whatsapp, support-bot v2, a turn, survey (NPS 6, CSAT 2), still open.
     d = at(10800)
-    await h.start("d", d, channel="whatsapp", config=("support-bot", 2))
-    await h.reply("d", at(20, d), 0.3)
-    await h.survey("d", at(30, d), 6, "2")
+    await start(h, "d", d, channel="whatsapp", config=("support-bot", 2))
+    await reply(h, "d", at(20, d), 0.3)
+    await survey(h, "d", at(30, d), 6, "2")
     # E: a voicebot call, escalated (explicit_request), handed back to the AI, closed after 120 s.
     e = at(14400)
-    await h.start("e", e, channel="phone", config=("voice-bot", 1), product="voicebot")
-    await h.reply("e", at(5, e), 0.2)
-    await h.escalate("e", at(10, e), "explicit_request")
-    await h.commit("e", c.EscalationResolved(escalation_id="e-e", resolution="returned_to_ai", resolved_at=at(60, e)))
-    await h.close("e", at(120, e))
+    await start(h, "e", e, channel="phone", config=("voice-bot", 1), product="voicebot")
+    await reply(h, "e", at(5, e), 0.2)
+    await escalate(h, "e", at(10, e), "explicit_request")
+    await do(h, "e", c.ResolveEscalation(escalation_id="e-e", resolution="returned_to_ai", at=at(60, e)))
+    await close(h, "e", at(120, e))
     # F: September: outside the period.
     f = datetime(2025, 9, 15, 12, 0, tzinfo=UTC)
-    await h.start("f", f, channel="webchat", config=("support-bot", 1))
-    await h.escalate("f", at(5, f), "urgent_keywords")
-    await h.close("f", at(50, f))
+    await start(h, "f", f, channel="webchat", config=("support-bot", 1))
+    await escalate(h, "f", at(5, f), "urgent_keywords")
+    await close(h, "f", at(50, f))
     return h
 
 
@@ -273,9 +254,9 @@ async def test_the_fast_decoder_gives_the_rows_of_the_event_store(store: OpenSto
 
 async def test_a_commit_that_cannot_be_decoded_becomes_a_dead_letter(store: OpenStore, sink: AnalyticsSink) -> None:
     h = History(store)
-    await h.start("a", at(0), channel="webchat", config=("support-bot", 1))
+    await start(h, "a", at(0), channel="webchat", config=("support-bot", 1))
     bad = await store.log.publish([OutMessage("parley.ev.acme.conversation.z.c-bad", {}, b"not a commit")])
-    await h.close("a", at(5))
+    await close(h, "a", at(5))
     runner = await project_all(store, sink)
     await runner.shutdown()
     assert sink.counts()["events"] == 3
@@ -421,15 +402,15 @@ async def test_facts_the_cache_lost_are_read_back_and_folded_on(store: OpenStore
     event but a start finds its conversation read back from ClickHouse, and the rows are those of
     one fold in memory."""
     h = History(store)
-    await h.start("x", at(0), channel="webchat", config=("support-bot", 1))
-    await h.start("y", at(1), channel="whatsapp", config=("sales-bot", 3))
-    await h.reply("x", at(2), 0.4, tool="lookup")
-    await h.escalate("y", at(3), "user_frustrated")
-    await h.message("x", at(4))
-    await h.reply("y", at(5), 0.0, author="human")
-    await h.survey("x", at(6), 9, "4")
-    await h.close("y", at(20), reason="resolved_by_agent")
-    await h.close("x", at(30))
+    await start(h, "x", at(0), channel="webchat", config=("support-bot", 1))
+    await start(h, "y", at(1), channel="whatsapp", config=("sales-bot", 3))
+    await reply(h, "x", at(2), 0.4, tool="lookup")
+    await escalate(h, "y", at(3), "user_frustrated")
+    await message(h, "x", at(4))
+    await reply(h, "y", at(5), 0.0, author="human")
+    await survey(h, "x", at(6), 9, "4")
+    await close(h, "y", at(20), reason="resolved_by_agent")
+    await close(h, "x", at(30))
 
     read_back: list[list[tuple[str, str]]] = []
     load_facts = sink.load_facts
@@ -570,9 +551,9 @@ async def test_a_rebuild_while_the_live_runner_projects_swaps_in_the_same_rows_a
 
         async def write() -> None:  # another tenant's conversations, while the rebuild runs
             for k in range(40):
-                await others.start(f"g{k}", at(k), channel="webchat", config=("support-bot", 1))
+                await start(others, f"g{k}", at(k), channel="webchat", config=("support-bot", 1))
                 if k % 3 == 0:
-                    await others.escalate(f"g{k}", at(k + 1), "explicit_request")
+                    await escalate(others, f"g{k}", at(k + 1), "explicit_request")
                 await asyncio.sleep(0.01)
 
         readers = [asyncio.create_task(query()), asyncio.create_task(write())]
@@ -589,8 +570,8 @@ async def test_a_rebuild_while_the_live_runner_projects_swaps_in_the_same_rows_a
 
         # After the swap the live runner goes on from the new checkpoint: nothing lost, nothing twice.
         for k in range(40, 60):
-            await others.start(f"g{k}", at(k), channel="whatsapp", config=("support-bot", 2))
-            await others.close(f"g{k}", at(k + 5))
+            await start(others, f"g{k}", at(k), channel="whatsapp", config=("support-bot", 2))
+            await close(others, f"g{k}", at(k + 5))
         await _caught_up(service)
         assert service.sink.checkpoint("analytics") == await store.log.last_seq()
         events = written["events"] + others.events
@@ -641,8 +622,8 @@ async def test_rebuilds_one_at_a_time_ahead_of_a_paused_runner_and_a_failed_one_
         # The shadow ahead of the live tables: events arrive while the live runner stands still.
         async with service.live.paused():
             more = History(store, tenant="globex")
-            await more.start("g", at(0), channel="webchat", config=("support-bot", 1))
-            await more.escalate("g", at(1), "explicit_request")
+            await start(more, "g", at(0), channel="webchat", config=("support-bot", 1))
+            await escalate(more, "g", at(1), "explicit_request")
             behind = service.sink.checkpoint("analytics")
             report = await rebuild(store.store, settings)
             assert report.checkpoint == await store.log.last_seq() > behind
@@ -980,3 +961,35 @@ def _hold_chdb(path: Path) -> subprocess.Popen[bytes]:
         "time.sleep(60)\n"
     )
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+
+
+def test_every_event_says_which_of_its_fields_is_when_it_happened() -> None:
+    """The analytics (and the audit history) read an event's own time from the field its class
+    names: each domain event names one, a ``datetime``, so none is read by guessing."""
+    import importlib
+    import pkgutil
+
+    import domain
+    from domain.messages import Event
+
+    classes = [
+        cls
+        for info in pkgutil.iter_modules(domain.__path__)
+        for cls in vars(importlib.import_module(f"domain.{info.name}")).values()
+        if isinstance(cls, type)
+        and issubclass(cls, Event)
+        and cls is not Event
+        and cls.__module__.startswith("domain.")
+    ]
+    assert len(classes) > 40
+    fields = {cls.__name__: {f.name: f.type for f in msgspec.structs.fields(cls)} for cls in classes}
+    wrong = {
+        cls.__name__: cls.time_field
+        for cls in classes
+        if fields[cls.__name__].get(cls.time_field or "") is not datetime
+    }
+    assert wrong == {}
+    started = c.ConversationStarted(
+        conversation_id="x", config_id="y", config_version=1, channel="sms", user_id="u", started_at=T0
+    )
+    assert started.occurred_at() == T0

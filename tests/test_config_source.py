@@ -9,6 +9,8 @@ import yaml
 
 from agents.config import VersionedConfigs
 from domain import config as a
+from streams.subjects import StreamId
+from tests.support import History
 
 T0 = datetime(2025, 10, 20, tzinfo=UTC)
 BASE = (Path(__file__).resolve().parent.parent / "agents" / "configs" / "support_bot.yaml").read_text()
@@ -26,27 +28,15 @@ def version(n: int, prompt: str) -> list[a.Event]:
     ]  # fmt: skip
 
 
-class History:
-    """The config's history so far, folded as the repository would."""
-
-    def __init__(self) -> None:
-        self.state = a.initial()
-        self.loads = 0
-
-    def add(self, events: list[a.Event]) -> None:
-        self.state = a.evolve_all(self.state, events)
-
-    async def load(self, tenant: str, config_id: str) -> a.AgentConfigState:
-        self.loads += 1
-        return self.state
+BOT = StreamId("acme", a.AGGREGATE_TYPE, "bot")
 
 
 async def test_each_conversation_gets_its_pinned_version_and_unused_old_versions_are_released() -> None:
-    history, now = History(), [0.0]
-    configs = VersionedConfigs(history.load, grace_seconds=300, clock=lambda: now[0])
-    history.add(version(1, "v1"))
+    history, now = History(), [0.0]  # the config's history, in memory, folded as the repository would
+    configs = VersionedConfigs(history.loader(a.DECIDER), grace_seconds=300, clock=lambda: now[0])
+    await history.add(BOT, *version(1, "v1"))
     assert (await configs.get("acme", "bot", 1)).system_prompt == "v1"
-    history.add(version(2, "v2"))
+    await history.add(BOT, *version(2, "v2"))
     assert await configs.preload_active("acme", "bot") == 2  # a new version, loaded before anyone asks
     loads = history.loads
     assert (await configs.get("acme", "bot", 2)).system_prompt == "v2"

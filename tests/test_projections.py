@@ -14,8 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,23 +26,22 @@ import pytest_asyncio
 from psycopg import errors, sql
 from psycopg_pool import AsyncConnectionPool
 
+from domain import conversation as c
 from domain.conversation import (
     AgentReplied,
-    ConversationClosed,
     ConversationStarted,
     EscalationAgentUnavailable,
     EscalationAssigned,
     EscalationRequested,
     EscalationResolved,
     SurveyAnswer,
-    SurveyAnswered,
     SurveyQuestion,
     SurveySent,
     ToolCall,
     UserMessageReceived,
 )
 from domain.escalation import EscalationRouted, HumanAgentRegistered
-from domain.messages import Event
+from domain.messages import Command
 from projections import registry
 from projections.batches import DeadLetter, decode, record_dead_letters
 from projections.checkpoints import wait_for_position
@@ -56,12 +54,11 @@ from read_models import conversation as conversation_queries
 from read_models import escalation as escalation_queries
 from read_models.conversation import CONVERSATIONS
 from read_models.migrations import applied_versions, migrate
-from streams.codec import Pending
 from streams.factory import OpenStore
-from streams.jetstream import OutMessage
-from streams.store import AppendResult, EventMeta, RecordedEvent, StoredItem, encode_commit
+from streams.store import RecordedEvent
 from streams.subjects import StreamId
 from tests.conftest import fresh_database
+from tests.support import History, ProjectionSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2025, 10, 11, 10, 0, tzinfo=UTC)
@@ -104,55 +101,6 @@ async def pool(pg_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
     opened = await open_pool(fresh_database(pg_url))
     yield opened
     await opened.close()
-
-
-class History:
-    """Appends conversation events as commands would, one commit per call (no decider: any history)."""
-
-    def __init__(self, opened: OpenStore) -> None:
-        self.opened = opened
-        self.versions: dict[StreamId, int] = {}
-        self.last_seq = 0
-        self.events = 0  # conversation events appended (poison excluded)
-        self.messages = 0  # user messages and agent replies among them
-
-    async def add(self, tenant: str, conversation_id: str, *events: Event, correlation_id: str = "") -> AppendResult:
-        result = await self._append(StreamId(tenant, "conversation", conversation_id), events, correlation_id)
-        self.events += len(events)
-        self.messages += sum(isinstance(e, UserMessageReceived | AgentReplied) for e in events)
-        return result
-
-    async def add_to_pool(self, tenant: str, pool_id: str, *events: Event) -> AppendResult:
-        """Events of another aggregate, which the conversations projector does not follow."""
-        return await self._append(StreamId(tenant, "agent_pool", pool_id), events)
-
-    async def _append(self, sid: StreamId, events: Sequence[Event], correlation_id: str = "") -> AppendResult:
-        meta = EventMeta(command_id=uuid.uuid4().hex, actor="test", correlation_id=correlation_id or None)
-        result = await self.opened.store.append(
-            sid, list(events), expected_version=self.versions.get(sid, 0), meta=meta
-        )
-        self.versions[sid] = result.version
-        self.last_seq = max(self.last_seq, result.seq)
-        return result
-
-    async def add_stale(self, tenant: str, conversation_id: str, event: Event, version: int) -> None:
-        """A commit of an event at an old version, past the store's checks (the aggregate takes no more commits)."""
-        sid = StreamId(tenant, "conversation", conversation_id)
-        stored = self.opened.store.mapper.to_stored_event(Pending(sid.key, version, event))
-        commit = encode_commit(version, [StoredItem(stored.topic, stored.state)])
-        published = await self.opened.log.publish([OutMessage(f"{sid.subject}.c-stale-{version}", {}, commit)])
-        self.last_seq = published.last_seq
-        self.events += 1
-
-    async def add_poison(self, tenant: str, conversation_id: str) -> int:
-        """A commit of an event type nobody knows, on the conversation's subjects."""
-        sid = StreamId(tenant, "conversation", conversation_id)
-        version = self.versions.get(sid, 0) + 1
-        commit = encode_commit(version, [StoredItem("nowhere:Missing", b"{}")])
-        published = await self.opened.log.publish([OutMessage(f"{sid.subject}.c-poison-{version}", {}, commit)])
-        self.versions[sid] = version
-        self.last_seq = published.last_seq
-        return published.last_seq
 
 
 def runner_for(
@@ -229,231 +177,144 @@ QUESTIONS = [
 ]
 
 
+def conv(tenant: str, cid: str) -> StreamId:
+    return StreamId(tenant, c.AGGREGATE_TYPE, cid)
+
+
 async def order_status_story(history: History, tenant: str = "acme", cid: str = "conv-1") -> None:
     """Order status with tools, an escalation to Sarah and back to the AI, then a survey."""
-    user = "user-1"
-    await history.add(
-        tenant,
-        cid,
-        ConversationStarted(
-            conversation_id=cid,
-            config_id="cfg-1",
-            config_version=3,
-            channel="webchat",
-            user_id=user,
-            context={"customer_id": "C12345", "session_id": "s-1", "ip_address": "192.168.1.1"},
-            started_at=at(0),
-        ),
-        UserMessageReceived(
-            message_id="m1", user_id=user, content="I want to check my order status", received_at=at(0)
-        ),
-        correlation_id="req-1",
+
+    async def do(command: Command, **options: Any) -> None:
+        await history.decide(c.DECIDER, cid, command, tenant=tenant, **options)
+
+    start = c.StartConversation(
+        conversation_id=cid,
+        config_id="cfg-1",
+        config_version=3,
+        channel="webchat",
+        user_id="user-1",
+        context={"customer_id": "C12345", "session_id": "s-1", "ip_address": "192.168.1.1"},
+        initial_message="I want to check my order status",
+        message_id="m1",
+        at=at(0),
     )
-    await history.add(
-        tenant,
-        cid,
-        AgentReplied(
+    await do(start, correlation_id="req-1")
+    await do(
+        c.RecordAgentReply(
             message_id="m2",
-            user_id=user,
             content="I'd be happy to help...",
             intent="order_inquiry",
             confidence=0.92,
             sentiment=0.8,
-            replied_at=at(0, 15),
-        ),
+            at=at(0, 15),
+        )
     )
-    await history.add(
-        tenant, cid, UserMessageReceived(message_id="m3", user_id=user, content="ORD-78945", received_at=at(2))
-    )
+    await do(c.ReceiveUserMessage(message_id="m3", content="ORD-78945", at=at(2)))
     lookup = ToolCall(
         tool="fetch_order_status",
         input={"order_id": "ORD-78945"},
         output={"status": "in_transit"},
         execution_time_ms=345,
     )
-    await history.add(
-        tenant,
-        cid,
-        AgentReplied(
-            message_id="m4",
-            user_id=user,
-            content="It's in transit.",
-            tool_calls=[lookup],
-            sentiment=0.7,
-            replied_at=at(2, 10),
-        ),
+    await do(
+        c.RecordAgentReply(
+            message_id="m4", content="It's in transit.", tool_calls=[lookup], sentiment=0.7, at=at(2, 10)
+        )
     )
-    await history.add(
-        tenant, cid, UserMessageReceived(message_id="m5", user_id=user, content="Email me", received_at=at(3))
-    )
+    await do(c.ReceiveUserMessage(message_id="m5", content="Email me", at=at(3)))
     email = ToolCall(tool="send_tracking_email", input={"order_id": "ORD-78945"})
-    await history.add(
-        tenant,
-        cid,
-        AgentReplied(
-            message_id="m6",
-            user_id=user,
-            content="Sent.",
-            tool_calls=[email, lookup],
-            sentiment=0.65,
-            replied_at=at(3, 5),
-        ),
+    await do(
+        c.RecordAgentReply(message_id="m6", content="Sent.", tool_calls=[email, lookup], sentiment=0.65, at=at(3, 5))
     )
-    await history.add(
-        tenant, cid, UserMessageReceived(message_id="m7", user_id=user, content="A manager!", received_at=at(5))
-    )
-    await history.add(
-        tenant,
-        cid,
-        EscalationRequested(
+    await do(c.ReceiveUserMessage(message_id="m7", content="A manager!", at=at(5)))
+    await do(
+        c.RequestEscalation(
             escalation_id="esc-1",
             trigger="user_requested",
             reason="Customer wants a manager about a late delivery",
             urgency="high",
-            requested_at=at(5),
-        ),
+            at=at(5),
+        )
     )
-    await history.add(
-        tenant,
-        cid,
-        EscalationAssigned(
-            escalation_id="esc-1", agent_id="agent-7", agent_name="Sarah Johnson", assigned_at=at(5, 30)
-        ),
-    )
-    await history.add(
-        tenant,
-        cid,
-        AgentReplied(message_id="m8", user_id=user, content="Sarah here.", author="agent-7", replied_at=at(6)),
-    )
-    await history.add(
-        tenant,
-        cid,
-        EscalationResolved(
-            escalation_id="esc-1", resolution="returned_to_ai", resolved_by="agent-7", resolved_at=at(8)
-        ),
-    )
-    await history.add(tenant, cid, SurveySent(survey_id="sv-1", questions=QUESTIONS, sent_at=at(9)))
-    await history.add(
-        tenant,
-        cid,
-        SurveyAnswered(
-            survey_id="sv-1",
-            responses=[
-                SurveyAnswer(question_id="q1", answer="Google Search"),
-                SurveyAnswer(question_id="q2", answer=9),
-            ],
-            nps_score=9,
-            nps_category="promoter",
-            answered_at=at(10),
-        ),
-    )
+    await do(c.AssignEscalation(escalation_id="esc-1", agent_id="agent-7", agent_name="Sarah Johnson", at=at(5, 30)))
+    await do(c.RecordAgentReply(message_id="m8", content="Sarah here.", author="agent-7", at=at(6)))
+    await do(c.ResolveEscalation(escalation_id="esc-1", resolution="returned_to_ai", resolved_by="agent-7", at=at(8)))
+    await do(c.SendSurvey(survey_id="sv-1", questions=QUESTIONS, at=at(9)))
+    answers = [SurveyAnswer(question_id="q1", answer="Google Search"), SurveyAnswer(question_id="q2", answer=9)]
+    await do(c.AnswerSurvey(survey_id="sv-1", responses=answers, at=at(10)))
 
 
 async def unavailable_agent_story(history: History, tenant: str = "acme", cid: str = "conv-2") -> None:
-    await history.add(
-        tenant,
-        cid,
-        ConversationStarted(
-            conversation_id=cid,
-            config_id="cfg-1",
-            config_version=3,
-            channel="voice",
-            user_id="user-2",
-            product_type="voice_agent",
-            started_at=at(0),
-        ),
-        UserMessageReceived(message_id="u1", user_id="user-2", content="Agent please", received_at=at(0)),
+    start = c.StartConversation(
+        conversation_id=cid,
+        config_id="cfg-1",
+        config_version=3,
+        channel="voice",
+        user_id="user-2",
+        product_type="voice_agent",
+        initial_message="Agent please",
+        message_id="u1",
+        at=at(0),
     )
-    await history.add(
-        tenant,
-        cid,
-        EscalationRequested(
-            escalation_id="esc-2", trigger="user_requested", reason="wants a human", requested_at=at(1)
-        ),
-    )
-    await history.add(
-        tenant,
-        cid,
-        EscalationAgentUnavailable(escalation_id="esc-2", fallback_action="queue_callback", queue_position=3, at=at(5)),
-    )
+    for command in (
+        start,
+        c.RequestEscalation(escalation_id="esc-2", trigger="user_requested", reason="wants a human", at=at(1)),
+        c.MarkAgentUnavailable(escalation_id="esc-2", fallback_action="queue_callback", queue_position=3, at=at(5)),
+    ):
+        await history.decide(c.DECIDER, cid, command, tenant=tenant)
 
 
 async def closed_by_agent_story(history: History, tenant: str = "acme", cid: str = "conv-3") -> None:
-    await history.add(
-        tenant,
-        cid,
-        ConversationStarted(
-            conversation_id=cid, config_id="cfg-2", config_version=1, channel="webchat", user_id="u3", started_at=at(0)
+    for command in (
+        c.StartConversation(
+            conversation_id=cid, config_id="cfg-2", config_version=1, channel="webchat", user_id="u3", at=at(0)
         ),
-    )
-    await history.add(
-        tenant,
-        cid,
-        EscalationRequested(escalation_id="esc-3", trigger="sentiment", reason="angry", requested_at=at(1)),
-    )
-    await history.add(
-        tenant,
-        cid,
-        EscalationResolved(escalation_id="esc-3", resolution="closed", resolved_by="agent-1", resolved_at=at(2)),
-        ConversationClosed(reason="resolved_by_agent", closed_at=at(2)),
-    )
+        c.RequestEscalation(escalation_id="esc-3", trigger="sentiment", reason="angry", at=at(1)),
+        c.ResolveEscalation(escalation_id="esc-3", resolution="closed", resolved_by="agent-1", at=at(2)),
+    ):
+        await history.decide(c.DECIDER, cid, command, tenant=tenant)
 
 
 async def random_story(history: History, tenant: str, cid: str, turns: int, seed: int) -> None:
     """A conversation of ``turns`` exchanges with an escalation now and then, for volume."""
     rng = random.Random(seed)
-    user = f"user-{seed % 7}"
-    await history.add(
-        tenant,
-        cid,
-        ConversationStarted(
-            conversation_id=cid,
-            config_id="cfg-1",
-            config_version=1,
-            channel="webchat",
-            user_id=user,
-            context={"customer_id": f"C{seed}"},
-            started_at=at(0),
-        ),
+
+    async def do(command: Command) -> None:
+        await history.decide(c.DECIDER, cid, command, tenant=tenant)
+
+    start = c.StartConversation(
+        conversation_id=cid,
+        config_id="cfg-1",
+        config_version=1,
+        channel="webchat",
+        user_id=f"user-{seed % 7}",
+        context={"customer_id": f"C{seed}"},
+        at=at(0),
     )
+    await do(start)
     open_escalation: str | None = None
     for turn in range(turns):
         when = at(turn)
-        await history.add(
-            tenant,
-            cid,
-            UserMessageReceived(message_id=f"{cid}-u{turn}", user_id=user, content=f"q{turn}", received_at=when),
-        )
+        await do(c.ReceiveUserMessage(message_id=f"{cid}-u{turn}", content=f"q{turn}", at=when))
         tools = [ToolCall(tool=rng.choice(["lookup", "refund", "track"])) for _ in range(rng.randint(0, 2))]
-        await history.add(
-            tenant,
-            cid,
-            AgentReplied(
-                message_id=f"{cid}-a{turn}",
-                user_id=user,
-                content=f"a{turn}",
-                tool_calls=tools,
-                sentiment=round(rng.random(), 2) if rng.random() < 0.7 else None,
-                replied_at=when + timedelta(seconds=5),
-            ),
+        sentiment = round(rng.random(), 2) if rng.random() < 0.7 else None
+        reply = c.RecordAgentReply(
+            message_id=f"{cid}-a{turn}",
+            content=f"a{turn}",
+            tool_calls=tools,
+            sentiment=sentiment,
+            at=when + timedelta(seconds=5),
         )
+        await do(reply)
         if open_escalation is None and rng.random() < 0.15:
             open_escalation = f"{cid}-e{turn}"
-            await history.add(
-                tenant,
-                cid,
-                EscalationRequested(escalation_id=open_escalation, trigger="t", reason="r", requested_at=when),
-            )
+            await do(c.RequestEscalation(escalation_id=open_escalation, trigger="t", reason="r", at=when))
         elif open_escalation is not None and rng.random() < 0.5:
-            await history.add(
-                tenant,
-                cid,
-                EscalationAssigned(escalation_id=open_escalation, agent_id="ag", agent_name="Ann", assigned_at=when),
-                EscalationResolved(escalation_id=open_escalation, resolution="returned_to_ai", resolved_at=when),
-            )
+            await do(c.AssignEscalation(escalation_id=open_escalation, agent_id="ag", agent_name="Ann", at=when))
+            await do(c.ResolveEscalation(escalation_id=open_escalation, resolution="returned_to_ai", at=when))
             open_escalation = None
     if seed % 3 == 0:
-        await history.add(tenant, cid, ConversationClosed(closed_at=at(turns)))
+        await do(c.CloseConversation(at=at(turns)))
 
 
 async def volume(history: History, conversations: int, turns: int, tenant: str = "acme") -> None:
@@ -472,8 +333,7 @@ async def personal_data_story(history: History, tenant: str = "globex", cid: str
     a second escalation left open and a survey not answered yet."""
     user = "user-5"
     await history.add(
-        tenant,
-        cid,
+        conv(tenant, cid),
         ConversationStarted(
             conversation_id=cid,
             config_id="cfg-9",
@@ -485,8 +345,7 @@ async def personal_data_story(history: History, tenant: str = "globex", cid: str
         ),
     )
     await history.add(
-        tenant,
-        cid,
+        conv(tenant, cid),
         UserMessageReceived(
             message_id="p1", user_id=user, content="I'm jane.doe@example.com, call +44 20 7946 0958", received_at=at(1)
         ),
@@ -498,8 +357,7 @@ async def personal_data_story(history: History, tenant: str = "globex", cid: str
         execution_time_ms=12,
     )
     await history.add(
-        tenant,
-        cid,
+        conv(tenant, cid),
         AgentReplied(
             message_id="p2",
             user_id=user,
@@ -514,11 +372,11 @@ async def personal_data_story(history: History, tenant: str = "globex", cid: str
     again = "Orders ORD-111 and ord-222; new mail: j.doe@example.org"
     for second in (0, 1):  # the same message delivered twice: a turn each time, one message row
         await history.add(
-            tenant, cid, UserMessageReceived(message_id="p3", user_id=user, content=again, received_at=at(2, second))
+            conv(tenant, cid),
+            UserMessageReceived(message_id="p3", user_id=user, content=again, received_at=at(2, second)),
         )
     await history.add(
-        tenant,
-        cid,
+        conv(tenant, cid),
         AgentReplied(
             message_id="p4",
             user_id=user,
@@ -530,139 +388,129 @@ async def personal_data_story(history: History, tenant: str = "globex", cid: str
         AgentReplied(message_id="p5", user_id=user, sentiment=-0.35, replied_at=at(2, 6)),
     )
     await history.add(
-        tenant,
-        cid,
+        conv(tenant, cid),
         AgentReplied(message_id="p6", user_id=user, content="Tiny.", sentiment=1e-07, replied_at=at(3)),
         AgentReplied(message_id="p7", user_id=user, content="Huge.", sentiment=123456789.125, replied_at=at(3)),
     )
     await history.add(
-        tenant, cid, EscalationRequested(escalation_id="esc-1", trigger="t", reason="r", requested_at=at(4))
-    )
-    await history.add(tenant, cid, EscalationAgentUnavailable(escalation_id="esc-1", queue_position=2, at=at(4, 10)))
-    await history.add(
-        tenant, cid, EscalationAssigned(escalation_id="esc-1", agent_id="agent-3", agent_name="Kim", assigned_at=at(5))
+        conv(tenant, cid), EscalationRequested(escalation_id="esc-1", trigger="t", reason="r", requested_at=at(4))
     )
     await history.add(
-        tenant,
-        cid,
+        conv(tenant, cid), EscalationAgentUnavailable(escalation_id="esc-1", queue_position=2, at=at(4, 10))
+    )
+    await history.add(
+        conv(tenant, cid),
+        EscalationAssigned(escalation_id="esc-1", agent_id="agent-3", agent_name="Kim", assigned_at=at(5)),
+    )
+    await history.add(
+        conv(tenant, cid),
         EscalationResolved(
             escalation_id="esc-1", resolution="returned_to_ai", resolved_by="agent-3", resolved_at=at(6)
         ),
     )
     await history.add(
-        tenant,
-        cid,
+        conv(tenant, cid),
         EscalationRequested(
             escalation_id="esc-5b", trigger="sentiment", reason="upset", urgency="urgent", requested_at=at(7)
         ),
     )
-    await history.add(tenant, cid, SurveySent(survey_id="sv-5", questions=QUESTIONS, sent_at=at(8)))
+    await history.add(conv(tenant, cid), SurveySent(survey_id="sv-5", questions=QUESTIONS, sent_at=at(8)))
 
 
 async def stale_commit_story(history: History, tenant: str = "acme", cid: str = "conv-6") -> None:
     """A commit of an event at a version the conversation is already past: the guard skips it."""
-    await history.add(
-        tenant,
-        cid,
-        ConversationStarted(
-            conversation_id=cid, config_id="cfg-1", config_version=1, channel="webchat", user_id="u6", started_at=at(0)
-        ),
-        UserMessageReceived(message_id="s1", user_id="u6", content="first", received_at=at(1)),
+    start = c.StartConversation(
+        conversation_id=cid,
+        config_id="cfg-1",
+        config_version=1,
+        channel="webchat",
+        user_id="u6",
+        initial_message="first",
+        message_id="s1",
+        at=at(0),
     )
-    await history.add(
-        tenant, cid, UserMessageReceived(message_id="s2", user_id="u6", content="second", received_at=at(2))
+    await history.decide(c.DECIDER, cid, start, tenant=tenant)
+    await history.decide(
+        c.DECIDER, cid, c.ReceiveUserMessage(message_id="s2", content="second", at=at(2)), tenant=tenant
     )
-    await history.add_stale(
-        tenant, cid, UserMessageReceived(message_id="s3", user_id="u6", content="late ORD-9", received_at=at(3)), 2
-    )
+    late = UserMessageReceived(message_id="s3", user_id="u6", content="late ORD-9", received_at=at(3))
+    await history.add_stale(conv(tenant, cid), late, 2)
+
+
+POOL = StreamId("acme", "agent_pool", "pool")
 
 
 async def every_event_history(history: History) -> None:
     """Every conversation event, in open and closed conversations of two tenants, with another
     aggregate's events in between, a poison commit and a stale one."""
-    await history.add_to_pool("acme", "pool", HumanAgentRegistered(agent_id="agent-7", name="Sarah Johnson", at=at(0)))
+    await history.add(POOL, HumanAgentRegistered(agent_id="agent-7", name="Sarah Johnson", at=at(0)))
     await all_stories(history)
-    await history.add_poison("acme", "conv-1")
+    await history.add_poison(conv("acme", "conv-1"))
     await personal_data_story(history)
     await stale_commit_story(history)
-    await history.add_to_pool(
-        "acme",
-        "pool",
-        EscalationRouted(escalation_id="esc-1", conversation_id="conv-1", agent_id="agent-7", at=at(5)),
+    await history.add(
+        POOL, EscalationRouted(escalation_id="esc-1", conversation_id="conv-1", agent_id="agent-7", at=at(5))
     )
     await volume(history, conversations=6, turns=5)
 
 
 async def meanwhile(history: History) -> None:
     """More of the conversations ``every_event_history`` leaves open, and a new one."""
-    await history.add(
-        "acme",
-        "conv-1",
-        UserMessageReceived(
-            message_id="m9", user_id="user-1", content="Also ORD-99, mail me at a@b.co", received_at=at(20)
+    for tenant, cid, command in (
+        ("acme", "conv-1", c.ReceiveUserMessage(message_id="m9", content="Also ORD-99, mail me at a@b.co", at=at(20))),
+        (
+            "acme",
+            "conv-1",
+            c.RecordAgentReply(
+                message_id="m10",
+                content="Done.",
+                tool_calls=[ToolCall(tool="fetch_order_status")],
+                sentiment=0.25,
+                at=at(20, 5),
+            ),
         ),
-    )
-    await history.add(
-        "acme",
-        "conv-1",
-        AgentReplied(
-            message_id="m10",
-            user_id="user-1",
-            content="Done.",
-            tool_calls=[ToolCall(tool="fetch_order_status")],
-            sentiment=0.25,
-            replied_at=at(20, 5),
+        ("acme", "conv-2", c.AssignEscalation(escalation_id="esc-2", agent_id="agent-9", agent_name="Lee", at=at(21))),
+        (
+            "globex",
+            "conv-1",
+            c.AnswerSurvey(survey_id="sv-5", responses=[SurveyAnswer(question_id="q2", answer=4)], at=at(22)),
         ),
-    )
-    await history.add(
-        "acme",
-        "conv-2",
-        EscalationAssigned(escalation_id="esc-2", agent_id="agent-9", agent_name="Lee", assigned_at=at(21)),
-    )
-    await history.add(
-        "globex",
-        "conv-1",
-        SurveyAnswered(
-            survey_id="sv-5",
-            responses=[SurveyAnswer(question_id="q2", answer=4)],
-            nps_score=4,
-            nps_category="detractor",
-            answered_at=at(22),
+        (
+            "globex",
+            "conv-1",
+            c.AssignEscalation(escalation_id="esc-5b", agent_id="agent-3", agent_name="Kim", at=at(22)),
         ),
-        EscalationAssigned(escalation_id="esc-5b", agent_id="agent-3", agent_name="Kim", assigned_at=at(22)),
-    )
-    await history.add(
-        "acme",
-        "conv-7",
-        ConversationStarted(
-            conversation_id="conv-7",
-            config_id="cfg-1",
-            config_version=3,
-            channel="webchat",
-            user_id="u7",
-            started_at=at(23),
+        (
+            "acme",
+            "conv-7",
+            c.StartConversation(
+                conversation_id="conv-7",
+                config_id="cfg-1",
+                config_version=3,
+                channel="webchat",
+                user_id="u7",
+                initial_message="Hi, +1 415 555 0100 here",
+                message_id="n1",
+                at=at(23),
+            ),
         ),
-        UserMessageReceived(message_id="n1", user_id="u7", content="Hi, +1 415 555 0100 here", received_at=at(23)),
-    )
+    ):
+        await history.decide(c.DECIDER, cid, command, tenant=tenant)
 
 
 async def afterwards(history: History) -> None:
     """The conversations ``meanwhile`` touched, once more: resolved, closed, answered."""
-    await history.add(
-        "acme",
-        "conv-2",
-        EscalationResolved(escalation_id="esc-2", resolution="closed", resolved_by="agent-9", resolved_at=at(30)),
-        ConversationClosed(reason="resolved_by_agent", closed_at=at(30)),
-    )
-    await history.add("globex", "conv-1", ConversationClosed(closed_at=at(31)))
-    await history.add(
-        "acme",
-        "conv-7",
-        AgentReplied(message_id="n2", user_id="u7", content="Hello!", sentiment=0.9, replied_at=at(32)),
-    )
-    await history.add(
-        "acme", "conv-1", UserMessageReceived(message_id="m11", user_id="user-1", content="Thanks", received_at=at(33))
-    )
+    for tenant, cid, command in (
+        (
+            "acme",
+            "conv-2",
+            c.ResolveEscalation(escalation_id="esc-2", resolution="closed", resolved_by="agent-9", at=at(30)),
+        ),
+        ("globex", "conv-1", c.CloseConversation(at=at(31))),
+        ("acme", "conv-7", c.RecordAgentReply(message_id="n2", content="Hello!", sentiment=0.9, at=at(32))),
+        ("acme", "conv-1", c.ReceiveUserMessage(message_id="m11", content="Thanks", at=at(33))),
+    ):
+        await history.decide(c.DECIDER, cid, command, tenant=tenant)
 
 
 # Spec: the seed's shapes ----------------------------------------------------------------------
@@ -837,18 +685,90 @@ async def test_an_unavailable_agent_reads_back_with_the_queue_and_callback_optio
     assert conversation["pii_collected"] == {}
 
 
-async def test_an_escalation_resolved_by_closing_leaves_the_conversation_closed(
-    open_test_store: OpenStore, pool: AsyncConnectionPool[Any]
+async def test_an_escalation_resolved_by_closing_leaves_the_conversation_closed(pool: AsyncConnectionPool[Any]) -> None:
+    spec = ProjectionSpec(ConversationsProjector, pool)
+    await closed_by_agent_story(spec.given)
+    await spec.then_rows(
+        "conversations",
+        [
+            {
+                "conversation_id": "conv-3",
+                "status": "closed",
+                "turn_count": 0,
+                "open_escalation_id": None,
+                "updated_at": at(2),
+            }
+        ],
+    )
+    await spec.then_rows(
+        "escalations",
+        [{"escalation_id": "esc-3", "status": "resolved", "resolution": "closed", "resolved_by": "agent-1"}],
+    )
+    await spec.then_rows("messages", [])
+
+
+async def test_each_batch_moves_the_rows_on_and_a_redelivered_one_changes_nothing(
+    pool: AsyncConnectionPool[Any],
 ) -> None:
-    history = History(open_test_store)
-    await closed_by_agent_story(history)
-    await project(open_test_store, pool)
-    async with pool.connection() as conn:
-        conversation = await get_conversation(conn, "acme", "conv-3")
-        status = await get_escalation_status(conn, "acme", "esc-3")
-    assert conversation is not None and (conversation["status"], conversation["turn_count"]) == ("closed", 0)
-    assert conversation["messages"] == [] and conversation["updated_at"] == "2025-10-11T10:02:00Z"
-    assert status is not None and status["status"] == "resolved" and "assigned_agent" not in status
+    spec = ProjectionSpec(ConversationsProjector, pool)
+    start = c.StartConversation(
+        conversation_id="conv-9",
+        config_id="cfg-1",
+        config_version=2,
+        channel="sms",
+        user_id="u9",
+        initial_message="Is ORD-5 shipped? I'm at jo@example.com",
+        message_id="q1",
+        at=at(0),
+    )
+    await spec.given.decide(c.DECIDER, "conv-9", start)
+    await spec.then_rows(
+        "conversations",
+        [
+            {
+                "turn_count": 1,
+                "status": "active",
+                "pii_collected": {"email": "jo@example.com", "order_id": "ORD-5"},
+                "version": 2,
+            }
+        ],
+    )
+    reply = c.RecordAgentReply(
+        message_id="a1", content="Yes.", tool_calls=[ToolCall(tool="fetch_order_status")], sentiment=0.5, at=at(1)
+    )
+    await spec.given.decide(c.DECIDER, "conv-9", reply)
+    await spec.given.decide(
+        c.DECIDER, "conv-9", c.RequestEscalation(escalation_id="e9", trigger="t", reason="r", at=at(2))
+    )
+    columns = {"status": "escalated", "tools_executed": {"fetch_order_status": 1}, "open_escalation_id": "e9"}
+    await spec.then_rows("conversations", [{**columns, "sentiment_trajectory": [0.5], "version": 4}])
+    await spec.then_rows("messages", [{"message_id": "a1", "role": "assistant"}, {"message_id": "q1", "role": "user"}])
+
+    before = {table: await spec.rows(table, ["*"], order_by="1, 2, 3") for table in ("conversations", "messages")}
+    await spec.redeliver()
+    assert {table: await spec.rows(table, ["*"], order_by="1, 2, 3") for table in before} == before
+
+
+async def test_the_escalation_projection_keeps_the_agents_and_the_queue(pool: AsyncConnectionPool[Any]) -> None:
+    from domain import escalation as e
+    from projections.escalation import EscalationProjector
+
+    spec = ProjectionSpec(EscalationProjector, pool)
+    for command in (
+        e.RegisterHumanAgent(agent_id="ann", name="Ann", capacity=1, at=at(0)),
+        e.SetHumanAgentAvailability(agent_id="ann", available=True, at=at(1)),
+        e.RouteEscalation(escalation_id="e1", conversation_id="c1", at=at(2)),
+        e.RouteEscalation(escalation_id="e2", conversation_id="c2", at=at(3)),  # Ann is full: it waits
+    ):
+        await spec.given.decide(e.DECIDER, "pool", command)
+    await spec.then_rows("human_agents", [{"agent_id": "ann", "available": True, "active": ["e1"]}])
+    await spec.then_rows("queue", [{"escalation_id": "e2", "conversation_id": "c2"}])
+
+    await spec.given.decide(
+        e.DECIDER, "pool", e.ReleaseEscalation(escalation_id="e1", at=at(4))
+    )  # the next one goes to Ann
+    await spec.then_rows("human_agents", [{"agent_id": "ann", "available": True, "active": ["e2"]}])
+    await spec.then_rows("queue", [])
 
 
 async def test_another_tenants_ids_read_as_not_found(
@@ -856,13 +776,10 @@ async def test_another_tenants_ids_read_as_not_found(
 ) -> None:
     history = History(open_test_store)
     await all_stories(history)
-    await history.add(
-        "globex",
-        "conv-1",
-        ConversationStarted(
-            conversation_id="conv-1", config_id="g", config_version=1, channel="sms", user_id="g-1", started_at=at(0)
-        ),
+    start = c.StartConversation(
+        conversation_id="conv-1", config_id="g", config_version=1, channel="sms", user_id="g-1", at=at(0)
     )
+    await history.decide(c.DECIDER, "conv-1", start, tenant="globex")
     await project(open_test_store, pool)
     async with pool.connection() as conn:
         theirs = await get_conversation(conn, "globex", "conv-1")
@@ -920,12 +837,9 @@ async def test_a_poison_commit_is_dead_lettered_and_later_events_still_project(
 ) -> None:
     history = History(open_test_store)
     await unavailable_agent_story(history)
-    poison = await history.add_poison("acme", "conv-2")
-    await history.add(
-        "acme",
-        "conv-2",
-        EscalationAssigned(escalation_id="esc-2", agent_id="agent-9", agent_name="Lee", assigned_at=at(9)),
-    )
+    poison = await history.add_poison(conv("acme", "conv-2"))
+    assign = c.AssignEscalation(escalation_id="esc-2", agent_id="agent-9", agent_name="Lee", at=at(9))
+    await history.decide(c.DECIDER, "conv-2", assign)
     runner = new_runner()
     await runner.catch_up()
 
@@ -953,10 +867,12 @@ async def test_an_event_the_database_refuses_is_dead_lettered_alone(
     history = History(open_test_store)
     await unavailable_agent_story(history)
     refused = await history.add(
-        "acme", "conv-2", AgentReplied(message_id="bad", user_id="user-2", content="nul\x00byte", replied_at=at(6))
+        conv("acme", "conv-2"),
+        AgentReplied(message_id="bad", user_id="user-2", content="nul\x00byte", replied_at=at(6)),
     )
     await history.add(
-        "acme", "conv-2", UserMessageReceived(message_id="u2", user_id="user-2", content="hello?", received_at=at(7))
+        conv("acme", "conv-2"),
+        UserMessageReceived(message_id="u2", user_id="user-2", content="hello?", received_at=at(7)),
     )
     await project(open_test_store, pool)  # all of it in one batch
     async with pool.connection() as conn:
@@ -1104,7 +1020,7 @@ async def test_the_bulk_replay_writes_exactly_the_rows_the_statements_write(
     await every_event_history(history)
     expected = await reference_rows(open_test_store, pg_url)
     assert len(expected["conversations"]) == 3 + 1 + 1 + 6 and len(expected["surveys"]) == 2
-    assert len(expected["messages"]) == history.messages - 1  # one was delivered twice
+    assert len(expected["messages"]) == history.count(UserMessageReceived, AgentReplied) - 1  # one was delivered twice
     assert len(expected["dead_letters"]) == 1
     assert await replayed_rows(open_test_store, pool) == expected
 
@@ -1123,7 +1039,7 @@ async def test_a_rebuild_gives_the_same_read_model(open_test_store: OpenStore, p
     report = await rebuild(ConversationsProjector(), open_test_store.store, pool, page=40)
 
     assert report.checkpoint == history.last_seq and report.dead_letters == 1
-    assert report.events == history.events
+    assert report.events == history.aggregates[c.AGGREGATE_TYPE]
     assert report.events_per_second > 0
     after = await rows(pool)
     for table in TABLES:  # table by table, row by row
@@ -1191,29 +1107,31 @@ async def test_conversations_open_at_a_rebuild_go_on_in_the_new_schema(
 
 async def refused_text(history: History) -> None:
     await history.add(
-        "acme", "conv-2", AgentReplied(message_id="bad", user_id="user-2", content="nul\x00byte", replied_at=at(6))
+        conv("acme", "conv-2"),
+        AgentReplied(message_id="bad", user_id="user-2", content="nul\x00byte", replied_at=at(6)),
     )
     await history.add(
-        "acme", "conv-2", UserMessageReceived(message_id="u2", user_id="user-2", content="hello?", received_at=at(7))
+        conv("acme", "conv-2"),
+        UserMessageReceived(message_id="u2", user_id="user-2", content="hello?", received_at=at(7)),
     )
 
 
 async def escalation_id_of_another_conversation(history: History) -> None:
     await history.add(
-        "acme", "conv-2", EscalationRequested(escalation_id="esc-1", trigger="t", reason="r", requested_at=at(9))
+        conv("acme", "conv-2"), EscalationRequested(escalation_id="esc-1", trigger="t", reason="r", requested_at=at(9))
     )
 
 
 async def message_after_the_close(history: History) -> None:
     await history.add(
-        "acme", "conv-3", UserMessageReceived(message_id="late", user_id="u3", content="hello?", received_at=at(9))
+        conv("acme", "conv-3"),
+        UserMessageReceived(message_id="late", user_id="u3", content="hello?", received_at=at(9)),
     )
 
 
 async def start_after_the_close(history: History) -> None:
     await history.add(
-        "acme",
-        "conv-3",
+        conv("acme", "conv-3"),
         ConversationStarted(
             conversation_id="conv-3", config_id="cfg-7", config_version=7, channel="sms", user_id="u3", started_at=at(9)
         ),
@@ -1313,7 +1231,7 @@ async def test_status_reports_lag_and_dead_letters_and_metrics(
 ) -> None:
     history = History(open_test_store)
     await all_stories(history)
-    await history.add_poison("acme", "conv-3")
+    await history.add_poison(conv("acme", "conv-3"))
     runner = new_runner()
     before = await runner.status()
     assert (before["checkpoint"], before["lag"], before["stream_last_seq"]) == (0, history.last_seq, history.last_seq)
@@ -1446,7 +1364,7 @@ async def test_a_killed_projector_process_restarts_without_losing_or_doubling_a_
 
         expected = await reference_rows(open_test_store, pg_url)
         assert await rows(pool) == expected
-        assert len(expected["messages"]) == history.messages
+        assert len(expected["messages"]) == history.count(UserMessageReceived, AgentReplied)
         assert len(expected["conversations"]) == 3 + 50
 
         status = cli(open_test_store, database_url, "status", log_to=log, output=True)
