@@ -1,10 +1,15 @@
-"""Who is calling: a bearer JWT (HS256) carrying the tenant and the caller's roles."""
+"""Who is calling: a bearer JWT (HS256) carrying the tenant and the caller's roles, or an API key.
+
+An API key (``pk_...``, made through ``/api/v1/api-keys``) comes as ``X-API-Key`` or as the bearer
+value; it acts with the roles of its scopes, within its tier's rate (``KeyAuthority``, which the
+API process puts in the app's state as ``api_key_authority``)."""
 
 from __future__ import annotations
 
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -23,6 +28,12 @@ class Identity(msgspec.Struct, frozen=True):
     subject: str
     tenant: str
     roles: frozenset[str]
+
+
+API_KEY_HEADER = "x-api-key"
+API_KEY_PREFIX = "pk_"
+# A presented API key -> who it is (None: not a valid key); raises a 429 past the key's rate.
+KeyAuthority = Callable[[str], Awaitable[Identity | None]]
 
 
 async def identity_from_token(token: Token, _connection: ASGIConnection[Any, Any, Any, Any]) -> Identity:
@@ -44,6 +55,21 @@ class CachingJWTMiddleware(JWTAuthenticationMiddleware):
 
     cache_size = 10_000
     _verified: OrderedDict[str, tuple[float, AuthenticationResult]]
+
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+        presented = connection.headers.get(API_KEY_HEADER)
+        if presented is None:
+            scheme, _, value = connection.headers.get("authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and value.startswith(API_KEY_PREFIX):
+                presented = value
+        if presented is None:
+            return await super().authenticate_request(connection)
+        authority: KeyAuthority | None = connection.app.state.get("api_key_authority")
+        identity = await authority(presented) if authority is not None else None
+        if identity is None:
+            raise NotAuthorizedException("invalid API key")
+        _authorize(identity, connection)
+        return AuthenticationResult(user=identity, auth=None)
 
     async def authenticate_token(
         self, encoded_token: str, connection: ASGIConnection[Any, Any, Any, Any]

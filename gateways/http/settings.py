@@ -11,6 +11,7 @@ from agents.llm.factory import ProviderKeys
 from agents.settings import AgentSettings
 from commands.config import MonitorSettings
 from domain.errors import ValidationError
+from gateways.channels.settings import ChannelOptions
 from projections.analytics.sink import AnalyticsSettings
 from streams.factory import DEFAULT_DATA, StoreSettings
 
@@ -46,6 +47,8 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     auto_rollback: MonitorSettings | None = MonitorSettings()
     # ClickHouse analytics in this process (None: off). With chDB only one process can have it.
     analytics: AnalyticsSettings | None = None
+    # Channels: providers' addresses, the outbox, inbound email, the web-chat demo.
+    channels: ChannelOptions = msgspec.field(default_factory=ChannelOptions)
 
     @classmethod
     def from_env(cls, **overrides: object) -> ApiSettings:
@@ -91,6 +94,8 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
             values["analytics"] = AnalyticsSettings.from_env()
         values["agent_settings"] = AgentSettings.from_env(env)
         values["provider_keys"] = ProviderKeys.from_env(env)
+        channels = ChannelOptions.from_env(env)
+        values["channels"] = msgspec.structs.replace(channels, demo_page=channels.demo_page or values["dev_signin"])
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 
