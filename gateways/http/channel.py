@@ -223,10 +223,16 @@ class WebhookController(Controller):
     tags = ["channels"]
     opt = PUBLIC
 
-    @get("/whatsapp/{tenant:str}", summary="Meta's webhook verification (hub.challenge)", media_type="text/plain")
+    @get("/{channel:str}/{tenant:str}", summary="Meta's webhook verification (hub.challenge)", media_type="text/plain")
     async def whatsapp_verify(
-        self, request: Request[Any, Any, Any], tenant: FromPath[str], channels: NamedDependency[ChannelServices]
+        self,
+        request: Request[Any, Any, Any],
+        channel: FromPath[str],
+        tenant: FromPath[str],
+        channels: NamedDependency[ChannelServices],
     ) -> str:
+        if channel != "whatsapp":
+            raise NotFoundError(f"no verification for {channel}")
         settings = await _enabled(channels, tenant, "whatsapp")
         adapter = channels.adapters["whatsapp"]
         assert isinstance(adapter, WhatsApp)
