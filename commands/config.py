@@ -206,6 +206,20 @@ class Written(msgspec.Struct, frozen=True, kw_only=True):
     warnings: list[Issue] = []
 
 
+class VisualUpdate(msgspec.Struct, frozen=True, kw_only=True):
+    """Changes made in the visual editor, written as a version (or a draft): what changed and its
+    risk. No open conversation is affected (each stays on the version it started on);
+    ``open_on_previous`` counts those still open on the version replaced."""
+
+    written: Written
+    based_on: int
+    draft: bool
+    change_risks: list[ChangeRisk]
+    risk_assessment: RiskAssessment
+    open_on_previous: int
+    warnings: list[Issue]
+
+
 class MemberPermissions(msgspec.Struct, frozen=True, kw_only=True):
     user_id: str
     config_permissions: dict[str, bool]
@@ -400,6 +414,53 @@ class ConfigService:
             commit_message=commit_message,
             author_type=author_type,
             branch=branch,
+        )
+
+    async def update(
+        self,
+        tenant: str,
+        config_id: str,
+        changes: Mapping[str, Any],
+        caller: a.Caller,
+        *,
+        commit_message: str,
+        author_type: str = "client_user",
+        apply_immediately: bool = True,
+        product_type: str | None = None,
+    ) -> VisualUpdate:
+        """The seed's visual update: ``changes`` over the active version (the seed's
+        ``voice_settings`` merged into the voice), written on main to go live through the usual
+        risk and approvals, or (``apply_immediately`` false) as a draft for review (``write_draft``)."""
+        state = await self.catalog.state(tenant, config_id)
+        if product_type is not None and product_type != state.product_type:
+            raise ValidationError(
+                f"config {config_id} is a {state.product_type}",
+                fields={"product_type": f"must be {state.product_type}"},
+            )
+        base = state.active or state.latest
+        active = parse_yaml(state.version(base).yaml_content)
+        changed, ignored = apply_changes(active, changes)
+        text = yaml.safe_dump(changed, sort_keys=False, allow_unicode=True)
+        raw, _ = self.check(text)
+        assessment = self.assess(active, raw)
+        if apply_immediately:
+            done = await self.create_version(
+                tenant, config_id, text, caller, commit_message=commit_message, author_type=author_type, based_on=base
+            )
+        else:
+            done = await self.write_draft(
+                tenant, config_id, text, caller, commit_message=commit_message, author_type=author_type
+            )
+        pinned = await self.blast_radius(tenant, config_id, state.active) if self.blast_radius and state.active else []
+        canonical = config_document(config_from_mapping(active)), config_document(config_from_mapping(raw))
+        return VisualUpdate(
+            written=done,
+            based_on=base,
+            draft=not apply_immediately,
+            change_risks=rules.change_risks(*canonical),
+            risk_assessment=RiskAssessment(risk_level=assessment.risk_level, reasons=assessment.risk_reasons),
+            open_on_previous=len(pinned),
+            warnings=[*ignored, *done.warnings],
         )
 
     async def compare(self, tenant: str, config_id: str, version_a: int, version_b: int) -> Comparison:

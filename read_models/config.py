@@ -19,6 +19,8 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from domain import config as a
+from domain.bot import config_document, config_from_mapping, parse_yaml
+from domain.bot_changes import ConfigValue, change_risks
 from domain.errors import ValidationError
 from read_models.migrations import PROJECTOR_TABLES, Migration, ReadModel
 from streams.store import EventStore
@@ -343,6 +345,51 @@ class ConfigFilter(msgspec.Struct, frozen=True, kw_only=True):
     updated_to: datetime | None = None
 
 
+class ClientChange(msgspec.Struct, frozen=True, kw_only=True):
+    """A change of a version as the client portal's history lists it: its seed change type and,
+    as it applies, the field, the action, the tool, the old and new values."""
+
+    type: str
+    field: str | None = None
+    action: str | None = None  # add | remove | modify
+    tool_name: str | None = None
+    trigger: str | None = None  # an escalation rule's
+    old_value: ConfigValue = None
+    new_value: ConfigValue = None
+    risk_level: str | None = None
+
+
+class Author(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: str
+    email: str | None = None  # not recorded: the token names a user, not their address
+    role: str | None = None  # not recorded with the version
+    author_type: str
+
+
+class ClientVersion(msgspec.Struct, frozen=True, kw_only=True):
+    version: str  # "v48"
+    commit_message: str
+    author: Author
+    changes: list[ClientChange]
+    risk_level: str
+    status: str
+    applied_at: str | None
+    created_at: str | None
+    rollback_available: bool
+
+
+class ClientVersions(msgspec.Struct, frozen=True, kw_only=True):
+    """The seed's client portal "Get Version History"."""
+
+    config_id: str
+    product_type: str
+    current_version: str | None
+    versions: list[ClientVersion]
+    total_versions: int
+    pagination: Pagination
+    position: int
+
+
 class VersionHealth(msgspec.Struct, frozen=True, kw_only=True):
     """A recently activated version and how its conversations went (the automatic rollback's input)."""
 
@@ -650,6 +697,89 @@ async def rollbacks(
     ]
 
 
+async def client_versions(
+    conn: AsyncConnection[Any],
+    tenant: str,
+    config_id: str,
+    *,
+    limit: int = 20,
+    offset: int = 0,
+    schema: str = CONFIGS.schema,
+) -> ClientVersions | None:
+    """The versions as the client portal shows them: each with its changes against the version it
+    was written on (compared here, from the two YAML documents)."""
+    page = await list_versions(conn, tenant, config_id, limit=limit, offset=offset, schema=schema)
+    if page is None:
+        return None
+    wanted = sorted({n for v in page.versions for n in (v.version, v.based_on) if n})
+    cur = await conn.execute(
+        _q(
+            "SELECT version, yaml_content FROM {s}.config_versions"
+            " WHERE tenant = %s AND config_id = %s AND version = ANY(%s)",
+            schema,
+        ),
+        [tenant, config_id, wanted],
+    )
+    documents = {number: _document(text) for number, text in await cur.fetchall()}
+    versions = [
+        ClientVersion(
+            version=f"v{v.version}",
+            commit_message=v.commit_message,
+            author=Author(user_id=v.created_by, author_type=v.author_type),
+            changes=_client_changes(documents.get(v.based_on), documents.get(v.version)),
+            risk_level=v.risk_level,
+            status=v.status,
+            applied_at=v.activated_at,
+            created_at=v.created_at,
+            rollback_available=v.rollback_available,
+        )
+        for v in page.versions
+    ]
+    return ClientVersions(
+        config_id=config_id,
+        product_type=page.product_type,
+        current_version=f"v{page.current_version}" if page.current_version else None,
+        versions=versions,
+        total_versions=page.total_versions,
+        pagination=page.pagination,
+        position=page.position,
+    )
+
+
+def _document(text: str) -> dict[str, ConfigValue] | None:
+    try:
+        return config_document(config_from_mapping(parse_yaml(text)))
+    except ValidationError:  # written before a rule it breaks existed: shown without its changes
+        return None
+
+
+ACTIONS = {"added": "add", "removed": "remove", "modified": "modify"}
+
+
+def _client_changes(old: dict[str, ConfigValue] | None, new: dict[str, ConfigValue] | None) -> list[ClientChange]:
+    if new is None:
+        return []
+    if old is None:
+        return [ClientChange(type="initial_generation")]
+    out = []
+    for change in change_risks(old, new):
+        top, *rest = change.path.split(".")
+        item = change.item or (rest[0] if rest and top in ("tools", "escalation_rules") else None)
+        out.append(
+            ClientChange(
+                type=change.type,
+                field=change.path if change.item is None else None,
+                action=ACTIONS[change.kind],
+                tool_name=item if top == "tools" else None,
+                trigger=item if top == "escalation_rules" else None,
+                old_value=change.old,
+                new_value=change.new,
+                risk_level=change.risk_level,
+            )
+        )
+    return out
+
+
 def history_of(config_id: str, versions: VersionsPage, rolled: list[RollbackView]) -> History:
     """The seed's client history: each version as a change (its approvers, when it went live)."""
     changes = [
@@ -778,6 +908,12 @@ class ConfigQueries:
             if found is None:
                 return None
             return history_of(config_id, found, await rollbacks(conn, tenant, config_id))
+
+    async def client_versions(
+        self, tenant: str, config_id: str, *, limit: int = 20, offset: int = 0
+    ) -> ClientVersions | None:
+        async with self.pool.connection() as conn:
+            return await client_versions(conn, tenant, config_id, limit=limit, offset=offset)
 
     async def branches(self, tenant: str, config_id: str) -> list[BranchView]:
         async with self.pool.connection() as conn:

@@ -24,6 +24,7 @@ from litestar.openapi import OpenAPIConfig
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
+from agents.config_chat import ConfigAgent, ConfigChat, RedisSessions, ToolCatalog, config_agent_chain
 from agents.preview import Previews
 from agents.process import AgentProcess
 from agents.tools import ToolRegistry, demo_registry
@@ -50,6 +51,7 @@ from gateways.http.channel import (
     DeliveryController,
     WebhookController,
 )
+from gateways.http.client_config import ClientConfigController
 from gateways.http.common import Commands
 from gateways.http.config import ConfigController
 from gateways.http.console import console_router
@@ -117,6 +119,13 @@ class ApiServices:
             previews=self.previews,
         )
         self.config_reads = ConfigReads(redis, pool, opened.store)
+        # Configuration by conversation: the config agent's models, the tool catalog, its conversations in Redis.
+        catalog = ToolCatalog.from_configs(implemented=frozenset(self.tools.names))
+        self.config_chat = ConfigChat(
+            self.config_service,
+            ConfigAgent(config_agent_chain(self.keys), catalog),
+            RedisSessions(redis, opened.store.name),
+        )
         self.escalations = Escalations(self.runner, opened.store)
         self.conversations = ConversationQueries(pool)
         self.escalation_queries = EscalationQueries(pool)
@@ -218,6 +227,7 @@ class ApiServices:
             await self.analytics_service.close()
         await self.positions.close()
         await self.config_reads.close()
+        await self.config_chat.agent.chain.aclose()
         await self.configs.close()
         await self.redis.aclose()
         await self.pool.close()
@@ -237,6 +247,7 @@ DEPENDENCIES = {
     "config_service": "config_service",
     "config_reads": "config_reads",
     "config_queries": "config_queries",
+    "config_chat": "config_chat",
     "escalations": "escalations",
     "conversations": "conversations",
     "escalation_queries": "escalation_queries",
@@ -277,6 +288,7 @@ def create_app(settings: ApiSettings | None = None, *, settle_heap: bool = False
         ConversationController,
         EscalationController,
         ConfigController,
+        ClientConfigController,
         AuditController,
         AnalyticsController,
         AnalyticsAdminController,
