@@ -67,4 +67,3 @@ def test_keypad_digits_answer_the_identifier_the_agent_asked_for() -> None:
     asked = "Sure. What's your order number? It starts with O R D."
     assert keypad_text("78945", asked, ("ORD",)) == "ORD-78945"
     assert keypad_text("5551234567", "What number should we call?", ("ORD",)) == "5551234567"
-
