@@ -39,6 +39,7 @@ from domain import conversation as c
 from domain import escalation as p
 from domain import permissions as m
 from gateways.http.analytics import AnalyticsAdminController, AnalyticsController
+from gateways.http.analytics_series import AnalyticsSeriesController
 from gateways.http.api_key import ApiKeyController, key_authority
 from gateways.http.audit import AuditController
 from gateways.http.auth import jwt_auth
@@ -292,6 +293,7 @@ def create_app(settings: ApiSettings | None = None, *, settle_heap: bool = False
         AuditController,
         AnalyticsController,
         AnalyticsAdminController,
+        AnalyticsSeriesController,
         CallController,
         WebhookController,
         ChannelSettingsController,
