@@ -27,8 +27,9 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.testing import AsyncTestClient
 
+from domain import call as v
 from domain import conversation as c
-from domain.messages import Command
+from domain.messages import Command, Event
 from gateways.http.analytics import AnalyticsController
 from gateways.http.auth import jwt_auth
 from gateways.http.errors import EXCEPTION_HANDLERS
@@ -39,7 +40,7 @@ from projections.analytics.rebuild import rebuild, shadow_database
 from projections.analytics.sink import AnalyticsSink, ClickHouseBatch
 from projections.runner import ProjectorRunner
 from projections.settings import AnalyticsSettings
-from read_models.analytics import AnalyticsQueries
+from read_models.analytics import AnalyticsQueries, CallBreakdown
 from read_models.analytics_schema import EventRow
 from streams.factory import OpenStore
 from streams.jetstream import OutMessage
@@ -644,6 +645,160 @@ async def test_rebuilds_one_at_a_time_ahead_of_a_paused_runner_and_a_failed_one_
         await service.close()
 
 
+# Calls -----------------------------------------------------------------------------------------
+
+PRICES = v.UnitPrices(
+    telephony_inbound_per_minute=0.01,
+    telephony_outbound_per_minute=0.02,
+    stt_per_minute=0.006,
+    tts_per_1k_characters=0.03,
+    llm_per_request=0.001,
+)
+
+
+async def call(h: History, call_id: str, *commands: Command) -> list[Event]:
+    """A call's commands through its decider, one commit each; the events decided."""
+    events = []
+    for command in commands:
+        events += await h.decide(v.DECIDER, call_id, command, actor="voice-worker")
+    return events
+
+
+def initiate(call_id: str, t: datetime, direction: str) -> v.InitiateCall:
+    return v.InitiateCall(
+        call_id=call_id,
+        config_id="voice-bot",
+        config_version=2,
+        direction=direction,  # type: ignore[arg-type]
+        transport="twilio",
+        user_id=f"caller-{call_id}",
+        phone_number="+14155550100",
+        at=t,
+    )
+
+
+def caller(n: int, t: datetime, *, confidence: float, stt: float, seconds: float) -> v.RecordCallerUtterance:
+    return v.RecordCallerUtterance(
+        utterance_id=f"u{n}",
+        text="Where is my order ORD-7?",
+        confidence=confidence,
+        audio_seconds=seconds,
+        transcription_delay_ms=stt,
+        end_of_turn_delay_ms=stt + 100,
+        at=t,
+    )
+
+
+def agent(
+    n: int, t: datetime, *, llm: float, tts: float, e2e: float, interrupted: bool = False
+) -> v.RecordAgentUtterance:
+    return v.RecordAgentUtterance(
+        utterance_id=f"a{n}",
+        text="Let me look that up for you.",
+        llm_ttft_ms=llm,
+        tts_ttfb_ms=tts,
+        e2e_latency_ms=e2e,
+        interrupted=interrupted,
+        at=t,
+    )
+
+
+async def known_calls(store: OpenStore) -> list[v.CallEnded]:
+    """Three calls in October (two inbound, one outbound, one of them transferred, one abandoned
+    before it connected), a refused attempt, and a call in September; the ends they recorded."""
+    h = History(store)
+    a, b, cc = at(0), at(3600), at(7200)
+    ended = await call(
+        h,
+        "call-a",
+        initiate("call-a", a, "inbound"),
+        v.ConnectCall(at=at(2, a)),
+        caller(1, at(5, a), confidence=0.9, stt=200, seconds=3),
+        agent(1, at(6, a), llm=400, tts=150, e2e=800),
+        caller(2, at(10, a), confidence=0.8, stt=300, seconds=2),
+        agent(2, at(11, a), llm=600, tts=250, e2e=1200, interrupted=True),
+        v.EndCall(prices=PRICES, at=at(62, a)),
+    )
+    ended += await call(
+        h,
+        "call-b",
+        initiate("call-b", b, "outbound"),
+        v.ConnectCall(at=at(1, b)),
+        caller(1, at(4, b), confidence=1.0, stt=100, seconds=2),
+        agent(1, at(5, b), llm=500, tts=200, e2e=1000),
+        v.RequestTransfer(
+            transfer_id="t-1",
+            transfer_type="warm",
+            agent_id="h-1",
+            reason="angry",
+            trigger="user_frustrated",
+            at=at(6, b),
+        ),
+        v.ConnectTransfer(transfer_id="t-1", at=at(20, b)),
+        v.EndCall(prices=PRICES, at=at(91, b)),
+    )
+    ended += await call(
+        h,
+        "call-c",
+        initiate("call-c", cc, "inbound"),
+        v.EndCall(resolution_status="abandoned", reason="caller_hung_up", prices=PRICES, at=at(15, cc)),
+    )
+    refusal = v.RefuseCallAttempt(
+        call_id="call-d", reason="outbound_quota", detail="100 an hour", user_id="caller-d", at=at(9000)
+    )
+    await call(h, "call-d", refusal)
+    september = datetime(2025, 9, 20, 9, 0, tzinfo=UTC)
+    await call(h, "call-e", initiate("call-e", september, "inbound"), v.EndCall(prices=PRICES, at=at(30, september)))
+    return [e for e in ended if isinstance(e, v.CallEnded)]
+
+
+async def test_voice_analytics_of_known_calls_are_exact(store: OpenStore, sink: AnalyticsSink) -> None:
+    ends = await known_calls(store)
+    runner = await project_all(store, sink, batch=4)  # several batches: call rows rewritten as they change
+    await runner.shutdown()
+    voice = AnalyticsQueries(sink.client).voice("acme", *OCTOBER)
+
+    assert (voice.total_calls, voice.call_breakdown) == (3, CallBreakdown(inbound=2, outbound=1))
+    assert voice.completion_rate == pytest.approx(2 / 3)  # a and b; c was abandoned before it connected
+    assert voice.transfer_rate == pytest.approx(1 / 3) and voice.resolution_rate == pytest.approx(1 / 3)
+    assert voice.avg_call_duration_seconds == pytest.approx((60 + 90 + 0) / 3)
+
+    performance = voice.performance_metrics
+    assert performance.stt_accuracy == pytest.approx(0.9)  # (0.9 + 0.8 + 1.0) / 3
+    assert performance.avg_latency_ms == pytest.approx(1000.0)  # (800 + 1200 + 1000) / 3
+    latency = performance.latency_ms
+    assert (latency.stt.p50, latency.llm.p50, latency.tts.p50, latency.end_to_end.p50) == (200, 500, 200, 1000)
+    assert 290 <= latency.stt.p95 <= 300 and 1160 <= latency.end_to_end.p95 <= 1200  # type: ignore[operator]
+
+    cost = voice.cost_analysis
+    assert cost.breakdown.telephony == pytest.approx(
+        60 / 60 * 0.01 + 90 / 60 * 0.02
+    )  # the tenant's prices, by direction
+    assert cost.breakdown.stt == pytest.approx((3 + 2 + 2) / 60 * 0.006, abs=1e-4)
+    assert cost.breakdown.llm == pytest.approx(3 * 0.001)
+    recorded = sum(e.cost.total for e in ends)
+    assert cost.total_cost == pytest.approx(recorded, abs=1e-4) and cost.cost_per_call == pytest.approx(
+        recorded / 3, abs=1e-4
+    )
+    assert [(r.reason, r.count, r.share) for r in voice.top_escalation_reasons] == [("user_frustrated", 1, 1.0)]
+
+    facts = {
+        r[0]: r[1:]
+        for r in sink.client.query(
+            "SELECT call_id, status, resolution, completed, caller_turns, agent_turns, barge_ins"
+            " FROM parley.call_facts FINAL"
+        ).result_rows
+    }
+    assert facts == {
+        "call-a": ("ended", "resolved", True, 2, 2, 1),
+        "call-b": ("ended", "transferred", True, 1, 1, 0),
+        "call-c": ("ended", "abandoned", False, 0, 0, 0),
+        "call-d": ("refused", "", False, 0, 0, 0),
+        "call-e": ("ended", "resolved", False, 0, 0, 0),
+    }
+    assert AnalyticsQueries(sink.client).voice("nobody", *OCTOBER).total_calls == 0
+
+
 # Queries ---------------------------------------------------------------------------------------
 
 
@@ -694,16 +849,15 @@ async def test_kpis_of_a_known_history_are_exact(store: OpenStore, sink: Analyti
     assert facts["d"] == ("open", "", 1, [], "active")
     assert facts["e"] == ("resolved", "ai", 1, [], "closed")
 
-    voice = AnalyticsQueries(sink.client).voice("acme", *OCTOBER)
-    assert (voice.total_calls, voice.completion_rate, voice.transfer_rate, voice.resolution_rate) == (1, 1.0, 1.0, 1.0)
-    assert voice.avg_call_duration_seconds == 120.0
-    assert [(r.reason, r.count) for r in voice.top_escalation_reasons] == [("explicit_request", 1)]
+    voice = AnalyticsQueries(sink.client).voice("acme", *OCTOBER)  # a voicebot conversation is no phone call
+    assert (voice.total_calls, voice.top_escalation_reasons) == (0, [])
     empty = AnalyticsQueries(sink.client).kpis("nobody", *OCTOBER)
     assert empty.totals.conversations == 0 and empty.totals.avg_turns is None and empty.by_channel == []
 
 
 async def test_the_kpi_endpoints_answer_for_the_callers_tenant(store: OpenStore, sink: AnalyticsSink) -> None:
     await known_history(store)
+    await known_calls(store)
     runner = await project_all(store, sink)
     await runner.shutdown()
     secret = "analytics-test-secret-of-at-least-32-bytes"
@@ -744,8 +898,11 @@ async def test_the_kpi_endpoints_answer_for_the_callers_tenant(store: OpenStore,
             headers=auth(["analyst"]),
         )
         voice = r.json()
-        assert voice["total_calls"] == 1 and voice["call_breakdown"] == {"inbound": 0, "outbound": 0}
+        assert voice["total_calls"] == 3 and voice["call_breakdown"] == {"inbound": 2, "outbound": 1}
         assert set(voice) >= {"performance_metrics", "cost_analysis", "completion_rate", "transfer_rate"}
+        assert voice["performance_metrics"]["latency_ms"]["end_to_end"]["p50"] == 1000
+        assert set(voice["cost_analysis"]["breakdown"]) == {"stt", "tts", "llm", "telephony"}
+        assert voice["top_escalation_reasons"] == [{"reason": "user_frustrated", "count": 1, "share": 1.0}]
         platform.analytics = None
         r = await client.get("/api/v1/analytics/kpis", headers=auth(["analyst"]))
         assert r.status_code == 503
@@ -834,13 +991,17 @@ async def test_the_bulk_feed_keeps_each_batch_under_its_byte_bound(store: OpenSt
     assert len(sizes) >= 6 and max(sizes) <= 10, sizes  # about 1 kB a message, 10 kB a batch
 
 
+SHARDED = ("events", "conversation_facts", "escalations", "call_facts", "call_turns")
+
+
 def test_the_cluster_ddl_is_generated_from_the_schema_and_up_to_date() -> None:
     """infra/clickhouse/cluster.sql is what read_models.analytics_schema makes of the tables: one source."""
     from read_models import analytics_schema
 
     written = analytics_schema.CLUSTER_FILE.read_text()
     assert written == analytics_schema.cluster_sql(), "run: python -m read_models.analytics_schema"
-    for table in ("events", "conversation_facts", "escalations"):  # sharded: local tables behind Distributed ones
+    assert set(SHARDED) == {t.name for t in analytics_schema.TABLES.values() if t.shard_by}
+    for table in SHARDED:  # local tables behind Distributed ones
         assert f"CREATE TABLE IF NOT EXISTS parley.{table}_local ON CLUSTER parley (" in written
         assert f"ENGINE = Distributed(parley, parley, {table}_local, cityHash64(tenant, " in written
         assert f"TO parley.{table} AS" in written  # the inputs write through the Distributed table
@@ -865,7 +1026,7 @@ def test_the_cluster_ddl_made_single_node_gives_the_tables_of_the_schema(sink: A
         statement = statement.replace(" ON CLUSTER parley", "").replace("parley.", "cluster.")
         statement = re.sub(r"Replicated(\w*MergeTree)\('[^']*', '[^']*'(?:, )?", r"\1(", statement)
         statement = statement.replace("cluster.conversation_facts FINAL", "cluster.conversation_facts_local FINAL")
-        for table in ("events", "conversation_facts", "escalations"):  # the views write the shards' tables
+        for table in SHARDED:  # the views write the shards' tables
             statement = statement.replace(f" TO cluster.{table} AS", f" TO cluster.{table}_local AS")
         sink.client.command(statement)
 
@@ -890,7 +1051,7 @@ def test_the_cluster_ddl_made_single_node_gives_the_tables_of_the_schema(sink: A
         ).result_rows
         return tables + indexes
 
-    for table in ("events", "conversation_facts", "escalations"):
+    for table in SHARDED:
         assert shape("cluster", f"{table}_local") == shape("parley", table), table
         assert engine("cluster", f"{table}_local") == engine("parley", table), table
     for table in ("checkpoint", "dead_letters", "schema_digest"):
@@ -905,7 +1066,7 @@ def test_the_cluster_ddl_made_single_node_gives_the_tables_of_the_schema(sink: A
         assert rows, (db, table)
         return str(rows[0][0]).replace(f"{db}.", "")
 
-    for table in ("events", "conversation_facts", "escalations", "dead_letters"):
+    for table in analytics_schema.ROW_TYPES:
         assert shape("cluster", f"{table}_input") == shape("parley", f"{table}_input"), table
         assert view("cluster", f"{table}_rows") == view("parley", f"{table}_rows"), table
     assert view("cluster", "config_version_outcomes") == view("parley", "config_version_outcomes").replace(

@@ -46,7 +46,17 @@ def test_no_nats_import_outside_streams_and_infra() -> None:
 # domain <- streams <- commands <- read_models/projections <- agents <- gateways, as the README's
 # layout has them: an arrow back up is a cycle in the design even when Python tolerates it.
 
-PACKAGES = ("domain", "streams", "commands", "projections", "read_models", "gateways", "agents", "infra", "voice_worker")
+PACKAGES = (
+    "domain",
+    "streams",
+    "commands",
+    "projections",
+    "read_models",
+    "gateways",
+    "agents",
+    "infra",
+    "voice_worker",
+)
 FORBIDDEN: dict[str, set[str]] = {
     "streams": {"commands", "projections", "read_models", "gateways", "agents", "voice_worker"},
     "commands": {"projections", "gateways", "agents", "voice_worker"},

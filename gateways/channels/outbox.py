@@ -279,7 +279,12 @@ class Outbox:
             )
             try:
                 sent = await adapter.send(provider, recipient, outgoing)
-            except ProviderError as e:
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if not isinstance(e, ProviderError):  # nobody knows whether it went: ask before again
+                    log.warning("delivery attempt broke", delivery_id=delivery_id, exc_info=True)
+                    continue
                 if e.ambiguous:
                     continue  # it may have gone: settled by asking the provider first
                 backoff = e.retry_after or self.backoff[min(attempt - 1, len(self.backoff) - 1)]

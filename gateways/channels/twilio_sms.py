@@ -8,18 +8,19 @@
   ``UNSUBSCRIBE``, ``CANCEL``, ``END``, ``QUIT``, ``REVOKE``, ``OPTOUT``) opts the number out:
   nothing more is sent to it; ``START`` (``YES``, ``UNSTOP``) opts it back in; ``HELP`` (``INFO``)
   is answered with the tenant's help text. A keyword is not a message for the bot.
-* Sending: ``client.messages.create_async`` from the tenant's number, with a status callback.
+* Sending: ``client.messages.create`` from the tenant's number, with a status callback (the
+  package's requests-based client, in a thread: its aiohttp one warns on the aiohttp installed).
 * An attempt in doubt: Twilio keeps every message; the attempt went out if the account has a
   message to that number from ours with the same body, created since the attempt was recorded.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
-import aiohttp
+import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
@@ -63,7 +64,7 @@ class TwilioSms:
         key = (sid, token, provider.base_url)
         client = self._clients.get(key)
         if client is None:
-            client = Client(sid, token, http_client=AsyncTwilioHttpClient())
+            client = Client(sid, token)
             if provider.base_url:
                 client.api.base_url = provider.base_url
             self._clients[key] = client
@@ -109,7 +110,8 @@ class TwilioSms:
             else None
         )
         try:
-            created = await client.messages.create_async(
+            created = await asyncio.to_thread(
+                client.messages.create,
                 to=recipient.address, from_=provider.settings.sender, body=message.text[:1600],
                 status_callback=callback,
             )  # fmt: skip
@@ -118,9 +120,12 @@ class TwilioSms:
             if e.code in _PERMANENT:
                 retryable = False
             raise ProviderError(f"Twilio {e.status}: {e.msg} (code {e.code})", retryable=retryable) from None
-        except aiohttp.ClientConnectorError as e:  # it never left
-            raise ProviderError(f"Twilio unreachable: {e}", retryable=True) from None
-        except (TwilioException, aiohttp.ClientError, OSError, TimeoutError) as e:  # its answer was lost
+        except requests.ConnectionError as e:  # it never left (or the connection broke: asked first)
+            ambiguous = not isinstance(e.__context__, ConnectionRefusedError) and "refused" not in str(e).lower()
+            raise ProviderError(
+                f"Twilio unreachable: {type(e).__name__}", retryable=True, ambiguous=ambiguous
+            ) from None
+        except (TwilioException, requests.RequestException, OSError, TimeoutError) as e:  # its answer was lost
             raise ProviderError(f"no answer from Twilio: {type(e).__name__}", retryable=True, ambiguous=True) from None
         return Sent(provider_message_id=str(created.sid))
 
@@ -128,12 +133,16 @@ class TwilioSms:
         client = self._client(provider)
         since = message.attempted_at - timedelta(seconds=5)
         try:
-            found = await client.messages.list_async(
-                to=recipient.address, from_=provider.settings.sender, date_sent_after=since, limit=50
+            found = await asyncio.to_thread(
+                client.messages.list,
+                to=recipient.address,
+                from_=provider.settings.sender,
+                date_sent_after=since,
+                limit=50,
             )
         except TwilioRestException as e:
             raise ProviderError(f"Twilio {e.status} on a look-up: {e.msg}", retryable=True) from None
-        except (TwilioException, OSError, TimeoutError) as e:
+        except (TwilioException, requests.RequestException, OSError, TimeoutError) as e:
             raise ProviderError(f"Twilio unreachable on a look-up: {type(e).__name__}", retryable=True) from None
         body = message.text[:1600]
         for sent in found:
@@ -147,8 +156,4 @@ class TwilioSms:
         )
 
     async def close(self) -> None:
-        for client in self._clients.values():
-            http = client.http_client
-            if isinstance(http, AsyncTwilioHttpClient):
-                await http.close()
         self._clients.clear()

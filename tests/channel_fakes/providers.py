@@ -113,13 +113,16 @@ class FakeGraph(_Server):
         signature = "sha256=" + hmac.new(self.app_secret.encode(), body, hashlib.sha256).hexdigest()
         return body, {"X-Hub-Signature-256": signature, "Content-Type": "application/json"}
 
-    def customer_writes(self, wa_id: str, text: str, *, message_id: str | None = None, name: str = "Ana") -> Callback:
-        """The webhook Meta sends when a customer writes (the test posts it)."""
-        self.last_inbound[wa_id] = time.time()
+    def customer_writes(
+        self, wa_id: str, text: str, *, message_id: str | None = None, name: str = "Ana", at: float | None = None
+    ) -> Callback:
+        """The webhook Meta sends when a customer writes (the test posts it); ``at``: when they wrote."""
+        at = time.time() if at is None else at
+        self.last_inbound[wa_id] = at
         message = {
             "from": wa_id,
             "id": message_id or f"wamid.{uuid.uuid4().hex}",
-            "timestamp": str(int(time.time())),
+            "timestamp": str(int(at)),
             "type": "text",
             "text": {"body": text},
         }
