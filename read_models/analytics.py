@@ -16,9 +16,22 @@ Definitions (each figure is over the conversations started in the period):
 
 Rates are 0 when there is nothing to divide; averages are None.
 
-Voice analytics take the seed's shape. Calls are the ``voicebot`` conversations; what only a voice
-call's own events can tell (direction, speech latencies, recognition accuracy, costs) reads as
-zero until voice calls record it.
+Voice analytics take the seed's shape, from the calls' own events (``call_facts``, ``call_turns``).
+Calls count in the period they were initiated (refused attempts are not calls); turns in the period
+they were spoken. Over the calls of the period:
+
+* ``call_breakdown``: inbound and outbound; ``avg_call_duration_seconds``: connected to ended, over
+  the ended ones; ``completion_rate``: completed / all (connected, and ended neither abandoned nor
+  failed); ``transfer_rate``: transferred to a human / all; ``resolution_rate``: resolved / ended;
+* ``performance_metrics``: per stage, p50 and p95 in ms (``latency_ms``: speech to text, the model's
+  first token, synthesis' first byte, and end to end: the caller stops speaking to the agent's audio
+  starting), ``avg_latency_ms`` the end to end average; ``stt_accuracy`` the transcripts' average
+  confidence; ``tts_naturalness`` (a listener's score, 1 to 5) is not measured: 0;
+* ``cost_analysis``: each ended call's cost as its end recorded it, at the tenant's unit prices then
+  (telephony per minute by direction, transcription per minute, synthesis per 1,000 characters, a
+  model request each), summed by part; ``cost_per_call`` over the ended calls;
+* ``top_escalation_reasons``: the calls transferred to a human, by the first transfer's trigger (its
+  reason when a person asked).
 """
 
 from __future__ import annotations
@@ -29,7 +42,7 @@ from typing import Any
 
 import msgspec
 
-from read_models.analytics_schema import ESCALATIONS, FACTS
+from read_models.analytics_schema import CALL_TURNS, CALLS, ESCALATIONS, FACTS
 
 # Shapes ----------------------------------------------------------------------------------------
 
@@ -102,10 +115,25 @@ class CallBreakdown(msgspec.Struct, frozen=True):
     outbound: int = 0
 
 
+class Percentiles(msgspec.Struct, frozen=True):
+    p50: float | None = None  # None: nothing measured
+    p95: float | None = None
+
+
+class StageLatencies(msgspec.Struct, frozen=True):
+    """Milliseconds per stage of a turn (see the module's docstring)."""
+
+    stt: Percentiles = Percentiles()
+    llm: Percentiles = Percentiles()
+    tts: Percentiles = Percentiles()
+    end_to_end: Percentiles = Percentiles()
+
+
 class VoicePerformance(msgspec.Struct, frozen=True):
     avg_latency_ms: float = 0
     stt_accuracy: float = 0.0
     tts_naturalness: float = 0.0
+    latency_ms: StageLatencies = StageLatencies()
 
 
 class CostBreakdown(msgspec.Struct, frozen=True):
@@ -181,6 +209,11 @@ def _outcomes(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _percentiles(values: list[Any]) -> Percentiles:
+    p50, p95 = (_number(v) for v in values)
+    return Percentiles(None if p50 is None else round(p50, 1), None if p95 is None else round(p95, 1))
+
+
 def _number(value: Any) -> float | None:
     """ClickHouse's average of nothing is nan (or NULL): None."""
     if value is None or value != value:
@@ -248,31 +281,61 @@ class AnalyticsQueries:
         )
         return [ReasonCount(r["reason"], r["n"], r["n"] / r["total"]) for r in rows]
 
-    def voice(self, tenant: str, start: datetime, end: datetime) -> VoiceAnalytics:
-        rows = self._rows(
+    def voice(self, tenant: str, start: datetime, end: datetime, *, top: int = 10) -> VoiceAnalytics:
+        period = {"tenant": tenant, "start": start, "end": end}
+        calls = self._rows(
             f"""SELECT count() AS calls,
-                countIf(status = 'closed') AS ended,
-                countIf(escalated) AS transferred,
+                countIf(direction = 'inbound') AS inbound,
+                countIf(direction = 'outbound') AS outbound,
+                countIf(status = 'ended') AS ended,
+                countIf(completed) AS completed,
+                countIf(transferred) AS transferred,
                 countIf(resolution = 'resolved') AS resolved,
-                avgIf(duration_seconds, status = 'closed') AS duration
-            FROM {self.db}.{FACTS} FINAL WHERE {_PERIOD} AND product_type = 'voicebot'""",
-            tenant=tenant,
-            start=start,
-            end=end,
+                avgIf(duration_seconds, status = 'ended') AS duration,
+                sum(stt_confidence_sum) / nullIf(sum(stt_confidence_count), 0) AS stt_accuracy,
+                sum(cost_stt) AS stt, sum(cost_tts) AS tts, sum(cost_llm) AS llm,
+                sum(cost_telephony) AS telephony, sum(cost_total) AS total
+            FROM {self.db}.{CALLS} FINAL WHERE {_PERIOD} AND status != 'refused'""",
+            **period,
+        )[0]
+        latency = self._rows(
+            f"""SELECT quantiles(0.5, 0.95)(stt_ms) AS stt, quantiles(0.5, 0.95)(llm_ms) AS llm,
+                quantiles(0.5, 0.95)(tts_ms) AS tts, quantiles(0.5, 0.95)(e2e_ms) AS end_to_end,
+                avg(e2e_ms) AS average
+            FROM {self.db}.{CALL_TURNS}
+            WHERE tenant = {{tenant:String}} AND time >= {{start:DateTime64(3, 'UTC')}}
+              AND time < {{end:DateTime64(3, 'UTC')}}""",
+            **period,
+        )[0]
+        reasons = self._rows(
+            f"""SELECT escalation_reason AS reason, count() AS n, sum(n) OVER () AS total
+            FROM {self.db}.{CALLS} FINAL WHERE {_PERIOD} AND transfers > 0
+            GROUP BY escalation_reason ORDER BY n DESC, reason LIMIT {{limit:UInt32}}""",
+            **period,
+            limit=top,
         )
-        row = rows[0] if rows else {"calls": 0, "ended": 0, "transferred": 0, "resolved": 0, "duration": None}
-        calls, ended = row["calls"], row["ended"]
+        n, ended = calls["calls"], calls["ended"]
         return VoiceAnalytics(
             period=Period.of(start, end),
-            total_calls=calls,
-            call_breakdown=CallBreakdown(),
-            avg_call_duration_seconds=_number(row["duration"]) or 0.0,
-            completion_rate=ended / calls if calls else 0.0,
-            transfer_rate=row["transferred"] / calls if calls else 0.0,
-            resolution_rate=row["resolved"] / ended if ended else 0.0,
-            performance_metrics=VoicePerformance(),
-            cost_analysis=CostAnalysis(),
-            top_escalation_reasons=self.escalation_reasons(tenant, start, end, product_type="voicebot"),
+            total_calls=n,
+            call_breakdown=CallBreakdown(calls["inbound"], calls["outbound"]),
+            avg_call_duration_seconds=_number(calls["duration"]) or 0.0,
+            completion_rate=calls["completed"] / n if n else 0.0,
+            transfer_rate=calls["transferred"] / n if n else 0.0,
+            resolution_rate=calls["resolved"] / ended if ended else 0.0,
+            performance_metrics=VoicePerformance(
+                avg_latency_ms=round(_number(latency["average"]) or 0.0, 1),
+                stt_accuracy=round(_number(calls["stt_accuracy"]) or 0.0, 4),
+                latency_ms=StageLatencies(
+                    *(_percentiles(latency[stage]) for stage in ("stt", "llm", "tts", "end_to_end"))
+                ),
+            ),
+            cost_analysis=CostAnalysis(
+                total_cost=round(calls["total"], 4),
+                cost_per_call=round(calls["total"] / ended, 4) if ended else 0.0,
+                breakdown=CostBreakdown(*(round(calls[part], 4) for part in ("stt", "tts", "llm", "telephony"))),
+            ),
+            top_escalation_reasons=[ReasonCount(r["reason"], r["n"], r["n"] / r["total"]) for r in reasons],
         )
 
     # From a running event loop ------------------------------------------------------------

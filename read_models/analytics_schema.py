@@ -1,16 +1,18 @@
 """The analytics tables in ClickHouse, the rows the projector writes into them, and their cluster form.
 
 Every event lands once in ``events``; the projector also folds each conversation into one row of
-``conversation_facts`` and writes a row per escalation into ``escalations``. ``config_version_outcomes``
-is a view over the facts. Two kinds of table, two ways of staying exact under replays:
+``conversation_facts`` and writes a row per escalation into ``escalations``, and folds each phone
+call into one row of ``call_facts`` and writes a row per utterance, with its stages' latencies, into
+``call_turns``. ``config_version_outcomes`` is a view over the conversation facts. Two kinds of
+table, two ways of staying exact under replays:
 
-* **Immutable rows, one per event** (``events``, ``escalations``): plain ``MergeTree``. A row carries
-  the stream sequence of its commit (``seq``, with a min-max index). Rows are written before the
-  checkpoint moves, so after a crash every row above the checkpoint belongs to a batch that was
-  never checkpointed: the projector deletes them at start (``DELETE ... WHERE seq > checkpoint``,
-  ``SEQ_TABLES``) and the replay writes them again, once.
-* **One row per aggregate, rewritten as it changes** (``conversation_facts``):
-  ``ReplacingMergeTree(version)``, keyed by conversation. A row is a pure function of the
+* **Immutable rows, one per event** (``events``, ``escalations``, ``call_turns``): plain
+  ``MergeTree``. A row carries the stream sequence of its commit (``seq``, with a min-max index).
+  Rows are written before the checkpoint moves, so after a crash every row above the checkpoint
+  belongs to a batch that was never checkpointed: the projector deletes them at start
+  (``DELETE ... WHERE seq > checkpoint``, ``SEQ_TABLES``) and the replay writes them again, once.
+* **One row per aggregate, rewritten as it changes** (``conversation_facts``, ``call_facts``):
+  ``ReplacingMergeTree(version)``, keyed by conversation (call). A row is a pure function of the
   conversation's events up to ``version``, and the fold applies an event only when its version is
   above the row's, so a replayed event is a no-op and a re-written row is the same row. Queries
   read it with ``FINAL``.
@@ -123,6 +125,68 @@ class ConversationFacts(msgspec.Struct, array_like=True, gc=False):
     csat_questions: list[str] = []  # ids of the CSAT questions in the surveys sent
 
 
+class CallFacts(msgspec.Struct, array_like=True, gc=False):
+    """One phone call, folded from its events (see ``projections.analytics.facts``)."""
+
+    tenant: str
+    call_id: str
+    version: int = 0  # the call's version this row accounts for
+    seq: int = 0
+    started_at: int = 0  # when it was initiated, epoch milliseconds
+    last_event_at: int = 0
+    connected_at: int | None = None
+    ended_at: int | None = None
+    config_id: str = ""
+    config_version: int = 0
+    direction: str = ""  # inbound | outbound
+    transport: str = ""
+    product_type: str = ""
+    status: str = "initiating"  # initiating | ringing | in_progress | transferring | transferred | ended | refused
+    end_reason: str = ""
+    resolution: str = ""  # the end's: resolved | unresolved | transferred | abandoned | failed ("" until it ends)
+    completed: bool = False  # connected, and ended neither abandoned nor failed
+    duration_seconds: float = 0.0  # connected to ended, as the end recorded it
+    caller_turns: int = 0
+    agent_turns: int = 0
+    barge_ins: int = 0  # agent turns the caller interrupted
+    stt_confidence_sum: float = 0.0
+    stt_confidence_count: int = 0
+    transfers: int = 0  # transfers requested
+    transferred: bool = False  # one connected
+    transfer_failures: int = 0
+    escalation_reason: str = ""  # the first transfer's trigger (its reason when a person asked)
+    tool_calls: int = 0
+    tool_errors: int = 0
+    speech_interruptions: int = 0  # a speech provider's connection lost mid-call
+    sentiment_sum: float = 0.0
+    sentiment_count: int = 0
+    stt_seconds: float = 0.0
+    tts_characters: int = 0
+    llm_requests: int = 0
+    cost_stt: float = 0.0  # the end's cost, at the tenant's unit prices then (USD)
+    cost_tts: float = 0.0
+    cost_llm: float = 0.0
+    cost_telephony: float = 0.0
+    cost_total: float = 0.0
+
+
+class CallTurnRow(msgspec.Struct, array_like=True, gc=False):
+    """One utterance of a call, with the latencies of the stages it went through (ms; None: not measured)."""
+
+    tenant: str
+    call_id: str
+    seq: int
+    version: int
+    time: int  # epoch milliseconds
+    speaker: str  # caller | agent
+    stt_ms: float | None  # end of speech -> final transcript
+    end_of_turn_ms: float | None  # end of speech -> turn decided
+    llm_ms: float | None  # time to the model's first token
+    tts_ms: float | None  # time to the synthesis' first byte
+    e2e_ms: float | None  # the caller stopped speaking -> the agent's audio started
+    interrupted: bool
+
+
 class DeadLetterRow(msgspec.Struct, array_like=True, gc=False):
     seq: int
     subject: str
@@ -166,6 +230,8 @@ class Table:
 EVENTS = "events"
 FACTS = "conversation_facts"
 ESCALATIONS = "escalations"
+CALLS = "call_facts"
+CALL_TURNS = "call_turns"
 CHECKPOINT = "checkpoint"
 DEAD_LETTERS = "dead_letters"
 DIGEST = "schema_digest"
@@ -173,7 +239,7 @@ OUTCOMES = "config_version_outcomes"
 
 # Tables whose rows carry the sequence of their commit: the rows of a batch never checkpointed are
 # deleted from them at start.
-SEQ_TABLES = (EVENTS, ESCALATIONS)
+SEQ_TABLES = (EVENTS, ESCALATIONS, CALL_TURNS)
 
 _TABLES = (
     Table(
@@ -274,6 +340,79 @@ _TABLES = (
         "PARTITION BY toYYYYMM(time)\nORDER BY (tenant, time, conversation_id, escalation_id)",
         row=EscalationRow,
         shard_by="cityHash64(tenant, conversation_id)",
+        dedup=True,
+    ),
+    Table(
+        CALLS,
+        (
+            "tenant LowCardinality(String)",
+            "call_id String",
+            "version UInt32",
+            "seq UInt64",
+            "started_at DateTime64(3, 'UTC')",
+            "last_event_at DateTime64(3, 'UTC')",
+            "connected_at Nullable(DateTime64(3, 'UTC'))",
+            "ended_at Nullable(DateTime64(3, 'UTC'))",
+            "config_id LowCardinality(String)",
+            "config_version UInt32",
+            "direction LowCardinality(String)",
+            "transport LowCardinality(String)",
+            "product_type LowCardinality(String)",
+            "status LowCardinality(String)",
+            "end_reason LowCardinality(String)",
+            "resolution LowCardinality(String)",
+            "completed Bool",
+            "duration_seconds Float64",
+            "caller_turns UInt32",
+            "agent_turns UInt32",
+            "barge_ins UInt32",
+            "stt_confidence_sum Float64",
+            "stt_confidence_count UInt32",
+            "transfers UInt16",
+            "transferred Bool",
+            "transfer_failures UInt16",
+            "escalation_reason LowCardinality(String)",
+            "tool_calls UInt32",
+            "tool_errors UInt32",
+            "speech_interruptions UInt16",
+            "sentiment_sum Float64",
+            "sentiment_count UInt32",
+            "stt_seconds Float64",
+            "tts_characters UInt32",
+            "llm_requests UInt32",
+            "cost_stt Float64",
+            "cost_tts Float64",
+            "cost_llm Float64",
+            "cost_telephony Float64",
+            "cost_total Float64",
+            "INDEX call call_id TYPE bloom_filter(0.01) GRANULARITY 4",
+        ),
+        "ReplacingMergeTree(version)",
+        "PARTITION BY toYYYYMM(started_at)\nORDER BY (tenant, started_at, call_id)",
+        row=CallFacts,
+        shard_by="cityHash64(tenant, call_id)",
+    ),
+    Table(
+        CALL_TURNS,
+        (
+            "tenant LowCardinality(String)",
+            "call_id String",
+            "seq UInt64",
+            "version UInt32",
+            "time DateTime64(3, 'UTC')",
+            "speaker LowCardinality(String)",
+            "stt_ms Nullable(Float64)",
+            "end_of_turn_ms Nullable(Float64)",
+            "llm_ms Nullable(Float64)",
+            "tts_ms Nullable(Float64)",
+            "e2e_ms Nullable(Float64)",
+            "interrupted Bool",
+            "INDEX seq_range seq TYPE minmax GRANULARITY 1",
+        ),
+        "MergeTree",
+        "PARTITION BY toYYYYMM(time)\nORDER BY (tenant, time, call_id, version)",
+        row=CallTurnRow,
+        shard_by="cityHash64(tenant, call_id)",
         dedup=True,
     ),
     Table(
@@ -431,7 +570,8 @@ _CLUSTER_HEADER = """\
 --   * conversation_facts by (tenant, conversation_id): every version of a conversation's row lands
 --     on the same shard, so ReplacingMergeTree and FINAL (applied shard by shard) still keep one;
 --   * escalations by the same key, events by (tenant, aggregate_id): an aggregate's history
---     stays on one shard (an audit of one aggregate reads one shard);
+--     stays on one shard (an audit of one aggregate reads one shard); call_facts and call_turns
+--     by (tenant, call_id) likewise;
 --   * checkpoint and dead_letters are small: one replication group spanning every node (the
 --     same Keeper path everywhere), read and written as ordinary tables.
 -- A tenant big enough to need its own machines gets a cluster of its own (another

@@ -151,8 +151,9 @@ class AnalyticsController(Controller):
         start: Start = None,
         end: End = None,
     ) -> VoiceAnalytics:
-        """The seed's voice analytics: voicebot conversations as calls; speech and cost figures stay
-        zero until voice calls record them."""
+        """The seed's voice analytics, from the calls initiated in the period: inbound and outbound,
+        duration, completion, transfer and resolution rates, latency per stage (p50/p95), cost by
+        part at the tenant's unit prices, and the reasons calls were transferred to a human."""
         return await _queries(analytics).avoice(request.user.tenant, *period(request))
 
 

@@ -17,7 +17,8 @@
 --   * conversation_facts by (tenant, conversation_id): every version of a conversation's row lands
 --     on the same shard, so ReplacingMergeTree and FINAL (applied shard by shard) still keep one;
 --   * escalations by the same key, events by (tenant, aggregate_id): an aggregate's history
---     stays on one shard (an audit of one aggregate reads one shard);
+--     stays on one shard (an audit of one aggregate reads one shard); call_facts and call_turns
+--     by (tenant, call_id) likewise;
 --   * checkpoint and dead_letters are small: one replication group spanning every node (the
 --     same Keeper path everywhere), read and written as ordinary tables.
 -- A tenant big enough to need its own machines gets a cluster of its own (another
@@ -130,6 +131,76 @@ ORDER BY (tenant, time, conversation_id, escalation_id);
 
 CREATE TABLE IF NOT EXISTS parley.escalations ON CLUSTER parley AS parley.escalations_local
 ENGINE = Distributed(parley, parley, escalations_local, cityHash64(tenant, conversation_id));
+
+CREATE TABLE IF NOT EXISTS parley.call_facts_local ON CLUSTER parley (
+    tenant LowCardinality(String),
+    call_id String,
+    version UInt32,
+    seq UInt64,
+    started_at DateTime64(3, 'UTC'),
+    last_event_at DateTime64(3, 'UTC'),
+    connected_at Nullable(DateTime64(3, 'UTC')),
+    ended_at Nullable(DateTime64(3, 'UTC')),
+    config_id LowCardinality(String),
+    config_version UInt32,
+    direction LowCardinality(String),
+    transport LowCardinality(String),
+    product_type LowCardinality(String),
+    status LowCardinality(String),
+    end_reason LowCardinality(String),
+    resolution LowCardinality(String),
+    completed Bool,
+    duration_seconds Float64,
+    caller_turns UInt32,
+    agent_turns UInt32,
+    barge_ins UInt32,
+    stt_confidence_sum Float64,
+    stt_confidence_count UInt32,
+    transfers UInt16,
+    transferred Bool,
+    transfer_failures UInt16,
+    escalation_reason LowCardinality(String),
+    tool_calls UInt32,
+    tool_errors UInt32,
+    speech_interruptions UInt16,
+    sentiment_sum Float64,
+    sentiment_count UInt32,
+    stt_seconds Float64,
+    tts_characters UInt32,
+    llm_requests UInt32,
+    cost_stt Float64,
+    cost_tts Float64,
+    cost_llm Float64,
+    cost_telephony Float64,
+    cost_total Float64,
+    INDEX call call_id TYPE bloom_filter(0.01) GRANULARITY 4
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/parley/call_facts', '{replica}', version)
+PARTITION BY toYYYYMM(started_at)
+ORDER BY (tenant, started_at, call_id);
+
+CREATE TABLE IF NOT EXISTS parley.call_facts ON CLUSTER parley AS parley.call_facts_local
+ENGINE = Distributed(parley, parley, call_facts_local, cityHash64(tenant, call_id));
+
+CREATE TABLE IF NOT EXISTS parley.call_turns_local ON CLUSTER parley (
+    tenant LowCardinality(String),
+    call_id String,
+    seq UInt64,
+    version UInt32,
+    time DateTime64(3, 'UTC'),
+    speaker LowCardinality(String),
+    stt_ms Nullable(Float64),
+    end_of_turn_ms Nullable(Float64),
+    llm_ms Nullable(Float64),
+    tts_ms Nullable(Float64),
+    e2e_ms Nullable(Float64),
+    interrupted Bool,
+    INDEX seq_range seq TYPE minmax GRANULARITY 1
+) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/parley/call_turns', '{replica}')
+PARTITION BY toYYYYMM(time)
+ORDER BY (tenant, time, call_id, version);
+
+CREATE TABLE IF NOT EXISTS parley.call_turns ON CLUSTER parley AS parley.call_turns_local
+ENGINE = Distributed(parley, parley, call_turns_local, cityHash64(tenant, call_id));
 
 CREATE TABLE IF NOT EXISTS parley.checkpoint ON CLUSTER parley (
     projector LowCardinality(String),
@@ -324,6 +395,124 @@ SELECT
     tupleElement(row, 'product_type') AS `product_type`
 FROM parley.escalations_input;
 
+CREATE TABLE IF NOT EXISTS parley.call_facts_input ON CLUSTER parley (row Tuple(
+    tenant LowCardinality(String),
+    call_id String,
+    version UInt32,
+    seq UInt64,
+    started_at DateTime64(3, 'UTC'),
+    last_event_at DateTime64(3, 'UTC'),
+    connected_at Nullable(DateTime64(3, 'UTC')),
+    ended_at Nullable(DateTime64(3, 'UTC')),
+    config_id LowCardinality(String),
+    config_version UInt32,
+    direction LowCardinality(String),
+    transport LowCardinality(String),
+    product_type LowCardinality(String),
+    status LowCardinality(String),
+    end_reason LowCardinality(String),
+    resolution LowCardinality(String),
+    completed Bool,
+    duration_seconds Float64,
+    caller_turns UInt32,
+    agent_turns UInt32,
+    barge_ins UInt32,
+    stt_confidence_sum Float64,
+    stt_confidence_count UInt32,
+    transfers UInt16,
+    transferred Bool,
+    transfer_failures UInt16,
+    escalation_reason LowCardinality(String),
+    tool_calls UInt32,
+    tool_errors UInt32,
+    speech_interruptions UInt16,
+    sentiment_sum Float64,
+    sentiment_count UInt32,
+    stt_seconds Float64,
+    tts_characters UInt32,
+    llm_requests UInt32,
+    cost_stt Float64,
+    cost_tts Float64,
+    cost_llm Float64,
+    cost_telephony Float64,
+    cost_total Float64
+)) ENGINE = Null;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS parley.call_facts_rows ON CLUSTER parley TO parley.call_facts AS
+SELECT
+    tupleElement(row, 'tenant') AS `tenant`,
+    tupleElement(row, 'call_id') AS `call_id`,
+    tupleElement(row, 'version') AS `version`,
+    tupleElement(row, 'seq') AS `seq`,
+    tupleElement(row, 'started_at') AS `started_at`,
+    tupleElement(row, 'last_event_at') AS `last_event_at`,
+    tupleElement(row, 'connected_at') AS `connected_at`,
+    tupleElement(row, 'ended_at') AS `ended_at`,
+    tupleElement(row, 'config_id') AS `config_id`,
+    tupleElement(row, 'config_version') AS `config_version`,
+    tupleElement(row, 'direction') AS `direction`,
+    tupleElement(row, 'transport') AS `transport`,
+    tupleElement(row, 'product_type') AS `product_type`,
+    tupleElement(row, 'status') AS `status`,
+    tupleElement(row, 'end_reason') AS `end_reason`,
+    tupleElement(row, 'resolution') AS `resolution`,
+    tupleElement(row, 'completed') AS `completed`,
+    tupleElement(row, 'duration_seconds') AS `duration_seconds`,
+    tupleElement(row, 'caller_turns') AS `caller_turns`,
+    tupleElement(row, 'agent_turns') AS `agent_turns`,
+    tupleElement(row, 'barge_ins') AS `barge_ins`,
+    tupleElement(row, 'stt_confidence_sum') AS `stt_confidence_sum`,
+    tupleElement(row, 'stt_confidence_count') AS `stt_confidence_count`,
+    tupleElement(row, 'transfers') AS `transfers`,
+    tupleElement(row, 'transferred') AS `transferred`,
+    tupleElement(row, 'transfer_failures') AS `transfer_failures`,
+    tupleElement(row, 'escalation_reason') AS `escalation_reason`,
+    tupleElement(row, 'tool_calls') AS `tool_calls`,
+    tupleElement(row, 'tool_errors') AS `tool_errors`,
+    tupleElement(row, 'speech_interruptions') AS `speech_interruptions`,
+    tupleElement(row, 'sentiment_sum') AS `sentiment_sum`,
+    tupleElement(row, 'sentiment_count') AS `sentiment_count`,
+    tupleElement(row, 'stt_seconds') AS `stt_seconds`,
+    tupleElement(row, 'tts_characters') AS `tts_characters`,
+    tupleElement(row, 'llm_requests') AS `llm_requests`,
+    tupleElement(row, 'cost_stt') AS `cost_stt`,
+    tupleElement(row, 'cost_tts') AS `cost_tts`,
+    tupleElement(row, 'cost_llm') AS `cost_llm`,
+    tupleElement(row, 'cost_telephony') AS `cost_telephony`,
+    tupleElement(row, 'cost_total') AS `cost_total`
+FROM parley.call_facts_input;
+
+CREATE TABLE IF NOT EXISTS parley.call_turns_input ON CLUSTER parley (row Tuple(
+    tenant LowCardinality(String),
+    call_id String,
+    seq UInt64,
+    version UInt32,
+    time DateTime64(3, 'UTC'),
+    speaker LowCardinality(String),
+    stt_ms Nullable(Float64),
+    end_of_turn_ms Nullable(Float64),
+    llm_ms Nullable(Float64),
+    tts_ms Nullable(Float64),
+    e2e_ms Nullable(Float64),
+    interrupted Bool
+)) ENGINE = Null;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS parley.call_turns_rows ON CLUSTER parley TO parley.call_turns AS
+SELECT
+    tupleElement(row, 'tenant') AS `tenant`,
+    tupleElement(row, 'call_id') AS `call_id`,
+    tupleElement(row, 'seq') AS `seq`,
+    tupleElement(row, 'version') AS `version`,
+    tupleElement(row, 'time') AS `time`,
+    tupleElement(row, 'speaker') AS `speaker`,
+    tupleElement(row, 'stt_ms') AS `stt_ms`,
+    tupleElement(row, 'end_of_turn_ms') AS `end_of_turn_ms`,
+    tupleElement(row, 'llm_ms') AS `llm_ms`,
+    tupleElement(row, 'tts_ms') AS `tts_ms`,
+    tupleElement(row, 'e2e_ms') AS `e2e_ms`,
+    tupleElement(row, 'interrupted') AS `interrupted`
+FROM parley.call_turns_input;
+
 CREATE TABLE IF NOT EXISTS parley.dead_letters_input ON CLUSTER parley (row Tuple(
     seq UInt64,
     subject String,
@@ -339,4 +528,4 @@ SELECT
     tupleElement(row, 'at') AS `at`
 FROM parley.dead_letters_input;
 
-INSERT INTO parley.schema_digest (digest) VALUES ('9b48a67e51e8376e');
+INSERT INTO parley.schema_digest (digest) VALUES ('6e82ee085c1aaf10');

@@ -1,7 +1,7 @@
 """The analytics projection: every event into ClickHouse, and the facts the KPIs are computed from.
 
 ``projection`` the projection (a pipelined projection of ``projections.runner``) and its runner ·
-``facts`` the conversation fold · ``sink`` ClickHouse (chDB embedded, or a server with
+``facts`` the conversation and call folds · ``sink`` ClickHouse (chDB embedded, or a server with
 ``CLICKHOUSE_URL``): its writes and its checkpoints · ``rebuild`` shadow tables swapped in without
 downtime · ``service`` the runner and the queries inside the API process ·
 ``python -m projections.analytics run|rebuild|status``. The tables and their rows are

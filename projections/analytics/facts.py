@@ -1,10 +1,12 @@
-"""Folding a conversation's events into its facts row (``conversation_facts``).
+"""Folding an aggregate's events into its facts row: a conversation's (``conversation_facts``), a
+call's (``call_facts``).
 
-A row is a pure function of the conversation's events up to its ``version``, and ``apply`` folds an
+A row is a pure function of the aggregate's events up to its ``version``, and ``apply`` folds an
 event only when its version is above the row's: replaying an event the row already accounts for
 changes nothing, so a batch projected twice writes the same rows twice (``ReplacingMergeTree``
-keeps one). Escalation rows are per event, not per fold: ``apply`` makes one for every
-``EscalationRequested`` it is given, and the runner gives it each event once.
+keeps one). Rows per event are not per fold: ``apply`` makes an escalation row for every
+``EscalationRequested`` it is given, a turn row for every utterance of a call, and the runner gives
+it each event once.
 
 What the KPIs read from a row:
 
@@ -18,46 +20,79 @@ What the KPIs read from a row:
   ``nps_scale`` question; **CSAT**: the answer,
   1 to 5, to a question whose id says ``csat`` or whose options are exactly 1 to 5.
 
-Closed conversations leave the in-memory cache once written (nothing may follow a close); the
-others stay, bounded by an LRU. A conversation missing from the cache is read back from
-ClickHouse by the runner before its events are folded.
+What the voice analytics read from a call's row: its direction; ``completed`` (connected, and
+ended neither abandoned nor failed); its duration and cost as the end recorded them (the cost at
+the tenant's unit prices); whether a transfer to a human connected, and the first transfer's
+trigger as the call's escalation reason; the transcripts' confidence.
+
+Closed conversations and ended calls leave the in-memory cache once written (nothing may follow
+an end); the others stay, bounded by an LRU. An aggregate missing from the cache is read back from
+ClickHouse by the projection before its events are folded.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from typing import Generic, TypeVar
 
+from domain import call as v
 from domain import conversation as c
 from domain.messages import Event
-from read_models.analytics_schema import ConversationFacts, EscalationRow, EventRow
+from read_models.analytics_schema import CallFacts, CallTurnRow, ConversationFacts, EscalationRow, EventRow
 
 Decoded = tuple[EventRow, Event]  # an event and its row, as the store's redacted decoder gives them
 
 UNRESOLVED_REASONS = frozenset({"abandoned", "timeout", "expired", "unresolved", "customer_left", "no_response"})
 CSAT_OPTIONS = ["1", "2", "3", "4", "5"]
 
-Key = tuple[str, str]  # (tenant, conversation id)
+Key = tuple[str, str]  # (tenant, aggregate id)
+F = TypeVar("F", ConversationFacts, CallFacts)
 
 
-class FactsFold:
+class _Fold(Generic[F]):
+    """Facts rows by aggregate: an LRU cache of them, the rows changed since last taken."""
+
+    id_field: str  # the row's field naming its aggregate
+
     def __init__(self, cache_size: int = 100_000) -> None:
         self.cache_size = cache_size
-        self._facts: OrderedDict[Key, ConversationFacts] = OrderedDict()
-        self._touched: dict[Key, ConversationFacts] = {}
+        self._facts: OrderedDict[Key, F] = OrderedDict()
+        self._touched: dict[Key, F] = {}
 
     @property
-    def cached(self) -> Mapping[Key, ConversationFacts]:
-        """The facts in memory, by conversation (read only)."""
+    def cached(self) -> Mapping[Key, F]:
+        """The facts in memory, by aggregate (read only)."""
         return self._facts
 
     def __len__(self) -> int:
         return len(self._facts)
 
-    def load(self, rows: Iterable[ConversationFacts]) -> None:
-        """Facts read back from ClickHouse, for conversations the cache had lost."""
+    def load(self, rows: Iterable[F]) -> None:
+        """Facts read back from ClickHouse, for aggregates the cache had lost."""
         for row in rows:
-            self._facts[(row.tenant, row.conversation_id)] = row
+            self._facts[(row.tenant, getattr(row, self.id_field))] = row
+
+    def unknown(self, deferred: Iterable[Decoded]) -> list[Key]:
+        """The aggregates of deferred events, to read back."""
+        return list(dict.fromkeys((row.tenant, row.aggregate_id) for row, _ in deferred))
+
+    def take_touched(self) -> list[F]:
+        """The rows changed since the last call; those of ended aggregates leave the cache."""
+        touched = list(self._touched.values())
+        self._touched.clear()
+        for facts in touched:
+            if facts.status in ("closed", "ended", "refused"):
+                self._facts.pop((facts.tenant, getattr(facts, self.id_field)), None)
+        while len(self._facts) > self.cache_size:
+            self._facts.popitem(last=False)
+        return touched
+
+
+class FactsFold(_Fold[ConversationFacts]):
+    """Conversations into their facts."""
+
+    id_field = "conversation_id"
 
     def apply(
         self, decoded: Iterable[Decoded], *, defer_unknown: bool = True
@@ -125,21 +160,6 @@ class FactsFold:
                     )
                 )
         return escalations, deferred
-
-    def unknown(self, deferred: Iterable[Decoded]) -> list[Key]:
-        """The conversations of deferred events, to read back."""
-        return list(dict.fromkeys((row.tenant, row.aggregate_id) for row, _ in deferred))
-
-    def take_touched(self) -> list[ConversationFacts]:
-        """The rows changed since the last call; closed conversations leave the cache."""
-        touched = list(self._touched.values())
-        self._touched.clear()
-        for facts in touched:
-            if facts.status == "closed":
-                self._facts.pop((facts.tenant, facts.conversation_id), None)
-        while len(self._facts) > self.cache_size:
-            self._facts.popitem(last=False)
-        return touched
 
 
 def _evolve(f: ConversationFacts, event: Event, at: int) -> None:
@@ -223,3 +243,110 @@ def csat_score(answer: str | int) -> int | None:
     except ValueError:
         return None
     return score if 1 <= score <= 5 else None
+
+
+class CallFold(_Fold[CallFacts]):
+    """Phone calls into their facts, and their utterances into turn rows with their latencies."""
+
+    id_field = "call_id"
+
+    def apply(
+        self, decoded: Iterable[Decoded], *, defer_unknown: bool = True
+    ) -> tuple[list[CallTurnRow], list[Decoded]]:
+        """Fold call events, in stream order (as ``FactsFold.apply``); returns the turn rows they
+        make, and the events deferred."""
+        cache, touched = self._facts, self._touched
+        turns: list[CallTurnRow] = []
+        deferred: list[Decoded] = []
+        unknown: set[Key] = set()
+        for d in decoded:
+            row, event = d
+            key = (row.tenant, row.aggregate_id)
+            at = row.time
+            facts = cache.get(key)
+            if facts is None:
+                starts = type(event) is v.CallInitiated or type(event) is v.CallAttemptRefused
+                if defer_unknown and (not starts or key in unknown):
+                    unknown.add(key)
+                    deferred.append(d)
+                    continue
+                facts = cache[key] = CallFacts(row.tenant, row.aggregate_id, started_at=at, last_event_at=at)
+            else:
+                cache.move_to_end(key)
+            if row.version > facts.version:
+                facts.version, facts.seq = row.version, row.seq
+                facts.last_event_at = max(facts.last_event_at, at)
+                touched[key] = facts
+                _evolve_call(facts, event, at)
+            match event:
+                case v.CallerSpoke():
+                    turn = CallTurnRow(
+                        row.tenant, row.aggregate_id, row.seq, row.version, at, "caller",
+                        event.transcription_delay_ms, event.end_of_turn_delay_ms, None, None, None, False,
+                    )  # fmt: skip
+                    turns.append(turn)
+                case v.AgentSpoke():
+                    turn = CallTurnRow(
+                        row.tenant, row.aggregate_id, row.seq, row.version, at, "agent",
+                        None, None, event.llm_ttft_ms, event.tts_ttfb_ms, event.e2e_latency_ms, event.interrupted,
+                    )  # fmt: skip
+                    turns.append(turn)
+        return turns, deferred
+
+
+def _evolve_call(f: CallFacts, event: Event, at: int) -> None:
+    match event:
+        case v.CallerSpoke():
+            f.caller_turns += 1
+            if event.confidence is not None:
+                f.stt_confidence_sum += event.confidence
+                f.stt_confidence_count += 1
+            f.stt_seconds += event.audio_seconds
+        case v.AgentSpoke():
+            f.agent_turns += 1
+            f.barge_ins += event.interrupted
+            f.tts_characters += event.characters
+            f.llm_requests += 1
+        case v.CallInitiated():
+            f.started_at = at
+            f.config_id, f.config_version = event.config_id, event.config_version
+            f.direction, f.transport, f.product_type = event.direction, event.transport, event.product_type
+            f.status = "initiating"
+        case v.CallAttemptRefused():
+            f.started_at, f.direction, f.status = at, "outbound", "refused"
+        case v.CallRinging():
+            if f.status == "initiating":
+                f.status = "ringing"
+        case v.CallConnected():
+            f.connected_at, f.status = at, "in_progress"
+        case v.ToolCallFinished():
+            f.tool_calls += 1
+            f.tool_errors += event.error is not None
+        case v.SentimentUpdated():
+            f.sentiment_sum += event.score
+            f.sentiment_count += 1
+        case v.TransferRequested():
+            if not f.transfers:
+                f.escalation_reason = event.trigger or event.reason
+            f.transfers += 1
+            f.status = "transferring"
+        case v.TransferConnected():
+            f.transferred, f.status = True, "transferred"
+        case v.TransferFailed():
+            f.transfer_failures += 1
+            f.status = "in_progress" if f.connected_at is not None else "initiating"
+        case v.SpeechProviderInterrupted():
+            f.speech_interruptions += 1
+        case v.CallEnded():
+            f.status, f.ended_at = "ended", at
+            f.end_reason, f.resolution = event.reason, event.resolution_status
+            f.completed = f.connected_at is not None and event.resolution_status not in ("abandoned", "failed")
+            f.duration_seconds = event.duration_seconds
+            f.stt_seconds, f.tts_characters, f.llm_requests = (
+                event.stt_seconds,
+                event.tts_characters,
+                event.llm_requests,
+            )
+            cost = event.cost
+            f.cost_stt, f.cost_tts, f.cost_llm, f.cost_telephony = cost.stt, cost.tts, cost.llm, cost.telephony
+            f.cost_total = cost.total

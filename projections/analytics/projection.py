@@ -2,10 +2,10 @@
 
 A pipelined projection of the one runner (``projections.runner``, ``Pipeline``). Per batch: the
 commits are decoded without personal data by the store (``EventStore.redacted``: each event with
-its ``events`` row), the conversations folded (``facts``), every table's rows encoded
-(``sink.encode_rows``); then written table by table, and the checkpoint moved after them
-(``sink.ClickHouseCheckpoints``). Facts rows are keyed by conversation and versioned: written
-twice, they are one row.
+its ``events`` row), the conversations and the calls folded (``facts``), every table's rows
+encoded (``sink.encode_rows``); then written table by table, and the checkpoint moved after them
+(``sink.ClickHouseCheckpoints``). Facts rows are keyed by aggregate and versioned: written twice,
+they are one row.
 
 ``analytics_runner`` makes its runner: batches of 50,000 commits from the bulk feed, no
 acknowledgements, prepared while the previous batch is inserted.
@@ -21,14 +21,15 @@ from datetime import datetime
 import msgspec
 import structlog
 
+from domain.call import AGGREGATE_TYPE as CALL
 from domain.conversation import AGGREGATE_TYPE as CONVERSATION
-from projections.analytics.facts import Decoded, FactsFold
+from projections.analytics.facts import CallFold, Decoded, FactsFold
 from projections.analytics.sink import AnalyticsSink, ClickHouseBatch, ClickHouseCheckpoints, Encoded, encode_rows
 from projections.batches import Message
 from projections.checkpoints import BatchResult, DeadLetter
 from projections.projector import Pipelined
 from projections.runner import Pipeline, ProjectorRunner
-from read_models.analytics_schema import DeadLetterRow, EscalationRow, EventRow
+from read_models.analytics_schema import CallTurnRow, DeadLetterRow, EscalationRow, EventRow
 from streams.bulk import Delivered
 from streams.errors import EventDecodeError
 from streams.store import EventStore, RowOf
@@ -62,6 +63,7 @@ class AnalyticsProjection(Pipelined[ClickHouseBatch, Encoded]):
         self.cache_size = cache_size
         self.fast_decode = fast_decode
         self.fold = FactsFold(cache_size)
+        self.calls = CallFold(cache_size)
         self.timings = Timings()
         self._decode: Callable[[int, str, bytes, int, RowOf[EventRow]], list[Decoded]] | None = None
         self._run_id = ""
@@ -70,6 +72,7 @@ class AnalyticsProjection(Pipelined[ClickHouseBatch, Encoded]):
         """From the checkpoint: an empty fold cache, and new insert tokens (rows ``recover`` deleted are new)."""
         self._decode = store.redacted(fast=self.fast_decode).decode
         self.fold = FactsFold(self.cache_size)
+        self.calls = CallFold(self.cache_size)
         self._run_id = uuid.uuid4().hex[:12]
 
     def preparing(self, landed: Callable[[], Awaitable[None]]) -> _Preparation:
@@ -102,6 +105,7 @@ class _Preparation:
         self.landed = landed
         self.events: list[bytes] = []
         self.escalations: list[EscalationRow] = []
+        self.call_turns: list[CallTurnRow] = []
         self.dead: list[DeadLetter] = []
         self.count = 0
         self.first_seq = 0
@@ -119,6 +123,7 @@ class _Preparation:
         t0 = time.perf_counter()
         rows: list[EventRow] = []
         conversations: list[Decoded] = []
+        calls: list[Decoded] = []
         for m in messages:
             try:
                 decoded = decode(m.seq, m.subject, m.data, m.time, EventRow)  # type: ignore[arg-type]
@@ -130,6 +135,8 @@ class _Preparation:
                 rows.append(d[0])
                 if d[0].aggregate_type == CONVERSATION:
                     conversations.append(d)
+                elif d[0].aggregate_type == CALL:
+                    calls.append(d)
         t1 = time.perf_counter()
         made, deferred = fold.apply(conversations)
         self.escalations += made
@@ -139,6 +146,14 @@ class _Preparation:
             fold.load(await projection.sink.call(projection.sink.load_facts, fold.unknown(deferred)))
             t1 += time.perf_counter() - started
             self.escalations += fold.apply(deferred, defer_unknown=False)[0]
+        if calls:
+            turns, deferred = projection.calls.apply(calls)
+            self.call_turns += turns
+            if deferred:  # calls the cache lost, likewise
+                await self.landed()
+                loaded = await projection.sink.call(projection.sink.load_calls, projection.calls.unknown(deferred))
+                projection.calls.load(loaded)
+                self.call_turns += projection.calls.apply(deferred, defer_unknown=False)[0]
         t2 = time.perf_counter()
         if rows:
             self.events.append(encode_rows(rows))
@@ -151,6 +166,7 @@ class _Preparation:
     def done(self) -> Encoded:
         started = time.perf_counter()
         facts = self.projection.fold.take_touched()
+        calls = self.projection.calls.take_touched()
         at = round(time.time() * 1000)
         encoded = Encoded(
             self.first_seq,
@@ -159,6 +175,8 @@ class _Preparation:
             encode_rows(facts),
             encode_rows(self.escalations),
             encode_rows([DeadLetterRow(d.seq, d.subject, d.error, at) for d in self.dead]),
+            encode_rows(calls),
+            encode_rows(self.call_turns),
             self.count,
             self.dead,
         )

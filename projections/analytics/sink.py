@@ -27,13 +27,14 @@ from infra import chdb
 from projections.checkpoints import Batch, Checkpoints, DeadLetter
 from projections.settings import AnalyticsSettings
 from read_models import analytics_schema as schema
-from read_models.analytics_schema import ConversationFacts, DeadLetterRow
+from read_models.analytics_schema import CallFacts, ConversationFacts, DeadLetterRow
 
 log = structlog.get_logger(__name__)
 
 __all__ = ["AnalyticsSettings", "AnalyticsSink", "ClickHouseCheckpoints", "Encoded", "connect", "encode_rows"]
 
 T = TypeVar("T")
+R = TypeVar("R", bound=msgspec.Struct)
 
 # One parsing thread: parallel parsing cost more CPU than it saved here, and the projector's own
 # thread needs the other core. The token of an insert into an input table applies to the table
@@ -59,6 +60,8 @@ class Encoded(msgspec.Struct, frozen=True):
     facts: bytes
     escalations: bytes
     dead_letters: bytes
+    calls: bytes = b""
+    call_turns: bytes = b""
     event_count: int = 0
     dead: list[DeadLetter] = []
 
@@ -69,7 +72,6 @@ _SWAP_ORDER = (*(t for t in schema.TABLES if t != schema.CHECKPOINT), schema.CHE
 _ENCODE = msgspec.json.Encoder()
 _PACK = msgspec.msgpack.Encoder()
 _LIST_HEADER = {0xDC: 3, 0xDD: 5}  # the size of a list's header by its first byte (else 1: fixarray)
-_TIMES = ("started_at", "last_event_at", "closed_at")
 
 
 def encode_rows(rows: Sequence[Any]) -> bytes:
@@ -230,7 +232,9 @@ class AnalyticsSink:
         for table, rows in (
             (schema.EVENTS, batch.events),
             (schema.ESCALATIONS, batch.escalations),
+            (schema.CALL_TURNS, batch.call_turns),
             (schema.FACTS, batch.facts),
+            (schema.CALLS, batch.calls),
             (schema.DEAD_LETTERS, batch.dead_letters),
         ):
             self.insert(table, rows, f"{token}:{table}")
@@ -250,20 +254,29 @@ class AnalyticsSink:
 
     def load_facts(self, keys: list[tuple[str, str]]) -> list[ConversationFacts]:
         """The current facts rows of some conversations (those that have one)."""
+        return self._load(schema.FACTS, ConversationFacts, "conversation_id", keys)
+
+    def load_calls(self, keys: list[tuple[str, str]]) -> list[CallFacts]:
+        """The current facts rows of some calls (those that have one)."""
+        return self._load(schema.CALLS, CallFacts, "call_id", keys)
+
+    def _load(self, table: str, row_type: type[R], id_column: str, keys: list[tuple[str, str]]) -> list[R]:
         if not keys:
             return []
+        types = schema.TABLES[table]
         select = ", ".join(
-            f"toUnixTimestamp64Milli({c})" if c in _TIMES else c for c in schema.columns(ConversationFacts)
+            f"toUnixTimestamp64Milli({c})" if "DateTime64" in types.column_type(c) else c
+            for c in schema.columns(row_type)
         )
-        out: list[ConversationFacts] = []
+        out: list[R] = []
         for tenant in sorted({t for t, _ in keys}):
-            ids = [cid for t, cid in keys if t == tenant]
+            ids = [aggregate_id for t, aggregate_id in keys if t == tenant]
             result = self.client.query(
-                f"SELECT {select} FROM {self.db}.{schema.FACTS} FINAL"
-                " WHERE tenant = {t:String} AND conversation_id IN {ids:Array(String)}",
+                f"SELECT {select} FROM {self.db}.{table} FINAL"
+                f" WHERE tenant = {{t:String}} AND {id_column} IN {{ids:Array(String)}}",
                 parameters={"t": tenant, "ids": ids},
             )
-            out += [msgspec.convert(list(row), ConversationFacts) for row in result.result_rows]
+            out += [msgspec.convert(list(row), row_type) for row in result.result_rows]
         return out
 
     # Status --------------------------------------------------------------------------------
@@ -272,11 +285,13 @@ class AnalyticsSink:
         return int(self.client.command(f"SELECT count() FROM {self.db}.{schema.DEAD_LETTERS} FINAL"))
 
     def counts(self) -> dict[str, int]:
-        """Rows per table (facts: conversations, after replacement)."""
+        """Rows per table (facts: conversations and calls, after replacement)."""
         out = {}
         for table in (schema.EVENTS, schema.ESCALATIONS, schema.DEAD_LETTERS):
             out[table] = int(self.client.command(f"SELECT count() FROM {self.db}.{table}"))
         out[schema.FACTS] = int(self.client.command(f"SELECT count() FROM {self.db}.{schema.FACTS} FINAL"))
+        if calls := int(self.client.command(f"SELECT count() FROM {self.db}.{schema.CALLS} FINAL")):
+            out[schema.CALLS] = calls
         return out
 
 
