@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import structlog
@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from domain import config as a
-from domain.bot import config_document, config_from_mapping, parse_yaml
+from domain.bot import ProductType, config_document, config_from_mapping, parse_yaml
 from domain.bot_changes import ConfigValue, change_risks
 from domain.errors import ValidationError
 from read_models.migrations import PROJECTOR_TABLES, Migration, ReadModel
@@ -202,7 +202,7 @@ class Approval(msgspec.Struct, frozen=True, kw_only=True):
 class ConfigMetadata(msgspec.Struct, frozen=True, kw_only=True):
     created_at: str | None
     updated_at: str | None
-    status: str
+    status: a.Status
     breaking_change: bool
     digest: str
 
@@ -213,7 +213,7 @@ class ConfigView(msgspec.Struct, frozen=True, kw_only=True):
     config_id: str
     organization_id: str
     tenant_slug: str
-    product_type: str
+    product_type: ProductType
     version: int
     active_version: int
     latest_version: int
@@ -228,15 +228,15 @@ class VersionView(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     branch: str
     based_on: int
-    status: str
+    status: a.Status
     created_at: str | None
     activated_at: str | None
     created_by: str
-    author_type: str
+    author_type: a.AuthorType
     commit_message: str
     change_type: str
     changes: list[str]
-    risk_level: str
+    risk_level: a.RiskLevel
     risk_reasons: list[str]
     breaking_change: bool
     breaking_reasons: list[str]
@@ -259,7 +259,7 @@ class VersionsPage(msgspec.Struct, frozen=True, kw_only=True):
     """The seed's "Get Config Versions"."""
 
     config_id: str
-    product_type: str
+    product_type: ProductType
     current_version: int
     latest_version: int
     versions: list[VersionView]
@@ -274,7 +274,7 @@ class BranchView(msgspec.Struct, frozen=True, kw_only=True):
     base_version: int
     current_version: int
     description: str
-    status: str
+    status: Literal["active", "merged"]
     merged_into: int | None
     created_by: str
     created_at: str | None
@@ -297,13 +297,13 @@ class HistoryChange(msgspec.Struct, frozen=True, kw_only=True):
     change_id: str
     version: str  # "v5"
     author: str
-    author_type: str
+    author_type: a.AuthorType
     change_type: str
     commit_message: str
-    risk_level: str
+    risk_level: a.RiskLevel
     approved_by: str | None
     applied_at: str | None
-    status: str
+    status: a.Status
     rolled_back: bool
 
 
@@ -311,7 +311,7 @@ class History(msgspec.Struct, frozen=True, kw_only=True):
     """The seed's "Get Config Change History", with the rollbacks."""
 
     config_id: str
-    product_type: str
+    product_type: ProductType
     total_changes: int
     changes: list[HistoryChange]
     rollbacks: list[RollbackView]
@@ -321,7 +321,7 @@ class ConfigSummary(msgspec.Struct, frozen=True, kw_only=True):
     """A config in the tenant's list."""
 
     config_id: str
-    product_type: str
+    product_type: ProductType
     active_version: int
     latest_version: int
     pending_approvals: int  # versions waiting for an approval
@@ -382,7 +382,7 @@ class ClientVersions(msgspec.Struct, frozen=True, kw_only=True):
     """The seed's client portal "Get Version History"."""
 
     config_id: str
-    product_type: str
+    product_type: ProductType
     current_version: str | None
     versions: list[ClientVersion]
     total_versions: int

@@ -25,7 +25,7 @@ from commands.config import Comparison, ConfigService, MemberPermissions, Previe
 from commands.runner import Outcome
 from domain import config as a
 from domain import permissions as perms
-from domain.bot import Issue, ValidationReport, config_json_schema
+from domain.bot import Issue, ProductType, ValidationReport, config_json_schema
 from domain.bot_changes import ConfigValue
 from domain.errors import NotFoundError, PermissionDeniedError, ValidationError
 from gateways.http.auth import Identity, requires
@@ -136,14 +136,14 @@ class VersionOutcome(msgspec.Struct, kw_only=True):
     """A command's answer on a config version (create, approve, reject, breaking, reload)."""
 
     config_id: str
-    product_type: str
+    product_type: ProductType
     version: int
     branch: str
-    status: str
+    status: a.Status
     active_version: int
     change_type: str
     changes: list[str]
-    risk_level: str
+    risk_level: a.RiskLevel
     risk_reasons: list[str]
     breaking_change: bool
     breaking_reasons: list[str]
