@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import requests
 from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
@@ -55,7 +56,8 @@ class TwilioSms:
     name = "sms"
     default_rate_per_minute = 60  # a long code sends one message a second
 
-    def __init__(self) -> None:
+    def __init__(self, *, timeout: float = 15.0) -> None:
+        self.timeout = timeout
         self._clients: dict[tuple[str, str, str], Client] = {}
 
     def _client(self, provider: Provider) -> Client:
@@ -64,7 +66,7 @@ class TwilioSms:
         key = (sid, token, provider.base_url)
         client = self._clients.get(key)
         if client is None:
-            client = Client(sid, token)
+            client = Client(sid, token, http_client=TwilioHttpClient(timeout=self.timeout))
             if provider.base_url:
                 client.api.base_url = provider.base_url
             self._clients[key] = client

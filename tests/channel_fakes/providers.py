@@ -57,6 +57,7 @@ class _Server:
         self._runner: web.AppRunner | None = None
         self.deliver_to: str | None = None  # post callbacks to this base URL at once (the demo)
         self._http: httpx.AsyncClient | None = None
+        self._released = asyncio.Event()
 
     def app(self) -> web.Application:
         raise NotImplementedError
@@ -70,10 +71,14 @@ class _Server:
         return self.url
 
     async def stop(self) -> None:
+        self._released.set()  # held requests end (their callers have given up)
         if self._http is not None:
             await self._http.aclose()
+            self._http = None
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
+        self._released = asyncio.Event()
 
     async def _callback(self, callback: Callback) -> None:
         if self.deliver_to is None:
@@ -86,8 +91,8 @@ class _Server:
             pass
 
     async def _held(self) -> web.Response:
-        await asyncio.Event().wait()  # never answers: the caller gives up or dies
-        raise AssertionError("unreachable")
+        await self._released.wait()  # no answer until the server stops: the caller gives up or dies
+        raise web.HTTPServiceUnavailable()
 
 
 class FakeGraph(_Server):
