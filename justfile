@@ -115,3 +115,13 @@ call *ARGS:
 [positional-arguments]
 bench-voice *ARGS:
     @{{ python }} -m bench.voice "$@"
+
+# Faults as a permanent test: load through the API while the API, projectors, agent runtime and nats-server are killed and Redis and PostgreSQL restarted; then every invariant checked (--quick, --seconds N, --seed N, --cluster, --keep)
+[positional-arguments]
+chaos *ARGS:
+    @{{ python }} -m bench.chaos "$@"
+
+# Benchmark channels: webhook intake -> commit at a steady rate, inbound webhooks/s, reply -> provider request, 5,000 web-chat sockets (--quick, --sockets N)
+[positional-arguments]
+bench-channels *ARGS:
+    @{{ python }} -m bench.channels "$@"

@@ -107,6 +107,7 @@ class FakeGraph(_Server):
         self.sent: list[dict[str, Any]] = []
         self.last_inbound: dict[str, float] = {}
         self.window = 24 * 3600.0
+        self.on_request: Any = None  # called with each accepted message (the benchmark's clock)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -153,6 +154,8 @@ class FakeGraph(_Server):
             status, body = self.fail_next.pop(0)
             return web.json_response(body, status=status)
         payload = await request.json()
+        if self.on_request is not None:
+            self.on_request(payload)
         to = payload.get("to", "")
         if payload.get("type") == "text" and time.time() - self.last_inbound.get(to, 0) > self.window:
             error = {"message": "Re-engagement message", "code": 131047, "error_subcode": 2494010}
