@@ -84,7 +84,7 @@ async def _rebuild(settings: ProjectionSettings, name: str) -> None:
 
 async def _status(settings: ProjectionSettings, metrics: bool) -> None:
     async with _opened(settings) as (store, pool):
-        statuses = [await projector_status(pool, store.store, p) for p in registry.projectors()]
+        statuses: list[Any] = [await projector_status(pool, store.store, p) for p in registry.projectors()]
     statuses += await asyncio.to_thread(analytics_statuses)
     if metrics:
         sys.stdout.write(metrics_text(statuses))

@@ -5,13 +5,13 @@ A statement per event, each guarded by the delivery's version, so applying one t
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from psycopg import AsyncCursor, sql
+from psycopg import AsyncCursor
 
 from domain import channel as ch
 from projections.projector import Projector
+from projections.sql import statement
 from read_models.channel import CHANNELS
 from streams.store import RecordedEvent
 from streams.subjects import type_subjects
@@ -41,11 +41,6 @@ FAILED = (
     "UPDATE {s}.deliveries SET status = %(status)s, last_error = %(reason)s, retry_at = %(retry_at)s,"
     " updated_at = %(at)s, version = %(version)s" + _WHERE
 )
-
-
-@functools.cache
-def _statement(template: str, schema: str) -> bytes:
-    return sql.SQL(template).format(s=sql.Identifier(schema)).as_string().encode()  # type: ignore[arg-type]
 
 
 class ChannelsProjector(Projector):
@@ -89,4 +84,4 @@ class ChannelsProjector(Projector):
                 params |= {"status": "skipped", "reason": e.reason, "retry_at": None, "at": e.at}
             case _:
                 return
-        await cur.execute(_statement(template, schema), params)
+        await cur.execute(statement(template, schema), params)

@@ -32,6 +32,7 @@ from read_models.migrations import Migration, ReadModel
 from streams.store import EventStore, RecordedEvent
 
 P = TypeVar("P")
+P_co = TypeVar("P_co", covariant=True)
 
 
 class Projection(ABC, Generic[B]):
@@ -48,12 +49,12 @@ class Projection(ABC, Generic[B]):
         """Write the commits above ``batch.after`` (the rest are done); the batch's result."""
 
 
-class Preparation(Protocol[P]):
+class Preparation(Protocol[P_co]):
     """A batch being prepared (``Pipelined.preparing``), a chunk of commits at a time, in stream order."""
 
     async def add(self, messages: Sequence[Message]) -> None: ...
 
-    def done(self) -> P: ...
+    def done(self) -> P_co: ...
 
 
 class Pipelined(Projection[B], Generic[B, P]):

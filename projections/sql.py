@@ -13,7 +13,7 @@ _JSON = msgspec.json.Encoder()
 @functools.cache
 def statement(template: str, schema: str) -> bytes:
     """A statement template (``{s}`` stands for the schema) made for one schema, once."""
-    return sql.SQL(template).format(s=sql.Identifier(schema)).as_string().encode()  # type: ignore[arg-type]
+    return sql.SQL(template).format(s=sql.Identifier(schema)).as_string().encode()
 
 
 def json_text(value: object) -> str:
