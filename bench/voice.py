@@ -95,10 +95,10 @@ async def run(args: argparse.Namespace, nats_url: str, pg_url: str, data: Path) 
     from gateways.speech.offline import PocketsphinxSTT, Vocabulary
     from gateways.speech.providers import SpeechChoice, load_vad
     from gateways.telephony.phone import Phone, Turn
+    from gateways.telephony.session import VoiceStack, answer_stream
     from gateways.telephony.twilio import MediaStreamBridge, call_id_for
     from streams.factory import StoreSettings, open_store
     from streams.subjects import StreamId
-    from voice_worker.session import VoiceStack, answer_stream
 
     async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
         await setup_demo_data(conn, tenants=("bench",))

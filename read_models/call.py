@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 from psycopg import AsyncConnection, sql
+from psycopg_pool import AsyncConnectionPool
 
 from read_models.migrations import PROJECTOR_TABLES, Migration, ReadModel
 
@@ -224,6 +225,17 @@ async def get_call(conn: AsyncConnection[Any], tenant: str, call_id: str, *, rec
         analytics=analytics,
         cost=cost,
     )
+
+
+class CallQueries:
+    """The calls read model's queries over a connection pool."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self.pool = pool
+
+    async def get(self, tenant: str, call_id: str, *, recording_url: str) -> CallView | None:
+        async with self.pool.connection() as conn:
+            return await get_call(conn, tenant, call_id, recording_url=recording_url)
 
 
 async def recording_uri(conn: AsyncConnection[Any], tenant: str, call_id: str, recording_id: str) -> str | None:

@@ -25,7 +25,7 @@ import functools
 import operator
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
@@ -58,6 +58,8 @@ log = structlog.get_logger(__name__)
 # The most a command's events may take, encoded (a commit is one NATS message; the server's default
 # max_payload is 1 MiB). Requests are bounded well below it at the edge.
 MAX_COMMIT_BYTES = 512 * 1024
+# Messages for live listeners only (never stored): ``publish_live``.
+LIVE_PREFIX = "parley.live"
 
 
 # Commits hold strings, bytes and numbers only, so the garbage collector need not track them
@@ -261,6 +263,24 @@ class EventStore:
     async def follow(self, aggregate_type: str, seen: Seen) -> Following:
         """``seen(stream, version)`` for each commit of ``aggregate_type`` from now on."""
         return await Following(self, aggregate_type, seen).open()
+
+    async def publish_live(self, subject: str, data: bytes) -> None:
+        """A message for whoever listens now (``parley.live.>``: a call's interim transcript), never
+        kept: it is not an event and stays out of the event stream."""
+        if not subject.startswith(LIVE_PREFIX + "."):
+            raise ValidationError(f"live subjects start with {LIVE_PREFIX}.", fields={"subject": subject})
+        await self._log.nc.publish(subject, data)
+
+    async def listen_live(
+        self, subject: str, received: Callable[[bytes], Awaitable[None]]
+    ) -> Callable[[], Awaitable[None]]:
+        """``received(data)`` for each live message on ``subject`` from now on; returns the stop."""
+
+        async def arrived(msg: Any) -> None:
+            await received(msg.data)
+
+        subscription = await self._log.nc.subscribe(subject, cb=arrived)
+        return subscription.unsubscribe  # type: ignore[no-any-return]
 
     async def ping(self) -> None:
         """A round trip to the server: raises if it cannot be reached."""

@@ -11,9 +11,9 @@ import pytest_asyncio
 
 from domain import call as v
 from gateways.telephony.phone import Turn
+from gateways.telephony.session import keypad_text
 from streams.factory import OpenStore
 from tests.voice_support import VoiceRig, phone_call, voice_rig
-from voice_worker.session import keypad_text
 
 
 @pytest_asyncio.fixture

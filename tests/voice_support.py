@@ -22,11 +22,11 @@ from domain import escalation as p
 from domain.escalation import DECIDER as AGENT_POOL
 from gateways.telephony.phone import CallRecord, Phone, Turn
 from gateways.telephony.recordings import RecordingStore
+from gateways.telephony.session import VoiceStack, answer_stream
 from gateways.telephony.twilio import MediaStreamBridge
 from streams.factory import OpenStore
 from streams.subjects import StreamId
 from tests.conftest import fresh_database
-from voice_worker.session import VoiceStack, answer_stream
 
 TENANT = "acme"
 

@@ -13,6 +13,7 @@ provides them.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +25,7 @@ from litestar.openapi import OpenAPIConfig
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
+from agents.config import VersionedConfigs
 from agents.config_chat import ConfigAgent, ConfigChat, RedisSessions, ToolCatalog, config_agent_chain
 from agents.preview import Previews
 from agents.process import AgentProcess
@@ -33,6 +35,7 @@ from commands.config import ConfigCatalog, ConfigMonitor, ConfigService, ensure_
 from commands.escalation import Escalations
 from commands.runner import CommandRunner
 from domain import api_key as k
+from domain import call as v
 from domain import channel as ch
 from domain import config as a
 from domain import conversation as c
@@ -69,6 +72,7 @@ from projections import registry
 from projections.analytics.service import AnalyticsService
 from read_models import config as config_queries
 from read_models.analytics import AnalyticsQueries
+from read_models.call import CALLS, CallQueries
 from read_models.config import CONFIGS, ConfigQueries, ConfigReads
 from read_models.conversation import CONVERSATIONS, ConversationQueries
 from read_models.escalation import ESCALATION, EscalationQueries
@@ -92,7 +96,7 @@ class ApiServices:
         self.redis = redis
         self.runner = CommandRunner.for_aggregates(
             opened.store,
-            [c.DECIDER, p.DECIDER, a.DECIDER, m.DECIDER, k.DECIDER, *ch.DECIDERS],
+            [c.DECIDER, p.DECIDER, a.DECIDER, m.DECIDER, k.DECIDER, *ch.DECIDERS, v.DECIDER, v.LINE_DECIDER],
             snapshots=opened.snapshots,
             keys=opened.keys,
             snapshot_every=opened.settings.snapshot_every,
@@ -131,7 +135,7 @@ class ApiServices:
         self.conversations = ConversationQueries(pool)
         self.escalation_queries = EscalationQueries(pool)
         self.positions = Positions.of(
-            settings.database_url, [CONVERSATIONS, CONFIGS, ESCALATION], pool, timeout=settings.read_wait_seconds
+            settings.database_url, [CONVERSATIONS, CONFIGS, ESCALATION, CALLS], pool, timeout=settings.read_wait_seconds
         )
         self.projectors = registry.runners(opened.store, pool) if settings.run_projectors else []
         self.agents = (
@@ -153,8 +157,19 @@ class ApiServices:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # Voice calls: the call service and the sessions of this process.
-        self.agent_configs = self.agents.configs if self.agents is not None else None
-        self.calls = VoiceDesk(self)
+        self.call_queries = CallQueries(pool)
+        self.calls = VoiceDesk.assemble(
+            self.runner,
+            self.configs,
+            self.tools,
+            self.agents.configs if self.agents is not None else VersionedConfigs(self.configs.state),
+            opened.store,
+            opened.keys,
+            data_dir=opened.settings.data_dir,
+            jwt_secret=settings.jwt_secret,
+            demo_tenants=settings.demo_tenants,
+            env=os.environ,
+        )
         # Channels and API keys: webhooks in, the outbox out, web chat, the tenants' keys.
         self.api_keys = ApiKeys(self.runner)
         self.key_authority = key_authority(self.api_keys, self.limits)
@@ -256,9 +271,9 @@ DEPENDENCIES = {
     "analytics_service": "analytics_service",
     "health": "health",
     "voice": "calls",
+    "call_queries": "call_queries",
     "channels": "channels",
     "api_keys": "api_keys",
-    "platform": "",  # the voice controller's, until it asks for narrow services too
 }
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,19 +34,26 @@ from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, WebSocketDisconnect
 from litestar.params import FromPath, JSONBody, QueryParameter
 
+from agents.config import ConfigProvider
+from agents.tools import ToolRegistry
 from commands.call import CallService, summarize
+from commands.config import ConfigCatalog
+from commands.runner import CommandRunner
 from domain import call as v
 from domain.errors import NotFoundError, ValidationError
 from gateways.http.auth import Identity, requires
 from gateways.http.common import STAFF, actor, is_customer, iso, position_header, require_own, sees_pii, shown_pii
+from gateways.http.limits import Limits
+from gateways.http.positions import Positions
 from gateways.telephony.recordings import RecordingStore
+from gateways.telephony.session import Publish, VoiceStack, answer_stream
+from gateways.telephony.settings import VoiceSettings
 from gateways.telephony.twilio import MediaStreamBridge, twiml_connect, twiml_say, valid_signature
 from infra.tokens import make_token
-from streams.jetstream import RawMessage
+from read_models.call import CALLS, CallQueries
+from streams.keys import KeyStore
+from streams.store import LIVE_PREFIX, EventStore
 from streams.subjects import StreamId
-from voice_worker.session import VoiceStack, answer_stream
-
-Platform = Any  # the API process's services (gateways.http.app.ApiServices), until this asks for narrow ones
 
 log = structlog.get_logger(__name__)
 
@@ -55,8 +62,7 @@ NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 CALLERS = requires("org_admin", "supervisor", "service", "support_agent")
 READERS = requires("customer", "analyst", *STAFF)
 ADMINS = requires("org_admin", "supervisor", "service")
-LIVE_PREFIX = "parley.live"
-DEFAULT_VOICE_CONFIG = "voice-bot"
+RECORDING_URL = "/api/v1/voice/calls/{call_id}/recordings/{recording_id}"
 
 
 class InitiateRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -92,35 +98,66 @@ class LineRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class VoiceDesk:
-    """The API process's voice side: the call service, the session stack, the telephony port."""
+    """The API process's voice side: the call service, the session stack, where recordings are, the
+    telephony settings, and the store (commits and live messages for the transcript socket)."""
 
-    def __init__(self, platform: Platform) -> None:
-        env = dict(os.environ)
-        telephony = None
-        if env.get("LIVEKIT_URL") and env.get("LIVEKIT_API_KEY") and env.get("LIVEKIT_API_SECRET"):
-            from gateways.telephony.livekit_sip import LiveKitSip
+    def __init__(
+        self,
+        service: CallService,
+        stack: VoiceStack,
+        recordings: RecordingStore,
+        store: EventStore,
+        settings: VoiceSettings,
+        *,
+        jwt_secret: str,
+        demo_tenants: tuple[str, ...] = (),
+    ) -> None:
+        self.service = service
+        self.stack = stack
+        self.recordings = recordings
+        self.store = store
+        self.settings = settings
+        self.secret = jwt_secret
+        self.demo_tenants = demo_tenants
 
-            telephony = LiveKitSip(
-                env["LIVEKIT_URL"],
-                env["LIVEKIT_API_KEY"],
-                env["LIVEKIT_API_SECRET"],
-                trunk_id=env.get("LIVEKIT_SIP_OUTBOUND_TRUNK", ""),
-            )
-        self.service = CallService(platform.runner, platform.configs, telephony=telephony)
-        nc = platform.opened.nc
+    @classmethod
+    def assemble(
+        cls,
+        runner: CommandRunner,
+        catalog: ConfigCatalog,
+        tools: ToolRegistry,
+        configs: ConfigProvider,
+        store: EventStore,
+        keys: KeyStore,
+        *,
+        data_dir: Path,
+        jwt_secret: str,
+        demo_tenants: tuple[str, ...] = (),
+        env: Mapping[str, str],
+    ) -> VoiceDesk:
+        """The desk from its collaborators: the runner and config catalog (the call service), the
+        tool registry and config versions (the sessions), the store (commits, live transcripts) and
+        its keys (recordings sealed under the caller's), the environment (``VoiceSettings``)."""
+        settings = VoiceSettings.from_env(env)
+        service = CallService(runner, catalog, telephony=settings.telephony())
+        recordings = settings.recordings(data_dir, keys)
+        stack = VoiceStack(service, tools, configs, dict(env), recordings=recordings, publish=live_publisher(store))
+        return cls(service, stack, recordings, store, settings, jwt_secret=jwt_secret, demo_tenants=demo_tenants)
 
-        async def publish(tenant: str, call_id: str, event: str, body: dict[str, Any]) -> None:
-            await nc.publish(live_subject(tenant, call_id), msgspec.json.encode({"event": event, **body}))
+    @property
+    def twilio_token(self) -> str | None:
+        return self.settings.twilio_auth_token
 
-        self.recordings = RecordingStore(Path(platform.opened.settings.data_dir) / "recordings", platform.opened.keys)
-        self.stack = VoiceStack(
-            self.service, platform.tools, platform.agent_configs, env, recordings=self.recordings, publish=publish
-        )
-        self.secret = platform.settings.jwt_secret
-        self.twilio_token = env.get("TWILIO_AUTH_TOKEN") or None
-        self.numbers = _numbers(env.get("PARLEY_VOICE_NUMBERS", ""))
-        self.default_config = env.get("PARLEY_VOICE_CONFIG", DEFAULT_VOICE_CONFIG)
-        self.demo_tenants = platform.settings.demo_tenants
+    @property
+    def default_config(self) -> str:
+        return self.settings.default_config
+
+    def tenant_for(self, slug: str | None, called: str) -> str | None:
+        """An inbound call's tenant: ``X-Tenant-Slug``, else the called number's, else the only demo tenant."""
+        tenant = slug or self.settings.tenant_of(called)
+        if tenant is None and len(self.demo_tenants) == 1:
+            tenant = self.demo_tenants[0]
+        return tenant
 
     async def close(self) -> None:
         for session in list(self.stack.sessions.values()):
@@ -129,25 +166,21 @@ class VoiceDesk:
         await self.stack.aclose()
 
 
-def _numbers(spec: str) -> dict[str, str]:
-    """``+15550001111=acme,+15550002222=globex``: which tenant a called number belongs to."""
-    pairs = (item.split("=", 1) for item in spec.split(",") if "=" in item)
-    return {number.strip(): tenant.strip() for number, tenant in pairs}
+def live_publisher(store: EventStore) -> Publish:
+    """Where a session's interim transcripts go: live messages on the call's subject, never stored."""
+
+    async def publish(tenant: str, call_id: str, event: str, body: dict[str, Any]) -> None:
+        await store.publish_live(live_subject(tenant, call_id), msgspec.json.encode({"event": event, **body}))
+
+    return publish
 
 
 def live_subject(tenant: str, call_id: str) -> str:
     return f"{LIVE_PREFIX}.{tenant}.call.{call_id}"
 
 
-def _desk(platform: Platform) -> VoiceDesk:
-    desk = getattr(platform, "calls", None)
-    if desk is None:
-        raise NotFoundError("voice calls are not enabled in this process")
-    return desk  # type: ignore[no-any-return]
-
-
-async def _own_call(platform: Platform, identity: Identity, call_id: str) -> v.Call:
-    state = await _desk(platform).service.state(identity.tenant, call_id)
+async def _own_call(voice: VoiceDesk, identity: Identity, call_id: str) -> v.Call:
+    state = await voice.service.state(identity.tenant, call_id)
     require_own(identity, state.user_id, f"call {call_id}")
     return state
 
@@ -158,12 +191,15 @@ class CallController(Controller):
 
     @post("/calls/initiate", opt=CALLERS, status_code=202, summary="Place an outbound call")
     async def initiate(
-        self, request: Request[Identity, Any, Any], data: JSONBody[InitiateRequest], platform: NamedDependency[Platform]
+        self,
+        request: Request[Identity, Any, Any],
+        data: JSONBody[InitiateRequest],
+        voice: NamedDependency[VoiceDesk],
+        limits: NamedDependency[Limits],
     ) -> Response[dict[str, Any]]:
         identity = request.user
-        await platform.limits.take([platform.limits.tenant_bucket(identity.tenant)])
-        desk = _desk(platform)
-        outcome = await desk.service.initiate(
+        await limits.take([limits.tenant_bucket(identity.tenant)])
+        outcome = await voice.service.initiate(
             identity.tenant,
             config_id=data.config_id,
             phone_number=data.phone_number,
@@ -189,22 +225,13 @@ class CallController(Controller):
         self,
         request: Request[Identity, Any, Any],
         call_id: FromPath[str],
-        platform: NamedDependency[Platform],
+        call_queries: NamedDependency[CallQueries],
+        positions: NamedDependency[Positions],
         min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
     ) -> dict[str, Any]:
-        from read_models.call import get_call
-
         identity = request.user
-        position = min_position or position_header(request)
-        if position:
-            await _wait(platform, position)
-        async with platform.pool.connection() as conn:
-            view = await get_call(
-                conn,
-                identity.tenant,
-                call_id,
-                recording_url="/api/v1/voice/calls/{call_id}/recordings/{recording_id}",
-            )
+        await positions.wait(min_position or position_header(request), CALLS.name)
+        view = await call_queries.get(identity.tenant, call_id, recording_url=RECORDING_URL)
         if view is None:
             raise NotFoundError(f"call {call_id} not found")
         require_own(identity, view.user_id, f"call {call_id}")
@@ -221,12 +248,11 @@ class CallController(Controller):
         request: Request[Identity, Any, Any],
         call_id: FromPath[str],
         data: JSONBody[TransferRequest],
-        platform: NamedDependency[Platform],
+        voice: NamedDependency[VoiceDesk],
     ) -> Response[dict[str, Any]]:
         identity = request.user
-        await _own_call(platform, identity, call_id)
-        desk = _desk(platform)
-        requested, target, summary, outcome = await desk.service.transfer(
+        await _own_call(voice, identity, call_id)
+        requested, target, summary, outcome = await voice.service.transfer(
             identity.tenant,
             call_id,
             transfer_type=data.transfer_type,
@@ -235,12 +261,12 @@ class CallController(Controller):
             summary=data.summary,
             requested_by=actor(identity),
         )
-        session = desk.stack.sessions.get(call_id)
+        session = voice.stack.sessions.get(call_id)
         if session is not None and outcome.state.open_transfer == requested.transfer_id and target.target:
             # On a Twilio stream the human takes the call from the console: the AI goes quiet.
             session.brain.handed_off = True
-            outcome = await desk.service.settle_transfer(
-                identity.tenant, call_id, requested.transfer_id, await _connected(session, requested)
+            outcome = await voice.service.settle_transfer(
+                identity.tenant, call_id, requested.transfer_id, await session.human_connected(requested)
             )
         state = outcome.state
         status = (
@@ -276,15 +302,14 @@ class CallController(Controller):
         request: Request[Identity, Any, Any],
         call_id: FromPath[str],
         data: JSONBody[EndRequest],
-        platform: NamedDependency[Platform],
+        voice: NamedDependency[VoiceDesk],
     ) -> Response[dict[str, Any]]:
         identity = request.user
-        await _own_call(platform, identity, call_id)
-        desk = _desk(platform)
-        session = desk.stack.sessions.get(call_id)
+        await _own_call(voice, identity, call_id)
+        session = voice.stack.sessions.get(call_id)
         if session is not None:
             await session.close(reason=data.reason, ended_by=actor(identity), resolution=data.resolution_status)
-        outcome = await desk.service.end(
+        outcome = await voice.service.end(
             identity.tenant,
             call_id,
             reason=data.reason,
@@ -292,7 +317,7 @@ class CallController(Controller):
             followup_required=data.followup_required,
             ended_by=actor(identity),
         )
-        events = await desk.service.events(identity.tenant, call_id)
+        events = await voice.service.events(identity.tenant, call_id)
         body = end_summary(identity, call_id, events)
         body["position"] = max(outcome.position, events[-1].seq if events else 0)
         return Response(body, headers={"X-Parley-Position": str(body["position"])})
@@ -303,14 +328,13 @@ class CallController(Controller):
         request: Request[Identity, Any, Any],
         call_id: FromPath[str],
         recording_id: FromPath[str],
-        platform: NamedDependency[Platform],
+        voice: NamedDependency[VoiceDesk],
     ) -> Response[bytes]:
         identity = request.user
-        state = await _own_call(platform, identity, call_id)
+        state = await _own_call(voice, identity, call_id)
         if not sees_pii(identity, state.user_id):
             raise NotFoundError("recording not found")
-        desk = _desk(platform)
-        events = await desk.service.events(identity.tenant, call_id)
+        events = await voice.service.events(identity.tenant, call_id)
         stored = next(
             (
                 e.event
@@ -321,74 +345,86 @@ class CallController(Controller):
         )
         if stored is None:
             raise NotFoundError("recording not found")
-        audio = await desk.recordings.open(identity.tenant, stored.uri)
+        audio = await voice.recordings.open(identity.tenant, stored.uri)
         return Response(audio, media_type="audio/wav")
 
     @websocket("/calls/{call_id:str}/transcript", opt=READERS)
     async def transcript(
-        self, socket: WebSocket[Identity, Any, Any], call_id: FromPath[str], platform: NamedDependency[Platform]
+        self, socket: WebSocket[Identity, Any, Any], call_id: FromPath[str], voice: NamedDependency[VoiceDesk]
     ) -> None:
         identity = socket.user
         await socket.accept()
         try:
-            await _own_call(platform, identity, call_id)
+            await _own_call(voice, identity, call_id)
         except NotFoundError:
             await socket.close(code=4404, reason="call not found")
             return
         clear = sees_pii(identity, None) or not is_customer(identity)
         stream = StreamId(identity.tenant, v.AGGREGATE_TYPE, call_id)
-        live: asyncio.Queue[Any] = asyncio.Queue(maxsize=1000)
-        nc = platform.opened.nc
-        commits = await nc.subscribe(stream.subjects, cb=live.put)
-        interim = await nc.subscribe(live_subject(identity.tenant, call_id), cb=live.put)
-        store = platform.opened.store
+        store = voice.store
+        # Listen first, then read the history: nothing committed in between is missed.
+        interim: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1000)
+
+        async def heard(data: bytes) -> None:
+            with contextlib.suppress(asyncio.QueueFull):
+                interim.put_nowait(data)
+
+        stop_live = await store.listen_live(live_subject(identity.tenant, call_id), heard)
+        commits = await store.watch(stream.subjects)
+        pending: set[asyncio.Task[Any]] = set()
         try:
-            history = await store.read(stream)
             seen = 0
             tools: list[dict[str, str]] = []
-            for recorded in history:
+            for recorded in await store.read(stream):
                 seen = recorded.version
                 for message in transcript_messages(recorded.event, tools, clear):
                     await socket.send_json(message)
+            next_commit = asyncio.ensure_future(anext(commits))
+            next_interim = asyncio.ensure_future(interim.get())
+            pending = {next_commit, next_interim}
             while True:
-                msg = await live.get()
-                if msg.subject.startswith(LIVE_PREFIX):
-                    await socket.send_json(msgspec.json.decode(msg.data))
-                    continue
-                raw = RawMessage(seq=0, subject=msg.subject, headers=msg.headers or {}, data=msg.data, time="")
-                for recorded in store.decode(raw, stream):
-                    if recorded.version <= seen:
-                        continue
-                    seen = recorded.version
-                    for message in transcript_messages(recorded.event, tools, clear):
-                        await socket.send_json(message)
-                    if isinstance(recorded.event, v.CallEnded):
-                        await socket.close()
-                        return
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if next_interim in done:
+                    await socket.send_json(msgspec.json.decode(next_interim.result()))
+                    next_interim = asyncio.ensure_future(interim.get())
+                if next_commit in done:
+                    for recorded in next_commit.result():
+                        if recorded.version <= seen:
+                            continue
+                        seen = recorded.version
+                        for message in transcript_messages(recorded.event, tools, clear):
+                            await socket.send_json(message)
+                        if isinstance(recorded.event, v.CallEnded):
+                            await socket.close()
+                            return
+                    next_commit = asyncio.ensure_future(anext(commits))
+                pending = {next_commit, next_interim}
         except (WebSocketDisconnect, asyncio.CancelledError):
             pass
         finally:
+            for task in pending:
+                task.cancel()
             with contextlib.suppress(Exception):
-                await commits.unsubscribe()
-                await interim.unsubscribe()
+                await commits.close()
+                await stop_live()
 
     @post("/do-not-call", opt=ADMINS, status_code=201, summary="Add a number to the do-not-call list")
     async def block(
-        self, request: Request[Identity, Any, Any], data: JSONBody[NumberRequest], platform: NamedDependency[Platform]
+        self, request: Request[Identity, Any, Any], data: JSONBody[NumberRequest], voice: NamedDependency[VoiceDesk]
     ) -> dict[str, Any]:
-        await _desk(platform).service.block(request.user.tenant, data.phone_number, actor(request.user))
+        await voice.service.block(request.user.tenant, data.phone_number, actor(request.user))
         return {"phone_number": data.phone_number, "do_not_call": True}
 
     @delete("/do-not-call/{phone_number:str}", opt=ADMINS, status_code=200, summary="Take a number off the list")
     async def unblock(
-        self, request: Request[Identity, Any, Any], phone_number: FromPath[str], platform: NamedDependency[Platform]
+        self, request: Request[Identity, Any, Any], phone_number: FromPath[str], voice: NamedDependency[VoiceDesk]
     ) -> dict[str, Any]:
-        await _desk(platform).service.unblock(request.user.tenant, phone_number, actor(request.user))
+        await voice.service.unblock(request.user.tenant, phone_number, actor(request.user))
         return {"phone_number": phone_number, "do_not_call": False}
 
     @put("/line", opt=ADMINS, summary="The tenant's call limits and unit prices")
     async def line(
-        self, request: Request[Identity, Any, Any], data: JSONBody[LineRequest], platform: NamedDependency[Platform]
+        self, request: Request[Identity, Any, Any], data: JSONBody[LineRequest], voice: NamedDependency[VoiceDesk]
     ) -> dict[str, Any]:
         settings = v.LineSettings(
             outbound_per_hour=data.outbound_per_hour,
@@ -396,38 +432,34 @@ class CallController(Controller):
             daily_budget_usd=data.daily_budget_usd,
             prices=data.prices or v.UnitPrices(),
         )
-        await _desk(platform).service.configure_line(request.user.tenant, settings, actor(request.user))
+        await voice.service.configure_line(request.user.tenant, settings, actor(request.user))
         return msgspec.to_builtins(settings)  # type: ignore[no-any-return]
 
     # Twilio -----------------------------------------------------------------------------------
 
     @post("/twilio/inbound", opt={"exclude_from_auth": True}, status_code=200, summary="Twilio voice webhook")
-    async def twilio_inbound(
-        self, request: Request[Any, Any, Any], platform: NamedDependency[Platform]
-    ) -> Response[str]:
-        desk = _desk(platform)
+    async def twilio_inbound(self, request: Request[Any, Any, Any], voice: NamedDependency[VoiceDesk]) -> Response[str]:
         form = {key: str(value) for key, value in (await request.form()).items()}
-        if desk.twilio_token is not None:
+        if voice.twilio_token is not None:
             url = str(request.url)
-            if not valid_signature(desk.twilio_token, url, form, request.headers.get("X-Twilio-Signature")):
+            if not valid_signature(voice.twilio_token, url, form, request.headers.get("X-Twilio-Signature")):
                 raise NotAuthorizedException("invalid X-Twilio-Signature")
-        tenant = request.headers.get("X-Tenant-Slug") or desk.numbers.get(form.get("To", ""))
-        if tenant is None and len(desk.demo_tenants) == 1:
-            tenant = desk.demo_tenants[0]
+        tenant = voice.tenant_for(request.headers.get("X-Tenant-Slug"), form.get("To", ""))
         if tenant is None:
             return Response(twiml_say("Sorry, this number is not in service."), media_type="application/xml")
-        config_id = request.query_params.get("config_id") or desk.default_config
+        config_id = request.query_params.get("config_id") or voice.default_config
         token = make_token(
-            desk.secret, subject=form.get("CallSid", "call"), tenant=tenant, roles=["telephony"], hours=1
+            voice.secret, subject=form.get("CallSid", "call"), tenant=tenant, roles=["telephony"], hours=1
         )
         scheme = "wss" if request.url.scheme == "https" else "ws"
         stream_url = f"{scheme}://{request.url.netloc}/api/v1/voice/twilio/stream"
         parameters = {"token": token, "config_id": config_id, "from": form.get("From", ""), "to": form.get("To", "")}
+        if conversation := request.query_params.get("conversation_id"):
+            parameters["conversation_id"] = conversation
         return Response(twiml_connect(stream_url, parameters), media_type="application/xml")
 
     @websocket("/twilio/stream", opt={"exclude_from_auth": True})
-    async def twilio_stream(self, socket: WebSocket[Any, Any, Any], platform: NamedDependency[Platform]) -> None:
-        desk = _desk(platform)
+    async def twilio_stream(self, socket: WebSocket[Any, Any, Any], voice: NamedDependency[VoiceDesk]) -> None:
         await socket.accept()
 
         async def receive() -> dict[str, Any] | None:
@@ -442,9 +474,9 @@ class CallController(Controller):
 
         async def on_start(start: dict[str, Any], audio_in: Any, audio_out: Any) -> Any:
             parameters = start.get("customParameters") or {}
-            tenant = stream_tenant(desk.secret, str(parameters.get("token", "")))
-            config_id = str(parameters.get("config_id") or desk.default_config)
-            return await answer_stream(desk.stack, tenant, config_id, start, audio_in, audio_out)
+            tenant = stream_tenant(voice.secret, str(parameters.get("token", "")))
+            config_id = str(parameters.get("config_id") or voice.default_config)
+            return await answer_stream(voice.stack, tenant, config_id, start, audio_in, audio_out)
 
         await MediaStreamBridge(receive, send, on_start).run()
         with contextlib.suppress(Exception):
@@ -463,31 +495,6 @@ def stream_tenant(secret: str, token: str) -> str:
     if "telephony" not in (decoded.extras.get("roles") or []) or not isinstance(tenant, str):
         raise NotAuthorizedException("the media stream's token is not a telephony token")
     return tenant
-
-
-async def _connected(session: Any, requested: v.TransferRequested) -> Any:
-    from commands.call import Connected
-
-    if session.connect_human is not None:
-        return await session.connect_human(requested, requested.summary or "")
-    return Connected(ok=True)
-
-
-async def _wait(platform: Platform, position: int) -> None:
-    watcher = getattr(platform, "call_positions", None)
-    if watcher is not None:
-        await watcher.wait(position, platform.settings.read_wait_seconds)
-        return
-    from read_models.call import CALLS
-
-    deadline = asyncio.get_running_loop().time() + platform.settings.read_wait_seconds
-    while asyncio.get_running_loop().time() < deadline:
-        async with platform.pool.connection() as conn:
-            cur = await conn.execute(f"SELECT coalesce(max(last_seq), 0) FROM {CALLS.schema}.checkpoint")
-            row = await cur.fetchone()
-        if row and row[0] >= position:
-            return
-        await asyncio.sleep(0.05)
 
 
 def transcript_messages(event: Any, tools: list[dict[str, str]], clear: bool) -> list[dict[str, Any]]:

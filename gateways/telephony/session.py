@@ -42,8 +42,8 @@ from domain.bot import AgentConfig
 from domain.errors import ParleyError
 from gateways.speech.offline import normalize_spoken
 from gateways.speech.providers import SpeechChoice, choose_speech, load_vad
+from gateways.telephony.agent import AgentBrain, ParleyAgent, ParleyLLM, TurnHooks
 from gateways.telephony.recordings import RecordingStore
-from voice_worker.agent import AgentBrain, ParleyAgent, ParleyLLM, TurnHooks
 
 log = structlog.get_logger(__name__)
 
@@ -272,6 +272,12 @@ class CallSession:
             self.tenant, self.call_id, reason=reason, resolution_status=resolution, ended_by=ended_by
         )
         self.closed.set()
+
+    async def human_connected(self, requested: v.TransferRequested) -> Connected:
+        """A transfer a person asked for on this call: the human hears the summary, then takes it."""
+        if self.connect_human is not None:
+            return await self.connect_human(requested, requested.summary or "")
+        return Connected(ok=True)
 
     async def _store_recordings(self) -> None:
         store = self.stack.recordings
