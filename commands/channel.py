@@ -335,8 +335,10 @@ class Deliveries:
         self.runner = runner
         self.repository = runner.repository(ch.DELIVERY)
 
-    async def load(self, tenant: str, delivery_id: str) -> ch.Delivery:
-        return (await self.repository.load(tenant, delivery_id)).state
+    async def load(self, tenant: str, delivery_id: str, *, trust_cache: bool = False) -> ch.Delivery:
+        """The delivery. ``trust_cache``: this process's copy as it is (its next command's append checks
+        the version, and a conflict drops the copy)."""
+        return (await self.repository.load(tenant, delivery_id, trust_cache=trust_cache)).state
 
     async def request(
         self, tenant: str, conversation_id: str, message_id: str, channel: str, author: str, at: datetime
@@ -345,14 +347,15 @@ class Deliveries:
         command = ch.RequestDelivery(
             conversation_id=conversation_id, message_id=message_id, channel=channel, author=author, at=at
         )
-        await self._run(tenant, delivery_id, command, f"request-{delivery_id}")
+        # A new aggregate as a rule: no read before the append (one already there makes it a duplicate).
+        await self._run(tenant, delivery_id, command, f"request-{delivery_id}", new=True)
         return delivery_id
 
     async def attempt(self, tenant: str, delivery_id: str, attempt: int, reference: str, at: datetime) -> bool:
         """Claim attempt ``attempt``: False when another sender recorded it first (it sends, not us)."""
         command = ch.RecordAttempt(attempt=attempt, reference=reference, at=at)
         try:
-            outcome = await self._run(tenant, delivery_id, command, f"attempt-{delivery_id}-{attempt}")
+            outcome = await self._run(tenant, delivery_id, command, f"attempt-{delivery_id}-{attempt}", first=True)
         except IllegalStateError:
             return False
         return not outcome.duplicate and bool(outcome.events)
@@ -406,6 +409,17 @@ class Deliveries:
         ctx = CommandContext(tenant=tenant, actor="channel:status")
         return await self.runner.handle(ch.DELIVERY, delivery_id, command, ctx)
 
-    async def _run(self, tenant: str, delivery_id: str, command: Command, command_id: str) -> Outcome[ch.Delivery]:
-        ctx = CommandContext(tenant=tenant, actor=self.ACTOR, command_id=command_id, retry_possible=True)
-        return await self.runner.handle(ch.DELIVERY, delivery_id, command, ctx)
+    async def _run(
+        self,
+        tenant: str,
+        delivery_id: str,
+        command: Command,
+        command_id: str,
+        *,
+        new: bool = False,
+        first: bool = False,
+    ) -> Outcome[ch.Delivery]:
+        """``new``: the aggregate is expected not to exist; ``first``: the command id cannot have been used
+        yet (the decider refuses a second attempt n anyway). Either way no look-up of its outcome first."""
+        ctx = CommandContext(tenant=tenant, actor=self.ACTOR, command_id=command_id, retry_possible=not (new or first))
+        return await self.runner.handle(ch.DELIVERY, delivery_id, command, ctx, new=new)

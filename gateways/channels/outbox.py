@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import structlog
 
-from commands.channel import ChannelBook, Deliveries
+from commands.channel import ChannelBook, Deliveries, Followed
 from commands.runner import CommandRunner
 from domain import channel as ch
 from domain import conversation as c
@@ -85,7 +87,13 @@ class Outbox:
         self.sweep_every = sweep_every
         self.idle_wait = idle_wait
         self.conversations = runner.repository(c.DECIDER)
-        self.contacts = runner.repository(ch.CONTACT)
+        # Opt-outs as announced: a STOP committed in any process is seen here at once.
+        self.contacts = Followed(runner, ch.CONTACT)
+        # What the feed already told us, so a delivery needs no read of its conversation: each
+        # conversation's recipient (kept up to date with the customer's messages), each reply's text.
+        self._recipients: OrderedDict[str, Recipient] = OrderedDict()
+        self._texts: OrderedDict[str, str] = OrderedDict()
+        self.cache_size = 20_000
         self.sent = 0
         self._active: dict[tuple[str, str], asyncio.Task[None]] = {}
         # Deliveries whose last attempt this process made: in doubt, it settles them at once.
@@ -99,6 +107,7 @@ class Outbox:
         """Follow replies and sweep unfinished deliveries until ``stop()`` (or ``stopping`` is set)."""
         if stopping is not None:
             asyncio.get_running_loop().create_task(self._stop_when(stopping))
+        await self.contacts.follow(self.store)
         start_seq = await self.store.last_seq() + 1  # the first time: replies from now on
         self._feed = self.store.feed(
             self.durable, subject=type_subjects(c.AGGREGATE_TYPE), start_seq=start_seq, idle_wait=self.idle_wait
@@ -152,23 +161,47 @@ class Outbox:
         for adapter in self.adapters.values():
             with contextlib.suppress(Exception):
                 await adapter.close()
+        await self.contacts.close()
 
     async def step(self, feed: Feed) -> int:
         """One batch of conversation commits: request a delivery for each reply to deliver, then ack."""
         batch = await feed.fetch()
         if not batch.messages:
             return 0
-        requested: list[tuple[str, str]] = []
+        requested = 0
         for raw in batch.messages:
             for recorded in self.store.decode(raw):
-                if isinstance(recorded.event, c.AgentReplied):
-                    found = await self._request(recorded)
-                    if found is not None:
-                        requested.append(found)
+                match recorded.event:
+                    case c.ConversationStarted() as started:
+                        self._started(recorded.stream, started)
+                    case c.UserMessageReceived() as said:
+                        known = self._recipients.get(recorded.stream.key)
+                        if known is not None:
+                            self._recipients[recorded.stream.key] = msgspec.structs.replace(
+                                known, last_inbound_at=said.received_at, last_inbound_ref=said.message_id
+                            )
+                    case c.AgentReplied():
+                        found = await self._request(recorded)
+                        if found is not None:  # requested: it goes now (its batch is acknowledged below)
+                            requested += 1
+                            self.start_delivery(*found)
         await batch.ack()
-        for tenant, delivery_id in requested:
-            self.start_delivery(tenant, delivery_id)
-        return len(requested)
+        return requested
+
+    def _started(self, stream: StreamId, started: c.ConversationStarted) -> None:
+        context = started.context or {}
+        if started.channel not in ch.DELIVERED or not context.get("channel_address"):
+            return
+        self._recipients[stream.key] = Recipient(
+            address=context["channel_address"],
+            name=context.get("name"),
+            last_inbound_at=started.started_at,
+            thread=context.get("email_thread"),
+            subject=context.get("email_subject"),
+        )
+        self._recipients.move_to_end(stream.key)
+        if len(self._recipients) > self.cache_size:
+            self._recipients.popitem(last=False)
 
     async def _request(self, recorded: RecordedEvent) -> tuple[str, str] | None:
         event = recorded.event
@@ -181,6 +214,10 @@ class Outbox:
         delivery_id = await self.deliveries.request(
             tenant, conversation_id, event.message_id, conversation.channel, event.author, at
         )
+        if event.content:
+            self._texts[delivery_id] = event.content
+            if len(self._texts) > self.cache_size:
+                self._texts.popitem(last=False)
         return tenant, delivery_id
 
     async def _sweep(self) -> None:
@@ -218,8 +255,10 @@ class Outbox:
 
     async def deliver(self, tenant: str, delivery_id: str) -> ch.Delivery:
         """Take a delivery to an outcome (or to a retry that waits past this process's life)."""
+        trust = True  # the first look: this process's copy (it just requested it, as a rule)
         while True:
-            state = await self.deliveries.load(tenant, delivery_id)
+            state = await self.deliveries.load(tenant, delivery_id, trust_cache=trust)
+            trust = False
             now = datetime.now(UTC)
             if state.final or state.status == "none" or self._stop.is_set():
                 return state
@@ -256,7 +295,7 @@ class Outbox:
                 continue
             recipient, text, contact = found
             if contact is not None:
-                opted = (await self.contacts.load(tenant, contact)).state
+                opted = await self.contacts.state(tenant, contact)
                 if opted.opted_out:
                     await self.deliveries.skip(tenant, delivery_id, "the customer opted out (STOP)", now)
                     continue
@@ -356,8 +395,14 @@ class Outbox:
         return False
 
     async def _recipient(self, tenant: str, state: ch.Delivery) -> tuple[Recipient, str, str | None] | None:
-        """Whom to send the reply to and its text, from the conversation's own events."""
-        events = await self.store.read(StreamId(tenant, c.AGGREGATE_TYPE, state.conversation_id))
+        """Whom to send the reply to and its text: from the feed when it told us, else the conversation's events."""
+        stream = StreamId(tenant, c.AGGREGATE_TYPE, state.conversation_id)
+        known, text = self._recipients.get(stream.key), self._texts.pop(ch.delivery_id(state.message_id), None)
+        if known is not None and text is not None:
+            conversation = (await self.conversations.load(tenant, state.conversation_id, trust_cache=True)).state
+            user = conversation.user_id
+            return known, text, user if user.startswith(f"{state.channel}-") else None
+        events = await self.store.read(stream)
         started: c.ConversationStarted | None = None
         last_in: c.UserMessageReceived | None = None
         reply: c.AgentReplied | None = None
