@@ -440,7 +440,13 @@ class AgentRuntime:
             cross_sell_response=result.cross_sell_response,
             at=now,
         )
-        await self._command(stream, reply, reply_command_id(message.message_id), recorded)
+        try:
+            await self._command(stream, reply, reply_command_id(message.message_id), recorded)
+        except IllegalStateError:  # closed while the answer was on its way: nobody is there to answer
+            bound.info("conversation closed before the answer", message_id=message.message_id)
+            if self.checkpoints is not None:
+                await self.checkpoints.forget(thread)
+            return 0
         if result.escalation is not None and result.escalation.action == "human_handoff":
             escalate = c.RequestEscalation(
                 escalation_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"parley:{stream.key}:{message.message_id}")),
