@@ -125,3 +125,8 @@ chaos *ARGS:
 [positional-arguments]
 bench-channels *ARGS:
     @{{ python }} -m bench.channels "$@"
+
+# Channels on the running platform: local WhatsApp (Graph API), Twilio and SMTP servers, a conversation on each with the demo support bot, and a human agent's SMS reply (--serve keeps the servers up)
+[positional-arguments]
+channels-demo *ARGS:
+    @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m tests.channel_fakes.demo "$@"

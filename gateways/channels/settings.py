@@ -17,6 +17,17 @@ ENDPOINT_VARIABLES = {
 }
 
 
+# The local provider servers of the platform ``./parley up`` starts (``./parley channels-demo``).
+LOCAL_ENDPOINTS = {
+    "whatsapp": "http://127.0.0.1:8701",
+    "sms": "http://127.0.0.1:8702",
+    "tiktok": "http://127.0.0.1:8703",
+    "linkedin": "http://127.0.0.1:8704",
+    "email": "smtp://127.0.0.1:8725",
+}
+LOCAL_SMTP_PORT = 2525
+
+
 class ChannelOptions(msgspec.Struct, frozen=True, kw_only=True):
     # The platform's public base URL (webhooks' addresses; what providers sign). "": the request's own.
     public_url: str = ""
@@ -37,12 +48,16 @@ class ChannelOptions(msgspec.Struct, frozen=True, kw_only=True):
     demo_page: bool = False
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ChannelOptions:
+    def from_env(cls, env: Mapping[str, str] | None = None, *, local: bool = False) -> ChannelOptions:
+        """``local``: the platform ``./parley up`` starts, whose providers are the local servers of
+        ``./parley channels-demo`` on fixed ports (``LOCAL_ENDPOINTS``), unless set otherwise."""
         env = os.environ if env is None else env
-        endpoints = {name: env[var] for name, var in ENDPOINT_VARIABLES.items() if env.get(var)}
-        smtp = env.get("PARLEY_SMTP_PORT")
+        endpoints = dict(LOCAL_ENDPOINTS) if local else {}
+        endpoints |= {name: env[var] for name, var in ENDPOINT_VARIABLES.items() if env.get(var)}
+        smtp = env.get("PARLEY_SMTP_PORT") or (str(LOCAL_SMTP_PORT) if local else None)
+        public = f"http://127.0.0.1:{env.get('PARLEY_API_PORT', '8000')}" if local else ""
         return cls(
-            public_url=env.get("PARLEY_PUBLIC_URL", "").rstrip("/"),
+            public_url=env.get("PARLEY_PUBLIC_URL", public).rstrip("/"),
             endpoints=endpoints,
             run_outbox=env.get("PARLEY_OUTBOX", "1") not in ("0", "false", ""),
             smtp_port=int(smtp) if smtp else None,

@@ -138,8 +138,12 @@ class ChannelServices:
             self._tasks.append(asyncio.create_task(self.outbox.run(), name="channel-outbox"))
         if self.options.smtp_port is not None:
             handler = InboundHandler(self.mailbox, self.receive_email)
-            self.smtp = InboundServer(handler, host=self.options.smtp_host, port=self.options.smtp_port)
-            self.smtp_port = await self.smtp.start()
+            smtp = InboundServer(handler, host=self.options.smtp_host, port=self.options.smtp_port)
+            try:
+                self.smtp_port = await smtp.start()
+                self.smtp = smtp
+            except OSError as e:  # the port is taken: no inbound email in this process, the rest works
+                log.warning("inbound SMTP server not started", port=self.options.smtp_port, error=str(e))
         if self.demo_tenant is not None and self.options.demo_page:
             issued = await self.api_keys.create(
                 self.demo_tenant,

@@ -94,7 +94,7 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
             values["analytics"] = AnalyticsSettings.from_env()
         values["agent_settings"] = AgentSettings.from_env(env)
         values["provider_keys"] = ProviderKeys.from_env(env)
-        channels = ChannelOptions.from_env(env)
+        channels = ChannelOptions.from_env(env, local=bool(values["dev_signin"]))
         values["channels"] = msgspec.structs.replace(channels, demo_page=channels.demo_page or values["dev_signin"])
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
