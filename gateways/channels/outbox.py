@@ -168,7 +168,7 @@ class Outbox:
         batch = await feed.fetch()
         if not batch.messages:
             return 0
-        requested = 0
+        replies: dict[str, list[RecordedEvent]] = {}
         for raw in batch.messages:
             for recorded in self.store.decode(raw):
                 match recorded.event:
@@ -181,10 +181,19 @@ class Outbox:
                                 known, last_inbound_at=said.received_at, last_inbound_ref=said.message_id
                             )
                     case c.AgentReplied():
-                        found = await self._request(recorded)
-                        if found is not None:  # requested: it goes now (its batch is acknowledged below)
-                            requested += 1
-                            self.start_delivery(*found)
+                        replies.setdefault(recorded.stream.key, []).append(recorded)
+
+        async def in_order(conversation: list[RecordedEvent]) -> int:
+            """One conversation's replies requested in order; each goes as soon as it is requested."""
+            count = 0
+            for recorded in conversation:
+                found = await self._request(recorded)
+                if found is not None:
+                    count += 1
+                    self.start_delivery(*found)
+            return count
+
+        requested = sum(await asyncio.gather(*(in_order(r) for r in replies.values())))
         await batch.ack()
         return requested
 
