@@ -12,6 +12,7 @@ import pytest_asyncio
 from domain import call as v
 from gateways.telephony.phone import Turn
 from gateways.telephony.session import keypad_text
+from gateways.telephony.twilio import call_id_for
 from streams.factory import OpenStore
 from tests.voice_support import VoiceRig, phone_call, voice_rig
 
@@ -33,8 +34,6 @@ async def test_a_spoken_order_question_runs_the_order_tool_and_the_caller_hears_
         [Turn("Where is my order?"), Turn(keys="78945#"), Turn("I want to speak to a human")],
         speed=1.5,
     )
-    from gateways.telephony.twilio import call_id_for
-
     events = await rig.events(call_id_for("acme", device.call_sid))
     kinds = [type(e).__name__ for e in events]
     assert kinds[:2] == ["CallInitiated", "CallConnected"], kinds
@@ -61,6 +60,24 @@ async def test_a_spoken_order_question_runs_the_order_tool_and_the_caller_hears_
     assert ended and ended[0].resolution_status == "transferred" and ended[0].tts_characters > 0
     timed = [e for e in of(events, v.AgentSpoke) if e.e2e_latency_ms is not None]
     assert timed, "per-stage timings are recorded on the agent's turns"
+
+
+async def test_a_caller_who_talks_over_the_greeting_cuts_it_short_and_is_answered(rig: VoiceRig) -> None:
+    record, device = await phone_call(rig, [Turn("I want to check my order", barge_in=True)], speed=1.0)
+    events = await rig.events(call_id_for("acme", device.call_sid))
+    greeting = (await rig.stack.configs.get("acme", "voice-bot", 1)).templates["general"]
+    replies = of(events, v.AgentSpoke)
+    # Twilio was told to drop what it had not played (``clear``) ...
+    assert record.clears == 1, record
+    # ... and the greeting is recorded as far as the caller heard it: a beginning, cut short.
+    first = replies[0]
+    assert first.interrupted and first.heard_text == first.text, first
+    assert first.text and greeting.startswith(first.text.rstrip(".,")) and len(first.text) < len(greeting) / 2, first
+    # What the caller said over it was heard and answered, after the cut.
+    said = of(events, v.CallerSpoke)
+    assert said and "order" in (said[0].text or "").lower(), said
+    assert len(replies) == 2 and not replies[1].interrupted and replies[1].in_reply_to == said[0].utterance_id
+    assert events.index(said[0]) > events.index(first)
 
 
 def test_keypad_digits_answer_the_identifier_the_agent_asked_for() -> None:

@@ -31,6 +31,7 @@ import aiohttp
 import structlog
 from livekit import rtc
 from livekit.agents import AgentSession, io, vad
+from livekit.agents.voice.transcription.synchronizer import TranscriptSynchronizer
 
 from agents.config import ConfigProvider
 from agents.graph import chain_for
@@ -227,15 +228,28 @@ class CallSession:
             turn_handling={
                 "turn_detection": "vad",
                 "endpointing": {"min_delay": max(0.2, threshold), "max_delay": 3.0},
-                "interruption": {"enabled": True, "mode": "vad", "min_duration": max(0.2, barge_in)},
+                "interruption": {
+                    "enabled": True,
+                    "mode": "vad",
+                    "min_duration": max(0.2, barge_in),
+                    # Twilio cannot pause what it is playing: a barge-in cuts the reply (``clear``).
+                    "resume_false_interruption": False,
+                },
                 "preemptive_generation": {"enabled": False},
             },
             max_tool_steps=self.config.max_tool_rounds,
             user_away_timeout=None,
+            # No echo-cancellation warm-up: the phone network sends the caller alone, so a caller who
+            # talks over the first words of the greeting interrupts it at once.
+            aec_warmup_duration=None,
         )
         self.session = session
         session.input.audio = self._input
-        session.output.audio = self._output
+        # What the caller heard: the agent's words timed against the audio Twilio played (its marks),
+        # so a reply cut short by the caller is kept, in the chat and on the call, as far as it was heard.
+        heard = TranscriptSynchronizer(next_in_chain_audio=self._output, next_in_chain_text=None)
+        session.output.audio = heard.audio_output
+        session.output.transcription = heard.text_output
         session.on("conversation_item_added", self._item_added)
         session.on("user_input_transcribed", self._transcribed)
         session.on("close", lambda _ev: self.closed.set())

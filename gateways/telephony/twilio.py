@@ -108,6 +108,7 @@ class TwilioAudioOutput(io.AudioOutput):
         self._pushed = 0.0
         self._started_at: float | None = None
         self._interrupted = asyncio.Event()
+        self._cleared_at = 0.0
         self._marks: dict[str, asyncio.Event] = {}
         self._playout: asyncio.Task[None] | None = None
         self.frames_sent = 0
@@ -156,10 +157,10 @@ class TwilioAudioOutput(io.AudioOutput):
         await asyncio.wait([heard, cut], return_when=asyncio.FIRST_COMPLETED)
         heard.cancel()
         cut.cancel()
-        interrupted = self._interrupted.is_set() and not self._marks[name].is_set()
-        played = self._pushed
-        if interrupted and self._started_at is not None:
-            played = min(self._pushed, max(0.0, time.time() - self._started_at))
+        # Twilio echoes the marks of what ``clear`` dropped too: once cleared, the segment was cut,
+        # whatever mark follows, and it played until the clear.
+        interrupted = self._interrupted.is_set()
+        played = self._cleared_at if interrupted else self._pushed
         self._marks.pop(name, None)
         self._reset()
         self.on_playback_finished(playback_position=played, interrupted=interrupted)
@@ -170,18 +171,25 @@ class TwilioAudioOutput(io.AudioOutput):
         self._interrupted.clear()
 
     def clear_buffer(self) -> None:
-        if not self._pushed:
+        if not self._pushed or self._interrupted.is_set():
             return
+        if self._playout is not None and self._playout.done() is False and self._heard_all():
+            return  # the caller heard it all: there is nothing left to clear
+        self._cleared_at = min(self._pushed, max(0.0, time.time() - (self._started_at or time.time())))
         self._carry = b""
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().create_task(self._send({"event": "clear", "streamSid": self.stream_sid}))
         self._interrupted.set()
         if self._playout is None or self._playout.done():
             # cleared before the segment was flushed: it ends here
-            played = min(self._pushed, max(0.0, time.time() - (self._started_at or time.time())))
+            played = self._cleared_at
             self._segment += 1
             self._reset()
             self.on_playback_finished(playback_position=played, interrupted=True)
+
+    def _heard_all(self) -> bool:
+        name = f"parley-{self._segment}"
+        return name in self._marks and self._marks[name].is_set()
 
     def mark_heard(self, name: str) -> None:
         event = self._marks.get(name)
