@@ -29,9 +29,8 @@ CUSTOMER = ("customer",)
 
 
 @pytest.fixture(autouse=True)
-def _dev_signin(monkeypatch: pytest.MonkeyPatch) -> None:
+def _console_built() -> None:
     require_console()
-    monkeypatch.setenv("PARLEY_DEV_SIGNIN", "1")
 
 
 @pytest_asyncio.fixture
@@ -52,7 +51,7 @@ async def start(served: Served, config_id: str, user: str, message: str, channel
 async def test_a_config_manager_slows_the_voicebot_an_admin_approves_with_the_replay_and_rolls_it_back(
     nats_url: str, pg_url: str, redis_url: str, tmp_path: Path, browser: Any
 ) -> None:
-    async with serve_platform(nats_url, pg_url, redis_url, tmp_path) as served:
+    async with serve_platform(nats_url, pg_url, redis_url, tmp_path, dev_signin=True) as served:
         for k in range(2):  # recorded conversations for the what-if replay
             await start(served, "voice-bot", f"caller-{k}", "Where is my order ORD-12345?", channel="voice")
 
@@ -111,10 +110,44 @@ async def test_a_config_manager_slows_the_voicebot_an_admin_approves_with_the_re
         await screenshot(admin, "admin-rollback-blast-radius")
 
 
+async def test_the_configuration_chat_turns_more_formal_and_the_refund_tool_into_two_changes_and_applies_them(
+    nats_url: str, pg_url: str, redis_url: str, tmp_path: Path, browser: Any
+) -> None:
+    async with serve_platform(nats_url, pg_url, redis_url, tmp_path, dev_signin=True, run_agents=False) as served:
+        manager = await sign_in(browser, served, "Config manager")
+        await manager.goto("/console/configs/sales-bot")
+        chat = manager.get_by_role("complementary", name="Configuration assistant")
+        await chat.get_by_label("Message to the assistant").fill("Make the bot more formal and add the refund tool")
+        await chat.get_by_role("button", name="Send").click()
+        changes = chat.get_by_role("list", name="Proposed changes")
+        await expect(changes.get_by_role("listitem")).to_have_count(2)
+        tone, tool = changes.get_by_role("listitem").first, changes.get_by_role("listitem").last
+        await expect(tone).to_contain_text("System prompt: a formal tone")
+        await expect(tone).to_contain_text("low risk")
+        await expect(tone).to_contain_text("Use a formal, courteous tone")  # the proposed prompt
+        await expect(tool).to_contain_text("Add the initiate_refund tool")
+        await expect(tool).to_contain_text("medium risk")
+        await expect(tool).to_contain_text("implemented and ready")
+        await expect(chat).to_contain_text("an approver must accept it")
+        await screenshot(manager, "config-chat-proposes-two-changes")
+
+        await chat.get_by_role("button", name="Apply these changes").click()
+        applied = chat.get_by_role("status")
+        await expect(applied).to_contain_text("Saved as v2")
+        await expect(applied).to_contain_text("medium risk")
+        await manager.get_by_role("link", name=re.compile(r"^Approvals")).click()
+        request = manager.get_by_role("region", name=re.compile("Approval request: v2"))
+        await expect(request.get_by_role("table", name="Changes")).to_contain_text("initiate_refund")
+        await expect(request.get_by_role("table", name="Changes")).to_contain_text("system_prompt")
+        await screenshot(manager, "config-chat-applied-waiting-for-approval")
+
+
 async def test_the_analytics_page_draws_its_charts_from_the_platforms_data(
     nats_url: str, pg_url: str, redis_url: str, tmp_path: Path, browser: Any
 ) -> None:
-    async with serve_platform(nats_url, pg_url, redis_url, tmp_path, analytics=True, run_agents=False) as served:
+    async with serve_platform(
+        nats_url, pg_url, redis_url, tmp_path, dev_signin=True, analytics=True, run_agents=False
+    ) as served:
         ids = [await start(served, "support-bot", f"shopper-{k}", "hello") for k in range(6)]
         for cid in ids[:2]:
             escalated = await served.api.post(
@@ -154,7 +187,7 @@ async def _analytics_caught_up(served: Served) -> None:
 async def test_an_agent_takes_a_conversation_from_the_queue_and_resolves_it_while_the_customer_writes(
     nats_url: str, pg_url: str, redis_url: str, tmp_path: Path, browser: Any
 ) -> None:
-    async with serve_platform(nats_url, pg_url, redis_url, tmp_path) as served:
+    async with serve_platform(nats_url, pg_url, redis_url, tmp_path, dev_signin=True) as served:
         agent_id = "dev-support-agent"  # the development sign-in's subject for the role
         agent = served.headers("support_agent", subject=agent_id)
         registered = await served.api.post(
@@ -229,7 +262,7 @@ PAGES_BY_ROLE = {
 async def test_no_page_has_serious_or_critical_accessibility_violations(
     nats_url: str, pg_url: str, redis_url: str, tmp_path: Path, browser: Any
 ) -> None:
-    async with serve_platform(nats_url, pg_url, redis_url, tmp_path, analytics=True) as served:
+    async with serve_platform(nats_url, pg_url, redis_url, tmp_path, dev_signin=True, analytics=True) as served:
         cid = await start(served, "support-bot", "ana", "Where is my order ORD-12345?")
         found: dict[str, list[dict[str, Any]]] = {}
         context = await browser.new_context(

@@ -1,50 +1,56 @@
-// The configuration assistant beside the editor: the seed's POST /api/v1/client-config/chat (the
-// lead is adding it). It answers with the changes it detected, their type, confidence and risk; it
-// applies them through the normal versioning path. Until the endpoint exists, the panel says so.
+// The configuration assistant beside the editor: the seed's POST /api/v1/client-config/chat. The
+// agent classifies the request, proposes the changes with their current and proposed values, type,
+// confidence and risk, and previews them; "Apply these changes" answers it yes, and it writes the
+// version through the usual versions and approvals.
 import { useMutation, useQueryClient } from "@tanstack/react-query";
 import { useState } from "react";
-import { ApiError, ORIGIN } from "../api/client";
-import { getSession } from "../api/session";
-import type { ConfigView, RiskLevel } from "../api/types";
+import { Link } from "react-router";
+import { api, call } from "../api/client";
+import type { ChatAnswer, ConfigView, DetectedChange } from "../api/types";
 import { ErrorNotice, Field, RiskBadge } from "../ui/components";
-import { keys } from "./queries";
+import { keys, LIST_PATH, notePosition } from "./queries";
 
 export const CHAT_PATH = "/api/v1/client-config/chat";
-
-interface DetectedChange {
-  type: string;
-  parameter?: string;
-  tool_name?: string;
-  action?: string;
-  current_value?: unknown;
-  proposed_value?: unknown;
-  confidence?: number;
-  risk_level?: RiskLevel;
-}
-
-interface ChatAnswer {
-  response: string;
-  detected_changes: DetectedChange[];
-  requires_approval?: boolean;
-  conversation_id: string;
-}
+const YES = "Yes, apply these changes.";
+const NO = "No, discard them.";
 
 interface Turn {
   from: "you" | "assistant";
   text: string;
-  changes?: DetectedChange[];
+  answer?: ChatAnswer;
 }
 
-async function send(body: Record<string, unknown>): Promise<ChatAnswer> {
-  const session = getSession();
-  const response = await fetch(`${ORIGIN}${CHAT_PATH}`, {
-    method: "POST",
-    headers: { "Content-Type": "application/json", ...(session ? { Authorization: `Bearer ${session.token}` } : {}) },
-    body: JSON.stringify(body),
-  });
-  const answer: unknown = await response.json().catch(() => ({}));
-  if (!response.ok) throw new ApiError(response.status, (answer ?? {}) as Record<string, unknown>);
-  return answer as ChatAnswer;
+function shown(value: unknown): string {
+  if (value === null || value === undefined) return "none";
+  if (typeof value === "string") return value;
+  if (Array.isArray(value)) return value.map(String).join(", ") || "none";
+  return JSON.stringify(value);
+}
+
+function ProposedChange({ change }: { change: DetectedChange }) {
+  const unsure = change.confidence < change.confidence_threshold;
+  return (
+    <li className="stack" style={{ gap: "0.25rem" }}>
+      <div>
+        <strong>{change.summary}</strong> <RiskBadge level={change.risk_level} />
+      </div>
+      <div className="muted small">
+        {change.type} · confidence {Math.round(change.confidence * 100)} %{unsure && " (not sure: check it)"}
+        {change.tool_status && ` · ${change.tool_status === "implemented" ? "implemented and ready" : "not implemented yet"}`}
+      </div>
+      <dl className="small" style={{ margin: 0 }}>
+        <dt>Current</dt>
+        <dd style={{ whiteSpace: "pre-wrap" }}>{shown(change.current_value)}</dd>
+        <dt>Proposed</dt>
+        <dd style={{ whiteSpace: "pre-wrap" }}>{shown(change.proposed_value)}</dd>
+      </dl>
+    </li>
+  );
+}
+
+/** A console path from the API's preview URL (the console is served under /console). */
+function consolePath(url: string): string {
+  return url.startsWith("/console") ? url.slice("/console".length) || "/" : url;
 }
 
 export function ConfigChat({ config }: { config: ConfigView }) {
@@ -54,14 +60,36 @@ export function ConfigChat({ config }: { config: ConfigView }) {
   const [conversationId, setConversationId] = useState<string | null>(null);
   const chat = useMutation({
     mutationFn: (message: string) =>
-      send({ config_id: config.config_id, message, product_type: config.product_type, ...(conversationId ? { conversation_id: conversationId } : {}) }),
+      call<ChatAnswer>(
+        api.POST("/api/v1/client-config/chat", {
+          body: {
+            config_id: config.config_id,
+            message,
+            product_type: config.product_type,
+            ...(conversationId ? { conversation_id: conversationId } : {}),
+          },
+        }),
+      ),
     onSuccess: async (answer) => {
       setConversationId(answer.conversation_id);
-      setTurns((t) => [...t, { from: "assistant", text: answer.response, changes: answer.detected_changes }]);
-      await client.invalidateQueries({ queryKey: keys.versions(config.config_id) });
+      setTurns((t) => [...t, { from: "assistant", text: answer.response, answer }]);
+      if (answer.version) {
+        notePosition(config.config_id, answer);
+        await Promise.all([
+          client.invalidateQueries({ queryKey: keys.versions(config.config_id) }),
+          client.invalidateQueries({ queryKey: keys.config(config.config_id) }),
+          client.invalidateQueries({ queryKey: [LIST_PATH] }),
+        ]);
+      }
     },
   });
-  const missing = chat.error instanceof ApiError && [404, 405].includes(chat.error.status);
+  const send = (message: string) => {
+    setTurns((t) => [...t, { from: "you", text: message }]);
+    chat.mutate(message);
+  };
+  const last = turns.at(-1);
+  const open = !chat.isPending && last?.from === "assistant" && last.answer?.status === "proposed";
+
   return (
     <aside className="panel stack" aria-labelledby="config-chat">
       <h2 id="config-chat" style={{ marginTop: 0 }}>
@@ -75,37 +103,58 @@ export function ConfigChat({ config }: { config: ConfigView }) {
         {turns.map((t, i) => (
           <div key={i} className={`bubble ${t.from === "you" ? "user" : "assistant"}`}>
             <div className="meta">{t.from}</div>
-            <div style={{ whiteSpace: "pre-wrap" }}>{t.text}</div>
-            {t.changes && t.changes.length > 0 && (
-              <ul aria-label="Proposed changes">
-                {t.changes.map((c, k) => (
-                  <li key={k}>
-                    {c.type}: {c.parameter ?? c.tool_name ?? ""} {c.action ?? ""}
-                    {c.proposed_value !== undefined && ` → ${JSON.stringify(c.proposed_value)}`}
-                    {c.confidence !== undefined && ` (confidence ${Math.round(c.confidence * 100)} %)`} {c.risk_level && <RiskBadge level={c.risk_level} />}
-                  </li>
-                ))}
-              </ul>
+            {t.answer && t.answer.detected_changes.length > 0 && t.answer.status === "proposed" ? (
+              <>
+                <div>
+                  {t.answer.detected_changes.length === 1 ? "One change" : `${t.answer.detected_changes.length} changes`} proposed
+                  {t.answer.preview && (
+                    <>
+                      {" "}
+                      · overall <RiskBadge level={t.answer.preview.risk_assessment.risk_level} />
+                    </>
+                  )}
+                </div>
+                <ol aria-label="Proposed changes">
+                  {t.answer.detected_changes.map((c, k) => (
+                    <ProposedChange key={k} change={c} />
+                  ))}
+                </ol>
+                <div className="small">{t.answer.requires_approval ? "Once applied, an approver must accept it before it goes live." : "It goes live as soon as it is applied."}</div>
+              </>
+            ) : (
+              <div style={{ whiteSpace: "pre-wrap" }} role={t.answer?.version ? "status" : undefined}>
+                {t.text}
+              </div>
+            )}
+            {t.answer?.preview_url && (
+              <div className="small">
+                <Link to={consolePath(t.answer.preview_url)}>See the changes</Link>
+              </div>
             )}
           </div>
         ))}
       </div>
-      {missing ? (
-        <div className="notice">The configuration assistant is not available on this API yet.</div>
-      ) : (
-        <ErrorNotice error={chat.error} />
+      {open && (
+        <div className="row">
+          <button type="button" onClick={() => send(YES)}>
+            Apply these changes
+          </button>
+          <button type="button" className="secondary" onClick={() => send(NO)}>
+            Discard
+          </button>
+        </div>
       )}
+      <ErrorNotice error={chat.error} />
       <form
         className="stack"
         onSubmit={(e) => {
           e.preventDefault();
           if (!text.trim()) return;
-          setTurns((t) => [...t, { from: "you", text }]);
-          chat.mutate(text);
+          send(text.trim());
           setText("");
         }}
       >
-        <Field label="Message to the assistant">{(p) => <textarea {...p} rows={3} value={text} onChange={(e) => setText(e.target.value)} />}</Field>
+        <Field label="Message to the assistant">{(p) => <textarea {...p} rows={3} maxLength={10000} value={text} onChange={(e) => setText(e.target.value)} />}</Field>
         <div>
           <button type="submit" disabled={!text.trim() || chat.isPending}>
             Send

@@ -1,18 +1,37 @@
 // The tenant's configs, and a new one from a starting point (chatbot or voicebot).
 import { useMutation, useQueryClient } from "@tanstack/react-query";
-import { useState } from "react";
-import { Link, useNavigate } from "react-router";
+import { useState, type FormEvent } from "react";
+import { Link, useNavigate, useSearchParams } from "react-router";
 import { api, call } from "../api/client";
 import type { VersionOutcome } from "../api/types";
 import { ErrorNotice, Field, fmtTime, Loading } from "../ui/components";
 import { starterYaml } from "./model";
-import { notePosition, rememberConfig, useConfigList, useMyPermissions } from "./queries";
+import { LIST_PATH, notePosition, rememberConfig, useConfigList, useMyPermissions, type ConfigFilters } from "./queries";
 
 export function ConfigsPage() {
-  const list = useConfigList();
+  const [params, setParams] = useSearchParams();
+  const filters: ConfigFilters = {
+    ...(params.get("product_type") ? { product_type: params.get("product_type") as "chatbot" | "voicebot" } : {}),
+    ...(params.get("search") ? { search: params.get("search")! } : {}),
+    ...(params.get("pending_approval") ? { pending_approval: params.get("pending_approval") === "true" } : {}),
+  };
+  const list = useConfigList(filters);
   const navigate = useNavigate();
   const [openId, setOpenId] = useState("");
   const { can } = useMyPermissions();
+  const rows = list.data?.pages.flatMap((p) => p.configs) ?? [];
+
+  function apply(e: FormEvent<HTMLFormElement>) {
+    e.preventDefault();
+    const form = new FormData(e.currentTarget);
+    const next = new URLSearchParams();
+    for (const f of ["product_type", "search", "pending_approval"]) {
+      const v = String(form.get(f) ?? "").trim();
+      if (v) next.set(f, v);
+    }
+    setParams(next);
+  }
+
   return (
     <div className="stack">
       <div className="row">
@@ -23,6 +42,30 @@ export function ConfigsPage() {
           </Link>
         ) : null}
       </div>
+      <form className="panel row" aria-label="Filter configs" onSubmit={apply} key={params.toString()}>
+        <Field label="Product">
+          {(p) => (
+            <select {...p} name="product_type" defaultValue={filters.product_type ?? ""}>
+              <option value="">any</option>
+              <option value="chatbot">chatbot</option>
+              <option value="voicebot">voicebot</option>
+            </select>
+          )}
+        </Field>
+        <Field label="Id contains">{(p) => <input {...p} name="search" type="text" maxLength={64} defaultValue={filters.search} />}</Field>
+        <Field label="Approvals">
+          {(p) => (
+            <select {...p} name="pending_approval" defaultValue={params.get("pending_approval") ?? ""}>
+              <option value="">any</option>
+              <option value="true">waiting for approval</option>
+              <option value="false">nothing waiting</option>
+            </select>
+          )}
+        </Field>
+        <button type="submit" className="secondary" style={{ alignSelf: "end" }}>
+          Filter
+        </button>
+      </form>
       {list.isPending && <Loading what="configs" />}
       <ErrorNotice error={list.error} />
       {list.data && (
@@ -33,26 +76,33 @@ export function ConfigsPage() {
               <th scope="col">Product</th>
               <th scope="col">Active</th>
               <th scope="col">Latest</th>
+              <th scope="col">Waiting for approval</th>
               <th scope="col">Updated</th>
             </tr>
           </thead>
           <tbody>
-            {list.data.configs.map((c) => (
+            {rows.map((c) => (
               <tr key={c.config_id}>
                 <td>
                   <Link to={`/configs/${c.config_id}`}>{c.config_id}</Link>
                 </td>
-                <td>{c.product_type ?? "—"}</td>
+                <td>{c.product_type}</td>
                 <td>{c.active_version ? `v${c.active_version}` : "—"}</td>
                 <td>{c.latest_version ? `v${c.latest_version}` : "—"}</td>
-                <td>{fmtTime(c.updated_at)}</td>
+                <td>{c.pending_approvals || "—"}</td>
+                <td>{fmtTime(c.updated_at ?? undefined)}</td>
               </tr>
             ))}
           </tbody>
         </table>
       )}
-      {list.data && !list.data.complete && (
-        <p className="muted small">Showing the tenant's latest config and those opened in this browser (the API has no config list yet).</p>
+      {list.data && rows.length === 0 && <p className="muted">No config matches.</p>}
+      {list.hasNextPage && (
+        <div>
+          <button type="button" className="secondary" onClick={() => void list.fetchNextPage()} disabled={list.isFetchingNextPage}>
+            More configs
+          </button>
+        </div>
       )}
       <form
         className="row"
@@ -83,7 +133,7 @@ function NewConfig() {
     onSuccess: async (answer) => {
       notePosition(id, answer);
       rememberConfig(id);
-      await client.invalidateQueries({ queryKey: ["/api/v1/configs"] });
+      await client.invalidateQueries({ queryKey: [LIST_PATH] });
       navigate(`/configs/${id}`);
     },
   });

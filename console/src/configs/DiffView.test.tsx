@@ -21,6 +21,17 @@ const comparison: Comparison = {
   breaking_changes: true,
   breaking_reasons: ["tool 'fetch_order_status' removed"],
   risk_assessment: { risk_level: "high", reasons: ["tool 'fetch_order_status' removed"] },
+  change_risks: [
+    { kind: "added", path: "tools", item: "initiate_refund", change: "tool_attached:initiate_refund", type: "tool_change",
+      new: { name: "initiate_refund", description: "Starts a refund" }, risk_level: "medium",
+      reasons: ["tool 'initiate_refund' attached: a new capability"], breaking: false },
+    { kind: "removed", path: "tools", item: "fetch_order_status", change: "tool_removed:fetch_order_status", type: "tool_change",
+      old: { name: "fetch_order_status" }, risk_level: "high", reasons: ["tool 'fetch_order_status' removed"], breaking: true },
+    { kind: "modified", path: "voice_config.model_settings.speed", item: null, change: "voice_param:model_settings.speed",
+      type: "voice_parameter_change", old: 1.0, new: 0.8, risk_level: "low", reasons: ["voice parameters changed"], breaking: false },
+    { kind: "modified", path: "system_prompt", item: null, change: "system_prompt_changed", type: "system_prompt_change",
+      old: "Be brief.", new: "Be formal.", risk_level: "low", reasons: ["system prompt wording changed"], breaking: false },
+  ],
 };
 
 const filler = Array.from({ length: 20 }, (_, i) => `k${i}: ${i}`).join("\n");

@@ -1,5 +1,5 @@
-// Two versions side by side: the API's comparison (each change with its risk, the overall risk and
-// its reasons, what breaks) and the YAML of both, line by line, changed lines marked.
+// Two versions side by side: the API's comparison (each change with its own risk, as the API rates
+// it; the overall risk and its reasons, what breaks) and the YAML of both, line by line, changed lines marked.
 import { diffLines } from "diff";
 import { Fragment, useState } from "react";
 import type { Comparison } from "../api/types";
@@ -117,7 +117,7 @@ export function YamlSideBySide({ before, after, leftLabel, rightLabel }: { befor
 }
 
 function show(value: unknown): string {
-  if (value === undefined) return "";
+  if (value === undefined || value === null) return "";
   if (typeof value === "string") return value;
   return JSON.stringify(value, null, 1);
 }
@@ -143,7 +143,7 @@ export function ChangesTable({ comparison }: { comparison: Comparison }) {
             <td className="mono">{c.path}</td>
             <td className="mono">{show(c.old)}</td>
             <td className="mono">{show(c.new)}</td>
-            <td>
+            <td title={c.reasons.join("; ")}>
               <RiskBadge level={c.risk} />
             </td>
           </tr>

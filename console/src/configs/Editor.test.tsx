@@ -54,6 +54,8 @@ afterAll(() => server.close());
 const yaml = starterYaml("voice_bot", "voicebot");
 const config: ConfigView = {
   config_id: "voice-bot",
+  organization_id: "demo",
+  tenant_slug: "demo",
   product_type: "voicebot",
   version: 1,
   active_version: 1,
@@ -62,6 +64,7 @@ const config: ConfigView = {
   metadata: { created_at: "", updated_at: "", status: "active", breaking_change: false, digest: "" },
   revision: 1,
   position: 1,
+  cached: false,
 };
 
 function renderEditor() {

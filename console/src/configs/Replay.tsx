@@ -2,14 +2,25 @@
 import type { ReplayEvidence } from "../api/types";
 
 export function ReplaySummary({ replay }: { replay: ReplayEvidence }) {
-  const changed = replay.conversations.filter((c) => c.turns_changed > 0);
+  // Evidence recorded by an older version of the replay may lack a list: read as empty.
+  const conversations = (replay.conversations ?? []).map((c) => ({
+    ...c,
+    turns: c.turns ?? 0,
+    turns_changed: c.turns_changed ?? 0,
+    tool_calls_lost: c.tool_calls_lost ?? [],
+    tool_calls_added: c.tool_calls_added ?? [],
+    differences: c.differences ?? [],
+  }));
+  const changed = conversations.filter((c) => c.turns_changed > 0);
+  const replayed = replay.conversations_replayed ?? 0;
+  const answeredDifferently = replay.conversations_changed ?? [];
+  const losing = replay.conversations_losing_tool_calls ?? [];
   return (
     <section className="panel stack" aria-label="Replay of recorded conversations">
       <h4 style={{ margin: 0 }}>Replay of recorded conversations</h4>
       <p style={{ margin: 0 }}>
-        {replay.conversations_replayed} conversation{replay.conversations_replayed === 1 ? "" : "s"} replayed,{" "}
-        {replay.conversations_changed.length} would be answered differently
-        {replay.conversations_losing_tool_calls.length > 0 && <>, {replay.conversations_losing_tool_calls.length} would lose tool calls</>}.
+        {replayed} conversation{replayed === 1 ? "" : "s"} replayed, {answeredDifferently.length} would be answered differently
+        {losing.length > 0 && <>, {losing.length} would lose tool calls</>}.
       </p>
       {changed.map((c) => (
         <details key={c.conversation_id}>
@@ -34,11 +45,11 @@ export function ReplaySummary({ replay }: { replay: ReplayEvidence }) {
                   <td>{d.user_message}</td>
                   <td>
                     {d.recorded.reply}
-                    {d.recorded.tool_calls.length > 0 && <div className="muted small">tools: {d.recorded.tool_calls.join(", ")}</div>}
+                    {(d.recorded.tool_calls ?? []).length > 0 && <div className="muted small">tools: {(d.recorded.tool_calls ?? []).join(", ")}</div>}
                   </td>
                   <td>
                     {d.candidate.reply}
-                    {d.candidate.tool_calls.length > 0 && <div className="muted small">tools: {d.candidate.tool_calls.join(", ")}</div>}
+                    {(d.candidate.tool_calls ?? []).length > 0 && <div className="muted small">tools: {(d.candidate.tool_calls ?? []).join(", ")}</div>}
                     {d.candidate.escalated && <div className="muted small">escalates</div>}
                   </td>
                 </tr>

@@ -1,8 +1,8 @@
 // The configs' server state: TanStack Query keyed by the API path; a command's success invalidates
 // what it changed (the API's answers carry positions; the read-model reads wait for them).
-import { useQuery, useQueryClient } from "@tanstack/react-query";
-import { api, ApiError, call, getJson } from "../api/client";
-import type { Branch, Comparison, ConfigView, HistoryView, PermissionsView, VersionsView } from "../api/types";
+import { useInfiniteQuery, useQuery } from "@tanstack/react-query";
+import { api, call } from "../api/client";
+import type { Branch, Comparison, ConfigPage, ConfigView, HistoryView, PermissionsView, VersionsView } from "../api/types";
 
 export const keys = {
   config: (id: string, version?: number) => ["/api/v1/configs/{config_id}", id, version ?? "active"] as const,
@@ -25,6 +25,11 @@ export function notePosition(configId: string, answer: unknown): void {
 
 function minPosition(configId: string): number | null {
   return positions.get(configId) ?? null;
+}
+
+/** The latest position of any config command of this console: what the config list waits for. */
+function anyPosition(): number | undefined {
+  return positions.size ? Math.max(...positions.values()) : undefined;
 }
 
 export function useConfig(id: string, version?: number) {
@@ -103,14 +108,6 @@ export function useMyPermissions() {
   };
 }
 
-export interface ConfigSummary {
-  config_id: string;
-  product_type?: string;
-  active_version?: number;
-  latest_version?: number;
-  updated_at?: string;
-}
-
 const RECENT_KEY = "parley.console.recent-configs";
 
 export function rememberConfig(id: string): void {
@@ -127,44 +124,25 @@ export function recentConfigs(): string[] {
   }
 }
 
-/** The tenant's configs: ``GET /api/v1/configs`` when the API has it; until then the tenant's
- * latest config and the ones opened in this browser. */
-export function useConfigList() {
-  const client = useQueryClient();
-  return useQuery({
-    queryKey: ["/api/v1/configs"],
-    queryFn: async (): Promise<{ configs: ConfigSummary[]; complete: boolean }> => {
-      try {
-        const listed = await getJson<{ configs: ConfigSummary[] }>("/api/v1/configs");
-        if (Array.isArray(listed.configs)) return { configs: listed.configs, complete: true };
-      } catch (error) {
-        if (!(error instanceof ApiError) || ![404, 405].includes(error.status)) throw error;
-      }
-      const ids = new Set(recentConfigs());
-      try {
-        const latest = await call<ConfigView>(api.GET("/api/v1/configs/latest"));
-        ids.add(latest.config_id);
-        client.setQueryData(keys.config(latest.config_id), latest);
-      } catch (error) {
-        if (!(error instanceof ApiError) || error.status !== 404) throw error;
-      }
-      const found = await Promise.all(
-        [...ids].map(async (id): Promise<ConfigSummary | null> => {
-          try {
-            const c = await call<ConfigView>(api.GET("/api/v1/configs/{config_id}", { params: { path: { config_id: id } } }));
-            return {
-              config_id: c.config_id,
-              product_type: c.product_type,
-              active_version: c.active_version,
-              latest_version: c.latest_version,
-              updated_at: c.metadata.updated_at,
-            };
-          } catch {
-            return null;
-          }
+export const LIST_PATH = "/api/v1/configs";
+
+export interface ConfigFilters {
+  product_type?: "chatbot" | "voicebot";
+  search?: string;
+  pending_approval?: boolean;
+}
+
+/** The tenant's configs (``GET /api/v1/configs``), by id, a page at a time. */
+export function useConfigList(filters: ConfigFilters = {}) {
+  return useInfiniteQuery({
+    queryKey: [LIST_PATH, filters],
+    queryFn: ({ pageParam }) =>
+      call<ConfigPage>(
+        api.GET("/api/v1/configs", {
+          params: { query: { ...filters, limit: 50, cursor: pageParam ?? undefined, min_position: anyPosition() } },
         }),
-      );
-      return { configs: found.filter((c): c is ConfigSummary => c !== null), complete: false };
-    },
+      ),
+    initialPageParam: null as string | null,
+    getNextPageParam: (last) => last.next_cursor,
   });
 }
