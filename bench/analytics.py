@@ -611,19 +611,24 @@ def bench(quick: bool) -> None:
 
 
 async def seed(events: int, tenant: str, days: float) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     from streams.factory import StoreSettings, open_store
 
     opened = await open_store(StoreSettings.from_env(max_in_flight=4), name="parley-seed-history")
     try:
         t = time.perf_counter()
-        written = await write_history(
-            opened.store,
-            events,
-            tenant=tenant,
-            days=days,
-            seed=random.randrange(1 << 30),
-            progress=lambda n: print(f"  {n:,} events", flush=True),
-        )
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, TimeElapsedColumn(), transient=True) as bar:
+            task = bar.add_task(f"writing events (tenant {tenant})", total=events)
+            written = await write_history(
+                opened.store,
+                events,
+                tenant=tenant,
+                days=days,
+                seed=random.randrange(1 << 30),
+                progress=lambda n: bar.update(task, completed=n),
+            )
         print(
             f"wrote {written['events']:,} events in {written['commits']:,} commits "
             f"({written['conversations']:,} conversations, tenant {tenant}) in {time.perf_counter() - t:.1f} s"

@@ -62,7 +62,7 @@ import io
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -130,12 +130,14 @@ async def export(
     redact_personal: bool = False,
     filter_locally: bool = True,
     page: int = PAGE,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> ExportReport:
     """Write ``tenant``'s events recorded in ``[start, end)`` (the whole stream when unbounded).
 
     The span of stream sequences is fixed first (events appended during the export are not in it).
     ``filter_locally``: read every commit of the span and keep the tenant's here (quick when the
-    tenant owns much of the stream); otherwise the server filters by subject.
+    tenant owns much of the stream); otherwise the server filters by subject. ``progress(seq,
+    first_seq, last_seq)`` is told the stream sequence reached after each page.
     """
     began = time.perf_counter()
     StreamId(tenant, "audit", "x")  # the tenant's name must be a subject token: no '.', '*' or '>'
@@ -163,6 +165,8 @@ async def export(
     out = await asyncio.to_thread(_create, path)
     try:
         out.write(line)
+        if progress is not None:
+            progress(first_seq - 1, first_seq, last_seq)
         async for raws in _pages(store, prefix, first_seq, last_seq, filter_locally=filter_locally, page=page):
             lines = []
             for raw in raws:
@@ -175,6 +179,8 @@ async def export(
                     lines.append(_sealed(entry))
                     prev = entry["hash"]
             await asyncio.to_thread(out.writelines, lines)
+            if progress is not None and raws:
+                progress(raws[-1].seq, first_seq, last_seq)
         out.write(_sealed({"kind": "trailer", "count": n, "head": prev}))
     finally:
         await asyncio.to_thread(out.close)
@@ -702,16 +708,26 @@ async def _export_command(args: argparse.Namespace) -> int:
     start, end = parse_when(args.from_), parse_when(args.to) or datetime.now(UTC)
     output = Path(args.output) if args.output else default_output(settings.data_dir, args.tenant)
     opened = await open_store(settings, name="parley-audit")
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f} %"))
     try:
-        report = await export(
-            opened.store,
-            args.tenant,
-            output,
-            start=start,
-            end=end,
-            redact_personal=args.redact_personal,
-            filter_locally=not args.server_filter,
-        )
+        with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
+            task = bar.add_task(f"exporting {args.tenant}'s events", total=None)
+
+            def reached(seq: int, first: int, last: int) -> None:
+                bar.update(task, total=max(last - first + 1, 1), completed=max(seq - first + 1, 0))
+
+            report = await export(
+                opened.store,
+                args.tenant,
+                output,
+                start=start,
+                end=end,
+                redact_personal=args.redact_personal,
+                filter_locally=not args.server_filter,
+                progress=reached,
+            )
     finally:
         await opened.close()
     print(
