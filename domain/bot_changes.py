@@ -403,7 +403,7 @@ def change_risks(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[ChangeR
     out: list[ChangeRisk] = []
     for entry in entries:
         own = _own_breaks(entry, breaks)
-        risks = [("high", reason) for reason in own] or _risks([entry], ())
+        risks: list[tuple[RiskLevel, str]] = [("high", reason) for reason in own] or _risks([entry], ())
         level: RiskLevel = max((at for at, _ in risks), key=RISK_LEVELS.index, default="low")
         out.append(
             ChangeRisk(
