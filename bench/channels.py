@@ -401,6 +401,7 @@ def main() -> None:
         s.sockets = args.sockets
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * s.sockets + 4096)), hard))
+    load_before = os.getloadavg()
     root = service_tmpdir("parley-bench-channels-")
     nats, pg, redis = NatsServer(root / "nats", sync_always=True), Postgres(root / "pg"), Redis(root / "redis")
     try:
@@ -426,7 +427,10 @@ def main() -> None:
     print()
     print(table(["measure", "value", "target", "notes"], rows))
     print(f"\ncores during intake: {i['cores']}\ncores during the flood: {f['cores']}")
-    path = write_results("channels-quick" if args.quick else "channels", {"sizes": s.__dict__, "results": results})
+    load = {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in os.getloadavg()]}
+    print(f"load average (1, 5, 15 min) before {load['before']}, after {load['after']} (2 cores, shared)")
+    payload = {"sizes": s.__dict__, "load_average": load, "results": results}
+    path = write_results("channels-quick" if args.quick else "channels", payload)
     print(f"\nresults written to {path}")
 
 

@@ -4,15 +4,20 @@ a reload shows the history."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+import websockets
 from playwright.async_api import expect
 
 from gateways.channels.settings import ChannelOptions
+from infra.tokens import make_token
+from tests.api_support import SECRET
 from tests.console_support import CHROMIUM, chromium, screenshot, serve_platform
 
 expect.set_options(timeout=20_000)
@@ -86,3 +91,31 @@ async def test_where_websockets_are_blocked_the_widget_chats_over_server_sent_ev
         await expect(page.get_by_role("log", name="Conversation").locator(".agent").first).to_contain_text("ORD-78945")
         assert sockets == []
         await context.close()
+
+
+async def test_the_socket_shows_typing_while_the_bot_answers_and_a_resent_message_is_taken_once(
+    nats_url: str, pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    options = ChannelOptions(run_outbox=False)
+    async with serve_platform(nats_url, pg_url, redis_url, tmp_path, channels=options) as served:
+        token = make_token(SECRET, subject="web-typing", tenant="demo", roles=["customer"], hours=1)
+        url = served.url.replace("http", "ws") + f"/api/v1/chat/ws?token={token}"
+        async with websockets.connect(url) as ws:
+            assert json.loads(await ws.recv()) == {"type": "history", "conversation_id": None, "messages": []}
+            for _ in range(2):  # sent again after a dropped ack: the same id, taken once
+                await ws.send(json.dumps({"type": "message", "id": "m-1", "text": "Where is my order ORD-78945?"}))
+            frames = []
+            while not any(f.get("role") == "agent" for f in frames):
+                frames.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
+        kinds = [(f["type"], f.get("role") or f.get("on")) for f in frames if f["type"] != "ack"]
+        assert kinds == [("message", "customer"), ("typing", True), ("typing", False), ("message", "agent")]
+        acks = [f for f in frames if f["type"] == "ack"]
+        assert [a["duplicate"] for a in acks] == [False, True]
+        async with websockets.connect(url) as ws:  # a reconnect: the history
+            history = json.loads(await ws.recv())
+            assert [m["role"] for m in history["messages"]] == ["customer", "agent"]
+        refused = served.url.replace("http", "ws") + "/api/v1/chat/ws?token=not-a-token"
+        async with websockets.connect(refused) as ws:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401

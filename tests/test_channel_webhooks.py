@@ -355,3 +355,16 @@ async def _human_reply(stack: Stack, conversation_id: str, text: str) -> str:
 
 async def _async(value: T) -> T:
     return value
+
+
+async def test_a_social_platforms_message_is_answered_through_its_api_with_our_delivery_as_idempotency_key(
+    stack: Stack,
+) -> None:
+    await stack.configure("linkedin", credentials={"client_secret": "li-secret", "access_token": "li-token"})
+    view = (await stack.client.get("/api/v1/channels/linkedin", headers=ADMIN)).json()
+    assert view["rate_per_minute"] == 100  # seed 003's LinkedIn limit, the default
+    response = await stack.post(stack.linkedin.user_writes("li-42", "Where is my order ORD-78945?", message_id="li-m1"))
+    assert response.status_code == 200 and response.json() == {"received": 1}
+    sent = await eventually(lambda: _async(list(stack.linkedin.sent.items())))
+    key, message = sent[0]
+    assert key == ch.delivery_id("li-m1-reply") and message["recipient"] == "li-42" and "ORD-78945" in message["text"]

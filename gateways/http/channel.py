@@ -585,6 +585,10 @@ class ChatSession:
             await self.send(
                 {"type": "history", "conversation_id": conversation_id, "messages": messages, "status": status}
             )
+        else:  # a conversation the customer's message just opened: what it holds so far, as live frames
+            for recorded in past:
+                for frame in frames(recorded):
+                    await self.send(frame)
         seen = past[-1].version if past else 0
         if past and isinstance(past[-1].event, c.UserMessageReceived) and self._ai_answers:
             await self.send({"type": "typing", "on": True})
