@@ -51,6 +51,7 @@ from infra.logs import configure_logging
 from infra.services import service_tmpdir
 from infra.tokens import make_token
 from streams.factory import StoreSettings, open_store
+from streams.work import work_stream_name
 
 FAULTS = ("api", "projections", "agents", "nats", "redis", "postgres")
 
@@ -66,6 +67,8 @@ class Plan:
     weights: dict[str, float] = field(
         default_factory=lambda: {"api": 3, "projections": 2, "agents": 2, "nats": 2, "redis": 1, "postgres": 1}
     )
+    # Faults inflicted first, in random order, whatever the window (default: each kind once).
+    first: tuple[str, ...] = ()
     settle_seconds: float = 120.0  # to catch up once the faults stop
     command_deadline: float = 120.0  # a client retries a command this long
 
@@ -76,8 +79,8 @@ class Plan:
             plan.seconds, plan.customers, plan.gap = 35.0, 6, (1.0, 3.0)
         if cluster:  # one node at a time, most often
             plan.weights = {"nats": 4, "api": 2, "projections": 1, "agents": 1, "redis": 0.5, "postgres": 0.5}
-            if quick:
-                plan.seconds = 25.0
+            if quick:  # each node once, and each Python process; Redis and PostgreSQL in the other run
+                plan.seconds, plan.first = 20.0, ("nats", "nats", "nats", "api", "projections", "agents")
         if seconds is not None:
             plan.seconds = seconds
         return plan
@@ -137,6 +140,7 @@ def run(plan: Plan, *, log: Any = print, keep: bool = False) -> dict[str, Any]:
                 "faults": faults,
                 "kills": dict(stack.kills),
                 "exited_on_their_own": dict(stack.exits),
+                "exits": stack.exit_logs[:20],
                 "starts": {name: proc.starts for name, proc in stack.procs.items()},
                 "settle": settled,
                 "analytics": analytics,
@@ -164,7 +168,8 @@ def run(plan: Plan, *, log: Any = print, keep: bool = False) -> dict[str, Any]:
 def _inflict_faults(stack: Stack, plan: Plan, rng: random.Random, log: Any) -> list[dict[str, Any]]:
     """Faults at random moments until the window closes; every kind once first, in random order."""
     kinds = [k for k in FAULTS if plan.weights.get(k)]
-    first = rng.sample(kinds, len(kinds))
+    first = list(plan.first or kinds)
+    rng.shuffle(first)
     done: list[dict[str, Any]] = []
     opened = time.monotonic()
     end = opened + plan.seconds
@@ -245,6 +250,9 @@ async def _check(stack: Stack, load: Load) -> dict[str, Any]:
     opened = await open_store(_store_settings(stack), name="parley-chaos")
     try:
         view = await read_stream(opened.store)
+        replicas = {}
+        for name in (opened.settings.stream, work_stream_name(opened.settings.stream)):
+            replicas[name] = (await opened.log.js.stream_info(name)).config.num_replicas
         scratch = "chaos_rebuild"
         with psycopg.connect(stack.pg.url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {scratch}")
@@ -257,6 +265,7 @@ async def _check(stack: Stack, load: Load) -> dict[str, Any]:
                 "events": view.events,
                 "conversations": len(view.conversations),
                 "undecodable": view.undecodable,
+                "replicas": replicas,
             },
             "commands": check_commands(load.commands, view),
             "answers": check_answers(view),
@@ -301,6 +310,9 @@ def failures(report: dict[str, Any]) -> list[str]:
         out.append(f"analytics: {analytics['problems']}")
     if left := stuck(report["consumers"]):
         out.append(f"work never acknowledged (a consumer stuck): {left}")
+    wanted = 3 if report["plan"]["cluster"] else 1
+    if any(n != wanted for n in stream["replicas"].values()):
+        out.append(f"the streams' replicas are {stream['replicas']}, not {wanted}")
     if stream["undecodable"]:
         out.append(f"undecodable commits: {stream['undecodable'][:5]}")
     return out
@@ -324,6 +336,7 @@ def render(report: dict[str, Any]) -> str:
         ["kills (SIGKILL)", ", ".join(f"{k} {kills.get(k, 0)}" for k in ("api", "projections", "agents", "nats"))],
         ["restarts", f"redis {kills.get('redis', 0)}, postgres {kills.get('postgres', 0)}"],
         ["exited on their own", json.dumps(report["exited_on_their_own"]) if report["exited_on_their_own"] else "0"],
+        ["stream replicas", ", ".join(f"{k} R{v}" for k, v in report["stream"]["replicas"].items())],
         [
             "stream",
             f"{report['stream']['commits']:,} commits, {report['stream']['events']:,} events, "

@@ -101,7 +101,9 @@ class Stack:
         self.procs: dict[str, Proc] = {}
         self.kills: Counter[str] = Counter()  # fault: how many
         self.exits: Counter[str] = Counter()  # a process that ended without being killed
+        self.exit_logs: list[dict[str, object]] = []  # each such end: the process, its code, its last lines
         self.outage_seconds: Counter[str] = Counter()
+        self._next_node = 0  # cluster nodes are killed in turn
 
     @property
     def api_url(self) -> str:
@@ -212,6 +214,8 @@ class Stack:
             if not proc.alive():
                 self.exits[name] += 1
                 self.log(f"  {name} exited on its own (code {proc.exit_code()}); starting it again")
+                tail = proc.log_file.read_bytes()[-4000:].decode(errors="replace").splitlines()[-15:]
+                self.exit_logs.append({"process": name, "code": proc.exit_code(), "log": tail})
                 proc.start()
                 restarted.append(name)
         return restarted
@@ -246,7 +250,8 @@ class Stack:
                 what = f"SIGKILL {fault}, up again after {down:.1f} s"
             case "nats":
                 servers = self.nats.servers if isinstance(self.nats, NatsCluster) else [self.nats]
-                server = rng.choice(servers)
+                server = servers[self._next_node % len(servers)]
+                self._next_node += 1
                 server.kill()
                 down = rng.uniform(1.0, 5.0) if rng.random() < 0.85 else rng.uniform(10.0, 15.0)
                 time.sleep(down)
