@@ -139,6 +139,7 @@ def run(plan: Plan, *, log: Any = print, keep: bool = False) -> dict[str, Any]:
                 "sessions": load.sessions,
                 "faults": faults,
                 "kills": dict(stack.kills),
+                "outage_seconds": {k: round(v, 1) for k, v in stack.outage_seconds.items()},
                 "exited_on_their_own": dict(stack.exits),
                 "exits": stack.exit_logs[:20],
                 "starts": {name: proc.starts for name, proc in stack.procs.items()},
@@ -323,7 +324,7 @@ def render(report: dict[str, Any]) -> str:
     models, analytics, seconds = report["read_models"], report["analytics"], report["seconds"]
     kills = report["kills"]
     dead = sum(models["dead_letters"].values()) + analytics["dead_letters"]
-    rows = [
+    rows: list[list[Any]] = [
         ["commands sent / acknowledged", f"{load['sent']:,} / {load['acknowledged']:,}"],
         ["  retried (same key) / gave up", f"{load['retried']:,} / {load['gave_up']:,}"],
         ["  by kind", ", ".join(f"{k} {v:,}" for k, v in load["by_kind"].items())],

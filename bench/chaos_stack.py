@@ -102,7 +102,7 @@ class Stack:
         self.kills: Counter[str] = Counter()  # fault: how many
         self.exits: Counter[str] = Counter()  # a process that ended without being killed
         self.exit_logs: list[dict[str, object]] = []  # each such end: the process, its code, its last lines
-        self.outage_seconds: Counter[str] = Counter()
+        self.outage_seconds: dict[str, float] = {}
         self._next_node = 0  # cluster nodes are killed in turn
 
     @property
@@ -278,5 +278,5 @@ class Stack:
             case _:
                 raise ValueError(fault)
         self.kills[fault] += 1
-        self.outage_seconds[fault] += time.monotonic() - began
+        self.outage_seconds[fault] = self.outage_seconds.get(fault, 0.0) + time.monotonic() - began
         return what
