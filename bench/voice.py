@@ -6,9 +6,11 @@ with 20 ms mu-law frames in real time, joined to ``MediaStreamBridge`` and the c
 every turn recorded on the call in JetStream. Measured as the caller experiences it:
 
 - turn latency: from the end of the caller's speech to the first agent audio frame, p50 / p95,
-  with the offline pipeline (pocketsphinx, espeak-ng) and with instant STT/TTS stand-ins (the
-  platform's own share: VAD, endpointing, the agent, the event store, the bridge). The call's
-  events also give LiveKit's own split (``end_of_turn_delay_ms``: the endpointing wait);
+  with the offline pipeline (silero VAD ending the turn after the config's 300 ms of silence,
+  pocketsphinx decoding while the caller speaks, espeak-ng) and with instant remote stand-ins (an STT
+  that ends turns itself as Deepgram does, a TTS that answers at once): the platform's own share is
+  LiveKit's end-to-end less the endpointing wait (``end_of_turn_delay_ms``), i.e. the turn decision
+  to the first agent frame: the agent, the session, the bridge;
 - concurrent calls on this machine with no late outbound frame: each agent frame must reach the
   caller before its playback slot (p99 lateness < 20 ms), with remote STT/TTS stand-ins (no local
   CPU for speech, as with Deepgram and ElevenLabs) and with the offline pipeline; CPU per call-minute.
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from livekit.agents import stt, tts, utils
+from livekit.agents import stt, tts
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
 
 from bench.common import percentile, table, write_results
@@ -39,25 +41,50 @@ SCRIPT = ["Where is my order?", "dtmf:78945#", "I want a refund", "Thank you"]
 TRANSCRIPTS = ["Where is my order?", "I want a refund", "Thank you"]
 
 
-class InstantSTT(stt.STT):
-    """Answers each VAD segment at once with the next line of the caller's script."""
+class RemoteSTT(stt.STT):
+    """A remote streaming STT (Deepgram's shape): it ends the caller's turns itself, as the provider's
+    endpointing does (so the call runs no local VAD), and answers each with the next line of the
+    caller's script, at once. Its endpointing is the energy one (``Endpointer``): next to no CPU here,
+    as a remote provider's costs this machine nothing."""
 
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__(capabilities=stt.STTCapabilities(streaming=False, interim_results=False))
+    def __init__(self, lines: list[str], silence: float = 0.3) -> None:
+        super().__init__(capabilities=stt.STTCapabilities(streaming=True, interim_results=False))
         self.lines = list(lines)
+        self.silence = silence
 
-    async def _recognize_impl(
-        self,
-        buffer: utils.AudioBuffer,
-        *,
-        language: NotGivenOr[str] = NOT_GIVEN,
-        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
-    ) -> stt.SpeechEvent:
-        text = self.lines.pop(0) if self.lines else ""
-        return stt.SpeechEvent(
-            type=stt.SpeechEventType.FINAL_TRANSCRIPT,
-            alternatives=[stt.SpeechData(language="en", text=text, confidence=0.99)],
-        )
+    async def _recognize_impl(self, buffer: Any, *, language: Any = NOT_GIVEN, conn_options: Any = None) -> Any:
+        raise NotImplementedError
+
+    def stream(
+        self, *, language: NotGivenOr[str] = NOT_GIVEN, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> stt.RecognizeStream:
+        return _RemoteStream(self, conn_options=conn_options)
+
+
+class _RemoteStream(stt.RecognizeStream):
+    def __init__(self, remote: RemoteSTT, *, conn_options: APIConnectOptions) -> None:
+        super().__init__(stt=remote, conn_options=conn_options)
+        self._remote = remote
+
+    def _emit(self, kind: stt.SpeechEventType, text: str = "") -> None:
+        alternatives = [stt.SpeechData(language="en", text=text, confidence=0.99)] if text else []
+        self._event_ch.send_nowait(stt.SpeechEvent(type=kind, alternatives=alternatives))
+
+    async def _run(self) -> None:
+        from gateways.speech.offline import Endpointer
+
+        endpointer = Endpointer(self._remote.silence)
+        async for data in self._input_ch:
+            if isinstance(data, self._FlushSentinel):
+                continue
+            match endpointer.push(data):
+                case "start":
+                    self._emit(stt.SpeechEventType.START_OF_SPEECH)
+                case "end":
+                    line = self._remote.lines.pop(0) if self._remote.lines else ""
+                    if line:
+                        self._emit(stt.SpeechEventType.FINAL_TRANSCRIPT, line)
+                    self._emit(stt.SpeechEventType.END_OF_SPEECH)
 
 
 class InstantTTS(tts.TTS):
@@ -93,7 +120,7 @@ async def run(args: argparse.Namespace, nats_url: str, pg_url: str, data: Path) 
     from commands.runner import CommandRunner
     from domain import call as v
     from gateways.speech.offline import PocketsphinxSTT, Vocabulary
-    from gateways.speech.providers import SpeechChoice, load_vad
+    from gateways.speech.providers import SpeechChoice
     from gateways.telephony.phone import Phone, Turn
     from gateways.telephony.session import VoiceStack, answer_stream
     from gateways.telephony.twilio import MediaStreamBridge, call_id_for
@@ -109,15 +136,14 @@ async def run(args: argparse.Namespace, nats_url: str, pg_url: str, data: Path) 
     await ensure_demo_configs(configs, "bench")
     calls = CallService(runner, configs.catalog)
     await calls.configure_line("bench", v.LineSettings(max_concurrent=10_000), "bench")
-    vad_model = load_vad()
     registry = demo_registry(connect_url(pg_url))
 
     def stack_for(instant: bool) -> VoiceStack:
         def speech(config: Any) -> SpeechChoice:
             offline = PocketsphinxSTT(Vocabulary.from_config(config))
-            return SpeechChoice(InstantSTT(TRANSCRIPTS), InstantTTS(), "instant", "instant", offline)
+            return SpeechChoice(RemoteSTT(TRANSCRIPTS), InstantTTS(), "remote", "instant", offline, endpointing=True)
 
-        return VoiceStack(calls, registry, VersionedConfigs(configs.catalog.state), {}, vad_model=vad_model,
+        return VoiceStack(calls, registry, VersionedConfigs(configs.catalog.state), {},
                           speech=speech if instant else None)  # fmt: skip
 
     async def one_call(stack: VoiceStack) -> tuple[Any, list[Any]]:

@@ -47,7 +47,7 @@ async def test_a_spoken_order_question_runs_the_order_tool_and_the_caller_hears_
     assert any("ORD-78945" in r for r in replies), replies
     # The caller asked for a human: a hot transfer to the pool's agent, the summary for the human.
     transfers = of(events, v.TransferRequested)
-    assert transfers and transfers[0].agent_id == "mike" and transfers[0].transfer_type == "hot", kinds
+    assert transfers and transfers[0].agent_id == "mike" and transfers[0].transfer_type == "hot", (kinds, spoken)
     assert "ORD-78945" in (transfers[0].summary or "")
     assert of(events, v.TransferConnected)
     # The caller heard the agent; both sides are recorded, encrypted; the call ended transferred.

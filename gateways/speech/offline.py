@@ -15,6 +15,7 @@ forms back into what the tools expect ("o r d seven eight nine four five" -> "OR
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import math
@@ -23,9 +24,10 @@ import tempfile
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from livekit import rtc
@@ -173,11 +175,18 @@ def _digit(word: str) -> str | None:
 
 
 class PocketsphinxSTT(stt.STT):
-    """Non-streaming: the session wraps it in ``stt.StreamAdapter`` with its VAD (a segment per turn)."""
+    """Streaming, decoding as the caller speaks: each stretch of speech is fed to the decoder while it
+    arrives (in a worker thread, a fifth of a second at a time), and the session's flush at the end of
+    the turn (the VAD heard the caller stop) only decodes the last fraction and reads the result.
+    Silence before the caller starts is never decoded (a cheap energy gate with a short pre-roll).
+    With ``endpointing`` it ends utterances itself (``Endpointer``), as a remote STT does."""
 
-    def __init__(self, vocabulary: Vocabulary | None = None, *, sample_rate: int = 16000) -> None:
-        super().__init__(capabilities=stt.STTCapabilities(streaming=False, interim_results=False))
+    def __init__(
+        self, vocabulary: Vocabulary | None = None, *, sample_rate: int = 16000, endpointing: float | None = None
+    ) -> None:
+        super().__init__(capabilities=stt.STTCapabilities(streaming=True, interim_results=False, manual_flush=True))
         self.vocabulary = vocabulary or Vocabulary.from_config(None)
+        self.endpointing = endpointing  # seconds of silence that end an utterance (None: the session's flush)
         self.sample_rate = sample_rate
         self._decoder: object | None = None
         self._lock = threading.Lock()
@@ -208,6 +217,42 @@ class PocketsphinxSTT(stt.STT):
         with self._lock:
             self._ensure_decoder()
 
+    def stream(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+    ) -> stt.RecognizeStream:
+        return _SphinxStream(self, conn_options=conn_options)
+
+    def begin(self) -> None:
+        """A new utterance (blocking)."""
+        with self._lock:
+            self._ensure_decoder().start_utt()  # type: ignore[attr-defined]
+
+    def feed(self, pcm16: bytes) -> None:
+        """More of the utterance, 16 kHz mono PCM (blocking: a worker thread's)."""
+        with self._lock:
+            self._ensure_decoder().process_raw(pcm16, False, False)  # type: ignore[attr-defined]
+
+    def finish(self, pcm16: bytes, samples: int) -> tuple[str, float]:
+        """The rest of the utterance and its text and confidence (``samples``: its whole length)."""
+        with self._lock:
+            decoder = self._ensure_decoder()
+            if pcm16:
+                decoder.process_raw(pcm16, False, False)  # type: ignore[attr-defined]
+            decoder.end_utt()  # type: ignore[attr-defined]
+            hyp = decoder.hyp()  # type: ignore[attr-defined]
+        return self._result(hyp, samples)
+
+    def _result(self, hyp: object, samples: int) -> tuple[str, float]:
+        if hyp is None or not hyp.hypstr:  # type: ignore[attr-defined]
+            return "", 0.0
+        # The best path's score per 10 ms frame, mapped to 0..1: a rough confidence.
+        frames = max(1, samples // (self.sample_rate // 100))
+        confidence = 1.0 / (1.0 + math.exp(-(hyp.score / frames + 60) / 15))  # type: ignore[attr-defined]
+        return normalize_spoken(hyp.hypstr, self.vocabulary.prefixes), round(confidence, 3)  # type: ignore[attr-defined]
+
     def decode(self, pcm16: bytes) -> tuple[str, float]:
         """Text and confidence of one utterance of 16 kHz mono PCM (blocking: run it in a thread)."""
         with self._lock:
@@ -216,12 +261,7 @@ class PocketsphinxSTT(stt.STT):
             decoder.process_raw(pcm16, False, True)  # type: ignore[attr-defined]
             decoder.end_utt()  # type: ignore[attr-defined]
             hyp = decoder.hyp()  # type: ignore[attr-defined]
-        if hyp is None or not hyp.hypstr:
-            return "", 0.0
-        # The best path's score per 10 ms frame, mapped to 0..1: a rough confidence.
-        frames = max(1, len(pcm16) // (2 * self.sample_rate // 100))
-        confidence = 1.0 / (1.0 + math.exp(-(hyp.score / frames + 60) / 15))
-        return normalize_spoken(hyp.hypstr, self.vocabulary.prefixes), round(confidence, 3)
+        return self._result(hyp, len(pcm16) // 2)
 
     async def _recognize_impl(
         self,
@@ -241,6 +281,104 @@ class PocketsphinxSTT(stt.STT):
             request_id=uuid.uuid4().hex[:12],
             alternatives=[stt.SpeechData(language="en", text=text, confidence=confidence)],
         )
+
+
+class Endpointer:
+    """Where a caller's speech starts and ends, by its energy: speech starts at the first voiced 20 ms,
+    and ends after ``silence`` seconds without a voiced frame. What a remote STT's own endpointing
+    does, for almost no CPU: used when no VAD runs (a remote STT that ends turns itself, and the
+    offline recognizer standing in for it when it is down)."""
+
+    VOICED_RMS = 200.0
+
+    def __init__(self, silence: float | None) -> None:
+        self.silence = silence
+        self.speaking = False
+        self.quiet = 0.0
+
+    def push(self, frame: rtc.AudioFrame) -> Literal["start", "end"] | None:
+        voiced = _rms(frame) >= self.VOICED_RMS
+        if not self.speaking:
+            if voiced:
+                self.speaking, self.quiet = True, 0.0
+                return "start"
+            return None
+        self.quiet = 0.0 if voiced else self.quiet + frame.duration
+        if self.silence is not None and self.quiet >= self.silence:
+            self.speaking = False
+            return "end"
+        return None
+
+
+class _SphinxStream(stt.RecognizeStream):
+    """Frames in (the phone's 8 kHz, decoded at 16 kHz); the utterance ends with a final transcript at
+    a flush (the session's VAD heard the caller stop) or, with ``endpointing``, after the silence."""
+
+    STEP = 16000 // 5 * 2  # bytes fed to the decoder at a time: 200 ms
+    PRE_ROLL = 16000 // 2 * 2  # what is kept before the first voiced frame: 500 ms
+
+    def __init__(self, recognizer: PocketsphinxSTT, *, conn_options: APIConnectOptions) -> None:
+        # Resampled here, not by the stream (its resampler is flushed, and so restarted, at each turn's end).
+        super().__init__(stt=recognizer, conn_options=conn_options)
+        self._recognizer = recognizer
+
+    def _emit(self, kind: stt.SpeechEventType, text: str = "", confidence: float = 0.0) -> None:
+        alternatives = [stt.SpeechData(language="en", text=text, confidence=confidence)] if text else []
+        self._event_ch.send_nowait(
+            stt.SpeechEvent(type=kind, request_id=uuid.uuid4().hex[:12], alternatives=alternatives)
+        )
+
+    async def _run(self) -> None:
+        recognizer = self._recognizer
+        endpointer = Endpointer(recognizer.endpointing)
+        pending = bytearray()  # not yet fed
+        samples = 0  # of the utterance
+        speaking = False
+
+        async def finish() -> None:
+            nonlocal speaking, samples
+            chunk = bytes(pending)
+            pending.clear()
+            text, confidence = await asyncio.to_thread(recognizer.finish, chunk, samples + len(chunk) // 2)
+            speaking, samples = False, 0
+            endpointer.speaking = False
+            if text:
+                self._emit(stt.SpeechEventType.FINAL_TRANSCRIPT, text, confidence)
+
+        await asyncio.to_thread(recognizer.prewarm)  # the decoder's first start is slow: not on a turn's time
+        async for data in self._input_ch:
+            if isinstance(data, self._FlushSentinel):
+                if speaking:
+                    await finish()
+                else:
+                    pending.clear()
+                continue
+            pcm = bytes(data.data)
+            if data.num_channels > 1:
+                pcm = np.frombuffer(pcm, np.int16).reshape(-1, data.num_channels)[:, 0].tobytes()
+            pending.extend(resample_pcm16(pcm, data.sample_rate, recognizer.sample_rate))
+            edge = endpointer.push(data)
+            if not speaking:
+                if edge != "start":
+                    del pending[: max(0, len(pending) - self.PRE_ROLL)]
+                    continue
+                speaking = True
+                await asyncio.to_thread(recognizer.begin)
+                if recognizer.endpointing is not None:
+                    self._emit(stt.SpeechEventType.START_OF_SPEECH)
+            if edge == "end":
+                await finish()
+                self._emit(stt.SpeechEventType.END_OF_SPEECH)
+            elif len(pending) >= self.STEP:
+                chunk = bytes(pending)
+                pending.clear()
+                samples += len(chunk) // 2
+                await asyncio.to_thread(recognizer.feed, chunk)
+
+
+def _rms(frame: rtc.AudioFrame) -> float:
+    samples = np.frombuffer(frame.data, dtype=np.int16).astype(np.float32)
+    return float(np.sqrt(np.mean(samples * samples))) if samples.size else 0.0
 
 
 def _cached(name: str, text: str) -> str:
@@ -290,8 +428,46 @@ class _EspeakStream(tts.ChunkedStream):
             mime_type="audio/pcm",
             frame_size_ms=20,
         )
-        output_emitter.push(await espeak_pcm(self.input_text, self._espeak.voice, self._espeak.words_per_minute))
+        async for pcm in espeak_chunks(self.input_text, self._espeak.voice, self._espeak.words_per_minute):
+            output_emitter.push(pcm)  # as espeak-ng writes it: the first words play before the last are made
         output_emitter.flush()
+
+
+async def espeak_chunks(
+    text: str, voice: str = "en-us", words_per_minute: int = 165, binary: str = "espeak-ng"
+) -> AsyncIterator[bytes]:
+    """espeak-ng's speech for ``text`` as it is synthesized: 22,050 Hz mono PCM16, in pieces."""
+    process = await asyncio.create_subprocess_exec(
+        binary, "-v", voice, "-s", str(words_per_minute), "--stdout", text,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    head: bytes | None = b""
+    odd = b""
+    finished = False
+    try:
+        while chunk := await process.stdout.read(8192):
+            if head is not None:  # the WAV header (sizes unset: espeak-ng streams) comes first
+                head += chunk
+                at = head.find(b"data", 12)
+                if at < 0 or len(head) < at + 8:
+                    continue
+                chunk, head = head[at + 8 :], None
+            data = odd + chunk
+            whole = len(data) - len(data) % 2
+            odd = data[whole:]
+            if whole:
+                yield data[:whole]
+        err = await process.stderr.read()
+        await process.wait()
+        finished = True
+    finally:
+        if not finished and process.returncode is None:  # cut short (a barge-in): stop synthesizing
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+    if process.returncode != 0:
+        raise RuntimeError(f"espeak-ng failed ({process.returncode}): {err.decode(errors='replace')[:200]}")
 
 
 async def espeak_pcm(text: str, voice: str = "en-us", words_per_minute: int = 165, binary: str = "espeak-ng") -> bytes:
@@ -302,6 +478,6 @@ async def espeak_pcm(text: str, voice: str = "en-us", words_per_minute: int = 16
     )  # fmt: skip
     out, err = await process.communicate()
     if process.returncode != 0:
-        raise RuntimeError(f"espeak-ng failed: {err.decode(errors='replace')[:200]}")
+        raise RuntimeError(f"espeak-ng failed ({process.returncode}, {text!r}): {err.decode(errors='replace')[:200]}")
     pcm, _rate, _channels = read_wav(out)
     return pcm

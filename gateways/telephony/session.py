@@ -51,6 +51,9 @@ log = structlog.get_logger(__name__)
 Publish = Callable[[str, str, str, dict[str, Any]], Awaitable[None]]  # tenant, call id, event, body
 
 
+DEFAULT_SILENCE = 0.3  # seconds of silence that end a caller's turn, when the config names none
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -84,7 +87,8 @@ class VoiceStack:
         self.env = env
         self.recordings = recordings
         self.publish = publish
-        self._vad = vad_model
+        self._vad = vad_model  # one for every call (tests, benchmarks); else one per turn threshold
+        self._vads: dict[float, vad.VAD] = {}
         self.speech = speech  # chooses each call's STT and TTS (default: ``choose_speech`` from the env)
         self._chains: dict[int, Any] = {}
         self.sessions: dict[str, CallSession] = {}
@@ -103,9 +107,16 @@ class VoiceStack:
 
     @property
     def vad(self) -> vad.VAD:
-        if self._vad is None:
-            self._vad = load_vad()
-        return self._vad
+        return self.vad_for(DEFAULT_SILENCE)
+
+    def vad_for(self, silence_seconds: float) -> vad.VAD:
+        """The VAD that ends a turn after ``silence_seconds`` (one per threshold, shared by calls)."""
+        if self._vad is not None:
+            return self._vad
+        key = round(silence_seconds, 3)
+        if key not in self._vads:
+            self._vads[key] = load_vad(key)
+        return self._vads[key]
 
     def chain(self, config: AgentConfig) -> Any:
         key = id(config)
@@ -192,10 +203,12 @@ class CallSession:
         self._output = audio_output
         self.recorder = CallRecorder(stack.calls, tenant, self.call_id)
         remote = any(stack.env.get(k) for k in ("DEEPGRAM_API_KEY", "ELEVEN_API_KEY", "ELEVENLABS_API_KEY"))
+        voice = config.voice_config
+        self.silence = (voice.turn_detection_threshold_ms if voice else DEFAULT_SILENCE * 1000) / 1000
         self.speech: SpeechChoice = (
             stack.speech(config)
             if stack.speech is not None
-            else choose_speech(config, stack.env, stack.vad, stack.http if remote else None)
+            else choose_speech(config, stack.env, stack.http if remote else None, silence=self.silence)
         )
         context = ToolContext(tenant=tenant, conversation_id=self.call_id, user_id=call.user_id)
         hooks = TurnHooks(
@@ -218,20 +231,24 @@ class CallSession:
 
     async def start(self) -> None:
         voice = self.config.voice_config
-        threshold = (voice.turn_detection_threshold_ms if voice else 300) / 1000
         barge_in = voice.stop_speaking_plan.voice_seconds if voice else 0.5
+        # The STT ends turns itself (a remote provider's endpointing), or a local VAD does.
+        endpointing = self.speech.endpointing
         session: AgentSession[None] = AgentSession(
             stt=self.speech.stt,
-            vad=self.stack.vad,
+            vad=None if endpointing else self.stack.vad_for(self.silence),
             llm=ParleyLLM(self.brain),
             tts=self.speech.tts,
             turn_handling={
-                "turn_detection": "vad",
-                "endpointing": {"min_delay": max(0.2, threshold), "max_delay": 3.0},
+                "turn_detection": "stt" if endpointing else "vad",
+                # The turn ends once the caller has been silent for the config's threshold: the VAD's
+                # (or the provider's) silence is that threshold, and the endpointing adds nothing to it.
+                "endpointing": {"min_delay": 0.0 if endpointing else self.silence, "max_delay": 3.0},
                 "interruption": {
                     "enabled": True,
                     "mode": "vad",
                     "min_duration": max(0.2, barge_in),
+                    "min_words": 1 if endpointing else 0,
                     # Twilio cannot pause what it is playing: a barge-in cuts the reply (``clear``).
                     "resume_false_interruption": False,
                 },
@@ -450,12 +467,13 @@ class CallSession:
         )
 
     async def _tool_started(self, call_id: str, tool: str, arguments: dict[str, Any]) -> None:
-        await self.recorder.now(
+        # Beside the audio path: queued in order, appended by the recorder while the tool runs.
+        self.recorder.send(
             v.StartToolCall(tool_call_id=call_id, tool=tool, arguments=arguments, at=now()), f"tool-{call_id}"
         )
 
     async def _tool_finished(self, call_id: str, run: ToolRun) -> None:
-        await self.recorder.now(
+        self.recorder.send(
             v.FinishToolCall(
                 tool_call_id=call_id,
                 output=run.call.output,
