@@ -185,6 +185,25 @@ class StopSpeakingPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     back_off_seconds: Annotated[float, msgspec.Meta(ge=0, le=10)] = 2.0
 
 
+class IvrOption(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A key of an IVR menu, and what pressing it does: exactly one of ``say`` (the caller's request,
+    as if spoken: the agent answers it), ``menu`` (another menu's name) or ``transfer`` (a human)."""
+
+    digit: Annotated[str, msgspec.Meta(pattern=r"^[0-9*#]$")]
+    label: str = ""
+    say: str = ""
+    menu: str | None = None
+    transfer: bool = False
+
+
+class IvrMenu(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A keypad menu a call plays (the first of ``ivr_menus`` when the call is answered)."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]{1,40}$")]
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    options: Annotated[list[IvrOption], msgspec.Meta(min_length=1, max_length=12)]
+
+
 class VoiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     stt_provider: str = "deepgram"
     tts_provider: str = "elevenlabs"
@@ -196,6 +215,7 @@ class VoiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     model_settings: ModelSettings = msgspec.field(default_factory=ModelSettings)
     max_tokens: Annotated[int, msgspec.Meta(gt=0)] = 150
     stop_speaking_plan: StopSpeakingPlan = msgspec.field(default_factory=StopSpeakingPlan)
+    ivr_menus: list[IvrMenu] = []  # keypad menus; the first plays when a call is answered
 
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -592,6 +612,34 @@ def _check_voice(voice: Any, error: Report) -> None:
     sound = voice.get("background_sound") if isinstance(voice, dict) else None
     if isinstance(sound, dict) and sound.get("type") == "custom" and sound.get("custom_url") is None:
         error("voice_config.background_sound.custom_url", "Required when background_sound.type is custom")
+    menus = voice.get("ivr_menus") if isinstance(voice, dict) else None
+    if isinstance(menus, list):
+        _check_ivr_menus(menus, error)
+
+
+def _check_ivr_menus(menus: list[Any], error: Report) -> None:
+    """Menu names unique, each key once per menu, each option doing one thing, menus named exist."""
+    names = [m.get("name") for m in menus if isinstance(m, dict)]
+    for index, menu in enumerate(menus):
+        if not isinstance(menu, dict):
+            continue
+        at = f"voice_config.ivr_menus[{index}]"
+        if names.count(menu.get("name")) > 1:
+            error(f"{at}.name", f"another menu is named {menu.get('name')!r}")
+        options = menu.get("options") if isinstance(menu.get("options"), list) else []
+        digits = [o.get("digit") for o in options if isinstance(o, dict)]
+        for number, option in enumerate(options):
+            if not isinstance(option, dict):
+                continue
+            where = f"{at}.options[{number}]"
+            if digits.count(option.get("digit")) > 1:
+                error(f"{where}.digit", f"key {option.get('digit')!r} is used twice in this menu")
+            actions = [key for key in ("say", "menu", "transfer") if option.get(key)]
+            if len(actions) != 1:
+                error(where, "must do exactly one thing: say, menu or transfer")
+            target = option.get("menu")
+            if target and target not in names:
+                error(f"{where}.menu", f"no menu is named {target!r}")
 
 
 def _check_against(value: Any, kind: mi.Type, at: str, error: Report) -> None:

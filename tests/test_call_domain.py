@@ -197,3 +197,37 @@ def test_refusals_map_to_clear_errors() -> None:
     assert v.refusal_error("do_not_call", "x").status == 403
     assert v.refusal_error("outbound_quota", "x").status == 429
     assert v.refusal_error("budget_exhausted", "x").details["retry_after"] == 3600
+
+
+def test_a_voicebots_keypad_menus_are_checked_field_by_field() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from domain.bot import load_config, validation_report
+
+    raw = yaml.safe_load((Path(__file__).parent.parent / "agents" / "configs" / "voice_bot.yaml").read_text())
+    menus = [
+        {"name": "main", "prompt": "Press 1 for orders, 9 for more.", "options": [
+            {"digit": "1", "say": "I want to check my order"}, {"digit": "9", "menu": "more"},
+            {"digit": "1", "menu": "nowhere", "transfer": True}, {"digit": "x", "say": "?"}]},
+        {"name": "more", "prompt": "Press 0 for a person.", "options": [{"digit": "0", "transfer": True}]},
+        {"name": "more", "prompt": "Again.", "options": [{"digit": "0", "transfer": True}]},
+    ]  # fmt: skip
+    raw["voice_config"]["ivr_menus"] = menus
+    errors = {(issue.field, issue.message) for issue in validation_report(raw).errors}
+    at = "voice_config.ivr_menus"
+    assert errors >= {
+        (f"{at}[0].options[0].digit", "key '1' is used twice in this menu"),
+        (f"{at}[0].options[2]", "must do exactly one thing: say, menu or transfer"),
+        (f"{at}[0].options[2].menu", "no menu is named 'nowhere'"),
+        (f"{at}[1].name", "another menu is named 'more'"),
+    }, errors
+    assert any(field == f"{at}[0].options[3].digit" for field, _ in errors), errors
+    raw["voice_config"]["ivr_menus"] = [menus[0] | {"options": menus[0]["options"][:2]}, menus[1]]
+    assert validation_report(raw).valid
+    config = load_config(yaml.safe_dump(raw))
+    assert [(o.digit, o.say, o.menu) for o in config.voice_config.ivr_menus[0].options] == [  # type: ignore[union-attr]
+        ("1", "I want to check my order", None),
+        ("9", "", "more"),
+    ]

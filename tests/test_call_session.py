@@ -84,3 +84,57 @@ def test_keypad_digits_answer_the_identifier_the_agent_asked_for() -> None:
     asked = "Sure. What's your order number? It starts with O R D."
     assert keypad_text("78945", asked, ("ORD",)) == "ORD-78945"
     assert keypad_text("5551234567", "What number should we call?", ("ORD",)) == "5551234567"
+
+
+IVR = """
+  ivr_menus:
+    - name: main
+      prompt: "Welcome to Parley Shop. For an order's status, press 1. For a person, press 0. For more, press 9."
+      options:
+        - {digit: "1", label: order status, say: "I want to check my order"}
+        - {digit: "0", label: a person, transfer: true}
+        - {digit: "9", label: more, menu: more}
+    - name: more
+      prompt: "For a refund, press 2. To go back, press star."
+      options:
+        - {digit: "2", say: "I want a refund"}
+        - {digit: "*", menu: main}
+"""
+
+
+async def ivr_bot(rig: VoiceRig) -> None:
+    yaml_text = (Path(__file__).parent.parent / "agents" / "configs" / "voice_bot.yaml").read_text()
+    assert yaml_text.rstrip().endswith("back_off_seconds: 2")
+    await rig.add_config("voice-ivr", yaml_text.rstrip() + "\n" + IVR.strip("\n") + "\n")
+
+
+async def test_keypad_menus_declared_in_the_config_drive_the_call(rig: VoiceRig) -> None:
+    await ivr_bot(rig)
+    keys = ["5", "9", "*", "1", "78945#"]
+    record, device = await phone_call(rig, [Turn(keys=k) for k in keys], config_id="voice-ivr", speed=1.5)
+    events = await rig.events(call_id_for("acme", device.call_sid))
+    assert [e.digit for e in of(events, v.DtmfPressed)] == list("59*178945#")
+    said = [e.text or "" for e in of(events, v.AgentSpoke)]
+    # The menu answered the call; a wrong key was refused with the menu again; 9 and * moved between menus.
+    assert said[0].startswith("Welcome to Parley Shop. For an order's status, press 1."), said
+    assert said[1].startswith("Sorry, that key is not an option. Welcome"), said
+    assert said[2] == "For a refund, press 2. To go back, press star." and said[3].startswith("Welcome"), said
+    # 1 is the caller asking for their order: the agent asks which, the keypad answers, the tool runs.
+    callers = [(e.text, e.source) for e in of(events, v.CallerSpoke)]
+    assert callers == [("I want to check my order", "dtmf"), ("ORD-78945", "dtmf")], callers
+    assert [(e.tool, e.arguments) for e in of(events, v.ToolCallStarted)] == [
+        ("fetch_order_status", {"order_id": "ORD-78945"})
+    ]
+    assert any("ORD-78945" in text for text in said[4:]), said
+    assert record.frames_received > 0
+
+
+async def test_a_menu_key_transfers_the_caller_to_a_person(rig: VoiceRig) -> None:
+    await ivr_bot(rig)
+    await rig.register_agent("mike", "Mike")
+    _record, device = await phone_call(rig, [Turn(keys="0")], config_id="voice-ivr", speed=1.5)
+    events = await rig.events(call_id_for("acme", device.call_sid))
+    transfers = of(events, v.TransferRequested)
+    assert [(t.trigger, t.agent_id, t.transfer_type) for t in transfers] == [("ivr_transfer", "mike", "hot")]
+    assert of(events, v.TransferConnected) and of(events, v.CallEnded)[0].resolution_status == "transferred"
+    assert "transferring you" in (of(events, v.AgentSpoke)[-1].text or "")

@@ -28,18 +28,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import msgspec
 import structlog
 from livekit import rtc
 from livekit.agents import AgentSession, io, vad
 from livekit.agents.voice.transcription.synchronizer import TranscriptSynchronizer
 
 from agents.config import ConfigProvider
-from agents.graph import chain_for
+from agents.graph import chain_for, handoff_text
 from agents.rules import Escalation
 from agents.tools import ToolContext, ToolRegistry, ToolRun
 from commands.call import CallService, Connected
 from domain import call as v
-from domain.bot import AgentConfig
+from domain.bot import AgentConfig, IvrMenu
 from domain.errors import ParleyError
 from gateways.speech.offline import normalize_spoken
 from gateways.speech.providers import SpeechChoice, choose_speech, load_vad
@@ -223,6 +224,7 @@ class CallSession:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._keypad = ""
         self._keypad_entries: set[str] = set()
+        self._menu: IvrMenu | None = None  # the keypad menu the caller is in
         self._last_caller: str | None = None
         self._transfer: v.TransferRequested | None = None
         self.listening = asyncio.Event()
@@ -281,7 +283,10 @@ class CallSession:
             self.recorder.send(v.PlayRecordingNotice(text=notice, at=now()), f"notice-{self.call_id}")
             session.input.set_audio_enabled(True)
         self.listening.set()
-        if self.greet:
+        menus = self.config.voice_config.ivr_menus if self.config.voice_config else []
+        if menus:  # a keypad menu answers the call; speaking to the agent works as well
+            self._open_menu(menus[0])
+        elif self.greet:
             greeting = self.config.templates.get("greeting") or self.config.templates.get("general")
             if greeting:
                 session.say(greeting)
@@ -344,27 +349,66 @@ class CallSession:
     # The keypad -------------------------------------------------------------------------------
 
     def dtmf(self, digit: str) -> None:
-        """A key pressed: recorded; ``#`` ends an entry (digits the agent asked for), ``*`` clears it."""
+        """A key pressed: recorded; in a menu, the option of that key; else ``#`` ends an entry (digits
+        the agent asked for) and ``*`` clears it."""
         self.recorder.send(v.PressDtmf(press_id=uuid.uuid4().hex, digit=digit, at=now()), f"dtmf-{uuid.uuid4().hex}")
-        if digit == "*":
+        if self._menu is not None:
+            self._choose(self._menu, digit)
+        elif digit == "*":
             self._keypad = ""
         elif digit == "#":
             entry, self._keypad = self._keypad, ""
             if entry and self.session is not None:
-                text = keypad_text(entry, self._last_reply(), self.speech.offline_stt.vocabulary.prefixes)
-                self._keypad_entries.add(text)
-                utterance_id = f"keypad-{uuid.uuid4().hex}"
-                self.recorder.send(
-                    v.RecordCallerUtterance(
-                        utterance_id=utterance_id, text=text, confidence=1.0, source="dtmf", at=now()
-                    ),
-                    utterance_id,
-                )
-                self._last_caller = utterance_id
-                self.session.interrupt()
-                self.session.generate_reply(user_input=text)
+                self._keyed(keypad_text(entry, self._last_reply(), self.speech.offline_stt.vocabulary.prefixes))
         elif digit.isdigit():
             self._keypad += digit
+
+    def _keyed(self, text: str) -> None:
+        """What the caller typed, taken as said: recorded as theirs (from the keypad) and answered."""
+        if self.session is None:
+            return
+        self._keypad_entries.add(text)
+        utterance_id = f"keypad-{uuid.uuid4().hex}"
+        self.recorder.send(
+            v.RecordCallerUtterance(utterance_id=utterance_id, text=text, confidence=1.0, source="dtmf", at=now()),
+            utterance_id,
+        )
+        self._last_caller = utterance_id
+        self.session.interrupt()
+        self.session.generate_reply(user_input=text)
+
+    def _open_menu(self, menu: IvrMenu) -> None:
+        self._menu = menu
+        if self.session is not None:
+            self.session.interrupt()
+            self.session.say(menu.prompt)
+
+    def _choose(self, menu: IvrMenu, digit: str) -> None:
+        """A key in a menu: its option (another menu, a human, or a request the agent answers)."""
+        option = next((o for o in menu.options if o.digit == digit), None)
+        if option is None:
+            if self.session is not None:
+                self.session.interrupt()
+                self.session.say(f"Sorry, that key is not an option. {menu.prompt}")
+            return
+        if option.menu is not None:
+            target = next((m for m in self._menus() if m.name == option.menu), None)
+            if target is not None:
+                self._open_menu(target)
+            return
+        self._menu = None
+        if option.transfer:
+            if self.session is not None and not self.brain.handed_off:
+                self.brain.handed_off = True
+                escalation = Escalation(trigger="ivr_transfer", reason=f"keypad {digit} in menu {menu.name}")
+                self.session.interrupt()
+                self.session.say(handoff_text(self.config, msgspec.to_builtins(escalation), {"pii_collected": {}}))
+                self._escalate(escalation)
+            return
+        self._keyed(option.say)
+
+    def _menus(self) -> list[IvrMenu]:
+        return self.config.voice_config.ivr_menus if self.config.voice_config else []
 
     def _last_reply(self) -> str:
         if self.session is None:
@@ -391,6 +435,7 @@ class CallSession:
             if text in self._keypad_entries:
                 self._keypad_entries.discard(text)
                 return
+            self._menu = None  # the caller spoke instead of pressing a key: the agent takes it from here
             started, stopped = metrics.get("started_speaking_at"), metrics.get("stopped_speaking_at")
             utterance_id = item.id
             self._last_caller = utterance_id
