@@ -21,8 +21,9 @@ import websockets
 from litestar.testing import AsyncTestClient
 
 from gateways.http.app import create_app
+from gateways.http.call import stream_tenant
 from gateways.telephony.phone import Phone, Turn
-from tests.api_support import api_client, bearer, settings_for
+from tests.api_support import SECRET, api_client, bearer, settings_for
 from tests.conftest import delete_stream, fresh_database, unique_stream
 from tests.voice_fakes.livekit_twirp import TwirpFake
 
@@ -154,6 +155,35 @@ async def test_hot_and_cold_transfers_go_to_an_agent_of_the_pool_through_sip(
     status = await client.get(f"{BASE}/calls/{other}", params={"min_position": ended.json()["position"]},
                               headers=ADMIN)  # fmt: skip
     assert status.json()["status"] == "ended" and status.json()["transfer"]["status"] == "connected"
+
+
+async def test_twilios_webhook_finds_the_tenant_by_the_called_number(
+    nats_url: str, pg_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PARLEY_VOICE_NUMBERS", "+15550001111=globex,+15550002222=acme")
+    stream = unique_stream()
+    settings = settings_for(
+        nats_url, fresh_database(pg_url), redis_url, tmp_path, stream, demo_tenants=("acme", "globex")
+    )
+    try:
+        async with api_client(settings) as client:
+
+            async def answer(to: str, **headers: str) -> Any:
+                form = {"CallSid": "CA" + "2" * 32, "From": "+15551234567", "To": to}
+                return await client.post(f"{BASE}/twilio/inbound", data=form, headers=headers)
+
+            for to, tenant in (("+15550001111", "globex"), ("+1 555 000 2222", "acme")):
+                twiml = (await answer(to)).text
+                token = twiml.split('name="token" value="')[1].split('"')[0]
+                assert stream_tenant(SECRET, token) == tenant, (to, twiml)
+            # The seed's header names the tenant whatever the number; an unknown number with no
+            # header (and more than one tenant here) is not in service.
+            slugged = (await answer("+15550001111", **{"X-Tenant-Slug": "acme"})).text
+            assert stream_tenant(SECRET, slugged.split('name="token" value="')[1].split('"')[0]) == "acme"
+            unknown = await answer("+15559999999")
+            assert unknown.status_code == 200 and "not in service" in unknown.text and "<Stream" not in unknown.text
+    finally:
+        await delete_stream(nats_url, stream)
 
 
 # A Twilio call over the real server ------------------------------------------------------------
