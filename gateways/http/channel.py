@@ -135,7 +135,7 @@ class ChannelServices:
     async def start(self) -> None:
         await self.book.settings.follow(self.store)
         if self.outbox is not None:
-            self._tasks.append(asyncio.create_task(self.outbox.run(), name="channel-outbox"))
+            self._tasks.append(asyncio.create_task(self._lead_outbox(), name="channel-outbox"))
         if self.options.smtp_port is not None:
             handler = InboundHandler(self.mailbox, self.receive_email)
             smtp = InboundServer(handler, host=self.options.smtp_host, port=self.options.smtp_port)
@@ -164,6 +164,33 @@ class ChannelServices:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.book.settings.close()
+
+    async def _lead_outbox(self) -> None:
+        """Run the outbox in one process of the deployment at a time: the holder of a PostgreSQL
+        advisory lock (its consumer restarts from its acknowledged position, which two would undo for
+        each other). When the holder dies its session ends, the lock is free, and another takes over."""
+        assert self.outbox is not None
+        key = "parley.channel_outbox"
+        while True:
+            try:
+                async with self.queries.pool.connection() as conn:
+                    while True:
+                        cur = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [key])
+                        row = await cur.fetchone()
+                        if row is not None and row[0]:
+                            break
+                        await asyncio.sleep(2.0)
+                    try:
+                        await self.outbox.run()
+                        return
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [key])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("the outbox lost its database session; taking the lead again", exc_info=True)
+                await asyncio.sleep(2.0)
 
     async def _pending(self) -> list[tuple[str, str]]:
         return await self.queries.unfinished(older_than_seconds=self.options.attempt_timeout)
