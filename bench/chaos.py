@@ -53,19 +53,27 @@ from infra.tokens import make_token
 from streams.factory import StoreSettings, open_store
 from streams.work import work_stream_name
 
-FAULTS = ("api", "projections", "agents", "nats", "redis", "postgres")
+FAULTS = ("api", "projections", "agents", "nats", "nats_outage", "redis", "postgres")
 
 
 @dataclass
 class Plan:
     seconds: float = 300.0  # the fault window
-    customers: int = 12
+    customers: int = 20
     seed: int = 0
     cluster: bool = False
     quick: bool = False
     gap: tuple[float, float] = (2.0, 6.0)  # between two faults
     weights: dict[str, float] = field(
-        default_factory=lambda: {"api": 3, "projections": 2, "agents": 2, "nats": 2, "redis": 1, "postgres": 1}
+        default_factory=lambda: {
+            "api": 3,
+            "projections": 2,
+            "agents": 2,
+            "nats": 2,
+            "nats_outage": 0.5,
+            "redis": 1,
+            "postgres": 1,
+        }
     )
     # Faults inflicted first, in random order, whatever the window (default: each kind once).
     first: tuple[str, ...] = ()
@@ -75,12 +83,22 @@ class Plan:
     @classmethod
     def make(cls, *, quick: bool, cluster: bool, seconds: float | None, seed: int | None) -> Plan:
         plan = cls(quick=quick, cluster=cluster, seed=random.randrange(1 << 30) if seed is None else seed)
-        if quick:
+        if quick:  # each kind of fault once, then more while the window lasts
             plan.seconds, plan.customers, plan.gap = 35.0, 6, (1.0, 3.0)
         if cluster:  # one node at a time, most often
-            plan.weights = {"nats": 4, "api": 2, "projections": 1, "agents": 1, "redis": 0.5, "postgres": 0.5}
+            plan.weights = {
+                "nats": 4,
+                "nats_outage": 1,
+                "api": 2,
+                "projections": 1,
+                "agents": 1,
+                "redis": 0.5,
+                "postgres": 0.5,
+            }
             if quick:  # each node once, and each Python process; Redis and PostgreSQL in the other run
                 plan.seconds, plan.first = 20.0, ("nats", "nats", "nats", "api", "projections", "agents")
+        if quick:  # no long outage
+            plan.weights.pop("nats_outage")
         if seconds is not None:
             plan.seconds = seconds
         return plan
@@ -334,7 +352,12 @@ def render(report: dict[str, Any]) -> str:
             "  500s / 503s without Retry-After",
             f"{load['server_errors_500']} / {load['unavailable_without_retry_after']}",
         ],
-        ["kills (SIGKILL)", ", ".join(f"{k} {kills.get(k, 0)}" for k in ("api", "projections", "agents", "nats"))],
+        [
+            "kills (SIGKILL)",
+            ", ".join(f"{k} {kills.get(k, 0)}" for k in ("api", "projections", "agents"))
+            + f", nats-server {kills.get('nats', 0) + kills.get('nats_outage', 0)}"
+            + f" ({kills.get('nats_outage', 0)} of them 10-15 s)",
+        ],
         ["restarts", f"redis {kills.get('redis', 0)}, postgres {kills.get('postgres', 0)}"],
         ["exited on their own", json.dumps(report["exited_on_their_own"]) if report["exited_on_their_own"] else "0"],
         ["stream replicas", ", ".join(f"{k} R{v}" for k, v in report["stream"]["replicas"].items())],

@@ -8,10 +8,10 @@ it), the PostgreSQL projectors (``python -m projections run``) and the agent run
 (``python -m agents``), each with its own log in the temp directory.
 
 Faults: a Python process or nats-server (a cluster node) is killed with SIGKILL and started again
-after a short outage; Redis is killed and started again (its append-only file survives); PostgreSQL
-is stopped in immediate mode (SIGQUIT: no checkpoint, crash recovery at the next start) and started
-again. A Python process that exits without being killed is started again too, as a supervisor
-would, and counted.
+after a short outage (``nats_outage``: nats-server down 10 to 15 s); Redis is killed and started
+again (its append-only file survives); PostgreSQL is stopped in immediate mode (SIGQUIT: no
+checkpoint, crash recovery at the next start) and started again. A Python process that exits
+without being killed is started again too, as a supervisor would, and counted.
 """
 
 from __future__ import annotations
@@ -248,12 +248,12 @@ class Stack:
                 if fault == "api":
                     self.wait_api(120)
                 what = f"SIGKILL {fault}, up again after {down:.1f} s"
-            case "nats":
+            case "nats" | "nats_outage":
                 servers = self.nats.servers if isinstance(self.nats, NatsCluster) else [self.nats]
                 server = servers[self._next_node % len(servers)]
                 self._next_node += 1
                 server.kill()
-                down = rng.uniform(1.0, 5.0) if rng.random() < 0.85 else rng.uniform(10.0, 15.0)
+                down = rng.uniform(1.0, 5.0) if fault == "nats" else rng.uniform(10.0, 15.0)
                 time.sleep(down)
                 server.start(wait_jetstream=not isinstance(self.nats, NatsCluster), timeout=60)
                 name = server.server_name or "nats-server"
