@@ -846,10 +846,11 @@ class ConfigChat:
             match answer_to_proposal(message):
                 case "confirmed":
                     return await self._apply(tenant, caller, state, session, said)
-                case "declined":
+                case "declined" if not classify(message):
                     session.pending = None
                     text = "All right, I won't change anything. What else would you like to change?"
                     return await self._answer(session, state, said, text, status="cancelled")
+                # "no, make it casual instead": the open proposal goes, the new request is read below
         current = parse_yaml(state.version(base).yaml_content)
         understood = await self.agent.understand(
             tenant=tenant,

@@ -126,6 +126,8 @@ async def test_a_low_risk_change_applies_at_once_and_a_declined_proposal_writes_
 ) -> None:
     declined = await say(client, "Make it sound more casual")
     assert declined["status"] == "proposed" and declined["requires_approval"] is False
+    instead = await say(client, "No, make it more professional instead", conversation_id=declined["conversation_id"])
+    assert instead["status"] == "proposed" and "professional tone" in instead["detected_changes"][0]["proposed_value"]
     cancelled = await say(client, "No, don't", conversation_id=declined["conversation_id"])
     assert (cancelled["status"], cancelled["detected_changes"]) == ("cancelled", [])
 
