@@ -326,7 +326,11 @@ def _risks(entries: list[Entry], breaks: Sequence[str]) -> list[tuple[RiskLevel,
     for entry in entries:
         top = entry.path[0]
         match entry:
-            case Entry(path=("product_type",)) | Entry(verb="removed", item=True):
+            case (
+                Entry(path=("product_type",))
+                | Entry(verb="removed", item=True, path=("tools", _))
+                | Entry(verb="removed", item=True, path=("external_integrations", _))
+            ):
                 continue  # breaking: high already
             case Entry(item=True, path=("tools", name)):
                 risks.append(("medium", f"tool '{name}' attached: a new capability"))

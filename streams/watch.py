@@ -88,8 +88,11 @@ class Expected:
         self._subscription = await self._store.nats.subscribe(self.subject, cb=arrived)
         return self
 
-    async def events(  # noqa: ASYNC109 - the bound is the answer
-        self, timeout: float, *, look_first: bool = False
+    async def events(
+        self,
+        timeout: float,  # noqa: ASYNC109 - the bound is the answer
+        *,
+        look_first: bool = False,
     ) -> list[RecordedEvent] | None:
         """The commit's events within ``timeout`` (None if it was not made by then); closes the wait.
         ``look_first``: it may well be made already (a retried command): look in the stream first."""

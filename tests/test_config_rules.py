@@ -529,3 +529,14 @@ def test_a_pattern_the_linear_time_engine_cannot_run_is_refused_naming_the_field
     issues = {i.field: i.message for i in validate_config(raw) if i.severity == "error"}
     assert "RE2" in issues["intents.lookbehind[0]"]
     assert "RE2" in issues["tools[0].parameters.properties.order_id.pattern"]
+
+
+def test_removing_an_escalation_or_cross_sell_rule_is_a_medium_risk_change() -> None:
+    from domain.bot_changes import compare
+
+    raw = yaml.safe_load(SUPPORT_YAML)
+    fewer_rules = {**raw, "escalation_rules": raw["escalation_rules"][1:]}
+    assert compare(raw, fewer_rules).risk_level == "medium"
+    sales = yaml.safe_load((CONFIGS / "sales_bot.yaml").read_text())
+    fewer_offers = {**sales, "cross_sell": sales["cross_sell"][1:]}
+    assert compare(sales, fewer_offers).risk_level == "medium"
