@@ -112,9 +112,11 @@ class _Instant(tts.ChunkedStream):
 
 
 async def run(args: argparse.Namespace, nats_url: str, pg_url: str, data: Path) -> dict[str, Any]:
+    from psycopg_pool import AsyncConnectionPool
+
     from agents.config import VersionedConfigs
     from agents.demo_data import setup_demo_data
-    from agents.tools import connect_url, demo_registry
+    from agents.tools import demo_registry
     from commands.call import CALL, VOICE_LINE, CallService
     from commands.config import AGENT_CONFIG, CONFIG_MEMBERS, ConfigService, ensure_demo_configs
     from commands.runner import CommandRunner
@@ -136,7 +138,11 @@ async def run(args: argparse.Namespace, nats_url: str, pg_url: str, data: Path) 
     await ensure_demo_configs(configs, "bench")
     calls = CallService(runner, configs.catalog)
     await calls.configure_line("bench", v.LineSettings(max_concurrent=10_000), "bench")
-    registry = demo_registry(connect_url(pg_url))
+    # The tools read the demo data through a connection pool, as the API process's do.
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(pg_url, min_size=2, max_size=10, open=False,
+                                                         kwargs={"autocommit": True})  # fmt: skip
+    await pool.open(wait=True)
+    registry = demo_registry(pool.connection)
 
     def stack_for(instant: bool) -> VoiceStack:
         def speech(config: Any) -> SpeechChoice:
@@ -228,6 +234,7 @@ async def run(args: argparse.Namespace, nats_url: str, pg_url: str, data: Path) 
     finally:
         await opened.log.delete()
         await opened.close()
+        await pool.close()
     return results
 
 

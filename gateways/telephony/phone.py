@@ -32,6 +32,7 @@ from gateways.speech.offline import espeak_pcm
 
 FRAME = 160  # bytes of mu-law: 20 ms
 SILENCE = b"\xff" * FRAME
+SPOKEN = b"\x00"  # in the outgoing queue: the caller's last voiced frame was just sent
 
 
 @dataclass
@@ -110,7 +111,7 @@ class Phone:
         self.stream_sid = "MZ" + uuid.uuid4().hex
         self.from_number = from_number
         self.record = CallRecord()
-        self._outgoing: asyncio.Queue[bytes] = asyncio.Queue()
+        self._outgoing: asyncio.Queue[bytes] = asyncio.Queue()  # frames, SPOKEN and b"" markers
         self._playback: list[tuple[bytes, float]] = []  # (frame, arrival)
         self._pending_marks: list[tuple[str, int]] = []  # (name, frames before it)
         self._queued_frames = 0
@@ -123,8 +124,8 @@ class Phone:
         self._seq = 0
         self._stopped = asyncio.Event()
         self._on_agent_audio = on_agent_audio
-        self._voiced: set[int] = set()
-        self._last_voiced: float | None = None
+        self._awaiting_reply = False
+        self._last_sent = 0.0
 
     @property
     def tick(self) -> float:
@@ -181,25 +182,30 @@ class Phone:
 
     async def say(self, turn: Turn) -> None:
         if turn.keys:
-            for key in turn.keys:
+            for number, key in enumerate(turn.keys):
                 await self._emit({"event": "dtmf", "dtmf": {"track": "inbound_track", "digit": key}})
+                if number == len(turn.keys) - 1:
+                    self._turn_done()  # the last key: the caller waits for the answer from here
                 await asyncio.sleep(0.1 / self.speed)
-            self._turn_done()
             return
         audio = await speech_ulaw(turn)
         frames = [audio[i : i + FRAME].ljust(FRAME, b"\xff") for i in range(0, len(audio), FRAME)]
+        voiced = [i for i, frame in enumerate(frames) if _voiced(frame)]
+        last = voiced[-1] if voiced else len(frames) - 1
         self._agent_spoke.clear()
         done = asyncio.get_running_loop().create_future()
-        for frame in frames:
+        for i, frame in enumerate(frames):
             self._outgoing.put_nowait(frame)
-            if _voiced(frame):
-                self._voiced.add(id(frame))
-        self._outgoing.put_nowait(b"")  # marks the end of the turn
+            if i == last:
+                self._outgoing.put_nowait(SPOKEN)  # the caller's last sound: the turn ends here
+        self._outgoing.put_nowait(b"")  # the end of what was queued (espeak-ng's trailing silence too)
         self._turn_future = done
         await done
 
-    def _turn_done(self) -> None:
-        self._turn_ended_at = time.perf_counter()
+    def _turn_done(self, at: float | None = None) -> None:
+        """The caller's turn ended (``at``, default now): the next agent audio answers it."""
+        self._turn_ended_at = at if at is not None else time.perf_counter()
+        self._awaiting_reply = True
         self._agent_spoke.clear()
 
     async def wait_quiet(self, quiet: float, max_wait: float) -> None:
@@ -226,19 +232,16 @@ class Phone:
                 frame = self._outgoing.get_nowait()
             except asyncio.QueueEmpty:
                 frame = SILENCE
+            if frame is SPOKEN:
+                self._turn_done(self._last_sent)  # the turn ends with the caller's last sound
+                continue
             if frame == b"":
-                self._turn_done()
-                if self._last_voiced is not None:  # the turn ends with the caller's last sound
-                    self._turn_ended_at = self._last_voiced
-                    self._last_voiced = None
                 future = getattr(self, "_turn_future", None)
                 if future is not None and not future.done():
                     future.set_result(None)
                 continue
             chunk += 1
-            if id(frame) in self._voiced:
-                self._voiced.discard(id(frame))
-                self._last_voiced = time.perf_counter()
+            self._last_sent = time.perf_counter()
             await self._emit(
                 {
                     "event": "media",
@@ -260,9 +263,10 @@ class Phone:
                     now = time.perf_counter()
                     frame = base64.b64decode(message["media"]["payload"])
                     self.record.frames_received += 1
+                    if self._awaiting_reply and self._turn_ended_at is not None:  # the answer's first audio
+                        self.record.turn_latencies.append(now - self._turn_ended_at)
+                        self._awaiting_reply = False
                     if self._queued_frames == self._played_frames:  # playback was idle: a segment starts
-                        if self._turn_ended_at is not None and not self._agent_spoke.is_set():
-                            self.record.turn_latencies.append(now - self._turn_ended_at)
                         self._segment_start, self._segment_frames = now, 0
                     else:
                         due = (self._segment_start or now) + self._segment_frames * self.tick
