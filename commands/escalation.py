@@ -20,8 +20,8 @@ from commands.runner import CommandContext, CommandRunner, Outcome
 from domain import conversation as c
 from domain import escalation as p
 from domain.errors import IllegalStateError, NotFoundError
-from domain.messages import Command
 from domain.escalation import DECIDER as AGENT_POOL
+from domain.messages import Command
 from streams.store import EventStore, RecordedEvent
 from streams.subjects import StreamId
 

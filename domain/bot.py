@@ -626,7 +626,8 @@ def _check_ivr_menus(menus: list[Any], error: Report) -> None:
         at = f"voice_config.ivr_menus[{index}]"
         if names.count(menu.get("name")) > 1:
             error(f"{at}.name", f"another menu is named {menu.get('name')!r}")
-        options = menu.get("options") if isinstance(menu.get("options"), list) else []
+        raw = menu.get("options")
+        options: list[Any] = raw if isinstance(raw, list) else []
         digits = [o.get("digit") for o in options if isinstance(o, dict)]
         for number, option in enumerate(options):
             if not isinstance(option, dict):

@@ -170,7 +170,6 @@ class EventMapper(Mapper[Any]):
         personal = self.transcoder.decode(cipher.decrypt(b64decode(envelope.c)))
         return msgspec.structs.replace(event, **personal)
 
-
     # Reading without personal data ---------------------------------------------------------
 
     @property

@@ -280,7 +280,7 @@ class EventStore:
             await received(msg.data)
 
         subscription = await self._log.nc.subscribe(subject, cb=arrived)
-        return subscription.unsubscribe  # type: ignore[no-any-return]
+        return subscription.unsubscribe
 
     async def ping(self) -> None:
         """A round trip to the server: raises if it cannot be reached."""

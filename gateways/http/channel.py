@@ -806,5 +806,4 @@ class ChatPages(Controller):
         holder = await channels.api_keys.authenticate(channels.demo_key, datetime.now(UTC))
         if holder is None or "chat_sessions" not in holder.roles:
             raise PermissionDeniedException("the demo site's key cannot mint sessions")
-        visitor = request.cookies.get("parley_demo_visitor")
-        return _session(channels, holder.tenant, visitor)
+        return _session(channels, holder.tenant, None)  # a new visitor (the widget keeps its session)

@@ -160,9 +160,7 @@ class Commands:
         key = request.headers.get("Idempotency-Key")
         structlog.contextvars.bind_contextvars(tenant=identity.tenant, conversation_id=conversation_id)
 
-        fingerprint = (
-            f"{request.method} {request.url.path}".encode() + canonical(await request.body()) if key else b""
-        )
+        fingerprint = f"{request.method} {request.url.path}".encode() + canonical(await request.body()) if key else b""
 
         async def run() -> tuple[int, Any]:
             ctx = CommandContext(
