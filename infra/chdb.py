@@ -3,7 +3,8 @@
 Production code opens ClickHouse through here (``client``): ``chdb:///<dir>`` for the embedded
 engine, ``http(s)://host:8123`` for a server. chDB allows one engine path per process and one
 process per path (an exclusive ``flock`` on ``<path>/status`` while an engine is open), so a second
-process gets ``UnavailableError`` naming the one that has the store. The development service
+process gets ``ChdbBusy`` naming the one that has the store (callers in the layers above translate
+it into the error tree's ``UnavailableError``: infra knows neither ``domain`` nor ``streams``). The development service
 manager (``infra.services``) uses the same helpers for ``up``, ``status`` and ``wipe``.
 
 Pure stdlib at import time; clickhouse-connect is imported where a client is made.
@@ -17,11 +18,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-from streams.errors import UnavailableError
-
 
 class ChdbError(RuntimeError):
     """The chDB store cannot be created or opened."""
+
+
+class ChdbBusy(ChdbError):
+    """Another process has the chDB store open (chDB allows one process per store)."""
+
+    def __init__(self, path: Path, holder: int) -> None:
+        super().__init__(f"the chDB store {path} is open in process {holder}; stop it or set CLICKHOUSE_URL")
+        self.path = path
+        self.holder = holder
 
 
 def chdb_lock_holder(data_dir: Path) -> int | None:
@@ -93,7 +101,7 @@ def ensure_chdb(data_dir: Path, database: str | None = None) -> str:
 def client(url: str) -> Any:
     """A clickhouse-connect client for ``url`` (``chdb://`` or ``http(s)://``). Blocking; close it when done.
 
-    ``UnavailableError`` when another process has the chDB store open.
+    ``ChdbBusy`` when another process has the chDB store open.
     """
     import clickhouse_connect
 
@@ -101,7 +109,7 @@ def client(url: str) -> Any:
         path = Path(url.removeprefix("chdb://").split("?", 1)[0])
         holder = chdb_lock_holder(path)
         if holder is not None and holder != os.getpid():
-            raise UnavailableError(f"the chDB store {path} is open in process {holder}; stop it or set CLICKHOUSE_URL")
+            raise ChdbBusy(path, holder)
     if url.startswith("chdb:"):
         return clickhouse_connect.get_client(dsn=url)
     # A server: no session, so that threads sharing the client may query at once.

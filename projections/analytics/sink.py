@@ -28,6 +28,7 @@ from projections.checkpoints import Batch, Checkpoints, DeadLetter
 from projections.settings import AnalyticsSettings
 from read_models import analytics_schema as schema
 from read_models.analytics_schema import CallFacts, ConversationFacts, DeadLetterRow
+from streams.errors import UnavailableError
 
 log = structlog.get_logger(__name__)
 
@@ -47,8 +48,14 @@ _INSERT_SETTINGS = {
 
 
 def connect(settings: AnalyticsSettings) -> Any:
-    """A clickhouse-connect client (``chdb://`` or ``http(s)://``). Blocking; close it when done."""
-    return chdb.client(settings.dsn())
+    """A clickhouse-connect client (``chdb://`` or ``http(s)://``). Blocking; close it when done.
+
+    ``UnavailableError`` when another process has the chDB store open.
+    """
+    try:
+        return chdb.client(settings.dsn())
+    except chdb.ChdbBusy as e:
+        raise UnavailableError(str(e)) from e
 
 
 class Encoded(msgspec.Struct, frozen=True):
