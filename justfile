@@ -80,7 +80,7 @@ bench-chat *ARGS:
 # Benchmark configs: rollback to the first conversation on the restored version, config read latency (--quick)
 [positional-arguments]
 bench-configs *ARGS:
-    @{{ python }} -m bench.configs "$@"
+    @{{ python }} -m bench.config "$@"
 
 # Export a tenant's events for a period as hash-chained JSON Lines (FROM/TO: RFC 3339, or a span ago like 7d; OUTPUT: default $PARLEY_DATA/audit/TENANT-TIME.jsonl)
 [positional-arguments]

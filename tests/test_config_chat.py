@@ -14,7 +14,7 @@ import pytest_asyncio
 import yaml
 from litestar.testing import AsyncTestClient
 
-from agents.config_chat import (
+from agents.assistant import (
     ConfigAgent,
     ToolCatalog,
     answer_to_proposal,

@@ -25,8 +25,8 @@ from litestar.openapi import OpenAPIConfig
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
+from agents.assistant import ConfigAgent, ConfigChat, RedisSessions, ToolCatalog, config_agent_chain
 from agents.config import VersionedConfigs
-from agents.config_chat import ConfigAgent, ConfigChat, RedisSessions, ToolCatalog, config_agent_chain
 from agents.preview import Previews
 from agents.process import AgentProcess
 from agents.tools import ToolRegistry, demo_registry

@@ -1,7 +1,7 @@
 """The seed's Client Configuration Portal: configuration by conversation, the visual update, the
 version history and the rollback, in the portal's shapes (versions as ``"v48"``).
 
-Thin adapters: the configuration agent (``agents.config_chat.ConfigChat``) and the config use
+Thin adapters: the configuration agent (``agents.assistant.ConfigChat``) and the config use
 cases (``commands.config.ConfigService``) decide; the same permission matrix, versioning, risk and
 approvals as ``gateways.http.config`` apply. The permission endpoints of the portal are in that
 controller.
@@ -16,7 +16,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from agents.config_chat import ChatAnswer, ConfigChat
+from agents.assistant import ChatAnswer, ConfigChat
 from commands.config import ConfigService
 from domain.bot import Issue
 from domain.bot_changes import ConfigValue
