@@ -121,16 +121,24 @@ class History:
         meta = meta or EventMeta(
             command_id=command_id or uuid.uuid4().hex, command=command, actor=actor, correlation_id=correlation_id
         )
-        if self.store is not None:
-            result = await self.store.append(stream, list(events), expected_version=version, meta=meta)
-        else:
-            seq = self.last_seq + 1
-            for i, event in enumerate(events, 1):
-                at = event.occurred_at() or RECORDED_AT
-                self.recorded.append(RecordedEvent(stream, version + i, seq, event, at, meta))
-            result = AppendResult(stream.key, seq, version + len(events), len(events))
+        if self.store is None:
+            return self.record(stream, *events, meta=meta)
+        result = await self.store.append(stream, list(events), expected_version=version, meta=meta)
         self._written(stream, result.version, result.seq, events)
         return result
+
+    def record(self, stream: StreamId, *events: Event, meta: EventMeta | None = None) -> AppendResult:
+        """One commit of ``events`` on ``stream``, as they are, in memory (a history without a store)."""
+        if self.store is not None:
+            raise RuntimeError("this history writes to its store: add() the events")
+        version = self.versions.get(stream, 0)
+        meta = meta or EventMeta(command_id=uuid.uuid4().hex, actor="test")
+        seq = self.last_seq + 1
+        for i, event in enumerate(events, 1):
+            at = event.occurred_at() or RECORDED_AT
+            self.recorded.append(RecordedEvent(stream, version + i, seq, event, at, meta))
+        self._written(stream, version + len(events), seq, events)
+        return AppendResult(stream.key, seq, version + len(events), len(events))
 
     def _written(self, stream: StreamId, version: int, seq: int, events: Sequence[Event]) -> None:
         self.versions[stream] = version
@@ -191,21 +199,31 @@ class History:
 class ProjectionSpec:
     """Given events, then rows: a PostgreSQL projector's definition against the real database.
 
-    In the manner of Emmett's ``PostgreSQLProjectionSpec``: the events are written to ``given`` (a
-    ``History`` in memory, through the deciders where it can), and ``then_rows`` applies those not
-    applied yet as one batch, as the runner would (in one transaction, in a pipeline), then reads
-    the table: the columns the expected rows name, in the order of ``order_by`` (by default those
-    columns). No stream is involved: what is checked is the projector, not the feed.
+    In the manner of Emmett's ``PostgreSQLProjectionSpec``::
+
+        await ProjectionSpec(ConversationsProjector, pool).given(stream, *events).then_rows("conversations", [...])
+
+    The events go to ``history`` (a ``History`` in memory): ``given`` writes them as they are, one
+    commit; ``history.decide`` writes what a decider decides, for stories the domain tells. Then
+    ``then_rows`` applies those not applied yet as one batch, as the runner would (in one
+    transaction, in a pipeline), and reads the table: the columns the expected rows name, in the
+    order of ``order_by`` (by default those columns). No stream is involved: what is checked is the
+    projector, not the feed.
     """
 
     def __init__(self, projector: Projector | type[Projector], pool: AsyncConnectionPool[Any]) -> None:
         self.projector = projector() if isinstance(projector, type) else projector
         self.pool = pool
-        self.given = History()
+        self.history = History()
         self._applied = 0
 
+    def given(self, stream: StreamId, *events: Event) -> ProjectionSpec:
+        """These events on ``stream``, as they are (one commit), after what was given before."""
+        self.history.record(stream, *events)
+        return self
+
     async def apply(self) -> None:
-        events = self.given.recorded[self._applied :]
+        events = self.history.recorded[self._applied :]
         async with self.pool.connection() as conn:
             await migrate(conn, self.projector.read_model)
             async with conn.transaction(), conn.pipeline(), conn.cursor() as cur:

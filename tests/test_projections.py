@@ -687,7 +687,7 @@ async def test_an_unavailable_agent_reads_back_with_the_queue_and_callback_optio
 
 async def test_an_escalation_resolved_by_closing_leaves_the_conversation_closed(pool: AsyncConnectionPool[Any]) -> None:
     spec = ProjectionSpec(ConversationsProjector, pool)
-    await closed_by_agent_story(spec.given)
+    await closed_by_agent_story(spec.history)
     await spec.then_rows(
         "conversations",
         [
@@ -721,7 +721,7 @@ async def test_each_batch_moves_the_rows_on_and_a_redelivered_one_changes_nothin
         message_id="q1",
         at=at(0),
     )
-    await spec.given.decide(c.DECIDER, "conv-9", start)
+    await spec.history.decide(c.DECIDER, "conv-9", start)
     await spec.then_rows(
         "conversations",
         [
@@ -736,8 +736,8 @@ async def test_each_batch_moves_the_rows_on_and_a_redelivered_one_changes_nothin
     reply = c.RecordAgentReply(
         message_id="a1", content="Yes.", tool_calls=[ToolCall(tool="fetch_order_status")], sentiment=0.5, at=at(1)
     )
-    await spec.given.decide(c.DECIDER, "conv-9", reply)
-    await spec.given.decide(
+    await spec.history.decide(c.DECIDER, "conv-9", reply)
+    await spec.history.decide(
         c.DECIDER, "conv-9", c.RequestEscalation(escalation_id="e9", trigger="t", reason="r", at=at(2))
     )
     columns = {"status": "escalated", "tools_executed": {"fetch_order_status": 1}, "open_escalation_id": "e9"}
@@ -747,6 +747,30 @@ async def test_each_batch_moves_the_rows_on_and_a_redelivered_one_changes_nothin
     before = {table: await spec.rows(table, ["*"], order_by="1, 2, 3") for table in ("conversations", "messages")}
     await spec.redeliver()
     assert {table: await spec.rows(table, ["*"], order_by="1, 2, 3") for table in before} == before
+
+
+async def test_a_conversation_is_started_once_and_nothing_is_shown_before_it_starts(
+    pool: AsyncConnectionPool[Any],
+) -> None:
+    """Histories no decider writes (another process's stream, an event redelivered out of its story),
+    given as they are: a message without its conversation shows nothing, a second start changes nothing."""
+    spec = ProjectionSpec(ConversationsProjector, pool)
+    orphan = StreamId("acme", c.AGGREGATE_TYPE, "conv-orphan")
+    stream = StreamId("acme", c.AGGREGATE_TYPE, "conv-once")
+
+    def started(config_version: int, minutes: float) -> c.ConversationStarted:
+        return c.ConversationStarted(
+            conversation_id="conv-once", config_id="cfg-1", config_version=config_version, channel="sms",
+            user_id="u1", started_at=at(minutes),
+        )  # fmt: skip
+
+    message = c.UserMessageReceived(message_id="m1", user_id="u1", content="Hello", received_at=at(1))
+    await spec.given(orphan, message).then_rows("conversations", [])
+    await spec.then_rows("messages", [])
+
+    expected = {"conversation_id": "conv-once", "config_version": 1, "turn_count": 1, "version": 2, "updated_at": at(1)}
+    await spec.given(stream, started(1, 0), message).given(stream, started(2, 5)).then_rows("conversations", [expected])
+    await spec.then_rows("messages", [{"conversation_id": "conv-once", "message_id": "m1", "content": "Hello"}])
 
 
 async def test_the_escalation_projection_keeps_the_agents_and_the_queue(pool: AsyncConnectionPool[Any]) -> None:
@@ -760,11 +784,11 @@ async def test_the_escalation_projection_keeps_the_agents_and_the_queue(pool: As
         e.RouteEscalation(escalation_id="e1", conversation_id="c1", at=at(2)),
         e.RouteEscalation(escalation_id="e2", conversation_id="c2", at=at(3)),  # Ann is full: it waits
     ):
-        await spec.given.decide(e.DECIDER, "pool", command)
+        await spec.history.decide(e.DECIDER, "pool", command)
     await spec.then_rows("human_agents", [{"agent_id": "ann", "available": True, "active": ["e1"]}])
     await spec.then_rows("queue", [{"escalation_id": "e2", "conversation_id": "c2"}])
 
-    await spec.given.decide(
+    await spec.history.decide(
         e.DECIDER, "pool", e.ReleaseEscalation(escalation_id="e1", at=at(4))
     )  # the next one goes to Ann
     await spec.then_rows("human_agents", [{"agent_id": "ann", "available": True, "active": ["e2"]}])
