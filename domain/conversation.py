@@ -6,7 +6,15 @@ history. Ids and the clock arrive with the command, so both are deterministic. R
 * nothing happens to a conversation before it starts, and nothing is said after it closes;
 * one open escalation at a time; assignment and resolution name the open one;
 * survey answers must match the survey's questions (known ids, allowed options, NPS 0-10);
-* card numbers in what a customer writes are masked before they become an event.
+* card numbers in what a customer writes are masked before they become an event;
+* what may hold personal data is sealed under the key of the person it is about: the customer's
+  words, context, tool inputs and outputs, escalation reasons under the customer's; a human
+  agent's reply twice, in full under the customer's (it is their conversation) and as
+  ``agent_text`` under the agent's own (``agent:<id>``), with the customer's email, phone numbers,
+  order ids and collected details replaced by ``[customer data]``: erasing the customer leaves
+  the agent's words without the customer in them, erasing the agent leaves the customer's copy;
+* ``EraseConversation`` (the customer was erased: ``domain.customer``) forgets the personal data
+  the state collected; it may come in any state, closed included.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import msgspec
 
 from domain.errors import IllegalStateError, NotFoundError, PermissionDeniedError, ValidationError
 from domain.messages import Command, Decider, Event
-from domain.pii import extract_pii, mask_card_numbers
+from domain.pii import EMAIL, ORDER_ID, extract_pii, find_phones, mask_card_numbers
 
 AGGREGATE_TYPE = "conversation"
 
@@ -119,7 +127,11 @@ class AgentReplied(Event, frozen=True, kw_only=True):
     # A human agent's reply: the agent's name as assigned (``author`` is ``human:<agent id>``).
     agent_name: str = ""
 
-    personal_fields = ("content",)
+    # A human agent's words with the customer's data taken out, sealed under the agent's key.
+    agent_text: str | None = None
+
+    # A tool error stays in clear (the tool's own words; analytics counts failures from it).
+    personal_fields = ("content", "tool_calls[].input", "tool_calls[].output", "agent_text")
     data_subject = "user_id"
     time_field = "replied_at"
 
@@ -127,12 +139,35 @@ class AgentReplied(Event, frozen=True, kw_only=True):
     def by_human(self) -> bool:
         return self.author.startswith(HUMAN)
 
+    def seal_subject(self, field: str) -> str | None:
+        if field == "agent_text" and self.by_human:
+            return agent_subject(self.author.removeprefix(HUMAN))
+        return self.data_subject_id()
+
 
 HUMAN = "human:"
+CUSTOMER_DATA = "[customer data]"
 
 
 def human_author(agent_id: str) -> str:
     return f"{HUMAN}{agent_id}"
+
+
+def agent_subject(agent_id: str) -> str:
+    """The data subject a human agent's own words are sealed under (never a customer's id)."""
+    return f"agent:{agent_id}"
+
+
+def without_customer_data(text: str, collected: dict[str, str]) -> str:
+    """``text`` with the customer's details it repeats (what the conversation collected, and any
+    email, phone number or order id) replaced by ``[customer data]``."""
+    for value in sorted(collected.values(), key=len, reverse=True):
+        if len(value) >= 4:
+            text = text.replace(value, CUSTOMER_DATA)
+    text = EMAIL.sub(CUSTOMER_DATA, text)
+    for phone in find_phones(text):
+        text = text.replace(phone, CUSTOMER_DATA)
+    return ORDER_ID.sub(CUSTOMER_DATA, text)
 
 
 class CrossSellOffered(Event, frozen=True, kw_only=True):
@@ -168,11 +203,14 @@ class CrossSellDeclined(Event, frozen=True, kw_only=True):
 class EscalationRequested(Event, frozen=True, kw_only=True):
     escalation_id: str
     trigger: str
-    reason: str
+    reason: str | None = None  # None: erased with the customer
     urgency: Urgency = "medium"
     requested_by: str = "user"
     requested_at: datetime
+    user_id: str = ""  # the customer (older events: "", their reason in clear)
 
+    personal_fields = ("reason",)
+    data_subject = "user_id"
     time_field = "requested_at"
 
 
@@ -215,7 +253,7 @@ class EscalationFallbackChosen(Event, frozen=True, kw_only=True):
     chosen_by: str = "customer"
     chosen_at: datetime
 
-    personal_fields = ("phone", "email")
+    personal_fields = ("phone", "email", "preferred_time")
     data_subject = "user_id"
     time_field = "chosen_at"
 
@@ -245,6 +283,16 @@ class ConversationClosed(Event, frozen=True, kw_only=True):
     time_field = "closed_at"
 
 
+class ConversationErased(Event, frozen=True, kw_only=True):
+    """The customer was erased (``domain.customer``): their key is destroyed, so everything sealed
+    under it reads blank from now on, and whatever was derived from it is forgotten too."""
+
+    user_id: str
+    erased_at: datetime
+
+    time_field = "erased_at"
+
+
 ConversationEvent = (
     ConversationStarted
     | UserMessageReceived
@@ -260,6 +308,7 @@ ConversationEvent = (
     | SurveySent
     | SurveyAnswered
     | ConversationClosed
+    | ConversationErased
 )
 
 
@@ -370,6 +419,12 @@ class CloseConversation(Command, frozen=True, kw_only=True):
     at: datetime
 
 
+class EraseConversation(Command, frozen=True, kw_only=True):
+    """The conversation's customer was erased: forget what was derived from their data."""
+
+    at: datetime
+
+
 ConversationCommand = (
     StartConversation
     | ReceiveUserMessage
@@ -382,6 +437,7 @@ ConversationCommand = (
     | SendSurvey
     | AnswerSurvey
     | CloseConversation
+    | EraseConversation
 )
 
 
@@ -419,6 +475,8 @@ class Conversation(msgspec.Struct, frozen=True):
     cross_sell_answered: tuple[str, ...] = ()
     # The latest message ids, to recognise a message delivered twice (bounded: state stays small).
     recent_message_ids: tuple[str, ...] = ()
+    # Erased with its customer, and nothing said since.
+    erased: bool = False
 
 
 INITIAL = Conversation()
@@ -462,6 +520,12 @@ def decide(command: Command, state: Conversation) -> list[Event]:
                     )
                 )
             return events
+        case EraseConversation():
+            if not state.started:
+                raise NotFoundError("conversation not found")
+            if state.erased:
+                return []  # erased already, nothing said since
+            return [ConversationErased(user_id=state.user_id, erased_at=command.at)]
     _require_open(state)
     match command:
         case ReceiveUserMessage():
@@ -479,11 +543,12 @@ def decide(command: Command, state: Conversation) -> list[Event]:
         case RecordAgentReply():
             if command.message_id in state.recent_message_ids:
                 return []
-            agent_name = ""
+            agent_name, agent_text = "", None
             if command.author.startswith(HUMAN):
                 agent_id = command.author.removeprefix(HUMAN)
                 _require_human_agent(state, agent_id, command.supervisor)
                 agent_name = state.assigned_agent_name if state.assigned_agent == agent_id else ""
+                agent_text = without_customer_data(command.content, state.pii_collected)
             replied: list[Event] = [
                 AgentReplied(
                     message_id=command.message_id,
@@ -499,6 +564,7 @@ def decide(command: Command, state: Conversation) -> list[Event]:
                     fallbacks=command.fallbacks,
                     cross_sell=command.cross_sell,
                     agent_name=agent_name,
+                    agent_text=agent_text,
                     replied_at=command.at,
                 )
             ]
@@ -516,6 +582,7 @@ def decide(command: Command, state: Conversation) -> list[Event]:
                     urgency=command.urgency,
                     requested_by=command.requested_by,
                     requested_at=command.at,
+                    user_id=state.user_id,
                 )
             ]
         case AssignEscalation():
@@ -762,9 +829,12 @@ def evolve(state: Conversation, event: Event) -> Conversation:
                 turn_count=state.turn_count + 1,
                 recent_message_ids=_remember(state, event.message_id),
                 pii_collected={**state.pii_collected, **pii} if pii else state.pii_collected,
+                erased=False,
             )
         case AgentReplied():
-            return replace(state, recent_message_ids=_remember(state, event.message_id))
+            return replace(state, recent_message_ids=_remember(state, event.message_id), erased=False)
+        case ConversationErased():
+            return replace(state, pii_collected={}, erased=True)
         case CrossSellOffered():
             offer = CrossSellOffer(product=event.product, suggestion=event.suggestion, confidence=event.confidence)
             return replace(state, open_cross_sell=offer)
@@ -774,6 +844,7 @@ def evolve(state: Conversation, event: Event) -> Conversation:
             return replace(
                 state,
                 status="escalated",
+                erased=False,
                 open_escalation=event.escalation_id,
                 escalations=(*state.escalations, event.escalation_id),
                 assigned_agent=None,
@@ -810,7 +881,8 @@ def _remember(state: Conversation, message_id: str) -> tuple[str, ...]:
     return (*state.recent_message_ids[-(RECENT_MESSAGES - 1) :], message_id)
 
 
-# The snapshot schema is 2 since the state collects personal data, the assigned agent and offers.
+# The snapshot schema is 2 since the state collects personal data, the assigned agent and offers; 3
+# since it knows it was erased.
 DECIDER = Decider(
     type_name=AGGREGATE_TYPE,
     state_type=Conversation,
@@ -818,5 +890,5 @@ DECIDER = Decider(
     evolve=evolve,
     decide=decide,
     data_subject=data_subject,
-    snapshot_schema=2,
+    snapshot_schema=3,
 )

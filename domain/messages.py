@@ -5,11 +5,15 @@ the person they belong to (``data_subject``), and the field that says when it ha
 (``time_field``: the command's clock, not when the store recorded it). The event store encrypts
 the personal fields under that person's key, so destroying the key erases the person from the log
 without rewriting it.
-Personal fields must accept ``None``: that is what they read as once their key is destroyed.
+Personal fields must accept ``None`` (or have a default): that is what they read as once their key
+is destroyed. A personal field may also be a field of each item of a list (``"tool_calls[].input"``):
+the items stay, that field of each is sealed. Each personal field is sealed under the key of the
+person it is about (``seal_subject``): by default the event's data subject.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
@@ -36,6 +40,84 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
             return None
         value = getattr(self, self.data_subject)
         return None if value is None else str(value)
+
+    def seal_subject(self, field: str) -> str | None:
+        """The person a personal field is about, whose key seals it (default: the data subject)."""
+        return self.data_subject_id()
+
+
+E = TypeVar("E", bound=Event)
+
+
+# Personal fields as values: taken out of an event to be sealed, put back once unsealed -------------
+
+
+@functools.lru_cache(maxsize=1024)
+def _blank(cls: Any, name: str) -> Any:
+    """What a personal field reads as when it is sealed away or erased: its default, else None."""
+    for info in msgspec.structs.fields(cls):
+        if info.name == name:
+            if info.default is not msgspec.NODEFAULT:
+                return info.default
+            if info.default_factory is not msgspec.NODEFAULT:
+                return info.default_factory()
+            return None
+    raise AttributeError(f"{cls.__name__} has no field {name}")
+
+
+def _path(path: str) -> tuple[str, str | None]:
+    outer, _, inner = path.partition("[].")
+    return outer, inner or None
+
+
+def take_personal(event: E, path: str) -> tuple[Any, E]:
+    """The value at a personal field (a list of the items' values for ``"items[].field"``) and the
+    event with it blank."""
+    outer, inner = _path(path)
+    value = getattr(event, outer)
+    if inner is None:
+        return value, msgspec.structs.replace(event, **{outer: _blank(type(event), outer)})
+    items = value or []
+    values = [getattr(item, inner) for item in items]
+    blanked = [msgspec.structs.replace(item, **{inner: _blank(item.__class__, inner)}) for item in items]
+    return values, msgspec.structs.replace(event, **{outer: blanked})
+
+
+def put_personal(event: E, path: str, value: Any) -> E:
+    """``event`` with a personal field's value put back (``take_personal``'s inverse)."""
+    outer, inner = _path(path)
+    if inner is None:
+        return msgspec.structs.replace(event, **{outer: value})
+    items = getattr(event, outer) or []
+    if not isinstance(value, list) or len(value) != len(items):
+        return event
+    restored = [msgspec.structs.replace(item, **{inner: v}) for item, v in zip(items, value, strict=True)]
+    return msgspec.structs.replace(event, **{outer: restored})
+
+
+def blank_personal(event: E) -> E:
+    """``event`` with every personal field blank: as it reads once its keys are destroyed."""
+    for path in event.personal_fields:
+        _, event = take_personal(event, path)
+    return event
+
+
+def personal_blanks_are_none(cls: type[Event]) -> bool:
+    """Whether every personal field of ``cls`` is a field of the event itself, blank as None."""
+    return all("[]." not in path and _blank(cls, path) is None for path in cls.personal_fields)
+
+
+def personal_is_blank(event: Event) -> bool:
+    """Whether every personal field of ``event`` is blank (sealed away, erased, or never given)."""
+    for path in event.personal_fields:
+        outer, inner = _path(path)
+        value = getattr(event, outer)
+        if inner is None:
+            if value != _blank(type(event), outer):
+                return False
+        elif any(getattr(item, inner) != _blank(item.__class__, inner) for item in value or []):
+            return False
+    return True
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,6 +11,13 @@ messages the event adds), in plain Python. Only the writing differs:
   written with COPY, messages every page, a conversation once it is closed (nothing can change it
   after), the rest at the end.
 
+Personal data the customer's key sealed reads blank once the customer is erased: a message's text,
+an escalation's reason show ``[erased]`` (a human agent's reply shows its ``agent_text``: the
+agent's words without the customer's data), tool inputs and outputs are gone. When the live
+projector meets ``ConversationErased`` it folds the conversation again from its stream (its key is
+destroyed by then) and rewrites its rows: the rows a rebuild from the stream gives (the event itself
+changes nothing else, not even the row's version).
+
 Every event after ``ConversationStarted`` applies only to a view behind its version, so applying an
 event twice changes nothing and a late replay cannot undo a newer state. Values are written the
 same way by both paths (JSON columns from the same Python encoder), so a rebuild gives the very
@@ -127,9 +134,12 @@ class View(msgspec.Struct, kw_only=True, gc=False):
     messages: list[MessageRow] = []  # added since the last write
     changed: set[str] = set()  # keys of escalations ("e:<id>") and surveys ("s:<id>") changed since
     message_ids: set[str] = set()  # the replay's: a message delivered twice is written once
+    refolded: bool = False  # folded again after an erasure: its messages are written anew
 
 
 _from_json = msgspec.json.Decoder().decode
+
+ERASED = "[erased]"  # what a text sealed under an erased person's key shows
 
 
 def _tool_call(call: c.ToolCall) -> dict[str, object]:
@@ -171,7 +181,8 @@ def evolve(view: View | None, recorded: RecordedEvent) -> View | None:
             row.turn_count += 1
             if pii := extract_pii(event.content or ""):
                 row.pii_collected = json_text({**_from_json(row.pii_collected), **pii})
-            _message(view, recorded, role="user", content=event.content, author=event.user_id, at=event.received_at)
+            content = ERASED if event.content is None else event.content
+            _message(view, recorded, role="user", content=content, author=event.user_id, at=event.received_at)
         case c.AgentReplied():
             row.updated_at = row.last_message_at = event.replied_at
             if event.sentiment is not None:
@@ -186,7 +197,7 @@ def evolve(view: View | None, recorded: RecordedEvent) -> View | None:
                 view,
                 recorded,
                 role="agent" if event.by_human else "assistant",
-                content=event.content,
+                content=_reply_text(event),
                 author=event.author,
                 at=event.replied_at,
                 tool_calls=json_text([_tool_call(call) for call in event.tool_calls]),
@@ -210,7 +221,7 @@ def evolve(view: View | None, recorded: RecordedEvent) -> View | None:
                     escalation_id=event.escalation_id,
                     conversation_id=row.conversation_id,
                     trigger=event.trigger,
-                    reason=event.reason,
+                    reason=ERASED if event.reason is None else event.reason,
                     urgency=event.urgency,
                     requested_by=event.requested_by,
                     requested_at=event.requested_at,
@@ -266,6 +277,12 @@ def evolve(view: View | None, recorded: RecordedEvent) -> View | None:
                 escalation.resolution, escalation.resolved_at = "conversation_closed", event.closed_at
             row.open_escalation_id, row.assigned_agent_id, row.assigned_agent_name = None, None, None
     return view
+
+
+def _reply_text(event: c.AgentReplied) -> str:
+    if event.content is not None:
+        return event.content
+    return ERASED if event.agent_text is None else event.agent_text
 
 
 _SHOWN = (
@@ -365,6 +382,9 @@ INSERT_MESSAGE = (
 )
 
 
+DELETE_MESSAGES = "DELETE FROM {s}.messages WHERE tenant = %s AND conversation_id = %s"
+
+
 def _json_text(value: Any) -> str | None:
     """A JSON column read back (psycopg decodes jsonb) as the text the row keeps."""
     return None if value is None else json_text(value)
@@ -404,9 +424,14 @@ async def load_views(
 
 
 async def write_views(cur: AsyncCursor[Any], schema: str, views: Iterable[View]) -> None:
-    """Upsert each view's row and what changed in it; insert its new messages."""
+    """Upsert each view's row and what changed in it; insert its new messages (all of them, in place
+    of those written, for a view folded again after an erasure)."""
     conversations, messages, escalations, surveys = [], [], [], []
+    views = list(views)
+    if refolded := [(v.row.tenant, v.row.conversation_id) for v in views if v.refolded]:
+        await cur.executemany(statement(DELETE_MESSAGES, schema), refolded)
     for view in views:
+        view.refolded = False
         conversations.append(astuple(view.row))
         messages += [astuple(m) for m in view.messages]
         for key in view.changed:
@@ -434,15 +459,37 @@ class ConversationsProjector(Projector):
         await self.apply_events(cur, [event], schema)
 
     async def apply_events(self, cur: AsyncCursor[Any], events: Sequence[RecordedEvent], schema: str) -> None:
-        keys = {(e.stream.tenant, e.stream.aggregate_id) for e in events if _projected(e.event)}
+        keys = {
+            (e.stream.tenant, e.stream.aggregate_id)
+            for e in events
+            if _projected(e.event) or isinstance(e.event, c.ConversationErased)
+        }
         views: dict[tuple[str, str], View] = await load_views(cur, schema, keys)
         touched: dict[tuple[str, str], View] = {}
         for recorded in events:
             key = (recorded.stream.tenant, recorded.stream.aggregate_id)
+            if isinstance(recorded.event, c.ConversationErased):  # not a change of the rows by itself
+                if key in views:
+                    views[key] = touched[key] = await self._refold(recorded)
+                continue
             view = evolve(views.get(key), recorded)
             if view is not None and view.row.last_seq == recorded.seq:  # this event changed it
                 views[key] = touched[key] = view
         await write_views(cur, schema, touched.values())
+
+    async def _refold(self, erased: RecordedEvent) -> View:
+        """The conversation folded again from its stream up to its erasure (the customer's key is
+        destroyed by then, so their data reads blank), every row of it to be written again."""
+        assert self._store is not None, "begin() before apply_events()"
+        view: View | None = None
+        for recorded in await self._store.read(erased.stream):
+            if recorded.version > erased.version:
+                break
+            view = evolve(view, recorded)
+        assert view is not None, f"{erased.stream} has no ConversationStarted"
+        view.refolded = True
+        view.changed = {f"e:{e}" for e in view.escalations} | {f"s:{s}" for s in view.surveys}
+        return view
 
     def replay(self) -> ConversationsReplay:
         return ConversationsReplay()
@@ -471,6 +518,8 @@ class ConversationsReplay:
         self._messages: list[MessageRow] = []
 
     def apply(self, recorded: RecordedEvent) -> None:
+        if isinstance(recorded.event, c.ConversationErased):
+            return  # what it erased reads blank already: the rows are those of the events before it
         key = (recorded.stream.tenant, recorded.stream.aggregate_id)
         view = self._open.get(key)
         if view is None and key in self._written:

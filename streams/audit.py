@@ -70,6 +70,7 @@ from typing import Any, BinaryIO, Literal
 import msgspec
 
 from domain.errors import ValidationError
+from domain.messages import blank_personal
 from streams.codec import PII_KEY
 from streams.jetstream import RawMessage
 from streams.keys import KeyStore
@@ -227,7 +228,7 @@ def _entry(
         if _erased(recorded, raw, keys):
             entry["erased"] = True
         if redact:
-            event = msgspec.structs.replace(event, **dict.fromkeys(personal))
+            event = blank_personal(event)
     entry["event"] = msgspec.to_builtins(event)
     return entry
 
@@ -658,7 +659,7 @@ def _content(entry: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     if entry.get("erased") or other.get("erased"):  # erased on one side: its personal fields are not compared
         event = dict(out.get("event") or {})
         for name in entry.get("personal_fields") or ():
-            event.pop(name, None)
+            event.pop(name.partition("[]")[0], None)  # a field of a list's items: the list
         out["event"] = event
     return out
 

@@ -5,9 +5,12 @@ optional whole-payload cipher) and adds two things Parley needs:
 
 * msgspec Structs as events, encoded by ``MsgspecTranscoder`` and decoded straight into the
   event class named by the topic (typed, validating, no intermediate dict);
-* personal data sealed per data subject: the fields an event lists in ``personal_fields`` are
-  encrypted under the key of (tenant, data subject) from a ``KeyStore``. Once that key is
-  destroyed they decode as ``None``: crypto-shredding without rewriting the log.
+* personal data sealed per person: the fields an event lists in ``personal_fields`` (a field, or
+  a field of each item of a list: ``"tool_calls[].input"``) are encrypted under the key of
+  (tenant, the person the field is about: ``Event.seal_subject``, by default its data subject)
+  from a ``KeyStore``. Once a person's key is destroyed their fields decode blank (``None`` or
+  the field's default): crypto-shredding without rewriting the log. An event stored before a
+  field was sealed keeps it in clear and reads as it was written.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from eventsourcing.persistence import Cipher, Compressor, Mapper, StoredEvent, T
 from eventsourcing.utils import TopicError, get_topic, register_topic, resolve_topic
 
 import domain
-from domain.messages import Event
+from domain.messages import Event, put_personal, take_personal
 from streams.keys import KeyStore
 
 PII_KEY = "__pii__"
@@ -149,26 +152,48 @@ class EventMapper(Mapper[Any]):
     # Personal data -------------------------------------------------------------------------
 
     def _seal(self, tenant: str, event: Event) -> bytes:
+        """The event's JSON with its personal fields blank, and the envelope: one seal per person
+        the fields are about (``Event.seal_subject``), the data subject's first."""
         if self.keys is None:
             raise RuntimeError(f"{type(event).__name__} carries personal data but the mapper has no key store")
-        personal = {f: getattr(event, f) for f in event.personal_fields}
-        plain = msgspec.to_builtins(msgspec.structs.replace(event, **dict.fromkeys(personal)))
-        subject = event.data_subject_id() or ""
-        epoch, cipher = self.keys.current(tenant, subject)
-        sealed = cipher.encrypt(self.transcoder.encode(personal))
-        plain[PII_KEY] = {"s": subject, "k": epoch, "c": b64encode(sealed).decode()}
+        groups: dict[str, dict[str, Any]] = {}
+        plain_event = event
+        for path in event.personal_fields:
+            value, after = take_personal(plain_event, path)
+            if after == plain_event:  # blank already: nothing to seal
+                continue
+            plain_event = after
+            groups.setdefault(event.seal_subject(path) or "", {})[path] = value
+        plain = msgspec.to_builtins(plain_event)
+        if groups:
+            primary = event.data_subject_id() or ""
+            order = sorted(groups, key=lambda subject: subject != primary)
+            seals = [self._seal_group(tenant, subject, groups[subject]) for subject in order]
+            envelope = seals[0]
+            if len(seals) > 1:
+                envelope["x"] = seals[1:]
+            plain[PII_KEY] = envelope
         return self.transcoder.encode(plain)
+
+    def _seal_group(self, tenant: str, subject: str, values: dict[str, Any]) -> dict[str, Any]:
+        assert self.keys is not None
+        epoch, cipher = self.keys.current(tenant, subject)
+        sealed = cipher.encrypt(self.transcoder.encode(values))
+        return {"s": subject, "k": epoch, "c": b64encode(sealed).decode()}
 
     def _unseal(self, tenant: str, event: Event, state: bytes) -> Event:
         envelope = _PiiEnvelope.decode(state).pii
-        if envelope is None:
+        if envelope is None:  # nothing sealed: stored in clear (older events), or no personal data
             return event
         assert self.keys is not None, "personal data found but the mapper has no key store"
-        cipher = self.keys.get(tenant, envelope.s, envelope.k)
-        if cipher is None:  # the subject's key was destroyed: the data reads as erased
-            return event
-        personal = self.transcoder.decode(cipher.decrypt(b64decode(envelope.c)))
-        return msgspec.structs.replace(event, **personal)
+        for seal in (envelope, *envelope.x):
+            cipher = self.keys.get(tenant, seal.s, seal.k)
+            if cipher is None:  # that person's key was destroyed: their fields read as erased
+                continue
+            personal = self.transcoder.decode(cipher.decrypt(b64decode(seal.c)))
+            for path, value in personal.items():
+                event = put_personal(event, path, value)
+        return event
 
     # Reading without personal data ---------------------------------------------------------
 
@@ -191,10 +216,14 @@ def without_sealed(state: bytes) -> bytes:
     return state[:cut] + b"}" if cut > 0 else state
 
 
-class _Sealed(msgspec.Struct, frozen=True):
+class _Seal(msgspec.Struct, frozen=True):
     s: str
     k: int
     c: str
+
+
+class _Sealed(_Seal, frozen=True):
+    x: list[_Seal] = []  # the seals of other people's fields (``Event.seal_subject``)
 
 
 class _PiiEnvelope(msgspec.Struct, frozen=True):

@@ -11,7 +11,7 @@ from nats.js.kv import KeyValue
 
 from streams.codec import EventMapper
 from streams.jetstream import JetStreamLog, connect, ensure_kv
-from streams.keys import LocalKeyStore
+from streams.keys import LocalKeyStore, forget_when_announced
 from streams.store import EventStore
 from streams.subjects import EVENTS_PREFIX
 
@@ -93,4 +93,5 @@ async def open_store(settings: StoreSettings, *, name: str = "parley") -> OpenSt
     snapshots = await ensure_kv(log.js, bucket=f"{prefix}_snapshots", replicas=settings.replicas)
     keys = LocalKeyStore(settings.data_dir / "keys")
     store = EventStore(log, EventMapper(keys=keys))
+    await forget_when_announced(keys, store)  # a shred anywhere: this process forgets the keys at once
     return OpenStore(nc, log, store, snapshots, keys, settings)

@@ -8,6 +8,12 @@ the same subject starts a new key epoch, so new data is readable and the old sta
 ``LocalKeyStore`` is the embedded default: a SQLite file under the data directory whose data keys
 are wrapped with a master key (``PARLEY_MASTER_KEY``, base64, or a 0600 file beside the database).
 A cloud KMS can take its place by implementing ``KeyStore``.
+
+Each process caches the keys it used. A shred is announced to every process on the live subject
+``parley.live.keys.shredded`` (``shred_everywhere``); each process forgets the subject's keys the
+moment the announcement arrives (``forget_when_announced``, which ``streams.factory.open_store``
+starts), so no process decrypts with a destroyed key afterwards, whatever its cache's age (the age limit
+stays only as a backstop for a process cut off from NATS when the announcement went out).
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ import sqlite3
 import threading
 import time
 from base64 import b64decode, b64encode
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
+import msgspec
 from eventsourcing.cryptography import AESCipher
 from eventsourcing.utils import Environment
 
@@ -43,6 +51,9 @@ class KeyStore(Protocol):
 
     def shred(self, tenant: str, subject: str) -> None:
         """Destroy every key of the subject."""
+
+    def forget(self, tenant: str, subject: str | None = None) -> None:
+        """Drop what this process caches of the subject's keys (None: of every key)."""
 
 
 class UnknownKeyError(LookupError):
@@ -120,8 +131,17 @@ class LocalKeyStore:
                 "UPDATE data_keys SET wrapped=NULL, shredded_at=? WHERE tenant=? AND subject=?",
                 (time.time(), tenant, subject),
             )
-            self._current.pop((tenant, subject), None)
-            for key in [k for k in self._cache if k[0] == tenant and k[1] == subject]:
+        self.forget(tenant, subject)
+
+    def forget(self, tenant: str, subject: str | None = None) -> None:
+        with self._lock:
+            if subject is None and tenant == "":
+                self._current.clear()
+                self._cache.clear()
+                return
+            for current in [k for k in self._current if k[0] == tenant and subject in (None, k[1])]:
+                del self._current[current]
+            for key in [k for k in self._cache if k[0] == tenant and subject in (None, k[1])]:
                 del self._cache[key]
 
 
@@ -134,3 +154,46 @@ def _load_master_key(directory: Path) -> bytes:
         with os.fdopen(fd, "wb") as f:
             f.write(b64encode(os.urandom(32)))
     return b64decode(path.read_bytes())
+
+
+# Every process forgets a shredded key at once --------------------------------------------------
+
+SHREDDED = "parley.live.keys.shredded"
+
+
+class Shredded(msgspec.Struct, frozen=True):
+    tenant: str
+    subject: str
+
+
+class LiveMessages(Protocol):
+    """The store's live messages (``EventStore.publish_live`` / ``listen_live``)."""
+
+    async def publish_live(self, subject: str, data: bytes) -> None: ...
+
+    async def listen_live(
+        self, subject: str, received: Callable[[bytes], Awaitable[None]]
+    ) -> Callable[[], Awaitable[None]]: ...
+
+
+async def shred_everywhere(keys: KeyStore, live: LiveMessages, tenant: str, subject: str) -> None:
+    """Destroy the subject's keys, then tell every process to forget them (this one forgets at once)."""
+    keys.shred(tenant, subject)
+    await live.publish_live(SHREDDED, msgspec.json.encode(Shredded(tenant, subject)))
+
+
+async def forget_when_announced(keys: KeyStore, live: LiveMessages) -> Callable[[], Awaitable[None]]:
+    """Forget a subject's cached keys whenever a shred of them is announced; returns the stop."""
+
+    async def announced(data: bytes) -> None:
+        try:
+            shredded = _SHREDDED.decode(data)
+        except msgspec.DecodeError:  # not ours to read: forget everything rather than guess
+            keys.forget("")
+            return
+        keys.forget(shredded.tenant, shredded.subject)
+
+    return await live.listen_live(SHREDDED, announced)
+
+
+_SHREDDED = msgspec.json.Decoder(Shredded)

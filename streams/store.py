@@ -35,7 +35,7 @@ from eventsourcing.persistence import StoredEvent
 from nats.aio.client import Client as NATS
 
 from domain.errors import ValidationError
-from domain.messages import Event
+from domain.messages import Event, blank_personal, personal_blanks_are_none, personal_is_blank
 from streams.bulk import BulkFeed, Delivered
 from streams.codec import EventMapper, Pending, resolve_event, without_sealed
 from streams.errors import ConcurrencyError, EventDecodeError
@@ -379,7 +379,10 @@ class _EventClass:
         self.personal: Callable[[Any], Any] | None = (
             operator.attrgetter(*cls.personal_fields) if cls.personal_fields else None
         )
-        self.none = None if len(cls.personal_fields) < 2 else (None,) * len(cls.personal_fields)
+        self.none: object = None if len(cls.personal_fields) < 2 else (None,) * len(cls.personal_fields)
+        # Fields of list items, or blanks other than None: the general (slower) way.
+        if not personal_blanks_are_none(cls):
+            self.personal, self.none = personal_is_blank, True
         self.time_field = cls.time_field
 
 
@@ -438,7 +441,7 @@ class Redacted:
         out = []
         for recorded in self._store.decode(Delivered(seq, subject, data, recorded_at)):  # EventDecodeError
             info = _event_class(type(recorded.event))
-            event = msgspec.structs.replace(recorded.event, **info.blank) if info.blank else recorded.event
+            event = blank_personal(recorded.event) if info.blank else recorded.event
             stream, meta = recorded.stream, recorded.meta
             at = event.occurred_at()
             made = row(
@@ -485,7 +488,7 @@ class Redacted:
                 elif info.personal(event) == info.none:  # sealed (or empty): the stored JSON, less the envelope
                     payload = without_sealed(state)
                 else:  # stored in clear (older): blanked and encoded again
-                    event = msgspec.structs.replace(event, **info.blank)
+                    event = blank_personal(event)
                     payload = _PAYLOAD.encode(event)
                 if (tf := info.time_field) is None:
                     at = recorded_at

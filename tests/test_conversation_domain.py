@@ -93,7 +93,11 @@ def test_one_open_escalation_at_a_time() -> None:
     state = (
         spec.given(STARTED, ESCALATED, resolved)
         .when(request)
-        .then(c.EscalationRequested(escalation_id="esc-2", trigger="urgent", reason="again", requested_at=T0))
+        .then(
+            c.EscalationRequested(
+                escalation_id="esc-2", trigger="urgent", reason="again", requested_at=T0, user_id="user-1"
+            )
+        )
     )
     assert state.status == "escalated" and state.open_escalation == "esc-2"
 
@@ -200,6 +204,7 @@ def test_the_assigned_agent_replies_in_their_own_name() -> None:
             content="Sarah here.",
             author="human:sarah",
             agent_name="Sarah",
+            agent_text="Sarah here.",
             replied_at=T0,
         )
     )
@@ -214,7 +219,9 @@ def test_another_agent_may_not_reply_to_an_escalation_assigned_to_someone_else_b
         PermissionDeniedError
     )
     given.when(c.RecordAgentReply(message_id="r-2", content="Boss.", author="human:boss", supervisor=True, at=T0)).then(
-        c.AgentReplied(message_id="r-2", user_id="user-1", content="Boss.", author="human:boss", replied_at=T0)
+        c.AgentReplied(
+            message_id="r-2", user_id="user-1", content="Boss.", author="human:boss", agent_text="Boss.", replied_at=T0
+        )
     )
 
 

@@ -814,7 +814,7 @@ async def test_another_tenants_ids_read_as_not_found(
         assert await get_conversation(conn, "acme", "nope") is None
 
 
-async def test_erased_personal_data_projects_as_null(
+async def test_erased_personal_data_projects_as_erased(
     open_test_store: OpenStore, pool: AsyncConnectionPool[Any]
 ) -> None:
     history = History(open_test_store)
@@ -824,7 +824,7 @@ async def test_erased_personal_data_projects_as_null(
     async with pool.connection() as conn:
         view = await get_conversation(conn, "acme", "conv-1")
     assert view is not None and view["pii_collected"] == {}
-    assert [m["content"] for m in view["messages"]] == [None] * 8
+    assert [m["content"] for m in view["messages"]] == ["[erased]"] * 8
     assert view["turn_count"] == 4 and view["tools_executed"][0] == {"tool": "fetch_order_status", "count": 2}
 
 

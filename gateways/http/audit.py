@@ -24,7 +24,7 @@ from commands.audit import Turn, conversation_turns
 from commands.runner import CommandRunner
 from domain import conversation as c
 from domain.errors import NotFoundError, PermissionDeniedError
-from domain.messages import Decider, Event
+from domain.messages import Decider, Event, blank_personal
 from domain.pii import mask_value
 from gateways.http.auth import Identity, requires
 from streams.history import AuditEvent, history, state_as_of
@@ -195,7 +195,7 @@ def _event(found: AuditEvent, clear: bool) -> AuditEventView:
     event = found.event
     redacted = [] if clear else list(type(event).personal_fields)
     if redacted:
-        event = msgspec.structs.replace(event, **dict.fromkeys(redacted))
+        event = blank_personal(event)
     return AuditEventView(
         seq=found.seq,
         version=found.version,

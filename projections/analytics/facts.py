@@ -151,7 +151,7 @@ class FactsFold(_Fold[ConversationFacts]):
                         row.version,
                         at,
                         event.trigger,
-                        event.reason,
+                        event.reason or "",
                         event.urgency,
                         facts.config_id,
                         facts.config_version,
@@ -196,7 +196,7 @@ def _evolve(f: ConversationFacts, event: Event, at: int) -> None:
         case c.EscalationRequested():
             if not f.escalated:
                 f.escalation_trigger = event.trigger
-                f.escalation_reason = event.reason
+                f.escalation_reason = event.reason or ""
             f.escalated = True
             f.escalations += 1
             f.status = "escalated"
