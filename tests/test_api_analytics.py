@@ -205,3 +205,23 @@ async def test_the_kpi_endpoints_take_the_seeds_period_and_refuse_what_they_do_n
     assert kpis["totals"]["conversations"] == 2
     none_yet = (await api.get("/api/v1/analytics/kpis", params=later, headers=ANALYST)).json()
     assert none_yet["totals"]["conversations"] == 0 and none_yet["period"]["start"] == later["start_date"]
+
+
+async def test_a_period_before_the_year_1000_is_refused_by_name(api: httpx.AsyncClient) -> None:
+    """Dates ClickHouse cannot hold (its DateTime64 starts in 1900) are a 400 naming the parameter, not a 500."""
+    for path in (
+        "/api/v1/analytics/kpis",
+        "/api/v1/analytics/escalation-reasons",
+        "/api/v1/voice/analytics",
+        "/api/v1/analytics/kpis/daily",
+    ):
+        for params, field in (
+            ({"start_date": "0999-12-31", "end_date": "2025-01-01"}, "start_date"),
+            ({"start": "0001-01-01", "end": "0001-01-02"}, "start"),
+            ({"end_date": "0500-06-01"}, "end_date"),
+            ({"start_date": "1850-01-01", "end_date": "1850-01-02"}, "start_date"),
+            ({"start_date": "2025-01-01", "end": "2300-01-01"}, "end"),
+        ):
+            answer = await api.get(path, params=params, headers=ANALYST)
+            assert answer.status_code == 400, (path, params, answer.text)
+            assert answer.json()["code"] == "validation_error" and field in answer.json()["fields"], answer.text

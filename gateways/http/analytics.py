@@ -5,7 +5,8 @@ it), ``read_models.analytics`` queries them. The tenant is always the caller's. 
 dates, both ends included (the seed's ``start_date=2025-10-01&end_date=2025-10-11``, or ``start``
 and ``end`` for short); without them, the last 30 days up to today. A date that is not one, a
 period that ends before it starts, the two names of one end given different days, or a query
-parameter an endpoint does not take is a 400 naming the parameter: never silently ignored.
+parameter an endpoint does not take is a 400 naming the parameter: never silently ignored. So is a
+day outside what the analytics tables hold (ClickHouse's DateTime64: 1900 to 2299).
 
 One admin command, for platform engineers: ``POST /api/v1/admin/projections/analytics/rebuild``
 rebuilds the tables from the first event while the live ones keep answering
@@ -24,7 +25,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
-from litestar.params import Parameter
+from litestar.params import Parameter, ParameterKwarg
 
 from domain.errors import UnavailableError, ValidationError
 from gateways.http.auth import Identity, requires
@@ -35,6 +36,11 @@ ANALYSTS = requires("analyst", "org_admin", "platform_engineer", "service")
 # A rebuild spans every tenant's analytics and pauses the projector: not a tenant's admin's call.
 PLATFORM_ADMINS = requires("platform_engineer")
 DEFAULT_DAYS = 30
+# The days a period may name: ClickHouse's DateTime64 holds 1900-01-01 to 2299-12-31, and a period
+# ends at midnight after its last day.
+FIRST_DAY = date(1900, 1, 1)
+LAST_DAY = date(2299, 12, 30)
+DAY_PATTERN = r"^(19[0-9]{2}|2[0-2][0-9]{2})-[0-9]{2}-[0-9]{2}$"
 
 
 class EscalationReasons(msgspec.Struct, frozen=True):
@@ -81,6 +87,10 @@ def _day(query: Any, *names: str) -> tuple[date | None, str | None]:
                 raise ValidationError(
                     f"{name} is not a date", fields={name: f"expected a date as YYYY-MM-DD, got {text!r}"}
                 ) from None
+            if not FIRST_DAY <= day <= LAST_DAY:
+                raise ValidationError(
+                    f"{name} is out of range", fields={name: f"a day from {FIRST_DAY} to {LAST_DAY}, got {text!r}"}
+                )
             if found.get(name, day) != day:
                 raise ValidationError(f"{name} is given twice", fields={name: "give it once"})
             found[name] = day
@@ -100,10 +110,14 @@ def _queries(queries: AnalyticsQueries | None) -> AnalyticsQueries:
 
 
 # Declared on each endpoint for the schema and the type check; ``period`` reads them, aliases and all.
-StartDate = Annotated[date | None, Parameter(description="first day (UTC), included; default: 30 days before the end")]
-EndDate = Annotated[date | None, Parameter(description="last day (UTC), included; default: today")]
-Start = Annotated[date | None, Parameter(description="start_date's short name")]
-End = Annotated[date | None, Parameter(description="end_date's short name")]
+def _day_parameter(description: str) -> ParameterKwarg:
+    return Parameter(description=description, schema_extra={"pattern": DAY_PATTERN})
+
+
+StartDate = Annotated[date | None, _day_parameter("first day (UTC), included; default: 30 days before the end")]
+EndDate = Annotated[date | None, _day_parameter("last day (UTC), included; default: today")]
+Start = Annotated[date | None, _day_parameter("start_date's short name")]
+End = Annotated[date | None, _day_parameter("end_date's short name")]
 
 
 class AnalyticsController(Controller):
