@@ -92,6 +92,11 @@ audit-export TENANT="demo" FROM="" TO="" OUTPUT="" *ARGS:
 audit-verify FILE *ARGS:
     @if [ -f "$PARLEY_DATA/run/env" ]; then set -a; . "$PARLEY_DATA/run/env"; set +a; fi; {{ python }} -m streams.audit verify "$@"
 
+# Erase a customer from every store (their key destroyed, every process told; read models, tools' tables, checkpoints and caches scrubbed); prints the erasure as JSON
+[positional-arguments]
+erase TENANT CUSTOMER:
+    @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m gateways.erase "$1" "$2"
+
 # Benchmark analytics: ClickHouse projection of 1,000,000 events, KPI latency over 10,000,000, audit export/verify (--quick)
 [positional-arguments]
 bench-analytics *ARGS:

@@ -102,3 +102,21 @@ class _PooledSaver(AsyncPostgresSaver):
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         super().__init__(pool)
         self.lock = contextlib.nullcontext()  # type: ignore[assignment]
+
+
+_TABLES = ("checkpoint_writes", "checkpoint_blobs", "checkpoints")
+
+
+async def erase_threads(conn: AsyncConnection[Any], threads: list[str]) -> None:
+    """Drop these conversations' checkpoints (their customer was erased), whichever process wrote
+    them; nothing when no runtime ever made the tables."""
+    for table in _TABLES:
+        cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{SCHEMA}.{table}"])
+        row = await cur.fetchone()
+        if row and row[0]:
+            await conn.execute(
+                sql.SQL("DELETE FROM {}.{} WHERE thread_id = ANY(%s)").format(
+                    sql.Identifier(SCHEMA), sql.Identifier(table)
+                ),
+                [threads],
+            )

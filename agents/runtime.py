@@ -244,6 +244,7 @@ class AgentRuntime:
                         | c.EscalationResolved()
                         | c.EscalationFallbackChosen()
                         | c.ConversationClosed()
+                        | c.ConversationErased()
                         | p.EscalationRouted()
                         | p.EscalationQueued()
                     ):
@@ -271,6 +272,10 @@ class AgentRuntime:
                     await self._back_to_ai(recorded)
             case c.EscalationFallbackChosen():
                 await self._acknowledge_fallback(recorded, event)
+            case c.ConversationErased():  # its customer was erased: forget the turns remembered of it
+                self._conversations.pop(recorded.stream.key, None)
+                if self.checkpoints is not None:
+                    await self.checkpoints.forget(thread_id(recorded.stream))
             case c.ConversationClosed():
                 cid = recorded.stream.aggregate_id
                 command = p.ReleaseConversation(conversation_id=cid, at=now)

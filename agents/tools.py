@@ -478,3 +478,33 @@ __all__ = [
     "demo_registry",
     "validate_arguments",
 ]
+
+
+ERASED = "[erased]"
+# The demo tools' rows that hold what a customer told them, and the columns that hold it.
+_SCRUB = (
+    ("callbacks", ("phone", "preferred_time"), "(user_id = %(customer)s OR conversation_id = ANY(%(conversations)s))"),
+    ("tickets", ("subject", "description"), "(user_id = %(customer)s OR conversation_id = ANY(%(conversations)s))"),
+    ("emails", ("address",), "conversation_id = ANY(%(conversations)s)"),
+    ("refunds", ("reason",), "conversation_id = ANY(%(conversations)s)"),
+)
+
+
+async def erase_customer_from_demo_tables(
+    connect: Connect, tenant: str, customer_id: str, conversations: list[str]
+) -> int:
+    """The demo tools' records of an erased customer keep their ids and statuses (the business's
+    records) and lose what the customer told them: phone, times, texts, addresses. Returns the rows
+    changed."""
+    changed = 0
+    params = {"tenant": tenant, "customer": customer_id, "conversations": conversations, "erased": ERASED}
+    async with connect() as conn, conn.cursor() as cur:
+        await cur.execute("SELECT to_regclass('demo.callbacks') IS NOT NULL")
+        row = await cur.fetchone()
+        if not row or not row[0]:
+            return 0  # no demo tables in this database
+        for table, columns, which in _SCRUB:
+            sets = ", ".join(f"{column} = %(erased)s" for column in columns)
+            await cur.execute(f"UPDATE demo.{table} SET {sets} WHERE tenant = %(tenant)s AND {which}", params)
+            changed += cur.rowcount
+    return changed

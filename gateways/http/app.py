@@ -39,6 +39,7 @@ from domain import call as v
 from domain import channel as ch
 from domain import config as a
 from domain import conversation as c
+from domain import customer as u
 from domain import escalation as p
 from domain import permissions as m
 from gateways.http.analytics import AnalyticsAdminController, AnalyticsController
@@ -60,10 +61,11 @@ from gateways.http.common import Commands
 from gateways.http.config import ConfigController
 from gateways.http.console import console_router
 from gateways.http.conversation import ConversationController
+from gateways.http.customer import CustomerController, CustomerDesk
 from gateways.http.errors import EXCEPTION_HANDLERS, document_errors
 from gateways.http.escalation import EscalationController
 from gateways.http.limits import Limits, StreamSlots
-from gateways.http.observability import Health, health, metrics, request_context
+from gateways.http.observability import Health, embedded, health, metrics, request_context
 from gateways.http.positions import Positions
 from gateways.http.settings import ApiSettings
 from infra import heap
@@ -96,7 +98,7 @@ class ApiServices:
         self.redis = redis
         self.runner = CommandRunner.for_aggregates(
             opened.store,
-            [c.DECIDER, p.DECIDER, a.DECIDER, m.DECIDER, k.DECIDER, *ch.DECIDERS, v.DECIDER, v.LINE_DECIDER],
+            [c.DECIDER, p.DECIDER, a.DECIDER, m.DECIDER, k.DECIDER, *ch.DECIDERS, v.DECIDER, v.LINE_DECIDER, u.DECIDER],
             snapshots=opened.snapshots,
             keys=opened.keys,
             snapshot_every=opened.settings.snapshot_every,
@@ -132,6 +134,7 @@ class ApiServices:
             RedisSessions(redis, opened.store.name),
         )
         self.escalations = Escalations(self.runner, opened.store)
+        self.customers = CustomerDesk.assemble(self.runner, opened.store, opened.keys, pool, redis)  # erasure, export
         self.conversations = ConversationQueries(pool)
         self.escalation_queries = EscalationQueries(pool)
         self.positions = Positions.of(
@@ -213,10 +216,10 @@ class ApiServices:
         for runner in self.projectors:
             self._tasks.append(asyncio.create_task(runner.run(), name=f"projector-{runner.projector.name}"))
         if settings.analytics is not None:
-            # Embedded chDB opens in one process only: the projector runs where the queries are.
-            embedded = settings.analytics.clickhouse_url is None
+            # Embedded chDB (no URL or a chdb:// one) opens in one process only: the projector runs
+            # where the queries are.
             service = await AnalyticsService.open(
-                self.store, settings.analytics, run_projector=settings.run_projectors or embedded
+                self.store, settings.analytics, run_projector=settings.run_projectors or settings.analytics.clickhouse_url is None
             )
             if service is not None:  # None: another process has the embedded store
                 self.analytics_service, self.analytics = service, service.queries
@@ -274,6 +277,7 @@ DEPENDENCIES = {
     "call_queries": "call_queries",
     "channels": "channels",
     "api_keys": "api_keys",
+    "customers": "customers",
 }
 
 
@@ -316,6 +320,7 @@ def create_app(settings: ApiSettings | None = None, *, settle_heap: bool = False
         ChatController,
         ChatPages,
         ApiKeyController,
+        CustomerController,
         console_router,
         health,
         metrics,
