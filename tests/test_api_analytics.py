@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,15 @@ REBUILD = "/api/v1/admin/projections/analytics/rebuild"
 
 @pytest_asyncio.fixture
 async def api(nats_url: str, pg_url: str, redis_url: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    analytics = AnalyticsSettings(data_dir=tmp_path / "analytics", batch=50)
+    async with serve(nats_url, pg_url, redis_url, tmp_path, analytics=analytics) as client:
+        yield client
+
+
+@asynccontextmanager
+async def serve(
+    nats_url: str, pg_url: str, redis_url: str, tmp_path: Path, **overrides: Any
+) -> AsyncIterator[httpx.AsyncClient]:
     stream = unique_stream()
     settings = settings_for(
         nats_url,
@@ -41,7 +51,7 @@ async def api(nats_url: str, pg_url: str, redis_url: str, tmp_path: Path) -> Asy
         stream,
         run_agents=False,
         auto_rollback=None,
-        analytics=AnalyticsSettings(data_dir=tmp_path / "analytics", batch=50),
+        **overrides,
     )
     server = uvicorn.Server(uvicorn.Config(create_app(settings), port=0, log_level="warning", lifespan="on"))
     serving = asyncio.create_task(server.serve())
@@ -225,3 +235,43 @@ async def test_a_period_before_the_year_1000_is_refused_by_name(api: httpx.Async
             answer = await api.get(path, params=params, headers=ANALYST)
             assert answer.status_code == 400, (path, params, answer.text)
             assert answer.json()["code"] == "validation_error" and field in answer.json()["fields"], answer.text
+
+
+async def test_with_the_chdb_url_up_writes_and_the_projectors_on_their_own_the_api_runs_the_analytics(
+    nats_url: str, pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """``./parley up`` writes ``CLICKHOUSE_URL=chdb:///...``: that store, too, opens in one process
+    only, so the API that has it runs the analytics projector even when the other projectors run
+    in a process of their own (it ran nowhere, and /health said ok)."""
+    from infra.chdb import ensure_chdb
+
+    url = ensure_chdb(tmp_path / "chdb")
+    assert url.startswith("chdb://")
+    analytics = AnalyticsSettings(clickhouse_url=url, data_dir=tmp_path, batch=50)
+    async with serve(nats_url, pg_url, redis_url, tmp_path, analytics=analytics, run_projectors=False) as api:
+        await conversations(api, 2)
+        status = await analytics_status(api)
+        assert status["checkpoint"] == status["stream_last_seq"] > 0
+        kpis = await api.get("/api/v1/analytics/kpis", params=last_month(), headers=ANALYST)
+        assert kpis.json()["totals"]["conversations"] == 2, kpis.text
+
+
+async def test_health_is_degraded_while_a_projector_behind_the_stream_does_not_move(
+    nats_url: str, pg_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No projector runs (none here, none elsewhere): once the events wait longer than the stall
+    window, /health answers 503 and names the projectors, whatever the dependencies say."""
+    from gateways.http.observability import Health
+
+    monkeypatch.setattr(Health, "stall_seconds", 0.5)
+    async with serve(nats_url, pg_url, redis_url, tmp_path, run_projectors=False) as api:
+        first = await api.get("/health")
+        assert first.status_code == 200 and first.json()["problems"] == [], first.text
+        await conversations(api, 1)
+        await api.get("/health")  # the checkpoints behind the stream, as first seen
+        await asyncio.sleep(0.6)
+        stalled = await api.get("/health")
+        assert stalled.status_code == 503, stalled.text
+        body = stalled.json()
+        assert body["status"] == "degraded" and all(d["ok"] for d in body["dependencies"])
+        assert any("conversations projector" in p and "has not moved" in p for p in body["problems"]), body

@@ -219,7 +219,7 @@ class ApiServices:
             # Embedded chDB (no URL or a chdb:// one) opens in one process only: the projector runs
             # where the queries are.
             service = await AnalyticsService.open(
-                self.store, settings.analytics, run_projector=settings.run_projectors or settings.analytics.clickhouse_url is None
+                self.store, settings.analytics, run_projector=settings.run_projectors or embedded(settings.analytics)
             )
             if service is not None:  # None: another process has the embedded store
                 self.analytics_service, self.analytics = service, service.queries

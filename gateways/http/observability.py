@@ -14,9 +14,15 @@ from litestar.di import NamedDependency
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from projections import registry
+from projections.settings import AnalyticsSettings
 from projections.status import metrics_text, projector_status
 
 log = structlog.get_logger("parley.http")
+
+
+def embedded(settings: AnalyticsSettings) -> bool:
+    """chDB (no URL, or a ``chdb://`` one): only the process that opens the store reaches it."""
+    return settings.clickhouse_url is None or settings.clickhouse_url.startswith("chdb:")
 
 
 def request_context(app: ASGIApp) -> ASGIApp:
@@ -80,9 +86,14 @@ class ProjectorHealth(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class HealthReport(msgspec.Struct, frozen=True, kw_only=True):
+    """``ok`` when every dependency answers and every projector keeps up; else ``degraded``, and
+    ``problems`` says why (a dependency that does not answer, a projector that does not run, or
+    one behind the stream whose checkpoint has not moved for ``Health.stall_seconds``)."""
+
     status: Literal["ok", "degraded"]
     dependencies: list[DependencyHealth]
     projectors: list[ProjectorHealth]
+    problems: list[str] = msgspec.field(default_factory=list)
 
 
 async def _check(name: str, probe: Any) -> DependencyHealth:
@@ -95,10 +106,19 @@ async def _check(name: str, probe: Any) -> DependencyHealth:
 
 
 class Health:
-    """Every dependency of the API process, and each projector's progress wherever it runs."""
+    """Every dependency of the API process, and each projector's progress wherever it runs.
+
+    A projector is stalled when it is behind the stream and its checkpoint has not moved for
+    ``stall_seconds`` (between two reports of this process): whether it runs here, in a process of
+    its own or nowhere at all, health then says so. The analytics projector with chDB can run only
+    in the process that has the store: if that is this one and it does not run here, it runs nowhere.
+    """
+
+    stall_seconds = 60.0
 
     def __init__(self, services: Any) -> None:
         self.services = services  # the process's ``ApiServices``: pool, store, Redis, analytics, projectors
+        self._seen: dict[str, tuple[int, float]] = {}  # projector -> (checkpoint, when it was first seen there)
 
     async def report(self) -> HealthReport:
         services = self.services
@@ -119,11 +139,40 @@ class Health:
 
             dependencies.append(await _check("clickhouse", clickhouse))
         projectors = [msgspec.convert(p, ProjectorHealth) for p in await self.projector_statuses()]
+        problems = [f"{d.name} does not answer: {d.error}" for d in dependencies if not d.ok]
+        problems += self.not_running() + self.stalled(projectors)
         return HealthReport(
-            status="ok" if all(d.ok for d in dependencies) else "degraded",
+            status="degraded" if problems else "ok",
             dependencies=dependencies,
             projectors=projectors,
+            problems=problems,
         )
+
+    def not_running(self) -> list[str]:
+        """Projectors this process should run and does not."""
+        services = self.services
+        problems = [
+            f"the {task.get_name().removeprefix('projector-')} projector stopped"
+            for task in getattr(services, "_tasks", [])
+            if task.get_name().startswith("projector-") and task.done()
+        ]
+        analytics = services.analytics_service
+        settings = getattr(services.settings, "analytics", None)
+        if analytics is not None and analytics.runner is None and settings is not None and embedded(settings):
+            problems.append("the analytics projector runs nowhere: this process has the chDB store and does not run it")
+        return problems
+
+    def stalled(self, projectors: list[ProjectorHealth]) -> list[str]:
+        """Projectors behind the stream whose checkpoint has not moved for ``stall_seconds``."""
+        now = time.monotonic()
+        problems = []
+        for p in projectors:
+            checkpoint, since = self._seen.get(p.name, (None, now))
+            if checkpoint != p.checkpoint or p.lag == 0:
+                self._seen[p.name] = (p.checkpoint, now)
+            elif now - since >= self.stall_seconds:
+                problems.append(f"the {p.name} projector is {p.lag} behind and has not moved for {now - since:.0f} s")
+        return problems
 
     async def projector_statuses(self) -> list[Any]:
         """Every projector's progress, wherever it runs (in this process or its own); the analytics
