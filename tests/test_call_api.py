@@ -81,10 +81,17 @@ async def test_an_outbound_call_is_dialed_through_livekit_sip_and_pinned_to_the_
     assert started.status_code == 202, started.text
     body = started.json()
     assert body["product_type"] == "voicebot" and body["status"] == "initiating" and body["config_version"] == 1
-    method, request, grants = twirp.calls[0]
-    assert method == "SIP/CreateSIPParticipant"
+    # The voice worker is sent to the call's room (explicit dispatch, the call in its metadata), then
+    # the callee is dialed into it.
+    assert twirp.methods() == ["AgentDispatchService/CreateDispatch", "SIP/CreateSIPParticipant"]
+    _, dispatch, dispatch_grants = twirp.calls[0]
+    assert dispatch.agent_name == "parley" and dispatch.room == f"call-{body['call_id']}"
+    assert json.loads(dispatch.metadata) == {"parley.tenant": "acme", "parley.call_id": body["call_id"]}
+    assert dispatch_grants.video.room_admin and dispatch_grants.video.room == dispatch.room
+    _, request, grants = twirp.calls[1]
     assert request.sip_call_to == "+15551234567" and request.sip_trunk_id == "ST_trunk"
-    assert (request.room_name == f"call-{body['call_id']}" and grants.video.room_admin is False) or True
+    assert request.room_name == f"call-{body['call_id']}"
+    assert request.participant_attributes["parley.call_id"] == body["call_id"]
     assert grants.sip.call, "the token grants sip.call"
     status = await client.get(f"{BASE}/calls/{body['call_id']}", params={"min_position": body["position"]},
                               headers=ADMIN)  # fmt: skip
@@ -130,12 +137,12 @@ async def test_hot_and_cold_transfers_go_to_an_agent_of_the_pool_through_sip(
     body = hot.json()
     assert body["status"] == "transferred" and body["target_agent"]["agent_id"] == "mike"
     assert body["call_summary"]["pii_collected"]["phone"] == "+15551234567"
-    methods = twirp.methods()[1:]
+    methods = twirp.methods()[2:]
     assert methods == ["SIP/CreateSIPParticipant", "RoomService/SendData", "RoomService/MoveParticipant"], methods
-    consult = twirp.calls[1][1]
+    consult = twirp.calls[2][1]
     assert consult.room_name == f"call-{call_id}-human" and consult.wait_until_answered
-    assert twirp.calls[2][1].data.decode() == "Customer needs help with API integration issue"
-    assert twirp.calls[3][1].destination_room == f"call-{call_id}"
+    assert twirp.calls[3][1].data.decode() == "Customer needs help with API integration issue"
+    assert twirp.calls[4][1].destination_room == f"call-{call_id}"
     # A cold transfer of another call: a SIP REFER; a busy human fails it, with the SIP status.
     other = (await initiate(client, "+15557654321")).json()["call_id"]
     twirp.failures["SIP/TransferSIPParticipant"] = (

@@ -46,13 +46,13 @@ from gateways.http.common import STAFF, actor, is_customer, iso, position_header
 from gateways.http.limits import Limits
 from gateways.http.positions import Positions
 from gateways.telephony.recordings import RecordingStore
-from gateways.telephony.session import Publish, VoiceStack, answer_stream
+from gateways.telephony.session import VoiceStack, answer_stream, live_publisher, live_subject
 from gateways.telephony.settings import VoiceSettings
 from gateways.telephony.twilio import MediaStreamBridge, twiml_connect, twiml_say, valid_signature
 from infra.tokens import make_token
 from read_models.call import CALLS, CallQueries
 from streams.keys import KeyStore
-from streams.store import LIVE_PREFIX, EventStore
+from streams.store import EventStore
 from streams.subjects import StreamId
 
 log = structlog.get_logger(__name__)
@@ -164,19 +164,6 @@ class VoiceDesk:
             with contextlib.suppress(Exception):
                 await session.close(reason="platform_stopping", ended_by="platform", resolution="unresolved")
         await self.stack.aclose()
-
-
-def live_publisher(store: EventStore) -> Publish:
-    """Where a session's interim transcripts go: live messages on the call's subject, never stored."""
-
-    async def publish(tenant: str, call_id: str, event: str, body: dict[str, Any]) -> None:
-        await store.publish_live(live_subject(tenant, call_id), msgspec.json.encode({"event": event, **body}))
-
-    return publish
-
-
-def live_subject(tenant: str, call_id: str) -> str:
-    return f"{LIVE_PREFIX}.{tenant}.call.{call_id}"
 
 
 async def _own_call(voice: VoiceDesk, identity: Identity, call_id: str) -> v.Call:

@@ -1,7 +1,8 @@
 """LiveKit SIP: dialing out and transferring calls through livekit-api's Twirp services.
 
-- ``dial``: ``CreateSIPParticipant`` puts the callee in the call's room (``call-<call id>``) through
-  the tenant's outbound trunk; the voice worker registered with the same server joins the room.
+- ``dial``: ``CreateDispatch`` sends the voice worker registered with the same server (the agent
+  ``parley``, explicit dispatch) to the call's room (``call-<call id>``), with the call in the job's
+  metadata; then ``CreateSIPParticipant`` puts the callee in that room through the outbound trunk.
 - ``transfer`` cold: ``TransferSIPParticipant`` (a SIP REFER: the caller leaves the room for the
   human's number); a status other than successful is a failure even when nothing was raised.
 - ``transfer`` hot and warm: the human is dialed into a consultation room (``<room>-human``,
@@ -12,11 +13,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import structlog
 from google.protobuf.duration_pb2 import Duration
 from livekit import api
+from livekit.protocol import agent_dispatch as dispatch_proto
 from livekit.protocol import models as models_proto
 from livekit.protocol import room as room_proto
 from livekit.protocol import sip as sip_proto
@@ -26,6 +29,8 @@ from domain import call as v
 
 log = structlog.get_logger(__name__)
 
+AGENT_NAME = "parley"  # the voice worker's name with the LiveKit server (explicit dispatch)
+
 
 def room_name(call_id: str) -> str:
     return f"call-{call_id}"
@@ -33,6 +38,11 @@ def room_name(call_id: str) -> str:
 
 def caller_identity(call_id: str) -> str:
     return f"caller-{call_id}"
+
+
+def call_metadata(tenant: str, call_id: str) -> str:
+    """What the worker's job says about the room's call (its dispatch metadata)."""
+    return json.dumps({"parley.tenant": tenant, "parley.call_id": call_id})
 
 
 class LiveKitSip:
@@ -59,6 +69,11 @@ class LiveKitSip:
         )
         lk = self._api()
         try:
+            await lk.agent_dispatch.create_dispatch(
+                dispatch_proto.CreateAgentDispatchRequest(
+                    agent_name=AGENT_NAME, room=room_name(call_id), metadata=call_metadata(tenant, call_id)
+                )
+            )
             info = await lk.sip.create_sip_participant(request)
         finally:
             await lk.aclose()

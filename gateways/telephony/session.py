@@ -31,7 +31,8 @@ import aiohttp
 import msgspec
 import structlog
 from livekit import rtc
-from livekit.agents import AgentSession, io, vad
+from livekit.agents import AgentSession, io, room_io, vad
+from livekit.agents.types import NOT_GIVEN
 from livekit.agents.voice.transcription.synchronizer import TranscriptSynchronizer
 
 from agents.config import ConfigProvider
@@ -46,6 +47,7 @@ from gateways.speech.offline import normalize_spoken
 from gateways.speech.providers import SpeechChoice, choose_speech, load_vad
 from gateways.telephony.agent import AgentBrain, ParleyAgent, ParleyLLM, TurnHooks
 from gateways.telephony.recordings import RecordingStore
+from streams.store import LIVE_PREFIX, EventStore
 
 log = structlog.get_logger(__name__)
 
@@ -131,6 +133,20 @@ class VoiceStack:
                 await self.publish(tenant, call_id, event, body)
 
 
+def live_subject(tenant: str, call_id: str) -> str:
+    """The subject of a call's live messages (the transcript socket's)."""
+    return f"{LIVE_PREFIX}.{tenant}.call.{call_id}"
+
+
+def live_publisher(store: EventStore) -> Publish:
+    """Where a session's interim transcripts go: live messages on the call's subject, never stored."""
+
+    async def publish(tenant: str, call_id: str, event: str, body: dict[str, Any]) -> None:
+        await store.publish_live(live_subject(tenant, call_id), msgspec.json.encode({"event": event, **body}))
+
+    return publish
+
+
 class CallRecorder:
     """Commands on one call, appended in order by a task of their own."""
 
@@ -172,11 +188,46 @@ class TappedInput(io.AudioInput):
     def __init__(self, source: io.AudioInput, sink: bytearray) -> None:
         super().__init__(label="parley-tap", source=source)
         self._sink = sink
+        self.sample_rate: int | None = getattr(source, "sample_rate", None)
 
     async def __anext__(self) -> rtc.AudioFrame:
         frame = await self.source.__anext__()  # type: ignore[union-attr]
+        self.sample_rate = frame.sample_rate
         self._sink.extend(bytes(frame.data))
         return frame
+
+
+class TappedOutput(io.AudioOutput):
+    """The agent's audio on its way out (a room's output), kept for the recording (first channel)."""
+
+    def __init__(self, next_in_chain: io.AudioOutput) -> None:
+        super().__init__(
+            label="parley-tap",
+            next_in_chain=next_in_chain,
+            sample_rate=next_in_chain.sample_rate,
+            capabilities=io.AudioOutputCapabilities(pause=next_in_chain.can_pause),
+        )
+        self.recorded = bytearray()
+        self.recorded_rate: int | None = next_in_chain.sample_rate
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        await super().capture_frame(frame)
+        self.recorded_rate = frame.sample_rate
+        pcm = bytes(frame.data)
+        if frame.num_channels > 1:
+            pcm = b"".join(pcm[i : i + 2] for i in range(0, len(pcm), 2 * frame.num_channels))
+        self.recorded.extend(pcm)
+        if self.next_in_chain is not None:
+            await self.next_in_chain.capture_frame(frame)
+
+    def flush(self) -> None:
+        super().flush()
+        if self.next_in_chain is not None:
+            self.next_in_chain.flush()
+
+    def clear_buffer(self) -> None:
+        if self.next_in_chain is not None:
+            self.next_in_chain.clear_buffer()
 
 
 class CallSession:
@@ -187,8 +238,10 @@ class CallSession:
         call: v.Call,
         config: AgentConfig,
         *,
-        audio_input: io.AudioInput,
-        audio_output: io.AudioOutput,
+        audio_input: io.AudioInput | None = None,
+        audio_output: io.AudioOutput | None = None,
+        room: rtc.Room | None = None,
+        participant: str | None = None,
         sample_rate: int = 8000,
         connect_human: Callable[[v.TransferRequested, str], Awaitable[Connected]] | None = None,
         greet: bool = True,
@@ -198,9 +251,11 @@ class CallSession:
         self.sample_rate = sample_rate
         self.greet = greet
         self.connect_human = connect_human
+        # The call's audio: a media stream's input and output (the Twilio path), or a LiveKit room's.
+        self.room, self.participant = room, participant
         self.caller_audio = bytearray()
         self.agent_audio: bytearray | None = getattr(audio_output, "recorded", None)
-        self._input = TappedInput(audio_input, self.caller_audio)
+        self._input = TappedInput(audio_input, self.caller_audio) if audio_input is not None else None
         self._output = audio_output
         self.recorder = CallRecorder(stack.calls, tenant, self.call_id)
         remote = any(stack.env.get(k) for k in ("DEEPGRAM_API_KEY", "ELEVEN_API_KEY", "ELEVENLABS_API_KEY"))
@@ -263,17 +318,31 @@ class CallSession:
             aec_warmup_duration=None,
         )
         self.session = session
-        session.input.audio = self._input
-        # What the caller heard: the agent's words timed against the audio Twilio played (its marks),
-        # so a reply cut short by the caller is kept, in the chat and on the call, as far as it was heard.
-        heard = TranscriptSynchronizer(next_in_chain_audio=self._output, next_in_chain_text=None)
-        session.output.audio = heard.audio_output
-        session.output.transcription = heard.text_output
+        if self._input is not None and self._output is not None:
+            session.input.audio = self._input
+            # What the caller heard: the agent's words timed against the audio Twilio played (its
+            # marks), so a reply cut short is kept, in the chat and on the call, as far as it was heard.
+            heard = TranscriptSynchronizer(next_in_chain_audio=self._output, next_in_chain_text=None)
+            session.output.audio = heard.audio_output
+            session.output.transcription = heard.text_output
         session.on("conversation_item_added", self._item_added)
         session.on("user_input_transcribed", self._transcribed)
         session.on("close", lambda _ev: self.closed.set())
         self._watch_stt()
-        await session.start(ParleyAgent(self.brain, normalize=self._normalize), record=False)
+        agent = ParleyAgent(self.brain, normalize=self._normalize)
+        if self.room is not None:  # the room's audio (RoomIO), tapped for the recordings; its keypad
+            options = room_io.RoomOptions(participant_identity=self.participant or NOT_GIVEN, close_on_disconnect=False)
+            await session.start(agent, room=self.room, room_options=options, record=False)
+            if session.input.audio is not None:
+                self._input = TappedInput(session.input.audio, self.caller_audio)
+                session.input.audio = self._input
+            if session.output.audio is not None:
+                tapped = TappedOutput(session.output.audio)
+                self.agent_audio = tapped.recorded
+                session.output.audio = tapped
+            self.room.on("sip_dtmf_received", lambda ev: self.dtmf(ev.digit))
+        else:
+            await session.start(agent, record=False)
         self.stack.sessions[self.call_id] = self
         notice = self.config.templates.get("recording_notice")
         if notice and self.call.recording:
@@ -319,7 +388,7 @@ class CallSession:
         store = self.stack.recordings
         if store is None or not self.call.recording:
             return
-        tracks = [("caller", self.caller_audio, self._input_rate()), ("agent", self.agent_audio, self.sample_rate)]
+        tracks = [("caller", self.caller_audio, self._input_rate()), ("agent", self.agent_audio, self._output_rate())]
         for track, pcm, rate in tracks:
             if not pcm:
                 continue
@@ -344,7 +413,12 @@ class CallSession:
                 log.warning("call.recording_failed", call_id=self.call_id, track=track, error=str(e))
 
     def _input_rate(self) -> int:
-        return int(getattr(self._input.source, "sample_rate", self.sample_rate))
+        return int(getattr(self._input, "sample_rate", None) or self.sample_rate)
+
+    def _output_rate(self) -> int:
+        return int(
+            getattr(self.session.output.audio if self.session else None, "recorded_rate", None) or self.sample_rate
+        )
 
     # The keypad -------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """LiveKit's Twirp API (``POST /twirp/livekit.<Service>/<Method>``, protobuf bodies, a Bearer JWT
-signed with the API secret), as far as Parley's SIP calls need: SIP participants and transfers,
-moving participants and sending data. Each request is kept, decoded, with the grants of its token."""
+signed with the API secret), as far as Parley's SIP calls need: agent dispatches, SIP participants
+and transfers, moving participants and sending data. Each request is kept, decoded, with the grants of its token."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from typing import Any
 
 from aiohttp import web
 from livekit import api
+from livekit.protocol import agent_dispatch as dispatch_proto
 from livekit.protocol import room as room_proto
 from livekit.protocol import sip as sip_proto
 
 REQUESTS: dict[str, tuple[type[Any], type[Any]]] = {
+    "AgentDispatchService/CreateDispatch": (dispatch_proto.CreateAgentDispatchRequest, dispatch_proto.AgentDispatch),
     "SIP/CreateSIPParticipant": (sip_proto.CreateSIPParticipantRequest, sip_proto.SIPParticipantInfo),
     "SIP/TransferSIPParticipant": (sip_proto.TransferSIPParticipantRequest, sip_proto.TransferSIPParticipantResponse),
     "RoomService/MoveParticipant": (room_proto.MoveParticipantRequest, room_proto.MoveParticipantResponse),
@@ -97,6 +99,10 @@ class TwirpFake:
                 participant_id="PA_" + message.participant_identity, participant_identity=message.participant_identity,
                 room_name=message.room_name, sip_call_id="SCL_" + message.room_name,
             )  # fmt: skip
+        elif name == "AgentDispatchService/CreateDispatch":
+            response = dispatch_proto.AgentDispatch(
+                id="AD_" + message.room, agent_name=message.agent_name, room=message.room, metadata=message.metadata
+            )
         elif name == "SIP/TransferSIPParticipant":
             response = sip_proto.TransferSIPParticipantResponse(transfer_id="TR_1", status=self.transfer_status)
         return web.Response(body=response.SerializeToString(), content_type="application/protobuf")
