@@ -223,11 +223,14 @@ class LoopThread:
     A ``lazy`` call made while the loop is waiting for answers it was told to expect
     (``expect``) does not wake it at all: the loop takes the queue when the next answer comes in
     (``answered``), in the turn it wakes up for anyway. Under load that spares most wake-ups (a
-    system call and a switch to the loop's thread each).
+    system call and a switch to the loop's thread each). It waits only while ``lazy_from``
+    (default 2) or more answers are expected: with one, the server would sit idle between
+    answering it and receiving the writes held back for it.
     """
 
-    def __init__(self, name: str, *, timeout: float = 60.0) -> None:
+    def __init__(self, name: str, *, timeout: float = 60.0, lazy_from: int = 2) -> None:
         self.timeout = timeout  # a call not settled by then is given up (its work is cancelled)
+        self.lazy_from = lazy_from  # a lazy call waits for an answer only if this many are expected
         self.loop = asyncio.new_event_loop()
         self._queue: deque[Call[Any]] = deque()
         self._woken = False  # the loop will take the queue without being woken again
@@ -258,7 +261,7 @@ class LoopThread:
     def _wait(self, call: Call[T], timeout: float, *, lazy: bool = False) -> T:
         with self._mutex:
             self._queue.append(call)
-            wake = not self._woken and not (lazy and self._expecting)
+            wake = not self._woken and not (lazy and self._expecting >= self.lazy_from)
             self._woken = True
         if wake:
             self.loop.call_soon_threadsafe(self._start)
@@ -575,8 +578,15 @@ class StreamCore:
             self._bursts += 1
             if self.runner is not None:
                 self.runner.expect(len(frames))
-            task = loop.create_task(nc.publish_frames(frames))
-            task.add_done_callback(_log_failure)
+            transport = nc._transport
+            if nc.is_connected and not nc._pending_data_size and transport is not None:
+                # Straight onto the socket, in this turn: nats-py's way (its pending buffer,
+                # then its flusher task) costs two more turns of the loop before the bytes go.
+                # Only when nothing of nats-py's own is waiting to go, so frames keep their order.
+                transport.writelines(frames)
+            else:
+                task = loop.create_task(nc.publish_frames(frames))
+                task.add_done_callback(_log_failure)
 
     def _answered(self, token: str) -> _Pending | None:
         """The write waiting on ``token``, no longer waiting (None if it was not)."""
