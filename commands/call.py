@@ -13,10 +13,14 @@
   records the request before acting, then connects (or fails) through the telephony port: cold
   moves the caller at once, hot and warm first give the human the ``call_summary``.
 - ``end`` records the end with its cost (the line's unit prices), frees the line and the human.
+- ``history`` is the call turn by turn: each thing the caller said (or typed), the config version
+  that governed the answer (pinned to the call) beside the version active at that moment, the
+  tools run and the agent's replies, each with its place in the call's stream.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import uuid
 from collections.abc import Sequence
@@ -26,9 +30,11 @@ from typing import Protocol
 import msgspec
 import structlog
 
+from commands.audit import active_versions
 from commands.config import ConfigCatalog
 from commands.runner import CommandContext, CommandRunner, Outcome
 from domain import call as v
+from domain import config as a
 from domain import escalation as p
 from domain.errors import IllegalStateError, NotFoundError, ValidationError
 from domain.escalation import DECIDER as AGENT_POOL
@@ -100,6 +106,55 @@ class CallSummary(msgspec.Struct, frozen=True, kw_only=True):
     tools_used: list[str]
 
 
+class CallTurnTool(msgspec.Struct, frozen=True, kw_only=True):
+    tool_call_id: str
+    tool: str
+    ok: bool
+    error: str | None = None
+    execution_time_ms: int | None = None
+    seq: int
+
+
+class CallTurnReply(msgspec.Struct, frozen=True, kw_only=True):
+    utterance_id: str
+    text: str | None
+    provider: str | None
+    interrupted: bool
+    e2e_latency_ms: float | None
+    at: datetime
+    seq: int
+    version: int
+
+
+class CallTurn(msgspec.Struct, frozen=True, kw_only=True):
+    """What the caller said (turn 0: what the agent said before, its greeting) and what answered it."""
+
+    turn: int
+    utterance_id: str | None
+    source: str | None  # speech, dtmf
+    text: str | None
+    confidence: float | None
+    at: datetime
+    seq: int | None
+    version: int | None
+    actor: str | None
+    command_id: str | None
+    config_id: str
+    config_version: int  # pinned to the call at its start: the version that governed this turn
+    active_config_version: int | None  # the config's active version at that moment (None: unknown)
+    tools: list[CallTurnTool]
+    replies: list[CallTurnReply]
+
+
+class CallHistory(msgspec.Struct, frozen=True, kw_only=True):
+    call_id: str
+    config_id: str
+    config_version: int
+    status: str
+    version: int
+    turns: list[CallTurn]
+
+
 class CallService:
     def __init__(
         self,
@@ -140,6 +195,28 @@ class CallService:
 
     async def line_state(self, tenant: str) -> v.Line:
         return (await self.runner.repository(VOICE_LINE).load(tenant, v.LINE_ID)).state
+
+    async def history(self, tenant: str, call_id: str) -> CallHistory:
+        """The call turn by turn, each with its config version (see ``call_turns``)."""
+        events = await self.events(tenant, call_id)
+        first = events[0].event if events else None
+        if not isinstance(first, v.CallInitiated):
+            raise NotFoundError(f"call {call_id} not found", call_id=call_id)
+        try:
+            config_stream = StreamId(tenant, a.AGGREGATE_TYPE, first.config_id)
+        except ValidationError:  # a config id no stream can name: no config history to consult
+            config_events = None
+        else:
+            config_events = await self.store.read(config_stream)
+        state, turns = call_turns(events, config_events)
+        return CallHistory(
+            call_id=call_id,
+            config_id=state.config_id,
+            config_version=state.config_version,
+            status=state.status,
+            version=events[-1].version,
+            turns=turns,
+        )
 
     # Starting calls -------------------------------------------------------------------------
 
@@ -439,6 +516,85 @@ class CallService:
         return await self.line(
             tenant, v.ChangeLineSettings(settings=settings, at=now()), f"settings-{uuid.uuid4().hex}", actor
         )
+
+
+def call_turns(
+    events: Sequence[RecordedEvent], config_events: list[RecordedEvent] | None = None
+) -> tuple[v.Call, list[CallTurn]]:
+    """Replay a call's events, noting each caller turn with the config version pinned to the call and
+    the one active when it was recorded (``config_events``: the config's history), then the tools
+    and replies that followed it (pure)."""
+    actives = active_versions(config_events) if config_events else None
+
+    def active_at(moment: datetime) -> int | None:
+        if actives is None:
+            return None
+        index = bisect.bisect_right(actives, moment, key=lambda item: item[0])
+        return actives[index - 1][1] if index else 0
+
+    state = v.initial()
+    turns: list[CallTurn] = []
+    for recorded in events:
+        event = recorded.event
+        state = v.evolve(state, event)
+        match event:
+            case v.CallerSpoke():
+                turns.append(
+                    CallTurn(
+                        turn=len([t for t in turns if t.utterance_id is not None]) + 1,
+                        utterance_id=event.utterance_id,
+                        source=event.source,
+                        text=event.text,
+                        confidence=event.confidence,
+                        at=event.at,
+                        seq=recorded.seq,
+                        version=recorded.version,
+                        actor=recorded.meta.actor,
+                        command_id=recorded.meta.command_id,
+                        config_id=state.config_id,
+                        config_version=state.config_version,
+                        active_config_version=active_at(recorded.recorded_at),
+                        tools=[],
+                        replies=[],
+                    )
+                )
+            case v.AgentSpoke() | v.ToolCallFinished() if not turns:
+                turns.append(  # the agent spoke first (its greeting): turn 0
+                    CallTurn(
+                        turn=0, utterance_id=None, source=None, text=None, confidence=None, at=recorded.recorded_at,
+                        seq=None, version=None, actor=None, command_id=None, config_id=state.config_id,
+                        config_version=state.config_version, active_config_version=active_at(recorded.recorded_at),
+                        tools=[], replies=[],
+                    )
+                )  # fmt: skip
+        if not turns:
+            continue
+        match event:
+            case v.AgentSpoke():
+                turns[-1].replies.append(
+                    CallTurnReply(
+                        utterance_id=event.utterance_id,
+                        text=event.heard_text if event.interrupted and event.heard_text else event.text,
+                        provider=event.provider,
+                        interrupted=event.interrupted,
+                        e2e_latency_ms=event.e2e_latency_ms,
+                        at=event.at,
+                        seq=recorded.seq,
+                        version=recorded.version,
+                    )
+                )
+            case v.ToolCallFinished():
+                turns[-1].tools.append(
+                    CallTurnTool(
+                        tool_call_id=event.tool_call_id,
+                        tool=event.tool,
+                        ok=event.error is None,
+                        error=event.error,
+                        execution_time_ms=event.execution_time_ms,
+                        seq=recorded.seq,
+                    )
+                )
+    return state, turns
 
 
 def summarize(events: Sequence[RecordedEvent]) -> CallSummary:

@@ -290,3 +290,14 @@ async def test_a_twilio_call_runs_over_the_media_stream_with_its_live_transcript
         assert speakers == {"user", "agent"} and view["analytics"]["total_latency_p95_ms"] is not None
         recording = await http.get(view["recording_url"])
         assert recording.status_code == 200 and recording.content[:4] == b"RIFF"
+        # Its history: turn by turn, each with the config version that governed it.
+        history = (await http.get(f"{BASE}/calls/{call_id}/history")).json()
+        assert history["config_id"] == "voice-bot" and history["config_version"] == 1
+        turns = history["turns"]
+        assert [t["turn"] for t in turns] == [0, 1, 2] and turns[0]["replies"], "the greeting, then the caller"
+        assert {(t["config_version"], t["active_config_version"]) for t in turns} == {(1, 1)}
+        assert turns[2]["source"] == "dtmf" and turns[2]["text"] == "ORD-78945"
+        assert [tool["tool"] for tool in turns[2]["tools"]] == ["fetch_order_status"] and turns[2]["tools"][0]["ok"]
+        assert "ORD-78945" in turns[2]["replies"][0]["text"]
+        # A customer reaches only their own call's history.
+        assert (await http.get(f"{BASE}/calls/{call_id}/history", headers=CUSTOMER)).status_code == 404

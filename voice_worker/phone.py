@@ -6,7 +6,9 @@ speaks each argument with espeak-ng (``wav:FILE`` plays a file, ``dtmf:78945#`` 
 ``!words`` talks over the agent). An identifier such as ``ORD-78945`` is typed on the keypad
 (``78945#``), as IVR callers do: the agent reads the digits as the identifier it just asked for.
 The live transcript is printed as it happens (the transcript websocket) and the agent's audio is
-saved to a WAV file.
+saved to a WAV file. Once the call is over, it prints what the platform shows of it: the call's
+status and stored transcript, its recordings (fetched), the voice analytics with the call counted,
+and its history turn by turn with the config version of each.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -64,6 +67,8 @@ async def call(api: str, token: str, items: list[str], out: Path, tenant: str, n
     parameters = dict(re.findall(r'<Parameter name="([^"]+)" value="([^"]*)"', answered.text))
     call_id = call_id_for(tenant, call_sid)
     print(f"call {call_id} ({number} -> {tenant})")
+    async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
+        before = await _analytics_before(http, api)
     ws_api = api.replace("http", "ws", 1)
     greeted = asyncio.Event()
     async with websockets.connect(stream_url, max_size=None) as media:
@@ -91,17 +96,80 @@ async def call(api: str, token: str, items: list[str], out: Path, tenant: str, n
     latencies = ", ".join(f"{s * 1000:.0f} ms" for s in record.turn_latencies)
     print(f"agent audio: {out} ({len(record.agent_audio) / 16000:.1f} s); turn latencies: {latencies or '-'}")
     async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
-        for _ in range(50):
-            status = (await http.get(f"{api}/api/v1/voice/calls/{call_id}")).json()
-            if status.get("status") == "ended":
-                break
-            await asyncio.sleep(0.2)
-    print(
-        f"status: {status.get('status')}, tools: {[t['tool'] for t in status.get('tools_executed', [])]}, "
-        f"transfer: {(status.get('transfer') or {}).get('agent_name') or '-'}, "
-        f"recording: {status.get('recording_url') or '-'}"
-    )
+        await report(http, api, call_id, before)
     return 0
+
+
+async def report(http: httpx.AsyncClient, api: str, call_id: str, before: tuple[float, float] | None) -> None:
+    """What the platform now shows of the call: its status and transcript, its recordings (fetched),
+    the voice analytics with it counted, and its history turn by turn with the config versions."""
+    base = f"{api}/api/v1/voice"
+    status: dict[str, Any] = {}
+    for _ in range(100):  # the read model catches up with the call's end and its recordings
+        status = (await http.get(f"{base}/calls/{call_id}")).json()
+        if status.get("status") == "ended" and status.get("recordings"):
+            break
+        await asyncio.sleep(0.2)
+    transfer = status.get("transfer") or {}
+    print(f"\n== status (GET /api/v1/voice/calls/{call_id})")
+    print(f"status: {status.get('status')}, resolution: {status.get('resolution_status')}, "
+          f"duration: {status.get('duration_seconds')} s, config: {status.get('config_id')} "
+          f"v{status.get('config_version')}, sentiment: {status.get('sentiment_score')}")  # fmt: skip
+    print(f"tools executed: {', '.join(t['tool'] for t in status.get('tools_executed', [])) or '-'}")
+    print(f"transfer: {transfer.get('status', '-')} to {transfer.get('agent_name') or transfer.get('agent_id') or '-'}"
+          f" ({transfer.get('transfer_type', '-')}, {transfer.get('reason') or '-'})")  # fmt: skip
+    print("transcript:")
+    for line in status.get("transcript", []):
+        confidence = f"  [{line['confidence']}]" if line.get("confidence") is not None else ""
+        source = f" ({line['source']})" if line.get("source") else ""
+        print(f"  {line['speaker']}{source}: {line.get('text')}{confidence}")
+    print("recordings:")
+    for recording in status.get("recordings", []):
+        fetched = await http.get(f"{api}{recording['url']}")
+        kind = fetched.headers.get("content-type", "?")
+        print(f"  {recording['track']}: {api}{recording['url']}  ({recording['duration_seconds']} s; "
+              f"GET {fetched.status_code} {kind}, {len(fetched.content):,} bytes)")  # fmt: skip
+    analytics: dict[str, Any] = {}
+    for _ in range(100):  # the analytics projection counts the call, and its end (duration, cost)
+        analytics = (await http.get(f"{base}/analytics")).json()
+        if before is None or all(now > then for now, then in zip(_analytics_figures(analytics), before, strict=True)):
+            break
+        await asyncio.sleep(0.2)
+    latency = (analytics.get("performance_metrics") or {}).get("latency_ms") or {}
+    stages = ", ".join(f"{stage} {v.get('p50')}/{v.get('p95')}" for stage, v in latency.items())
+    breakdown = analytics.get("call_breakdown") or {}
+    cost = analytics.get("cost_analysis") or {}
+    reasons = ", ".join(f"{r['reason']} ({r['count']})" for r in analytics.get("top_escalation_reasons", []))
+    print("\n== voice analytics (GET /api/v1/voice/analytics)")
+    print(f"calls: {analytics.get('total_calls')} ({breakdown.get('inbound')} in, {breakdown.get('outbound')} out), "
+          f"avg duration {analytics.get('avg_call_duration_seconds')} s, "
+          f"completion {analytics.get('completion_rate')}, "
+          f"transfer {analytics.get('transfer_rate')}, resolution {analytics.get('resolution_rate')}")  # fmt: skip
+    print(f"latency p50/p95 ms: {stages or '-'}")
+    print(f"cost: {cost.get('total_cost')} total, {cost.get('cost_per_call')} per call {cost.get('breakdown')}; "
+          f"escalation reasons: {reasons or '-'}")  # fmt: skip
+    history = (await http.get(f"{base}/calls/{call_id}/history")).json()
+    print(f"\n== history (GET /api/v1/voice/calls/{call_id}/history)")
+    for turn in history.get("turns", []):
+        said = f"caller ({turn['source']}): {turn['text']}" if turn.get("utterance_id") else "(the agent first)"
+        print(f"  turn {turn['turn']} [{turn['config_id']} v{turn['config_version']}, "
+              f"active v{turn.get('active_config_version')}] {said}")  # fmt: skip
+        for tool in turn.get("tools", []):
+            print(f"      tool {tool['tool']}: {'ok' if tool['ok'] else tool.get('error')}")
+        for reply in turn.get("replies", []):
+            print(f"      agent: {reply['text']}")
+
+
+async def _analytics_before(http: httpx.AsyncClient, api: str) -> tuple[float, float] | None:
+    with contextlib.suppress(Exception):
+        return _analytics_figures((await http.get(f"{api}/api/v1/voice/analytics")).json())
+    return None
+
+
+def _analytics_figures(analytics: dict[str, Any]) -> tuple[float, float]:
+    """Calls counted, and their cost (counted when a call ends): both grow once a call is in whole."""
+    cost = (analytics.get("cost_analysis") or {}).get("total_cost") or 0
+    return float(analytics.get("total_calls") or 0), float(cost)
 
 
 async def print_transcript(url: str, token: str) -> None:

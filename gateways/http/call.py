@@ -36,13 +36,23 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from agents.config import ConfigProvider
 from agents.tools import ToolRegistry
-from commands.call import CallService, summarize
+from commands.call import CallHistory, CallService, summarize
 from commands.config import ConfigCatalog
 from commands.runner import CommandRunner
 from domain import call as v
 from domain.errors import NotFoundError, ValidationError
 from gateways.http.auth import Identity, requires
-from gateways.http.common import STAFF, actor, is_customer, iso, position_header, require_own, sees_pii, shown_pii
+from gateways.http.common import (
+    STAFF,
+    actor,
+    is_customer,
+    iso,
+    position_header,
+    require_own,
+    sees_pii,
+    shown_pii,
+    shown_text,
+)
 from gateways.http.limits import Limits
 from gateways.http.positions import Positions
 from gateways.telephony.recordings import RecordingStore
@@ -228,6 +238,27 @@ class CallController(Controller):
             for line in body["transcript"]:
                 line["text"] = shown_pii(identity, {"t": line.get("text") or ""}, None)["t"]
         return body
+
+    @get("/calls/{call_id:str}/history", opt=READERS, summary="A call turn by turn, with its config versions")
+    async def history(
+        self, request: Request[Identity, Any, Any], call_id: FromPath[str], voice: NamedDependency[VoiceDesk]
+    ) -> CallHistory:
+        """Each thing the caller said or typed, the config version that governed the answer (pinned to
+        the call) beside the version active then, the tools run and the agent's replies."""
+        identity = request.user
+        state = await _own_call(voice, identity, call_id)
+        found = await voice.service.history(identity.tenant, call_id)
+        if sees_pii(identity, state.user_id):
+            return found
+        masked = [
+            msgspec.structs.replace(
+                turn,
+                text=shown_text(identity, turn.text, None),
+                replies=[msgspec.structs.replace(r, text=shown_text(identity, r.text, None)) for r in turn.replies],
+            )
+            for turn in found.turns
+        ]
+        return msgspec.structs.replace(found, turns=masked)
 
     @post("/calls/{call_id:str}/transfer", opt=CALLERS, status_code=200, summary="Transfer to a human agent")
     async def transfer(
