@@ -9,7 +9,8 @@
 2. **What was derived from it.** The customer's conversations (``find``: from the read models;
    one not projected yet will be projected from blank events) each get ``EraseConversation``:
    its projector folds it again from its stream and rewrites its rows, the agent runtime drops
-   its LangGraph checkpoints, its state forgets the personal data it collected.
+   its LangGraph checkpoints, its state forgets the personal data it collected. Their calls get
+   ``EraseCall``: the calls' rows lose the phone number and the words.
 3. **The stores outside the stream** (``scrubbers``, given by the composition root: the tools'
    tables, the agent's checkpoints, Redis's remembered responses): each removes what it holds of
    the customer's conversations.
@@ -29,6 +30,7 @@ import msgspec
 import structlog
 
 from commands.runner import CommandContext, CommandRunner
+from domain import call as v
 from domain import conversation as c
 from domain import customer as u
 from domain.errors import ValidationError
@@ -101,6 +103,9 @@ class CustomerErasure:
         for conversation_id in found.conversations:
             ctx = CommandContext(tenant=tenant, actor=actor)
             await self.runner.handle(c.DECIDER, conversation_id, c.EraseConversation(at=at), ctx)
+        for call_id in found.calls:
+            ctx = CommandContext(tenant=tenant, actor=actor, command_id=f"erase-{call_id}-{at.isoformat()}")
+            await self.runner.handle(v.DECIDER, call_id, v.EraseCall(at=at), ctx)
         for scrub in self.scrubbers:
             await scrub(tenant, customer_id, found)
         command = u.EraseCustomer(

@@ -338,6 +338,15 @@ class CallAttemptRefused(Event, frozen=True, kw_only=True):
     time_field = "at"
 
 
+class CallErased(Event, frozen=True, kw_only=True):
+    """The caller was erased (``domain.customer``): their key is destroyed, what it sealed reads blank."""
+
+    user_id: str
+    erased_at: datetime
+
+    time_field = "erased_at"
+
+
 CallEvent = (
     CallInitiated
     | CallRinging
@@ -356,6 +365,7 @@ CallEvent = (
     | SpeechProviderInterrupted
     | CallEnded
     | CallAttemptRefused
+    | CallErased
 )
 
 
@@ -513,6 +523,12 @@ class EndCall(Command, frozen=True, kw_only=True):
     at: datetime
 
 
+class EraseCall(Command, frozen=True, kw_only=True):
+    """The caller was erased: their call forgets them (in any state)."""
+
+    at: datetime
+
+
 # Call state -----------------------------------------------------------------------------------
 
 RECENT = 256
@@ -594,6 +610,10 @@ def decide(command: Command, state: Call) -> list[Event]:
                     at=command.at,
                 )
             ]
+        case EraseCall():
+            if not (state.started or state.refused):
+                raise NotFoundError(f"call {state.call_id} not found")
+            return [CallErased(user_id=state.user_id, erased_at=command.at)]
         case StoreRecording():
             # A recording may land after the call ended (its audio is written on hang-up).
             _require_started(state)

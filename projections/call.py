@@ -2,6 +2,10 @@
 
 A statement per event, each safe to apply twice: the call's row moves only forward (its
 ``version``), a turn or a recording is keyed by the event's place in the call's stream.
+
+``CallErased`` (the caller was erased, their key destroyed) blanks what the caller's key sealed:
+the phone number and the turns' words, as a rebuild from the stream would show them (it changes
+nothing else, not the row's version: a rebuild skips it).
 """
 
 from __future__ import annotations
@@ -74,6 +78,11 @@ RECORDING = """
     ON CONFLICT DO NOTHING
 """
 
+ERASED = [
+    "UPDATE {s}.calls SET phone_number = NULL WHERE tenant = %(tenant)s AND call_id = %(call_id)s",
+    "UPDATE {s}.call_turns SET text = NULL WHERE tenant = %(tenant)s AND call_id = %(call_id)s",
+]
+
 _TURN_DEFAULTS = {"confidence": None, "tool": None, "source": None, "e2e": None, "llm": None, "tts": None,
                   "stt": None, "interrupted": False, "text": None}  # fmt: skip
 
@@ -137,6 +146,8 @@ class CallsProjector(Projector):
                 statements = [RECORDING]
                 params |= {"recording_id": e.recording_id, "track": e.track, "uri": e.uri,
                            "duration": e.duration_seconds, "at": e.at}  # fmt: skip
+            case v.CallErased():
+                statements = ERASED
             case v.CallEnded() as e:
                 statements = [ENDED, ANALYTICS]
                 params |= {

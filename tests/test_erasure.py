@@ -416,3 +416,63 @@ def _pending(event: Any) -> Any:
     from streams.codec import Pending
 
     return Pending("acme.conversation.c1", 1, event)
+
+
+# Calls ----------------------------------------------------------------------------------------
+
+
+async def test_an_erased_callers_call_rows_lose_their_phone_and_words_as_a_rebuild_shows_them(
+    open_test_store: Any, pg_url: str
+) -> None:
+    from commands.customer import CustomerErasure, CustomerStreams
+    from commands.runner import CommandRunner
+    from domain import call as v
+    from domain import customer as u
+    from projections import registry
+    from projections.call import CallsProjector
+
+    store = open_test_store.store
+    stream = StreamId("acme", v.AGGREGATE_TYPE, "call-1")
+    initiated = v.CallInitiated(
+        call_id="call-1", config_id="voice-bot", config_version=1, direction="inbound", transport="local",
+        user_id="cust-7", phone_number=PHONE, initiated_at=T0,
+    )  # fmt: skip
+    spoke = v.CallerSpoke(utterance_id="u1", user_id="cust-7", text=f"It was left by {WORDS}", at=T0)
+    await store.append(stream, [initiated], expected_version=0)
+    await store.append(stream, [v.CallConnected(connected_at=T0), spoke], expected_version=1)
+    database = fresh_database(pg_url)
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(database, open=False, kwargs={"autocommit": True})
+    await pool.open()
+
+    async def project() -> None:
+        runner = registry.runner(CallsProjector(), store, pool, idle_wait=0.2)
+        await registry.migrate(pool, [runner.projector])  # type: ignore[list-item]
+        try:
+            await runner.catch_up()
+        finally:
+            await runner.close()
+
+    async def call_rows() -> list[Any]:
+        async with pool.connection() as conn:
+            calls = await (await conn.execute("SELECT * FROM rm_calls.calls ORDER BY call_id")).fetchall()
+            turns = await (await conn.execute("SELECT * FROM rm_calls.call_turns ORDER BY call_id, version")).fetchall()
+        return [calls, turns]
+
+    try:
+        await project()
+        assert PHONE in str(await call_rows()) and WORDS in str(await call_rows())
+
+        async def found(tenant: str, customer: str) -> CustomerStreams:
+            return CustomerStreams(calls=["call-1"])
+
+        runner = CommandRunner.for_aggregates(store, [v.DECIDER, u.DECIDER])
+        erasure = CustomerErasure(runner, open_test_store.keys, store, found)
+        erased = await erasure.erase("acme", "cust-7", actor="test")
+        assert erased.calls == ["call-1"]
+        await project()
+        live = await call_rows()
+        assert live[0] and live[1] and PHONE not in str(live) and WORDS not in str(live)
+        await rebuild(CallsProjector(), store, pool, page=50)
+        assert await call_rows() == live
+    finally:
+        await pool.close()
