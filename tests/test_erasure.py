@@ -476,3 +476,21 @@ async def test_an_erased_callers_call_rows_lose_their_phone_and_words_as_a_rebui
         assert await call_rows() == live
     finally:
         await pool.close()
+
+
+async def test_the_customer_routes_are_in_the_schema_with_their_errors_and_a_customer_exports_only_themself(
+    stack: Stack,
+) -> None:
+    client = stack.client
+    schema = (await client.get("/schema/openapi.json")).json()
+    erase = schema["paths"]["/api/v1/customers/{customer_id}/erase"]["post"]
+    export_ = schema["paths"]["/api/v1/customers/{customer_id}/export"]["get"]
+    for route in (erase, export_):
+        assert {"200", "400", "401", "403", "404", "503"} <= set(route["responses"])
+    assert "ErasureView" in str(erase["responses"]["200"]) and "CustomerExport" in str(export_["responses"]["200"])
+
+    mine = await client.get(f"/api/v1/customers/{CUSTOMER}/export", headers=ERIN)
+    assert mine.status_code == 200 and mine.json()["customer_id"] == CUSTOMER
+    theirs = await client.get("/api/v1/customers/someone-else/export", headers=ERIN)
+    assert theirs.status_code == 404
+    assert (await client.get(f"/api/v1/customers/{CUSTOMER}/export", headers=SARAH)).status_code == 403
