@@ -21,6 +21,10 @@ from 8 threads (``app_threads``): each thread registers its aggregates and keeps
 * **save**: the thread holds its aggregates, changes one and saves it (``app.save``: the
   library's optimistic concurrency on the aggregate's version, one event a save);
 * **get, change, save**: the same, reading the aggregate back from the repository first.
+
+The Application sides take turns (``app_rounds`` rounds, the order reversed each round) and
+each measured run starts after an ``os.sync()``, so no side pays for what another left in the
+page cache, nor gains from the moment it ran at on a shared machine.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import os
 import shutil
 import threading
 import time
@@ -36,7 +41,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from eventsourcing.application import Application
@@ -113,8 +118,17 @@ class Sizes:
     load_events: int = 10_000
     load_repeats: int = 5
     app_threads: int = 8  # an unmodified Application saved from a thread pool
-    app_saves: int = 12_000  # per workload, across the threads
+    app_saves: int = 12_000  # per workload and side, across the threads and rounds
     app_aggregates: int = 1_200  # registered first (those saves count), then changed in turn
+    app_rounds: int = 3  # the sides take turns, a round each
+
+    @property
+    def app_round_saves(self) -> int:
+        return self.app_saves // self.app_rounds
+
+    @property
+    def app_round_aggregates(self) -> int:
+        return self.app_aggregates // self.app_rounds
 
 
 # Parley's store --------------------------------------------------------------------------
@@ -263,10 +277,10 @@ def run_es(factory: InfrastructureFactory[Any], s: Sizes) -> dict[str, Any]:
         if use_snapshot:
             found = snapshots.select_events(big, desc=True, limit=1)
             if found:
-                snap = mapper.to_domain_event(found[0])
+                snap = cast(EsSnapshot, mapper.to_domain_event(found[0]))
                 state, after = Counter(snap.total, snap.count), snap.originator_version
         for stored in recorder.select_events(big, gt=after):
-            event = mapper.to_domain_event(stored)
+            event = cast(EsIncremented, mapper.to_domain_event(stored))
             state = Counter(state.total + event.amount, state.count + 1)
         return state
 
@@ -345,36 +359,70 @@ def app_worker(app: Tallies, workload: str, t: int, *, saves: int, aggregates: i
             app.get_and_add(mine[n % aggregates].id)
 
 
-def run_es_app(env: dict[str, str], s: Sizes) -> dict[str, Any]:
-    """Saves/s of an unmodified Application from ``app_threads`` threads, both workloads.
+def run_es_app_once(env: dict[str, str], workload: str, s: Sizes) -> float:
+    """One measured run of a workload on a fresh application: its seconds for ``app_round_saves`` saves.
 
-    Each workload runs on an application of its own name (so its own PostgreSQL tables; the
-    JetStream side gets a fresh stream too), from empty.
+    The application gets a name of its own (so its own PostgreSQL tables; the JetStream side gets
+    a fresh stream too) and starts empty.
     """
-    out: dict[str, Any] = {}
-    for workload in ("save", "get_change_save"):
-        cls = type(f"Tallies_{workload}_{uuid.uuid4().hex[:6]}", (Tallies,), {})
-        app_env = dict(env)
-        if "JETSTREAM_STREAM" in app_env:
-            app_env["JETSTREAM_STREAM"] = "ESAPP_" + uuid.uuid4().hex[:8].upper()
-        app = cls(env=app_env)
-        try:
-            per_thread = s.app_saves // s.app_threads
-            worker = functools.partial(
-                app_worker, app, workload, saves=per_thread, aggregates=s.app_aggregates // s.app_threads
-            )
-
+    cls = type(f"Tallies_{workload}_{uuid.uuid4().hex[:6]}", (Tallies,), {})
+    app_env = dict(env)
+    if "JETSTREAM_STREAM" in app_env:
+        app_env["JETSTREAM_STREAM"] = "ESAPP_" + uuid.uuid4().hex[:8].upper()
+    app = cls(env=app_env)
+    try:
+        per_thread = s.app_round_saves // s.app_threads
+        worker = functools.partial(
+            app_worker, app, workload, saves=per_thread, aggregates=s.app_round_aggregates // s.app_threads
+        )
+        with ThreadPoolExecutor(s.app_threads) as pool:
+            settle()
             started = time.perf_counter()
-            with ThreadPoolExecutor(s.app_threads) as pool:
-                list(pool.map(worker, range(s.app_threads)))
-            out[f"app_{workload}_per_s"] = per_thread * s.app_threads / (time.perf_counter() - started)
-            events = app.recorder.max_notification_id()
-            assert events is not None and events >= per_thread * s.app_threads
-        finally:
-            if hasattr(app.factory, "delete_streams"):
-                app.factory.delete_streams()
-            app.close()
+            list(pool.map(worker, range(s.app_threads)))
+            elapsed = time.perf_counter() - started
+        events = app.recorder.max_notification_id()
+        assert events is not None and events >= per_thread * s.app_threads
+    finally:
+        if hasattr(app.factory, "delete_streams"):
+            app.factory.delete_streams()
+        app.close()
+    return elapsed
+
+
+def run_es_apps(sides: dict[str, dict[str, str]], s: Sizes) -> dict[str, dict[str, Any]]:
+    """Saves/s of an unmodified Application from ``app_threads`` threads on each side, both workloads.
+
+    The sides take turns: ``app_rounds`` rounds, each running every side once per workload, in
+    the opposite order to the round before (A B C, C B A, ...), so a side is not favoured by
+    when it runs on a machine whose load changes. A side's figure is all its saves over all its
+    measured time; the rounds' own figures are kept beside it.
+    """
+    spent: dict[str, dict[str, list[float]]] = {name: {"save": [], "get_change_save": []} for name in sides}
+    order = list(sides)
+    for round_ in range(s.app_rounds):
+        for name in order if round_ % 2 == 0 else order[::-1]:
+            for workload in ("save", "get_change_save"):
+                print(f"  round {round_ + 1}/{s.app_rounds}: {name}, {workload} ...", flush=True)
+                spent[name][workload].append(run_es_app_once(sides[name], workload, s))
+    saves = s.app_round_saves // s.app_threads * s.app_threads
+    out: dict[str, dict[str, Any]] = {}
+    for name, workloads in spent.items():
+        row: dict[str, Any] = {}
+        for workload, seconds in workloads.items():
+            row[f"app_{workload}_per_s"] = saves * len(seconds) / sum(seconds)
+            row[f"app_{workload}_rounds_per_s"] = [saves / t for t in seconds]
+        out[name] = row
     return out
+
+
+def settle() -> None:
+    """Write out what earlier runs left in the page cache, so a run's fsyncs are its own.
+
+    On ext4 (data=ordered) an fsync commits the journal, which first writes out the dirty
+    data of every file: a run right after a server that does not fsync (JetStream's default
+    sync) would otherwise pay for that server's writes.
+    """
+    os.sync()
 
 
 def postgres_env(pg: Postgres, s: Sizes) -> dict[str, str]:
@@ -437,6 +485,7 @@ def main() -> None:
             load_repeats=2,
             app_saves=2400,
             app_aggregates=240,
+            app_rounds=2,
         )
 
     results: dict[str, dict[str, Any]] = {}
@@ -461,28 +510,36 @@ def main() -> None:
                 if args.app_only:
                     break
                 print(f"parley store, sync {label} ...", flush=True)
+                settle()
                 results[f"parley (jetstream, sync {label})"] = asyncio.run(
                     run_parley(server.url, root / f"data-{label}", s)
                 )
                 print(f"eventsourcing recorders on jetstream, sync {label} ...", flush=True)
-                results[f"es/jetstream (sync {label})"] = with_factory(lambda url=server.url: jetstream_factory(url), s)
+                settle()
+                make = functools.partial(jetstream_factory, server.url)
+                results[f"es/jetstream (sync {label})"] = with_factory(make, s)
             if not args.app_only:
                 print("eventsourcing postgres module ...", flush=True)
+                settle()
                 results[PG] = with_factory(lambda: postgres_factory(pg, s), s)
-            # The Application rows side by side: PostgreSQL between the two JetStream runs.
-            print(f"eventsourcing Application from {s.app_threads} threads: jetstream, sync always ...", flush=True)
-            apps[APP_JS] = run_es_app(jetstream_env(always.url), s)
-            print(f"eventsourcing Application from {s.app_threads} threads: postgres ...", flush=True)
-            apps[APP_PG] = run_es_app(postgres_env(pg, s), s)
-            print(f"eventsourcing Application from {s.app_threads} threads: jetstream, default sync ...", flush=True)
-            apps["es/jetstream (sync default)"] = run_es_app(jetstream_env(default.url), s)
+            # The Application rows side by side, the sides taking turns.
+            print(f"eventsourcing Application from {s.app_threads} threads, {s.app_rounds} rounds ...", flush=True)
+            apps = run_es_apps(
+                {
+                    APP_JS: jetstream_env(always.url),
+                    APP_PG: postgres_env(pg, s),
+                    APP_JS_DEFAULT: jetstream_env(default.url),
+                },
+                s,
+            )
         finally:
             for srv in servers:
                 srv.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    summary: dict[str, Any] = {"sizes": s.__dict__, "results": results}
+    sizes = dict(s.__dict__, app_round_saves=s.app_round_saves, app_round_aggregates=s.app_round_aggregates)
+    summary: dict[str, Any] = {"sizes": sizes, "results": results}
     if results:
         summary.update(print_store_table(results, s))
     summary.update(print_app_table(apps, s))
@@ -493,6 +550,7 @@ def main() -> None:
 PG = "es/postgres (fsync, synchronous_commit=on)"
 APP_JS = "es/jetstream (sync always)"
 APP_PG = "es/postgres (fsync, synchronous_commit=on)"
+APP_JS_DEFAULT = "es/jetstream (sync default)"
 
 
 def print_store_table(results: dict[str, dict[str, Any]], s: Sizes) -> dict[str, Any]:
@@ -551,7 +609,10 @@ def print_app_table(apps: dict[str, dict[str, Any]], s: Sizes) -> dict[str, Any]
             ]
         )
     print()
-    print(f"eventsourcing Application, {s.app_threads} threads ({s.app_saves:,} saves a workload)")
+    print(
+        f"eventsourcing Application, {s.app_threads} threads "
+        f"({s.app_saves:,} saves a workload and side, in {s.app_rounds} rounds taking turns)"
+    )
     print(table(["store", "saves/s", "x postgres", "get+change+save/s", "x postgres"], rows))
     ratio = apps[APP_JS]["app_save_ratio_vs_postgres"]
     commands = apps[APP_JS]["app_get_change_save_ratio_vs_postgres"]
