@@ -1,4 +1,5 @@
-"""The Parley processes on one machine: the API (with its projectors) as a detached service.
+"""The Parley processes on one machine: the API (with its projectors) as a detached service, and
+the LiveKit voice worker (``python -m voice_worker``) when ``LIVEKIT_URL`` is set.
 
 ``python -m infra.platform start|stop|status|token``; ``./parley up`` runs ``start`` after the
 backing services are up, and prints a development token.
@@ -10,6 +11,7 @@ import argparse
 import os
 import secrets
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -90,6 +92,40 @@ class ApiServer(_Service):
         self._wait(healthy, timeout, f"{self.url}/health")
 
 
+class VoiceWorker(_Service):
+    """The LiveKit Agents worker, registered with the LiveKit server at ``LIVEKIT_URL``."""
+
+    name = "voice-worker"
+    process_name = "voice_worker"
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(
+            root / "run",
+            detached=True,
+            log_file=root / "logs" / "voice-worker.log",
+            pid_file=root / "run" / "voice-worker.pid",
+        )
+        self.root = root
+
+    @staticmethod
+    def wanted(root: Path) -> bool:
+        return bool(service_env(root).get("LIVEKIT_URL"))
+
+    def start(self, settle: float = 3.0) -> None:
+        """Spawn it (once); it is up when it has not exited ``settle`` seconds later."""
+        if self.is_running():
+            return
+        env = service_env(self.root)
+        os.environ.update({k: v for k, v in env.items() if k.startswith(("PARLEY_", "NATS_", "DATABASE_", "LIVEKIT_"))})
+        self._spawn([sys.executable, "-m", "voice_worker"], cwd=REPO_ROOT)
+        began = time.monotonic()
+        try:
+            self._wait(lambda: time.monotonic() - began >= settle, settle + 10, "its start")
+        except Exception:
+            self._abort()
+            raise
+
+
 def dev_token(root: Path) -> str:
     from infra.tokens import make_token
 
@@ -109,17 +145,30 @@ def main(argv: list[str] | None = None) -> int:
         except ServiceError as e:
             print(f"api: {e}", file=sys.stderr)
             return 1
+        worker = VoiceWorker(root)
+        if VoiceWorker.wanted(root):
+            try:
+                worker.start()
+            except ServiceError as e:
+                print(f"voice-worker: {e}", file=sys.stderr)
+                return 1
+            livekit = os.environ.get("LIVEKIT_URL")
+            print(f"voice     LiveKit worker 'parley' for {livekit}   (log: {worker.log_file})")
         token = dev_token(root)
         print(f"api       {url}   (OpenAPI: {url}/schema, health: {url}/health, log: {api.log_file})")
         print(f"console   {url}/console   (development sign-in per role)")
         print(f"\ndev token (tenant 'demo'): {token}")
         print(f'try: curl -s -H "Authorization: Bearer $(./parley token)" {url}/health')
     elif args.command == "stop":
+        VoiceWorker(root).stop()
         api.stop()
         print("api       stopped")
     elif args.command == "status":
         state = f"running (pid {api.pid})" if api.is_running() else "stopped"
         print(f"api       {api.url}   {state}")
+        worker = VoiceWorker(root)
+        if worker.is_running() or VoiceWorker.wanted(root):
+            print(f"voice     {f'running (pid {worker.pid})' if worker.is_running() else 'stopped'}")
     else:
         print(dev_token(root))
     return 0

@@ -216,3 +216,37 @@ async def test_the_worker_registers_with_the_livekit_server_and_accepts_a_calls_
     assert availability.job_id == "AJ_1" and availability.available
     assert availability.participant_attributes["lk.agent.name"] == "parley"
     assert serving.done() and serving.exception() is None
+
+
+async def test_up_starts_the_worker_as_its_own_process_when_livekit_is_configured(
+    endpoint: AgentEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infra.platform import VoiceWorker
+
+    for name, value in {
+        "LIVEKIT_URL": endpoint.url,
+        "LIVEKIT_API_KEY": endpoint.api_key,
+        "LIVEKIT_API_SECRET": endpoint.api_secret,
+        "PARLEY_VOICE_IDLE_PROCESSES": "0",
+        "PARLEY_VOICE_LOAD_THRESHOLD": "inf",
+        # What the platform's environment adds (set here so that the test leaves none of it behind).
+        "PARLEY_DATA": str(tmp_path),
+        "PARLEY_JWT_SECRET": "test-secret",
+        "PARLEY_LOG_JSON": "1",
+        "PARLEY_DEV_SIGNIN": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    room = models_proto.Room(sid="RM_2", name="call-c-2")
+    endpoint.job = agent_proto.Job(id="AJ_2", type=agent_proto.JobType.JT_ROOM, room=room, agent_name=AGENT_NAME)
+    assert VoiceWorker.wanted(tmp_path)
+    worker = VoiceWorker(tmp_path)
+    try:
+        await asyncio.to_thread(worker.start, 1.0)
+        assert worker.is_running()
+        await asyncio.wait_for(endpoint.answered.wait(), 60)
+    finally:
+        await asyncio.to_thread(worker.stop, 30)
+    assert not worker.is_running()
+    register = endpoint.messages[0].register
+    assert register.agent_name == "parley", "the process registered as the agent 'parley'"
+    assert any(m.availability.job_id == "AJ_2" and m.availability.available for m in endpoint.messages)

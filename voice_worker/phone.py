@@ -51,8 +51,13 @@ def signature(token: str, url: str, params: dict[str, str]) -> str:
     return base64.b64encode(hmac.new(token.encode(), payload.encode(), hashlib.sha1).digest()).decode()
 
 
-async def call(api: str, token: str, items: list[str], out: Path, tenant: str, number: str, speed: float) -> int:
+async def call(
+    api: str, token: str, items: list[str], out: Path, tenant: str, number: str, speed: float, agent: str | None = None
+) -> int:
     call_sid = "CA" + uuid.uuid4().hex
+    if agent:
+        async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
+            await register_agent(http, api, agent)
     form = {"CallSid": call_sid, "From": number, "To": "+15550000000", "AccountSid": "AC" + "0" * 32}
     url = f"{api}/api/v1/voice/twilio/inbound"
     headers = {"X-Tenant-Slug": tenant}
@@ -98,6 +103,19 @@ async def call(api: str, token: str, items: list[str], out: Path, tenant: str, n
     async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
         await report(http, api, call_id, before)
     return 0
+
+
+async def register_agent(http: httpx.AsyncClient, api: str, name: str) -> None:
+    """A human agent in the tenant's pool, available, to take a transfer (already there: made available)."""
+    agent_id = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "agent"
+    made = await http.post(f"{api}/api/v1/orchestration/agents",
+                           json={"name": name, "agent_id": agent_id, "role": "Support"})  # fmt: skip
+    online = await http.post(f"{api}/api/v1/orchestration/agents/{agent_id}/availability", json={"available": True})
+    if online.status_code != 200:
+        print(f"could not register agent {name}: {made.status_code} {made.text[:200]}; {online.text[:200]}",
+              file=sys.stderr)  # fmt: skip
+    else:
+        print(f"human agent {name} ({agent_id}) is available for transfers")
 
 
 async def report(http: httpx.AsyncClient, api: str, call_id: str, before: tuple[float, float] | None) -> None:
@@ -203,6 +221,7 @@ def main() -> int:
     parser.add_argument("--from", dest="number", default="+15551234567")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("PARLEY_DATA", ".data")) / "call-agent.wav")
     parser.add_argument("--speed", type=float, default=1.0)
+    parser.add_argument("--agent", help="register this human agent (available) before the call, to take a transfer")
     args = parser.parse_args()
     token = args.token
     if not token:
@@ -211,7 +230,9 @@ def main() -> int:
 
         token = make_token(jwt_secret(data_root()), subject="dev", tenant=args.tenant, roles=["org_admin"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(call(args.api.rstrip("/"), token, args.turns, args.out, args.tenant, args.number, args.speed))
+    return asyncio.run(
+        call(args.api.rstrip("/"), token, args.turns, args.out, args.tenant, args.number, args.speed, args.agent)
+    )
 
 
 if __name__ == "__main__":
