@@ -33,17 +33,11 @@ from commands.runner import CommandContext, CommandRunner
 from domain import call as v
 from domain import conversation as c
 from domain import customer as u
+from domain.customer import CustomerStreams
 from domain.errors import ValidationError
 from streams.keys import KeyStore, LiveMessages, shred_everywhere
 
 log = structlog.get_logger(__name__)
-
-
-class CustomerStreams(msgspec.Struct, frozen=True):
-    """What a customer has in the tenant: their conversations and calls."""
-
-    conversations: list[str] = []
-    calls: list[str] = []
 
 
 # The customer's conversations and calls (the composition root reads them from the read models).

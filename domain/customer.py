@@ -19,6 +19,13 @@ from domain.messages import Command, Decider, Event
 AGGREGATE_TYPE = "customer"
 
 
+class CustomerStreams(msgspec.Struct, frozen=True):
+    """What a customer has in the tenant: their conversations and calls."""
+
+    conversations: list[str] = []
+    calls: list[str] = []
+
+
 # Events ---------------------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ import msgspec
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
-from commands.customer import CustomerStreams
+from domain.customer import CustomerStreams
 from read_models.call import CALLS, CallView, get_call
 from read_models.conversation import CONVERSATIONS, ConversationView, get_conversation
 

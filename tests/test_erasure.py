@@ -424,10 +424,11 @@ def _pending(event: Any) -> Any:
 async def test_an_erased_callers_call_rows_lose_their_phone_and_words_as_a_rebuild_shows_them(
     open_test_store: Any, pg_url: str
 ) -> None:
-    from commands.customer import CustomerErasure, CustomerStreams
+    from commands.customer import CustomerErasure
     from commands.runner import CommandRunner
     from domain import call as v
     from domain import customer as u
+    from domain.customer import CustomerStreams
     from projections import registry
     from projections.call import CallsProjector
 

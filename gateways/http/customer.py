@@ -20,8 +20,9 @@ from redis.asyncio import Redis
 
 from agents.checkpoints import erase_threads
 from agents.tools import erase_customer_from_demo_tables
-from commands.customer import CustomerErasure, CustomerStreams, Erasure, Scrubber
+from commands.customer import CustomerErasure, Erasure, Scrubber
 from commands.runner import CommandRunner
+from domain.customer import CustomerStreams
 from domain.errors import NotFoundError
 from gateways.http.auth import Identity, requires
 from gateways.http.common import actor, is_customer
