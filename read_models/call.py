@@ -116,6 +116,40 @@ class ToolExecuted(msgspec.Struct, frozen=True):
     timestamp: str
 
 
+class TransferView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    status: str
+    transfer_id: str | None = None
+    transfer_type: str | None = None
+    agent_id: str | None = None
+    agent_name: str | None = None
+    reason: str | None = None
+    failure: str | None = None
+
+
+class RecordingView(msgspec.Struct, frozen=True, kw_only=True):
+    recording_id: str
+    track: str
+    url: str
+    duration_seconds: float
+
+
+class CallLatencies(msgspec.Struct, frozen=True, kw_only=True):
+    """A call's per-stage latencies (the seed's end-of-call ``analytics``)."""
+
+    stt_latency_avg_ms: float | None = None
+    tts_latency_avg_ms: float | None = None
+    llm_latency_avg_ms: float | None = None
+    total_latency_p95_ms: float | None = None
+
+
+class CallCostView(msgspec.Struct, frozen=True, kw_only=True):
+    stt: float = 0.0
+    tts: float = 0.0
+    llm: float = 0.0
+    telephony: float = 0.0
+    total: float = 0.0
+
+
 class CallView(msgspec.Struct, frozen=True, kw_only=True):
     """The seed's call status."""
 
@@ -135,12 +169,12 @@ class CallView(msgspec.Struct, frozen=True, kw_only=True):
     config_id: str
     config_version: int
     user_id: str
-    transfer: dict[str, Any] | None = None
+    transfer: TransferView | None = None
     resolution_status: str | None = None
     ended_at: str | None = None
-    recordings: list[dict[str, Any]] = []
-    analytics: dict[str, Any] | None = None
-    cost: dict[str, Any] | None = None
+    recordings: list[RecordingView] = []
+    analytics: CallLatencies | None = None
+    cost: CallCostView | None = None
 
 
 def iso(value: datetime | None) -> str | None:
@@ -195,8 +229,8 @@ async def get_call(conn: AsyncConnection[Any], tenant: str, call_id: str, *, rec
         [tenant, call_id],
     )
     recordings = [
-        {"recording_id": rid, "track": track, "url": recording_url.format(call_id=call_id, recording_id=rid),
-         "duration_seconds": seconds}
+        RecordingView(recording_id=rid, track=track, url=recording_url.format(call_id=call_id, recording_id=rid),
+                      duration_seconds=seconds)
         for rid, track, _uri, seconds in await cur.fetchall()
     ]  # fmt: skip
     live_end = ended or datetime.now(UTC)
@@ -212,18 +246,18 @@ async def get_call(conn: AsyncConnection[Any], tenant: str, call_id: str, *, rec
         transcript=transcript,
         tools_executed=tools,
         sentiment_score=None if not s_count else round(s_sum / s_count, 3),
-        recording_url=recordings[0]["url"] if recordings else None,
+        recording_url=recordings[0].url if recordings else None,
         livekit_room_id=room,
         participant_count=0 if status in ("ended", "refused") else 2 if status in ("in_progress", "transferred") else 1,
         config_id=config_id,
         config_version=version,
         user_id=user_id,
-        transfer=transfer,
+        transfer=None if transfer is None else msgspec.convert(transfer, TransferView),
         resolution_status=resolution,
         ended_at=iso(ended),
         recordings=recordings,
-        analytics=analytics,
-        cost=cost,
+        analytics=None if analytics is None else msgspec.convert(analytics, CallLatencies),
+        cost=None if cost is None else msgspec.convert(cost, CallCostView),
     )
 
 

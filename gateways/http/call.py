@@ -9,6 +9,7 @@
   seed's ``call_summary``; ``POST .../end``: its summary and per-stage latency analytics.
 - ``WS .../transcript``: the seed's live events (``transcript_interim``, ``transcript_final``,
   ``agent_response``, ``sentiment_update``, plus ``transfer``, ``call_ended``), past ones first.
+- ``GET .../history``: the call turn by turn, each with the config version that governed it.
 - ``GET .../recordings/{recording_id}``: a recording, decrypted, for staff or the caller.
 - ``POST /api/v1/voice/do-not-call``, ``DELETE`` (a number on or off the list), ``PUT .../line``
   (quota, concurrent cap, daily budget, unit prices).
@@ -60,7 +61,7 @@ from gateways.telephony.session import VoiceStack, answer_stream, live_publisher
 from gateways.telephony.settings import VoiceSettings
 from gateways.telephony.twilio import MediaStreamBridge, twiml_connect, twiml_say, valid_signature
 from infra.tokens import make_token
-from read_models.call import CALLS, CallQueries
+from read_models.call import CALLS, CallCostView, CallLatencies, CallQueries, CallView
 from streams.keys import KeyStore
 from streams.store import EventStore
 from streams.subjects import StreamId
@@ -182,6 +183,72 @@ async def _own_call(voice: VoiceDesk, identity: Identity, call_id: str) -> v.Cal
     return state
 
 
+class CallStarted(msgspec.Struct, frozen=True, kw_only=True):
+    """The seed's answer to an outbound call's initiation."""
+
+    call_id: str
+    product_type: str
+    status: str
+    sip_session_id: str
+    estimated_connect_time: str
+    config_version: int
+    position: int
+
+
+class TargetAgent(msgspec.Struct, frozen=True, kw_only=True):
+    agent_id: str | None
+    name: str
+    phone_number: str | None
+    estimated_connect_time: str
+
+
+class CallSummaryView(msgspec.Struct, frozen=True, kw_only=True):
+    transcript: str
+    pii_collected: dict[str, str]
+    tools_used: list[str]
+
+
+class TransferStarted(msgspec.Struct, frozen=True, kw_only=True):
+    """The seed's answer to a transfer: to whom, and what they are told."""
+
+    call_id: str
+    product_type: str
+    transfer_id: str
+    status: Literal["transferred", "transferring", "failed"]
+    target_agent: TargetAgent
+    call_summary: CallSummaryView
+    position: int
+
+
+class EndSummary(msgspec.Struct, frozen=True, kw_only=True):
+    transcript_url: str
+    recording_url: str | None
+    pii_collected: dict[str, str]
+    tools_executed: list[str]
+    sentiment_avg: float | None
+    resolution_status: str
+    csat_score: float | None = None
+
+
+class CallFinished(msgspec.Struct, frozen=True, kw_only=True):
+    """The seed's end-of-call answer: the summary, the per-stage latencies and the cost."""
+
+    call_id: str
+    product_type: str
+    status: str
+    ended_at: str | None
+    duration_seconds: int
+    summary: EndSummary
+    analytics: CallLatencies
+    cost: CallCostView
+    position: int = 0
+
+
+class NumberListed(msgspec.Struct, frozen=True, kw_only=True):
+    phone_number: str
+    do_not_call: bool
+
+
 class CallController(Controller):
     path = "/api/v1/voice"
     tags = ["voice"]
@@ -193,7 +260,7 @@ class CallController(Controller):
         data: JSONBody[InitiateRequest],
         voice: NamedDependency[VoiceDesk],
         limits: NamedDependency[Limits],
-    ) -> Response[dict[str, Any]]:
+    ) -> Response[CallStarted]:
         identity = request.user
         await limits.take([limits.tenant_bucket(identity.tenant)])
         outcome = await voice.service.initiate(
@@ -206,15 +273,15 @@ class CallController(Controller):
             conversation_id=data.conversation_id,
         )
         state = outcome.state
-        body = {
-            "call_id": state.call_id,
-            "product_type": "voicebot",
-            "status": "initiating",
-            "sip_session_id": state.call_id,
-            "estimated_connect_time": "5 seconds",
-            "config_version": state.config_version,
-            "position": outcome.position,
-        }
+        body = CallStarted(
+            call_id=state.call_id,
+            product_type="voicebot",
+            status="initiating",
+            sip_session_id=state.call_id,
+            estimated_connect_time="5 seconds",
+            config_version=state.config_version,
+            position=outcome.position,
+        )
         return Response(body, status_code=202, headers={"X-Parley-Position": str(outcome.position)})
 
     @get("/calls/{call_id:str}", opt=READERS, summary="A call's status and transcript")
@@ -225,19 +292,21 @@ class CallController(Controller):
         call_queries: NamedDependency[CallQueries],
         positions: NamedDependency[Positions],
         min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
-    ) -> dict[str, Any]:
+    ) -> CallView:
         identity = request.user
         await positions.wait(min_position or position_header(request), CALLS.name)
         view = await call_queries.get(identity.tenant, call_id, recording_url=RECORDING_URL)
         if view is None:
             raise NotFoundError(f"call {call_id} not found")
         require_own(identity, view.user_id, f"call {call_id}")
-        body: dict[str, Any] = msgspec.to_builtins(view)
-        if not sees_pii(identity, view.user_id):
-            body["phone_number"] = shown_pii(identity, {"phone": view.phone_number or ""}, view.user_id)["phone"]
-            for line in body["transcript"]:
-                line["text"] = shown_pii(identity, {"t": line.get("text") or ""}, None)["t"]
-        return body
+        if sees_pii(identity, view.user_id):
+            return view
+        phone = shown_pii(identity, {"phone": view.phone_number or ""}, view.user_id)["phone"]
+        transcript = [
+            msgspec.structs.replace(line, text=shown_pii(identity, {"t": line.text or ""}, None)["t"])
+            for line in view.transcript
+        ]
+        return msgspec.structs.replace(view, phone_number=phone, transcript=transcript)
 
     @get("/calls/{call_id:str}/history", opt=READERS, summary="A call turn by turn, with its config versions")
     async def history(
@@ -267,7 +336,7 @@ class CallController(Controller):
         call_id: FromPath[str],
         data: JSONBody[TransferRequest],
         voice: NamedDependency[VoiceDesk],
-    ) -> Response[dict[str, Any]]:
+    ) -> Response[TransferStarted]:
         identity = request.user
         await _own_call(voice, identity, call_id)
         requested, target, summary, outcome = await voice.service.transfer(
@@ -287,31 +356,31 @@ class CallController(Controller):
                 identity.tenant, call_id, requested.transfer_id, await session.human_connected(requested)
             )
         state = outcome.state
-        status = (
+        status: Literal["transferred", "transferring", "failed"] = (
             "transferred"
             if state.transferred_to == requested.transfer_id
             else "transferring"
             if state.open_transfer
             else "failed"
         )
-        body = {
-            "call_id": call_id,
-            "product_type": "voicebot",
-            "transfer_id": requested.transfer_id,
-            "status": status,
-            "target_agent": {
-                "agent_id": target.agent_id,
-                "name": target.name,
-                "phone_number": target.target,
-                "estimated_connect_time": "10 seconds",
-            },
-            "call_summary": {
-                "transcript": summary.transcript,
-                "pii_collected": shown_pii(identity, summary.pii_collected, None),
-                "tools_used": summary.tools_used,
-            },
-            "position": outcome.position,
-        }
+        body = TransferStarted(
+            call_id=call_id,
+            product_type="voicebot",
+            transfer_id=requested.transfer_id,
+            status=status,
+            target_agent=TargetAgent(
+                agent_id=target.agent_id,
+                name=target.name,
+                phone_number=target.target,
+                estimated_connect_time="10 seconds",
+            ),
+            call_summary=CallSummaryView(
+                transcript=summary.transcript,
+                pii_collected=shown_pii(identity, summary.pii_collected, None),
+                tools_used=summary.tools_used,
+            ),
+            position=outcome.position,
+        )
         return Response(body, headers={"X-Parley-Position": str(outcome.position)})
 
     @post("/calls/{call_id:str}/end", opt=CALLERS, status_code=200, summary="End a call")
@@ -321,7 +390,7 @@ class CallController(Controller):
         call_id: FromPath[str],
         data: JSONBody[EndRequest],
         voice: NamedDependency[VoiceDesk],
-    ) -> Response[dict[str, Any]]:
+    ) -> Response[CallFinished]:
         identity = request.user
         await _own_call(voice, identity, call_id)
         session = voice.stack.sessions.get(call_id)
@@ -336,9 +405,9 @@ class CallController(Controller):
             ended_by=actor(identity),
         )
         events = await voice.service.events(identity.tenant, call_id)
-        body = end_summary(identity, call_id, events)
-        body["position"] = max(outcome.position, events[-1].seq if events else 0)
-        return Response(body, headers={"X-Parley-Position": str(body["position"])})
+        position = max(outcome.position, events[-1].seq if events else 0)
+        body = msgspec.structs.replace(end_summary(identity, call_id, events), position=position)
+        return Response(body, headers={"X-Parley-Position": str(position)})
 
     @get("/calls/{call_id:str}/recordings/{recording_id:str}", opt=READERS, summary="A call recording (WAV)")
     async def recording(
@@ -429,21 +498,21 @@ class CallController(Controller):
     @post("/do-not-call", opt=ADMINS, status_code=201, summary="Add a number to the do-not-call list")
     async def block(
         self, request: Request[Identity, Any, Any], data: JSONBody[NumberRequest], voice: NamedDependency[VoiceDesk]
-    ) -> dict[str, Any]:
+    ) -> NumberListed:
         await voice.service.block(request.user.tenant, data.phone_number, actor(request.user))
-        return {"phone_number": data.phone_number, "do_not_call": True}
+        return NumberListed(phone_number=data.phone_number, do_not_call=True)
 
     @delete("/do-not-call/{phone_number:str}", opt=ADMINS, status_code=200, summary="Take a number off the list")
     async def unblock(
         self, request: Request[Identity, Any, Any], phone_number: FromPath[str], voice: NamedDependency[VoiceDesk]
-    ) -> dict[str, Any]:
+    ) -> NumberListed:
         await voice.service.unblock(request.user.tenant, phone_number, actor(request.user))
-        return {"phone_number": phone_number, "do_not_call": False}
+        return NumberListed(phone_number=phone_number, do_not_call=False)
 
     @put("/line", opt=ADMINS, summary="The tenant's call limits and unit prices")
     async def line(
         self, request: Request[Identity, Any, Any], data: JSONBody[LineRequest], voice: NamedDependency[VoiceDesk]
-    ) -> dict[str, Any]:
+    ) -> v.LineSettings:
         settings = v.LineSettings(
             outbound_per_hour=data.outbound_per_hour,
             max_concurrent=data.max_concurrent,
@@ -451,7 +520,7 @@ class CallController(Controller):
             prices=data.prices or v.UnitPrices(),
         )
         await voice.service.configure_line(request.user.tenant, settings, actor(request.user))
-        return msgspec.to_builtins(settings)  # type: ignore[no-any-return]
+        return settings
 
     # Twilio -----------------------------------------------------------------------------------
 
@@ -553,7 +622,7 @@ def transcript_messages(event: Any, tools: list[dict[str, str]], clear: bool) ->
     return []
 
 
-def end_summary(identity: Identity, call_id: str, events: list[Any]) -> dict[str, Any]:
+def end_summary(identity: Identity, call_id: str, events: list[Any]) -> CallFinished:
     """The seed's end-of-call answer, from the call's events."""
     state = v.initial()
     ended: v.CallEnded | None = None
@@ -580,29 +649,29 @@ def end_summary(identity: Identity, call_id: str, events: list[Any]) -> dict[str
     if ended is None:
         raise ValidationError("the call has not ended", fields={"call_id": "still in progress"})
     summary = summarize(events)
-    return {
-        "call_id": call_id,
-        "product_type": "voicebot",
-        "status": "ended",
-        "ended_at": iso(ended.ended_at),
-        "duration_seconds": round(ended.duration_seconds),
-        "summary": {
-            "transcript_url": f"/api/v1/voice/calls/{call_id}",
-            "recording_url": recording,
-            "pii_collected": shown_pii(identity, summary.pii_collected, state.user_id),
-            "tools_executed": list(dict.fromkeys(summary.tools_used)),
-            "sentiment_avg": v.sentiment_average(state),
-            "resolution_status": ended.resolution_status,
-            "csat_score": None,
-        },
-        "analytics": {
-            "stt_latency_avg_ms": _avg(latencies["stt"]),
-            "tts_latency_avg_ms": _avg(latencies["tts"]),
-            "llm_latency_avg_ms": _avg(latencies["llm"]),
-            "total_latency_p95_ms": _p95(latencies["e2e"]),
-        },
-        "cost": {**msgspec.to_builtins(ended.cost), "total": ended.cost.total},
-    }
+    cost = ended.cost
+    return CallFinished(
+        call_id=call_id,
+        product_type="voicebot",
+        status="ended",
+        ended_at=iso(ended.ended_at),
+        duration_seconds=round(ended.duration_seconds),
+        summary=EndSummary(
+            transcript_url=f"/api/v1/voice/calls/{call_id}",
+            recording_url=recording,
+            pii_collected=shown_pii(identity, summary.pii_collected, state.user_id),
+            tools_executed=list(dict.fromkeys(summary.tools_used)),
+            sentiment_avg=v.sentiment_average(state),
+            resolution_status=ended.resolution_status,
+        ),
+        analytics=CallLatencies(
+            stt_latency_avg_ms=_avg(latencies["stt"]),
+            tts_latency_avg_ms=_avg(latencies["tts"]),
+            llm_latency_avg_ms=_avg(latencies["llm"]),
+            total_latency_p95_ms=_p95(latencies["e2e"]),
+        ),
+        cost=CallCostView(stt=cost.stt, tts=cost.tts, llm=cost.llm, telephony=cost.telephony, total=cost.total),
+    )
 
 
 def _avg(values: list[float]) -> float | None:
