@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import shutil
 import time
@@ -178,6 +179,7 @@ async def run(args: argparse.Namespace, nats_url: str, pg_url: str, data: Path) 
 
     async def wave(instant: bool, n: int) -> dict[str, Any]:
         stack = stack_for(instant)
+        load_before = os.getloadavg()[0]
         cpu0, wall0 = _cpu(), time.perf_counter()
         done = await asyncio.gather(*(one_call(stack) for _ in range(n)), return_exceptions=True)
         cpu, wall = _cpu() - cpu0, time.perf_counter() - wall0
@@ -215,6 +217,8 @@ async def run(args: argparse.Namespace, nats_url: str, pg_url: str, data: Path) 
             "wall_seconds": round(wall, 1),
             "cpu_seconds_per_call_minute": round(cpu / max(1e-9, wall * n / 60), 2),
             "agent_audio_minutes": round(call_minutes, 2),
+            # The machine's 1-minute load average around the wave (2 cores: above 2, other work competed).
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         }
 
     results: dict[str, Any] = {}
@@ -276,6 +280,9 @@ def main() -> None:
                          f"{r['cpu_seconds_per_call_minute']}", ""])  # fmt: skip
     print()
     print(table(["measure", "value", "target"], rows))
+    loads = [load for r in [results["offline_one"], results["instant_one"], *results["concurrent_instant"],
+                            *results["concurrent_offline"]] for load in r["load_average"]]  # fmt: skip
+    print(f"\nthe machine's load average during the run: {min(loads)} to {max(loads)} (2 cores)")
     path = write_results("voice-quick" if args.quick else "voice", {"results": results})
     print(f"\nresults written to {path}")
 
