@@ -14,26 +14,28 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from commands.api_key import ApiKeys, ApiKeyView, IssuedKey
-from domain.api_key import TIERS
+from domain.api_key import SCOPES, TIERS
 from gateways.http.auth import Identity, KeyAuthority, requires
 from gateways.http.common import actor
 from gateways.http.fields import Name
 from gateways.http.limits import Limits
 
 ADMINS = requires("org_admin")
-Scope = Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
+# The schema names the scopes and tiers there are (the key's decider refuses others, by name).
+Scope = Annotated[str, msgspec.Meta(min_length=1, max_length=50, extra_json_schema={"enum": list(SCOPES)})]
+Tier = Annotated[str, msgspec.Meta(extra_json_schema={"enum": list(TIERS)})]
 
 
 class CreateKeyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: Name
     scopes: Annotated[list[Scope], msgspec.Meta(min_length=1, max_length=10)]
-    tier: str = "standard"
+    tier: Tier = "standard"
     expires_in_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] | None = None
 
 
 class ScopeKeyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     scopes: Annotated[list[Scope], msgspec.Meta(min_length=1, max_length=10)]
-    tier: str | None = None
+    tier: Tier | None = None
 
 
 class RotateKeyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -60,6 +60,7 @@ from gateways.http.client_config import ClientConfigController
 from gateways.http.common import Commands
 from gateways.http.config import ConfigController
 from gateways.http.console import console_router
+from gateways.http.contract import StrictRequest, StructSchemas
 from gateways.http.conversation import ConversationController
 from gateways.http.customer import CustomerController, CustomerDesk
 from gateways.http.errors import EXCEPTION_HANDLERS, document_errors
@@ -332,6 +333,8 @@ def create_app(settings: ApiSettings | None = None, *, settle_heap: bool = False
         on_app_init=[jwt_auth(settings.jwt_secret).on_app_init],
         middleware=[request_context],
         exception_handlers=EXCEPTION_HANDLERS,
+        request_class=StrictRequest,
+        plugins=[StructSchemas()],
         request_max_body_size=REQUEST_MAX_BYTES,
         openapi_config=OpenAPIConfig(
             title="Parley",

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, get
 from litestar.di import NamedDependency
-from litestar.params import FromPath, QueryParameter
+from litestar.params import QueryParameter
 
 from commands.audit import Turn, conversation_turns
 from commands.runner import CommandRunner
@@ -27,6 +27,7 @@ from domain.errors import NotFoundError, PermissionDeniedError
 from domain.messages import Decider, Event, blank_personal
 from domain.pii import mask_value
 from gateways.http.auth import Identity, requires
+from gateways.http.fields import Id, Slug
 from streams.history import AuditEvent, history, state_as_of
 from streams.store import EventStore
 from streams.subjects import StreamId
@@ -100,8 +101,8 @@ class AuditController(Controller):
     async def events(
         self,
         request: Request[Identity, Any, Any],
-        aggregate_type: FromPath[str],
-        aggregate_id: FromPath[str],
+        aggregate_type: Slug,
+        aggregate_id: Id,
         runner: NamedDependency[CommandRunner],
         store: NamedDependency[EventStore],
     ) -> AuditHistory:
@@ -123,12 +124,12 @@ class AuditController(Controller):
     async def state(
         self,
         request: Request[Identity, Any, Any],
-        aggregate_type: FromPath[str],
-        aggregate_id: FromPath[str],
+        aggregate_type: Slug,
+        aggregate_id: Id,
         runner: NamedDependency[CommandRunner],
         store: NamedDependency[EventStore],
         at: Annotated[datetime | None, QueryParameter(description="RFC 3339; UTC when no zone is given")] = None,
-        version: Annotated[int | None, QueryParameter(ge=0)] = None,
+        version: Annotated[int | None, QueryParameter(ge=0, schema_extra={"minimum": 0})] = None,
     ) -> AuditState:
         """The state after the last event recorded at or before ``at``, or at ``version`` (the latest
         with neither), reproduced by replaying the aggregate's events through its own ``evolve``."""
@@ -152,7 +153,7 @@ class AuditController(Controller):
     async def turns(
         self,
         request: Request[Identity, Any, Any],
-        conversation_id: FromPath[str],
+        conversation_id: Id,
         store: NamedDependency[EventStore],
     ) -> AuditTurns:
         """Each customer message, the config version that governed its answer (pinned to the

@@ -54,7 +54,7 @@ from gateways.channels.twilio_sms import TwilioSms
 from gateways.channels.whatsapp import WhatsApp
 from gateways.http.auth import Identity, requires
 from gateways.http.common import STAFF, actor, is_customer, iso, require_own
-from gateways.http.fields import Name, Text
+from gateways.http.fields import Id, Name, Text
 from gateways.http.limits import Limits, RateLimited
 from infra.tokens import make_token
 from read_models.channel import DeliveryList, DeliveryQueries
@@ -481,7 +481,7 @@ class DeliveryController(Controller):
     async def deliveries(
         self,
         request: Request[Identity, Any, Any],
-        conversation_id: FromPath[str],
+        conversation_id: Id,
         channels: NamedDependency[ChannelServices],
         runner: NamedDependency[CommandRunner],
     ) -> DeliveryList:
@@ -710,7 +710,12 @@ class ChatController(Controller):
         finally:
             await session.close()
 
-    @get("/events", opt=PUBLIC, summary="Web chat over server-sent events (where websockets are blocked)")
+    @get(
+        "/events",
+        opt=PUBLIC,
+        summary="Web chat over server-sent events (where websockets are blocked)",
+        media_type="text/event-stream",
+    )
     async def events(
         self, request: Request[Any, Any, Any], channels: NamedDependency[ChannelServices]
     ) -> ServerSentEvent:

@@ -18,7 +18,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Controller, Request, Response, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter, QueryParameter
 
 from agents.preview import Scenario
 from commands.config import Comparison, ConfigService, MemberPermissions, Preview, Written
@@ -30,8 +31,8 @@ from domain.bot_changes import ConfigValue
 from domain.errors import NotFoundError, PermissionDeniedError, ValidationError
 from gateways.http.auth import Identity, requires
 from gateways.http.common import iso, now, position_header
-from gateways.http.conversation import moment
-from gateways.http.fields import Name, Note, Text
+from gateways.http.conversation import moment, moment_parameter
+from gateways.http.fields import MinPosition, Name, Note, Slug, Text
 from gateways.http.positions import Positions
 from read_models.config import (
     BranchView,
@@ -266,9 +267,9 @@ async def may_read(
     await positions.wait(min_position or position_header(request), "configs")
 
 
-MinPosition = Annotated[int | None, QueryParameter(ge=0)]
 Limit = Annotated[int, QueryParameter(ge=1, le=200)]
-Offset = Annotated[int, QueryParameter(ge=0, le=1_000_000)]
+PathVersion = Annotated[int, Parameter(ge=1, le=1_000_000)]
+Offset = Annotated[int, QueryParameter(ge=0, le=1_000_000, schema_extra={"minimum": 0})]
 
 
 class ConfigController(Controller):
@@ -296,11 +297,16 @@ class ConfigController(Controller):
         )
         return written(done)
 
-    @post("/configs/{config_id:str}/versions", status_code=201, summary="Create a config's next version")
+    @post(
+        "/configs/{config_id:str}/versions",
+        status_code=201,
+        summary="Create a config's next version",
+        responses={200: ResponseSpec(data_container=VersionOutcome, description="Unchanged: the YAML of its base")},
+    )
     async def new_version(
         self,
         request: Request[Identity, Any, Any],
-        config_id: FromPath[str],
+        config_id: Slug,
         data: JSONBody[NewVersionRequest],
         config_service: NamedDependency[ConfigService],
     ) -> Response[VersionOutcome]:
@@ -333,7 +339,7 @@ class ConfigController(Controller):
     async def rollback(
         self,
         request: Request[Identity, Any, Any],
-        config_id: FromPath[str],
+        config_id: Slug,
         data: JSONBody[RollbackRequest],
         config_service: NamedDependency[ConfigService],
     ) -> RollbackAnswer:
@@ -364,8 +370,8 @@ class ConfigController(Controller):
     async def approve(
         self,
         request: Request[Identity, Any, Any],
-        config_id: FromPath[str],
-        version: FromPath[int],
+        config_id: Slug,
+        version: PathVersion,
         config_service: NamedDependency[ConfigService],
     ) -> VersionOutcome:
         caller = await caller_of(config_service, request)
@@ -375,8 +381,8 @@ class ConfigController(Controller):
     async def reject(
         self,
         request: Request[Identity, Any, Any],
-        config_id: FromPath[str],
-        version: FromPath[int],
+        config_id: Slug,
+        version: PathVersion,
         data: JSONBody[ReasonRequest],
         config_service: NamedDependency[ConfigService],
     ) -> VersionOutcome:
@@ -392,8 +398,8 @@ class ConfigController(Controller):
     async def mark_breaking(
         self,
         request: Request[Identity, Any, Any],
-        config_id: FromPath[str],
-        version: FromPath[int],
+        config_id: Slug,
+        version: PathVersion,
         data: JSONBody[ReasonRequest],
         config_service: NamedDependency[ConfigService],
     ) -> VersionOutcome:
@@ -407,7 +413,7 @@ class ConfigController(Controller):
     async def reload(
         self,
         request: Request[Identity, Any, Any],
-        config_id: FromPath[str],
+        config_id: Slug,
         config_service: NamedDependency[ConfigService],
     ) -> VersionOutcome:
         caller = await caller_of(config_service, request)
@@ -418,7 +424,7 @@ class ConfigController(Controller):
     async def compare(
         self,
         request: Request[Identity, Any, Any],
-        config_id: FromPath[str],
+        config_id: Slug,
         data: JSONBody[CompareRequest],
         config_service: NamedDependency[ConfigService],
         positions: NamedDependency[Positions],
@@ -431,7 +437,7 @@ class ConfigController(Controller):
     async def preview(
         self,
         request: Request[Identity, Any, Any],
-        config_id: FromPath[str],
+        config_id: Slug,
         data: JSONBody[PreviewRequest],
         config_service: NamedDependency[ConfigService],
         positions: NamedDependency[Positions],
@@ -454,7 +460,7 @@ class ConfigController(Controller):
     async def create_branch(
         self,
         request: Request[Identity, Any, Any],
-        config_id: FromPath[str],
+        config_id: Slug,
         data: JSONBody[BranchRequest],
         config_service: NamedDependency[ConfigService],
     ) -> BranchAnswer:
@@ -478,8 +484,8 @@ class ConfigController(Controller):
     async def merge(
         self,
         request: Request[Identity, Any, Any],
-        config_id: FromPath[str],
-        branch: FromPath[str],
+        config_id: Slug,
+        branch: Slug,
         config_service: NamedDependency[ConfigService],
     ) -> MergeAnswer:
         caller = await caller_of(config_service, request)
@@ -540,12 +546,8 @@ class ConfigController(Controller):
         pending_approval: Annotated[
             bool | None, QueryParameter(description="has (true) or has not (false) a version waiting for approval")
         ] = None,
-        start_date: Annotated[
-            str | None, QueryParameter(max_length=40, description="updated at or after (a date or a moment)")
-        ] = None,
-        end_date: Annotated[
-            str | None, QueryParameter(max_length=40, description="updated before the end of this date (or moment)")
-        ] = None,
+        start_date: Annotated[str | None, moment_parameter("updated at or after (a date or a moment)")] = None,
+        end_date: Annotated[str | None, moment_parameter("updated before the end of this date (or moment)")] = None,
         limit: Limit = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=500)] = None,
         min_position: MinPosition = None,
@@ -585,7 +587,7 @@ class ConfigController(Controller):
     async def by_tenant(
         self,
         request: Request[Identity, Any, Any],
-        tenant_slug: FromPath[str],
+        tenant_slug: Slug,
         config_service: NamedDependency[ConfigService],
         positions: NamedDependency[Positions],
         config_queries: NamedDependency[ConfigQueries],
@@ -612,7 +614,7 @@ class ConfigController(Controller):
     async def get_config(
         self,
         request: Request[Identity, Any, Any],
-        config_id: FromPath[str],
+        config_id: Slug,
         config_service: NamedDependency[ConfigService],
         positions: NamedDependency[Positions],
         config_reads: NamedDependency[ConfigReads],
@@ -634,7 +636,7 @@ class ConfigController(Controller):
     async def versions(
         self,
         request: Request[Identity, Any, Any],
-        config_id: FromPath[str],
+        config_id: Slug,
         config_service: NamedDependency[ConfigService],
         positions: NamedDependency[Positions],
         config_queries: NamedDependency[ConfigQueries],
@@ -652,7 +654,7 @@ class ConfigController(Controller):
     async def history(
         self,
         request: Request[Identity, Any, Any],
-        config_id: FromPath[str],
+        config_id: Slug,
         config_service: NamedDependency[ConfigService],
         positions: NamedDependency[Positions],
         config_queries: NamedDependency[ConfigQueries],
@@ -676,7 +678,7 @@ class ConfigController(Controller):
     async def branches(
         self,
         request: Request[Identity, Any, Any],
-        config_id: FromPath[str],
+        config_id: Slug,
         config_service: NamedDependency[ConfigService],
         positions: NamedDependency[Positions],
         config_queries: NamedDependency[ConfigQueries],

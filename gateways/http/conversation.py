@@ -13,13 +13,14 @@ fields and in the message text alike. Escalation endpoints are in ``gateways.htt
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromQuery, JSONBody, ParameterKwarg, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from commands.config import ConfigCatalog
@@ -47,7 +48,7 @@ from gateways.http.common import (
     shown_text,
     shown_tool_calls,
 )
-from gateways.http.fields import Attachments, Context, Name, Text
+from gateways.http.fields import Attachments, Context, Id, MinPosition, Name, Text
 from gateways.http.limits import StreamSlots
 from gateways.http.positions import Positions
 from read_models.conversation import ConversationFilter, ConversationPage, ConversationQueries, ConversationView
@@ -60,6 +61,8 @@ READERS = requires("customer", "support_agent", "supervisor", "org_admin", "serv
 LISTERS = requires("customer", "support_agent", "supervisor", "org_admin", "service", "analyst")
 
 __all__ = ["ConversationController", "iso", "now", "position_header"]
+SSE = "text/event-stream"
+NO_REPLY_YET = "Accepted; the agent's reply did not come within the wait: poll `links.conversation`"
 
 
 class StartConversationRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -199,7 +202,13 @@ class ConversationController(Controller):
     path = "/api/v1/orchestration"
     tags = ["conversations"]
 
-    @post("/conversations", opt=ANYONE, status_code=201, summary="Start a conversation")
+    @post(
+        "/conversations",
+        opt=ANYONE,
+        status_code=201,
+        summary="Start a conversation",
+        responses={202: ResponseSpec(data_container=StartedResponse, description=NO_REPLY_YET)},
+    )
     async def start(
         self,
         request: Request[Identity, Any, Any],
@@ -257,11 +266,16 @@ class ConversationController(Controller):
             reply_to=command.message_id,
         )
 
-    @post("/conversations/{conversation_id:str}/messages", opt=ANYONE, summary="Continue a conversation")
+    @post(
+        "/conversations/{conversation_id:str}/messages",
+        opt=ANYONE,
+        summary="Continue a conversation",
+        responses={202: ResponseSpec(data_container=ContinuedResponse, description=NO_REPLY_YET)},
+    )
     async def continue_conversation(
         self,
         request: Request[Identity, Any, Any],
-        conversation_id: FromPath[str],
+        conversation_id: Id,
         data: JSONBody[ContinueConversationRequest],
         commands: NamedDependency[Commands],
         runner: NamedDependency[CommandRunner],
@@ -298,7 +312,7 @@ class ConversationController(Controller):
     async def survey(
         self,
         request: Request[Identity, Any, Any],
-        conversation_id: FromPath[str],
+        conversation_id: Id,
         data: JSONBody[SurveyRequest],
         commands: NamedDependency[Commands],
         runner: NamedDependency[CommandRunner],
@@ -330,8 +344,8 @@ class ConversationController(Controller):
     async def answer_survey(
         self,
         request: Request[Identity, Any, Any],
-        conversation_id: FromPath[str],
-        survey_id: FromPath[str],
+        conversation_id: Id,
+        survey_id: Id,
         data: JSONBody[SurveyResponsesRequest],
         commands: NamedDependency[Commands],
         runner: NamedDependency[CommandRunner],
@@ -349,7 +363,7 @@ class ConversationController(Controller):
     async def answer_survey_by_body(
         self,
         request: Request[Identity, Any, Any],
-        conversation_id: FromPath[str],
+        conversation_id: Id,
         data: JSONBody[SurveyResponsesRequest],
         commands: NamedDependency[Commands],
         runner: NamedDependency[CommandRunner],
@@ -362,7 +376,7 @@ class ConversationController(Controller):
     async def close(
         self,
         request: Request[Identity, Any, Any],
-        conversation_id: FromPath[str],
+        conversation_id: Id,
         data: JSONBody[CloseRequest],
         commands: NamedDependency[Commands],
         runner: NamedDependency[CommandRunner],
@@ -381,11 +395,12 @@ class ConversationController(Controller):
         "/conversations/{conversation_id:str}/events",
         opt=READERS,
         summary="The conversation's events, live (server-sent events)",
+        media_type=SSE,
     )
     async def events(
         self,
         request: Request[Identity, Any, Any],
-        conversation_id: FromPath[str],
+        conversation_id: Id,
         store: NamedDependency[EventStore],
         stream_slots: NamedDependency[StreamSlots],
     ) -> ServerSentEvent:
@@ -418,7 +433,12 @@ class ConversationController(Controller):
 
         return ServerSentEvent(messages())
 
-    @get("/events", opt=requires(*STAFF), summary="The tenant's conversation events, live (server-sent events)")
+    @get(
+        "/events",
+        opt=requires(*STAFF),
+        summary="The tenant's conversation events, live (server-sent events)",
+        media_type=SSE,
+    )
     async def tenant_events(
         self,
         request: Request[Identity, Any, Any],
@@ -448,10 +468,10 @@ class ConversationController(Controller):
     async def get_conversation(
         self,
         request: Request[Identity, Any, Any],
-        conversation_id: FromPath[str],
+        conversation_id: Id,
         conversations: NamedDependency[ConversationQueries],
         positions: NamedDependency[Positions],
-        min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
+        min_position: MinPosition = None,
     ) -> Response[ConversationView]:
         identity = request.user
         reached = await positions.wait(min_position or position_header(request))
@@ -478,15 +498,11 @@ class ConversationController(Controller):
         ] = None,
         escalated: FromQuery[bool | None] = None,
         user_id: Annotated[str | None, QueryParameter(max_length=200)] = None,
-        start_date: Annotated[
-            str | None, QueryParameter(max_length=40, description="created at or after (a date or a moment)")
-        ] = None,
-        end_date: Annotated[
-            str | None, QueryParameter(max_length=40, description="created before the end of this date (or moment)")
-        ] = None,
+        start_date: Annotated[str | None, moment_parameter("created at or after (a date or a moment)")] = None,
+        end_date: Annotated[str | None, moment_parameter("created before the end of this date (or moment)")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=500)] = None,
-        min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
+        min_position: MinPosition = None,
     ) -> ConversationPage:
         """The tenant's conversations, newest first, a page at a time (``next_cursor`` gives the next).
         A customer sees only their own."""
@@ -582,14 +598,29 @@ def moment(field: str, value: str | None, *, end: bool = False) -> datetime | No
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value)
+        parsed = datetime.fromisoformat(value.upper())
     except ValueError:
         raise ValidationError(
             f"{field} is not a date", fields={field: "a date (YYYY-MM-DD) or an ISO 8601 moment"}
         ) from None
-    if len(value) <= 10:  # a date: from its start, or to its end
-        return parsed.replace(tzinfo=UTC) + (timedelta(days=1) if end else timedelta())
+    if len(value) <= 10:  # a date: from its start, or to its end (the last day there is: its end)
+        day = parsed.replace(tzinfo=UTC)
+        return (day + timedelta(days=1) if day.date() < date.max else datetime.max.replace(tzinfo=UTC)) if end else day
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+# What ``moment`` reads, as the schema states it: a date, or an RFC 3339 moment (from the year 1000).
+MOMENT_SCHEMA = {
+    "oneOf": [
+        {"type": "string", "format": "date", "pattern": "^[1-9][0-9]{3}-"},
+        {"type": "string", "format": "date-time", "pattern": "^[1-9][0-9]{3}-"},
+        {"type": "null"},
+    ]
+}
+
+
+def moment_parameter(description: str) -> ParameterKwarg:
+    return QueryParameter(max_length=40, description=description, schema_extra=MOMENT_SCHEMA)
 
 
 def _sse(recorded: RecordedEvent, clear: bool, **extra: Any) -> ServerSentEventMessage:

@@ -16,7 +16,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from domain.errors import ParleyError
 
 log = structlog.get_logger(__name__)
-_AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_AT = re.compile(r" - at (?:`key` in )?`\$\.?(?P<path>[^`]*)`$")
 _FIELD = re.compile(r"(?:missing required|unknown) field `(?P<field>[^`]+)`")
 
 
@@ -132,11 +132,14 @@ ERRORS = {
 
 
 def document_errors(app: Litestar) -> None:
-    """Add the error answers (``ERRORS``, as ``ErrorBody``) to every HTTP route of the app's schema
+    """Add the error answers (``ERRORS``, as ``ErrorBody``) to every HTTP route of the app's schema,
+    and mark the routes the bearer token does not guard (``exclude_from_auth``) as open to anyone
     (before the schema is first built)."""
     for route in app.routes:
         for handler in getattr(route, "route_handlers", ()):
             if isinstance(handler, HTTPRouteHandler):
+                if handler.opt.get("exclude_from_auth") and not handler.security:
+                    handler.security = [{}]  # no security requirement: the route checks what it needs itself
                 given = dict(handler.responses or {})
                 for status, description in ERRORS.items():
                     given.setdefault(status, ResponseSpec(data_container=ErrorBody, description=description))

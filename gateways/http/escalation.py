@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 
 from commands.escalation import Escalations, HandoffSummary
 from commands.runner import CommandRunner, Outcome
@@ -38,7 +38,7 @@ from gateways.http.common import (
     sees_pii,
     shown_pii,
 )
-from gateways.http.fields import Name, Note, Text
+from gateways.http.fields import Id, MinPosition, Name, Note, Text
 from gateways.http.limits import Limits
 from gateways.http.positions import Positions
 from read_models.escalation import AgentList, AssignedAgent, EscalationPage, EscalationQueries, EscalationStatusView
@@ -167,7 +167,7 @@ class EscalationController(Controller):
     async def escalate(
         self,
         request: Request[Identity, Any, Any],
-        conversation_id: FromPath[str],
+        conversation_id: Id,
         data: JSONBody[EscalateRequest],
         commands: NamedDependency[Commands],
         runner: NamedDependency[CommandRunner],
@@ -224,10 +224,10 @@ class EscalationController(Controller):
     async def escalation_status(
         self,
         request: Request[Identity, Any, Any],
-        escalation_id: FromPath[str],
+        escalation_id: Id,
         escalation_queries: NamedDependency[EscalationQueries],
         positions: NamedDependency[Positions],
-        min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
+        min_position: MinPosition = None,
     ) -> Response[EscalationStatusView]:
         identity = request.user
         reached = await positions.wait(min_position or position_header(request), "conversations", "escalation")
@@ -251,7 +251,7 @@ class EscalationController(Controller):
         skill: Annotated[str | None, QueryParameter(max_length=200)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=500)] = None,
-        min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
+        min_position: MinPosition = None,
     ) -> EscalationPage:
         """Escalations oldest first, as they are worked: each with its wait, skill and place in the queue.
         A customer sees only their own."""
@@ -276,7 +276,7 @@ class EscalationController(Controller):
     async def choose_fallback(
         self,
         request: Request[Identity, Any, Any],
-        escalation_id: FromPath[str],
+        escalation_id: Id,
         data: JSONBody[FallbackRequest],
         commands: NamedDependency[Commands],
         runner: NamedDependency[CommandRunner],
@@ -312,7 +312,7 @@ class EscalationController(Controller):
     async def claim(
         self,
         request: Request[Identity, Any, Any],
-        escalation_id: FromPath[str],
+        escalation_id: Id,
         data: JSONBody[ClaimRequest],
         escalations: NamedDependency[Escalations],
         limits: NamedDependency[Limits],
@@ -334,7 +334,7 @@ class EscalationController(Controller):
     async def agent_reply(
         self,
         request: Request[Identity, Any, Any],
-        conversation_id: FromPath[str],
+        conversation_id: Id,
         data: JSONBody[AgentReplyRequest],
         commands: NamedDependency[Commands],
     ) -> Response[AgentRepliedResponse]:
@@ -370,8 +370,8 @@ class EscalationController(Controller):
     async def resolve(
         self,
         request: Request[Identity, Any, Any],
-        conversation_id: FromPath[str],
-        escalation_id: FromPath[str],
+        conversation_id: Id,
+        escalation_id: Id,
         data: JSONBody[ResolveRequest],
         commands: NamedDependency[Commands],
     ) -> Response[ResolvedResponse]:
@@ -422,7 +422,7 @@ class EscalationController(Controller):
     async def availability(
         self,
         request: Request[Identity, Any, Any],
-        agent_id: FromPath[str],
+        agent_id: Id,
         data: JSONBody[AvailabilityRequest],
         commands: NamedDependency[Commands],
     ) -> Response[AvailabilityResponse]:
@@ -443,7 +443,7 @@ class EscalationController(Controller):
         request: Request[Identity, Any, Any],
         escalation_queries: NamedDependency[EscalationQueries],
         positions: NamedDependency[Positions],
-        min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
+        min_position: MinPosition = None,
     ) -> AgentList:
         await positions.wait(min_position or position_header(request), "escalation")
         return await escalation_queries.agents(request.user.tenant)

@@ -1,8 +1,9 @@
-"""The constrained strings and collections request bodies are made of.
+"""The constrained strings and collections requests are made of: bodies, path and query parameters.
 
 Text is checked at the edge, before anything is decided or stored: no NUL or other control
 characters except newline and tab, lengths and sizes bounded. Each bound lives on the type
-(``msgspec.Meta``), so a refusal is a 400 naming the field, and the OpenAPI schema states it.
+(``msgspec.Meta`` in a body, Litestar's ``Parameter`` in a path or query), so a refusal is a 400
+naming the field, and the OpenAPI schema states it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
+from litestar.params import Parameter
 
 # Printable text: any character but the C0 controls (tab and newline excepted) and DEL.
 _PRINTABLE = r"^[^\x00-\x08\x0b-\x1f\x7f]*$"
@@ -27,3 +29,12 @@ ContextValue = Annotated[str, msgspec.Meta(max_length=1_000, pattern=_PRINTABLE)
 Context = Annotated[dict[ContextKey, ContextValue], msgspec.Meta(max_length=50)]
 Attachment = Annotated[str, msgspec.Meta(min_length=1, max_length=2_048, pattern=_ONE_LINE)]
 Attachments = Annotated[list[Attachment], msgspec.Meta(max_length=10)]
+
+# An aggregate's id in a path (a conversation, an escalation, a config, an agent, a key, ...): what
+# an event stream's name allows (``streams.subjects``).
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+Id = Annotated[str, Parameter(pattern=ID_PATTERN, max_length=128, description="letters, digits, '_' or '-'")]
+# A tenant's slug or a config's branch: lowercase letters, digits, '_' or '-'.
+Slug = Annotated[str, Parameter(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", max_length=64)]
+# A stream position a query waits for (Litestar drops a bound of 0 from the schema: stated again).
+MinPosition = Annotated[int | None, Parameter(ge=0, schema_extra={"minimum": 0}, description="a stream position")]

@@ -11,6 +11,7 @@ import msgspec
 import structlog
 from litestar import Response, get
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from projections import registry
@@ -190,7 +191,13 @@ class Health:
         return statuses
 
 
-@get("/health", tags=["operations"], summary="Dependencies and projector lag", exclude_from_auth=True)
+@get(
+    "/health",
+    tags=["operations"],
+    summary="Dependencies and projector lag",
+    exclude_from_auth=True,
+    responses={503: ResponseSpec(data_container=HealthReport, description="Degraded: `problems` says why")},
+)
 async def health(health: NamedDependency[Health]) -> Response[HealthReport]:
     """200 when every dependency answers, 503 (the same body) when one does not."""
     report = await health.report()
