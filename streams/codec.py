@@ -156,23 +156,22 @@ class EventMapper(Mapper[Any]):
         the fields are about (``Event.seal_subject``), the data subject's first."""
         if self.keys is None:
             raise RuntimeError(f"{type(event).__name__} carries personal data but the mapper has no key store")
-        groups: dict[str, dict[str, Any]] = {}
+        primary = event.data_subject_id() or ""
+        groups: dict[str, dict[str, Any]] = {primary: {}}
         plain_event = event
         for path in event.personal_fields:
             value, after = take_personal(plain_event, path)
-            if after == plain_event:  # blank already: nothing to seal
+            subject = event.seal_subject(path) or ""
+            if after == plain_event and subject != primary:  # another person's, and blank: nothing to seal
                 continue
             plain_event = after
-            groups.setdefault(event.seal_subject(path) or "", {})[path] = value
+            groups.setdefault(subject, {})[path] = value
         plain = msgspec.to_builtins(plain_event)
-        if groups:
-            primary = event.data_subject_id() or ""
-            order = sorted(groups, key=lambda subject: subject != primary)
-            seals = [self._seal_group(tenant, subject, groups[subject]) for subject in order]
-            envelope = seals[0]
-            if len(seals) > 1:
-                envelope["x"] = seals[1:]
-            plain[PII_KEY] = envelope
+        seals = [self._seal_group(tenant, subject, values) for subject, values in groups.items()]
+        envelope = seals[0]  # the data subject's
+        if len(seals) > 1:
+            envelope["x"] = seals[1:]
+        plain[PII_KEY] = envelope
         return self.transcoder.encode(plain)
 
     def _seal_group(self, tenant: str, subject: str, values: dict[str, Any]) -> dict[str, Any]:
