@@ -126,6 +126,11 @@ bench-voice *ARGS:
 chaos *ARGS:
     @{{ python }} -m bench.chaos "$@"
 
+# The OpenAPI schema as the contract: schemathesis (examples, boundaries, random valid and invalid requests, stateful chains) against the running platform, or one of its own; prints cases, server errors and schema violations (--quick, --max-examples N, --seed N, --own)
+[positional-arguments]
+fuzz *ARGS:
+    @if [ -f "$PARLEY_DATA/run/env" ]; then set -a; . "$PARLEY_DATA/run/env"; set +a; fi; {{ python }} -m bench.fuzz "$@"
+
 # Benchmark channels: webhook intake -> commit at a steady rate, inbound webhooks/s, reply -> provider request, 5,000 web-chat sockets (--quick, --sockets N)
 [positional-arguments]
 bench-channels *ARGS:

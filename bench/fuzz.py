@@ -79,6 +79,8 @@ EXCLUDED_PATHS = [
     r"^/api/v1/voice/(calls|line)",
     r"^/api/v1/customers/",
 ]
+QUICK_EXAMPLES = 5  # the CI-sized run: cases per operation and phase
+
 # Operations that refuse some requests the schema allows, for rules OpenAPI cannot state.
 CONFIG_FILE = Path(__file__).with_name("schemathesis.toml")
 
@@ -330,20 +332,22 @@ def own_platform(root: Path, tenant: str, secret: str) -> Iterator[str]:
 
 
 def running_platform() -> tuple[str, str] | None:
-    """The URL and a development token of the platform ``./parley up`` runs, if it is running."""
+    """The URL (``PARLEY_API_URL``, else the API ``./parley up`` started) and a development token
+    (the data directory's secret) of the running platform, if it answers healthy."""
     from infra.platform import ApiServer, data_root, jwt_secret
 
     root = data_root()
     api = ApiServer(root)
-    if not api.is_running() or not healthy(api.url):
+    url = os.environ.get("PARLEY_API_URL", "").rstrip("/") or api.url
+    if not (api.is_running() or os.environ.get("PARLEY_API_URL")) or not healthy(url):
         return None
-    return api.url, make_token(jwt_secret(root), subject="fuzz", tenant="demo", roles=ROLES)
+    return url, make_token(jwt_secret(root), subject="fuzz", tenant="demo", roles=ROLES)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the CI-sized run (tests/test_schemathesis.py)")
-    parser.add_argument("--max-examples", type=int, help="cases per operation and phase (default 200, quick 15)")
+    parser.add_argument("--max-examples", type=int, help="cases per operation and phase (default 200, quick 5)")
     parser.add_argument("--max-time", type=float, help="a time budget for the whole run, in seconds")
     parser.add_argument("--seed", type=int, help="schemathesis's random seed")
     parser.add_argument(
@@ -353,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--own", action="store_true", help="a platform of its own even when one is running")
     parser.add_argument("--keep", action="store_true", help="keep the own platform's temp directory and logs")
     args = parser.parse_args(argv)
-    max_examples = args.max_examples or (15 if args.quick else 200)
+    max_examples = args.max_examples or (QUICK_EXAMPLES if args.quick else 200)
     data = Path(os.environ.get("PARLEY_DATA", str(REPO_ROOT / ".data")))
     report_dir = data / "fuzz"
 
@@ -378,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         root = service_tmpdir("parley-fuzz-")
         secret = os.urandom(24).hex()
         try:
-            print(f"no running platform: starting one in {root}", flush=True)
+            print(f"no healthy running platform: starting one in {root}", flush=True)
             with own_platform(root, "demo", secret) as url:
                 report = go(url, make_token(secret, subject="fuzz", tenant="demo", roles=ROLES))
         finally:
