@@ -23,6 +23,7 @@ from litestar.testing import AsyncTestClient
 from gateways.http.app import create_app
 from gateways.http.call import stream_tenant
 from gateways.telephony.phone import Phone, Turn
+from projections.analytics.sink import AnalyticsSettings
 from tests.api_support import SECRET, api_client, bearer, settings_for
 from tests.conftest import delete_stream, fresh_database, unique_stream
 from tests.voice_fakes.livekit_twirp import TwirpFake
@@ -207,7 +208,9 @@ async def server(
 ) -> AsyncIterator[str]:
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", TWILIO_TOKEN)
     stream = unique_stream()
-    settings = settings_for(nats_url, fresh_database(pg_url), redis_url, tmp_path, stream, demo_tenants=("acme",))
+    analytics = AnalyticsSettings(data_dir=tmp_path / "analytics")  # the voice analytics, in this process
+    settings = settings_for(nats_url, fresh_database(pg_url), redis_url, tmp_path, stream, demo_tenants=("acme",),
+                            analytics=analytics)  # fmt: skip
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -301,3 +304,29 @@ async def test_a_twilio_call_runs_over_the_media_stream_with_its_live_transcript
         assert "ORD-78945" in turns[2]["replies"][0]["text"]
         # A customer reaches only their own call's history.
         assert (await http.get(f"{BASE}/calls/{call_id}/history", headers=CUSTOMER)).status_code == 404
+
+
+async def test_the_developer_phone_holds_a_call_and_prints_what_the_platform_shows_of_it(
+    server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``./parley call``: a human agent made available, the caller asks for a human and is
+    transferred; then the call's status, transcript, recordings, the voice analytics and its
+    history with config versions, as the platform serves them."""
+    from infra.tokens import make_token
+    from voice_worker.phone import call
+
+    token = make_token(SECRET, subject="dev", tenant="acme", roles=["org_admin"])
+    out = tmp_path / "agent.wav"
+    code = await call(f"http://{server}", token, ["I want to talk to a human"], out, "acme", "+15551234567", 1.0,
+                      agent="Ana Lopez")  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "human agent Ana Lopez (ana-lopez) is available" in printed
+    assert "-- transfer connected" in printed and "-- call ended: transferred" in printed
+    assert "status: ended, resolution: transferred" in printed and "config: voice-bot v1" in printed
+    assert "transfer: connected to Ana Lopez (hot, explicit_request)" in printed, printed
+    assert printed.count("GET 200 audio/wav") == 2, "both sides' recordings are served"
+    assert "calls: 1 (1 in, 0 out)" in printed and "transfer 1.0" in printed and "end_to_end" in printed
+    assert "turn 0 [voice-bot v1, active v1] (the agent first)" in printed
+    assert "turn 1 [voice-bot v1, active v1] caller (speech):" in printed
+    assert out.stat().st_size > 8000, "the agent's audio is saved"

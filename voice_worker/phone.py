@@ -160,7 +160,7 @@ async def report(http: httpx.AsyncClient, api: str, call_id: str, before: tuple[
     reasons = ", ".join(f"{r['reason']} ({r['count']})" for r in analytics.get("top_escalation_reasons", []))
     print("\n== voice analytics (GET /api/v1/voice/analytics)")
     print(f"calls: {analytics.get('total_calls')} ({breakdown.get('inbound')} in, {breakdown.get('outbound')} out), "
-          f"avg duration {analytics.get('avg_call_duration_seconds')} s, "
+          f"avg duration {round(float(analytics.get('avg_call_duration_seconds') or 0), 1)} s, "
           f"completion {analytics.get('completion_rate')}, "
           f"transfer {analytics.get('transfer_rate')}, resolution {analytics.get('resolution_rate')}")  # fmt: skip
     print(f"latency p50/p95 ms: {stages or '-'}")

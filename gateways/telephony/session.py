@@ -275,6 +275,7 @@ class CallSession:
         )
         self.brain = AgentBrain(config, stack.chain(config), stack.tools, context, hooks)
         self.session: AgentSession[None] | None = None
+        self._heard: TranscriptSynchronizer | None = None
         self.closed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._keypad = ""
@@ -323,6 +324,7 @@ class CallSession:
             # What the caller heard: the agent's words timed against the audio Twilio played (its
             # marks), so a reply cut short is kept, in the chat and on the call, as far as it was heard.
             heard = TranscriptSynchronizer(next_in_chain_audio=self._output, next_in_chain_text=None)
+            self._heard = heard
             session.output.audio = heard.audio_output
             session.output.transcription = heard.text_output
         session.on("conversation_item_added", self._item_added)
@@ -367,6 +369,9 @@ class CallSession:
         if self.session is not None:
             with contextlib.suppress(Exception):
                 await self.session.aclose()
+        if self._heard is not None:  # its segment tasks end with it (else they are left pending)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._heard.aclose(), 5)
         for task in list(self._tasks):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 10)
