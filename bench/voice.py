@@ -124,7 +124,7 @@ async def run(args: argparse.Namespace, nats_url: str, pg_url: str, data: Path) 
     from domain import call as v
     from gateways.speech.offline import PocketsphinxSTT, Vocabulary
     from gateways.speech.providers import SpeechChoice
-    from gateways.telephony.phone import Phone, Turn
+    from gateways.telephony.phone import Phone, Turn, speech_ulaw
     from gateways.telephony.session import VoiceStack, answer_stream
     from gateways.telephony.twilio import MediaStreamBridge, call_id_for
     from streams.factory import StoreSettings, open_store
@@ -221,6 +221,11 @@ async def run(args: argparse.Namespace, nats_url: str, pg_url: str, data: Path) 
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         }
 
+    # The callers' lines are synthesized before any call: the callers share this process with the
+    # platform, and their espeak-ng spawns would otherwise count against it.
+    for line in SCRIPT:
+        if not line.startswith("dtmf:"):
+            await speech_ulaw(Turn.parse(line))
     results: dict[str, Any] = {}
     try:
         print("turn latency, offline pipeline ...", flush=True)

@@ -68,7 +68,20 @@ class CallRecord:
     marks_echoed: int = 0
 
 
+_SPOKEN: dict[tuple[str, str], bytes] = {}  # (text or WAV path, kind) -> mu-law: each phrase synthesized once
+
+
 async def speech_ulaw(turn: Turn) -> bytes:
+    """The caller's turn as 8 kHz mu-law. Kept once made: a benchmark's many callers saying the same
+    lines spawn espeak-ng once per line, not once per caller (each spawn stalls this process's loop
+    while the child starts, which would be counted against the platform sharing the process)."""
+    key = (str(turn.wav), "wav") if turn.wav is not None else (turn.text, "text")
+    if key not in _SPOKEN:
+        _SPOKEN[key] = await _speech_ulaw(turn)
+    return _SPOKEN[key]
+
+
+async def _speech_ulaw(turn: Turn) -> bytes:
     if turn.wav is not None:
         with wave.open(str(turn.wav), "rb") as w:
             rate, channels, pcm = w.getframerate(), w.getnchannels(), w.readframes(w.getnframes())
