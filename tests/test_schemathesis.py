@@ -89,3 +89,29 @@ def test_the_report_counts_server_errors_apart_from_violations() -> None:
     assert (report.cases, report.operations, report.server_errors, report.violations) == (120, 3, 2, 4)
     assert not report.clean
     assert read_report({**document, "failures": []}, exit_code=0).clean
+
+
+def test_the_schema_states_what_the_api_checks() -> None:
+    """Built without serving: nested bounds and patterns, the unknown-field rule, path ids' patterns,
+    the routes no token guards and the documented error body, as the API enforces them."""
+    from gateways.http.app import create_app
+    from gateways.http.settings import ApiSettings
+    from streams.factory import StoreSettings
+
+    settings = ApiSettings(
+        jwt_secret=SECRET, database_url="postgresql://unused/db", redis_url="redis://unused", store=StoreSettings()
+    )
+    schema = create_app(settings).openapi_schema.to_schema()
+    components = schema["components"]["schemas"]
+    scopes = components["CreateKeyRequest"]["properties"]["scopes"]
+    assert scopes["items"]["minLength"] == 1 and "conversations" in scopes["items"]["enum"]
+    assert components["CreateKeyRequest"]["additionalProperties"] is False
+    attachments = components["ContinueConversationRequest"]["properties"]["attachments"]
+    assert attachments["items"]["pattern"] and attachments["maxItems"] == 10
+    messages = schema["paths"]["/api/v1/orchestration/conversations/{conversation_id}/messages"]["post"]
+    (conversation_id,) = [p for p in messages["parameters"] if p["name"] == "conversation_id"]
+    assert conversation_id["schema"]["pattern"] == "^[A-Za-z0-9_-]{1,128}$"
+    assert {"202", "400", "404", "409", "422", "429", "503"} <= set(messages["responses"])
+    assert messages["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert schema["paths"]["/health"]["get"]["security"] == [{}]
+    assert "security" not in messages  # the document's bearer token

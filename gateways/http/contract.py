@@ -72,7 +72,10 @@ class StructSchemas(StructSchemaPlugin):
         if isinstance(schema, Reference):  # pragma: no cover - the registry hands out a reference for a known type
             return schema
         struct = field_definition.type_
-        (ref,), components = msgspec.json.schema_components([struct], ref_template="{name}")
+        try:
+            (ref,), components = msgspec.json.schema_components([struct], ref_template="{name}")
+        except TypeError:  # a field of a type msgspec has no schema for: Litestar's description stands
+            return schema
         exact = components.get(ref.get("$ref", ""))
         if exact is None or schema.properties is None:
             return schema
