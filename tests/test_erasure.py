@@ -235,9 +235,10 @@ def clickhouse_rows(client: Any) -> str:
     return "\n".join(out)
 
 
-def nats_files(stream: str) -> str:
-    """The bytes of every file of the test stream, its snapshots and its work stream on disk."""
-    roots = [p for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("pytest-of-*/pytest-current/nats*")]
+def nats_files(stream: str, basetemp: Path) -> str:
+    """The bytes of every file of the test stream, its snapshots and its work stream on disk (the
+    session's nats-server keeps its store under the session's temp dir: ``conftest.nats_url``)."""
+    roots = list(basetemp.glob("nats*"))
     found = [f for root in roots for f in root.rglob("*") if f.is_file() and stream.lower() in str(f).lower()]
     assert found, "the NATS store files of the stream"
     return "\n".join(f.read_bytes().decode("latin-1") for f in found)
@@ -251,7 +252,12 @@ def traces(text: str) -> list[str]:
 
 
 async def test_after_an_erasure_no_store_holds_the_customers_email_phone_or_words(
-    stack: Stack, redis_url: str, nats_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    stack: Stack,
+    redis_url: str,
+    nats_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     client = stack.client
     cid = await erins_conversation(client)
@@ -297,7 +303,7 @@ async def test_after_an_erasure_no_store_holds_the_customers_email_phone_or_word
         "postgres": await postgres_rows(stack.database_url),
         "clickhouse": clickhouse,
         "redis": await redis_contents(redis_url),
-        "nats files": nats_files(stack.stream),
+        "nats files": nats_files(stack.stream, tmp_path_factory.getbasetemp()),
         "audit export": audit,
         "logs": "".join(LOGS.lines) + caplog.text,
     }
