@@ -14,13 +14,13 @@ or 1) is presumed empty; anything else is looked up first. A refused write looks
 raises ``IntegrityError`` if its versions are taken, or tries again if they are still free.
 
 **Many threads, shared turns.** Work handed over by threads while the loop is busy is taken
-together in its next turn (``LoopThread``), and a thread is woken by a socket of its own, which
-lets it run without first fighting the loop for the GIL. A single-message write (a save of one
+together in its next turn (``LoopThread``), and the threads whose work was settled in a turn
+are woken at its end, once its writes have gone. A single-message write (a save of one
 event: the common case) whose subject's position is known needs no coroutine: the writes of a
 turn go together, as one atomic batch (one round trip, each message with its own expectation)
 if ``batch_from`` (default 16) or more, else as single messages in one socket write, each with
-a reply subject of its own on one inbox, whose acknowledgement releases its thread as soon as
-it is read. ``max_bursts`` can hold writes back while that many sends are unanswered (default
+a reply subject of its own on one inbox, whose acknowledgement releases its thread at the end
+of the turn it is read in. ``max_bursts`` can hold writes back while that many sends are unanswered (default
 0: never), so more of them go together. If the server refuses a batch because one of its writes
 is stale, each goes again on its own, so one conflict never fails another thread's save.
 
@@ -45,8 +45,6 @@ import base64
 import contextlib
 import itertools
 import re
-import socket
-import struct
 import threading
 import time
 from collections import OrderedDict, deque
@@ -85,44 +83,38 @@ _ATTEMPTS = 10
 
 
 class _Waker:
-    """How a thread waits for the loop: a socket pair of its own (one per thread, closed with it).
+    """How a thread waits for the loop: a lock of its own (one per thread), released by the loop.
 
-    A ``threading.Lock`` would do, but releasing one wakes the waiting thread while the loop still
-    holds the GIL: the woken thread preempts the loop only to block on the GIL at once, and the
-    two switch back and forth on every save. Sending on a socket releases the GIL around the
-    system call, so the woken thread finds it free and runs on. The waiting side blocks in one
-    ``recv`` (the kernel's receive timeout bounds it), one system call and so one release of the
-    GIL a wait: under load each release is a hand-over to another thread and back.
+    The loop holds its wake-ups to the end of its turn (``LoopThread``): it first reads every
+    answer that came in and sends the writes they let go, then releases the waiting threads, and
+    they take the GIL from it as it goes back to wait for the server. Releasing a lock does not
+    release the GIL. A socket written to for each wake-up (the way before) did: the woken thread
+    took the GIL at once and the loop waited for it to finish its work and block again (cProfile:
+    ~140 us of the loop's time a wake-up, before the turn's writes went), so on a loaded machine
+    the server waited on the loop. Measured side by side on the 2-core machine under load, saves
+    from 8 threads with ``sync_interval: always``: ~20 % more a second, ~10 % less CPU a save,
+    in this process and in nats-server.
     """
 
-    __slots__ = ("_recv", "_send")
+    __slots__ = ("_lock",)
 
-    SLICE = 1.0  # seconds a single recv may block before the deadline is looked at again
+    SLICE = 1.0  # seconds a single wait may block before the deadline is looked at again
 
     def __init__(self) -> None:
-        self._recv, self._send = socket.socketpair()
-        seconds = int(self.SLICE)
-        timeval = struct.pack("ll", seconds, int((self.SLICE - seconds) * 1_000_000))
-        self._recv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        self._send.setblocking(False)
+        self._lock = threading.Lock()
+        self._lock.acquire()  # held: the next wait blocks until a wake-up releases it
 
     def wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # a full buffer: the thread has wake-ups to read already
-            self._send.send(b"\0")
+        with contextlib.suppress(RuntimeError):  # released already: a wake-up is waiting to be taken
+            self._lock.release()
 
     def wait(self, call: Call[Any], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while not call.settled:
-            try:
-                self._recv.recv(64)  # wake-ups left over from a call given up on are read here too
-            except BlockingIOError:  # the receive timeout: one slice went by
-                if time.monotonic() >= deadline:
-                    return call.settled
+            # a wake-up left over from a call given up on is taken here too, and waited past
+            if not self._lock.acquire(timeout=self.SLICE) and time.monotonic() >= deadline:
+                return call.settled
         return True
-
-    def __del__(self) -> None:
-        self._recv.close()
-        self._send.close()
 
 
 _wakers = threading.local()
@@ -133,6 +125,22 @@ def _waker() -> _Waker:
     if waker is None:
         waker = _wakers.waker = _Waker()
     return waker
+
+
+class _LoopLocal(threading.local):
+    runner: LoopThread | None = None  # on a loop's own thread: its LoopThread
+
+
+_on_loop = _LoopLocal()
+
+
+def _wake(waker: _Waker) -> None:
+    """Wake a waiting thread: at the end of the loop's turn if called on a loop, else now."""
+    runner = _on_loop.runner
+    if runner is None:
+        waker.wake()
+    else:
+        runner.wake_later(waker)
 
 
 class Call(Generic[T]):
@@ -155,12 +163,12 @@ class Call(Generic[T]):
     def settle(self, result: T) -> None:
         self._result = result
         self.settled = True
-        self.waker.wake()
+        _wake(self.waker)
 
     def fail(self, error: BaseException) -> None:
         self._error = error
         self.settled = True
-        self.waker.wake()
+        _wake(self.waker)
 
     def settle_from(self, task: asyncio.Future[T]) -> None:
         if task.cancelled():
@@ -218,7 +226,8 @@ class LoopThread:
     until the work is settled. Many threads call at once (an application saved from a thread
     pool), so the hand-over is kept cheap: callers queue their work and only the first of a
     burst wakes the loop, which starts every queued call in the same turn; each caller waits
-    on a socket of its own, written to as soon as its work is settled.
+    on a lock of its own, released once its work is settled, after the writes of the loop's
+    turn have gone (``_Waker``).
 
     A ``lazy`` call made while the loop is waiting for answers it was told to expect
     (``expect``) does not wake it at all: the loop takes the queue when the next answer comes in
@@ -236,8 +245,24 @@ class LoopThread:
         self._woken = False  # the loop will take the queue without being woken again
         self._expecting = 0  # answers the loop is waiting for (it takes the queue at each)
         self._mutex = threading.Lock()
+        self._wakes: list[_Waker] = []  # threads to wake at the end of the loop's turn
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.loop.call_soon(self._on_thread)
         self._thread.start()
+
+    def _on_thread(self) -> None:
+        _on_loop.runner = self
+
+    def wake_later(self, waker: _Waker) -> None:
+        """(On the loop.) Wake a thread once the callbacks already due in this turn have run."""
+        if not self._wakes:
+            self.loop.call_soon(self._wake_all)
+        self._wakes.append(waker)
+
+    def _wake_all(self) -> None:
+        wakes, self._wakes = self._wakes, []
+        for waker in wakes:
+            waker.wake()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         try:
@@ -308,6 +333,7 @@ class LoopThread:
             finally:
                 self.loop.call_soon_threadsafe(self.loop.stop)
                 self._thread.join(5)
+        self._wake_all()  # settled in the loop's last turn
         with self._mutex:  # work handed over too late: its threads are told now, not at their timeout
             calls = list(self._queue)
             self._queue.clear()

@@ -533,7 +533,7 @@ def test_closing_the_factory_releases_a_save_still_waiting(tmp_path: Path) -> No
             waiting = threading.Thread(target=save)
             waiting.start()
             time.sleep(0.3)  # the save is out, its acknowledgement cannot come
-            assert not released.is_set()
+            assert not released.is_set(), outcome
             closing = threading.Thread(target=factory.close)
             closing.start()
             # Released by the close itself, before the save's own timeout (1 s, 3 s for the thread).
