@@ -120,7 +120,7 @@ class Sizes:
     app_threads: int = 8  # an unmodified Application saved from a thread pool
     app_saves: int = 12_000  # per workload and side, across the threads and rounds
     app_aggregates: int = 1_200  # registered first (those saves count), then changed in turn
-    app_rounds: int = 3  # the sides take turns, a round each
+    app_rounds: int = 4  # the sides take turns, a round each
 
     @property
     def app_round_saves(self) -> int:
@@ -392,17 +392,17 @@ def run_es_app_once(env: dict[str, str], workload: str, s: Sizes) -> float:
 def run_es_apps(sides: dict[str, dict[str, str]], s: Sizes) -> dict[str, dict[str, Any]]:
     """Saves/s of an unmodified Application from ``app_threads`` threads on each side, both workloads.
 
-    The sides take turns: ``app_rounds`` rounds, each running every side once per workload, in
-    the opposite order to the round before (A B C, C B A, ...), so a side is not favoured by
-    when it runs on a machine whose load changes. A side's figure is all its saves over all its
-    measured time; the rounds' own figures are kept beside it.
+    The sides take turns: ``app_rounds`` rounds, each running every side once per workload, one
+    side right after the other, in the opposite order to the round before (A B C, C B A, ...),
+    so a side is not favoured by when it runs on a machine whose load changes. A side's figure
+    is all its saves over all its measured time; the rounds' own figures are kept beside it.
     """
     spent: dict[str, dict[str, list[float]]] = {name: {"save": [], "get_change_save": []} for name in sides}
     order = list(sides)
     for round_ in range(s.app_rounds):
-        for name in order if round_ % 2 == 0 else order[::-1]:
-            for workload in ("save", "get_change_save"):
-                print(f"  round {round_ + 1}/{s.app_rounds}: {name}, {workload} ...", flush=True)
+        for workload in ("save", "get_change_save"):
+            for name in order if round_ % 2 == 0 else order[::-1]:
+                print(f"  round {round_ + 1}/{s.app_rounds}: {workload}, {name} ...", flush=True)
                 spent[name][workload].append(run_es_app_once(sides[name], workload, s))
     saves = s.app_round_saves // s.app_threads * s.app_threads
     out: dict[str, dict[str, Any]] = {}
@@ -616,11 +616,14 @@ def print_app_table(apps: dict[str, dict[str, Any]], s: Sizes) -> dict[str, Any]
     print(table(["store", "saves/s", "x postgres", "get+change+save/s", "x postgres"], rows))
     ratio = apps[APP_JS]["app_save_ratio_vs_postgres"]
     commands = apps[APP_JS]["app_get_change_save_ratio_vs_postgres"]
+    rounds = zip(apps[APP_JS]["app_save_rounds_per_s"], pg_row["app_save_rounds_per_s"], strict=True)
+    paired = [js / pg for js, pg in rounds]
     print(
         f"\nratio, Application from {s.app_threads} threads, both durable (JetStream sync always vs PostgreSQL): "
         f"{ratio:.2f}x saves/s (target >= 3x), {commands:.2f}x get+change+save/s"
     )
-    return {"apps": apps, "ratio_app_durable": ratio}
+    print("saves/s ratio round by round (the two runs side by side): " + ", ".join(f"{r:.2f}x" for r in paired))
+    return {"apps": apps, "ratio_app_durable": ratio, "ratio_app_durable_rounds": paired}
 
 
 if __name__ == "__main__":
