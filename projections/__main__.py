@@ -72,9 +72,18 @@ async def _run(settings: ProjectionSettings, names: list[str]) -> None:
 
 
 async def _rebuild(settings: ProjectionSettings, name: str) -> None:
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     projector = registry.projector(name)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f} %"))
     async with _opened(settings) as (store, pool):
-        report = await rebuild(projector, store.store, pool)
+        with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
+            task = bar.add_task(f"rebuilding {name} from the stream", total=None)
+
+            def reached(position: int, last: int) -> None:
+                bar.update(task, total=max(last, 1), completed=position)
+
+            report = await rebuild(projector, store.store, pool, progress=reached)
     print(
         f"rebuilt {report.name}: {report.events:,} events in {report.commits:,} commits, {report.seconds:.2f} s "
         f"({report.events_per_second:,.0f} events/s); {report.dead_letters} dead letters; "

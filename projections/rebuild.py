@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,8 +74,18 @@ class RebuildReport(msgspec.Struct, frozen=True):
     locked_ms: float  # how long the live projector was held for the swap
 
 
+# Told after each page: the stream sequence the shadow has reached, and the stream's last one when
+# the rebuild started (the command line draws it as a bar).
+Progress = Callable[[int, int], None]
+
+
 async def rebuild(
-    projector: Projector, store: EventStore, pool: AsyncConnectionPool[Any], *, page: int = PAGE
+    projector: Projector,
+    store: EventStore,
+    pool: AsyncConnectionPool[Any],
+    *,
+    page: int = PAGE,
+    progress: Progress | None = None,
 ) -> RebuildReport:
     name, live = projector.name, projector.schema
     shadow = f"{live}_shadow"
@@ -88,7 +98,10 @@ async def rebuild(
             started = time.perf_counter()
             await _drop_leftovers(conn, live)
             bound.info("rebuild started", shadow=shadow)
-            progress = await _replay(conn, projector, store, shadow, page)
+            last = await store.last_seq()
+            told = _tell(progress, last)
+            told(0)
+            replayed = await _replay(conn, projector, store, shadow, page, told)
             await _analyze(conn, shadow)  # statistics for the readers of the new schema from its first query
 
             # The swap. The live runner waits on the batch lock meanwhile.
@@ -96,16 +109,17 @@ async def rebuild(
             async with conn.transaction():
                 await lock_batch(conn, name)
                 target = await _live_checkpoint(conn, live, name)
-                while progress.position < target:
+                while replayed.position < target:
                     messages = await store.read_all(
-                        after_seq=progress.position, limit=page, subject=projector.subject, filter_locally=True
+                        after_seq=replayed.position, limit=page, subject=projector.subject, filter_locally=True
                     )
                     if not messages:
                         raise RuntimeError(
-                            f"the stream ends at {progress.position}, before the live checkpoint {target}"
+                            f"the stream ends at {replayed.position}, before the live checkpoint {target}"
                         )
-                    progress.add(await apply_batch(conn, projector, store, shadow, messages, after=progress.position))
-                await set_checkpoint(conn, shadow, name, progress.position)
+                    replayed.add(await apply_batch(conn, projector, store, shadow, messages, after=replayed.position))
+                await set_checkpoint(conn, shadow, name, replayed.position)
+                told(last)
                 old = f"{live}_old_{datetime.now(UTC):%Y%m%d%H%M%S%f}"
                 if await _exists(conn, live):
                     await conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(_id(live), _id(old)))
@@ -121,16 +135,24 @@ async def rebuild(
     report = RebuildReport(
         name=name,
         schema=live,
-        commits=progress.commits,
-        events=progress.events,
-        dead_letters=progress.dead_letters,
-        checkpoint=progress.position,
+        commits=replayed.commits,
+        events=replayed.events,
+        dead_letters=replayed.dead_letters,
+        checkpoint=replayed.position,
         seconds=round(seconds, 3),
-        events_per_second=round(progress.events / seconds, 1) if seconds > 0 else 0.0,
+        events_per_second=round(replayed.events / seconds, 1) if seconds > 0 else 0.0,
         locked_ms=round(locked_ms, 1),
     )
     bound.info("rebuild swapped in", **msgspec.structs.asdict(report))
     return report
+
+
+def _tell(progress: Progress | None, last: int) -> Callable[[int], None]:
+    def told(position: int) -> None:
+        if progress is not None:
+            progress(min(position, last), last)  # commits after the start are the catch-up's
+
+    return told
 
 
 class _Progress(msgspec.Struct):
@@ -149,13 +171,18 @@ class _Progress(msgspec.Struct):
 
 
 async def _replay(
-    conn: AsyncConnection[Any], projector: Projector, store: EventStore, shadow: str, page: int
+    conn: AsyncConnection[Any],
+    projector: Projector,
+    store: EventStore,
+    shadow: str,
+    page: int,
+    told: Callable[[int], None],
 ) -> _Progress:
     """The whole history into a new shadow schema: in bulk if the projector can, else event by event."""
     await _new_schema(conn, projector, shadow)
     if (replay := projector.replay()) is not None:
         try:
-            return await _replay_in_bulk(conn, projector, replay, store, shadow, page)
+            return await _replay_in_bulk(conn, projector, replay, store, shadow, page, told)
         except (NotReplayable, psycopg.DataError, psycopg.IntegrityError) as e:
             log.warning(
                 "the bulk replay cannot reproduce this history row for row; replaying it event by event",
@@ -164,11 +191,17 @@ async def _replay(
             )
             await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(_id(shadow)))
             await _new_schema(conn, projector, shadow)
-    return await _replay_events(conn, projector, store, shadow, page)
+    return await _replay_events(conn, projector, store, shadow, page, told)
 
 
 async def _replay_in_bulk(
-    conn: AsyncConnection[Any], projector: Projector, replay: Replay, store: EventStore, shadow: str, page: int
+    conn: AsyncConnection[Any],
+    projector: Projector,
+    replay: Replay,
+    store: EventStore,
+    shadow: str,
+    page: int,
+    told: Callable[[int], None],
 ) -> _Progress:
     """Fold each page and write the rows it settled while folding the next; the rows still open and
     the checkpoint go last, together. A commit is folded as soon as it is decoded, so the objects
@@ -193,6 +226,7 @@ async def _replay_in_bulk(
                     await writing
                 writing = asyncio.ensure_future(_write(conn, shadow, replay.flush(conn, shadow), dead))
                 progress.add(BatchResult(messages[-1].seq, commits, events, skipped=0, dead_letters=dead))
+                told(progress.position)
         if writing is not None:
             await writing
     except BaseException:  # the connection is free again once the write in flight is over
@@ -214,7 +248,12 @@ async def _write(conn: AsyncConnection[Any], shadow: str, rows: Awaitable[None],
 
 
 async def _replay_events(
-    conn: AsyncConnection[Any], projector: Projector, store: EventStore, shadow: str, page: int
+    conn: AsyncConnection[Any],
+    projector: Projector,
+    store: EventStore,
+    shadow: str,
+    page: int,
+    told: Callable[[int], None],
 ) -> _Progress:
     """Each page with the projector's ``apply``, in one transaction with the checkpoint."""
     progress = _Progress()
@@ -224,6 +263,7 @@ async def _replay_events(
                 result = await apply_batch(conn, projector, store, shadow, messages, after=progress.position)
                 await set_checkpoint(conn, shadow, projector.name, result.checkpoint, announce=False)
             progress.add(result)
+            told(progress.position)
     return progress
 
 

@@ -1049,6 +1049,24 @@ async def test_the_bulk_replay_writes_exactly_the_rows_the_statements_write(
     assert await replayed_rows(open_test_store, pool) == expected
 
 
+async def test_a_rebuild_tells_its_progress_page_by_page_up_to_the_streams_end(
+    open_test_store: OpenStore, pool: AsyncConnectionPool[Any]
+) -> None:
+    history = History(open_test_store)
+    await every_event_history(history)
+    seen: list[tuple[int, int]] = []
+
+    report = await rebuild(
+        ConversationsProjector(), open_test_store.store, pool, page=7, progress=lambda *p: seen.append(p)
+    )
+
+    last = history.last_seq
+    assert {total for _, total in seen} == {last}  # the bar's length: the stream's end when it started
+    assert seen[0] == (0, last) and seen[-1] == (last, last) == (report.checkpoint, last)
+    positions = [position for position, _ in seen]
+    assert positions == sorted(positions) and len(set(positions)) > 3  # page by page, never backwards
+
+
 STORIES = [("acme", "conv-1"), ("acme", "conv-2"), ("acme", "conv-3"), ("globex", "conv-1"), ("acme", "conv-6")]
 
 
