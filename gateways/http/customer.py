@@ -14,7 +14,6 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
@@ -26,6 +25,7 @@ from domain.customer import CustomerStreams
 from domain.errors import NotFoundError
 from gateways.http.auth import Identity, requires
 from gateways.http.common import actor, is_customer
+from gateways.http.fields import SubjectId
 from read_models.customer import CustomerExport, CustomerQueries
 from streams.keys import KeyStore
 from streams.store import EventStore
@@ -107,7 +107,7 @@ class CustomerController(Controller):
     async def erase(
         self,
         request: Request[Identity, Any, Any],
-        customer_id: FromPath[str],
+        customer_id: SubjectId,
         customers: NamedDependency[CustomerDesk],
     ) -> ErasureView:
         """Destroy the customer's key (every process forgets it at once) and every readable trace of
@@ -126,7 +126,7 @@ class CustomerController(Controller):
     async def export(
         self,
         request: Request[Identity, Any, Any],
-        customer_id: FromPath[str],
+        customer_id: SubjectId,
         customers: NamedDependency[CustomerDesk],
     ) -> CustomerExport:
         """The customer's conversations with every message, their escalations and their calls with

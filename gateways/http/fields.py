@@ -34,6 +34,10 @@ Attachments = Annotated[list[Attachment], msgspec.Meta(max_length=10)]
 # an event stream's name allows (``streams.subjects``).
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 Id = Annotated[str, Parameter(pattern=ID_PATTERN, max_length=128, description="letters, digits, '_' or '-'")]
+# A person by the id their token names (a customer's ``sub``): one line of text.
+SubjectId = Annotated[
+    str, Parameter(min_length=1, max_length=200, pattern=_ONE_LINE, description="the person's id (a token's subject)")
+]
 # A tenant's slug or a config's branch: lowercase letters, digits, '_' or '-'.
 Slug = Annotated[str, Parameter(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", max_length=64)]
 # A stream position a query waits for (Litestar drops a bound of 0 from the schema: stated again).
