@@ -104,7 +104,9 @@ async def main(serve: bool) -> None:
         print("  " + reply.get_body().get_content().strip().replace("\n", "\n  "))  # type: ignore[union-attr]
 
         print("\nA human agent answers Bob on SMS:")
-        contact = await api.get("/api/v1/orchestration/conversations", params={"channel": "sms"}, headers=sarah)
+        contact = await api.get(
+            "/api/v1/orchestration/conversations", params={"channel": "sms", "status": "active"}, headers=sarah
+        )
         cid = contact.json()["conversations"][0]["conversation_id"]
         await api.post("/api/v1/orchestration/agents", json={"name": "Sarah", "agent_id": "sarah"}, headers=sarah)
         await api.post("/api/v1/orchestration/agents/sarah/availability", json={"available": True}, headers=sarah)
@@ -123,6 +125,15 @@ async def main(serve: bool) -> None:
             await asyncio.sleep(0.2)
         texts = await wait_for("the agent's SMS", lambda: [t for t in twilio.sent_to("+34600333444") if "Sarah" in t])
         print(f"  Twilio got: {texts[0]}")
+        # Sarah closes it: Bob's next text (another run of this demo) opens a new conversation
+        escalation_id = escalated.json()["escalation_id"]
+        closed = await api.post(
+            f"/api/v1/orchestration/conversations/{cid}/escalations/{escalation_id}/resolve",
+            json={"resolution": "closed"},
+            headers=sarah,
+        )
+        closed.raise_for_status()
+        print("  Sarah closed the conversation")
     if serve:
         print("\nprovider servers up (Ctrl-C to stop)")
         await asyncio.Event().wait()
