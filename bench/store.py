@@ -23,8 +23,9 @@ from 8 threads (``app_threads``): each thread registers its aggregates and keeps
 * **get, change, save**: the same, reading the aggregate back from the repository first.
 
 The Application sides take turns (``app_rounds`` rounds, the order reversed each round) and
-each measured run starts after an ``os.sync()``, so no side pays for what another left in the
-page cache, nor gains from the moment it ran at on a shared machine.
+each measured run starts after a PostgreSQL ``CHECKPOINT`` and an ``os.sync()``, so no side
+pays for what another left to be written, nor gains from the moment it ran at on a shared
+machine.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import msgspec
+import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, DomainEvent, event
 from eventsourcing.persistence import (
@@ -120,7 +122,7 @@ class Sizes:
     app_threads: int = 8  # an unmodified Application saved from a thread pool
     app_saves: int = 12_000  # per workload and side, across the threads and rounds
     app_aggregates: int = 1_200  # registered first (those saves count), then changed in turn
-    app_rounds: int = 4  # the sides take turns, a round each
+    app_rounds: int = 6  # the sides take turns, a round each
 
     @property
     def app_round_saves(self) -> int:
@@ -359,7 +361,7 @@ def app_worker(app: Tallies, workload: str, t: int, *, saves: int, aggregates: i
             app.get_and_add(mine[n % aggregates].id)
 
 
-def run_es_app_once(env: dict[str, str], workload: str, s: Sizes) -> float:
+def run_es_app_once(env: dict[str, str], workload: str, s: Sizes, pg: Postgres | None = None) -> float:
     """One measured run of a workload on a fresh application: its seconds for ``app_round_saves`` saves.
 
     The application gets a name of its own (so its own PostgreSQL tables; the JetStream side gets
@@ -376,7 +378,7 @@ def run_es_app_once(env: dict[str, str], workload: str, s: Sizes) -> float:
             app_worker, app, workload, saves=per_thread, aggregates=s.app_round_aggregates // s.app_threads
         )
         with ThreadPoolExecutor(s.app_threads) as pool:
-            settle()
+            settle(pg)
             started = time.perf_counter()
             list(pool.map(worker, range(s.app_threads)))
             elapsed = time.perf_counter() - started
@@ -389,7 +391,7 @@ def run_es_app_once(env: dict[str, str], workload: str, s: Sizes) -> float:
     return elapsed
 
 
-def run_es_apps(sides: dict[str, dict[str, str]], s: Sizes) -> dict[str, dict[str, Any]]:
+def run_es_apps(sides: dict[str, dict[str, str]], s: Sizes, pg: Postgres | None = None) -> dict[str, dict[str, Any]]:
     """Saves/s of an unmodified Application from ``app_threads`` threads on each side, both workloads.
 
     The sides take turns: ``app_rounds`` rounds, each running every side once per workload, one
@@ -403,7 +405,7 @@ def run_es_apps(sides: dict[str, dict[str, str]], s: Sizes) -> dict[str, dict[st
         for workload in ("save", "get_change_save"):
             for name in order if round_ % 2 == 0 else order[::-1]:
                 print(f"  round {round_ + 1}/{s.app_rounds}: {workload}, {name} ...", flush=True)
-                spent[name][workload].append(run_es_app_once(sides[name], workload, s))
+                spent[name][workload].append(run_es_app_once(sides[name], workload, s, pg))
     saves = s.app_round_saves // s.app_threads * s.app_threads
     out: dict[str, dict[str, Any]] = {}
     for name, workloads in spent.items():
@@ -415,13 +417,18 @@ def run_es_apps(sides: dict[str, dict[str, str]], s: Sizes) -> dict[str, dict[st
     return out
 
 
-def settle() -> None:
-    """Write out what earlier runs left in the page cache, so a run's fsyncs are its own.
+def settle(pg: Postgres | None = None) -> None:
+    """Write out what earlier runs left behind, so a run's fsyncs are its own.
 
     On ext4 (data=ordered) an fsync commits the journal, which first writes out the dirty
     data of every file: a run right after a server that does not fsync (JetStream's default
-    sync) would otherwise pay for that server's writes.
+    sync) would otherwise pay for that server's writes, and a run after PostgreSQL for the
+    pages its background writer puts out meanwhile. So PostgreSQL checkpoints (its dirty
+    buffers written and synced), then everything in the page cache is synced.
     """
+    if pg is not None:
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
     os.sync()
 
 
@@ -510,17 +517,17 @@ def main() -> None:
                 if args.app_only:
                     break
                 print(f"parley store, sync {label} ...", flush=True)
-                settle()
+                settle(pg)
                 results[f"parley (jetstream, sync {label})"] = asyncio.run(
                     run_parley(server.url, root / f"data-{label}", s)
                 )
                 print(f"eventsourcing recorders on jetstream, sync {label} ...", flush=True)
-                settle()
+                settle(pg)
                 make = functools.partial(jetstream_factory, server.url)
                 results[f"es/jetstream (sync {label})"] = with_factory(make, s)
             if not args.app_only:
                 print("eventsourcing postgres module ...", flush=True)
-                settle()
+                settle(pg)
                 results[PG] = with_factory(lambda: postgres_factory(pg, s), s)
             # The Application rows side by side, the sides taking turns.
             print(f"eventsourcing Application from {s.app_threads} threads, {s.app_rounds} rounds ...", flush=True)
@@ -531,6 +538,7 @@ def main() -> None:
                     APP_JS_DEFAULT: jetstream_env(default.url),
                 },
                 s,
+                pg,
             )
         finally:
             for srv in servers:
