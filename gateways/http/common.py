@@ -160,8 +160,6 @@ class Commands:
         key = request.headers.get("Idempotency-Key")
         structlog.contextvars.bind_contextvars(tenant=identity.tenant, conversation_id=conversation_id)
 
-        fingerprint = f"{request.method} {request.url.path}".encode() + canonical(await request.body()) if key else b""
-
         async def run() -> tuple[int, Any]:
             ctx = CommandContext(
                 tenant=identity.tenant,

@@ -152,9 +152,10 @@ class Limits:
         tenant: str,
         key: str | None,
         fingerprint: bytes,
-        run: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
-    ) -> tuple[int, dict[str, Any]]:
-        """Run a request once per Idempotency-Key; a retry gets the first response.
+        run: Callable[[], Awaitable[tuple[int, Any]]],
+    ) -> tuple[int, Any]:
+        """Run a request once per Idempotency-Key; a retry gets the first response (the first's body
+        as the JSON it was remembered as).
 
         The command id derived from the key makes the store refuse a second effect even when
         two retries race or Redis forgot the key; this remembers the first *response*.
@@ -174,6 +175,8 @@ class Limits:
             if await self.redis.set(redis_key, record, nx=True, ex=self.ttl):
                 return status, body
             stored = await self.redis.get(redis_key)  # a racing retry remembered its response first
+            if stored is None:  # ... and it has expired already: this response stands
+                return status, body
         first = json.loads(stored)
         if first["fingerprint"] != digest:
             raise IdempotencyKeyReused(
