@@ -72,12 +72,16 @@ async def _run(settings: ProjectionSettings, names: list[str]) -> None:
 
 
 async def _rebuild(settings: ProjectionSettings, name: str) -> None:
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     projector = registry.projector(name)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f} %"))
     async with _opened(settings) as (store, pool):
-        with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as bar:
+        # on stderr: stdout holds the report alone
+        with Progress(
+            *columns, TimeElapsedColumn(), TimeRemainingColumn(), transient=True, console=Console(stderr=True)
+        ) as bar:
             task = bar.add_task(f"rebuilding {name} from the stream", total=None)
 
             def reached(position: int, last: int) -> None:
