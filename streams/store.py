@@ -99,6 +99,11 @@ def encode_commit(first_version: int, items: list[StoredItem], meta: EventMeta |
     return _ENCODE.encode(Commit(first_version, meta or EventMeta(), items))
 
 
+def commit_topics(data: bytes) -> list[str]:
+    """The topics of a commit's events, read without decoding (or unsealing) the events themselves."""
+    return [item.topic for item in _DECODE.decode(data).events]
+
+
 def commit_version(data: bytes) -> int:
     """The aggregate's version after a commit (the version of its last event), from the message body."""
     commit = _DECODE.decode(data)
