@@ -129,7 +129,7 @@ class AuditController(Controller):
         runner: NamedDependency[CommandRunner],
         store: NamedDependency[EventStore],
         at: Annotated[datetime | None, QueryParameter(description="RFC 3339; UTC when no zone is given")] = None,
-        version: Annotated[int | None, QueryParameter(ge=0, schema_extra={"minimum": 0})] = None,
+        version: Annotated[int | None, QueryParameter(ge=0, le=2_147_483_647, schema_extra={"minimum": 0})] = None,
     ) -> AuditState:
         """The state after the last event recorded at or before ``at``, or at ``version`` (the latest
         with neither), reproduced by replaying the aggregate's events through its own ``evolve``."""

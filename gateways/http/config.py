@@ -618,7 +618,7 @@ class ConfigController(Controller):
         config_service: NamedDependency[ConfigService],
         positions: NamedDependency[Positions],
         config_reads: NamedDependency[ConfigReads],
-        version: Annotated[int | None, QueryParameter(ge=1)] = None,
+        version: Annotated[int | None, QueryParameter(ge=1, le=1_000_000)] = None,
         at: FromQuery[datetime | None] = None,
         min_position: MinPosition = None,
     ) -> ConfigView:

@@ -492,7 +492,7 @@ class ConversationController(Controller):
         status: FromQuery[Literal["active", "escalated", "closed"] | None] = None,
         channel: Annotated[str | None, QueryParameter(max_length=200)] = None,
         config_id: Annotated[str | None, QueryParameter(max_length=200)] = None,
-        config_version: Annotated[int | None, QueryParameter(ge=1)] = None,
+        config_version: Annotated[int | None, QueryParameter(ge=1, le=1_000_000)] = None,
         assigned_agent: Annotated[
             str | None, QueryParameter(max_length=200, description="an agent id, or `me` (the caller)")
         ] = None,
