@@ -8,7 +8,10 @@ history. Ids and the clock arrive with the command. Rules of a call:
 * an utterance, a tool call, a transfer or a recording recorded twice (the same id) is recorded once;
 * card numbers in what the caller says are masked before they become an event, and digits typed on
   the keypad are personal data (a card number can be typed too);
-* one transfer at a time; it connects or fails once.
+* one transfer at a time; it connects or fails once;
+* chat and voice in one log: what the customer sends in the chat linked to a live call is shared with
+  the call (``ChatbotDataShared``, the seed's ``chatbot_data_shared``), once per message, sealed
+  under the caller's key; the voice agent uses it on its next turn.
 
 Every figure a voice-analytics projection needs is in the events: per-stage timings on each turn
 (``CallerSpoke.transcription_delay_ms``/``end_of_turn_delay_ms``, ``AgentSpoke.llm_ttft_ms``/
@@ -323,6 +326,31 @@ class CallEnded(Event, frozen=True, kw_only=True):
     time_field = "ended_at"
 
 
+class ChatbotDataShared(Event, frozen=True, kw_only=True):
+    """The seed's ``chatbot_data_shared`` (a cross-product event): what the customer sent in the chat
+    linked to this call while it was in progress, which the chatbot did not answer; the voice agent
+    takes it on its next turn. ``data_type``: ``chat_message`` (``shared_data["text"]``), or
+    ``document`` (attachments: ``shared_data["attachment_1"]``, ...)."""
+
+    conversation_id: str
+    message_id: str
+    user_id: str
+    data_type: str = "chat_message"
+    shared_data: dict[str, str] | None = None
+    at: datetime
+
+    personal_fields = ("shared_data",)
+    data_subject = "user_id"
+    time_field = "at"
+
+
+def shared_text(shared: dict[str, str]) -> str:
+    """What was shared from the chat, as one line: its text, then its attachments."""
+    parts = [shared["text"]] if shared.get("text") else []
+    parts += [value for key, value in sorted(shared.items()) if key.startswith("attachment")]
+    return " ".join(parts)
+
+
 class CallAttemptRefused(Event, frozen=True, kw_only=True):
     """An outbound call the voice line refused: the attempt is kept, the call never starts."""
 
@@ -366,6 +394,7 @@ CallEvent = (
     | CallEnded
     | CallAttemptRefused
     | CallErased
+    | ChatbotDataShared
 )
 
 
@@ -511,6 +540,16 @@ class ReportSpeechProviderInterruption(Command, frozen=True, kw_only=True):
     provider: str
     error: str
     recovered_by: str
+    at: datetime
+
+
+class ShareChatData(Command, frozen=True, kw_only=True):
+    """What arrived in the linked chat while the call is live (the chat runtime shares it)."""
+
+    conversation_id: str
+    message_id: str
+    data_type: str = "chat_message"
+    shared_data: dict[str, str]
     at: datetime
 
 
@@ -767,6 +806,22 @@ def decide(command: Command, state: Call) -> list[Event]:
                     transfer_id=command.transfer_id, reason=command.reason, sip_status=command.sip_status, at=command.at
                 )
             ]
+        case ShareChatData():
+            if command.message_id in state.recent_ids:
+                return []
+            shared = {key: mask_card_numbers(value) for key, value in command.shared_data.items() if value}
+            if not shared:
+                raise ValidationError("nothing to share", fields={"shared_data": "empty"})
+            return [
+                ChatbotDataShared(
+                    conversation_id=command.conversation_id,
+                    message_id=command.message_id,
+                    user_id=state.user_id,
+                    data_type=command.data_type,
+                    shared_data=shared,
+                    at=command.at,
+                )
+            ]
         case ReportSpeechProviderInterruption():
             return [
                 SpeechProviderInterrupted(
@@ -893,6 +948,14 @@ def evolve(state: Call, event: Event) -> Call:
             )
         case DtmfPressed():
             return replace(state, recent_ids=_remember(state, event.press_id))
+        case ChatbotDataShared():
+            text = (event.shared_data or {}).get("text")
+            pii = extract_pii(text) if text else {}
+            return replace(
+                state,
+                pii_collected={**state.pii_collected, **pii} if pii else state.pii_collected,
+                recent_ids=_remember(state, event.message_id),
+            )
         case SentimentUpdated():
             return replace(
                 state, sentiment_sum=state.sentiment_sum + event.score, sentiment_count=state.sentiment_count + 1

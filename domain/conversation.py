@@ -14,7 +14,10 @@ history. Ids and the clock arrive with the command, so both are deterministic. R
   order ids and collected details replaced by ``[customer data]``: erasing the customer leaves
   the agent's words without the customer in them, erasing the agent leaves the customer's copy;
 * ``EraseConversation`` (the customer was erased: ``domain.customer``) forgets the personal data
-  the state collected; it may come in any state, closed included.
+  the state collected; it may come in any state, closed included;
+* chat and voice in one log: a call linked to the conversation (``domain.call``) marks it while the
+  call is connected (the seed's ``voicebot_session_started`` / ``voicebot_session_ended``); meanwhile
+  the chatbot answers nothing (``Conversation.on_call``): what the customer writes goes to the call.
 """
 
 from __future__ import annotations
@@ -293,6 +296,33 @@ class ConversationErased(Event, frozen=True, kw_only=True):
     time_field = "erased_at"
 
 
+class VoicebotSessionStarted(Event, frozen=True, kw_only=True):
+    """The seed's ``voicebot_session_started``: a call with the customer, linked to this conversation,
+    is connected; the chatbot stays silent (what is written goes to the call) until it ends."""
+
+    call_id: str
+    user_id: str
+    config_id: str = ""
+    config_version: int = 0
+    phone_number: str | None = None
+    started_at: datetime
+
+    personal_fields = ("phone_number",)
+    data_subject = "user_id"
+    time_field = "started_at"
+
+
+class VoicebotSessionEnded(Event, frozen=True, kw_only=True):
+    """The seed's ``voicebot_session_ended``: the linked call ended; the chatbot answers again."""
+
+    call_id: str
+    user_id: str = ""
+    duration_seconds: float = 0.0
+    ended_at: datetime
+
+    time_field = "ended_at"
+
+
 ConversationEvent = (
     ConversationStarted
     | UserMessageReceived
@@ -309,6 +339,8 @@ ConversationEvent = (
     | SurveyAnswered
     | ConversationClosed
     | ConversationErased
+    | VoicebotSessionStarted
+    | VoicebotSessionEnded
 )
 
 
@@ -425,6 +457,22 @@ class EraseConversation(Command, frozen=True, kw_only=True):
     at: datetime
 
 
+class StartVoicebotSession(Command, frozen=True, kw_only=True):
+    """A linked call was connected (``commands.call``): the chatbot goes silent while it lasts."""
+
+    call_id: str
+    config_id: str = ""
+    config_version: int = 0
+    phone_number: str | None = None
+    at: datetime
+
+
+class EndVoicebotSession(Command, frozen=True, kw_only=True):
+    call_id: str
+    duration_seconds: float = 0.0
+    at: datetime
+
+
 ConversationCommand = (
     StartConversation
     | ReceiveUserMessage
@@ -438,6 +486,8 @@ ConversationCommand = (
     | AnswerSurvey
     | CloseConversation
     | EraseConversation
+    | StartVoicebotSession
+    | EndVoicebotSession
 )
 
 
@@ -477,6 +527,8 @@ class Conversation(msgspec.Struct, frozen=True):
     recent_message_ids: tuple[str, ...] = ()
     # Erased with its customer, and nothing said since.
     erased: bool = False
+    # The linked call in progress (chat and voice in one log): the chatbot is silent while it lasts.
+    on_call: str | None = None
 
 
 INITIAL = Conversation()
@@ -684,6 +736,31 @@ def decide(command: Command, state: Conversation) -> list[Event]:
             ]
         case CloseConversation():
             return [ConversationClosed(reason=command.reason, closed_at=command.at)]
+        case StartVoicebotSession():
+            if state.on_call == command.call_id:
+                return []  # told twice
+            # The latest call is the one in progress (a call whose end was never told gives way).
+            return [
+                VoicebotSessionStarted(
+                    call_id=command.call_id,
+                    user_id=state.user_id,
+                    config_id=command.config_id,
+                    config_version=command.config_version,
+                    phone_number=command.phone_number,
+                    started_at=command.at,
+                )
+            ]
+        case EndVoicebotSession():
+            if state.on_call != command.call_id:
+                return []  # ended already, or another call is the one in progress
+            return [
+                VoicebotSessionEnded(
+                    call_id=command.call_id,
+                    user_id=state.user_id,
+                    duration_seconds=max(0.0, command.duration_seconds),
+                    ended_at=command.at,
+                )
+            ]
     raise ValidationError(f"{type(command).__name__} is not a conversation command")
 
 
@@ -869,8 +946,18 @@ def evolve(state: Conversation, event: Event) -> Conversation:
             return replace(state, surveys={**state.surveys, event.survey_id: replace(survey, answered=True)})
         case ConversationClosed():
             return replace(
-                state, status="closed", open_escalation=None, assigned_agent=None, assigned_agent_name="", queued=False
+                state,
+                status="closed",
+                open_escalation=None,
+                assigned_agent=None,
+                assigned_agent_name="",
+                queued=False,
+                on_call=None,
             )
+        case VoicebotSessionStarted():
+            return replace(state, on_call=event.call_id)
+        case VoicebotSessionEnded():
+            return replace(state, on_call=None if state.on_call == event.call_id else state.on_call)
     return state
 
 
