@@ -16,16 +16,28 @@
 - ``history`` is the call turn by turn: each thing the caller said (or typed), the config version
   that governed the answer (pinned to the call) beside the version active at that moment, the
   tools run and the agent's replies, each with its place in the call's stream.
+
+Chat and voice in one log. A call started with a ``conversation_id`` is linked to that chat
+conversation: it must be the tenant's, open, and the same customer's (the call's personal data is
+then sealed under that customer's key, so erasing them shreds the call too). Nothing is linked by
+guesswork: a customer may have several conversations, and a phone number is no proof of which one
+they mean. Once the call is connected the conversation is told (``StartVoicebotSession``, the seed's
+``voicebot_session_started``) and the chatbot stays silent; what the customer writes meanwhile is
+shared with the call (``ChatbotDataShared``, by ``agents.runtime``); when the call ends the
+conversation is told again (``EndVoicebotSession``) and the chatbot answers again. Both are
+commands with ids derived from the call, sent whenever its connection or end is recorded (a
+retry tells again, once). ``timeline`` is the conversation's chat and voice turns interleaved.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 import structlog
@@ -35,6 +47,7 @@ from commands.config import ConfigCatalog
 from commands.runner import CommandContext, CommandRunner, Outcome
 from domain import call as v
 from domain import config as a
+from domain import conversation as c
 from domain import escalation as p
 from domain.errors import IllegalStateError, NotFoundError, ValidationError
 from domain.escalation import DECIDER as AGENT_POOL
@@ -153,6 +166,35 @@ class CallHistory(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     version: int
     turns: list[CallTurn]
+    conversation_id: str | None = None  # the chat conversation the call is linked to
+
+
+class TimelineTurn(msgspec.Struct, frozen=True, kw_only=True):
+    """One thing said in a conversation, in its chat or on a call linked to it, with the config
+    version that governed it (the conversation's, or the call's, each pinned at its start)."""
+
+    channel: Literal["chat", "voice"]
+    speaker: Literal["customer", "agent"]
+    text: str | None
+    at: datetime
+    source: str  # chat: the conversation's channel; voice: speech or dtmf
+    message_id: str  # the chat message's id, or the call utterance's
+    call_id: str | None  # voice: the call; chat: the call it was shared with (sent during that call)
+    author: str | None  # an agent's turn: ai, human:<agent id>, or the voice model's provider
+    config_id: str
+    config_version: int
+    seq: int
+
+
+class ConversationTimeline(msgspec.Struct, frozen=True, kw_only=True):
+    conversation_id: str
+    user_id: str
+    status: str
+    config_id: str
+    config_version: int
+    calls: list[str]  # the calls linked to it, in the order they were connected
+    on_call: str | None  # the call in progress (its chatbot is silent meanwhile)
+    turns: list[TimelineTurn]
 
 
 class CallService:
@@ -178,7 +220,55 @@ class CallService:
         self, tenant: str, call_id: str, command: Command, command_id: str, *, actor: str = ACTOR, new: bool = False
     ) -> Outcome[v.Call]:
         ctx = CommandContext(tenant=tenant, actor=actor, command_id=command_id, retry_possible=not new)
-        return await self.runner.handle(CALL, call_id, command, ctx, new=new)
+        outcome = await self.runner.handle(CALL, call_id, command, ctx, new=new)
+        if outcome.state.conversation_id and isinstance(command, (v.ConnectCall, v.EndCall)):
+            await self._tell_chat(tenant, outcome.state, outcome.events)
+        return outcome
+
+    async def _tell_chat(self, tenant: str, call: v.Call, events: Sequence[object]) -> None:
+        """The linked conversation learns that the call is connected (its chatbot goes silent) or over
+        (it answers again). A conversation closed or gone meanwhile has nothing to learn."""
+        conversation_id = call.conversation_id
+        assert conversation_id is not None
+        command: Command
+        if call.status == "ended":
+            ended = next((e for e in events if isinstance(e, v.CallEnded)), None)
+            duration = ended.duration_seconds if ended is not None else 0.0
+            command = c.EndVoicebotSession(call_id=call.call_id, duration_seconds=duration, at=now())
+            command_id = f"voice-ended-{call.call_id}"
+        elif call.connected_at is not None:
+            command = c.StartVoicebotSession(
+                call_id=call.call_id,
+                config_id=call.config_id,
+                config_version=call.config_version,
+                phone_number=call.pii_collected.get("phone"),
+                at=call.connected_at,
+            )
+            command_id = f"voice-started-{call.call_id}"
+        else:
+            return
+        ctx = CommandContext(tenant=tenant, actor=ACTOR, command_id=command_id, retry_possible=True)
+        try:
+            await self.runner.handle(c.DECIDER, conversation_id, command, ctx)
+        except (IllegalStateError, NotFoundError) as e:
+            log.info("call.chat_not_told", call_id=call.call_id, conversation_id=conversation_id, error=str(e))
+
+    async def linked_customer(self, tenant: str, conversation_id: str, customer_id: str | None) -> c.Conversation:
+        """The chat conversation a call is to be linked to: the tenant's, open, and (when the call names
+        its customer) that customer's."""
+        state = (await self.runner.repository(c.DECIDER).load(tenant, conversation_id)).state
+        if not state.started:
+            raise NotFoundError(
+                f"conversation {conversation_id} not found", fields={"conversation_id": "no such conversation"}
+            )
+        if state.status == "closed":
+            raise IllegalStateError(f"conversation {conversation_id} is closed", fields={"conversation_id": "closed"})
+        if customer_id and customer_id != state.user_id:
+            raise ValidationError(
+                "the conversation is another customer's",
+                fields={"conversation_id": "belongs to another customer than context.customer_id"},
+            )
+        return state
 
     async def line(self, tenant: str, command: Command, command_id: str, actor: str = ACTOR) -> Outcome[v.Line]:
         ctx = CommandContext(tenant=tenant, actor=actor, command_id=command_id, retry_possible=True)
@@ -216,7 +306,17 @@ class CallService:
             status=state.status,
             version=events[-1].version,
             turns=turns,
+            conversation_id=state.conversation_id,
         )
+
+    async def timeline(self, tenant: str, conversation_id: str) -> ConversationTimeline:
+        """The conversation's chat turns and its linked calls' voice turns, interleaved in time."""
+        events = await self.store.read(StreamId(tenant, c.AGGREGATE_TYPE, conversation_id))
+        if not events or not isinstance(events[0].event, c.ConversationStarted):
+            raise NotFoundError(f"conversation {conversation_id} not found", conversation_id=conversation_id)
+        call_ids = list(dict.fromkeys(e.event.call_id for e in events if isinstance(e.event, c.VoicebotSessionStarted)))
+        calls = await asyncio.gather(*(self.events(tenant, call_id) for call_id in call_ids))
+        return conversation_timeline(events, dict(zip(call_ids, calls, strict=True)))
 
     # Starting calls -------------------------------------------------------------------------
 
@@ -236,6 +336,9 @@ class CallService:
         call_id = call_id or str(uuid.uuid4())
         version = await self._active_voicebot(tenant, config_id)
         user_id = caller_subject(tenant, phone_number, context)
+        if conversation_id is not None:  # linked: the conversation's customer is the one called
+            customer = (context or {}).get("customer_id")
+            user_id = (await self.linked_customer(tenant, conversation_id, customer)).user_id
         at = now()
         await self._admit(tenant, call_id, "outbound", user_id, phone_number, at)
         outcome = await self.record(
@@ -281,9 +384,17 @@ class CallService:
         room_name: str | None = None,
         conversation_id: str | None = None,
     ) -> Outcome[v.Call]:
-        """An inbound call: admitted (the concurrent cap), pinned, connected."""
+        """An inbound call: admitted (the concurrent cap), pinned, connected. A ``conversation_id`` that
+        cannot be linked (unknown, closed, another customer's) is dropped: the call is answered anyway."""
         version = await self._active_voicebot(tenant, config_id)
         user_id = caller_subject(tenant, phone_number, context)
+        if conversation_id is not None:
+            try:
+                customer = (context or {}).get("customer_id")
+                user_id = (await self.linked_customer(tenant, conversation_id, customer)).user_id
+            except (NotFoundError, IllegalStateError, ValidationError) as e:
+                log.warning("call.not_linked", call_id=call_id, conversation_id=conversation_id, error=e.message)
+                conversation_id = None
         at = now()
         await self._admit(tenant, call_id, "inbound", user_id, phone_number, at)
         await self.record(
@@ -490,6 +601,8 @@ class CallService:
             )
         except IllegalStateError:  # ended already: the first end stands
             loaded = await self.runner.repository(CALL).load(tenant, call_id)
+            if loaded.state.conversation_id and loaded.state.status == "ended":
+                await self._tell_chat(tenant, loaded.state, [])  # in case the first end could not
             return Outcome(loaded.state, loaded.version, loaded.seq, [])
         ended = next((e for e in outcome.events if isinstance(e, v.CallEnded)), None)
         cost = ended.cost.total if ended is not None else 0.0
@@ -597,6 +710,70 @@ def call_turns(
     return state, turns
 
 
+def conversation_timeline(
+    events: Sequence[RecordedEvent], calls: dict[str, list[RecordedEvent]]
+) -> ConversationTimeline:
+    """A conversation's chat turns and its calls' voice turns, in the order they happened (their own
+    clocks; the stream order breaks ties), each with the config version that governed it (pure)."""
+    state = c.initial()
+    turns: list[TimelineTurn] = []
+    shared: dict[str, str] = {}  # chat message id -> the call it was shared with
+    for call_id, call_events in calls.items():
+        for recorded in call_events:
+            if isinstance(recorded.event, v.ChatbotDataShared):
+                shared[recorded.event.message_id] = call_id
+    for recorded in events:
+        event = recorded.event
+        state = c.evolve(state, event)
+        chat = {"channel": "chat", "source": state.channel, "config_id": state.config_id,
+                "config_version": state.config_version, "seq": recorded.seq}  # fmt: skip
+        match event:
+            case c.UserMessageReceived():
+                turns.append(
+                    TimelineTurn(
+                        speaker="customer", text=event.content, at=event.received_at, message_id=event.message_id,
+                        call_id=shared.get(event.message_id), author=None, **chat,  # type: ignore[arg-type]
+                    )
+                )  # fmt: skip
+            case c.AgentReplied():
+                turns.append(
+                    TimelineTurn(
+                        speaker="agent", text=event.content, at=event.replied_at, message_id=event.message_id,
+                        call_id=None, author=event.author, **chat,  # type: ignore[arg-type]
+                    )
+                )  # fmt: skip
+    for call_id, call_events in calls.items():
+        call = v.initial()
+        for recorded in call_events:
+            event = recorded.event
+            call = v.evolve(call, event)
+            voice = {"channel": "voice", "call_id": call_id, "config_id": call.config_id,
+                     "config_version": call.config_version, "seq": recorded.seq}  # fmt: skip
+            match event:
+                case v.CallerSpoke():
+                    turns.append(
+                        TimelineTurn(speaker="customer", text=event.text, at=event.at, source=event.source,
+                                     message_id=event.utterance_id, author=None, **voice)  # type: ignore[arg-type]
+                    )  # fmt: skip
+                case v.AgentSpoke():
+                    text = event.heard_text if event.interrupted and event.heard_text else event.text
+                    turns.append(
+                        TimelineTurn(speaker="agent", text=text, at=event.at, source="speech",
+                                     message_id=event.utterance_id, author=event.provider, **voice)  # type: ignore[arg-type]
+                    )  # fmt: skip
+    turns.sort(key=lambda turn: (turn.at, turn.seq))
+    return ConversationTimeline(
+        conversation_id=state.conversation_id,
+        user_id=state.user_id,
+        status=state.status,
+        config_id=state.config_id,
+        config_version=state.config_version,
+        calls=list(calls),
+        on_call=state.on_call,
+        turns=turns,
+    )
+
+
 def summarize(events: Sequence[RecordedEvent]) -> CallSummary:
     """The seed's ``call_summary`` from a call's events: its last turns, personal data and tools."""
     state = v.initial()
@@ -609,6 +786,8 @@ def summarize(events: Sequence[RecordedEvent]) -> CallSummary:
                 said.append(f"caller: {text}")
             case v.AgentSpoke(text=text) if text:
                 said.append(f"agent: {text}")
+            case v.ChatbotDataShared(shared_data=shared) if shared:
+                said.append(f"caller (chat): {v.shared_text(shared)}")
     return CallSummary(
         transcript=" | ".join(said[-8:]), pii_collected=dict(state.pii_collected), tools_used=list(state.tools_used)
     )
