@@ -18,6 +18,12 @@ With ``TurnCheckpoints``, LangGraph checkpoints every step of a turn in PostgreS
 interrupted mid-graph resumes where it was when its message comes again; the checkpoint is used
 only for that same turn, and dropped once the reply is recorded (``agents.checkpoints``).
 
+While a call linked to the conversation is in progress (``Conversation.on_call``, chat and voice in
+one log) the chatbot answers nothing: the customer's message is shared with the call instead
+(``ShareChatData``: the seed's ``chatbot_data_shared`` cross-product event, ``share-<message id>``),
+and the voice agent takes it on its next turn. A call that ended before the message reached it
+leaves the message to the chatbot.
+
 It also routes escalations to the tenant's human agents: an ``EscalationRequested`` becomes a
 ``RouteEscalation`` on the agent pool; the pool's ``EscalationRouted`` becomes the conversation's
 ``AssignEscalation``, its ``EscalationQueued`` the conversation's ``MarkAgentUnavailable`` (the
@@ -51,6 +57,7 @@ from agents.tools import ToolRegistry
 from commands.conversation import CONVERSATION, reply_command_id
 from commands.escalation import Escalations
 from commands.runner import CommandContext, CommandRunner
+from domain import call as v
 from domain import conversation as c
 from domain import escalation as p
 from domain.bot import AgentConfig
@@ -389,6 +396,8 @@ class AgentRuntime:
             return await self._while_waiting(recorded, state)
         if state.status != "active":
             return 0  # a human has the conversation, or it is over
+        if state.on_call is not None and await self._share_with_call(recorded, state.on_call):
+            return 0  # the voice agent takes it: the chatbot stays silent during the call
         bound = log.bind(tenant=stream.tenant, conversation_id=stream.aggregate_id, seq=recorded.seq,
                          correlation_id=recorded.meta.correlation_id)  # fmt: skip
         config = await self.configs.get(stream.tenant, state.config_id, state.config_version)
@@ -469,6 +478,33 @@ class AgentRuntime:
         bound.info("message answered", intent=result.intent, tools=[t.tool for t in result.tool_calls],
                    escalation=result.escalation.trigger if result.escalation else None)  # fmt: skip
         return 1
+
+    async def _share_with_call(self, recorded: RecordedEvent, call_id: str) -> bool:
+        """The customer's message given to the call in progress (False: that call has ended)."""
+        message = recorded.event
+        assert isinstance(message, c.UserMessageReceived)
+        shared = {"text": message.content or ""}
+        shared |= {f"attachment_{i}": name for i, name in enumerate(message.attachments, 1)}
+        share = v.ShareChatData(
+            conversation_id=recorded.stream.aggregate_id,
+            message_id=message.message_id,
+            data_type="document" if message.attachments else "chat_message",
+            shared_data=shared,
+            at=datetime.now(UTC),
+        )
+        ctx = CommandContext(
+            tenant=recorded.stream.tenant,
+            actor=ACTOR,
+            command_id=f"share-{message.message_id}",
+            correlation_id=recorded.meta.correlation_id,
+            retry_possible=True,
+        )
+        try:
+            await self.runner.handle(v.DECIDER, call_id, share, ctx)
+        except (IllegalStateError, NotFoundError, ValidationError):
+            return False
+        log.info("message shared with the call", conversation_id=recorded.stream.aggregate_id, call_id=call_id)
+        return True
 
     async def _while_waiting(self, recorded: RecordedEvent, state: c.Conversation) -> int:
         """A message while the customer waits for an agent: a choice of the options offered, or nothing

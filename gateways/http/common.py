@@ -191,7 +191,8 @@ class Commands:
             if expected is not None:
                 # The seed's synchronous API: the agent's answer inline, or 202 and a link to poll.
                 state = outcome.state
-                answering = isinstance(state, c.Conversation) and state.status == "active"
+                # During a linked call the chatbot is silent (its voice agent takes the message).
+                answering = isinstance(state, c.Conversation) and state.status == "active" and state.on_call is None
                 events = await expected.events(
                     self.reply_wait_seconds if answering else 0, look_first=outcome.duplicate
                 )
