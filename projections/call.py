@@ -124,6 +124,10 @@ class CallsProjector(Projector):
                     "kind": "agent", "text": e.text, "e2e": e.e2e_latency_ms, "llm": e.llm_ttft_ms,
                     "tts": e.tts_ttfb_ms, "interrupted": e.interrupted, "at": e.at,
                 }  # fmt: skip
+            case v.ChatbotDataShared() as e:  # what the caller sent in the linked chat: theirs, from the chat
+                statements = [TURN]
+                text = v.shared_text(e.shared_data) if e.shared_data else None
+                params |= _TURN_DEFAULTS | {"kind": "user", "text": text, "source": "chat", "at": e.at}
             case v.ToolCallStarted() as e:
                 statements = [TURN]
                 params |= _TURN_DEFAULTS | {"kind": "tool", "tool": e.tool, "at": e.at}

@@ -10,6 +10,9 @@
 - ``WS .../transcript``: the seed's live events (``transcript_interim``, ``transcript_final``,
   ``agent_response``, ``sentiment_update``, plus ``transfer``, ``call_ended``), past ones first.
 - ``GET .../history``: the call turn by turn, each with the config version that governed it.
+- ``GET /api/v1/voice/conversations/{conversation_id}/history``: a chat conversation and the calls
+  linked to it (``conversation_id`` at initiation, or on Twilio's webhook URL), their turns
+  interleaved in time, each with its channel (chat or voice) and config version.
 - ``GET .../recordings/{recording_id}``: a recording, decrypted, for staff or the caller.
 - ``POST /api/v1/voice/do-not-call``, ``DELETE`` (a number on or off the list), ``PUT .../line``
   (quota, concurrent cap, daily budget, unit prices).
@@ -37,7 +40,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from agents.config import ConfigProvider
 from agents.tools import ToolRegistry
-from commands.call import CallHistory, CallService, summarize
+from commands.call import CallHistory, CallService, ConversationTimeline, summarize
 from commands.config import ConfigCatalog
 from commands.runner import CommandRunner
 from domain import call as v
@@ -54,6 +57,7 @@ from gateways.http.common import (
     shown_pii,
     shown_text,
 )
+from gateways.http.fields import Id
 from gateways.http.limits import Limits
 from gateways.http.positions import Positions
 from gateways.telephony.recordings import RecordingStore
@@ -327,6 +331,25 @@ class CallController(Controller):
             )
             for turn in found.turns
         ]
+        return msgspec.structs.replace(found, turns=masked)
+
+    @get(
+        "/conversations/{conversation_id:str}/history",
+        opt=READERS,
+        summary="A conversation's chat and voice turns, interleaved",
+    )
+    async def conversation_history(
+        self, request: Request[Identity, Any, Any], conversation_id: Id, voice: NamedDependency[VoiceDesk]
+    ) -> ConversationTimeline:
+        """The chat conversation's messages and the turns of the calls linked to it, in the order they
+        happened, each with its channel (``chat`` or ``voice``) and the config version that governed
+        it; a chat message sent during a call names the call it went to. From the event streams."""
+        identity = request.user
+        found = await voice.service.timeline(identity.tenant, conversation_id)
+        require_own(identity, found.user_id, f"conversation {conversation_id}")
+        if sees_pii(identity, found.user_id):
+            return found
+        masked = [msgspec.structs.replace(turn, text=shown_text(identity, turn.text, None)) for turn in found.turns]
         return msgspec.structs.replace(found, turns=masked)
 
     @post("/calls/{call_id:str}/transfer", opt=CALLERS, status_code=200, summary="Transfer to a human agent")
@@ -605,6 +628,12 @@ def transcript_messages(event: Any, tools: list[dict[str, str]], clear: bool) ->
             return [
                 {"event": "agent_response", "speaker": "agent", "text": shown(event.text), "tool_calls": calls,
                  "interrupted": event.interrupted, "timestamp": iso(event.at)}
+            ]  # fmt: skip
+        case v.ChatbotDataShared():
+            return [
+                {"event": "chat_data_shared", "speaker": "user", "data_type": event.data_type,
+                 "text": shown(v.shared_text(event.shared_data) if event.shared_data else None),
+                 "conversation_id": event.conversation_id, "timestamp": iso(event.at)}
             ]  # fmt: skip
         case v.SentimentUpdated():
             return [

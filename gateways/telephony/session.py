@@ -15,6 +15,11 @@ when the call ends.
 
 When the config has a ``recording_notice`` template, it is played before anything is listened
 to: the caller's audio is not transcribed until it has played.
+
+Chat and voice in one log: on a call linked to a chat conversation, what the customer sent in the
+chat meanwhile (the call's ``ChatbotDataShared`` events, read from the call's stream when the caller
+has spoken) is given to the agent on its next turn, as the customer's words before what they just
+said, and the reply begins by saying so: "I see you've sent ... in the chat." (``ChatAwareBrain``).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from livekit.agents.voice.transcription.synchronizer import TranscriptSynchroniz
 
 from agents.config import ConfigProvider
 from agents.graph import chain_for, handoff_text
+from agents.llm.port import ChatMessage, ToolCallRequest
 from agents.rules import Escalation
 from agents.tools import ToolContext, ToolRegistry, ToolRun
 from commands.call import CallService, Connected
@@ -48,6 +54,7 @@ from gateways.speech.providers import SpeechChoice, choose_speech, load_vad
 from gateways.telephony.agent import AgentBrain, ParleyAgent, ParleyLLM, TurnHooks
 from gateways.telephony.recordings import RecordingStore
 from streams.store import LIVE_PREFIX, EventStore
+from streams.subjects import StreamId
 
 log = structlog.get_logger(__name__)
 
@@ -273,7 +280,8 @@ class CallSession:
             tool_started=self._tool_started,
             tool_finished=self._tool_finished,
         )
-        self.brain = AgentBrain(config, stack.chain(config), stack.tools, context, hooks)
+        inbox = ChatInbox(stack.calls.store, tenant, self.call_id) if call.conversation_id else None
+        self.brain: AgentBrain = ChatAwareBrain(config, stack.chain(config), stack.tools, context, hooks, inbox=inbox)
         self.session: AgentSession[None] | None = None
         self._heard: TranscriptSynchronizer | None = None
         self.closed = asyncio.Event()
@@ -648,6 +656,80 @@ class CallSession:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class ChatInbox:
+    """What the customer sent in the chat linked to a call: its ``ChatbotDataShared`` events, each
+    taken once (the call's stream read from where the last read ended)."""
+
+    def __init__(self, store: EventStore, tenant: str, call_id: str) -> None:
+        self.store = store
+        self.stream = StreamId(tenant, v.AGGREGATE_TYPE, call_id)
+        self._after = 0
+        self._taken: set[str] = set()
+
+    async def take(self) -> list[v.ChatbotDataShared]:
+        try:
+            found = await self.store.read(self.stream, after_seq=self._after)
+        except Exception as e:  # the call goes on without it; the next turn reads again
+            log.warning("call.chat_inbox_unreadable", stream=self.stream.key, error=str(e))
+            return []
+        if found:
+            self._after = found[-1].seq
+        new = [
+            e.event for e in found if isinstance(e.event, v.ChatbotDataShared) and e.event.message_id not in self._taken
+        ]
+        self._taken |= {e.message_id for e in new}
+        return new
+
+
+class ChatAwareBrain(AgentBrain):
+    """The call's agent, told on its next turn what the customer sent in the linked chat: those
+    messages join the conversation before the caller's latest words (so a tool may draw on them: an
+    order number sent in the chat), and the reply opens by acknowledging them."""
+
+    def __init__(self, *args: Any, inbox: ChatInbox | None = None) -> None:
+        super().__init__(*args)
+        self.inbox = inbox
+        self.shared: list[tuple[int, ChatMessage]] = []  # (before the caller's n-th turn, the message)
+        self._unacknowledged: list[str] = []
+
+    async def respond(self, messages: list[ChatMessage]) -> tuple[str, list[ToolCallRequest]]:
+        if self.inbox is not None and messages and messages[-1].role == "user" and not self.handed_off:
+            turn = sum(1 for m in messages if m.role == "user") - 1
+            for shared in await self.inbox.take():
+                text = v.shared_text(shared.shared_data or {})
+                if text:
+                    self.shared.append((turn, ChatMessage("user", f"(sent in the chat) {text}")))
+                    self._unacknowledged.append(text)
+        text, calls = await super().respond(with_shared(messages, self.shared))
+        if text and self._unacknowledged and not self.handed_off:
+            text = f"{acknowledgement(self._unacknowledged)} {text}"
+            self._unacknowledged = []
+        return text, calls
+
+
+def with_shared(messages: list[ChatMessage], shared: list[tuple[int, ChatMessage]]) -> list[ChatMessage]:
+    """``messages`` with each chat message placed before the caller turn it came before (pure)."""
+    if not shared:
+        return messages
+    out: list[ChatMessage] = []
+    turn = 0
+    for message in messages:
+        if message.role == "user":
+            out += [chat for before, chat in shared if before == turn]
+            turn += 1
+        out.append(message)
+    out += [chat for before, chat in shared if before >= turn]
+    return out
+
+
+def acknowledgement(texts: list[str], limit: int = 160) -> str:
+    """What the agent says of what the customer sent in the chat (the seed's "I see you've ...")."""
+    said = " and ".join(f'"{text}"' for text in texts)
+    if len(said) > limit:
+        said = said[: limit - 3].rsplit(" ", 1)[0] + '..."'
+    return f"I see you've sent {said} in the chat."
 
 
 def keypad_text(digits: str, last_reply: str, prefixes: tuple[str, ...] = ()) -> str:
