@@ -42,9 +42,10 @@ import asyncio
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import yaml
@@ -57,8 +58,30 @@ from domain.bot import AgentConfig, load_config
 
 
 class Step(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    user: str
+    """A chat message (``user``), or a caller's turn on a call: words spoken with espeak-ng (``say``),
+    a WAV file (``wav``, relative to the scenario file) or keys pressed (``dtmf``)."""
+
+    user: str | None = None
+    say: str | None = None
+    wav: str | None = None
+    dtmf: str | None = None
+    barge_in: bool = False  # spoken while the agent is still talking
     expect: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("user", "say", "wav", "dtmf") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a step is one of user, say, wav or dtmf (got {given or 'none'})")
+
+    @property
+    def spoken(self) -> bool:
+        return self.user is None
+
+    def describe(self) -> str:
+        if self.user is not None:
+            return repr(self.user)
+        kind, value = next((k, getattr(self, k)) for k in ("say", "wav", "dtmf") if getattr(self, k) is not None)
+        return f"{kind} {value!r}"
 
 
 class Story(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -66,12 +89,18 @@ class Story(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     steps: list[Step]
     tenant: str = DEFAULT_TENANT
     user_id: str = "scenario"
+    expect_call: dict[str, Any] = {}  # a call's story: what its status shows once it has ended
+
+    @property
+    def spoken(self) -> bool:
+        return any(step.spoken for step in self.steps)
 
 
 class ScenarioFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     config: str
     stories: list[Story]
     tenants: list[str] = msgspec.field(default_factory=lambda: [DEFAULT_TENANT])
+    agents: dict[str, str] = {}  # calls: the human agents (id: name) available for transfers
 
 
 class StoryResult(msgspec.Struct, frozen=True):
@@ -150,12 +179,15 @@ async def run_story(
     history: list[ChatMessage] = []
     failures: list[str] = []
     offer: CrossSell | None = None
+    if story.spoken:
+        return StoryResult(file, story.name, ["a story with spoken steps runs on a call (run_voice_scenarios)"])
     for number, step in enumerate(story.steps, 1):
+        assert step.user is not None
         result = await run_turn(
             config, history, step.user, chain=chain, tools=tools, conversation_id=conversation_id,
             user_id=story.user_id, tenant=story.tenant, pending_offer=offer,
         )  # fmt: skip
-        failures += [f"step {number} ({step.user!r}): {problem}" for problem in check(step.expect, result)]
+        failures += [f"step {number} ({step.describe()}): {problem}" for problem in check(step.expect, result)]
         history += result.messages
         if result.cross_sell_response is not None:
             offer = None
@@ -239,6 +271,341 @@ def _compare(what: str, wanted: Any, actual: msgspec.Struct | None) -> list[str]
         f"{what} {name} is {fields.get(name)!r}, expected {value!r}"
         for name, value in wanted.items()
         if fields.get(name) != value
+    ]
+
+
+# Calls --------------------------------------------------------------------------------------------
+#
+# A story whose steps are spoken is played as a phone call: each step's words synthesized with
+# espeak-ng (or its WAV, or its keys) go as 8 kHz mu-law media frames, 20 ms apart, down a Twilio
+# media stream to the call's voice session (VAD, offline STT, the agent, TTS back), as a caller's
+# phone would. A step ends when the agent has answered it and gone quiet; what the call recorded
+# meanwhile (its events) is what the step's expectations are checked against. Once the caller hangs
+# up, ``expect_call`` is checked against the call's status in the read model.
+
+
+class HeardTool(msgspec.Struct, frozen=True):
+    tool: str
+    arguments: dict[str, Any] | None = None
+    output: Any = None
+    error: str | None = None
+
+
+class CallStep(msgspec.Struct, frozen=True, kw_only=True):
+    """What one caller turn brought about on the call."""
+
+    heard: list[str] = []  # the caller's utterances as recorded: recognized (or keyed), card numbers masked
+    sources: list[str] = []  # speech or dtmf, each
+    replies: list[str] = []  # the agent's utterances
+    tools: list[HeardTool] = []
+    dtmf: str = ""  # keys pressed
+    transfer: dict[str, Any] | None = None  # the transfer requested: its type, agent, trigger, status
+    sentiment: float | None = None
+    agent_audio_seconds: float = 0.0  # agent audio the caller's phone played
+
+
+class CallOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """A call's status once it has ended (the seed's ``GET /voice/calls/{id}``, from the read model)."""
+
+    status: str
+    resolution_status: str | None = None
+    transcript: list[dict[str, Any]] = []  # speaker, text, source, confidence
+    tools_executed: list[str] = []
+    recordings: list[str] = []  # their tracks
+    transfer: dict[str, Any] | None = None
+
+    @classmethod
+    def from_status(cls, view: Mapping[str, Any]) -> CallOutcome:
+        return cls(
+            status=str(view.get("status")),
+            resolution_status=view.get("resolution_status"),
+            transcript=list(view.get("transcript") or []),
+            tools_executed=[t["tool"] for t in view.get("tools_executed") or []],
+            recordings=sorted(r["track"] for r in view.get("recordings") or []),
+            transfer=view.get("transfer"),
+        )
+
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any] | None]]
+
+
+class VoiceLine(Protocol):
+    """Where a call's story is played: the platform in this process (the tests), or a running one."""
+
+    speed: float  # the caller's clock (1: real time)
+
+    async def prepare(self, name: str, config_yaml: str, agents: Mapping[str, str]) -> str:
+        """The config the calls of scenario file ``name`` are answered with (its id), and its human
+        agents registered and available."""
+        ...
+
+    def media(self, config_id: str) -> AbstractAsyncContextManager[tuple[Send, Receive, dict[str, str]]]:
+        """A media stream answered with ``config_id``: what the phone sends and receives on it, and the
+        custom parameters of its ``start``."""
+        ...
+
+    async def events(self, call_sid: str) -> list[Any]:
+        """The events of the call with Twilio's ``call_sid``, so far."""
+        ...
+
+    async def outcome(self, call_sid: str) -> CallOutcome:
+        """The call's status once its end is in the read model."""
+        ...
+
+
+async def run_voice_scenarios(paths: Iterable[str | Path], line: VoiceLine, *, concurrency: int = 1) -> ScenarioReport:
+    """Every story of every file, each a phone call on ``line``, ``concurrency`` calls at a time."""
+    calls: list[Awaitable[StoryResult]] = []
+    limit = asyncio.Semaphore(concurrency)
+
+    async def held(path: Path, story: Story, config_id: str) -> StoryResult:
+        async with limit:
+            return await run_call_story(path, story, line, config_id)
+
+    for path in scenario_paths(paths):
+        scenario, _config = load_scenarios(path)
+        config_id = await line.prepare(path.stem, (path.parent / scenario.config).read_text(), scenario.agents)
+        calls += [held(path, story, config_id) for story in scenario.stories]
+    return ScenarioReport(list(await asyncio.gather(*calls)))
+
+
+async def run_call_story(path: Path, story: Story, line: VoiceLine, config_id: str) -> StoryResult:
+    from gateways.telephony.phone import Phone, Turn
+
+    if not all(step.spoken for step in story.steps):
+        return StoryResult(path.name, story.name, ["a call's steps are spoken (say, wav or dtmf), not typed (user)"])
+    turns = [
+        Turn(
+            text=step.say or "",
+            wav=None if step.wav is None else path.parent / step.wav,
+            keys=step.dtmf or "",
+            barge_in=step.barge_in,
+        )
+        for step in story.steps
+    ]
+    snapshots: list[tuple[int, float]] = []  # (events recorded, agent audio played) at each step's start
+    seen: list[Any] = []
+
+    class StepPhone(Phone):
+        """The phone, stopping at each step's end (its next turn, or the hang-up) to note the call's state."""
+
+        async def say(self, turn: Turn) -> None:
+            await checkpoint(self)
+            await super().say(turn)
+
+        async def _emit(self, message: dict[str, Any]) -> None:
+            if message.get("event") == "stop":
+                await checkpoint(self)
+            await super()._emit(message)
+
+    async def checkpoint(phone: Phone) -> None:
+        seen[:] = await _settled(line, phone.call_sid)
+        snapshots.append((len(seen), len(phone.record.agent_audio) / 2 / 8000))
+
+    failures: list[str] = []
+    try:
+        async with line.media(config_id) as (send, receive, parameters):
+            phone = StepPhone(send, receive, parameters=parameters, speed=line.speed)
+            await phone.call(turns)
+        outcome: CallOutcome | None = await line.outcome(phone.call_sid)
+    except Exception as e:  # the call could not be held: the story fails, saying why
+        failures.append(f"the call failed: {type(e).__name__}: {e}")
+        outcome = None
+    for number, step in enumerate(story.steps, 1):
+        if number >= len(snapshots):
+            failures.append(f"step {number} ({step.describe()}): not reached")
+            continue
+        (start, audio_start), (end, audio_end) = snapshots[number - 1], snapshots[number]
+        observed = call_step(seen[start:end], audio_end - audio_start)
+        heard = f", heard {' | '.join(observed.heard)!r}" if step.say is not None or step.wav is not None else ""
+        failures += [
+            f"step {number} ({step.describe()}{heard}): {problem}" for problem in check_call_step(step.expect, observed)
+        ]
+    if outcome is not None:
+        failures += [f"after the call: {problem}" for problem in check_call(story.expect_call, outcome)]
+    return StoryResult(path.name, story.name, failures)
+
+
+async def _settled(line: VoiceLine, call_sid: str, quiet: float = 0.4, limit: float = 10.0) -> list[Any]:
+    """The call's events once no more have come for ``quiet`` seconds (what the step set going is
+    recorded beside the audio path, a moment after it was heard)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    events = await line.events(call_sid)
+    while loop.time() < deadline:
+        await asyncio.sleep(quiet)
+        again = await line.events(call_sid)
+        if len(again) == len(events):
+            break
+        events = again
+    return events
+
+
+def call_step(events: Sequence[Any], agent_audio_seconds: float = 0.0) -> CallStep:
+    """A step's events as what the caller and the agent did."""
+    from domain import call as v
+
+    heard: list[str] = []
+    sources: list[str] = []
+    replies: list[str] = []
+    tools: dict[str, HeardTool] = {}
+    dtmf = ""
+    transfer: dict[str, Any] | None = None
+    sentiment: float | None = None
+    for event in events:
+        match event:
+            case v.CallerSpoke():
+                heard.append(event.text or "")
+                sources.append(event.source)
+            case v.AgentSpoke():
+                replies.append(event.text or "")
+            case v.ToolCallStarted():
+                tools[event.tool_call_id] = HeardTool(event.tool, event.arguments)
+            case v.ToolCallFinished():
+                started = tools.get(event.tool_call_id, HeardTool(event.tool))
+                tools[event.tool_call_id] = msgspec.structs.replace(started, output=event.output, error=event.error)
+            case v.DtmfPressed():
+                dtmf += event.digit or ""
+            case v.SentimentUpdated():
+                sentiment = event.score
+            case v.TransferRequested():
+                transfer = {
+                    "status": "requested",
+                    "transfer_type": event.transfer_type,
+                    "agent_id": event.agent_id,
+                    "trigger": event.trigger,
+                    "reason": event.reason,
+                    "summary": event.summary,
+                }
+            case v.TransferConnected() if transfer is not None:
+                transfer["status"] = "connected"
+            case v.TransferFailed() if transfer is not None:
+                transfer |= {"status": "failed", "failure": event.reason}
+    return CallStep(
+        heard=heard,
+        sources=sources,
+        replies=replies,
+        tools=list(tools.values()),
+        dtmf=dtmf,
+        transfer=transfer,
+        sentiment=sentiment,
+        agent_audio_seconds=round(agent_audio_seconds, 2),
+    )
+
+
+def check_call_step(expect: Mapping[str, Any], step: CallStep) -> list[str]:
+    """What differs between a spoken step's ``expect`` and what the call recorded for it::
+
+        heard_contains: "ORD-78945"     # what the recognizer heard (or the keypad gave); a string or a list
+        heard_not_contains: "4111"      # ... with card numbers masked
+        heard_source: dtmf              # speech or dtmf
+        reply_contains / reply_not_contains / reply_matches   # the agent's replies in this step
+        tool_call / tools_exactly / tool_args / tool_error    # as in a chat step
+        dtmf: "78945#"                  # the keys recorded
+        transfer: true                  # or false, or fields: {trigger: urgent_keywords, agent_id: mike,
+                                        #   transfer_type: hot, status: connected}
+        sentiment_below: 0.4
+
+    Every reply must also have been heard: agent audio reached the caller's phone in the step.
+    """
+    problems: list[str] = []
+    heard = " | ".join(step.heard)
+    reply = " ".join(step.replies)
+    tools = [t.tool for t in step.tools]
+    if step.replies and step.agent_audio_seconds <= 0:
+        problems.append(f"the agent replied {reply!r} but no audio reached the caller")
+    for key, wanted in expect.items():
+        match key:
+            case "heard_contains":
+                problems += [f"heard {heard!r}, lacks {text!r}" for text in _texts(wanted) if text not in heard]
+            case "heard_not_contains":
+                problems += [f"heard {heard!r}, contains {text!r}" for text in _texts(wanted) if text in heard]
+            case "heard_source":
+                if wanted not in step.sources:
+                    problems.append(f"heard from {step.sources}, expected {wanted!r}")
+            case "reply_contains":
+                problems += [f"reply {reply!r} lacks {text!r}" for text in _texts(wanted) if text not in reply]
+            case "reply_not_contains":
+                problems += [f"reply {reply!r} contains {text!r}" for text in _texts(wanted) if text in reply]
+            case "reply_matches":
+                problems += [
+                    f"reply {reply!r} does not match {rx!r}" for rx in _texts(wanted) if not re.search(rx, reply)
+                ]
+            case "tool_call":
+                names = [] if wanted in (False, None) else [wanted] if isinstance(wanted, str) else list(wanted)
+                if (names and not all(name in tools for name in names)) or (not names and tools):
+                    problems.append(f"tool calls {tools}, expected {names or 'none'}")
+            case "tools_exactly":
+                if tools != list(wanted):
+                    problems.append(f"tool calls {tools}, expected exactly {list(wanted)}")
+            case "tool_args":
+                for tool, inputs in wanted.items():
+                    calls = [t.arguments or {} for t in step.tools if t.tool == tool]
+                    if not any(all(call.get(k) == v for k, v in inputs.items()) for call in calls):
+                        problems.append(f"no {tool} call with {inputs}; calls: {calls}")
+            case "tool_error":
+                failed = [t.tool for t in step.tools if t.error]
+                if bool(failed) != bool(wanted):
+                    problems.append(f"failed tools {failed}, expected {'a failure' if wanted else 'none'}")
+            case "dtmf":
+                if step.dtmf != str(wanted):
+                    problems.append(f"keys {step.dtmf!r}, expected {wanted!r}")
+            case "transfer":
+                problems += _compare_fields("transfer", wanted, step.transfer)
+            case "sentiment_below":
+                if step.sentiment is None or step.sentiment >= wanted:
+                    problems.append(f"sentiment {step.sentiment} is not below {wanted}")
+            case _:
+                problems.append(f"unknown expectation {key!r}")
+    return problems
+
+
+def check_call(expect: Mapping[str, Any], outcome: CallOutcome) -> list[str]:
+    """What differs between a story's ``expect_call`` and the ended call's status::
+
+        status: ended
+        resolution_status: transferred
+        transcript_contains: "ORD-78945"     # a line of the stored transcript, any speaker
+        transcript_not_contains: "4111 1111"
+        tools_executed: [fetch_order_status]  # at least these
+        recordings: [agent, caller]
+        transfer: {status: connected, agent_id: mike}
+    """
+    problems: list[str] = []
+    lines = [f"{line.get('speaker')}: {line.get('text') or ''}" for line in outcome.transcript]
+    text = "\n".join(lines)
+    for key, wanted in expect.items():
+        match key:
+            case "status" | "resolution_status":
+                if getattr(outcome, key) != wanted:
+                    problems.append(f"{key} {getattr(outcome, key)!r}, expected {wanted!r}")
+            case "transcript_contains":
+                problems += [f"transcript {lines} lacks {t!r}" for t in _texts(wanted) if t not in text]
+            case "transcript_not_contains":
+                problems += [f"transcript {lines} contains {t!r}" for t in _texts(wanted) if t in text]
+            case "tools_executed":
+                if not set(wanted) <= set(outcome.tools_executed):
+                    problems.append(f"tools executed {outcome.tools_executed}, expected {list(wanted)}")
+            case "recordings":
+                if outcome.recordings != sorted(wanted):
+                    problems.append(f"recordings {outcome.recordings}, expected {sorted(wanted)}")
+            case "transfer":
+                problems += _compare_fields("transfer", wanted, outcome.transfer)
+            case _:
+                problems.append(f"unknown expectation {key!r}")
+    return problems
+
+
+def _compare_fields(what: str, wanted: Any, actual: Mapping[str, Any] | None) -> list[str]:
+    if isinstance(wanted, bool):
+        return [f"{what} {'missing' if wanted else f'unexpected: {actual}'}"] if wanted != (actual is not None) else []
+    if actual is None:
+        return [f"{what} missing, expected {wanted}"]
+    return [
+        f"{what} {name} is {actual.get(name)!r}, expected {value!r}"
+        for name, value in wanted.items()
+        if actual.get(name) != value
     ]
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psycopg
 
 from agents.config import VersionedConfigs
@@ -118,3 +119,80 @@ async def phone_call(
         await asyncio.wait_for(served, 60)
         await to_phone.put(None)
     return record, device
+
+
+class RigLine:
+    """Voice scenarios' phone line into the rig: a media stream in memory to the platform's Twilio
+    bridge and voice session, the call's events from the stream, its status from the calls read
+    model (the projector caught up on the stream, as the platform's would be)."""
+
+    def __init__(self, rig: VoiceRig, speed: float = 1.5) -> None:
+        self.rig, self.speed = rig, speed
+        self._pool: Any = None
+
+    async def prepare(self, name: str, config_yaml: str, agents: Mapping[str, str]) -> str:
+        config_id = f"scenario-{name}".replace("_", "-")
+        await self.rig.add_config(config_id, config_yaml)
+        for agent_id, agent_name in agents.items():
+            await self.rig.register_agent(agent_id, agent_name)
+        return config_id
+
+    @asynccontextmanager
+    async def media(self, config_id: str) -> AsyncIterator[tuple[Any, Any, dict[str, str]]]:
+        to_bridge: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        to_phone: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        async def on_start(start: dict[str, Any], audio_in: Any, audio_out: Any) -> Any:
+            return await answer_stream(self.rig.stack, TENANT, config_id, start, audio_in, audio_out)
+
+        async def send(message: dict[str, Any]) -> None:
+            await to_bridge.put(message)
+
+        async def to_phone_put(message: dict[str, Any]) -> None:
+            await to_phone.put(message)
+
+        served = asyncio.create_task(MediaStreamBridge(to_bridge.get, to_phone_put, on_start).run())
+        try:
+            yield send, to_phone.get, {}
+        finally:
+            await to_bridge.put(None)
+            await asyncio.wait_for(served, 60)
+            await to_phone.put(None)
+
+    async def events(self, call_sid: str) -> list[Any]:
+        from gateways.telephony.twilio import call_id_for
+
+        return await self.rig.events(call_id_for(TENANT, call_sid))
+
+    async def outcome(self, call_sid: str) -> Any:
+        from agents.scenarios import CallOutcome
+        from gateways.http.call import RECORDING_URL
+        from gateways.telephony.twilio import call_id_for
+        from projections import registry
+        from projections.call import CallsProjector
+        from read_models.call import CallQueries
+
+        call_id = call_id_for(TENANT, call_sid)
+        for _ in range(100):  # the session ends the call (and stores its recordings) once the stream stops
+            if any(isinstance(e, v.CallEnded) for e in await self.rig.events(call_id)):
+                break
+            await asyncio.sleep(0.1)
+        if self._pool is None:
+            from psycopg_pool import AsyncConnectionPool
+
+            self._pool = AsyncConnectionPool(self.rig.database_url, open=False, kwargs={"autocommit": True})
+            await self._pool.open()
+            await registry.migrate(self._pool, [CallsProjector()])
+        runner = registry.runner(CallsProjector(), self.rig.opened.store, self._pool, idle_wait=0.2)
+        try:
+            await runner.catch_up()
+        finally:
+            await runner.close()
+        view = await CallQueries(self._pool).get(TENANT, call_id, recording_url=RECORDING_URL)
+        if view is None:
+            raise AssertionError(f"call {call_id} is not in the read model")
+        return CallOutcome.from_status(msgspec.to_builtins(view))
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
