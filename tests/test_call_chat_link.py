@@ -50,6 +50,7 @@ from tests.decider import DeciderSpec
 
 T0 = datetime(2025, 10, 11, 11, 0, tzinfo=UTC)
 TENANT = "acme"
+CHAT_TEXT = "card **** **** **** 1111, ORD-78945"
 
 
 # The rules ------------------------------------------------------------------------------------
@@ -101,7 +102,7 @@ def test_what_the_chat_shares_with_a_live_call_is_recorded_once_and_never_after_
     )
     shared = v.ChatbotDataShared(
         conversation_id="conv-1", message_id="m-1", user_id="C1", data_type="chat_message",
-        shared_data={"text": "card **** **** **** 1111, ORD-78945"}, at=T0,
+        shared_data={"text": CHAT_TEXT}, at=T0,
     )  # fmt: skip
     state = call.given(initiated, connected).when(share).then(shared)
     assert state.pii_collected.get("order_id") == "ORD-78945", state.pii_collected
@@ -111,6 +112,12 @@ def test_what_the_chat_shares_with_a_live_call_is_recorded_once_and_never_after_
     ended = v.CallEnded(ended_at=T0)
     call.given(initiated, connected, ended).when(share).then_raises(IllegalStateError)
     call.given().when(share).then_raises(NotFoundError)
+    # On the call's live transcript socket, as a chat line of the caller's (masked for a customer).
+    from gateways.http.call import transcript_messages
+
+    [line] = transcript_messages(shared, [], True)
+    assert (line["event"], line["speaker"], line["text"]) == ("chat_data_shared", "user", CHAT_TEXT)
+    assert transcript_messages(shared, [], False)[0]["text"] != CHAT_TEXT
     assert v.shared_text({"attachment_2": "b.pdf", "text": "see these", "attachment_1": "a.pdf"}) == (
         "see these a.pdf b.pdf"
     )
@@ -151,10 +158,14 @@ async def write(runner: CommandRunner, cid: str, text: str, *, user: str = "C1",
     return message_id
 
 
-async def drain(runtime: AgentRuntime) -> None:
-    for _ in range(5):
-        if not await runtime.step():
-            return
+async def until(runtime: AgentRuntime, store: Any, stream: StreamId, kind: type, message_id: str) -> None:
+    """The runtime steps until ``stream`` holds a ``kind`` event for ``message_id`` (a reply or a share)."""
+    for _ in range(50):
+        await runtime.step()
+        for recorded in await store.read(stream):
+            if isinstance(recorded.event, kind) and message_id in (getattr(recorded.event, "message_id", ""),):
+                return
+    raise AssertionError(f"no {kind.__name__} for {message_id} in {stream}")
 
 
 async def test_the_chatbot_is_silent_during_a_linked_call_shares_what_comes_and_answers_again_after(
@@ -163,8 +174,9 @@ async def test_the_chatbot_is_silent_during_a_linked_call_shares_what_comes_and_
     runtime, calls = linked
     store = open_test_store.store
     cid = uuid.uuid4().hex
+    chat_stream, call_stream_id = StreamId(TENANT, c.AGGREGATE_TYPE, cid), StreamId(TENANT, v.AGGREGATE_TYPE, "call-1")
     first = await write(calls.runner, cid, "Hi, I have a question about my order", start=True)
-    await drain(runtime)
+    await until(runtime, store, chat_stream, c.AgentReplied, f"{first}-reply")
     # Another customer's conversation cannot be linked to this customer's call.
     with pytest.raises(ValidationError) as refused:
         await calls.initiate(TENANT, config_id="voice-bot", phone_number="+15551234567",
@@ -173,12 +185,12 @@ async def test_the_chatbot_is_silent_during_a_linked_call_shares_what_comes_and_
     await calls.answer(TENANT, call_id="call-1", config_id="voice-bot", phone_number="+15551234567",
                        transport="twilio", conversation_id=cid)  # fmt: skip
     during = await write(calls.runner, cid, "My order number is ORD-78945")
-    await drain(runtime)
+    await until(runtime, store, call_stream_id, v.ChatbotDataShared, during)
     chat = [e.event for e in await store.read(StreamId(TENANT, c.AGGREGATE_TYPE, cid))]
     replied_to = [e.message_id for e in chat if isinstance(e, c.AgentReplied)]
     assert replied_to == [f"{first}-reply"], "nothing answered in the chat during the call"
     assert [type(e).__name__ for e in chat][-2:] == ["VoicebotSessionStarted", "UserMessageReceived"]
-    call_stream = await store.read(StreamId(TENANT, v.AGGREGATE_TYPE, "call-1"))
+    call_stream = await store.read(call_stream_id)
     assert call_stream[0].event.user_id == "C1", "the call is the conversation's customer's"  # type: ignore[union-attr]
     shared = [e for e in call_stream if isinstance(e.event, v.ChatbotDataShared)]
     assert len(shared) == 1 and shared[0].meta.command_id == f"share-{during}" and shared[0].meta.actor == "agent:ai"
@@ -193,7 +205,7 @@ async def test_the_chatbot_is_silent_during_a_linked_call_shares_what_comes_and_
     await calls.record(TENANT, "call-1", said, "a1")
     await calls.end(TENANT, "call-1")
     after = await write(calls.runner, cid, "Thanks! And where is ORD-12345?")
-    await drain(runtime)
+    await until(runtime, store, chat_stream, c.AgentReplied, f"{after}-reply")
     chat = [e.event for e in await store.read(StreamId(TENANT, c.AGGREGATE_TYPE, cid))]
     assert any(isinstance(e, c.VoicebotSessionEnded) and e.call_id == "call-1" for e in chat)
     assert [e.message_id for e in chat if isinstance(e, c.AgentReplied)] == [f"{first}-reply", f"{after}-reply"]
@@ -331,6 +343,14 @@ async def test_on_a_linked_twilio_call_the_voice_agent_uses_what_the_customer_se
         assert acknowledged and "in the chat." in acknowledged[0], replies
         tools = [tool["tool"] for t in history["turns"] for tool in t["tools"]]
         assert tools == ["fetch_order_status"] and "ORD-78945" in acknowledged[0].split("in the chat.")[1], replies
+        # The call's transcript (its read model) shows the chat message as the caller's, from the chat.
+        for _ in range(100):
+            view = (await http.get(f"/api/v1/voice/calls/{call_id}", headers=admin)).json()
+            if view["status"] == "ended":
+                break
+            await asyncio.sleep(0.1)
+        lines = [(line["speaker"], line.get("source"), line["text"]) for line in view["transcript"]]
+        assert ("user", "chat", "My order number is ORD-78945") in lines, lines
         # After the call, the chatbot answers again.
         again = await http.post(f"/api/v1/orchestration/conversations/{cid}/messages",
                                 json={"message": "Thanks! Can you also check ORD-12345?"}, headers=ana)  # fmt: skip
