@@ -385,13 +385,18 @@ class CallService:
         conversation_id: str | None = None,
     ) -> Outcome[v.Call]:
         """An inbound call: admitted (the concurrent cap), pinned, connected. A ``conversation_id`` that
-        cannot be linked (unknown, closed, another customer's) is dropped: the call is answered anyway."""
+        cannot be linked (unknown, closed, another customer's, or one that knows the customer's phone
+        number and it is not the caller's) is dropped: the call is answered anyway."""
         version = await self._active_voicebot(tenant, config_id)
         user_id = caller_subject(tenant, phone_number, context)
         if conversation_id is not None:
             try:
                 customer = (context or {}).get("customer_id")
-                user_id = (await self.linked_customer(tenant, conversation_id, customer)).user_id
+                linked = await self.linked_customer(tenant, conversation_id, customer)
+                known = linked.pii_collected.get("phone")
+                if known and phone_number and number_digest(tenant, known) != number_digest(tenant, phone_number):
+                    raise ValidationError("the caller is not the conversation's customer", fields={"from": "other"})
+                user_id = linked.user_id
             except (NotFoundError, IllegalStateError, ValidationError) as e:
                 log.warning("call.not_linked", call_id=call_id, conversation_id=conversation_id, error=e.message)
                 conversation_id = None

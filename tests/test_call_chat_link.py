@@ -236,6 +236,17 @@ async def test_a_call_linked_to_a_missing_or_closed_conversation_is_refused_or_a
     answered = await calls.answer(TENANT, call_id="call-9", config_id="voice-bot", phone_number="+15551234567",
                                   transport="twilio", conversation_id="nope")  # fmt: skip
     assert answered.state.conversation_id is None and answered.state.status == "in_progress"
+    # A conversation that knows its customer's number is not linked to a call from another number.
+    ctx = CommandContext(tenant=TENANT, actor="customer:C3", command_id="start-c3")
+    start = c.StartConversation(conversation_id="conv-c3", config_id="support-bot", config_version=1,
+                                channel="sms", user_id="C3", context={"phone": "+1 555 000 3333"}, at=T0)  # fmt: skip
+    await calls.runner.handle(CONVERSATION, "conv-c3", start, ctx)
+    stranger = await calls.answer(TENANT, call_id="call-10", config_id="voice-bot", phone_number="+15551234567",
+                                  transport="twilio", conversation_id="conv-c3")  # fmt: skip
+    assert stranger.state.conversation_id is None and stranger.state.user_id != "C3"
+    owner = await calls.answer(TENANT, call_id="call-11", config_id="voice-bot", phone_number="+15550003333",
+                               transport="twilio", conversation_id="conv-c3")  # fmt: skip
+    assert (owner.state.conversation_id, owner.state.user_id) == ("conv-c3", "C3")
 
 
 # The platform: a Twilio call and the chat, over HTTP ------------------------------------------
