@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import pytest_asyncio
 from aiohttp import WSMsgType, web
-from livekit import api
+from livekit import api, rtc
 from livekit.protocol import agent as agent_proto
 from livekit.protocol import models as models_proto
 
@@ -250,3 +250,67 @@ async def test_up_starts_the_worker_as_its_own_process_when_livekit_is_configure
     register = endpoint.messages[0].register
     assert register.agent_name == "parley", "the process registered as the agent 'parley'"
     assert any(m.availability.job_id == "AJ_2" and m.availability.available for m in endpoint.messages)
+
+
+async def test_a_hot_transfer_speaks_the_summary_in_the_consultation_room_before_the_human_is_moved() -> None:
+    """The worker's briefing on ``LiveKitSip``'s hot transfer against LiveKit's Twirp API: the human is
+    dialed into the consultation room, the summary is synthesized (espeak-ng) into that room's
+    microphone and played to its last frame, and only then is the human moved to the caller. The
+    room itself is the SDK's ``AudioSource`` unpublished (joining over WebRTC needs a LiveKit server)."""
+    from datetime import UTC, datetime
+
+    from gateways.speech.offline import EspeakTTS, espeak_pcm
+    from gateways.telephony.livekit_sip import LiveKitSip
+    from tests.voice_fakes.livekit_twirp import TwirpFake
+    from voice_worker.worker import ConsultBriefing, brief_transfers
+
+    fake = TwirpFake()
+    url = await fake.start()
+    summary = "Caller asked about order ORD-78945."
+    joined: list[tuple[str, str, int]] = []
+    played: list[int] = []  # samples of each frame the room's microphone took
+    methods_when_played: list[list[str]] = []
+
+    class Microphone(rtc.AudioSource):
+        async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+            played.append(frame.samples_per_channel)
+            await super().capture_frame(frame)
+
+    @contextlib.asynccontextmanager
+    async def consult_room(room: str, identity: str, sample_rate: int) -> AsyncIterator[rtc.AudioSource]:
+        joined.append((room, identity, sample_rate))
+        source = Microphone(sample_rate, 1)
+        try:
+            yield source
+        finally:
+            methods_when_played.append(fake.methods())  # the briefing is over: what LiveKit was asked by then
+            await source.aclose()
+
+    briefing = ConsultBriefing(EspeakTTS(), consult_room)
+    sip = LiveKitSip(url, fake.api_key, fake.api_secret, trunk_id="ST_out", brief=briefing)
+    call = v.Call(started=True, call_id="c-9", transport="livekit_sip", status="in_progress")
+    transfer = v.TransferRequested(
+        transfer_id="t-1", transfer_type="hot", agent_id="mike", agent_name="Mike", at=datetime.now(UTC)
+    )
+    try:
+        started = asyncio.get_running_loop().time()
+        connected = await sip.transfer("acme", call, transfer, "sip:mike@agents.parley.local", summary)
+        elapsed = asyncio.get_running_loop().time() - started
+    finally:
+        await fake.stop()
+
+    assert connected.ok, connected
+    assert joined == [("call-c-9-human", "parley-briefing-call-c-9-human", 22050)]
+    # The whole summary was spoken into the room, in real time, before the human was moved.
+    expected = len(await espeak_pcm(summary, words_per_minute=165)) // 2
+    assert abs(sum(played) - expected) <= 22050 // 50, (sum(played), expected)
+    assert elapsed >= 0.9 * expected / 22050, elapsed
+    assert methods_when_played == [["SIP/CreateSIPParticipant", "RoomService/SendData"]]
+    assert fake.methods() == ["SIP/CreateSIPParticipant", "RoomService/SendData", "RoomService/MoveParticipant"]
+    move = fake.calls[-1][1]
+    assert (move.room, move.identity, move.destination_room) == ("call-c-9-human", "human-mike", "call-c-9")
+    # The worker gives its call's transfers this briefing, with the call's TTS; the Twilio path has none.
+    settings = VoiceSettings(livekit_url="ws://127.0.0.1:7880", livekit_api_key="k", livekit_api_secret="s")
+    mine = LiveKitSip("http://127.0.0.1:7880", "k", "s", trunk_id="ST_out")
+    assert brief_transfers(mine, EspeakTTS(), settings) and isinstance(mine.brief, ConsultBriefing)
+    assert not brief_transfers(None, EspeakTTS(), settings)

@@ -17,6 +17,11 @@ derived from the SIP call id.
 A job runs in a process of the worker's pool (LiveKit's), so it opens what it needs (the event
 store, PostgreSQL for the tools) for the call's length; the VAD model is loaded when the process
 is prewarmed, before any call.
+
+A hot or warm transfer the agent decides on is made from here (``CallService.transfer`` through
+``LiveKitSip``): the human is dialed into a consultation room, and ``ConsultBriefing`` joins that
+room and speaks the call's summary with the call's TTS, to its last frame, before the human is
+moved into the caller's room.
 """
 
 from __future__ import annotations
@@ -28,17 +33,17 @@ import math
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
-from livekit import rtc
-from livekit.agents import AgentServer, JobContext, JobProcess
+from livekit import api, rtc
+from livekit.agents import AgentServer, JobContext, JobProcess, tts
 
-from gateways.telephony.livekit_sip import AGENT_NAME
+from gateways.telephony.livekit_sip import AGENT_NAME, LiveKitSip
 from gateways.telephony.settings import VoiceSettings
 
 if TYPE_CHECKING:
@@ -47,7 +52,17 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["AGENT_NAME", "CallRef", "agent_server", "call_of", "call_services", "entrypoint", "serve"]
+__all__ = [
+    "AGENT_NAME",
+    "CallRef",
+    "ConsultBriefing",
+    "agent_server",
+    "brief_transfers",
+    "call_of",
+    "call_services",
+    "entrypoint",
+    "serve",
+]
 
 
 class CallRef(msgspec.Struct, frozen=True, kw_only=True):
@@ -141,6 +156,58 @@ async def call_services(
         await opened.close()
 
 
+Join = Callable[[str, str, int], AbstractAsyncContextManager[rtc.AudioSource]]  # room, identity, sample rate
+
+
+def room_joiner(url: str, api_key: str, api_secret: str) -> Join:
+    """Into a room of the LiveKit server as ``identity``, a microphone track published: its source."""
+
+    @asynccontextmanager
+    async def join(room_name: str, identity: str, sample_rate: int) -> AsyncIterator[rtc.AudioSource]:
+        grants = api.VideoGrants(room_join=True, room=room_name, can_publish=True, can_subscribe=False)
+        token = api.AccessToken(api_key, api_secret).with_identity(identity).with_name("Parley")
+        room = rtc.Room()
+        await room.connect(url, token.with_grants(grants).to_jwt())
+        source = rtc.AudioSource(sample_rate, 1)
+        try:
+            track = rtc.LocalAudioTrack.create_audio_track("call-summary", source)
+            options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+            await room.local_participant.publish_track(track, options)
+            yield source
+        finally:
+            await source.aclose()
+            await room.disconnect()
+
+    return join
+
+
+class ConsultBriefing:
+    """A hot transfer's briefing (``LiveKitSip.brief``): in the consultation room the human was dialed
+    into, the call's summary spoken with the call's TTS; it returns once the last frame has played,
+    so the human hears it all before being moved to the caller."""
+
+    def __init__(self, speech: tts.TTS[Any], join: Join) -> None:
+        self.speech, self.join = speech, join
+
+    async def __call__(self, consult_room: str, human: str, summary: str) -> None:
+        identity = f"parley-briefing-{consult_room}"
+        async with self.join(consult_room, identity, self.speech.sample_rate) as source:
+            async with self.speech.synthesize(summary) as stream:
+                async for audio in stream:
+                    await source.capture_frame(audio.frame)
+            await source.wait_for_playout()
+        log.info("voice_worker.briefed", room=consult_room, human=human, characters=len(summary))
+
+
+def brief_transfers(telephony: object, speech: tts.TTS[Any], settings: VoiceSettings) -> bool:
+    """The call's transfers through LiveKit SIP briefed by this worker (True), with the call's TTS."""
+    if not isinstance(telephony, LiveKitSip):
+        return False
+    join = room_joiner(settings.livekit_url or "", settings.livekit_api_key or "", settings.livekit_api_secret or "")
+    telephony.brief = ConsultBriefing(speech, join)
+    return True
+
+
 async def answered(room: rtc.Room, participant: rtc.RemoteParticipant, within: float = 60.0) -> bool:
     """Until a SIP callee picks up (``sip.callStatus`` is ``active``); any other participant is there."""
     if participant.kind != rtc.ParticipantKind.PARTICIPANT_KIND_SIP:
@@ -206,6 +273,7 @@ async def entrypoint(ctx: JobContext) -> None:
             call = await stack.calls.state(ref.tenant, ref.call_id)
         config = await stack.configs.get(ref.tenant, call.config_id, call.config_version)
         session = CallSession(stack, ref.tenant, call, config, room=ctx.room, participant=participant.identity)
+        brief_transfers(stack.calls.telephony, session.speech.tts, settings)
         await session.start()
         await left.wait()
         await session.close(reason="caller_hung_up", ended_by="caller")

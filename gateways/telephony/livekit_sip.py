@@ -6,14 +6,16 @@
 - ``transfer`` cold: ``TransferSIPParticipant`` (a SIP REFER: the caller leaves the room for the
   human's number); a status other than successful is a failure even when nothing was raised.
 - ``transfer`` hot and warm: the human is dialed into a consultation room (``<room>-human``,
-  ``wait_until_answered``), hears the summary there (sent to the room as ``parley.call_summary``
-  data, which the consult-room agent reads out), then is moved into the caller's room
-  (``MoveParticipant``). A SIP error (busy, no answer) fails the transfer with its status.
+  ``wait_until_answered``), hears the summary there (``brief``: the voice worker holding the call
+  speaks it into that room, ``voice_worker.worker.ConsultBriefing``; it is also sent to the room as
+  ``parley.call_summary`` data), then is moved into the caller's room (``MoveParticipant``). A SIP
+  error (busy, no answer) fails the transfer with its status; a briefing that fails does not.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import structlog
@@ -31,6 +33,8 @@ log = structlog.get_logger(__name__)
 
 AGENT_NAME = "parley"  # the voice worker's name with the LiveKit server (explicit dispatch)
 
+Brief = Callable[[str, str, str], Awaitable[None]]  # consultation room, the human's identity, the summary
+
 
 def room_name(call_id: str) -> str:
     return f"call-{call_id}"
@@ -47,11 +51,19 @@ def call_metadata(tenant: str, call_id: str) -> str:
 
 class LiveKitSip:
     def __init__(
-        self, url: str, api_key: str, api_secret: str, *, trunk_id: str, ringing_timeout: float = 30.0
+        self,
+        url: str,
+        api_key: str,
+        api_secret: str,
+        *,
+        trunk_id: str,
+        ringing_timeout: float = 30.0,
+        brief: Brief | None = None,
     ) -> None:
         self.url, self.api_key, self.api_secret = url, api_key, api_secret
         self.trunk_id = trunk_id
         self.ringing_timeout = ringing_timeout
+        self.brief = brief  # speaks the summary to the human in the consultation room, before the move
 
     def _api(self) -> api.LiveKitAPI:
         return api.LiveKitAPI(url=self.url, api_key=self.api_key, api_secret=self.api_secret)
@@ -137,6 +149,11 @@ class LiveKitSip:
                 topic="parley.call_summary",
             )
         )
+        if self.brief is not None and summary.strip():
+            try:
+                await self.brief(consult, human, summary)
+            except Exception as e:  # the human takes the call unbriefed rather than not at all
+                log.warning("sip.briefing_failed", call_id=call.call_id, error=str(e))
         await lk.room.move_participant(
             room_proto.MoveParticipantRequest(room=consult, identity=human, destination_room=room_name(call.call_id))
         )
