@@ -95,6 +95,18 @@ def put_personal(event: E, path: str, value: Any) -> E:
     return msgspec.structs.replace(event, **{outer: restored})
 
 
+def put_all_personal(event: E, values: dict[str, Any]) -> E:
+    """``event`` with several personal fields put back at once (``put_personal`` for each)."""
+    fields = {}
+    for path, value in values.items():
+        if "[]." in path:
+            if value:  # no items (or none kept): nothing to put back
+                event = put_personal(event, path, value)
+        else:
+            fields[path] = value
+    return msgspec.structs.replace(event, **fields) if fields else event
+
+
 def blank_personal(event: E) -> E:
     """``event`` with every personal field blank: as it reads once its keys are destroyed."""
     for path in event.personal_fields:

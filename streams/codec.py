@@ -20,7 +20,8 @@ import functools
 import importlib
 import pkgutil
 import sys
-from base64 import b64decode, b64encode
+from base64 import b64encode
+from binascii import a2b_base64
 from typing import Any
 
 import msgspec
@@ -28,7 +29,7 @@ from eventsourcing.persistence import Cipher, Compressor, Mapper, StoredEvent, T
 from eventsourcing.utils import TopicError, get_topic, register_topic, resolve_topic
 
 import domain
-from domain.messages import Event, put_personal, take_personal
+from domain.messages import Event, put_all_personal, take_personal
 from streams.keys import KeyStore
 
 PII_KEY = "__pii__"
@@ -135,19 +136,26 @@ class EventMapper(Mapper[Any]):
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> Pending:
-        cls = resolve_event(stored_event.topic)
-        state = stored_event.state
+        originator_id = str(stored_event.originator_id)
+        event = self.decode_event(originator_id.split(".", 1)[0], stored_event.topic, stored_event.state)
+        return Pending(originator_id, stored_event.originator_version, event)
+
+    def decode_event(self, tenant: str, topic: str, state: bytes) -> Event:
+        """A stored event of ``tenant`` as its domain event, personal data unsealed
+        (``to_domain_event`` without the ``StoredEvent`` and ``Pending`` around it)."""
         if self.cipher:
             state = self.cipher.decrypt(state)
         if self.compressor:
             state = self.compressor.decompress(state)
         if isinstance(self.transcoder, MsgspecTranscoder):
-            event = self.transcoder.decode_as(state, cls)
+            cls, decoder = _stored_class(topic)
+            event: Event = decoder.decode(state)
         else:
+            cls = resolve_event(topic)
             event = msgspec.convert(self.transcoder.decode(state), cls)
         if cls.personal_fields:
-            event = self._unseal(str(stored_event.originator_id).split(".", 1)[0], event, state)
-        return Pending(str(stored_event.originator_id), stored_event.originator_version, event)
+            event = self._unseal(tenant, event, state)
+        return event
 
     # Personal data -------------------------------------------------------------------------
 
@@ -181,18 +189,22 @@ class EventMapper(Mapper[Any]):
         return {"s": subject, "k": epoch, "c": b64encode(sealed).decode()}
 
     def _unseal(self, tenant: str, event: Event, state: bytes) -> Event:
-        envelope = _PiiEnvelope.decode(state).pii
-        if envelope is None:  # nothing sealed: stored in clear (older events), or no personal data
+        cut = state.rfind(_ENVELOPE_KEY)
+        if cut < 0:  # nothing sealed: stored in clear (older events), or no personal data
             return event
+        envelope = _envelope(state, cut)  # the last key's value alone is parsed
+        if envelope is None:  # not where the mapper puts it: the whole document is read
+            envelope = _PiiEnvelope.decode(state).pii
+            if envelope is None:
+                return event
         assert self.keys is not None, "personal data found but the mapper has no key store"
+        personal: dict[str, Any] = {}
         for seal in (envelope, *envelope.x):
             cipher = self.keys.get(tenant, seal.s, seal.k)
             if cipher is None:  # that person's key was destroyed: their fields read as erased
                 continue
-            personal = self.transcoder.decode(cipher.decrypt(b64decode(seal.c)))
-            for path, value in personal.items():
-                event = put_personal(event, path, value)
-        return event
+            personal.update(self.transcoder.decode(cipher.decrypt(a2b_base64(seal.c))))
+        return put_all_personal(event, personal) if personal else event
 
     # Reading without personal data ---------------------------------------------------------
 
@@ -208,10 +220,35 @@ class EventMapper(Mapper[Any]):
 _ENVELOPE_KEY = f',"{PII_KEY}":'.encode()
 
 
+def envelope_at(state: bytes) -> int:
+    """Where a sealed event's envelope starts in its stored JSON, or -1 when nothing was sealed.
+
+    The mapper seals every personal field of an event it seals (``_seal`` blanks them all before
+    it adds the envelope as the last key), so an event with an envelope holds no personal data in
+    clear. The envelope is told from a look-alike in a value (an older event stored in clear) by
+    its place: what follows the key, up to the document's end, must be an envelope."""
+    cut = state.rfind(_ENVELOPE_KEY)
+    if cut > 0:
+        try:
+            _SHAPE_DECODER.decode(state[cut + len(_ENVELOPE_KEY) : -1])
+            return cut
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
+    return -1
+
+
+def _envelope(state: bytes, cut: int) -> _Sealed | None:
+    try:
+        found: _Sealed = _SEALED_DECODER.decode(state[cut + len(_ENVELOPE_KEY) : -1])
+        return found
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
 def without_sealed(state: bytes) -> bytes:
     """A sealed event's stored JSON without its envelope: the event, personal fields null
     (``state`` as it is when nothing was sealed)."""
-    cut = state.rfind(_ENVELOPE_KEY)
+    cut = envelope_at(state)
     return state[:cut] + b"}" if cut > 0 else state
 
 
@@ -234,3 +271,20 @@ class _PiiEnvelope(msgspec.Struct, frozen=True):
 
 
 _ENVELOPE_DECODER = msgspec.json.Decoder(_PiiEnvelope)
+_SEALED_DECODER = msgspec.json.Decoder(_Sealed)
+
+
+class _Shape(msgspec.Struct, frozen=True):
+    """An envelope's shape, to tell it apart (its other keys are checked as JSON, not kept)."""
+
+    s: str
+
+
+_SHAPE_DECODER = msgspec.json.Decoder(_Shape)
+
+
+@functools.lru_cache(maxsize=1024)
+def _stored_class(topic: str) -> tuple[type[Event], msgspec.json.Decoder[Any]]:
+    """The event class a stored topic names, and its typed decoder."""
+    cls = resolve_event(topic)
+    return cls, _typed_decoder(cls)

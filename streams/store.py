@@ -31,13 +31,12 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 import structlog
-from eventsourcing.persistence import StoredEvent
 from nats.aio.client import Client as NATS
 
 from domain.errors import ValidationError
 from domain.messages import Event, blank_personal, personal_blanks_are_none, personal_is_blank
 from streams.bulk import BulkFeed, Delivered
-from streams.codec import EventMapper, Pending, resolve_event, without_sealed
+from streams.codec import EventMapper, Pending, envelope_at, resolve_event
 from streams.errors import ConcurrencyError, EventDecodeError
 from streams.feed import Feed
 from streams.jetstream import (
@@ -301,15 +300,14 @@ class EventStore:
         try:
             stream = stream or _stream_of(raw.subject)
             commit = _DECODE.decode(raw.data)
-            recorded_at = _recorded_at(raw.time)
+            recorded_at, meta, seq, tenant = _recorded_at(raw.time), commit.meta, raw.seq, stream.tenant
+            decode_event = self.mapper.decode_event
             out = []
-            for i, item in enumerate(commit.events):
-                version = commit.first_version + i
-                stored = StoredEvent(
-                    originator_id=stream.key, originator_version=version, topic=item.topic, state=item.state
-                )
-                event = self.mapper.to_domain_event(stored).event
-                out.append(RecordedEvent(stream, version, raw.seq, event, recorded_at, commit.meta))
+            version = commit.first_version
+            for item in commit.events:
+                event = decode_event(tenant, item.topic, item.state)
+                out.append(RecordedEvent(stream, version, seq, event, recorded_at, meta))
+                version += 1
         except Exception as e:
             raise EventDecodeError(raw.seq, raw.subject, f"{type(e).__name__}: {e}") from e
         return out
@@ -329,17 +327,20 @@ def _recorded_at(time: str | int) -> datetime:
 def _stream_of(subject: str) -> StreamId:
     """The aggregate a commit's subject names. An aggregate's commits tend to come close together in a
     read of the stream, so the last aggregates are remembered rather than parsed and checked again."""
-    if subject.count(".") == _COMMIT_DOTS:
-        return _aggregate(subject.rpartition(".")[0])
-    return StreamId.from_subject(subject)
+    found = _AGGREGATES.get(prefix := subject[: subject.rfind(".")])
+    if found is not None:
+        return found
+    if subject.count(".") != _COMMIT_DOTS:
+        return StreamId.from_subject(subject)
+    if len(_AGGREGATES) >= _AGGREGATES_KEPT:
+        _AGGREGATES.clear()
+    found = _AGGREGATES[prefix] = StreamId.from_subject(prefix)
+    return found
 
 
 _COMMIT_DOTS = EVENTS_PREFIX.count(".") + 4  # <prefix>.<tenant>.<type>.<id>.<command>
-
-
-@functools.lru_cache(maxsize=4096)
-def _aggregate(subject: str) -> StreamId:
-    return StreamId.from_subject(subject)
+_AGGREGATES: dict[str, StreamId] = {}  # by a commit subject less its command token; cleared when full
+_AGGREGATES_KEPT = 100_000
 
 
 # Reading without personal data -----------------------------------------------------------------
@@ -420,7 +421,7 @@ class Redacted:
     * **the fast one**, for a mapper that stores plain msgspec JSON: each event decoded straight
       into its class. A sealed event's stored JSON holds its personal fields as null beside the
       sealed envelope, which the typed decoder ignores, so nothing is decrypted, and the payload is
-      the stored JSON itself, less the envelope (``codec.without_sealed``); only an event whose
+      the stored JSON itself, less the envelope (``codec.envelope_at``); only an event whose
       personal fields were stored in clear (older ones) is blanked and encoded again. About five
       times quicker.
 
@@ -490,8 +491,10 @@ class Redacted:
                 event = info.decoder.decode(state)
                 if info.personal is None:
                     payload = state
-                elif info.personal(event) == info.none:  # sealed (or empty): the stored JSON, less the envelope
-                    payload = without_sealed(state)
+                elif (cut := envelope_at(state)) > 0:  # sealed: the stored JSON, less the envelope
+                    payload = state[:cut] + b"}"
+                elif info.personal(event) == info.none:  # no personal data given
+                    payload = state
                 else:  # stored in clear (older): blanked and encoded again
                     event = blank_personal(event)
                     payload = _PAYLOAD.encode(event)

@@ -241,6 +241,31 @@ async def test_personal_data_stored_in_clear_is_blanked_too(store: OpenStore, si
     assert msgspec.json.decode(payload)["content"] is None and "secret" not in payload
 
 
+async def test_an_envelope_look_alike_in_clear_data_is_not_taken_for_one(store: OpenStore, sink: AnalyticsSink) -> None:
+    """A value that looks like the sealed envelope, in an event stored in clear, is blanked with the
+    rest: neither cut at (which would keep what precedes it) nor unsealed."""
+    from eventsourcing.utils import get_topic
+
+    from streams.store import StoredItem, encode_commit
+
+    look_alike = {"holder": "Jo Secret", "__pii__": {"s": "u", "k": 1, "c": "QUJD"}}
+    event = c.AgentReplied(
+        message_id="m-1", user_id="u", tool_calls=[c.ToolCall(tool="lookup", output=look_alike)], replied_at=at(0)
+    )
+    item = StoredItem(get_topic(c.AgentReplied), msgspec.json.encode(event))
+    await store.log.publish([OutMessage("parley.ev.acme.conversation.c-1.Reply", {}, encode_commit(1, [item]))])
+    [raw] = await store.store.read_all(limit=10)
+    [recorded] = store.store.decode(raw)
+    assert recorded.event == event  # as stored: nothing was sealed
+    runner = await project_all(store, sink)
+    await runner.shutdown()
+    payload = sink.client.command("SELECT payload FROM parley.events")
+    assert msgspec.json.decode(payload)["tool_calls"] == [
+        {"tool": "lookup", "input": {}, "output": None, "execution_time_ms": None, "error": None}
+    ]
+    assert "Jo Secret" not in payload
+
+
 async def test_the_fast_decoder_gives_the_rows_of_the_event_store(store: OpenStore) -> None:
     await known_history(store)
     fast, slow = store.store.redacted(), store.store.redacted(fast=False)
