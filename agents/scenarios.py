@@ -42,10 +42,12 @@ import asyncio
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import msgspec
 import yaml
@@ -335,14 +337,14 @@ class VoiceLine(Protocol):
 
     speed: float  # the caller's clock (1: real time)
 
-    async def prepare(self, name: str, config_yaml: str, agents: Mapping[str, str]) -> str:
-        """The config the calls of scenario file ``name`` are answered with (its id), and its human
-        agents registered and available."""
+    async def prepare(self, name: str, config: Path, agents: Mapping[str, str]) -> str:
+        """The config (file) the calls of scenario file ``name`` are answered with, as the id they are
+        answered with; and its human agents registered and available."""
         ...
 
-    def media(self, config_id: str) -> AbstractAsyncContextManager[tuple[Send, Receive, dict[str, str]]]:
-        """A media stream answered with ``config_id``: what the phone sends and receives on it, and the
-        custom parameters of its ``start``."""
+    def media(self, config_id: str, call_sid: str) -> AbstractAsyncContextManager[tuple[Send, Receive, dict[str, str]]]:
+        """A media stream of the call ``call_sid``, answered with ``config_id``: what the phone sends and
+        receives on it, and the custom parameters of its ``start``."""
         ...
 
     async def events(self, call_sid: str) -> list[Any]:
@@ -365,7 +367,7 @@ async def run_voice_scenarios(paths: Iterable[str | Path], line: VoiceLine, *, c
 
     for path in scenario_paths(paths):
         scenario, _config = load_scenarios(path)
-        config_id = await line.prepare(path.stem, (path.parent / scenario.config).read_text(), scenario.agents)
+        config_id = await line.prepare(path.stem, path.parent / scenario.config, scenario.agents)
         calls += [held(path, story, config_id) for story in scenario.stories]
     return ScenarioReport(list(await asyncio.gather(*calls)))
 
@@ -405,10 +407,11 @@ async def run_call_story(path: Path, story: Story, line: VoiceLine, config_id: s
 
     failures: list[str] = []
     try:
-        async with line.media(config_id) as (send, receive, parameters):
-            phone = StepPhone(send, receive, parameters=parameters, speed=line.speed)
+        call_sid = "CA" + uuid.uuid4().hex
+        async with line.media(config_id, call_sid) as (send, receive, parameters):
+            phone = StepPhone(send, receive, parameters=parameters, speed=line.speed, call_sid=call_sid)
             await phone.call(turns)
-        outcome: CallOutcome | None = await line.outcome(phone.call_sid)
+        outcome: CallOutcome | None = await line.outcome(call_sid)
     except Exception as e:  # the call could not be held: the story fails, saying why
         failures.append(f"the call failed: {type(e).__name__}: {e}")
         outcome = None
@@ -609,15 +612,139 @@ def _compare_fields(what: str, wanted: Any, actual: Mapping[str, Any] | None) ->
     ]
 
 
-async def _main(paths: Sequence[str], database_url: str) -> int:
+class PlatformLine:
+    """A running platform's phone line, as Twilio would use it: its webhook answers the call with
+    TwiML naming the media stream (signed when ``TWILIO_AUTH_TOKEN`` is set), the stream is a
+    websocket; the call's events are read from the platform's event stream, its status from the
+    Voice API (``token``: an admin of ``tenant``). A config of the platform's demo set
+    (``agents/configs``) is called by its id; another is created through the config API."""
+
+    def __init__(self, api: str, token: str, store: Any, *, tenant: str = DEFAULT_TENANT, speed: float = 1.0) -> None:
+        self.api, self.token, self.store, self.tenant, self.speed = api.rstrip("/"), token, store, tenant, speed
+
+    def _http(self) -> Any:
+        import httpx
+
+        return httpx.AsyncClient(base_url=self.api, timeout=30, headers={"Authorization": f"Bearer {self.token}"})
+
+    async def prepare(self, name: str, config: Path, agents: Mapping[str, str]) -> str:
+        from commands.config import DEMO_CONFIGS
+
+        demo = config.resolve().parent == DEMO_CONFIGS.resolve()  # noqa: ASYNC240 (no I/O)
+        async with self._http() as http:
+            if demo:
+                config_id = config.stem.replace("_", "-")
+            else:
+                config_id = f"scenario-{name}".replace("_", "-")
+                body = {"config_id": config_id, "yaml_content": config.read_text()}  # noqa: ASYNC240 (small, once)
+                made = await http.post("/api/v1/configs", json=body)
+                if made.status_code not in (201, 409):
+                    raise RuntimeError(f"config {config_id} not created: {made.status_code} {made.text[:300]}")
+            for agent_id, agent_name in agents.items():
+                await http.post("/api/v1/orchestration/agents", json={"agent_id": agent_id, "name": agent_name})
+                online = await http.post(f"/api/v1/orchestration/agents/{agent_id}/availability",
+                                         json={"available": True})  # fmt: skip
+                if online.status_code != 200:
+                    raise RuntimeError(f"agent {agent_id} not available: {online.status_code} {online.text[:300]}")
+        return config_id
+
+    @asynccontextmanager
+    async def media(self, config_id: str, call_sid: str) -> AsyncIterator[tuple[Send, Receive, dict[str, str]]]:
+        import json
+
+        import httpx
+        import websockets
+
+        url = f"{self.api}/api/v1/voice/twilio/inbound?config_id={quote(config_id)}"  # as signed: with its query
+        form = {"CallSid": call_sid, "From": "+15551234567", "To": "+15550000000", "AccountSid": "AC" + "0" * 32}
+        headers = {"X-Tenant-Slug": self.tenant}
+        if secret := os.environ.get("TWILIO_AUTH_TOKEN"):
+            headers["X-Twilio-Signature"] = _twilio_signature(secret, url, form)
+        async with httpx.AsyncClient(timeout=30) as http:
+            answered = await http.post(url, data=form, headers=headers)
+        found = re.search(r'<Stream url="([^"]+)"', answered.text)
+        if answered.status_code != 200 or found is None:
+            raise RuntimeError(f"the platform did not answer: {answered.status_code} {answered.text[:300]}")
+        parameters = dict(re.findall(r'<Parameter name="([^"]+)" value="([^"]*)"', answered.text))
+        async with websockets.connect(found.group(1).replace("&amp;", "&"), max_size=None) as stream:
+
+            async def send(message: dict[str, Any]) -> None:
+                await stream.send(json.dumps(message))
+
+            async def receive() -> dict[str, Any] | None:
+                try:
+                    return json.loads(await stream.recv())  # type: ignore[no-any-return]
+                except websockets.ConnectionClosed:
+                    return None
+
+            yield send, receive, parameters
+
+    def _call_id(self, call_sid: str) -> str:
+        from gateways.telephony.twilio import call_id_for
+
+        return call_id_for(self.tenant, call_sid)
+
+    async def events(self, call_sid: str) -> list[Any]:
+        from domain import call as v
+        from streams.subjects import StreamId
+
+        stream = StreamId(self.tenant, v.AGGREGATE_TYPE, self._call_id(call_sid))
+        return [e.event for e in await self.store.read(stream)]
+
+    async def outcome(self, call_sid: str) -> CallOutcome:
+        view: dict[str, Any] = {}
+        async with self._http() as http:
+            for _ in range(150):  # the read model catches up with the call's end and its recordings
+                got = await http.get(f"/api/v1/voice/calls/{self._call_id(call_sid)}")
+                view = got.json() if got.status_code == 200 else {}
+                if view.get("status") == "ended" and view.get("recordings"):
+                    break
+                await asyncio.sleep(0.2)
+        if not view:
+            raise RuntimeError(f"call {self._call_id(call_sid)} is not in the Voice API")
+        return CallOutcome.from_status(view)
+
+
+def _twilio_signature(token: str, url: str, params: Mapping[str, str]) -> str:
+    import base64
+    import hashlib
+    import hmac
+
+    payload = url + "".join(f"{k}{params[k]}" for k in sorted(params))
+    return base64.b64encode(hmac.new(token.encode(), payload.encode(), hashlib.sha1).digest()).decode()
+
+
+async def _main(
+    paths: Sequence[str], database_url: str, api: str = "", tenant: str = DEFAULT_TENANT, speed: float = 1.0
+) -> int:
+    """The chat files through the graph on ``database_url``'s demo data; the files whose stories are
+    spoken as calls to the platform at ``api`` (its Twilio path), their events from its stream."""
     import psycopg
 
     from agents.demo_data import setup_demo_data
     from agents.tools import connect_url, demo_registry
 
+    files = scenario_paths(paths)
+    spoken = [path for path in files if any(story.spoken for story in load_scenarios(path)[0].stories)]
+    chat = [path for path in files if path not in spoken]
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
-        await setup_demo_data(conn, tenants=scenario_tenants(paths), reset=True)
-    report = await run_scenarios(paths, tools=demo_registry(connect_url(database_url)))
+        await setup_demo_data(conn, tenants=scenario_tenants(files), reset=True)
+    stories: list[StoryResult] = []
+    if chat:
+        stories += (await run_scenarios(chat, tools=demo_registry(connect_url(database_url)))).stories
+    if spoken:
+        from infra.platform import data_root, jwt_secret
+        from infra.tokens import make_token
+        from streams.factory import StoreSettings, open_store
+
+        token = make_token(jwt_secret(data_root()), subject="scenarios", tenant=tenant, roles=["org_admin"])
+        opened = await open_store(StoreSettings.from_env(), name="parley-scenarios")
+        try:
+            line = PlatformLine(api, token, opened.store, tenant=tenant, speed=speed)
+            stories += (await run_voice_scenarios(spoken, line)).stories
+        finally:
+            await opened.close()
+    report = ScenarioReport(stories)
     print(report.render())
     return 0 if report.passed else 1
 
@@ -626,10 +753,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agents.scenarios", description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", help="scenario files or directories of them")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""), help="default: $DATABASE_URL")
+    port = os.environ.get("PARLEY_API_PORT", "8000")
+    parser.add_argument(
+        "--api",
+        default=os.environ.get("PARLEY_API_URL", f"http://127.0.0.1:{port}"),
+        help="the running platform the spoken stories call (its Twilio path)",
+    )
+    parser.add_argument("--tenant", default=DEFAULT_TENANT, help="the tenant the spoken stories call")
+    parser.add_argument("--speed", type=float, default=1.0, help="the caller's clock (1: real time)")
     args = parser.parse_args(argv)
     if not args.database_url:
         parser.error("the demo tools need PostgreSQL: pass --database-url or set DATABASE_URL")
-    return asyncio.run(_main(args.paths, args.database_url))
+    return asyncio.run(_main(args.paths, args.database_url, args.api, args.tenant, args.speed))
 
 
 if __name__ == "__main__":

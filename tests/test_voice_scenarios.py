@@ -5,6 +5,8 @@ events in the stream, the audio the caller's phone played, and the call's read m
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,9 +14,11 @@ from pathlib import Path
 import msgspec
 import pytest
 import pytest_asyncio
+import uvicorn
 
 from agents.scenarios import (
     ScenarioFile,
+    _main,
     call_step,
     check_call_step,
     load_scenarios,
@@ -23,7 +27,10 @@ from agents.scenarios import (
     scenario_paths,
 )
 from domain import call as v
+from gateways.http.app import create_app
 from streams.factory import OpenStore
+from tests.api_support import SECRET, settings_for
+from tests.conftest import delete_stream, fresh_database, unique_stream
 from tests.voice_support import RigLine, voice_rig
 
 VOICE = Path(__file__).parent / "scenarios" / "voice"
@@ -126,3 +133,63 @@ async def test_a_step_is_one_thing_and_a_chat_run_refuses_a_spoken_story() -> No
     result = await run_story("f.yaml", "c", scenario.stories[0], None, None, None)  # type: ignore[arg-type]
 
     assert result.failures == ["a story with spoken steps runs on a call (run_voice_scenarios)"]
+
+
+@pytest_asyncio.fixture
+async def platform(
+    nats_url: str, pg_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[str, str]]:
+    """The API served on a port, as ``./parley up`` runs it (Twilio's signature checked); the
+    environment ``./parley test-conversations`` reads ($PARLEY_DATA/run/env) pointing at it."""
+    stream, database = unique_stream(), fresh_database(pg_url)
+    for name, value in {"TWILIO_AUTH_TOKEN": "twilio-token", "PARLEY_JWT_SECRET": SECRET, "NATS_URL": nats_url,
+                        "PARLEY_DATA": str(tmp_path), "PARLEY_STREAM": stream}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    settings = settings_for(nats_url, database, redis_url, tmp_path, stream, demo_tenants=("acme",))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on", ws="websockets-sansio")
+    served = uvicorn.Server(config)
+    task = asyncio.create_task(served.serve(sockets=[sock]))
+    while not served.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", database
+    finally:
+        served.should_exit = True
+        await asyncio.wait_for(task, 30)
+        await delete_stream(nats_url, stream)
+
+
+async def test_test_conversations_calls_the_running_platform_over_its_twilio_path(
+    platform: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``./parley test-conversations``: a spoken story is a call to the platform's Twilio webhook and
+    media-stream websocket (signed), checked against the call's events in its stream and its status
+    from the Voice API."""
+    api, database = platform
+    config = (Path(__file__).parent.parent / "agents" / "configs" / "voice_bot.yaml").resolve()
+    story = tmp_path / "call.yaml"
+    story.write_text(
+        f"config: {config}\n"
+        "agents: {mike: Mike}\n"
+        "stories:\n"
+        "  - name: an order number typed on the keypad is looked up\n"
+        "    steps:\n"
+        "      - say: I want to check my order\n"
+        "        expect: {reply_contains: \"What's your order number?\"}\n"
+        "      - dtmf: '78945#'\n"
+        "        expect: {heard_contains: ORD-78945, tool_args: {fetch_order_status: {order_id: ORD-78945}}}\n"
+        "    expect_call: {status: ended, tools_executed: [fetch_order_status], recordings: [agent, caller]}\n"
+    )
+
+    code = await _main([str(story)], database, api, "acme", speed=2.0)
+
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert printed.splitlines()[-2:] == [
+        "PASS  call.yaml :: an order number typed on the keypad is looked up",
+        "1/1 scenarios passed (100.0%)",
+    ], printed

@@ -130,15 +130,15 @@ class RigLine:
         self.rig, self.speed = rig, speed
         self._pool: Any = None
 
-    async def prepare(self, name: str, config_yaml: str, agents: Mapping[str, str]) -> str:
+    async def prepare(self, name: str, config: Path, agents: Mapping[str, str]) -> str:
         config_id = f"scenario-{name}".replace("_", "-")
-        await self.rig.add_config(config_id, config_yaml)
+        await self.rig.add_config(config_id, config.read_text())  # noqa: ASYNC240 (a small file, once)
         for agent_id, agent_name in agents.items():
             await self.rig.register_agent(agent_id, agent_name)
         return config_id
 
     @asynccontextmanager
-    async def media(self, config_id: str) -> AsyncIterator[tuple[Any, Any, dict[str, str]]]:
+    async def media(self, config_id: str, call_sid: str) -> AsyncIterator[tuple[Any, Any, dict[str, str]]]:
         to_bridge: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         to_phone: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
