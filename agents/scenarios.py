@@ -33,6 +33,15 @@ included) and the offer still open, as the runtime gives them.
 ``env`` enables) and returns a ``ScenarioReport``, whose last line is the pass rate.
 ``python -m agents.scenarios tests/scenarios`` does it against ``DATABASE_URL``'s demo schema,
 prints the report and exits 1 when a story fails.
+
+Voice scenarios: a step may be spoken instead (``say:`` synthesized with espeak-ng, ``wav:`` a
+recording, ``dtmf:`` keys; ``barge_in: true`` over the agent), and such a story is a phone call:
+``run_voice_scenarios(paths, line)`` plays it on a ``VoiceLine`` over the Twilio path (8 kHz
+mu-law media frames to the call's voice session: VAD, STT, the agent, TTS back) and checks each
+step against what the call recorded (``check_call_step``: ``heard_contains``, replies, tools,
+keys, ``transfer``) and the ended call against its read model (``expect_call``, ``check_call``).
+The suite's line is the platform in process (``tests/voice_support.RigLine``); the CLI's is the
+running platform (``PlatformLine``): ``python -m agents.scenarios tests/scenarios/voice``.
 """
 
 from __future__ import annotations
