@@ -1,7 +1,7 @@
 """Rebuilding a read model from the first event, without downtime.
 
 1. Build ``<schema>_shadow`` with the projector's migrations and replay the whole history into it
-   with direct reads of the stream (pages of ``page`` commits), while the live schema keeps serving
+   (``EventStore.replay``: pages of ``page`` commits read in bulk), while the live schema keeps serving
    and its runner keeps projecting. A projector with a bulk path (``Projector.replay``) folds the
    events in memory and writes its rows with COPY; should that path meet a history it cannot
    reproduce row for row, the shadow is made again and the history replayed with ``apply``, a page
@@ -15,8 +15,9 @@
 The shadow may end up ahead of the live checkpoint; the live runner then skips what the new
 schema already accounts for. Poison commits are dead-lettered again in the new schema.
 
-The stream is read without a server-side filter (``filter_locally``): a filtered batch costs the
-server time in proportion to the subjects in the stream, and a rebuild reads most of them anyway.
+The stream is read without a server-side filter (the replay's and the swap's reads filter locally):
+a filtered read costs the server time in proportion to the subjects in the stream, and a rebuild
+reads most of them anyway.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from projections.checkpoints import (
 )
 from projections.projector import NotReplayable, Projector, Replay
 from read_models.migrations import migrate
-from streams.jetstream import RawMessage
+from streams.bulk import Delivered
 from streams.store import EventStore
 
 log = structlog.get_logger(__name__)
@@ -272,22 +273,11 @@ async def _new_schema(conn: AsyncConnection[Any], projector: Projector, schema: 
     await ensure_checkpoint(conn, schema, projector.name)
 
 
-async def _pages(store: EventStore, subject: str, page: int) -> AsyncGenerator[list[RawMessage], None]:
-    """Every commit on the subject, a page at a time, reading the next page while the caller applies one."""
-
-    def read(after: int) -> asyncio.Future[list[RawMessage]]:
-        return asyncio.ensure_future(store.read_all(after_seq=after, limit=page, subject=subject, filter_locally=True))
-
-    pending = read(0)
-    try:
-        while messages := await pending:
-            if len(messages) == page:
-                pending = read(messages[-1].seq)
+async def _pages(store: EventStore, subject: str, page: int) -> AsyncGenerator[list[Delivered], None]:
+    """Every commit on the subject up to the stream's end, a page at a time (``EventStore.replay``)."""
+    async with contextlib.aclosing(store.replay(subject=subject, page=page)) as pages:
+        async for messages in pages:
             yield messages
-            if len(messages) < page:
-                return
-    finally:
-        pending.cancel()
 
 
 async def _analyze(conn: AsyncConnection[Any], schema: str) -> None:

@@ -210,6 +210,7 @@ class BulkFeed:
         request_timeout: float = 10.0,
         acks: bool = True,
         max_bytes: int = 48 * 1024 * 1024,  # under the server's max_pending, 64 MiB by default
+        inactive_threshold: float | None = None,  # seconds unread before the server drops the consumer
     ) -> None:
         self.log = log
         self.durable = durable
@@ -221,6 +222,7 @@ class BulkFeed:
         self.request_timeout = request_timeout
         self.acks = acks
         self.max_bytes = max_bytes
+        self.inactive_threshold = inactive_threshold
         self.nc: _LeanClient | None = None
         self._inbox = ""
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{log.stream}.{durable}"
@@ -241,6 +243,7 @@ class BulkFeed:
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=self.start_seq,
             filter_subject=self.subject,
+            inactive_threshold=self.inactive_threshold,
         )
         shared = self.log.nc
         servers = [u.geturl() for u in shared.servers] or [shared.connected_url.geturl()]  # type: ignore[union-attr]

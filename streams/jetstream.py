@@ -592,6 +592,11 @@ def _by_seq(message: RawMessage) -> int:
     return message.seq
 
 
+def subject_matcher(subject_filter: str) -> Callable[[str], object]:
+    """Whether a subject matches a NATS subject filter (truthy when it does), as the server would."""
+    return _subject_pattern(subject_filter).fullmatch
+
+
 @functools.lru_cache(maxsize=64)
 def _subject_pattern(subject_filter: str) -> re.Pattern[str]:
     """A NATS subject filter as a pattern: ``*`` is one token, ``>`` the tokens that remain."""

@@ -305,6 +305,29 @@ async def test_a_durable_feed_follows_all_events_in_order_and_resumes_after_its_
     await from_position.delete()
 
 
+async def test_a_replay_reads_a_subjects_commits_up_to_the_end_in_pages_and_leaves_no_consumer(
+    open_test_store: OpenStore,
+) -> None:
+    store, log = open_test_store.store, open_test_store.log
+    acme, other = new_stream("acme"), new_stream("other")
+    for i in range(7):
+        for sid in (acme, other):
+            await store.append(
+                sid, [Incremented(amount=i)], expected_version=i, meta=EventMeta(command_id=uuid.uuid4().hex)
+            )
+    last = await store.last_seq()
+
+    pages = [page async for page in store.replay(subject="parley.ev.acme.>", page=4)]
+
+    assert all(len(page) <= 4 for page in pages) and len(pages) >= 2
+    seqs = [m.seq for page in pages for m in page]
+    assert seqs == sorted(seqs) and len(seqs) == 7 and seqs[-1] < last  # acme's 7 commits, the other's skipped
+    assert [e.event.amount for page in pages for m in page for e in store.decode(m)] == list(range(7))
+    everything = [m.seq for page in [p async for p in store.replay(page=5)] for m in page]
+    assert everything == list(range(1, last + 1))
+    assert await log.js.consumers_info(log.stream) == []  # each replay's consumer was deleted after it
+
+
 async def test_nats_unreachable_at_start_up_gives_one_clear_error_naming_the_variable() -> None:
     with pytest.raises(UnavailableError) as caught:
         await connect("nats://127.0.0.1:1", name="test", retry_for=0.5)
