@@ -399,28 +399,57 @@ def _row(row_type: type[msgspec.Struct], values: Sequence[Any]) -> Any:
 
 
 async def load_views(
-    cur: AsyncCursor[Any], schema: str, keys: Iterable[tuple[str, str]]
+    cur: AsyncCursor[Any],
+    schema: str,
+    keys: Iterable[tuple[str, str]],
+    *,
+    escalations: Iterable[tuple[str, str]] | None = None,
+    surveys: Iterable[tuple[str, str]] | None = None,
 ) -> dict[tuple[str, str], View]:
-    """The views of these conversations as the schema holds them (absent ones are missing)."""
+    """The views of these conversations as the schema holds them (absent ones are missing).
+
+    Their escalations and surveys are read too, for the conversations named in ``escalations`` and
+    ``surveys`` (None: all of them); the others' views hold none, for events that add to them or
+    leave them alone."""
     keys = list(keys)
     if not keys:
         return {}
-    params = [[k[0] for k in keys], [k[1] for k in keys]]
-    await cur.execute(statement(SELECT_CONVERSATIONS, schema), params)
+    await cur.execute(statement(SELECT_CONVERSATIONS, schema), _key_params(keys))
     views = {(r[0], r[1]): View(row=_row(ConversationRow, r)) for r in await cur.fetchall()}
     if not views:
         return views
-    await cur.execute(statement(SELECT_ESCALATIONS, schema), params)
-    for r in await cur.fetchall():
-        escalation = _row(EscalationRow, r)
-        if view := views.get((escalation.tenant, escalation.conversation_id)):
-            view.escalations[escalation.escalation_id] = escalation
-    await cur.execute(statement(SELECT_SURVEYS, schema), params)
-    for r in await cur.fetchall():
-        survey = _row(SurveyRow, r)
-        if view := views.get((survey.tenant, survey.conversation_id)):
-            view.surveys[survey.survey_id] = survey
+    if wanted := _loaded(views, keys if escalations is None else escalations):
+        await cur.execute(statement(SELECT_ESCALATIONS, schema), _key_params(wanted))
+        for r in await cur.fetchall():
+            escalation = _row(EscalationRow, r)
+            if view := views.get((escalation.tenant, escalation.conversation_id)):
+                view.escalations[escalation.escalation_id] = escalation
+    if wanted := _loaded(views, keys if surveys is None else surveys):
+        await cur.execute(statement(SELECT_SURVEYS, schema), _key_params(wanted))
+        for r in await cur.fetchall():
+            survey = _row(SurveyRow, r)
+            if view := views.get((survey.tenant, survey.conversation_id)):
+                view.surveys[survey.survey_id] = survey
     return views
+
+
+def _key_params(keys: Sequence[tuple[str, str]]) -> list[list[str]]:
+    return [[k[0] for k in keys], [k[1] for k in keys]]
+
+
+def _loaded(views: dict[tuple[str, str], View], keys: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [key for key in keys if key in views]
+
+
+# Events that change an escalation or a survey already written (a request or a survey sent adds one).
+_READS_ESCALATIONS = (
+    c.EscalationAssigned,
+    c.EscalationAgentUnavailable,
+    c.EscalationFallbackChosen,
+    c.EscalationResolved,
+    c.ConversationClosed,  # resolves the open one
+)
+_READS_SURVEYS = (c.SurveyAnswered,)
 
 
 async def write_views(cur: AsyncCursor[Any], schema: str, views: Iterable[View]) -> None:
@@ -459,12 +488,19 @@ class ConversationsProjector(Projector):
         await self.apply_events(cur, [event], schema)
 
     async def apply_events(self, cur: AsyncCursor[Any], events: Sequence[RecordedEvent], schema: str) -> None:
-        keys = {
-            (e.stream.tenant, e.stream.aggregate_id)
-            for e in events
-            if _projected(e.event) or isinstance(e.event, c.ConversationErased)
-        }
-        views: dict[tuple[str, str], View] = await load_views(cur, schema, keys)
+        keys: set[tuple[str, str]] = set()
+        escalations: set[tuple[str, str]] = set()
+        surveys: set[tuple[str, str]] = set()
+        for e in events:
+            event = e.event
+            if _projected(event) or isinstance(event, c.ConversationErased):
+                key = (e.stream.tenant, e.stream.aggregate_id)
+                keys.add(key)
+                if isinstance(event, _READS_ESCALATIONS):
+                    escalations.add(key)
+                elif isinstance(event, _READS_SURVEYS):
+                    surveys.add(key)
+        views = await load_views(cur, schema, keys, escalations=escalations, surveys=surveys)
         touched: dict[tuple[str, str], View] = {}
         for recorded in events:
             key = (recorded.stream.tenant, recorded.stream.aggregate_id)
