@@ -56,7 +56,7 @@ projections-status:
 
 # Run the conversation scenarios (tests/scenarios, offline model) against the platform's PostgreSQL, and the voice ones (tests/scenarios/voice) as calls over its Twilio path
 test-conversations *ARGS:
-    @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m agents.scenarios tests/scenarios tests/scenarios/voice {{ ARGS }}
+    @set -a; . "$PARLEY_DATA/run/env"; set +a; {{ python }} -m gateways.telephony.scenarios tests/scenarios tests/scenarios/voice {{ ARGS }}
 
 # Show the event stream's state (messages, last sequence, replicas)
 stream-info:

@@ -16,18 +16,10 @@ import pytest
 import pytest_asyncio
 import uvicorn
 
-from agents.scenarios import (
-    ScenarioFile,
-    _main,
-    call_step,
-    check_call_step,
-    load_scenarios,
-    run_story,
-    run_voice_scenarios,
-    scenario_paths,
-)
+from agents.scenarios import ScenarioFile, load_scenarios, run_story, scenario_paths
 from domain import call as v
 from gateways.http.app import create_app
+from gateways.telephony.scenarios import _main, call_step, check_call_step, run_voice_scenarios
 from streams.factory import OpenStore
 from tests.api_support import SECRET, settings_for
 from tests.conftest import delete_stream, fresh_database, unique_stream
@@ -103,16 +95,19 @@ def test_a_steps_expectations_are_checked_against_the_events_it_recorded() -> No
     ]
     step = call_step(events, agent_audio_seconds=2.5)
 
-    assert check_call_step(
-        {
-            "heard_contains": "ORD-12345",
-            "heard_source": "speech",
-            "tool_args": {"fetch_order_status": {"order_id": "ORD-12345"}},
-            "reply_contains": "was delivered",
-            "transfer": {"agent_id": "mike", "status": "requested"},
-        },
-        step,
-    ) == []
+    assert (
+        check_call_step(
+            {
+                "heard_contains": "ORD-12345",
+                "heard_source": "speech",
+                "tool_args": {"fetch_order_status": {"order_id": "ORD-12345"}},
+                "reply_contains": "was delivered",
+                "transfer": {"agent_id": "mike", "status": "requested"},
+            },
+            step,
+        )
+        == []
+    )
     assert check_call_step({"heard_contains": "ORD-78945", "transfer": {"status": "connected"}, "dtmf": "1"}, step) == [
         "heard 'Where is my order ORD-12345', lacks 'ORD-78945'",
         "transfer status is 'requested', expected 'connected'",
@@ -179,7 +174,7 @@ async def test_test_conversations_calls_the_running_platform_over_its_twilio_pat
         "  - name: an order number typed on the keypad is looked up\n"
         "    steps:\n"
         "      - say: I want to check my order\n"
-        "        expect: {reply_contains: \"What's your order number?\"}\n"
+        '        expect: {reply_contains: "What\'s your order number?"}\n'
         "      - dtmf: '78945#'\n"
         "        expect: {heard_contains: ORD-78945, tool_args: {fetch_order_status: {order_id: ORD-78945}}}\n"
         "    expect_call: {status: ended, tools_executed: [fetch_order_status], recordings: [agent, caller]}\n"

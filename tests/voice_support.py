@@ -165,8 +165,8 @@ class RigLine:
         return await self.rig.events(call_id_for(TENANT, call_sid))
 
     async def outcome(self, call_sid: str) -> Any:
-        from agents.scenarios import CallOutcome
         from gateways.http.call import RECORDING_URL
+        from gateways.telephony.scenarios import CallOutcome
         from gateways.telephony.twilio import call_id_for
         from projections import registry
         from projections.call import CallsProjector
