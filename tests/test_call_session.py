@@ -84,6 +84,16 @@ def test_keypad_digits_answer_the_identifier_the_agent_asked_for() -> None:
     asked = "Sure. What's your order number? It starts with O R D."
     assert keypad_text("78945", asked, ("ORD",)) == "ORD-78945"
     assert keypad_text("5551234567", "What number should we call?", ("ORD",)) == "5551234567"
+    assert keypad_text("78945", "Your order number starts with ORD.", ("ORD",)) == "ORD-78945"
+
+
+def test_keypad_digits_after_a_reply_that_says_order_are_not_an_order_number() -> None:
+    """The prefix "ORD" as letters, not three letters inside "order": a card number keyed after
+    the greeting stays digits (it was "ORD-4111..." and looked up as an order)."""
+    greeting = "Hello, this is Parley Shop. I can check an order, start a refund or book a callback. How can I help?"
+    assert keypad_text("4111111111111111", greeting, ("ORD",)) == "4111111111111111"
+    assert keypad_text("78945", "Sorry, I couldn't find that order.", ("ORD",)) == "78945"
+    assert keypad_text("78945", "What are the digits after O R D in your ORDER number?", ("ORD",)) == "ORD-78945"
 
 
 IVR = """

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -734,10 +735,12 @@ def acknowledgement(texts: list[str], limit: int = 160) -> str:
 
 def keypad_text(digits: str, last_reply: str, prefixes: tuple[str, ...] = ()) -> str:
     """Digits typed on the keypad as the caller means them: the identifier the agent just asked for
-    ("It starts with O R D" + 78945 -> "ORD-78945"), else the digits."""
-    asked = last_reply.upper().replace(" ", "")
+    ("It starts with O R D" + 78945 -> "ORD-78945"), else the digits. The prefix counts as its own
+    letters, spelled or not ("O R D", "ORD"), never inside a word: after "...check an order" keyed
+    digits stay digits (a card number is not an order number)."""
+    asked = last_reply.upper()
     for prefix in prefixes:
-        if prefix in asked:
+        if re.search(r"\b" + r"\s*".join(map(re.escape, prefix)) + r"\b", asked):
             return f"{prefix}-{digits}"
     return digits
 
