@@ -120,8 +120,15 @@ class LiveKitSip:
             )
         )
         if response.status != sip_proto.STS_TRANSFER_SUCCESSFUL:
+            # Both are protobuf values: the reason an enum (STR_REJECTED: "rejected"), the status a message.
+            reasons = {
+                n: name.removeprefix("STR_").lower().replace("_", " ")
+                for name, n in sip_proto.SIPTransferReason.items()
+            }
+            reason = reasons.get(response.reason, "") if response.reason != sip_proto.STR_UNSPECIFIED else ""
+            code = response.sip_status.code if response.HasField("sip_status") else 0
             return Connected(
-                ok=False, reason=response.reason or "transfer not completed", sip_status=str(response.sip_status or "")
+                ok=False, reason=reason or "transfer not completed", sip_status=str(code) if code else None
             )
         return Connected(ok=True)
 
