@@ -14,6 +14,7 @@ person it is about (``seal_subject``): by default the event's data subject.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
@@ -114,22 +115,32 @@ def blank_personal(event: E) -> E:
     return event
 
 
-def personal_blanks_are_none(cls: type[Event]) -> bool:
-    """Whether every personal field of ``cls`` is a field of the event itself, blank as None."""
-    return all("[]." not in path and _blank(cls, path) is None for path in cls.personal_fields)
-
-
 def personal_is_blank(event: Event) -> bool:
     """Whether every personal field of ``event`` is blank (sealed away, erased, or never given)."""
-    for path in event.personal_fields:
-        outer, inner = _path(path)
-        value = getattr(event, outer)
-        if inner is None:
-            if value != _blank(type(event), outer):
+    return blank_check(type(event))(event)
+
+
+@functools.lru_cache(maxsize=1024)
+def blank_check(cls: type[Event]) -> Callable[[Event], bool]:
+    """``personal_is_blank`` for the events of ``cls``, its fields and their blanks worked out once."""
+    fields = [(path, _blank(cls, path)) for path in cls.personal_fields if "[]." not in path]
+    items = [_path(path) for path in cls.personal_fields if "[]." in path]
+    if fields and not items and all(blank is None for _, blank in fields):  # the common case, in C
+        values = operator.attrgetter(*(name for name, _ in fields))
+        none = None if len(fields) == 1 else (None,) * len(fields)
+        return lambda event: values(event) == none
+
+    def check(event: Event) -> bool:
+        for name, blank in fields:
+            if getattr(event, name) != blank:
                 return False
-        elif any(getattr(item, inner) != _blank(item.__class__, inner) for item in value or []):
-            return False
-    return True
+        for outer, inner in items:
+            for item in getattr(event, outer) or ():
+                if getattr(item, inner) != _blank(item.__class__, inner):  # type: ignore[arg-type]
+                    return False
+        return True
+
+    return check
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True):

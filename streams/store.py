@@ -22,7 +22,6 @@ commits, one atomic batch, one fsync.
 from __future__ import annotations
 
 import functools
-import operator
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -34,7 +33,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from domain.errors import ValidationError
-from domain.messages import Event, blank_personal, personal_blanks_are_none, personal_is_blank
+from domain.messages import Event, blank_check, blank_personal
 from streams.bulk import BulkFeed, Delivered
 from streams.codec import EventMapper, Pending, envelope_at, resolve_event
 from streams.errors import ConcurrencyError, EventDecodeError
@@ -411,14 +410,8 @@ class _EventClass:
         self.name = cls.__name__
         self.decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(cls)
         self.blank: dict[str, None] = dict.fromkeys(cls.personal_fields)
-        # The personal fields' values (a tuple when several): all None once sealed by the mapper.
-        self.personal: Callable[[Any], Any] | None = (
-            operator.attrgetter(*cls.personal_fields) if cls.personal_fields else None
-        )
-        self.none: object = None if len(cls.personal_fields) < 2 else (None,) * len(cls.personal_fields)
-        # Fields of list items, or blanks other than None: the general (slower) way.
-        if not personal_blanks_are_none(cls):
-            self.personal, self.none = personal_is_blank, True
+        # Whether an event's personal fields are all blank (sealed away, erased or never given).
+        self.is_blank: Callable[[Event], bool] | None = blank_check(cls) if cls.personal_fields else None
         self.time_field = cls.time_field
 
 
@@ -519,13 +512,11 @@ class Redacted:
                 info = _event_class(item.topic)
                 state = item.state
                 event = info.decoder.decode(state)
-                if info.personal is None:
+                if info.is_blank is None:
                     payload = state
-                elif (cut := envelope_at(state)) > 0:  # sealed: the stored JSON, less the envelope
-                    payload = state[:cut] + b"}"
-                elif info.personal(event) == info.none:  # no personal data given
-                    payload = state
-                else:  # stored in clear (older): blanked and encoded again
+                elif info.is_blank(event):  # sealed (or none given): the stored JSON, less the envelope
+                    payload = state[:cut] + b"}" if (cut := envelope_at(state)) > 0 else state
+                else:  # stored in clear (older, or before the field was personal): blanked and encoded again
                     event = blank_personal(event)
                     payload = _PAYLOAD.encode(event)
                 if (tf := info.time_field) is None:

@@ -241,6 +241,30 @@ async def test_personal_data_stored_in_clear_is_blanked_too(store: OpenStore, si
     assert msgspec.json.decode(payload)["content"] is None and "secret" not in payload
 
 
+async def test_a_field_sealed_only_since_is_blanked_in_an_older_sealed_event(
+    store: OpenStore, sink: AnalyticsSink
+) -> None:
+    """An event sealed before one of its fields was declared personal has an envelope and that
+    field in clear: the envelope alone does not make it blank."""
+    from eventsourcing.utils import get_topic
+
+    from streams.store import StoredItem, encode_commit
+
+    older = c.AgentReplied(
+        message_id="m-1",
+        user_id="u",
+        tool_calls=[c.ToolCall(tool="lookup", input={"card": "4111 1111 1111 1111"})],
+        replied_at=at(0),
+    )  # content sealed; tool inputs were not personal yet
+    state = msgspec.json.encode(older)[:-1] + b',"__pii__":{"s":"u","k":1,"c":"QUJD"}}'
+    item = StoredItem(get_topic(c.AgentReplied), state)
+    await store.log.publish([OutMessage("parley.ev.acme.conversation.c-1.Reply", {}, encode_commit(1, [item]))])
+    runner = await project_all(store, sink)
+    await runner.shutdown()
+    payload = sink.client.command("SELECT payload FROM parley.events")
+    assert "4111" not in payload and msgspec.json.decode(payload)["tool_calls"][0]["input"] == {}
+
+
 async def test_an_envelope_look_alike_in_clear_data_is_not_taken_for_one(store: OpenStore, sink: AnalyticsSink) -> None:
     """A value that looks like the sealed envelope, in an event stored in clear, is blanked with the
     rest: neither cut at (which would keep what precedes it) nor unsealed."""
