@@ -22,9 +22,11 @@ import pkgutil
 import sys
 from base64 import b64encode
 from binascii import a2b_base64
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import msgspec.inspect
 from eventsourcing.persistence import Cipher, Compressor, Mapper, StoredEvent, Transcoder
 from eventsourcing.utils import TopicError, get_topic, register_topic, resolve_topic
 
@@ -235,6 +237,35 @@ def envelope_at(state: bytes) -> int:
         except (msgspec.DecodeError, msgspec.ValidationError):
             pass
     return -1
+
+
+def envelope_finder(cls: type[Event]) -> Callable[[bytes], int]:
+    """``envelope_at`` for the events of ``cls``. A look-alike can only be a key of a mapping (a
+    string's quotes are escaped), so for a class with no mapping and no free-form value anywhere in
+    it the last envelope key is the envelope, and the check of what follows it is spared."""
+    return envelope_at if _holds_free_keys(msgspec.inspect.type_info(cls)) else _envelope_key_at
+
+
+def _envelope_key_at(state: bytes) -> int:
+    return state.rfind(_ENVELOPE_KEY)
+
+
+def _holds_free_keys(t: Any, seen: frozenset[int] = frozenset()) -> bool:
+    """Whether a value of this type (``msgspec.inspect``) can hold an object with keys of its own."""
+    mi = msgspec.inspect
+    if isinstance(t, (mi.DictType, mi.AnyType, mi.TypedDictType)):
+        return True
+    if isinstance(t, (mi.StructType, mi.DataclassType, mi.NamedTupleType)):
+        if id(t.cls) in seen:
+            return False
+        return any(_holds_free_keys(f.type, seen | {id(t.cls)}) for f in t.fields)
+    if isinstance(t, (mi.ListType, mi.SetType, mi.FrozenSetType, mi.VarTupleType)):
+        return _holds_free_keys(t.item_type, seen)
+    if isinstance(t, mi.TupleType):
+        return any(_holds_free_keys(item, seen) for item in t.item_types)
+    if isinstance(t, mi.UnionType):
+        return any(_holds_free_keys(item, seen) for item in t.types)
+    return isinstance(t, mi.CustomType)  # what it encodes to is not known here
 
 
 def _envelope(state: bytes, cut: int) -> _Sealed | None:

@@ -35,7 +35,7 @@ from nats.aio.client import Client as NATS
 from domain.errors import ValidationError
 from domain.messages import Event, blank_check, blank_personal
 from streams.bulk import BulkFeed, Delivered
-from streams.codec import EventMapper, Pending, envelope_at, resolve_event
+from streams.codec import EventMapper, Pending, envelope_finder, resolve_event
 from streams.errors import ConcurrencyError, EventDecodeError
 from streams.feed import Feed
 from streams.jetstream import (
@@ -412,6 +412,7 @@ class _EventClass:
         self.blank: dict[str, None] = dict.fromkeys(cls.personal_fields)
         # Whether an event's personal fields are all blank (sealed away, erased or never given).
         self.is_blank: Callable[[Event], bool] | None = blank_check(cls) if cls.personal_fields else None
+        self.envelope_at = envelope_finder(cls)
         self.time_field = cls.time_field
 
 
@@ -515,7 +516,7 @@ class Redacted:
                 if info.is_blank is None:
                     payload = state
                 elif info.is_blank(event):  # sealed (or none given): the stored JSON, less the envelope
-                    payload = state[:cut] + b"}" if (cut := envelope_at(state)) > 0 else state
+                    payload = state[:cut] + b"}" if (cut := info.envelope_at(state)) > 0 else state
                 else:  # stored in clear (older, or before the field was personal): blanked and encoded again
                     event = blank_personal(event)
                     payload = _PAYLOAD.encode(event)
