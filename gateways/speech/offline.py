@@ -9,7 +9,8 @@ says is read as the nearest words of the bot's vocabulary, which is the trade a 
 recognizer makes (telephone audio is 8 kHz; digits are better typed on the keypad). ``normalize_spoken`` turns spoken
 forms back into what the tools expect ("o r d seven eight nine four five" -> "ORD-78945").
 
-``EspeakTTS`` runs ``espeak-ng --stdout`` (Debian's package) and streams its PCM in 20 ms frames.
+``EspeakTTS`` synthesizes with espeak-ng in this process (libespeak-ng, ``gateways.speech.espeak``;
+``espeak-ng --stdout`` where the library is missing) and streams its PCM in 20 ms frames.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConn
 
 from domain.bot import AgentConfig
 from gateways.speech.audio import read_wav, resample_pcm16
+from gateways.speech.espeak import Espeak
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DIGIT_WORDS = {word: str(i) for i, word in enumerate(DIGITS)} | {"oh": "0"}
@@ -210,7 +212,11 @@ class PocketsphinxSTT(stt.STT):
             # Only the vocabulary's words in the dictionary: the decoder starts in a fraction of a second.
             digest = hashlib.sha256((model + lexicon).encode()).hexdigest()[:16]
             lm, lex = _cached(f"{digest}.arpa", model), _cached(f"{digest}.dict", lexicon)
-            self._decoder = pocketsphinx.Decoder(samprate=self.sample_rate, lm=lm, dict=lex, loglevel="FATAL")
+            # No second (flat-lexicon) pass: it ran at the end of each utterance, on the turn's time and
+            # holding the GIL (15-80 ms, measured), for the same words on this small vocabulary's bigrams.
+            self._decoder = pocketsphinx.Decoder(
+                samprate=self.sample_rate, lm=lm, dict=lex, fwdflat=False, loglevel="FATAL"
+            )
         return self._decoder
 
     def prewarm(self) -> None:
@@ -428,7 +434,8 @@ class _EspeakStream(tts.ChunkedStream):
             mime_type="audio/pcm",
             frame_size_ms=20,
         )
-        async for pcm in espeak_chunks(self.input_text, self._espeak.voice, self._espeak.words_per_minute):
+        espeak = self._espeak
+        async for pcm in espeak_chunks(self.input_text, espeak.voice, espeak.words_per_minute, espeak.binary):
             output_emitter.push(pcm)  # as espeak-ng writes it: the first words play before the last are made
         output_emitter.flush()
 
@@ -436,7 +443,20 @@ class _EspeakStream(tts.ChunkedStream):
 async def espeak_chunks(
     text: str, voice: str = "en-us", words_per_minute: int = 165, binary: str = "espeak-ng"
 ) -> AsyncIterator[bytes]:
-    """espeak-ng's speech for ``text`` as it is synthesized: 22,050 Hz mono PCM16, in pieces."""
+    """espeak-ng's speech for ``text`` as it is synthesized: 22,050 Hz mono PCM16, in pieces. Made in
+    this process by libespeak-ng (``gateways.speech.espeak``), or by the command where the library is
+    missing (or another ``binary`` is named)."""
+    engine = Espeak.shared() if binary == "espeak-ng" else None
+    if engine is not None:
+        async for pcm in engine.chunks(text, voice, words_per_minute):
+            yield pcm
+        return
+    async for pcm in _command_chunks(text, voice, words_per_minute, binary):
+        yield pcm
+
+
+async def _command_chunks(text: str, voice: str, words_per_minute: int, binary: str) -> AsyncIterator[bytes]:
+    """``espeak-ng --stdout``'s PCM as the command writes it."""
     process = await asyncio.create_subprocess_exec(
         binary, "-v", voice, "-s", str(words_per_minute), "--stdout", text,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -471,7 +491,9 @@ async def espeak_chunks(
 
 
 async def espeak_pcm(text: str, voice: str = "en-us", words_per_minute: int = 165, binary: str = "espeak-ng") -> bytes:
-    """espeak-ng's speech for ``text``: 22,050 Hz mono PCM16."""
+    """espeak-ng's speech for ``text``: 22,050 Hz mono PCM16 (in this process where libespeak-ng is)."""
+    if binary == "espeak-ng" and Espeak.shared() is not None:
+        return b"".join([pcm async for pcm in espeak_chunks(text, voice, words_per_minute)])
     process = await asyncio.create_subprocess_exec(
         binary, "-v", voice, "-s", str(words_per_minute), "--stdout", text,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
