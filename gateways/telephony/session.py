@@ -156,11 +156,21 @@ def live_publisher(store: EventStore) -> Publish:
 
 
 class CallRecorder:
-    """Commands on one call, appended in order by a task of their own."""
+    """Commands on one call, appended in order by a task of their own.
+
+    While the agent prepares a reply (``hold``: from the end of the caller's turn to the reply's
+    first audio, ``release``, at most ``HOLD`` seconds) the appends wait: the store's work (encoding,
+    sealing, the round trip) shares the process's loop, and would otherwise run on the turn's time.
+    Nothing is lost or reordered; an awaited command (``now``) releases the hold."""
+
+    HOLD = 2.0
 
     def __init__(self, calls: CallService, tenant: str, call_id: str) -> None:
         self.calls, self.tenant, self.call_id = calls, tenant, call_id
         self._queue: asyncio.Queue[tuple[v.Command, str, asyncio.Future[Any] | None] | None] = asyncio.Queue()
+        self._open = asyncio.Event()
+        self._open.set()
+        self._held_until = 0.0
         self._task = asyncio.create_task(self._run(), name=f"call-recorder-{call_id}")
 
     def send(self, command: v.Command, command_id: str) -> None:
@@ -168,16 +178,28 @@ class CallRecorder:
 
     async def now(self, command: v.Command, command_id: str) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.release()
         self._queue.put_nowait((command, command_id, future))
         return await future
 
+    def hold(self) -> None:
+        self._held_until = time.monotonic() + self.HOLD
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
     async def close(self) -> None:
+        self.release()
         self._queue.put_nowait(None)
         with contextlib.suppress(Exception):
             await self._task
 
     async def _run(self) -> None:
         while (item := await self._queue.get()) is not None:
+            if not self._open.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._open.wait(), max(0.0, self._held_until - time.monotonic()))
             command, command_id, future = item
             try:
                 outcome = await self.calls.record(self.tenant, self.call_id, command, command_id)
@@ -339,6 +361,8 @@ class CallSession:
         session.on("conversation_item_added", self._item_added)
         session.on("user_input_transcribed", self._transcribed)
         session.on("close", lambda _ev: self.closed.set())
+        session.on("user_state_changed", self._user_state)
+        session.on("agent_state_changed", self._agent_state)
         self._watch_stt()
         agent = ParleyAgent(self.brain, normalize=self._normalize)
         if self.room is not None:  # the room's audio (RoomIO), tapped for the recordings; its keypad
@@ -462,6 +486,7 @@ class CallSession:
             utterance_id,
         )
         self._last_caller = utterance_id
+        self.recorder.hold()
         self.session.interrupt()
         self.session.generate_reply(user_input=text)
 
@@ -560,6 +585,14 @@ class CallSession:
             item.id,
         )
 
+    def _user_state(self, ev: Any) -> None:
+        if ev.new_state == "listening":  # the caller stopped: a reply may be on its way
+            self.recorder.hold()
+
+    def _agent_state(self, ev: Any) -> None:
+        if ev.new_state in ("speaking", "listening"):  # the reply's first audio is out (or none comes)
+            self.recorder.release()
+
     def _transcribed(self, ev: Any) -> None:
         if not ev.is_final and ev.transcript:
             body = {"speaker": "user", "text": ev.transcript, "is_final": False, "timestamp": now().isoformat()}
@@ -600,7 +633,9 @@ class CallSession:
         )
 
     async def _tool_started(self, call_id: str, tool: str, arguments: dict[str, Any]) -> None:
-        # Beside the audio path: queued in order, appended by the recorder while the tool runs.
+        # Beside the audio path: queued in order, appended by the recorder while the tool runs (a
+        # tool's effect is not held back behind a reply's first audio).
+        self.recorder.release()
         self.recorder.send(
             v.StartToolCall(tool_call_id=call_id, tool=tool, arguments=arguments, at=now()), f"tool-{call_id}"
         )
