@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from litestar.testing import AsyncTestClient
 
 from gateways.http.app import create_app
@@ -35,3 +38,24 @@ def bearer(tenant: str = "acme", roles: tuple[str, ...] = ("customer",), subject
 async def api_client(settings: ApiSettings) -> AsyncIterator[AsyncTestClient[Any]]:
     async with AsyncTestClient(app=create_app(settings), timeout=30) as client:
         yield client
+
+
+@asynccontextmanager
+async def served_app(settings: ApiSettings) -> AsyncIterator[int]:
+    """The API served by uvicorn on a free local port (websockets too), as ``./parley up`` serves it.
+
+    Yields the port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on", ws="websockets-sansio")
+    served = uvicorn.Server(config)
+    task = asyncio.create_task(served.serve(sockets=[sock]))
+    while not served.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.05)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        served.should_exit = True
+        await asyncio.wait_for(task, 30)

@@ -9,22 +9,19 @@ import base64
 import hashlib
 import hmac
 import json
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-import uvicorn
 import websockets
 from litestar.testing import AsyncTestClient
 
-from gateways.http.app import create_app
 from gateways.http.call import stream_tenant
 from gateways.telephony.phone import Phone, Turn
 from projections.analytics.sink import AnalyticsSettings
-from tests.api_support import SECRET, api_client, bearer, settings_for
+from tests.api_support import SECRET, api_client, bearer, served_app, settings_for
 from tests.conftest import delete_stream, fresh_database, unique_stream
 from tests.voice_fakes.livekit_twirp import TwirpFake
 
@@ -211,21 +208,10 @@ async def server(
     analytics = AnalyticsSettings(data_dir=tmp_path / "analytics")  # the voice analytics, in this process
     settings = settings_for(nats_url, fresh_database(pg_url), redis_url, tmp_path, stream, demo_tenants=("acme",),
                             analytics=analytics)  # fmt: skip
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on", ws="websockets-sansio")
-    served = uvicorn.Server(config)
-    task = asyncio.create_task(served.serve(sockets=[sock]))
-    while not served.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.05)
     try:
-        yield f"127.0.0.1:{port}"
+        async with served_app(settings) as port:
+            yield f"127.0.0.1:{port}"
     finally:
-        served.should_exit = True
-        await asyncio.wait_for(task, 30)
         await delete_stream(nats_url, stream)
 
 

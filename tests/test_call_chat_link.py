@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +23,6 @@ import httpx
 import psycopg
 import pytest
 import pytest_asyncio
-import uvicorn
 import websockets
 
 from agents.config import VersionedConfigs
@@ -39,12 +37,11 @@ from domain import call as v
 from domain import conversation as c
 from domain.errors import IllegalStateError, NotFoundError, ValidationError
 from domain.escalation import DECIDER as AGENT_POOL
-from gateways.http.app import create_app
 from gateways.telephony.phone import Phone, Turn
 from gateways.telephony.twilio import call_id_for
 from streams.factory import OpenStore
 from streams.subjects import StreamId
-from tests.api_support import bearer, settings_for
+from tests.api_support import bearer, served_app, settings_for
 from tests.conftest import delete_stream, fresh_database, unique_stream
 from tests.decider import DeciderSpec
 
@@ -256,21 +253,10 @@ async def test_a_call_linked_to_a_missing_or_closed_conversation_is_refused_or_a
 async def server(nats_url: str, pg_url: str, redis_url: str, tmp_path: Path) -> AsyncIterator[str]:
     stream = unique_stream()
     settings = settings_for(nats_url, fresh_database(pg_url), redis_url, tmp_path, stream, demo_tenants=(TENANT,))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on", ws="websockets-sansio")
-    served = uvicorn.Server(config)
-    task = asyncio.create_task(served.serve(sockets=[sock]))
-    while not served.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.05)
     try:
-        yield f"127.0.0.1:{port}"
+        async with served_app(settings) as port:
+            yield f"127.0.0.1:{port}"
     finally:
-        served.should_exit = True
-        await asyncio.wait_for(task, 30)
         await delete_stream(nats_url, stream)
 
 

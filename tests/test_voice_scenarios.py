@@ -5,8 +5,6 @@ events in the stream, the audio the caller's phone played, and the call's read m
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,14 +12,12 @@ from pathlib import Path
 import msgspec
 import pytest
 import pytest_asyncio
-import uvicorn
 
 from agents.scenarios import ScenarioFile, load_scenarios, run_story, scenario_paths
 from domain import call as v
-from gateways.http.app import create_app
 from gateways.telephony.scenarios import _main, call_step, check_call_step, run_voice_scenarios
 from streams.factory import OpenStore
-from tests.api_support import SECRET, settings_for
+from tests.api_support import SECRET, served_app, settings_for
 from tests.conftest import delete_stream, fresh_database, unique_stream
 from tests.voice_support import RigLine, voice_rig
 
@@ -141,20 +137,10 @@ async def platform(
                         "PARLEY_DATA": str(tmp_path), "PARLEY_STREAM": stream}.items():  # fmt: skip
         monkeypatch.setenv(name, value)
     settings = settings_for(nats_url, database, redis_url, tmp_path, stream, demo_tenants=("acme",))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on", ws="websockets-sansio")
-    served = uvicorn.Server(config)
-    task = asyncio.create_task(served.serve(sockets=[sock]))
-    while not served.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", database
+        async with served_app(settings) as port:
+            yield f"http://127.0.0.1:{port}", database
     finally:
-        served.should_exit = True
-        await asyncio.wait_for(task, 30)
         await delete_stream(nats_url, stream)
 
 
