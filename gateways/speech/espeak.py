@@ -9,8 +9,8 @@ time, on a thread of its own (ctypes releases the GIL while the C code runs; the
 takes it only to hand each chunk to the event loop). Chunks of about 40 ms reach the caller as they
 are made (``chunks``), and a synthesis cut short (a barge-in) is aborted at its next chunk. The
 audio is the command's: same engine, voice, rate and flags as ``espeak-ng -v VOICE -s WPM --stdout``
-(22,050 Hz mono PCM16; a sentence may end a few samples longer or shorter than a fresh command's,
-as the engine carries a little state from one sentence to the next).
+(22,050 Hz mono PCM16; the pause after a sentence may run some tens of ms longer than a fresh
+command's, as the engine carries a little state from one sentence to the next).
 
 No Python package binds the library's synthesis (those on PyPI run the command or only phonemize),
 hence the few declarations here; ``Espeak.shared()`` is None where the library is missing, and the
