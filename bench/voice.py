@@ -222,7 +222,7 @@ async def run(args: argparse.Namespace, nats_url: str, pg_url: str, data: Path) 
         }
 
     # The callers' lines are synthesized before any call: the callers share this process with the
-    # platform, and their espeak-ng spawns would otherwise count against it.
+    # platform, and their synthesis would otherwise count against it.
     for line in SCRIPT:
         if not line.startswith("dtmf:"):
             await speech_ulaw(Turn.parse(line))
