@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from gateways.speech.audio import pcm16_to_ulaw, read_wav, resample_pcm16, ulaw_to_pcm16
+from gateways.speech.audio import pcm16_to_ulaw, resample_pcm16, ulaw_to_pcm16
 from gateways.speech.offline import espeak_pcm
 
 FRAME = 160  # bytes of mu-law: 20 ms
@@ -73,8 +73,9 @@ _SPOKEN: dict[tuple[str, str], bytes] = {}  # (text or WAV path, kind) -> mu-law
 
 async def speech_ulaw(turn: Turn) -> bytes:
     """The caller's turn as 8 kHz mu-law. Kept once made: a benchmark's many callers saying the same
-    lines spawn espeak-ng once per line, not once per caller (each spawn stalls this process's loop
-    while the child starts, which would be counted against the platform sharing the process)."""
+    lines synthesize each line once, not once per caller (the synthesis, in this process or an
+    espeak-ng child where libespeak-ng is missing, would be counted against the platform sharing
+    the process)."""
     key = (str(turn.wav), "wav") if turn.wav is not None else (turn.text, "text")
     if key not in _SPOKEN:
         _SPOKEN[key] = await _speech_ulaw(turn)
@@ -89,7 +90,6 @@ async def _speech_ulaw(turn: Turn) -> bytes:
             pcm = b"".join(pcm[i : i + 2] for i in range(0, len(pcm), 2 * channels))
     else:
         pcm, rate = await espeak_pcm(spoken(turn.text), words_per_minute=150), 22050
-        _ = read_wav  # espeak_pcm strips the header already
     return pcm16_to_ulaw(resample_pcm16(pcm, rate, 8000))
 
 
