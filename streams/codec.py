@@ -213,7 +213,7 @@ class EventMapper(Mapper[Any]):
     @property
     def stores_plain_json(self) -> bool:
         """Events are stored as msgspec JSON, neither compressed nor enciphered as a whole: the
-        stored bytes can be read without the mapper (``without_sealed``)."""
+        stored bytes can be read without the mapper (``envelope_at``)."""
         return self.cipher is None and self.compressor is None and isinstance(self.transcoder, MsgspecTranscoder)
 
 
@@ -225,10 +225,11 @@ _ENVELOPE_KEY = f',"{PII_KEY}":'.encode()
 def envelope_at(state: bytes) -> int:
     """Where a sealed event's envelope starts in its stored JSON, or -1 when nothing was sealed.
 
-    The mapper seals every personal field of an event it seals (``_seal`` blanks them all before
-    it adds the envelope as the last key), so an event with an envelope holds no personal data in
-    clear. The envelope is told from a look-alike in a value (an older event stored in clear) by
-    its place: what follows the key, up to the document's end, must be an envelope."""
+    The mapper adds the envelope as the last key (``_seal``), after the event's fields with the
+    personal ones blank. (An event sealed before one of its fields was declared personal holds
+    that field in clear beside its envelope: whether an event is blank is for its fields to say.)
+    The envelope is told from a look-alike in a value (an older event stored in clear) by its
+    place: what follows the key, up to the document's end, must be an envelope."""
     cut = state.rfind(_ENVELOPE_KEY)
     if cut > 0:
         try:
@@ -274,13 +275,6 @@ def _envelope(state: bytes, cut: int) -> _Sealed | None:
         return found
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-
-
-def without_sealed(state: bytes) -> bytes:
-    """A sealed event's stored JSON without its envelope: the event, personal fields null
-    (``state`` as it is when nothing was sealed)."""
-    cut = envelope_at(state)
-    return state[:cut] + b"}" if cut > 0 else state
 
 
 class _Seal(msgspec.Struct, frozen=True):
