@@ -226,11 +226,7 @@ def check(expect: Mapping[str, Any], result: TurnResult) -> list[str]:
                     if not any(all(call.get(k) == v for k, v in inputs.items()) for call in calls):
                         problems.append(f"no {tool} call with {inputs}; calls: {calls}")
             case "reply_matches":
-                problems += [
-                    f"reply {reply!r} does not match {rx!r}"
-                    for rx in expected_texts(wanted)
-                    if not re.search(rx, reply)
-                ]
+                problems += unmatched(f"reply {reply!r}", reply, wanted)
             case "cross_sell_response":
                 if result.cross_sell_response != (wanted or None):
                     problems.append(f"cross-sell response {result.cross_sell_response!r}, expected {wanted or None!r}")
@@ -239,15 +235,11 @@ def check(expect: Mapping[str, Any], result: TurnResult) -> list[str]:
                 if bool(failed) != bool(wanted):
                     problems.append(f"failed tools {failed}, expected {'a failure' if wanted else 'none'}")
             case "reply_contains":
-                problems += [f"reply {reply!r} lacks {text!r}" for text in expected_texts(wanted) if text not in reply]
+                problems += lacking(f"reply {reply!r}", reply, wanted)
             case "reply_not_contains":
-                problems += [f"reply {reply!r} contains {text!r}" for text in expected_texts(wanted) if text in reply]
+                problems += containing(f"reply {reply!r}", reply, wanted)
             case "user_message_not_contains":
-                problems += [
-                    f"stored message {result.user_message!r} contains {text!r}"
-                    for text in expected_texts(wanted)
-                    if text in result.user_message
-                ]
+                problems += containing(f"stored message {result.user_message!r}", result.user_message, wanted)
             case "escalation":
                 problems += _compare("escalation", wanted, result.escalation)
             case "cross_sell":
@@ -267,6 +259,21 @@ def check(expect: Mapping[str, Any], result: TurnResult) -> list[str]:
 def expected_texts(wanted: str | Sequence[str]) -> list[str]:
     """An expectation's text or texts (``reply_contains: "x"`` or ``reply_contains: [x, y]``)."""
     return [wanted] if isinstance(wanted, str) else list(wanted)
+
+
+def lacking(shown: str, text: str, wanted: str | Sequence[str]) -> list[str]:
+    """``"<shown> lacks 'x'"`` for each expected text not in ``text``."""
+    return [f"{shown} lacks {t!r}" for t in expected_texts(wanted) if t not in text]
+
+
+def containing(shown: str, text: str, wanted: str | Sequence[str]) -> list[str]:
+    """``"<shown> contains 'x'"`` for each unwanted text found in ``text``."""
+    return [f"{shown} contains {t!r}" for t in expected_texts(wanted) if t in text]
+
+
+def unmatched(shown: str, text: str, wanted: str | Sequence[str]) -> list[str]:
+    """``"<shown> does not match 'rx'"`` for each pattern not found in ``text``."""
+    return [f"{shown} does not match {rx!r}" for rx in expected_texts(wanted) if not re.search(rx, text)]
 
 
 def _compare(what: str, wanted: Any, actual: msgspec.Struct | None) -> list[str]:

@@ -47,11 +47,13 @@ from agents.scenarios import (
     Story,
     StoryResult,
     argument_parser,
-    expected_texts,
+    containing,
+    lacking,
     load_scenarios,
     run_chat_files,
     scenario_paths,
     seed_demo_data,
+    unmatched,
 )
 from agents.tools import DEFAULT_TENANT
 from commands.config import DEMO_CONFIGS
@@ -292,22 +294,18 @@ def check_call_step(expect: Mapping[str, Any], step: CallStep) -> list[str]:
     for key, wanted in expect.items():
         match key:
             case "heard_contains":
-                problems += [f"heard {heard!r}, lacks {text!r}" for text in expected_texts(wanted) if text not in heard]
+                problems += lacking(f"heard {heard!r},", heard, wanted)
             case "heard_not_contains":
-                problems += [f"heard {heard!r}, contains {text!r}" for text in expected_texts(wanted) if text in heard]
+                problems += containing(f"heard {heard!r},", heard, wanted)
             case "heard_source":
                 if wanted not in step.sources:
                     problems.append(f"heard from {step.sources}, expected {wanted!r}")
             case "reply_contains":
-                problems += [f"reply {reply!r} lacks {text!r}" for text in expected_texts(wanted) if text not in reply]
+                problems += lacking(f"reply {reply!r}", reply, wanted)
             case "reply_not_contains":
-                problems += [f"reply {reply!r} contains {text!r}" for text in expected_texts(wanted) if text in reply]
+                problems += containing(f"reply {reply!r}", reply, wanted)
             case "reply_matches":
-                problems += [
-                    f"reply {reply!r} does not match {rx!r}"
-                    for rx in expected_texts(wanted)
-                    if not re.search(rx, reply)
-                ]
+                problems += unmatched(f"reply {reply!r}", reply, wanted)
             case "tool_call":
                 names = [] if wanted in (False, None) else [wanted] if isinstance(wanted, str) else list(wanted)
                 if (names and not all(name in tools for name in names)) or (not names and tools):
@@ -357,9 +355,9 @@ def check_call(expect: Mapping[str, Any], outcome: CallOutcome) -> list[str]:
                 if getattr(outcome, key) != wanted:
                     problems.append(f"{key} {getattr(outcome, key)!r}, expected {wanted!r}")
             case "transcript_contains":
-                problems += [f"transcript {lines} lacks {t!r}" for t in expected_texts(wanted) if t not in text]
+                problems += lacking(f"transcript {lines}", text, wanted)
             case "transcript_not_contains":
-                problems += [f"transcript {lines} contains {t!r}" for t in expected_texts(wanted) if t in text]
+                problems += containing(f"transcript {lines}", text, wanted)
             case "tools_executed":
                 if not set(wanted) <= set(outcome.tools_executed):
                     problems.append(f"tools executed {outcome.tools_executed}, expected {list(wanted)}")
