@@ -490,9 +490,13 @@ async def _command_chunks(text: str, voice: str, words_per_minute: int, binary: 
         raise RuntimeError(f"espeak-ng failed ({process.returncode}): {err.decode(errors='replace')[:200]}")
 
 
-async def espeak_pcm(text: str, voice: str = "en-us", words_per_minute: int = 165, binary: str = "espeak-ng") -> bytes:
-    """espeak-ng's speech for ``text``: 22,050 Hz mono PCM16 (in this process where libespeak-ng is)."""
-    if binary == "espeak-ng" and Espeak.shared() is not None:
+async def espeak_pcm(
+    text: str, voice: str = "en-us", words_per_minute: int = 165, binary: str = "espeak-ng", *, in_process: bool = True
+) -> bytes:
+    """espeak-ng's speech for ``text``: 22,050 Hz mono PCM16 (in this process where libespeak-ng is,
+    unless ``in_process`` is false: the in-process engine carries state from one sentence to the
+    next, the command starts afresh each time)."""
+    if in_process and binary == "espeak-ng" and Espeak.shared() is not None:
         return b"".join([pcm async for pcm in espeak_chunks(text, voice, words_per_minute)])
     process = await asyncio.create_subprocess_exec(
         binary, "-v", voice, "-s", str(words_per_minute), "--stdout", text,

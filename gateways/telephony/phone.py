@@ -73,9 +73,8 @@ _SPOKEN: dict[tuple[str, str], bytes] = {}  # (text or WAV path, kind) -> mu-law
 
 async def speech_ulaw(turn: Turn) -> bytes:
     """The caller's turn as 8 kHz mu-law. Kept once made: a benchmark's many callers saying the same
-    lines synthesize each line once, not once per caller (the synthesis, in this process or an
-    espeak-ng child where libespeak-ng is missing, would be counted against the platform sharing
-    the process)."""
+    lines synthesize each line once, not once per caller (each espeak-ng child started stalls this
+    process's loop, which would be counted against the platform sharing the process)."""
     key = (str(turn.wav), "wav") if turn.wav is not None else (turn.text, "text")
     if key not in _SPOKEN:
         _SPOKEN[key] = await _speech_ulaw(turn)
@@ -89,7 +88,9 @@ async def _speech_ulaw(turn: Turn) -> bytes:
         if channels > 1:
             pcm = b"".join(pcm[i : i + 2] for i in range(0, len(pcm), 2 * channels))
     else:
-        pcm, rate = await espeak_pcm(spoken(turn.text), words_per_minute=150), 22050
+        # The command, not the in-process engine, whose state carries over from other callers' lines: a
+        # line must sound the same (and be heard the same) whatever was said before it.
+        pcm, rate = await espeak_pcm(spoken(turn.text), words_per_minute=150, in_process=False), 22050
     return pcm16_to_ulaw(resample_pcm16(pcm, rate, 8000))
 
 
