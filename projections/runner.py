@@ -1,26 +1,28 @@
-"""Running a projection: follow the stream, write each batch with its checkpoint, then acknowledge.
+"""Running a projection: follow the stream, write each batch with its checkpoint.
 
 One runner serves every projection, whatever its store: the PostgreSQL projectors and the
 ClickHouse analytics. Per batch, inside the write its ``Checkpoints`` opens (``batch``): skip what
 the checkpoint already accounts for, write the rest (``Projection.project``), move the checkpoint
-to the batch's last sequence; then acknowledge the batch. With PostgreSQL that write is one
-transaction (batch lock, checkpoint ``FOR UPDATE``, rows, checkpoint and its ``NOTIFY``); with
-ClickHouse the rows go first and the checkpoint last. Either way a crash before the checkpoint
-moved leaves no rows once the store is started again, and a crash after it leaves a redelivery
-that the checkpoint turns into a no-op: nothing is lost or applied twice.
+to the batch's last sequence. With PostgreSQL that write is one transaction (batch lock,
+checkpoint ``FOR UPDATE``, rows, checkpoint and its ``NOTIFY``); with ClickHouse the rows go first
+and the checkpoint last. Either way a crash before the checkpoint moved leaves no rows once the
+store is started again, and commits seen again after it are a no-op for the checkpoint: nothing is
+lost or applied twice.
 
 The store, not the consumer, is the source of truth for the position: at start the runner
 recreates its durable consumer from the checkpoint (from the first event when the checkpoint or
-the whole store is missing). Only one runner per projection writes at a time
-(``Checkpoints.start``: PostgreSQL's leader lock, chDB's one process per store).
+the whole store is missing). So the stream is read with the bulk feed (``streams.bulk``) and
+without acknowledgements: a redelivery would give nothing that starting again from the checkpoint
+does not, and the server and the client do less per message (the PostgreSQL projectors' CPU a
+command under bench-api: a fifth less than through nats-py's ``fetch`` with acknowledgements).
+Only one runner per projection writes at a time (``Checkpoints.start``: PostgreSQL's leader
+lock, chDB's one process per store).
 
 **Pipelining** (``pipeline=Pipeline()``), for a projection that replays millions of events
-(``Pipelined``): the stream is read with the bulk feed and, by default, without acknowledgements
-(the consumer is recreated from the checkpoint at every start, which is all a redelivery would
-give, and the server does less per message); each batch is prepared a chunk at a time, the event
-loop turning between chunks and the garbage collector held off until the batch is prepared (a
-batch makes hundreds of thousands of short-lived objects); and a batch is written while the next
-one is fetched and prepared. Writes happen one at a time, in order.
+(``Pipelined``): each batch is prepared a chunk at a time, the event loop turning between chunks
+and the garbage collector held off until the batch is prepared (a batch makes hundreds of
+thousands of short-lived objects); and a batch is written while the next one is fetched and
+prepared. Writes happen one at a time, in order.
 
 ``run`` keeps going after failures (``infra.restart``: the runner closes what it holds, backs off
 0.5 to 10 s, and starts again from the checkpoint). ``status`` reports where it stands.
@@ -44,8 +46,6 @@ from projections.projector import Pipelined, Projection
 from projections.status import ProjectorStatus, status_of
 from streams.bulk import BulkBatch, BulkFeed
 from streams.errors import UnavailableError
-from streams.feed import Batch as FeedBatch
-from streams.feed import Feed
 from streams.store import EventStore
 
 log = structlog.get_logger(__name__)
@@ -82,7 +82,7 @@ class _Prepared(msgspec.Struct):
 
 
 class _Writing:
-    def __init__(self, future: asyncio.Future[BatchResult], batch: FeedBatch | BulkBatch | None) -> None:
+    def __init__(self, future: asyncio.Future[BatchResult], batch: BulkBatch | None) -> None:
         self.future, self.batch = future, batch
 
 
@@ -95,7 +95,6 @@ class ProjectorRunner(Generic[B]):
         *,
         batch: int = 500,
         idle_wait: float = 0.5,
-        ack_wait: float = 30.0,
         linger: float = 0.0,
         pipeline: Pipeline | None = None,
     ) -> None:
@@ -108,12 +107,11 @@ class ProjectorRunner(Generic[B]):
         self.durable = f"proj_{self.name}"
         self.batch = batch
         self.idle_wait = idle_wait
-        self.ack_wait = ack_wait
         # After a short batch, wait this long before the next fetch so that it brings more: under
         # load the cost of a transaction is shared by more commits, for at most this much more lag.
         self.linger = linger
         self.pipeline = pipeline
-        self.feed: Feed | BulkFeed | None = None
+        self.feed: BulkFeed | None = None
         self.checkpoint = 0  # what the store accounts for (the last batch written)
         self.timings = Timings()
         self._prepared = 0  # the last sequence prepared (ahead of the checkpoint while a write runs)
@@ -132,25 +130,14 @@ class ProjectorRunner(Generic[B]):
         self.checkpoint = self._prepared = checkpoint
         await self.projector.begin(self.store)
         subject = self.projector.subject
-        feed: Feed | BulkFeed
-        if self.pipeline is None:
-            feed = self.store.feed(
-                self.durable,
-                subject=subject,
-                start_seq=checkpoint + 1,
-                batch=self.batch,
-                idle_wait=self.idle_wait,
-                ack_wait=self.ack_wait,
-            )
-        else:
-            feed = self.store.bulk_feed(
-                self.durable,
-                subject=subject,
-                start_seq=checkpoint + 1,
-                batch=self.batch,
-                idle_wait=self.idle_wait,
-                acks=self.pipeline.acks,
-            )
+        feed = self.store.bulk_feed(
+            self.durable,
+            subject=subject,
+            start_seq=checkpoint + 1,
+            batch=self.batch,
+            idle_wait=self.idle_wait,
+            acks=self.pipeline.acks if self.pipeline is not None else False,
+        )
         await feed.delete()  # whatever it had acknowledged, the checkpoint decides
         self.feed = feed
         self._log.info("projector started", checkpoint=checkpoint, subject=subject, store=self.checkpoints.where)
@@ -179,8 +166,8 @@ class ProjectorRunner(Generic[B]):
     # Work ---------------------------------------------------------------------------------
 
     async def step(self) -> BatchResult | None:
-        """Fetch one batch, write it (pipelined: start writing it), acknowledge it once written; None
-        when nothing arrived within ``idle_wait``."""
+        """Fetch one batch and write it (pipelined: start writing it); None when nothing arrived
+        within ``idle_wait``. With ``Pipeline.acks`` a batch is acknowledged once written."""
         await self.start()
         assert self.feed is not None
         # Idle: where the stream ends before this fetch. If the fetch brings nothing, every event of

@@ -259,6 +259,23 @@ class BulkFeed:
             raise UnavailableError(f"cannot open consumer {self.durable} on {self.log.stream}: {e}") from None
         return nc
 
+    async def restart(self) -> None:
+        """Start the durable consumer afresh from its acknowledged position (for a reader that keeps
+        no position of its own: the consumer's acknowledgements are its position).
+
+        Unacknowledged deliveries come again at once, in order, rather than after the ack wait
+        behind the ones that followed them.
+        """
+        try:
+            info = await self.log.js.consumer_info(self.log.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            return  # it does not exist yet: the first fetch creates it at ``start_seq``
+        except nats.errors.Error as e:
+            raise UnavailableError(f"cannot read consumer {self.durable}: {e}") from None
+        await self.close()
+        await self.delete()
+        self.start_seq = (info.ack_floor.stream_seq if info.ack_floor else 0) + 1
+
     async def delete(self) -> None:
         try:
             await self.log.js.delete_consumer(self.log.stream, self.durable)
@@ -364,6 +381,9 @@ class BulkFeed:
             done.set_result(None)
 
     async def close(self) -> None:
+        """Close the feed's connection; a later fetch opens the consumer again at ``start_seq``."""
+        self._got, self._last_reply, self._done = [], None, None
+        self._cseq, self._prefetching, self._full, self._broken = 0, False, False, None
         if self.nc is not None:
             nc, self.nc = self.nc, None
             try:

@@ -836,16 +836,17 @@ async def test_a_redelivered_batch_is_a_no_op(
 ) -> None:
     history = History(open_test_store)
     await all_stories(history)
-    runner = new_runner(ack_wait=1.0)
+    runner = new_runner()
     await runner.start()
     assert runner.feed is not None
     batch = await runner.feed.fetch()
-    first = await runner.project(batch.messages)  # committed, never acknowledged
+    first = await runner.project(batch.messages)  # committed
     before = await rows(pool)
-    await asyncio.sleep(1.3)
 
-    again = await runner.feed.fetch()  # JetStream delivers the batch again
-    assert [m.seq for m in again.messages] == [m.seq for m in batch.messages]
+    # The same commits again (a reader started from an older position, a batch retried after its
+    # write was in doubt): the checkpoint skips every one.
+    again = batch
+    assert len(again.messages) == history.last_seq
     replay = await runner.project(again.messages)
     assert (replay.commits, replay.events, replay.skipped) == (0, 0, len(batch.messages))
     assert replay.checkpoint == first.checkpoint == history.last_seq
