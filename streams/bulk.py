@@ -26,7 +26,7 @@ would acknowledge it too. The consumer sequence of each delivery is checked to f
 before; a gap, a delivery outside a pull, a pull that does not end in time or a consumer-level
 error raise ``UnavailableError``, and the reader starts again from its own checkpoint.
 
-The analytics projector reads the stream with it; ``streams/feed.py`` could take it in.
+The projectors (PostgreSQL and ClickHouse) and the channel outbox read the stream with it.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
-"""Following a stream in order: durable JetStream consumers for projectors and the agent runtime.
+"""Following a stream in order: the agent runtime's durable JetStream consumers.
 
 A ``Feed`` is a durable pull consumer over a subject filter. It yields batches of raw messages
 in stream order; the reader acknowledges a batch once what it did with it is committed
 (``AckPolicy.ALL``: acknowledging the last message acknowledges the batch). Unacknowledged
 messages are delivered again, so readers must treat a redelivered sequence as a no-op; the
-projectors do that by keeping their own checkpoint beside their rows.
+agent runtime does that with idempotent commands (one reply command id per message). Readers of
+the whole event stream, the projectors and the channel outbox, read it faster with
+``streams.bulk.BulkFeed``.
 
 A feed reads the event stream unless told another (the agent work stream, ``streams.work``).
 """
