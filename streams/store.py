@@ -98,9 +98,9 @@ def encode_commit(first_version: int, items: list[StoredItem], meta: EventMeta |
     return _ENCODE.encode(Commit(first_version, meta or EventMeta(), items))
 
 
-def commit_topics(data: bytes) -> list[str]:
-    """The topics of a commit's events, read without decoding (or unsealing) the events themselves."""
-    return [item.topic for item in _DECODE.decode(data).events]
+def commit_items(data: bytes) -> list[StoredItem]:
+    """A commit's stored events (topic and stored state, personal fields still sealed), not decoded."""
+    return _DECODE.decode(data).events
 
 
 def commit_version(data: bytes) -> int:

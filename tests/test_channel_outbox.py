@@ -25,6 +25,7 @@ from projections import registry
 from projections.channel import ChannelsProjector
 from read_models.channel import DeliveryQueries
 from streams.factory import OpenStore
+from streams.subjects import StreamId, type_subjects
 from tests.channel_fakes.providers import FakeTwilio
 from tests.conftest import fresh_database
 
@@ -191,3 +192,36 @@ async def test_a_reply_whose_sender_died_before_twilio_had_it_is_sent_once_after
 
 async def _now(value: Any) -> Any:
     return value
+
+
+async def test_the_outbox_decodes_only_the_commits_that_concern_it(open_test_store: OpenStore) -> None:
+    """A start on a delivered channel, a reply, and a customer's message in a conversation whose
+    recipient it keeps; not a web-chat start (its sealed context stays sealed) nor its messages."""
+    twilio = FakeTwilio(account_sid="AC" + "3" * 32, auth_token="tok", public_url="")
+    runner, book, _ = await setup(open_test_store, twilio)  # conv-1: an SMS start
+    ctx = CommandContext(tenant=TENANT, actor="test")
+    at = datetime.now(UTC)
+    web = c.StartConversation(
+        conversation_id="conv-web", config_id="support-bot", config_version=1, channel="webchat", user_id="u-9",
+        context={"name": "Ana", "email": "ana@example.com"}, initial_message="Hi", message_id="m-web-0", at=at,
+    )  # fmt: skip
+    await runner.handle(c.DECIDER, "conv-web", web, ctx)
+    said = c.ReceiveUserMessage(message_id="m-web-1", content="My card is 4111 1111 1111 1111", at=at)
+    await runner.handle(c.DECIDER, "conv-web", said, ctx)
+    reply = c.RecordAgentReply(message_id="m-web-1-reply", content="Thanks", at=at)
+    await runner.handle(c.DECIDER, "conv-web", reply, ctx)
+    said_sms = c.ReceiveUserMessage(message_id="SM-in-2", content="And ORD-1?", at=at)
+    await runner.handle(c.DECIDER, "conv-1", said_sms, ctx)
+    box = outbox(open_test_store, runner, book, twilio, DeliveryQueries(None))  # type: ignore[arg-type]
+    pages = [page async for page in open_test_store.store.replay(subject=type_subjects(c.AGGREGATE_TYPE))]
+    commits = [m for page in pages for m in page]
+    assert [StreamId.from_subject(m.subject).aggregate_id for m in commits] == [
+        "conv-1", "conv-web", "conv-web", "conv-web", "conv-1"
+    ]  # fmt: skip
+    sms_start, web_start, web_said, web_reply, sms_said = commits
+    assert box._may_matter(sms_start) and not box._may_matter(web_start)
+    assert not box._may_matter(web_said) and box._may_matter(web_reply)
+    assert not box._may_matter(sms_said)  # its recipient is not kept yet: the start came before the outbox
+    started = [r for r in open_test_store.store.decode(sms_start) if isinstance(r.event, c.ConversationStarted)]
+    box._started(started[0].stream, started[0].event)  # as ``step`` does with a start it decodes
+    assert box._may_matter(sms_said)  # now it is: the customer's last message moves its reply window

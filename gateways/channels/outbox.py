@@ -41,13 +41,27 @@ from infra.restart import keep_running
 from streams.bulk import BulkFeed, Delivered
 from streams.codec import resolve_event
 from streams.errors import UnavailableError
-from streams.store import EventStore, RecordedEvent, commit_topics
+from streams.store import EventStore, RecordedEvent, commit_items
 from streams.subjects import StreamId, type_subjects
 
 log = structlog.get_logger(__name__)
 
+
 # The events the outbox always reads: a start (whom a channel's conversation answers) and a reply.
-_ALWAYS: frozenset[type] = frozenset({c.ConversationStarted, c.AgentReplied})
+class _Channel(msgspec.Struct):
+    channel: str = ""
+
+
+_CHANNEL = msgspec.json.Decoder(_Channel)
+
+
+def _delivered(state: bytes) -> bool:
+    """Whether a stored start is on a channel the outbox delivers to, read from its clear fields
+    (the channel is not personal): a web-chat start is not unsealed. Unreadable: decoded, to be sure."""
+    try:
+        return _CHANNEL.decode(state).channel in ch.DELIVERED
+    except msgspec.DecodeError:
+        return True
 
 
 @functools.lru_cache(maxsize=512)
@@ -226,9 +240,12 @@ class Outbox:
         in a conversation whose recipient it keeps. Only those are decoded: decoding (and unsealing)
         every conversation commit cost the API process ~80 us a command under bench-api's load."""
         try:
-            kinds = [_kind(topic) for topic in commit_topics(raw.data)]
-            if any(kind is None or kind in _ALWAYS for kind in kinds):
+            items = commit_items(raw.data)
+            kinds = [_kind(item.topic) for item in items]
+            if any(kind is None or kind is c.AgentReplied for kind in kinds):
                 return True  # an unknown topic is decoded, so a bad commit fails as it always did
+            if any(k is c.ConversationStarted and _delivered(i.state) for k, i in zip(kinds, items, strict=True)):
+                return True  # a start on a channel the outbox delivers to: its recipient is kept
             return c.UserMessageReceived in kinds and StreamId.from_subject(raw.subject).key in self._recipients
         except Exception:
             return True

@@ -18,6 +18,7 @@ allows decodes as before.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import msgspec
@@ -100,6 +101,11 @@ def _integral(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=256)
+def _strict_decoder(annotation: Any) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(annotation, strict=True)
+
+
 class StrictRequest(Request[Any, Any, Any]):
     """A request whose JSON body is checked against the handler's body type in msgspec's strict mode."""
 
@@ -108,6 +114,11 @@ class StrictRequest(Request[Any, Any, Any]):
         data = self.route_handler.parsed_fn_signature.parameters.get("data")
         if data is None or self.route_handler.resolve_data_dto() is not None:
             return value
+        try:
+            _strict_decoder(data.annotation).decode(await self.body())
+            return value  # the usual case: the body is the type as it is, no conversion needed
+        except (msgspec.ValidationError, msgspec.DecodeError, TypeError):
+            pass  # an integral float, or an error to report as the schema has it (below)
         try:
             msgspec.convert(_integral(value), data.annotation, strict=True)
         except msgspec.ValidationError as e:
