@@ -104,13 +104,17 @@ class ConfigCatalog:
         return loaded.state
 
     async def latest_version(self, tenant: str, config_id: str) -> int:
-        state = await self.state(tenant, config_id)
-        if not state.active:
-            raise IllegalStateError(f"config {config_id} has no active version yet", config_id=config_id)
-        return state.active
+        return active_version(await self.state(tenant, config_id), config_id)
 
     async def yaml(self, tenant: str, config_id: str, version: int) -> str:
         return (await self.state(tenant, config_id)).version(version).yaml_content
+
+
+def active_version(state: a.AgentConfigState, config_id: str) -> int:
+    """The config's active version; a config with none yet cannot be used."""
+    if not state.active:
+        raise IllegalStateError(f"config {config_id} has no active version yet", config_id=config_id)
+    return state.active
 
 
 # The configuration service: what the API asks of configs ------------------------------------

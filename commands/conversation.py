@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from commands.config import ConfigCatalog
+from commands.config import ConfigCatalog, active_version
 from domain import conversation as c
 
 CONVERSATION = c.DECIDER  # the runner's name for it in the modules that predate ``Decider``
@@ -40,7 +40,7 @@ async def start_conversation(
     """The command that starts a conversation on the config's active version (pinned for its life)
     and product type, read from the config's own events: no projection need catch up first."""
     config = await catalog.state(tenant, config_id)
-    version = await catalog.latest_version(tenant, config_id)
+    version = active_version(config, config_id)
     return c.StartConversation(
         conversation_id=conversation_id,
         config_id=config_id,

@@ -22,6 +22,7 @@ commits, one atomic batch, one fsync.
 from __future__ import annotations
 
 import functools
+import operator
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -411,9 +412,36 @@ class _EventClass:
         self.decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(cls)
         self.blank: dict[str, None] = dict.fromkeys(cls.personal_fields)
         # Whether an event's personal fields are all blank (sealed away, erased or never given).
-        self.is_blank: Callable[[Event], bool] | None = blank_check(cls) if cls.personal_fields else None
+        self.is_blank: Callable[[Event], bool] | None = _quick_blank_check(cls) if cls.personal_fields else None
         self.envelope_at = envelope_finder(cls)
         self.time_field = cls.time_field
+
+
+def _quick_blank_check(cls: type[Event]) -> Callable[[Event], bool]:
+    """``blank_check(cls)``, answered in C for the common event: fields that blank to None all None,
+    and each list with personal items (``"items[].field"``) empty; else asked of ``blank_check``."""
+    check = blank_check(cls)
+    paths = cls.personal_fields
+    fields = [path for path in paths if "[]." not in path]
+    lists = list(dict.fromkeys(path.partition("[].")[0] for path in paths if "[]." in path))
+    if not fields or not lists or not all(_blanks_to_none(cls, name) for name in fields):
+        return check
+    values, outers = operator.attrgetter(*fields), operator.attrgetter(*lists)
+    none = None if len(fields) == 1 else (None,) * len(fields)
+    if len(lists) == 1:
+        return lambda event: (values(event) == none and not outers(event)) or check(event)
+    return lambda event: (values(event) == none and not any(outers(event))) or check(event)
+
+
+def _blanks_to_none(cls: type[Event], name: str) -> bool:
+    """Whether a field reads as None once blank: its default is None, or it has none
+    (``domain.messages.blank_personal``)."""
+    for info in msgspec.structs.fields(cls):
+        if info.name == name:
+            return info.default is None or (
+                info.default is msgspec.NODEFAULT and info.default_factory is msgspec.NODEFAULT
+            )
+    return False
 
 
 @functools.lru_cache(maxsize=1024)
@@ -458,6 +486,9 @@ class Redacted:
         # (tenant, aggregate type, aggregate id) by subject less its command token: an aggregate's
         # commits share it, and a lookup costs half a split. Cleared when full.
         self._streams: dict[str, tuple[str, ...]] = {}
+        self._classes: dict[str, _EventClass] = {}  # by topic (``_event_class``'s, without its call)
+        if self.fast:  # the hot path: one call a commit
+            self.decode = self._decode_fast  # type: ignore[method-assign]
 
     def decode(self, seq: int, subject: str, data: bytes, recorded_at: int, row: RowOf[R]) -> list[tuple[R, Event]]:
         """A commit's events, each with its row. ``recorded_at``: when the stream stored it, epoch ms."""
@@ -509,8 +540,11 @@ class Redacted:
             actor, correlation_id = meta.actor or "", meta.correlation_id or ""
             out = []
             version = commit.first_version
+            classes = self._classes
             for item in commit.events:
-                info = _event_class(item.topic)
+                info = classes.get(item.topic)
+                if info is None:
+                    info = classes[item.topic] = _event_class(item.topic)
                 state = item.state
                 event = info.decoder.decode(state)
                 if info.is_blank is None:

@@ -100,6 +100,7 @@ class Outbox:
         attempt_timeout: float = 30.0,
         sweep_every: float = 5.0,
         idle_wait: float = 0.5,
+        linger: float = 0.05,
     ) -> None:
         self.store = store
         self.runner = runner
@@ -115,6 +116,10 @@ class Outbox:
         self.attempt_timeout = attempt_timeout
         self.sweep_every = sweep_every
         self.idle_wait = idle_wait
+        # After a batch that did not fill, wait this long before the next fetch: under load a fetch
+        # then brings many commits, not a handful (each fetch is a pull request and a wake-up: they
+        # cost the API process more than reading the commits), for at most this much more delay.
+        self.linger = linger
         self.conversations = runner.repository(c.DECIDER)
         # Opt-outs as announced: a STOP committed in any process is seen here at once.
         self.contacts = Followed(runner, ch.CONTACT)
@@ -233,6 +238,8 @@ class Outbox:
 
         requested = sum(await asyncio.gather(*(in_order(r) for r in replies.values())))
         await batch.ack()
+        if self.linger and len(batch.messages) < feed.batch:
+            await asyncio.sleep(self.linger)
         return requested
 
     def _may_matter(self, raw: Delivered) -> bool:
