@@ -24,6 +24,7 @@ from domain import conversation as c
 from domain import escalation as p
 from infra import heap
 from infra.logs import configure_logging
+from infra.loop import run as run_loop
 from streams.factory import open_store
 
 log = structlog.get_logger(__name__)
@@ -79,7 +80,7 @@ async def serve(
 
 def main() -> None:
     configure_logging()
-    asyncio.run(serve(AgentProcessSettings.from_env()))
+    run_loop(serve(AgentProcessSettings.from_env()))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from domain import conversation as c
 from domain.messages import Event
 from infra import heap
 from infra.logs import configure_logging
+from infra.loop import run as run_loop
 from infra.services import NatsServer, Postgres, service_tmpdir
 from streams.store import EventMeta, EventStore
 from tests.support import History
@@ -586,7 +587,7 @@ def bench(quick: bool) -> None:
     try:
         nats.start()
         pg_url = pg.start()
-        out, sink = asyncio.run(projection(nats, pg_url, root, events))
+        out, sink = run_loop(projection(nats, pg_url, root, events))  # as the projector's process runs
         results.update(out)
         try:
             results["kpi"] = kpi_latency(sink, kpi_events, runs)

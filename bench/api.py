@@ -24,6 +24,7 @@ from typing import Any
 from bench.common import percentile, table, write_results
 from bench.http import Connection
 from infra.logs import configure_logging
+from infra.loop import run as run_loop
 from infra.services import REPO_ROOT, NatsServer, Postgres, Redis, free_port, service_tmpdir
 
 SECRET = "bench-" + uuid.uuid4().hex
@@ -370,7 +371,8 @@ def main() -> None:
             proc.wait(30)
         api = None
         print(f"writing {s.rebuild_events:,} events and rebuilding the read model ...", flush=True)
-        results["rebuild"] = asyncio.run(seed_and_rebuild(nats_url, pg_url, root / "data", s))
+        # On the loop of ``python -m projections rebuild`` (infra.loop).
+        results["rebuild"] = run_loop(seed_and_rebuild(nats_url, pg_url, root / "data", s))
     finally:
         if api is not None:
             api.kill()

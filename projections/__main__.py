@@ -31,6 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from infra import heap
 from infra.logs import configure_logging
+from infra.loop import run as run_loop
 from projections import registry
 from projections.rebuild import rebuild
 from projections.settings import AnalyticsSettings, ProjectionSettings
@@ -152,7 +153,7 @@ def rebuild_analytics() -> None:
         if not isinstance(e.reason, ConnectionRefusedError):
             raise
         print(f"no API at {base}: rebuilding here", file=sys.stderr)
-        asyncio.run(rebuild_here(AnalyticsSettings.from_env()))
+        run_loop(rebuild_here(AnalyticsSettings.from_env()))
         return
     print(describe(msgspec.convert(body, RebuildReport)) + f" (through {base})")
 
@@ -190,15 +191,15 @@ def main(argv: list[str] | None = None) -> None:
     settings = ProjectionSettings.from_env()
     match args.command:
         case "run":
-            asyncio.run(_run(settings, args.names))
+            run_loop(_run(settings, args.names))
         case "rebuild" if args.name == "analytics":
             rebuild_analytics()
         case "rebuild":
-            asyncio.run(_rebuild(settings, args.name))
+            run_loop(_rebuild(settings, args.name))
         case "status":
-            asyncio.run(_status(settings, args.metrics))
+            run_loop(_status(settings, args.metrics))
         case "migrate":
-            asyncio.run(_migrate(settings))
+            run_loop(_migrate(settings))
 
 
 if __name__ == "__main__":

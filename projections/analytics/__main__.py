@@ -23,6 +23,7 @@ import structlog
 
 from infra import heap
 from infra.logs import configure_logging
+from infra.loop import run as run_loop
 from projections.analytics.projection import analytics_runner
 from projections.analytics.rebuild import RebuildReport, rebuild
 from projections.analytics.service import projector_status
@@ -110,11 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     settings = AnalyticsSettings.from_env()
     match args.command:
         case "run":
-            asyncio.run(_run(settings))
+            run_loop(_run(settings))
         case "rebuild":
-            asyncio.run(rebuild_here(settings))
+            run_loop(rebuild_here(settings))
         case "status":
-            asyncio.run(_status(settings))
+            run_loop(_status(settings))
 
 
 if __name__ == "__main__":
