@@ -29,7 +29,7 @@ from litestar.testing import AsyncTestClient
 
 from domain import call as v
 from domain import conversation as c
-from domain.messages import Command, Event
+from domain.messages import Command, Event, blank_check
 from gateways.http.analytics import AnalyticsController
 from gateways.http.auth import jwt_auth
 from gateways.http.errors import EXCEPTION_HANDLERS
@@ -44,6 +44,7 @@ from read_models.analytics import AnalyticsQueries, CallBreakdown
 from read_models.analytics_schema import EventRow
 from streams.factory import OpenStore
 from streams.jetstream import OutMessage
+from streams.store import _quick_blank_check
 from tests.support import History
 
 T0 = datetime(2025, 10, 1, 10, 0, tzinfo=UTC)
@@ -300,6 +301,25 @@ async def test_the_fast_decoder_gives_the_rows_of_the_event_store(store: OpenSto
         assert fast.decode(raw.seq, raw.subject, raw.data, recorded, EventRow) == slow.decode(
             raw.seq, raw.subject, raw.data, recorded, EventRow
         )
+
+
+def test_the_fast_decoders_blank_check_answers_as_the_domains() -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    call = c.ToolCall(tool="lookup")
+    replies = [
+        c.AgentReplied(message_id="m", user_id="u", replied_at=at, **fields)
+        for fields in (
+            {},
+            {"content": "hi"},
+            {"agent_text": ""},
+            {"tool_calls": [call]},
+            {"tool_calls": [c.ToolCall(tool="lookup", input={"q": 1})]},
+            {"tool_calls": [c.ToolCall(tool="lookup", output={})]},
+            {"content": "hi", "tool_calls": [call]},
+        )
+    ]
+    quick, slow = _quick_blank_check(c.AgentReplied), blank_check(c.AgentReplied)
+    assert [quick(r) for r in replies] == [slow(r) for r in replies] == [True, False, False, True, False, False, False]
 
 
 async def test_a_commit_that_cannot_be_decoded_becomes_a_dead_letter(store: OpenStore, sink: AnalyticsSink) -> None:
