@@ -44,6 +44,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.protocol.parser import MAX_CONTROL_LINE_SIZE, Parser
 
 from streams.errors import UnavailableError
+from streams.feed import resume_point
 from streams.jetstream import JetStreamLog
 
 
@@ -266,15 +267,12 @@ class BulkFeed:
         Unacknowledged deliveries come again at once, in order, rather than after the ack wait
         behind the ones that followed them.
         """
-        try:
-            info = await self.log.js.consumer_info(self.log.stream, self.durable)
-        except nats.js.errors.NotFoundError:
+        start = await resume_point(self.log, self.log.stream, self.durable)
+        if start is None:
             return  # it does not exist yet: the first fetch creates it at ``start_seq``
-        except nats.errors.Error as e:
-            raise UnavailableError(f"cannot read consumer {self.durable}: {e}") from None
         await self.close()
         await self.delete()
-        self.start_seq = (info.ack_floor.stream_seq if info.ack_floor else 0) + 1
+        self.start_seq = start
 
     async def delete(self) -> None:
         try:

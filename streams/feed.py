@@ -24,6 +24,17 @@ from streams.errors import UnavailableError
 from streams.jetstream import JetStreamLog, RawMessage
 
 
+async def resume_point(log: JetStreamLog, stream: str, durable: str) -> int | None:
+    """The stream sequence after what consumer ``durable`` has acknowledged (None: no such consumer)."""
+    try:
+        info = await log.js.consumer_info(stream, durable)
+    except nats.js.errors.NotFoundError:
+        return None
+    except nats.errors.Error as e:
+        raise UnavailableError(f"cannot read consumer {durable}: {e}") from None
+    return (info.ack_floor.stream_seq if info.ack_floor else 0) + 1
+
+
 class Batch:
     def __init__(self, messages: list[RawMessage], last: object = None) -> None:
         self.messages = messages
@@ -96,15 +107,12 @@ class Feed:
         only after the ack wait, behind the messages that came after it; a new reader that must
         keep the order starts here instead, and gets it first.
         """
-        try:
-            info = await self.log.js.consumer_info(self.stream, self.durable)
-        except nats.js.errors.NotFoundError:
+        start = await resume_point(self.log, self.stream, self.durable)
+        if start is None:
             return  # it does not exist yet: the first fetch creates it at ``start_seq``
-        except nats.errors.Error as e:
-            raise UnavailableError(f"cannot read consumer {self.durable}: {e}") from None
         await self.close()
         await self.delete()
-        self.start_seq = (info.ack_floor.stream_seq if info.ack_floor else 0) + 1
+        self.start_seq = start
 
     async def delete(self) -> None:
         try:
