@@ -25,7 +25,7 @@ import functools
 import operator
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
@@ -477,7 +477,9 @@ class Redacted:
       personal fields were stored in clear (older ones) is blanked and encoded again. About five
       times quicker.
 
-    A commit that cannot be decoded raises ``EventDecodeError`` naming its sequence.
+    A commit that cannot be decoded raises ``EventDecodeError`` naming its sequence. ``decode_all``
+    reads many commits in one call (a replay's hot path), sorting the events by aggregate type and
+    giving back the commits it could not decode.
     """
 
     def __init__(self, store: EventStore, *, fast: bool = True) -> None:
@@ -487,14 +489,117 @@ class Redacted:
         # commits share it, and a lookup costs half a split. Cleared when full.
         self._streams: dict[str, tuple[str, ...]] = {}
         self._classes: dict[str, _EventClass] = {}  # by topic (``_event_class``'s, without its call)
-        if self.fast:  # the hot path: one call a commit
-            self.decode = self._decode_fast  # type: ignore[method-assign]
 
     def decode(self, seq: int, subject: str, data: bytes, recorded_at: int, row: RowOf[R]) -> list[tuple[R, Event]]:
         """A commit's events, each with its row. ``recorded_at``: when the stream stored it, epoch ms."""
-        if self.fast:
-            return self._decode_fast(seq, subject, data, recorded_at, row)
-        return self._decode_with_mapper(seq, subject, data, recorded_at, row)
+        out: list[tuple[R, Event]] = []
+        failed = self.decode_all((Delivered(seq, subject, data, recorded_at),), row, {}, out)[1]
+        if failed:
+            raise failed[0]
+        return out
+
+    def decode_all(
+        self,
+        commits: Iterable[Delivered],
+        row: RowOf[R],
+        groups: Mapping[str, list[tuple[R, Event]]],
+        rest: list[tuple[R, Event]] | None = None,
+    ) -> tuple[list[R], list[EventDecodeError]]:
+        """Many commits' events (``decode`` of each, in one call): every event's row, in stream order,
+        and the commits that could not be decoded, of which nothing is given. Each event goes with its
+        row to the list of ``groups`` for its aggregate type, else to ``rest`` (if given)."""
+        if not self.fast:
+            return self._decode_all_with_mapper(commits, row, groups, rest)
+        rows: list[R] = []
+        failed: list[EventDecodeError] = []
+        streams, classes = self._streams, self._classes
+        decode_commit = _DECODE.decode
+        for message in commits:
+            seq, subject = message.seq, message.subject
+            group = None
+            made_here = 0
+            try:
+                stream = streams.get(prefix := subject[: subject.rfind(".")])
+                if stream is None:
+                    if len(streams) >= _STREAMS:
+                        streams.clear()
+                    stream = streams[prefix] = tuple(prefix.split(".")[_ID_TOKEN:])
+                tenant, aggregate_type, aggregate_id = stream
+                group = groups.get(aggregate_type, rest)
+                commit = decode_commit(message.data)
+                meta = commit.meta
+                command, command_id = meta.command or "", meta.command_id or ""
+                actor, correlation_id = meta.actor or "", meta.correlation_id or ""
+                recorded_at = message.time
+                version = commit.first_version
+                for item in commit.events:
+                    info = classes.get(item.topic)
+                    if info is None:
+                        info = classes[item.topic] = _event_class(item.topic)
+                    state = item.state
+                    event = info.decoder.decode(state)
+                    if info.is_blank is None:
+                        payload = state
+                    elif info.is_blank(event):  # sealed (or none given): the stored JSON, less the envelope
+                        payload = state[:cut] + b"}" if (cut := info.envelope_at(state)) > 0 else state
+                    else:  # stored in clear (older, or before the field was personal): blanked and encoded again
+                        event = blank_personal(event)
+                        payload = _PAYLOAD.encode(event)
+                    if (tf := info.time_field) is None:
+                        at = recorded_at
+                    else:  # epoch_ms(), inline
+                        when = getattr(event, tf)
+                        at = round((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
+                    made = row(
+                        tenant,
+                        aggregate_type,
+                        aggregate_id,
+                        version,
+                        seq,
+                        info.name,
+                        at,
+                        recorded_at,
+                        command,
+                        command_id,
+                        actor,
+                        correlation_id,
+                        payload,
+                    )
+                    rows.append(made)
+                    made_here += 1
+                    if group is not None:
+                        group.append((made, event))
+                    version += 1
+            except Exception as e:  # nothing of the commit is given
+                if made_here:
+                    del rows[-made_here:]
+                    if group is not None:
+                        del group[-made_here:]
+                failed.append(EventDecodeError(seq, subject, f"{type(e).__name__}: {e}"))
+        return rows, failed
+
+    def _decode_all_with_mapper(
+        self,
+        commits: Iterable[Delivered],
+        row: RowOf[R],
+        groups: Mapping[str, list[tuple[R, Event]]],
+        rest: list[tuple[R, Event]] | None,
+    ) -> tuple[list[R], list[EventDecodeError]]:
+        rows: list[R] = []
+        failed: list[EventDecodeError] = []
+        for m in commits:
+            try:
+                decoded = self._decode_with_mapper(m.seq, m.subject, m.data, m.time, row)
+            except EventDecodeError as e:
+                failed.append(e)
+                continue
+            if decoded:
+                group = groups.get(_stream_of(m.subject).aggregate_type, rest)
+                for made, event in decoded:
+                    rows.append(made)
+                    if group is not None:
+                        group.append((made, event))
+        return rows, failed
 
     def _decode_with_mapper(
         self, seq: int, subject: str, data: bytes, recorded_at: int, row: RowOf[R]
@@ -521,61 +626,4 @@ class Redacted:
                 _PAYLOAD.encode(event),
             )
             out.append((made, event))
-        return out
-
-    def _decode_fast(
-        self, seq: int, subject: str, data: bytes, recorded_at: int, row: RowOf[R]
-    ) -> list[tuple[R, Event]]:
-        try:
-            streams = self._streams
-            stream = streams.get(prefix := subject[: subject.rfind(".")])
-            if stream is None:
-                if len(streams) >= _STREAMS:
-                    streams.clear()
-                stream = streams[prefix] = tuple(prefix.split(".")[_ID_TOKEN:])
-            tenant, aggregate_type, aggregate_id = stream
-            commit = _DECODE.decode(data)
-            meta = commit.meta
-            command, command_id = meta.command or "", meta.command_id or ""
-            actor, correlation_id = meta.actor or "", meta.correlation_id or ""
-            out = []
-            version = commit.first_version
-            classes = self._classes
-            for item in commit.events:
-                info = classes.get(item.topic)
-                if info is None:
-                    info = classes[item.topic] = _event_class(item.topic)
-                state = item.state
-                event = info.decoder.decode(state)
-                if info.is_blank is None:
-                    payload = state
-                elif info.is_blank(event):  # sealed (or none given): the stored JSON, less the envelope
-                    payload = state[:cut] + b"}" if (cut := info.envelope_at(state)) > 0 else state
-                else:  # stored in clear (older, or before the field was personal): blanked and encoded again
-                    event = blank_personal(event)
-                    payload = _PAYLOAD.encode(event)
-                if (tf := info.time_field) is None:
-                    at = recorded_at
-                else:  # epoch_ms(), inline
-                    when = getattr(event, tf)
-                    at = round((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
-                made = row(
-                    tenant,
-                    aggregate_type,
-                    aggregate_id,
-                    version,
-                    seq,
-                    info.name,
-                    at,
-                    recorded_at,
-                    command,
-                    command_id,
-                    actor,
-                    correlation_id,
-                    payload,
-                )
-                out.append((made, event))
-                version += 1
-        except Exception as e:
-            raise EventDecodeError(seq, subject, f"{type(e).__name__}: {e}") from e
         return out

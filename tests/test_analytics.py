@@ -42,9 +42,12 @@ from projections.runner import ProjectorRunner
 from projections.settings import AnalyticsSettings
 from read_models.analytics import AnalyticsQueries, CallBreakdown
 from read_models.analytics_schema import EventRow
+from streams.bulk import Delivered
+from streams.codec import EventMapper, topic_of
+from streams.errors import EventDecodeError
 from streams.factory import OpenStore
 from streams.jetstream import OutMessage
-from streams.store import _quick_blank_check
+from streams.store import EventStore, StoredItem, _quick_blank_check, encode_commit
 from tests.support import History
 
 T0 = datetime(2025, 10, 1, 10, 0, tzinfo=UTC)
@@ -320,6 +323,34 @@ def test_the_fast_decoders_blank_check_answers_as_the_domains() -> None:
     ]
     quick, slow = _quick_blank_check(c.AgentReplied), blank_check(c.AgentReplied)
     assert [quick(r) for r in replies] == [slow(r) for r in replies] == [True, False, False, True, False, False, False]
+
+
+def test_decoding_many_commits_sorts_events_by_type_and_gives_nothing_of_a_commit_that_fails() -> None:
+    store = EventStore(None, EventMapper())  # type: ignore[arg-type]  # decoding needs no server
+    closed = StoredItem(topic_of(c.ConversationClosed), msgspec.json.encode(c.ConversationClosed(closed_at=at(1))))
+    unknown = StoredItem("domain.conversation:NoSuchEvent", b"{}")
+    commits = [
+        Delivered(1, "parley.ev.acme.conversation.a.c-1", encode_commit(1, [closed]), 1000),
+        Delivered(2, "parley.ev.acme.conversation.b.c-2", encode_commit(4, [closed, unknown]), 2000),
+        Delivered(3, "parley.ev.acme.counter.x.c-3", encode_commit(1, [closed]), 3000),
+        Delivered(4, "parley.ev.acme.conversation.b.c-4", encode_commit(6, [closed, closed]), 4000),
+    ]
+    for redacted in (store.redacted(), store.redacted(fast=False)):
+        conversations: list[Any] = []
+        rows, failed = redacted.decode_all(commits, EventRow, {"conversation": conversations})
+        assert [(r.seq, r.aggregate_id, r.version) for r in rows] == [
+            (1, "a", 1),
+            (3, "x", 1),
+            (4, "b", 6),
+            (4, "b", 7),
+        ]
+        assert [(r.seq, r.version) for r, _ in conversations] == [(1, 1), (4, 6), (4, 7)]
+        assert [(f.seq, f.subject) for f in failed] == [(2, "parley.ev.acme.conversation.b.c-2")]
+        rest: list[Any] = []
+        assert redacted.decode_all(commits[2:3], EventRow, {}, rest)[0] == [r for r, _ in rest] == rows[1:2]
+        assert [r for r, _ in redacted.decode(4, commits[3].subject, commits[3].data, 4000, EventRow)] == rows[2:]
+        with pytest.raises(EventDecodeError):
+            redacted.decode(2, commits[1].subject, commits[1].data, 2000, EventRow)
 
 
 async def test_a_commit_that_cannot_be_decoded_becomes_a_dead_letter(store: OpenStore, sink: AnalyticsSink) -> None:

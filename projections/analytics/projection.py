@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 
 import msgspec
@@ -35,6 +35,12 @@ from streams.errors import EventDecodeError
 from streams.store import EventStore, RowOf
 
 log = structlog.get_logger(__name__)
+
+# ``Redacted.decode_all``: commits into every event's row and the events by aggregate type, and the failures.
+DecodeAll = Callable[
+    [Sequence[Delivered], RowOf[EventRow], Mapping[str, list[Decoded]]],
+    tuple[list[EventRow], list[EventDecodeError]],
+]
 
 NAME = "analytics"
 BATCH = 50_000  # commits per pull at most; one insert per table (fewer, larger parts: less merging)
@@ -65,12 +71,12 @@ class AnalyticsProjection(Pipelined[ClickHouseBatch, Encoded]):
         self.fold = FactsFold(cache_size)
         self.calls = CallFold(cache_size)
         self.timings = Timings()
-        self._decode: Callable[[int, str, bytes, int, RowOf[EventRow]], list[Decoded]] | None = None
+        self._decode: DecodeAll | None = None
         self._run_id = ""
 
     async def begin(self, store: EventStore) -> None:
         """From the checkpoint: an empty fold cache, and new insert tokens (rows ``recover`` deleted are new)."""
-        self._decode = store.redacted(fast=self.fast_decode).decode
+        self._decode = store.redacted(fast=self.fast_decode).decode_all
         self.fold = FactsFold(self.cache_size)
         self.calls = CallFold(self.cache_size)
         self._run_id = uuid.uuid4().hex[:12]
@@ -97,7 +103,7 @@ class _Preparation:
     def __init__(
         self,
         projection: AnalyticsProjection,
-        decode: Callable[[int, str, bytes, int, RowOf[EventRow]], list[Decoded]],
+        decode: DecodeAll,
         landed: Callable[[], Awaitable[None]],
     ) -> None:
         self.projection = projection
@@ -121,22 +127,12 @@ class _Preparation:
         projection = self.projection
         timings, fold, decode = projection.timings, projection.fold, self.decode
         t0 = time.perf_counter()
-        rows: list[EventRow] = []
         conversations: list[Decoded] = []
         calls: list[Decoded] = []
-        for m in messages:
-            try:
-                decoded = decode(m.seq, m.subject, m.data, m.time, EventRow)  # type: ignore[arg-type]
-            except EventDecodeError as e:
-                log.error("dead letter", projector=projection.name, seq=m.seq, subject=m.subject, error=e.reason)
-                self.dead.append(DeadLetter(m.seq, m.subject, e.reason))
-                continue
-            for d in decoded:
-                rows.append(d[0])
-                if d[0].aggregate_type == CONVERSATION:
-                    conversations.append(d)
-                elif d[0].aggregate_type == CALL:
-                    calls.append(d)
+        rows, failed = decode(messages, EventRow, {CONVERSATION: conversations, CALL: calls})  # type: ignore[arg-type]
+        for e in failed:
+            log.error("dead letter", projector=projection.name, seq=e.seq, subject=e.subject, error=e.reason)
+            self.dead.append(DeadLetter(e.seq, e.subject, e.reason))
         t1 = time.perf_counter()
         made, deferred = fold.apply(conversations)
         self.escalations += made
