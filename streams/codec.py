@@ -247,6 +247,59 @@ def envelope_finder(cls: type[Event]) -> Callable[[bytes], int]:
     return envelope_at if _holds_free_keys(msgspec.inspect.type_info(cls)) else _envelope_key_at
 
 
+def blank_envelope_finder(cls: type[Event]) -> Callable[[bytes], int]:
+    """``envelope_finder`` for the events of ``cls`` whose personal fields are all blank
+    (``domain.messages.blank_check``). A blank field holds no key (None, or an empty default), so
+    only the other fields can hold a look-alike: a class whose free-form values are all personal
+    (a start's ``context``, a tool call's ``input``) is spared the check too."""
+    return envelope_at if _holds_free_keys_when_blank(cls) else _envelope_key_at
+
+
+def _holds_free_keys_when_blank(cls: type[Event]) -> bool:
+    fields = {path for path in cls.personal_fields if "[]." not in path}
+    items: dict[str, set[str]] = {}
+    for path in cls.personal_fields:
+        if "[]." in path:
+            outer, _, inner = path.partition("[].")
+            items.setdefault(outer, set()).add(inner)
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for field in info.fields:
+        if field.name in fields:
+            if not _blank_holds_no_keys(field):
+                return True
+        elif field.name in items:
+            item = field.type
+            if isinstance(item, msgspec.inspect.UnionType):  # list[...] | None
+                others = [t for t in item.types if not isinstance(t, msgspec.inspect.NoneType)]
+                item = others[0] if len(others) == 1 else item
+            if not (
+                isinstance(item, msgspec.inspect.ListType) and isinstance(item.item_type, msgspec.inspect.StructType)
+            ):
+                return True  # not a list of Structs: not known here
+            for part in item.item_type.fields:
+                if part.name in items[field.name]:
+                    if not _blank_holds_no_keys(part):
+                        return True
+                elif _holds_free_keys(part.type, frozenset({id(cls)})):
+                    return True
+        elif _holds_free_keys(field.type, frozenset({id(cls)})):
+            return True
+    return False
+
+
+def _blank_holds_no_keys(field: msgspec.inspect.Field) -> bool:
+    """Whether a personal field's blank (``domain.messages``: its default, else None) is a value
+    with no key in it."""
+    if field.default is not msgspec.NODEFAULT:
+        blank = field.default
+    elif field.default_factory is not msgspec.NODEFAULT:
+        blank = field.default_factory()
+    else:
+        blank = None
+    return blank is None or isinstance(blank, (str, int, float, bytes)) or (type(blank) in (dict, list) and not blank)
+
+
 def _envelope_key_at(state: bytes) -> int:
     return state.rfind(_ENVELOPE_KEY)
 

@@ -36,7 +36,7 @@ from nats.aio.client import Client as NATS
 from domain.errors import ValidationError
 from domain.messages import Event, blank_check, blank_personal
 from streams.bulk import BulkFeed, Delivered
-from streams.codec import EventMapper, Pending, envelope_finder, resolve_event
+from streams.codec import EventMapper, Pending, blank_envelope_finder, resolve_event
 from streams.errors import ConcurrencyError, EventDecodeError
 from streams.feed import Feed
 from streams.jetstream import (
@@ -413,7 +413,7 @@ class _EventClass:
         self.blank: dict[str, None] = dict.fromkeys(cls.personal_fields)
         # Whether an event's personal fields are all blank (sealed away, erased or never given).
         self.is_blank: Callable[[Event], bool] | None = _quick_blank_check(cls) if cls.personal_fields else None
-        self.envelope_at = envelope_finder(cls)
+        self.envelope_at = blank_envelope_finder(cls)  # used only once the event reads blank
         self.time_field = cls.time_field
 
 

@@ -43,7 +43,7 @@ from projections.settings import AnalyticsSettings
 from read_models.analytics import AnalyticsQueries, CallBreakdown
 from read_models.analytics_schema import EventRow
 from streams.bulk import Delivered
-from streams.codec import EventMapper, topic_of
+from streams.codec import EventMapper, blank_envelope_finder, envelope_at, topic_of
 from streams.errors import EventDecodeError
 from streams.factory import OpenStore
 from streams.jetstream import OutMessage
@@ -323,6 +323,27 @@ def test_the_fast_decoders_blank_check_answers_as_the_domains() -> None:
     ]
     quick, slow = _quick_blank_check(c.AgentReplied), blank_check(c.AgentReplied)
     assert [quick(r) for r in replies] == [slow(r) for r in replies] == [True, False, False, True, False, False, False]
+
+
+class _Annotated(Event, frozen=True, kw_only=True):
+    """A sealed event with a free-form value in clear: a look-alike envelope key may be in it."""
+
+    text: str | None = None
+    labels: dict[str, str] = {}
+
+    personal_fields = ("text",)
+
+
+def test_a_blank_event_is_searched_for_look_alike_envelope_keys_only_where_it_can_hold_one() -> None:
+    # Every free-form value of these is personal, so blank in a blank event: the last envelope key is the envelope.
+    for cls in (c.ConversationStarted, c.AgentReplied, v.CallInitiated, v.ToolCallStarted, v.ToolCallFinished):
+        assert blank_envelope_finder(cls) is not envelope_at
+    assert blank_envelope_finder(_Annotated) is envelope_at
+    clear = msgspec.json.encode(_Annotated(labels={"__pii__": "x"}))[:-1] + b',"__pii__":{"s":"u","k":1,"c":""}}'
+    assert blank_envelope_finder(_Annotated)(clear) == clear.rfind(b',"__pii__":')
+    look_alike = msgspec.json.encode(_Annotated(labels={"a": "b", "__pii__": "x"}))  # a key, in clear
+    assert look_alike.rfind(b',"__pii__":') > 0
+    assert blank_envelope_finder(_Annotated)(look_alike) == -1
 
 
 def test_decoding_many_commits_sorts_events_by_type_and_gives_nothing_of_a_commit_that_fails() -> None:
