@@ -191,7 +191,7 @@ class EventMapper(Mapper[Any]):
         return {"s": subject, "k": epoch, "c": b64encode(sealed).decode()}
 
     def _unseal(self, tenant: str, event: Event, state: bytes) -> Event:
-        cut = state.rfind(_ENVELOPE_KEY)
+        cut = state.rfind(ENVELOPE_KEY)
         if cut < 0:  # nothing sealed: stored in clear (older events), or no personal data
             return event
         envelope = _envelope(state, cut)  # the last key's value alone is parsed
@@ -219,7 +219,7 @@ class EventMapper(Mapper[Any]):
 
 # A sealed event's stored JSON: the event with its personal fields null, then the envelope as the
 # last key (``EventMapper._seal``).
-_ENVELOPE_KEY = f',"{PII_KEY}":'.encode()
+ENVELOPE_KEY = f',"{PII_KEY}":'.encode()
 
 
 def envelope_at(state: bytes) -> int:
@@ -230,10 +230,10 @@ def envelope_at(state: bytes) -> int:
     that field in clear beside its envelope: whether an event is blank is for its fields to say.)
     The envelope is told from a look-alike in a value (an older event stored in clear) by its
     place: what follows the key, up to the document's end, must be an envelope."""
-    cut = state.rfind(_ENVELOPE_KEY)
+    cut = state.rfind(ENVELOPE_KEY)
     if cut > 0:
         try:
-            _SHAPE_DECODER.decode(state[cut + len(_ENVELOPE_KEY) : -1])
+            _SHAPE_DECODER.decode(state[cut + len(ENVELOPE_KEY) : -1])
             return cut
         except (msgspec.DecodeError, msgspec.ValidationError):
             pass
@@ -244,7 +244,7 @@ def envelope_finder(cls: type[Event]) -> Callable[[bytes], int]:
     """``envelope_at`` for the events of ``cls``. A look-alike can only be a key of a mapping (a
     string's quotes are escaped), so for a class with no mapping and no free-form value anywhere in
     it the last envelope key is the envelope, and the check of what follows it is spared."""
-    return envelope_at if _holds_free_keys(msgspec.inspect.type_info(cls)) else _envelope_key_at
+    return envelope_at if _holds_free_keys(msgspec.inspect.type_info(cls)) else envelope_key_at
 
 
 def blank_envelope_finder(cls: type[Event]) -> Callable[[bytes], int]:
@@ -252,7 +252,7 @@ def blank_envelope_finder(cls: type[Event]) -> Callable[[bytes], int]:
     (``domain.messages.blank_check``). A blank field holds no key (None, or an empty default), so
     only the other fields can hold a look-alike: a class whose free-form values are all personal
     (a start's ``context``, a tool call's ``input``) is spared the check too."""
-    return envelope_at if _holds_free_keys_when_blank(cls) else _envelope_key_at
+    return envelope_at if _holds_free_keys_when_blank(cls) else envelope_key_at
 
 
 def _holds_free_keys_when_blank(cls: type[Event]) -> bool:
@@ -300,8 +300,10 @@ def _blank_holds_no_keys(field: msgspec.inspect.Field) -> bool:
     return blank is None or isinstance(blank, (str, int, float, bytes)) or (type(blank) in (dict, list) and not blank)
 
 
-def _envelope_key_at(state: bytes) -> int:
-    return state.rfind(_ENVELOPE_KEY)
+def envelope_key_at(state: bytes) -> int:
+    """Where the last envelope key is in an event's stored JSON, or -1 (its envelope, for a class
+    that holds no look-alike: ``envelope_finder``)."""
+    return state.rfind(ENVELOPE_KEY)
 
 
 def _holds_free_keys(t: Any, seen: frozenset[int] = frozenset()) -> bool:
@@ -324,7 +326,7 @@ def _holds_free_keys(t: Any, seen: frozenset[int] = frozenset()) -> bool:
 
 def _envelope(state: bytes, cut: int) -> _Sealed | None:
     try:
-        found: _Sealed = _SEALED_DECODER.decode(state[cut + len(_ENVELOPE_KEY) : -1])
+        found: _Sealed = _SEALED_DECODER.decode(state[cut + len(ENVELOPE_KEY) : -1])
         return found
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None

@@ -36,7 +36,7 @@ from nats.aio.client import Client as NATS
 from domain.errors import ValidationError
 from domain.messages import Event, blank_check, blank_personal
 from streams.bulk import BulkFeed, Delivered
-from streams.codec import EventMapper, Pending, blank_envelope_finder, resolve_event
+from streams.codec import ENVELOPE_KEY, EventMapper, Pending, blank_envelope_finder, envelope_key_at, resolve_event
 from streams.errors import ConcurrencyError, EventDecodeError
 from streams.feed import Feed
 from streams.jetstream import (
@@ -413,7 +413,9 @@ class _EventClass:
         self.blank: dict[str, None] = dict.fromkeys(cls.personal_fields)
         # Whether an event's personal fields are all blank (sealed away, erased or never given).
         self.is_blank: Callable[[Event], bool] | None = _quick_blank_check(cls) if cls.personal_fields else None
-        self.envelope_at = blank_envelope_finder(cls)  # used only once the event reads blank
+        # Where a blank event's envelope is: None for the last envelope key's place (``rfind``, inline).
+        finder = blank_envelope_finder(cls)
+        self.envelope_at: Callable[[bytes], int] | None = None if finder is envelope_key_at else finder
         self.time_field = cls.time_field
 
 
@@ -541,7 +543,8 @@ class Redacted:
                     if info.is_blank is None:
                         payload = state
                     elif info.is_blank(event):  # sealed (or none given): the stored JSON, less the envelope
-                        payload = state[:cut] + b"}" if (cut := info.envelope_at(state)) > 0 else state
+                        cut = state.rfind(ENVELOPE_KEY) if (find := info.envelope_at) is None else find(state)
+                        payload = state[:cut] + b"}" if cut > 0 else state
                     else:  # stored in clear (older, or before the field was personal): blanked and encoded again
                         event = blank_personal(event)
                         payload = _PAYLOAD.encode(event)
