@@ -35,6 +35,7 @@ from gateways.http.auth import jwt_auth
 from gateways.http.errors import EXCEPTION_HANDLERS
 from infra.services import REPO_ROOT
 from infra.tokens import make_token
+from projections.analytics.facts import FactsFold
 from projections.analytics.projection import analytics_runner
 from projections.analytics.rebuild import rebuild, shadow_database
 from projections.analytics.sink import AnalyticsSink, ClickHouseBatch
@@ -323,6 +324,37 @@ def test_the_fast_decoders_blank_check_answers_as_the_domains() -> None:
     ]
     quick, slow = _quick_blank_check(c.AgentReplied), blank_check(c.AgentReplied)
     assert [quick(r) for r in replies] == [slow(r) for r in replies] == [True, False, False, True, False, False, False]
+
+
+def test_the_fold_counts_what_replies_carry() -> None:
+    def row(version: int) -> EventRow:
+        return EventRow("acme", "conversation", "c-1", version, version, "", version * 1000, 0, "", "", "", "", b"")
+
+    start = c.ConversationStarted(
+        conversation_id="c-1", config_id="bot", config_version=1, channel="webchat", user_id="u", started_at=at(0)
+    )
+    replies = [
+        c.AgentReplied(message_id="1", user_id="u", replied_at=at(1), sentiment=0.5),
+        c.AgentReplied(
+            message_id="2",
+            user_id="u",
+            replied_at=at(2),
+            sentiment=-0.25,
+            tool_calls=[c.ToolCall(tool="lookup"), c.ToolCall(tool="refund", error="down")],
+            fallbacks=[c.ProviderFallback(from_provider="a", to_provider="b", reason="timeout")],
+            cross_sell=c.CrossSellOffer(product="p", suggestion="s", confidence=0.9),
+        ),
+        c.AgentReplied(message_id="3", user_id="u", replied_at=at(3), author="human:agent-1"),
+    ]
+    fold = FactsFold()
+    fold.apply([(row(1), start)] + [(row(i + 2), r) for i, r in enumerate(replies)])
+    [facts] = fold.take_touched()
+    assert (facts.version, facts.seq, facts.last_event_at) == (4, 4, 4000)
+    assert (facts.agent_replies, facts.human_replies) == (2, 1)
+    assert (facts.sentiment_sum, facts.sentiment_count) == (0.25, 2)
+    assert (facts.sentiment_last, facts.sentiment_min) == (-0.25, -0.25)
+    assert (facts.tool_calls, facts.tool_errors, facts.tools) == (2, 1, ["lookup", "refund"])
+    assert (facts.llm_fallbacks, facts.cross_sell_offers) == (1, 1)
 
 
 class _Annotated(Event, frozen=True, kw_only=True):
