@@ -110,15 +110,17 @@ class StrictRequest(Request[Any, Any, Any]):
     """A request whose JSON body is checked against the handler's body type in msgspec's strict mode."""
 
     async def json(self) -> Any:
-        value = await super().json()
         data = self.route_handler.parsed_fn_signature.parameters.get("data")
         if data is None or self.route_handler.resolve_data_dto() is not None:
-            return value
+            return await super().json()
+        body = await self.body()
         try:
-            _strict_decoder(data.annotation).decode(await self.body())
-            return value  # the usual case: the body is the type as it is, no conversion needed
+            # The usual case: the body is the type as it is. Decoded once, straight into it (the
+            # handler's signature takes the instance as it is, with no second conversion).
+            return _strict_decoder(data.annotation).decode(body or b"null")
         except (msgspec.ValidationError, msgspec.DecodeError, TypeError):
             pass  # an integral float, or an error to report as the schema has it (below)
+        value = await super().json()
         try:
             msgspec.convert(_integral(value), data.annotation, strict=True)
         except msgspec.ValidationError as e:
