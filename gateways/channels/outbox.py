@@ -253,7 +253,11 @@ class Outbox:
                 return True  # an unknown topic is decoded, so a bad commit fails as it always did
             if any(k is c.ConversationStarted and _delivered(i.state) for k, i in zip(kinds, items, strict=True)):
                 return True  # a start on a channel the outbox delivers to: its recipient is kept
-            return c.UserMessageReceived in kinds and StreamId.from_subject(raw.subject).key in self._recipients
+            return (
+                bool(self._recipients)
+                and c.UserMessageReceived in kinds
+                and StreamId.from_subject(raw.subject).key in self._recipients
+            )
         except Exception:
             return True
 
