@@ -2,8 +2,8 @@
 
 A projector, the agent runtime and the analytics projector spend much of their CPU in the loop
 itself (a wake-up per NATS frame and per PostgreSQL result, a future per request); uvloop does
-that work in C. It comes with ``litestar[standard]`` (through ``uvicorn[standard]``); without it
-the standard loop runs the same code.
+that work in C. It is one of Parley's dependencies (and comes with ``litestar[standard]``); where it
+cannot be installed the standard loop runs the same code.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)`` on uvloop when it is installed."""
     try:
         import uvloop
-    except ImportError:  # pragma: no cover - installed with litestar[standard]
+    except ImportError:  # pragma: no cover - a platform without a uvloop wheel
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)

@@ -13,8 +13,9 @@ The store, not the consumer, is the source of truth for the position: at start t
 recreates its durable consumer from the checkpoint (from the first event when the checkpoint or
 the whole store is missing). So the stream is read with the bulk feed (``streams.bulk``) and
 without acknowledgements: a redelivery would give nothing that starting again from the checkpoint
-does not, and the server and the client do less per message (the PostgreSQL projectors' CPU a
-command under bench-api: a fifth less than through nats-py's ``fetch`` with acknowledgements).
+does not, and the server and the client do less per message (the projector process's CPU a
+command under bench-api's load: 189-192 µs, against 231-317 µs through nats-py's ``fetch`` with
+acknowledgements in runs alternating with it).
 Only one runner per projection writes at a time (``Checkpoints.start``: PostgreSQL's leader
 lock, chDB's one process per store).
 

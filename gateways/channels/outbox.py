@@ -47,7 +47,7 @@ from streams.subjects import StreamId, type_subjects
 log = structlog.get_logger(__name__)
 
 
-# The events the outbox always reads: a start (whom a channel's conversation answers) and a reply.
+# A stored start's channel, read from its clear fields without decoding (or unsealing) the event.
 class _Channel(msgspec.Struct):
     channel: str = ""
 
@@ -243,9 +243,10 @@ class Outbox:
         return requested
 
     def _may_matter(self, raw: Delivered) -> bool:
-        """Whether a commit can change what the outbox does: a start, a reply, or a customer's message
-        in a conversation whose recipient it keeps. Only those are decoded: decoding (and unsealing)
-        every conversation commit cost the API process ~80 us a command under bench-api's load."""
+        """Whether a commit can change what the outbox does: a reply, a start on a channel it delivers
+        to, or a customer's message in a conversation whose recipient it keeps. Only those are
+        decoded: decoding (and unsealing) every conversation commit cost the API process ~80 us a
+        command under bench-api's load."""
         try:
             items = commit_items(raw.data)
             kinds = [_kind(item.topic) for item in items]
