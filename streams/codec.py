@@ -240,18 +240,13 @@ def envelope_at(state: bytes) -> int:
     return -1
 
 
-def envelope_finder(cls: type[Event]) -> Callable[[bytes], int]:
-    """``envelope_at`` for the events of ``cls``. A look-alike can only be a key of a mapping (a
-    string's quotes are escaped), so for a class with no mapping and no free-form value anywhere in
-    it the last envelope key is the envelope, and the check of what follows it is spared."""
-    return envelope_at if _holds_free_keys(msgspec.inspect.type_info(cls)) else envelope_key_at
-
-
 def blank_envelope_finder(cls: type[Event]) -> Callable[[bytes], int]:
-    """``envelope_finder`` for the events of ``cls`` whose personal fields are all blank
-    (``domain.messages.blank_check``). A blank field holds no key (None, or an empty default), so
-    only the other fields can hold a look-alike: a class whose free-form values are all personal
-    (a start's ``context``, a tool call's ``input``) is spared the check too."""
+    """``envelope_at`` for the events of ``cls`` whose personal fields are all blank
+    (``domain.messages.blank_check``). A look-alike can only be a key of a mapping (a string's
+    quotes are escaped), and a blank field holds no key (None, or an empty default), so for a class
+    with no mapping and no free-form value outside its personal fields (a start's ``context``, a
+    tool call's ``input``) the last envelope key is the envelope, and the check of what follows it
+    is spared."""
     return envelope_at if _holds_free_keys_when_blank(cls) else envelope_key_at
 
 
@@ -302,7 +297,7 @@ def _blank_holds_no_keys(field: msgspec.inspect.Field) -> bool:
 
 def envelope_key_at(state: bytes) -> int:
     """Where the last envelope key is in an event's stored JSON, or -1 (its envelope, for a class
-    that holds no look-alike: ``envelope_finder``)."""
+    that holds no look-alike: ``blank_envelope_finder``)."""
     return state.rfind(ENVELOPE_KEY)
 
 
