@@ -42,6 +42,7 @@ import structlog
 from psycopg import AsyncConnection, errors, sql
 from psycopg_pool import AsyncConnectionPool
 
+from projections.sql import statement
 from read_models.migrations import ReadModel, migrate
 
 log = structlog.get_logger(__name__)
@@ -170,8 +171,8 @@ async def read_checkpoint(
     conn: AsyncConnection[Any], schema: str, projector: str, *, for_update: bool = False
 ) -> int | None:
     """The last stream sequence the schema accounts for; None when there is no checkpoint row."""
-    query = "SELECT last_seq FROM {}.checkpoint WHERE projector = %s" + (" FOR UPDATE" if for_update else "")
-    cur = await conn.execute(sql.SQL(query).format(sql.Identifier(schema)), [projector])
+    query = "SELECT last_seq FROM {s}.checkpoint WHERE projector = %s" + (" FOR UPDATE" if for_update else "")
+    cur = await conn.execute(statement(query, schema), [projector])
     row = await cur.fetchone()
     return None if row is None else int(row[0])
 
@@ -190,15 +191,16 @@ async def ensure_checkpoint(conn: AsyncConnection[Any], schema: str, projector: 
 async def set_checkpoint(
     conn: AsyncConnection[Any], schema: str, projector: str, seq: int, *, announce: bool = True
 ) -> None:
-    """Move the checkpoint (inside the caller's transaction) and, for a live schema, announce it."""
-    await conn.execute(
-        sql.SQL("UPDATE {}.checkpoint SET last_seq = %s, updated_at = now() WHERE projector = %s").format(
-            sql.Identifier(schema)
-        ),
-        [seq, projector],
-    )
+    """Move the checkpoint (inside the caller's transaction) and, for a live schema, announce it
+    (one statement: it runs once a batch, and a round trip is a good part of a small batch's time)."""
     if announce:
-        await conn.execute("SELECT pg_notify(%s, %s)", [CHANNEL, f"{projector}:{seq}"])
+        await conn.execute(statement(_MOVE_AND_ANNOUNCE, schema), [seq, projector, CHANNEL, f"{projector}:{seq}"])
+    else:
+        await conn.execute(statement(_MOVE, schema), [seq, projector])
+
+
+_MOVE = "UPDATE {s}.checkpoint SET last_seq = %s, updated_at = now() WHERE projector = %s"
+_MOVE_AND_ANNOUNCE = f"WITH moved AS ({_MOVE} RETURNING 1) SELECT pg_notify(%s, %s) FROM moved"
 
 
 async def record_dead_letters(conn: AsyncConnection[Any], schema: str, dead: Sequence[DeadLetter]) -> None:
